@@ -1,0 +1,134 @@
+"""Command line: ``iic-prep`` (offline stage) and ``iic`` (training core).
+
+Each command parses and validates its flags, builds one frozen config and calls one library function.
+Expected failures (bad input, missing data, a busy folder) end in a one-line message and a non-zero
+exit status, never a traceback. Exit status: 0 success, 1 error, 2 bad usage, 3 some videos failed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_DATA = Path(os.environ.get("IIC_DATA", "data"))
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def _parse_size(ctx, param, value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        if h < 16 or w < 16:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW with both at least 16, e.g. 128x171") from None
+
+
+def _parallel_options(f):
+    f = click.option("--scheduler", default=None, help="Dask scheduler address (with --backend dask).")(f)
+    f = click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+                     help="joblib backend: local processes or a Dask cluster.")(f)
+    f = click.option("--workers", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True,
+                     help="Parallel shard writers (one process each).")(f)
+    return f
+
+
+def _parallel_config(workers: int, backend: str, scheduler: str | None):
+    from .pipeline.parallel import ParallelConfig
+
+    if backend == "dask" and not scheduler:
+        raise click.BadParameter("--backend dask needs --scheduler ADDRESS", param_hint="--scheduler")
+    if scheduler and backend != "dask":
+        raise click.BadParameter("--scheduler is only used with --backend dask", param_hint="--scheduler")
+    return ParallelConfig(workers=workers, backend=backend, scheduler=scheduler)
+
+
+# --------------------------------------------------------------------------------------------------------
+# iic-prep
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def prep(verbose: bool) -> None:
+    """Offline stage: synthetic data, frames, optical flow, checks."""
+    _setup_logging(verbose)
+
+
+@prep.command()
+@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder"]), default="ucf101", show_default=True)
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="Folder the official archives were unpacked into [default: DATA/raw/<dataset>].")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
+              help="Data root; output goes to OUT/<dataset>.")
+@click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True)
+@click.option("--size", callback=_parse_size, default="128x171", show_default=True, help="Frame size HxW.")
+@click.option("--quality", type=click.IntRange(50, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--shard-size", type=click.IntRange(1), default=64, show_default=True, help="Videos per shard.")
+@_parallel_options
+@click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
+def extract(dataset, root, out, split, size, quality, shard_size, workers, backend, scheduler, overwrite) -> None:
+    """Decode every video of the split's lists into HDF5 shards (RGB + residual frames)."""
+    from .pipeline.datasets import DatasetLayoutError
+    from .pipeline.extract import ExtractConfig, extract as run, summary_lines
+    from .pipeline.lock import LockedError
+
+    cfg = ExtractConfig(
+        dataset=dataset, root=root or out / "raw" / dataset, out=out, split=split, size=size, quality=quality,
+        shard_size=shard_size, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
+    )
+    try:
+        summary = run(cfg)
+    except (DatasetLayoutError, LockedError, FileExistsError, OSError) as err:
+        _fail(str(err))
+    for line in summary_lines(summary):
+        click.echo(line)
+    sys.exit(summary.exit_code)
+
+
+@prep.command()
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101", show_default=True,
+              help="Processed dataset folder.")
+def info(data: Path) -> None:
+    """Summary of a processed dataset."""
+    from .pipeline.inspect import dataset_info
+    from .pipeline.shards import FormatError
+
+    try:
+        lines = dataset_info(data)
+    except FormatError as err:
+        _fail(str(err))
+    for line in lines:
+        click.echo(line)
+
+
+@prep.command()
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101", show_default=True,
+              help="Processed dataset folder.")
+def check(data: Path) -> None:
+    """Open every shard, verify counts against the manifest, decode samples."""
+    from .pipeline.inspect import check as run
+
+    problems = run(data)
+    for line in problems:
+        click.echo(line)
+    if problems:
+        _fail(f"{len(problems)} problem(s) in {data}")
+    click.echo(f"{data}: ok")
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Training and evaluation."""
+    _setup_logging(verbose)

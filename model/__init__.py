@@ -1,0 +1,1 @@
+"""Training core: stream clips from the shards, train IIC / DualVar, evaluate."""

@@ -1,0 +1,232 @@
+"""``iic-prep extract``: decode every listed video, store RGB and residual frames in HDF5 shards.
+
+Unit of work = one shard of ``shard_size`` consecutive videos (sorted by id), written by one process
+under a temporary name and renamed when complete. Re-running keeps complete shards whose videos and
+settings match, redoes the rest, and rebuilds the manifest from the shards; a run killed at any
+moment therefore resumes to the same data as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import h5py
+import numpy as np
+
+from .datasets import DatasetIndex, VideoEntry, load_index
+from .decode import DecodeError, iter_frames
+from .lock import exclusive
+from .parallel import ParallelConfig, TaskReport, run_tasks, threads_per_worker
+from .shards import (
+    FORMAT_VERSION, ManifestRow, ShardWriter, encode_jpeg, format_splits, quantize_residual,
+    remove_stale_temporaries, shard_rows, write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_SOME_FAILED = 3  # documented exit status: the run finished but some listed videos failed
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    dataset: str
+    root: Path
+    out: Path  # the data root; the dataset lands in out/<dataset>
+    split: int = 1
+    size: tuple[int, int] = (128, 171)  # (H, W)
+    quality: int = 90  # JPEG quality of the RGB and residual streams
+    shard_size: int = 64  # videos per shard
+    parallel: ParallelConfig = ParallelConfig()
+    overwrite: bool = False
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.out) / self.dataset
+
+    def storage(self) -> dict:
+        """Settings that change the stored bytes: a shard written with other settings is redone."""
+        return {"size": list(self.size), "quality": self.quality, "format_version": FORMAT_VERSION}
+
+
+@dataclass(frozen=True)
+class ExtractSummary:
+    videos: int
+    ok: int
+    failed: int
+    frames: int
+    bytes: int
+    seconds: float
+    shards_written: int
+    shards_kept: int
+    data_dir: Path
+    failures: tuple[tuple[str, str], ...]  # (id, reason)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed else 0
+
+
+def encode_video(path: Path, size: tuple[int, int], quality: int, threads: int = 1) -> tuple[list[bytes], list[bytes], str]:
+    """Decode ``path``, returning JPEG-encoded RGB frames, residual frames and a warning note.
+
+    Frames are encoded as they are decoded, so memory stays at two frames whatever the length.
+    Raises `DecodeError` (one-line reason) when nothing can be decoded.
+    """
+    rgb: list[bytes] = []
+    res: list[bytes] = []
+    notes: list[str] = []
+    prev = None
+    for frame in iter_frames(path, size, threads, notes):
+        rgb.append(encode_jpeg(frame, quality))
+        res.append(encode_jpeg(quantize_residual(frame, prev), quality))
+        prev = frame
+    if not rgb:
+        raise DecodeError("no decodable frames" + (f" ({'; '.join(notes)})" if notes else ""))
+    return rgb, res, "; ".join(notes)
+
+
+def shard_name(index: int) -> str:
+    return f"frames/shard-{index:05d}.h5"
+
+
+def extract_shard(shard: str, entries: list[VideoEntry], video_root: Path, cfg: ExtractConfig) -> TaskReport:
+    """Write one shard with ``entries``; returns its manifest rows (failed videos included)."""
+    cv2.setNumThreads(1)
+    av.logging.set_level(av.logging.PANIC)  # failures are reported per video, not as ffmpeg noise
+    threads = threads_per_worker(cfg.parallel.workers)
+    attrs = {"kind": "frames", "dataset": cfg.dataset, "codec": "jpeg", "settings": json.dumps(cfg.storage())}
+    rows, frames, nbytes = [], 0, 0
+    with ShardWriter(cfg.data_dir / shard, attrs) as writer:
+        for slot, e in enumerate(entries):
+            base = dict(id=e.id, path=e.path, class_name=e.class_name, label=e.label,
+                        splits=format_splits(e.splits), shard=shard, slot=slot)
+            try:
+                rgb, res, note = encode_video(video_root / e.path, cfg.size, cfg.quality, threads)
+            except DecodeError as err:
+                rows.append(ManifestRow(**base, n_frames=0, status="failed", reason=str(err)))
+                continue
+            nbytes += writer.add_stream(slot, "rgb", rgb) + writer.add_stream(slot, "res", res)
+            frames += len(rgb)
+            rows.append(ManifestRow(**base, n_frames=len(rgb), status="ok", reason=note))
+        writer.commit(rows)
+    return TaskReport(shard, len(entries), frames, nbytes, rows)
+
+
+def _complete_rows(path: Path, entries: list[VideoEntry], settings: dict) -> list[ManifestRow] | None:
+    """Rows of an existing complete shard if it holds exactly ``entries`` with the same settings."""
+    rows = shard_rows(path)
+    if rows is None or [r.id for r in rows] != [e.id for e in entries]:
+        return None
+    with h5py.File(path, "r") as f:
+        if json.loads(f.attrs.get("settings", "{}")) != settings:
+            return None
+    return rows
+
+
+def plan_shards(index: DatasetIndex, shard_size: int) -> list[tuple[str, list[VideoEntry]]]:
+    entries = list(index.entries)
+    return [(shard_name(i // shard_size), entries[i : i + shard_size]) for i in range(0, len(entries), shard_size)]
+
+
+def _check_previous(cfg: ExtractConfig, index: DatasetIndex) -> None:
+    meta_path = cfg.data_dir / "dataset.json"
+    if cfg.overwrite or not meta_path.exists():
+        return
+    meta = json.loads(meta_path.read_text())
+    if meta.get("dataset") != cfg.dataset or meta.get("split") != cfg.split:
+        raise FileExistsError(
+            f"{cfg.data_dir} holds {meta.get('dataset')} split {meta.get('split')}; "
+            "use another --out or --overwrite"
+        )
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Run the frames stage; see the module docstring for the resume rules."""
+    index = load_index(cfg.dataset, cfg.root, cfg.split)
+    with exclusive(cfg.data_dir, "iic-prep extract"):
+        _check_previous(cfg, index)
+        if cfg.overwrite:
+            for p in (cfg.data_dir / "frames").glob("shard-*.h5"):
+                p.unlink()
+        (cfg.data_dir / "frames").mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(cfg.data_dir / "frames")
+        if stale:
+            log.info("removed %d incomplete shard(s) of an earlier run", stale)
+        plan = plan_shards(index, cfg.shard_size)
+        planned = {name for name, _ in plan}
+        for p in (cfg.data_dir / "frames").glob("shard-*.h5"):
+            if f"frames/{p.name}" not in planned:
+                p.unlink()  # left by an earlier run with another list or shard size
+        settings = cfg.storage()
+        rows: list[ManifestRow] = []
+        todo = []
+        kept = 0
+        for name, entries in plan:
+            done = _complete_rows(cfg.data_dir / name, entries, settings)
+            if done is None:
+                todo.append((name, entries, index.video_root, cfg))
+            else:
+                rows += done
+                kept += 1
+        if kept:
+            log.info("keeping %d complete shard(s); %d to do", kept, len(todo))
+        _write_meta(cfg, index)
+        t0 = time.perf_counter()
+        frames = nbytes = 0
+        for report in run_tasks(extract_shard, todo, cfg.parallel, sum(len(t[1]) for t in todo), "frames", "extract"):
+            rows += report.rows
+            frames += report.units
+            nbytes += report.bytes
+        write_manifest(cfg.data_dir / "manifest.csv", rows)
+    failed = tuple((r.id, r.reason) for r in sorted(rows, key=lambda r: r.id) if not r.ok)
+    return ExtractSummary(
+        videos=len(rows), ok=len(rows) - len(failed), failed=len(failed),
+        frames=sum(r.n_frames for r in rows), bytes=_du(cfg.data_dir / "frames"),
+        seconds=time.perf_counter() - t0, shards_written=len(todo), shards_kept=kept,
+        data_dir=cfg.data_dir, failures=failed,
+    )
+
+
+def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
+    meta = {
+        "format": "iic-shards",
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "size": list(cfg.size),
+        "codec": "jpeg",
+        "quality": cfg.quality,
+        "residual": "q = clip(floor((x[t] - x[t-1]) / 2) + 128, 0, 255); frame 0 has residual 0 (q = 128)",
+        "classes": list(index.classes),
+        "shard_size": cfg.shard_size,
+        "versions": {"av": av.__version__, "ffmpeg": _ffmpeg_version(), "h5py": h5py.__version__, "opencv": cv2.__version__},
+    }
+    tmp = cfg.data_dir / ".dataset.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(cfg.data_dir / "dataset.json")
+
+
+def _ffmpeg_version() -> str:
+    try:
+        return ".".join(str(v) for v in av.library_versions["libavcodec"])
+    except (AttributeError, KeyError):
+        return "unknown"
+
+
+def _du(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).glob("*.h5"))
+
+
+def summary_lines(s: ExtractSummary) -> list[str]:
+    lines = [
+        f"videos: {s.videos} ({s.ok} ok, {s.failed} failed)   frames: {s.frames}   "
+        f"shards: {s.shards_written} written, {s.shards_kept} kept   "
+        f"on disk: {s.bytes / 2**20:.1f} MiB   time: {s.seconds:.1f} s   -> {s.data_dir}",
+    ]
+    lines += [f"  failed {vid}: {reason}" for vid, reason in s.failures]
+    return lines

@@ -1,0 +1,112 @@
+"""``iic-prep info`` and ``iic-prep check``: summarise and verify a processed dataset."""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .shards import FormatError, ManifestRow, VideoStore, slot_name
+
+
+def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
+    ok = [r for r in rows if r.ok]
+    n = np.array([r.n_frames for r in ok]) if ok else np.zeros(1, int)
+    size = sum(p.stat().st_size for p in folder.glob("shard-*.h5"))
+    lines = [
+        f"{name}: {len(rows)} videos, {len(ok)} ok, {len(rows) - len(ok)} failed; {int(n.sum())} {unit} "
+        f"(per video min {n.min()}, median {int(np.median(n))}, max {n.max()}); "
+        f"{len({r.shard for r in rows})} shards, {size / 2**20:.1f} MiB",
+    ]
+    reasons = collections.Counter(r.reason.split(":")[0] for r in rows if not r.ok)
+    lines += [f"  failed ({count}): {reason}" for reason, count in reasons.most_common()]
+    return lines
+
+
+def dataset_info(data_dir: Path) -> list[str]:
+    store = VideoStore(data_dir)
+    meta = store.meta
+    h, w = store.size
+    lines = [
+        f"{data_dir}: {meta['dataset']} split {meta['split']}, {len(store.classes)} classes, "
+        f"frames {h}x{w} (HxW) {meta['codec']} q{meta['quality']}",
+    ]
+    for split in (1, 2, 3):
+        train, test = store.ok_rows(split, "train"), store.ok_rows(split, "test")
+        if train or test:
+            lines.append(f"  split {split}: {len(train)} train, {len(test)} test videos (ok)")
+    lines += _stage_lines("frames", store.rows, data_dir / "frames", "frames")
+    if store.has_flow:
+        fm = store.flow_meta
+        lines += _stage_lines(f"flow ({fm['method']}, bound {fm['bound']})", list(store.flow_rows.values()),
+                              data_dir / "flow", "pairs")
+    return lines
+
+
+def check(data_dir: Path) -> list[str]:
+    """Every problem found, one line each (empty = the dataset is consistent)."""
+    try:
+        store = VideoStore(data_dir)
+    except FormatError as err:
+        return [str(err)]
+    problems = []
+    problems += _check_stage(store, store.rows, data_dir, frames=True)
+    if store.has_flow:
+        problems += _check_stage(store, list(store.flow_rows.values()), data_dir, frames=False)
+        for r in store.rows:
+            fr = store.flow_rows.get(r.id)
+            if r.ok and fr is not None and fr.ok and fr.n_frames != r.n_frames - 1:
+                problems.append(f"{r.id}: {fr.n_frames} flow pairs for {r.n_frames} frames (expected N-1)")
+        missing = [r.id for r in store.rows if r.ok and r.n_frames >= 2 and r.id not in store.flow_rows]
+        if missing:
+            problems.append(f"{len(missing)} extracted videos have no flow row (e.g. {missing[0]}): re-run `iic-prep flow`")
+    store.close()
+    return problems
+
+
+def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, frames: bool) -> list[str]:
+    problems = []
+    by_shard: dict[str, list[ManifestRow]] = collections.defaultdict(list)
+    for r in rows:
+        by_shard[r.shard].append(r)
+    for shard, shard_rows in sorted(by_shard.items()):
+        path = data_dir / shard
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            problems.append(f"{shard}: cannot open ({err})")
+            continue
+        with f:
+            for r in shard_rows:
+                if not r.ok:
+                    continue
+                name = slot_name(r.slot)
+                if name not in f:
+                    problems.append(f"{r.id}: missing from {shard}")
+                    continue
+                problems += _check_video(store, f[name], r, frames)
+    return problems
+
+
+def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: bool) -> list[str]:
+    h, w = store.size
+    try:
+        if frames:
+            for m in ("rgb", "res"):
+                n = len(group[f"{m}_offsets"]) - 1
+                if n != r.n_frames:
+                    return [f"{r.id}: {m} holds {n} frames, manifest says {r.n_frames}"]
+            for t in sorted({0, r.n_frames // 2, r.n_frames - 1}):
+                for m in ("rgb", "res"):
+                    x = store.read(r.id, m, t, 1)
+                    if x.shape != (1, h, w, 3):
+                        return [f"{r.id}: {m} frame {t} decodes to {x.shape[1:]}, expected {(h, w, 3)}"]
+        else:
+            shape = group["flow"].shape
+            if shape != (r.n_frames, 2, h, w):
+                return [f"{r.id}: flow is {shape}, expected {(r.n_frames, 2, h, w)}"]
+            store.flow(r.id, r.n_frames - 1, 1)
+    except (OSError, KeyError, ValueError, IndexError) as err:
+        return [f"{r.id}: unreadable ({type(err).__name__}: {err})"]
+    return []

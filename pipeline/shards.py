@@ -1,0 +1,354 @@
+"""THE storage format (docs/format.md): atomic HDF5 shard writer, lazy reader, manifest I/O.
+
+A processed dataset is a folder ``<data>/<dataset>/``::
+
+    dataset.json            what was extracted (dataset, split, size, codec, classes, versions)
+    manifest.csv            one row per listed video (see `ManifestRow`)
+    frames/shard-00000.h5   RGB and residual frames, JPEG streams
+    flow/shard-00000.h5     optical flow, quantised uint8, lossless (written by ``iic-prep flow``)
+    flow/manifest.csv       one row per video of the flow stage
+
+Inside a shard every video is a group ``/videos/<slot>`` (slot = 5-digit position in the shard).
+A JPEG stream ``name`` is two datasets: ``name`` (uint8, the concatenated JPEG files) and
+``name_offsets`` (int64, N+1 byte offsets), so a clip of T frames costs two small reads and T decodes.
+The rows of the shard's videos are stored in the shard (attribute ``rows``) so that the manifest can be
+rebuilt from complete shards alone. Shards are written under a temporary name and renamed when complete:
+a file with the final name is always whole.
+
+This module never imports torch: the training core reads through `VideoStore`.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import simplejpeg
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAME = "iic-shards"
+FORMAT_VERSION = 1
+RESIDUAL_ZERO = 128  # stored residual q = clip(floor(d / 2) + 128, 0, 255), d = x[t] - x[t-1] in [-255, 255]
+MODALITIES = ("rgb", "res")
+
+
+class FormatError(Exception):
+    """The data folder is missing, incomplete or of another format version (one-line message)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# residual quantisation
+
+
+def quantize_residual(frame: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+    """uint8 residual of ``frame`` against ``prev`` (both (H, W, 3) uint8); ``prev=None`` -> all zero.
+
+    q = clip(floor(d / 2) + 128, 0, 255) with d = frame - prev: d = 0 is stored exactly (q = 128),
+    |d - dequantize(q)| <= 1 before JPEG loss.
+    """
+    if prev is None:
+        return np.full_like(frame, RESIDUAL_ZERO)
+    d = frame.astype(np.int16) - prev.astype(np.int16)
+    return (np.floor_divide(d, 2) + RESIDUAL_ZERO).clip(0, 255).astype(np.uint8)
+
+
+def dequantize_residual(q: np.ndarray) -> np.ndarray:
+    """int16 residual d in [-256, 254] from stored q (d = 2 (q - 128))."""
+    return (q.astype(np.int16) - RESIDUAL_ZERO) * 2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# JPEG streams
+
+
+def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    """(H, W, 3) uint8 RGB -> JPEG bytes (4:4:4 chroma so residual colours are not smeared)."""
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling="444")
+
+
+def decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Concatenated JPEG bytes + (T+1) offsets relative to ``blob`` -> (T, H, W, 3) uint8 RGB."""
+    buf = blob.tobytes() if not isinstance(blob, bytes) else blob
+    first = simplejpeg.decode_jpeg(buf[offsets[0] : offsets[1]], colorspace="RGB")
+    out = np.empty((len(offsets) - 1, *first.shape), np.uint8)
+    out[0] = first
+    for i in range(1, len(offsets) - 1):
+        out[i] = simplejpeg.decode_jpeg(buf[offsets[i] : offsets[i + 1]], colorspace="RGB")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# manifest
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One listed video. ``splits`` reads ``"1:train 2:test 3:train"``; ``status`` is ``ok`` or ``failed``;
+    ``reason`` is a one-line failure reason, or a warning for an ok video (e.g. corrupt packets skipped)."""
+
+    id: str
+    path: str
+    class_name: str
+    label: int
+    splits: str
+    shard: str
+    slot: int
+    n_frames: int
+    status: str
+    reason: str = ""
+
+    def in_list(self, split: int, kind: str) -> bool:
+        return f"{split}:{kind}" in self.splits.split()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+MANIFEST_FIELDS = tuple(f.name for f in dataclasses.fields(ManifestRow))
+
+
+def format_splits(splits: dict[int, str]) -> str:
+    return " ".join(f"{s}:{kind}" for s, kind in sorted(splits.items()))
+
+
+def write_manifest(path: Path, rows: Iterable[ManifestRow]) -> None:
+    """Write rows (sorted by id) atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(MANIFEST_FIELDS)
+        for row in sorted(rows, key=lambda r: r.id):
+            writer.writerow(dataclasses.astuple(row))
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    if not path.exists():
+        raise FormatError(f"no manifest at {path}: run `iic-prep extract` first")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
+            raise FormatError(f"{path} has columns {reader.fieldnames}, expected {list(MANIFEST_FIELDS)}")
+        return [
+            ManifestRow(**{**r, "label": int(r["label"]), "slot": int(r["slot"]), "n_frames": int(r["n_frames"])})
+            for r in reader
+        ]
+
+
+def rows_to_json(rows: Sequence[ManifestRow]) -> str:
+    return json.dumps([dataclasses.asdict(r) for r in rows])
+
+
+def rows_from_json(text: str) -> list[ManifestRow]:
+    return [ManifestRow(**r) for r in json.loads(text)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# writer
+
+
+def slot_name(slot: int) -> str:
+    return f"videos/{slot:05d}"
+
+
+class ShardWriter:
+    """Write one shard under a temporary name; `commit` renames it into place.
+
+    Use as a context manager: leaving the block without `commit` (an exception, a kill) leaves at most
+    a ``*.tmp`` file that the next run deletes.
+    """
+
+    def __init__(self, path: Path, attrs: dict) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w", libver="latest")
+        self.file.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **attrs})
+        self.committed = False
+
+    def add_stream(self, slot: int, name: str, encoded: Sequence[bytes]) -> int:
+        """Store a list of encoded frames (JPEG) as one byte dataset plus offsets; returns bytes written."""
+        group = self.file.require_group(slot_name(slot))
+        offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        group.create_dataset(name, data=np.frombuffer(b"".join(encoded), np.uint8))
+        group.create_dataset(f"{name}_offsets", data=offsets)
+        return int(offsets[-1])
+
+    def add_array(self, slot: int, name: str, array: np.ndarray, compression: str | None = "gzip") -> int:
+        """Store an array chunked by its first axis (one chunk per frame), losslessly compressed."""
+        group = self.file.require_group(slot_name(slot))
+        chunks = (1, *array.shape[1:]) if array.shape[0] else None
+        group.create_dataset(
+            name, data=array, chunks=chunks, compression=compression if chunks else None,
+            shuffle=bool(chunks and compression),
+        )
+        return int(array.nbytes)
+
+    def commit(self, rows: Sequence[ManifestRow]) -> None:
+        self.file.attrs["rows"] = rows_to_json(rows)
+        self.file.flush()
+        self.file.close()
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, self.path)
+        self.committed = True
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.committed:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def shard_rows(path: Path) -> list[ManifestRow] | None:
+    """Rows stored in a complete shard, or None when the file is missing or unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return rows_from_json(f.attrs["rows"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete ``*.tmp`` files left by a killed run (call only while holding the data lock)."""
+    stale = list(Path(folder).glob("*.tmp")) + list(Path(folder).glob(".*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reader
+
+
+class VideoStore:
+    """Read-only access to a processed dataset by video id; safe in DataLoader workers.
+
+    HDF5 files are opened lazily on first use in each process (an open handle never crosses a fork:
+    handles are keyed by pid and dropped when pickled for spawn).
+    """
+
+    def __init__(self, data_dir: Path, locking: bool | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        meta = self.data_dir / "dataset.json"
+        if not meta.exists():
+            raise FormatError(f"no processed dataset at {self.data_dir} (dataset.json missing): run `iic-prep extract`")
+        self.meta = json.loads(meta.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise FormatError(f"{meta} is format version {self.meta.get('format_version')}, this reader reads {FORMAT_VERSION}")
+        self.rows = read_manifest(self.data_dir / "manifest.csv")
+        self.by_id = {r.id: r for r in self.rows}
+        self.flow_rows = {r.id: r for r in read_manifest(self.flow_manifest_path)} if self.has_flow else {}
+        self.locking = locking
+        self._files: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+
+    @property
+    def flow_manifest_path(self) -> Path:
+        return self.data_dir / "flow" / "manifest.csv"
+
+    @property
+    def has_flow(self) -> bool:
+        return self.flow_manifest_path.exists()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the stored frames."""
+        return tuple(self.meta["size"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def ok_rows(self, split: int | None = None, kind: str | None = None) -> list[ManifestRow]:
+        """Videos extracted OK, optionally only those that ``split``'s ``kind`` list (train/test) names."""
+        return [r for r in self.rows if r.ok and (split is None or r.in_list(split, kind))]
+
+    # -- file handles ------------------------------------------------------------------------------------
+    def _file(self, rel: str) -> h5py.File:
+        if self._pid != os.getpid():  # forked: never use the parent's handles
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(rel)
+        if f is None:
+            kwargs = {} if self.locking is None else {"locking": self.locking}
+            f = self._files[rel] = h5py.File(self.data_dir / rel, "r", **kwargs)
+        return f
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}
+
+    def _row(self, video_id: str, flow: bool = False) -> ManifestRow:
+        table = self.flow_rows if flow else self.by_id
+        row = table.get(video_id)
+        if row is None:
+            raise KeyError(f"video {video_id!r} is not in the {'flow ' if flow else ''}manifest of {self.data_dir}")
+        if not row.ok:
+            raise KeyError(f"video {video_id!r} failed {'flow' if flow else 'extraction'}: {row.reason}")
+        return row
+
+    # -- frames and residuals ----------------------------------------------------------------------------
+    def n_frames(self, video_id: str) -> int:
+        return self._row(video_id).n_frames
+
+    def read(self, video_id: str, modality: str, start: int = 0, length: int | None = None) -> np.ndarray:
+        """Frames ``start .. start+length-1`` of ``modality`` (``rgb`` or ``res``) -> (T, H, W, 3) uint8.
+
+        ``res`` is the stored residual q (see `quantize_residual`); residual 0 is that of frame 0.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; stored are {MODALITIES}")
+        row = self._row(video_id)
+        length = row.n_frames - start if length is None else length
+        if start < 0 or length < 1 or start + length > row.n_frames:
+            raise IndexError(f"frames [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} frames")
+        group = self._file(row.shard)[slot_name(row.slot)]
+        offsets = group[f"{modality}_offsets"][start : start + length + 1]
+        blob = group[modality][offsets[0] : offsets[-1]]
+        return decode_jpegs(blob, offsets - offsets[0])
+
+    def frames(self, video_id: str, start: int = 0, length: int | None = None) -> np.ndarray:
+        return self.read(video_id, "rgb", start, length)
+
+    def residuals(self, video_id: str, start: int = 0, length: int | None = None) -> np.ndarray:
+        return self.read(video_id, "res", start, length)
+
+    # -- flow ----------------------------------------------------------------------------------------------
+    def n_flow(self, video_id: str) -> int:
+        """Number of stored flow pairs: n_frames - 1 (pair t is the motion from frame t to t+1)."""
+        return self._row(video_id, flow=True).n_frames
+
+    def flow(self, video_id: str, start: int = 0, length: int | None = None) -> np.ndarray:
+        """Flow pairs ``start .. start+length-1`` -> (T, 2, H, W) uint8 (channel 0 = u, 1 = v), quantised
+        with the bound in ``flow_bound``; pair t moves frame t to frame t+1."""
+        row = self._row(video_id, flow=True)
+        length = row.n_frames - start if length is None else length
+        if start < 0 or length < 1 or start + length > row.n_frames:
+            raise IndexError(f"flow pairs [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} pairs")
+        return self._file(row.shard)[slot_name(row.slot)]["flow"][start : start + length]
+
+    @property
+    def flow_meta(self) -> dict:
+        path = self.data_dir / "flow" / "flow.json"
+        if not path.exists():
+            raise FormatError(f"no flow at {self.data_dir}: run `iic-prep flow` first")
+        return json.loads(path.read_text())
