@@ -1,0 +1,34 @@
+# Fresh machine:  make demo  (set up + run the main job on the synthetic dataset)
+#                 make test  (set up + run the tests)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build by default. On a CUDA machine install PyTorch's CUDA build into the venv first
+# (README: "GPU machines") and call `make TORCH_SPEC= ...` so that it is kept.
+TORCH_SPEC ?= torch==2.13.0
+DATA ?= data
+
+.PHONY: setup demo test test-all bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/iic demo --data $(DATA)
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
