@@ -1,0 +1,192 @@
+"""IIC: Inter-Intra Contrastive learning (Tao, Wang, Yamasaki, ACM MM 2020), in the paper's notation.
+
+View 1 = RGB clip, view 2 = residual / flow / RGB of the same clip, intra-negative = view 1 with its time
+broken (``repeat`` or ``shuffle``). One shared encoder gives f1, f2, fn (B x D). Memory banks M1, M2, Mn
+(N x D, unit rows) hold a running feature per training video. For sample y and K indices j drawn
+uniformly with replacement (shared by both views):
+
+    z1 = [M2[y].f1, M2[j1..jK].f1, Mn[y].f1, Mn[j1..jK].f1] / tau      (B x 2K+2, positive at 0)
+    z2 = [M1[y].f2, M1[j1..jK].f2, Mn[y].f2, Mn[j1..jK].f2] / tau
+    L  = CE(z1, 0) + CE(z2, 0)
+    then M[y] <- normalize(m M[y] + (1 - m) f) for (M1, f1), (M2, f2), (Mn, fn).
+
+CMC baseline: no Mn (K+1 logits). Defaults K = 1024, tau = 0.07, m = 0.5.
+
+Features are L2-normalised before the dot products (``normalize=True``). CMC's encoders end in an L2
+``Normalize`` layer; IIC's R3D returns the raw 512-d pooled feature to a CMC-style bank that does not
+normalise its inputs. The banks hold unit rows and tau = 0.07 is a temperature for cosine similarities;
+with raw ReLU features of norm >> 1 the logits scale with |f| and the softmax saturates, so we normalise.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
+    return F.normalize(x, p=2, dim=dim, eps=1e-12)
+
+
+def residual(clip: Tensor) -> Tensor:
+    """Frame differences of a float clip ``(..., C, T, H, W)``: ``r[t] = x[t] - x[t-1]``, ``r[0] = 0``.
+
+    For [0, 1] frames the result is in [-1, 1]. Unlike the official ``x - roll(x, 1)``, frame 0 is not
+    differenced against the last frame (a wrap-around artefact of working per clip).
+    """
+    if not clip.is_floating_point():
+        raise ValueError(f"residual needs a float clip (uint8 subtraction wraps), got {clip.dtype}")
+    r = torch.zeros_like(clip)
+    r[..., 1:, :, :] = clip[..., 1:, :, :] - clip[..., :-1, :, :]
+    return r
+
+
+def _randint(high: int, size: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    return torch.randint(high, size, generator=generator, device=gdev).to(device)
+
+
+def intra_negative(clip: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
+    """Intra-negative of a cropped view-1 batch ``(B, C, T, H, W)``: same appearance, broken time.
+
+    repeat:  frame i ~ U{0..T-1} per sample, repeated T times (a still clip).
+    shuffle: T split into 4 chunks of T/4 frames; two distinct chunks, chosen uniformly per sample,
+             are swapped (never the identity).
+    """
+    B, C, T, H, W = clip.shape
+    if kind == "repeat":
+        i = _randint(T, (B,), generator, clip.device)
+        return clip[torch.arange(B, device=clip.device), :, i].unsqueeze(2).expand_as(clip).contiguous()
+    if kind == "shuffle":
+        if T % 4:
+            raise ValueError(f"shuffle splits T into 4 chunks: T = {T} is not divisible by 4")
+        L = T // 4
+        a = _randint(4, (B,), generator, clip.device)
+        b = _randint(3, (B,), generator, clip.device)
+        b = b + (b >= a).long()                                   # uniform over chunks != a
+        perm = torch.arange(4, device=clip.device).repeat(B, 1)   # B x 4 chunk order
+        rows = torch.arange(B, device=clip.device)
+        perm[rows, a], perm[rows, b] = b, a
+        t = torch.arange(T, device=clip.device)
+        src = perm[:, t // L] * L + t % L                         # B x T source frame of each frame
+        return clip.gather(2, src.view(B, 1, T, 1, 1).expand_as(clip))
+    raise ValueError(f"unknown intra-negative kind {kind!r}; expected 'repeat' or 'shuffle'")
+
+
+def gather_from_ranks(t: Tensor) -> Tensor:
+    """Concatenate ``t`` (same shape on every rank) from all ranks along dim 0, without gradient.
+
+    Returns ``t`` unchanged when torch.distributed is not initialised (world size 1).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+class MemoryBank(nn.Module):
+    """N x D bank of unit rows (buffer ``memory``: saved in checkpoints, moved by ``.to()``).
+
+    Initialised uniform in [-a, a], a = 1 / sqrt(D / 3) (as CMC), then rows L2-normalised.
+    """
+
+    def __init__(self, n_data: int, dim: int, generator: torch.Generator | None = None):
+        super().__init__()
+        a = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("memory", l2_normalize(torch.rand(n_data, dim, generator=generator) * 2 * a - a))
+
+    @torch.no_grad()
+    def update(self, index: Tensor, feats: Tensor, m: float = 0.5) -> None:
+        """M[y] <- normalize(m M[y] + (1 - m) f) for index (B,) and feats (B, D).
+
+        A row indexed several times in one call (e.g. DistributedSampler padding) is updated once with
+        the mean of its features: order-independent and deterministic (a one-hot matmul, no atomics),
+        whereas ``index_copy_`` with duplicates keeps an arbitrary one on GPU.
+        """
+        feats = feats.detach().to(self.memory.dtype)
+        rows, inverse = torch.unique(index.to(self.memory.device), return_inverse=True)
+        onehot = F.one_hot(inverse, rows.numel()).T.to(feats)     # U x B
+        f = (onehot @ feats) / onehot.sum(1, keepdim=True)        # U x D mean feature per row
+        self.memory[rows] = l2_normalize(m * self.memory[rows] + (1 - m) * f)
+
+
+def draw_negatives(batch_size: int, K: int, n_data: int, generator: torch.Generator | None = None,
+                   device=None) -> Tensor:
+    """K bank indices per sample, uniform with replacement (may include the sample itself, as CMC)."""
+    return _randint(n_data, (batch_size, K), generator, device)
+
+
+class IICMemory(nn.Module):
+    """Banks M1 (view 1), M2 (view 2), Mn (intra-negatives; None for CMC) and the IIC logits.
+
+    n_data: bank rows = training videos (from the manifest). dim: feature size D. K: negatives per
+    sample. tau: temperature. m: bank momentum. intra_neg: False = CMC baseline (no Mn).
+    live_negative: also append the current fn (with gradient) as one extra negative column; the paper
+    uses the intra-negative only through its bank. normalize: L2-normalise f1, f2, fn (module docstring).
+    Banks are updated only in training mode.
+    """
+
+    def __init__(self, n_data: int, dim: int = 512, K: int = 1024, tau: float = 0.07, m: float = 0.5,
+                 intra_neg: bool = True, live_negative: bool = False, normalize: bool = True,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if live_negative and not intra_neg:
+            raise ValueError("live_negative needs intra-negatives (intra_neg=True)")
+        self.n_data, self.dim, self.K, self.tau, self.m = n_data, dim, K, tau, m
+        self.live_negative, self.normalize = live_negative, normalize
+        self.M1 = MemoryBank(n_data, dim, generator)
+        self.M2 = MemoryBank(n_data, dim, generator)
+        self.Mn = MemoryBank(n_data, dim, generator) if intra_neg else None
+
+    def _logits(self, f: Tensor, M: MemoryBank, idx: Tensor, fn: Tensor | None) -> Tensor:
+        z = torch.einsum("bkd,bd->bk", M.memory[idx], f)                       # B x (K+1)
+        if self.Mn is not None:
+            z = torch.cat([z, torch.einsum("bkd,bd->bk", self.Mn.memory[idx], f)], dim=1)  # B x (2K+2)
+        if self.live_negative:
+            z = torch.cat([z, (f * fn).sum(1, keepdim=True)], dim=1)          # B x (2K+3)
+        return z / self.tau
+
+    def forward(self, f1: Tensor, f2: Tensor, fn: Tensor | None, index: Tensor,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """f1, f2, fn: (B, D) features of view 1, view 2, intra-negative (fn None for CMC);
+        index: (B,) bank rows. Returns logits z1, z2 (B x 2K+2, or K+1 for CMC, +1 with live_negative),
+        positive at column 0."""
+        if (fn is None) != (self.Mn is None):
+            raise ValueError("pass fn exactly when the module has an intra-negative bank")
+        if self.normalize:
+            f1, f2 = l2_normalize(f1), l2_normalize(f2)
+            fn = l2_normalize(fn) if fn is not None else None
+        B = f1.shape[0]
+        j = draw_negatives(B, self.K, self.n_data, generator, f1.device)       # B x K
+        idx = torch.cat([index.view(B, 1).to(j), j], dim=1)                   # B x (K+1), y first
+        z1 = self._logits(f1, self.M2, idx, fn)
+        z2 = self._logits(f2, self.M1, idx, fn)
+        if self.training:
+            y = gather_from_ranks(index.to(f1.device))
+            self.M1.update(y, gather_from_ranks(f1.detach()), self.m)
+            self.M2.update(y, gather_from_ranks(f2.detach()), self.m)
+            if self.Mn is not None:
+                self.Mn.update(y, gather_from_ranks(fn.detach()), self.m)
+        return z1, z2
+
+
+def nce_loss(z1: Tensor, z2: Tensor) -> Tensor:
+    """NCE-softmax loss: CE(z1, 0) + CE(z2, 0), each averaged over the batch (positive at column 0)."""
+    target = torch.zeros(z1.shape[0], dtype=torch.long, device=z1.device)
+    return F.cross_entropy(z1, target) + F.cross_entropy(z2, target)
+
+
+class ProjectionHead(nn.Module):
+    """Optional MLP head of the authors' v2 code: D_in -> hidden -> D_out with ReLU, then L2 norm."""
+
+    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return l2_normalize(self.mlp(x))

@@ -1,0 +1,232 @@
+"""IIC objective: logits and loss against the formula, memory banks, intra-negatives, residuals."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from iic.model.iic import (IICMemory, MemoryBank, ProjectionHead, draw_negatives, gather_from_ranks,
+                           intra_negative, l2_normalize, nce_loss, residual)
+
+N, D, K, BATCH, TAU, M = 10, 4, 5, 3, 0.07, 0.5
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def features(seed: int = 0, batch: int = BATCH):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, D, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def reference_logits(f, pos_bank, neg_bank, idx):
+    """The REFERENCE formula with explicit loops: [P[y].f, P[j..].f, Mn[y].f, Mn[j..].f] / tau."""
+    f = unit(f)
+    rows = []
+    for b in range(f.shape[0]):
+        row = [pos_bank[i] @ f[b] for i in idx[b]]
+        if neg_bank is not None:
+            row += [neg_bank[i] @ f[b] for i in idx[b]]
+        rows.append(row)
+    return np.array(rows) / TAU
+
+
+def reference_loss(z):
+    return float(np.mean([-(r[0] - np.log(np.sum(np.exp(r)))) for r in z]))
+
+
+def make_memory(**kw):
+    return IICMemory(N, D, K, TAU, M, generator=torch.Generator().manual_seed(7), **kw).double()
+
+
+def test_logits_and_loss_match_formula():
+    mem = make_memory()
+    banks = {k: getattr(mem, k).memory.numpy().copy() for k in ("M1", "M2", "Mn")}
+    f1, f2, fn = features()
+    index = torch.tensor([2, 7, 4])
+    z1, z2 = mem(f1, f2, fn, index, torch.Generator().manual_seed(3))
+    j = draw_negatives(BATCH, K, N, torch.Generator().manual_seed(3)).numpy()
+    idx = np.concatenate([index.numpy()[:, None], j], 1)
+    ref1 = reference_logits(f1.numpy(), banks["M2"], banks["Mn"], idx)
+    ref2 = reference_logits(f2.numpy(), banks["M1"], banks["Mn"], idx)
+    assert z1.shape == z2.shape == (BATCH, 2 * K + 2)
+    assert np.allclose(z1.detach().numpy(), ref1) and np.allclose(z2.detach().numpy(), ref2)
+    loss = nce_loss(z1, z2)
+    assert math.isclose(loss.item(), reference_loss(ref1) + reference_loss(ref2), rel_tol=1e-9)
+
+
+def test_loss_target_is_column_zero():
+    z = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    expected = (-torch.log_softmax(z, 1)[:, 0]).mean() * 2
+    assert torch.allclose(nce_loss(z, z), expected)
+    assert nce_loss(torch.tensor([[50.0, 0.0]]), torch.tensor([[50.0, 0.0]])).item() < 1e-6
+
+
+def test_logit_counts():
+    f1, f2, fn = features()
+    index = torch.tensor([0, 1, 2])
+    cmc = make_memory(intra_neg=False)
+    assert cmc.Mn is None
+    assert cmc(f1, f2, None, index)[0].shape == (BATCH, K + 1)
+    live = make_memory(live_negative=True)
+    fn = fn.clone().requires_grad_(True)
+    z1, z2 = live(f1, f2, fn, index)
+    assert z1.shape == z2.shape == (BATCH, 2 * K + 3)
+    assert torch.allclose(z1[:, -1], (l2_normalize(f1) * l2_normalize(fn)).sum(1) / TAU)
+    nce_loss(z1, z2).backward()
+    assert fn.grad is not None and fn.grad.abs().sum() > 0
+    with pytest.raises(ValueError):
+        make_memory()(f1, f2, None, index)
+    with pytest.raises(ValueError):
+        make_memory(intra_neg=False, live_negative=True)
+
+
+def test_cmc_logits_match_formula():
+    mem = make_memory(intra_neg=False)
+    m2 = mem.M2.memory.numpy().copy()
+    f1, f2, _ = features(1)
+    index = torch.tensor([9, 0, 3])
+    z1, _ = mem(f1, f2, None, index, torch.Generator().manual_seed(4))
+    j = draw_negatives(BATCH, K, N, torch.Generator().manual_seed(4)).numpy()
+    idx = np.concatenate([index.numpy()[:, None], j], 1)
+    assert np.allclose(z1.numpy(), reference_logits(f1.numpy(), m2, None, idx))
+
+
+def test_bank_update_formula_and_only_in_training():
+    m = 0.3  # not 0.5, so swapping m and 1 - m would fail
+    mem = IICMemory(N, D, K, TAU, m, generator=torch.Generator().manual_seed(7)).double()
+    old = {k: getattr(mem, k).memory.clone() for k in ("M1", "M2", "Mn")}
+    f1, f2, fn = features(2)
+    index = torch.tensor([5, 1, 8])
+    mem(f1, f2, fn, index)
+    others = [i for i in range(N) if i not in index.tolist()]
+    for name, f in (("M1", f1), ("M2", f2), ("Mn", fn)):
+        new = getattr(mem, name).memory
+        for b, y in enumerate(index.tolist()):
+            expected = unit(m * old[name][y].numpy() + (1 - m) * unit(f[b].numpy()))
+            assert np.allclose(new[y].numpy(), expected)
+        assert torch.equal(new[others], old[name][others])
+    mem.eval()
+    before = mem.M1.memory.clone()
+    mem(*features(3), index)
+    assert torch.equal(mem.M1.memory, before)
+
+
+def test_rows_stay_unit_norm():
+    mem = make_memory()
+    assert torch.allclose(mem.M1.memory.norm(dim=1), torch.ones(N, dtype=torch.float64))
+    g = torch.Generator().manual_seed(5)
+    for step in range(20):
+        f1, f2, fn = (10 * torch.randn(4, D, generator=g, dtype=torch.float64) for _ in range(3))
+        mem(f1, f2, fn, torch.randint(N, (4,), generator=g))
+    for bank in (mem.M1, mem.M2, mem.Mn):
+        assert torch.allclose(bank.memory.norm(dim=1), torch.ones(N, dtype=torch.float64))
+
+
+def test_bank_init_range():
+    a = 1 / math.sqrt(D / 3)
+    bank = MemoryBank(1000, D, torch.Generator().manual_seed(0))
+    raw = torch.rand(1000, D, generator=torch.Generator().manual_seed(0)) * 2 * a - a
+    assert torch.allclose(bank.memory, l2_normalize(raw))
+
+
+def test_duplicate_indices_use_the_mean_feature():
+    bank = MemoryBank(N, D, torch.Generator().manual_seed(0)).double()
+    old = bank.memory.clone()
+    f = torch.randn(3, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    bank.update(torch.tensor([3, 6, 3]), f, 0.25)
+    assert torch.allclose(bank.memory[3], l2_normalize(0.25 * old[3] + 0.75 * (f[0] + f[2]) / 2))
+    assert torch.allclose(bank.memory[6], l2_normalize(0.25 * old[6] + 0.75 * f[1]))
+    again = MemoryBank(N, D, torch.Generator().manual_seed(0)).double()
+    again.update(torch.tensor([3, 3, 6]), f[[2, 0, 1]], 0.25)  # order does not matter
+    assert torch.allclose(again.memory, bank.memory)
+
+
+def test_buffers_in_state_dict_and_moved_by_to():
+    mem = IICMemory(N, D, K)
+    keys = set(mem.state_dict())
+    assert keys == {"M1.memory", "M2.memory", "Mn.memory"}
+    assert set(IICMemory(N, D, K, intra_neg=False).state_dict()) == {"M1.memory", "M2.memory"}
+    assert mem.M1.memory.shape == (N, D)
+    assert not any(p.requires_grad for p in mem.buffers())
+    moved = mem.to("meta")
+    assert all(b.device.type == "meta" for b in moved.buffers())
+    assert IICMemory(N, D, K).to(torch.float64).M2.memory.dtype == torch.float64
+
+
+def test_gather_from_ranks(tmp_path):
+    t = torch.arange(6.0).view(3, 2)
+    assert gather_from_ranks(t) is t  # not initialised: world size 1
+    # a one-process group runs the all_gather path
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        assert torch.equal(gather_from_ranks(t), t)
+    finally:
+        dist.destroy_process_group()
+
+
+def distinct_clip(batch: int = 4, T: int = 16) -> torch.Tensor:
+    """(B, 2, T, 3, 3) clip whose every frame is unique (value = 100 b + t)."""
+    v = 100 * torch.arange(batch).view(batch, 1, 1, 1, 1) + torch.arange(T).view(1, 1, T, 1, 1)
+    return v.expand(batch, 2, T, 3, 3).float()
+
+
+def test_repeat_gives_a_still_clip_of_one_source_frame():
+    clip = distinct_clip(8)
+    neg = intra_negative(clip, "repeat", torch.Generator().manual_seed(0))
+    assert neg.shape == clip.shape
+    sources = set()
+    for b in range(8):
+        i = int(neg[b, 0, 0, 0, 0].item()) - 100 * b
+        assert 0 <= i < 16
+        assert torch.equal(neg[b], clip[b, :, i:i + 1].expand(2, 16, 3, 3))
+        sources.add(i)
+    assert len(sources) > 1
+    again = intra_negative(clip, "repeat", torch.Generator().manual_seed(0))
+    assert torch.equal(neg, again)
+
+
+def test_shuffle_swaps_exactly_two_distinct_chunks():
+    B = 200
+    clip = distinct_clip(B)
+    neg = intra_negative(clip, "shuffle", torch.Generator().manual_seed(1))
+    pairs = set()
+    for b in range(B):
+        assert not torch.equal(neg[b], clip[b])
+        order = [int(neg[b, 0, 4 * c, 0, 0].item()) - 100 * b for c in range(4)]
+        perm = [o // 4 for o in order]
+        assert sorted(perm) == [0, 1, 2, 3] and all(o % 4 == 0 for o in order)
+        for c in range(4):  # chunk c of the negative is source chunk perm[c], frames in order
+            assert torch.equal(neg[b, :, 4 * c:4 * c + 4], clip[b, :, 4 * perm[c]:4 * perm[c] + 4])
+        moved = [c for c in range(4) if perm[c] != c]
+        assert len(moved) == 2 and perm[moved[0]] == moved[1] and perm[moved[1]] == moved[0]
+        pairs.add(tuple(moved))
+    assert pairs == {(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)}
+
+
+def test_shuffle_needs_t_divisible_by_4_and_kind_is_checked():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        intra_negative(torch.zeros(1, 3, 6, 2, 2), "shuffle")
+    assert intra_negative(torch.zeros(1, 3, 8, 2, 2), "shuffle").shape == (1, 3, 8, 2, 2)
+    with pytest.raises(ValueError):
+        intra_negative(torch.zeros(1, 3, 8, 2, 2), "reverse")
+
+
+def test_residual_first_frame_zero():
+    clip = torch.tensor([0.2, 0.5, 0.1, 0.9]).view(1, 1, 4, 1, 1).expand(2, 3, 4, 2, 2)
+    r = residual(clip)
+    expected = torch.tensor([0.0, 0.3, -0.4, 0.8]).view(1, 1, 4, 1, 1).expand(2, 3, 4, 2, 2)
+    assert torch.allclose(r, expected)
+    assert torch.allclose(residual(clip[0]), expected[0])  # a single (C, T, H, W) clip
+    with pytest.raises(ValueError):
+        residual(torch.zeros(3, 4, 2, 2, dtype=torch.uint8))
+
+
+def test_projection_head():
+    head = ProjectionHead()
+    z = head(torch.randn(5, 512, generator=torch.Generator().manual_seed(0)))
+    assert z.shape == (5, 128)
+    assert torch.allclose(z.norm(dim=1), torch.ones(5), atol=1e-6)
+    assert [m.out_features for m in head.mlp if isinstance(m, torch.nn.Linear)] == [512, 128]
