@@ -1,0 +1,363 @@
+"""DualVar (Zhang et al., BMVC 2021): clip contrast + temporal-coherent contrast + shuffle-rank.
+
+    L = w_clip L_clip(v0, v1) + w_tc L_tc(v0, v1) + 0.5 L_rank(v0, restored v2) + 0.5 L_rank(v2, restored v2)
+
+v0, v1: 16-frame clips from two random times of the same video; v2: an unshuffled copy of v0 (its own
+augmentation); the shuffled v2 has its S segments permuted, is encoded, and its slots are put back in
+original segment order ("calibration") before ranking. Heads and the MoCo queue hold state (modules);
+the losses are pure functions. Choices follow the official code, lzhangbj/DualVar ``model/simclr.py``
+(``SimCLR_TimeSeriesV4``) and ``model/moco.py`` (``MoCo_TimeSeriesV4``):
+
+* heads: Linear-ReLU-Linear (the official 1x1x1 Conv3d-ReLU-Conv3d on pooled features), no BatchNorm;
+* L_tc: clip similarity = mean over the S x S slot dot products = (mean slot of a) . (mean slot of b),
+  NOT re-normalised (official ``series_similarity_matrix.mean(dim=(2,3))``);
+* L_rank: 2S x 2S cosine matrix of both members' slots; every one of the 2S slots is an anchor, its
+  positive is the same segment in the other member, its negatives are ALL other slots of both members
+  (2S-2 of them: for S=2 the other slot of its own member and the other slot of the other member);
+  loss = mean softplus(min((s_neg - s_pos) / theta, clamp)) over B * 2S * (2S-2) terms;
+* shuffling draws a uniform permutation per sample, identity included (official
+  ``np.random.permutation``); ``allow_identity=False`` excludes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+Gather = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DualVarConfig:
+    """Hyper-parameters of the DualVar objective (REFERENCE.md section 2)."""
+
+    clip_dim: int = 128  # L_clip embedding
+    n_segments: int = 2  # S, slots per clip
+    slot_dim: int = 64  # d, per-slot embedding
+    tau_clip: float = 0.07
+    tau_tc: float = 0.07
+    theta: float = 0.05  # shuffle-rank temperature
+    rank_clamp: float = 5.0  # upper clamp of (s_neg - s_pos) / theta
+    w_clip: float = 1.0
+    w_tc: float = 1.0
+    w_rank_v0: float = 0.5  # reference = view 0
+    w_rank_v2: float = 0.5  # reference = view 2 (unshuffled copy)
+    clip_loss: str = "simclr"  # "simclr" (in-batch NT-Xent) or "moco" (queue of momentum keys)
+    moco_k: int = 16384
+    moco_m: float = 0.999
+    allow_identity_shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.clip_loss not in ("simclr", "moco"):
+            raise ValueError(f"clip_loss must be 'simclr' or 'moco', got {self.clip_loss!r}")
+        if self.n_segments < 2:
+            raise ValueError(f"n_segments must be >= 2, got {self.n_segments}")
+        for name in ("tau_clip", "tau_tc", "theta"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0.0 <= self.moco_m < 1.0:
+            raise ValueError(f"moco_m must be in [0, 1), got {self.moco_m}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- heads
+class ClipHead(nn.Module):
+    """SimCLR projection: (B, in_dim) pooled feature -> (B, out_dim) unit vectors (Linear-ReLU-Linear)."""
+
+    def __init__(self, in_dim: int = 512, out_dim: int = 128, hidden_dim: Optional[int] = None):
+        super().__init__()
+        hidden_dim = hidden_dim or in_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x.flatten(1)), dim=1)  # (B, out_dim); flatten accepts (B, C, 1, 1, 1)
+
+
+class SeriesHead(nn.Module):
+    """Segment slots: (B, in_dim) -> (B, S, slot_dim), each slot a unit vector."""
+
+    def __init__(
+        self, in_dim: int = 512, n_segments: int = 2, slot_dim: int = 64, hidden_dim: Optional[int] = None
+    ):
+        super().__init__()
+        hidden_dim = hidden_dim or in_dim
+        self.n_segments, self.slot_dim = n_segments, slot_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, n_segments * slot_dim)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slots = self.mlp(x.flatten(1)).view(-1, self.n_segments, self.slot_dim)
+        return F.normalize(slots, dim=2)
+
+
+# ------------------------------------------------------------------------------- distributed
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather (B, ...) from every rank into (world*B, ...), keeping the gradient to the local part.
+
+    Falls back to the identity when torch.distributed is not initialised or world size is 1.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather  # autograd-aware all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def _resolve_rank(rank: Optional[int]) -> int:
+    if rank is not None:
+        return rank
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+# ------------------------------------------------------------------------------------ losses
+def nt_xent(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    tau: float = 0.07,
+    *,
+    a_all: Optional[torch.Tensor] = None,
+    b_all: Optional[torch.Tensor] = None,
+    gather: Optional[Gather] = None,
+    rank: Optional[int] = None,
+) -> torch.Tensor:
+    """SimCLR NT-Xent over 2N samples; positives are (i, i+N); self-similarity excluded.
+
+    a, b: (B, D) local embeddings of the two views (assumed L2-normalised; the dot product is used as is).
+    Negatives: every other sample of both views across all ranks, N = world * B. Pass either the
+    already-gathered a_all, b_all (N, D), or a ``gather`` callable (e.g. :func:`gather_with_grad`);
+    neither = world size 1. The local rows are the anchors (2B of them) and ``rank`` (default: the
+    torch.distributed rank, else 0) locates them in the gathered batch, so the per-rank losses average
+    to the full-batch loss. Returns the mean cross-entropy over the local anchors (scalar).
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"a and b must both be (B, D), got {tuple(a.shape)} and {tuple(b.shape)}")
+    if gather is not None:
+        if a_all is not None or b_all is not None:
+            raise ValueError("pass either gather or a_all/b_all, not both")
+        a_all, b_all = gather(a), gather(b)
+    if a_all is None or b_all is None:
+        a_all, b_all, offset = a, b, 0
+    else:
+        offset = _resolve_rank(rank) * a.shape[0]
+    n_local, n_all = a.shape[0], a_all.shape[0]
+    if b_all.shape[0] != n_all or offset + n_local > n_all:
+        raise ValueError("gathered tensors do not match the local batch and rank")
+
+    anchors = torch.cat([a, b])  # (2B, D)
+    candidates = torch.cat([a_all, b_all])  # (2N, D)
+    logits = anchors @ candidates.T / tau  # (2B, 2N)
+    local = torch.arange(n_local, device=a.device) + offset  # global index of each local sample
+    self_idx = torch.cat([local, local + n_all])  # where each anchor sits among the candidates
+    pos_idx = torch.cat([local + n_all, local])  # its other view
+    rows = torch.arange(2 * n_local, device=a.device)
+    minus_inf = torch.full((), float("-inf"), dtype=logits.dtype, device=logits.device)
+    logits = logits.index_put((rows, self_idx), minus_inf)  # drop self-similarity
+    return F.cross_entropy(logits, pos_idx)
+
+
+def segment_mean(slots: torch.Tensor) -> torch.Tensor:
+    """(B, S, d) slots -> (B, d) mean slot, NOT re-normalised: a.b = mean of the S x S slot dot products."""
+    return slots.mean(dim=1)
+
+
+def temporal_coherent_loss(
+    slots_a: torch.Tensor,
+    slots_b: torch.Tensor,
+    tau: float = 0.07,
+    *,
+    gather: Optional[Gather] = None,
+    rank: Optional[int] = None,
+) -> torch.Tensor:
+    """L_tc: NT-Xent on the (un-normalised) mean of each clip's segment slots, (B, S, d) x 2 -> scalar."""
+    return nt_xent(segment_mean(slots_a), segment_mean(slots_b), tau, gather=gather, rank=rank)
+
+
+def random_permutations(
+    batch: int,
+    n_segments: int,
+    generator: Optional[torch.Generator] = None,
+    allow_identity: bool = True,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """(batch, S) int64: an independent uniform permutation of range(S) per row.
+
+    With ``allow_identity=False`` identity rows are redrawn (uniform over the S! - 1 others).
+    """
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.argsort(torch.rand(batch, n_segments, generator=generator, device=gen_device), dim=1)
+    if not allow_identity:
+        identity = torch.arange(n_segments, device=gen_device)
+        while True:
+            redo = (perm == identity).all(dim=1)
+            if not redo.any():
+                break
+            fresh = torch.rand(int(redo.sum()), n_segments, generator=generator, device=gen_device)
+            perm[redo] = torch.argsort(fresh, dim=1)
+    return perm.to(device) if device is not None else perm
+
+
+def shuffle_segments(
+    clip: torch.Tensor,
+    n_segments: int = 2,
+    generator: Optional[torch.Generator] = None,
+    allow_identity: bool = True,
+    perm: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Split T into S equal segments and permute them per sample.
+
+    clip: (B, C, T, H, W), T divisible by S. Returns (shuffled (B, C, T, H, W), perm (B, S)) where segment j
+    of the shuffled clip is segment ``perm[b, j]`` of the original. ``perm`` may be given (tests, replay).
+    """
+    bsz, c, t, h, w = clip.shape
+    if t % n_segments:
+        raise ValueError(f"T={t} is not divisible by n_segments={n_segments}")
+    if perm is None:
+        perm = random_permutations(bsz, n_segments, generator, allow_identity)
+    perm = perm.to(clip.device, torch.long)
+    if perm.shape != (bsz, n_segments):
+        raise ValueError(f"perm must be ({bsz}, {n_segments}), got {tuple(perm.shape)}")
+    seg = clip.reshape(bsz, c, n_segments, t // n_segments, h, w)
+    index = perm.view(bsz, 1, n_segments, 1, 1, 1).expand_as(seg)
+    return torch.gather(seg, 2, index).reshape(bsz, c, t, h, w), perm
+
+
+def restore_order(slots: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Calibration: slots (B, S, d) of a shuffled clip -> slots in original segment order.
+
+    Slot j of the shuffled clip describes original segment perm[b, j]:
+    restored[b, perm[b, j]] = slots[b, j].
+    """
+    perm = perm.to(slots.device, torch.long)
+    index = perm.unsqueeze(-1).expand_as(slots)
+    return torch.zeros_like(slots).scatter(1, index, slots)
+
+
+def rank_loss(
+    ref_slots: torch.Tensor, restored_slots: torch.Tensor, theta: float = 0.05, clamp: float = 5.0
+) -> torch.Tensor:
+    """Shuffle-rank loss of (reference, restored) slot pairs, (B, S, d) x 2 -> scalar.
+
+    Per pair the 2S slot vectors [ref_0..ref_{S-1}, res_0..res_{S-1}] give a (2S, 2S) cosine matrix; for
+    anchor i the positive is the same segment in the other member (i +- S), the negatives are the 2S-2
+    remaining off-diagonal entries of row i. Loss = mean softplus(min((s_neg - s_pos) / theta, clamp)):
+    beyond the clamp the gradient is zero (official SimCLR_TimeSeriesV4.calc_ranking_loss).
+    """
+    if ref_slots.shape != restored_slots.shape or ref_slots.ndim != 3:
+        raise ValueError("ref_slots and restored_slots must both be (B, S, d)")
+    bsz, s, _ = ref_slots.shape
+    v = F.normalize(torch.cat([ref_slots, restored_slots], dim=1), dim=2)  # (B, 2S, d)
+    sim = v @ v.transpose(1, 2)  # (B, 2S, 2S)
+    idx = torch.arange(2 * s, device=v.device)
+    pos_col = (idx + s) % (2 * s)
+    s_pos = sim[:, idx, pos_col].unsqueeze(2)  # (B, 2S, 1)
+    neg_mask = (idx[None, :] != idx[:, None]) & (idx[None, :] != pos_col[:, None])  # (2S, 2S)
+    s_neg = sim[:, neg_mask].view(bsz, 2 * s, 2 * s - 2)  # row-major: row i's negatives together
+    return F.softplus(((s_neg - s_pos) / theta).clamp(max=clamp)).mean()
+
+
+# ---------------------------------------------------------------------------------------- MoCo
+class MoCoQueue(nn.Module):
+    """FIFO queue of K momentum-encoder keys (K, D), rows unit norm; state lives in buffers."""
+
+    def __init__(self, dim: int, k: int = 16384, generator: Optional[torch.Generator] = None):
+        super().__init__()
+        self.register_buffer("queue", F.normalize(torch.randn(k, dim, generator=generator), dim=1))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Replace the oldest rows with ``keys`` (N, D), gathered from every rank so all ranks agree."""
+        k = self.queue.shape[0]
+        keys = keys.detach().to(self.queue.dtype)[-k:]
+        n = keys.shape[0]
+        ptr = int(self.ptr)
+        rows = (ptr + torch.arange(n, device=self.queue.device)) % k  # wraps around: no K % N requirement
+        self.queue[rows] = keys
+        self.ptr[0] = (ptr + n) % k
+
+
+def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """(B, 1+K) logits, target 0: [q.k, q.queue_1..K] / tau. q, k: (B, D) unit; queue: (K, D), no gradient."""
+    pos = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
+    neg = q @ queue.detach().T  # (B, K)
+    return torch.cat([pos, neg], dim=1) / tau
+
+
+def moco_tc_logits(
+    q_slots: torch.Tensor, k_slots: torch.Tensor, slot_queue: torch.Tensor, tau: float = 0.07
+) -> torch.Tensor:
+    """MoCo form of L_tc (official MoCo_TimeSeriesV4): (B, 1+K) logits on mean slots, target 0.
+
+    q_slots, k_slots: (B, S, d); slot_queue: (K, S*d) flattened key slots.
+    """
+    s, d = q_slots.shape[1:]
+    queue_means = slot_queue.view(-1, s, d).mean(dim=1)  # (K, d)
+    return moco_logits(segment_mean(q_slots), segment_mean(k_slots), queue_means, tau)
+
+
+@torch.no_grad()
+def momentum_update(model_q: nn.Module, model_k: nn.Module, m: float = 0.999) -> None:
+    """theta_k <- m theta_k + (1 - m) theta_q for every parameter (buffers untouched, as in MoCo)."""
+    params_q, params_k = list(model_q.parameters()), list(model_k.parameters())
+    if len(params_q) != len(params_k):
+        raise ValueError("query and key models have different parameter lists")
+    for p_q, p_k in zip(params_q, params_k):
+        if p_q.shape != p_k.shape:
+            raise ValueError(f"parameter shape mismatch {tuple(p_q.shape)} vs {tuple(p_k.shape)}")
+        p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+
+
+# ----------------------------------------------------------------------------------- objective
+def dualvar_loss(
+    clip0: torch.Tensor,
+    clip1: torch.Tensor,
+    slots0: torch.Tensor,
+    slots1: torch.Tensor,
+    slots2: torch.Tensor,
+    restored2: torch.Tensor,
+    cfg: DualVarConfig,
+    *,
+    clip_queue: Optional[torch.Tensor] = None,
+    slot_queue: Optional[torch.Tensor] = None,
+    gather: Optional[Gather] = None,
+    rank: Optional[int] = None,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Total DualVar loss and its parts {"clip", "tc", "rank_v0", "rank_v2"} (unweighted).
+
+    clip0, clip1: (B, clip_dim) ClipHead outputs of views 0 and 1 (for cfg.clip_loss == "moco", clip1 and
+    slots1 are the momentum encoder's keys and clip_queue (K, clip_dim), slot_queue (K, S*d) the queues).
+    slots0, slots1, slots2: (B, S, d) SeriesHead outputs of views 0, 1 and the unshuffled view 2.
+    restored2: (B, S, d) slots of the shuffled view 2 after :func:`restore_order`.
+    """
+    if cfg.clip_loss == "moco":
+        if clip_queue is None or slot_queue is None:
+            raise ValueError("the moco variant needs clip_queue and slot_queue")
+        target = torch.zeros(clip0.shape[0], dtype=torch.long, device=clip0.device)
+        l_clip = F.cross_entropy(moco_logits(clip0, clip1, clip_queue, cfg.tau_clip), target)
+        l_tc = F.cross_entropy(moco_tc_logits(slots0, slots1, slot_queue, cfg.tau_tc), target)
+    else:
+        l_clip = nt_xent(clip0, clip1, cfg.tau_clip, gather=gather, rank=rank)
+        l_tc = temporal_coherent_loss(slots0, slots1, cfg.tau_tc, gather=gather, rank=rank)
+    parts = {
+        "clip": l_clip,
+        "tc": l_tc,
+        "rank_v0": rank_loss(slots0, restored2, cfg.theta, cfg.rank_clamp),
+        "rank_v2": rank_loss(slots2, restored2, cfg.theta, cfg.rank_clamp),
+    }
+    total = (
+        cfg.w_clip * parts["clip"]
+        + cfg.w_tc * parts["tc"]
+        + cfg.w_rank_v0 * parts["rank_v0"]
+        + cfg.w_rank_v2 * parts["rank_v2"]
+    )
+    return total, parts
