@@ -132,3 +132,47 @@ def check(data: Path) -> None:
 def main(verbose: bool) -> None:
     """Training and evaluation."""
     _setup_logging(verbose)
+
+
+@main.command("train")
+@click.option("--dataset", default="ucf101", show_default=True, help="Dataset name: the data folder is DATA/<dataset> unless --data is a dataset folder.")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
+@click.option("--split", type=click.IntRange(1, 3), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: data/runs/<preset or method>].")
+@click.option("--preset", default=None, help="A named configuration (see `iic presets`); flags override it.")
+@click.option("--method", type=click.Choice(["iic", "dualvar"]), default=None)
+@click.option("--model", default=None, help="Backbone preset: r3d-10, r21d-10, c3d, r3d-tiny, ...")
+@click.option("--view2", type=click.Choice(["res", "flow-u", "flow-v", "flow", "rgb"]), default=None)
+@click.option("--neg", type=click.Choice(["repeat", "shuffle", "none"]), default=None, help="Intra-negative (none = CMC).")
+@click.option("--head/--no-head", default=None, help="512-512-128 MLP projection head.")
+@click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")
+@click.option("--frames", type=click.IntRange(2), default=None)
+@click.option("--crop", type=click.IntRange(8), default=None)
+@click.option("--epochs", type=click.IntRange(1), default=None)
+@click.option("--batch-size", type=click.IntRange(2), default=None)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--K", "K", type=click.IntRange(1), default=None, help="Negatives per sample drawn from the banks.")
+@click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader worker processes.")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (ignored on CPU).")
+@click.option("--seed", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, live_negative, frames, crop, epochs,
+              batch_size, lr, K, workers, device, amp, seed, resume) -> None:
+    """Self-supervised pretraining (IIC; DualVar with --method dualvar)."""
+    from .model.checkpoint import CheckpointError
+    from .model.clips import DataError
+    from .model.config import ConfigError, build_config
+    from .model.train import TrainingError, train
+    from .pipeline.shards import FormatError
+
+    data = data or DEFAULT_DATA / dataset
+    out = out or DEFAULT_DATA / "runs" / (preset or method or "iic")
+    try:
+        cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
+                           head=head, live_negative=live_negative, frames=frames, crop=crop, epochs=epochs,
+                           batch_size=batch_size, lr=lr, K=K, workers=workers, device=device, amp=amp, seed=seed)
+        final = train(cfg, resume=resume)
+    except (ConfigError, DataError, FormatError, CheckpointError, TrainingError, RuntimeError) as err:
+        _fail(str(err).splitlines()[0])
+    click.echo(f"final checkpoint: {final}")

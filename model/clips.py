@@ -1,0 +1,171 @@
+"""Clip streaming: a Dataset over the shards that yields dicts of uint8 ``(C, T, H, W)`` clips.
+
+* train: one clip of ``T`` frames (stride ``stride``) per video per epoch, at a random start drawn from a
+  per-sample seed that the sampler hands out (so the clips do not depend on the number of workers, and a
+  resumed run sees exactly the clips an uninterrupted one would).
+* test: ``n`` clips per video with centres ``linspace(T/2, L - T/2, n)``; an item is one (video, clip).
+
+Short videos (fewer than ``(T - 1) * stride + 1`` usable frames) are looped: frame indices wrap around
+modulo the usable length, so every listed video yields clips. Flow pair ``t`` is the motion from frame
+``t`` to ``t + 1``; a video of ``L`` frames has ``L - 1`` pairs, so when flow is loaded the usable
+length is ``L - 1`` for every modality and frame ``t`` of every view lines up with flow pair ``t``.
+
+Clips ship as uint8; float conversion and augmentation happen in batch on the training device.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..pipeline.shards import ManifestRow, VideoStore
+
+MODALITIES = ("rgb", "res", "flow")
+
+
+class DataError(ValueError):
+    """The data cannot serve the request (one-line message)."""
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    frames: int = 16  # T
+    stride: int = 1
+    modalities: tuple[str, ...] = ("rgb", "res")
+    test_clips: int = 10
+
+
+def clip_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample of one epoch, independent of worker count and order."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def clip_indices(length: int, start: int, frames: int, stride: int) -> np.ndarray:
+    """Frame indices of a clip; wraps around (loops) when the video is shorter than the clip."""
+    return (start + np.arange(frames) * stride) % length
+
+
+def train_start(length: int, frames: int, stride: int, rng: np.random.Generator) -> int:
+    """Uniform random start among the starts whose clip fits; 0 for videos that must loop."""
+    span = (frames - 1) * stride + 1
+    return int(rng.integers(0, length - span + 1)) if length >= span else 0
+
+
+def test_starts(length: int, frames: int, stride: int, n: int) -> np.ndarray:
+    """Starts of ``n`` clips with centres ``linspace(span/2, L - span/2, n)`` (all 0 for short videos)."""
+    span = (frames - 1) * stride + 1
+    if length <= span:
+        return np.zeros(n, np.int64)
+    centres = np.linspace(span / 2, length - span / 2, n)
+    return np.clip(np.round(centres - span / 2), 0, length - span).astype(np.int64)
+
+
+class ClipDataset(Dataset):
+    """Clips of one split list (``subset`` = ``train`` or ``test``) of a processed dataset.
+
+    ``mode="train"``: item = (video position, seed) from `EpochSampler`; ``mode="test"``: item = an int
+    in ``range(len(self))`` = video * test_clips + clip. A sample is a dict: one uint8 ``(C, T, H, W)``
+    tensor per modality (``rgb``/``res``: C = 3, ``flow``: C = 2 = (u, v)), ``index`` (the video's row in
+    this list, i.e. its memory-bank row), ``label``, ``clip`` and ``video`` (the id).
+    """
+
+    def __init__(self, data_dir: Path, split: int, subset: str, cfg: ClipConfig, mode: str = "train") -> None:
+        if subset not in ("train", "test") or mode not in ("train", "test"):
+            raise DataError(f"subset and mode must be train or test, got {subset!r}, {mode!r}")
+        unknown = set(cfg.modalities) - set(MODALITIES)
+        if unknown:
+            raise DataError(f"unknown modality {sorted(unknown)}; choose from {', '.join(MODALITIES)}")
+        self.store = VideoStore(data_dir)
+        self.cfg, self.mode, self.subset, self.split = cfg, mode, subset, split
+        if "flow" in cfg.modalities and not self.store.has_flow:
+            raise DataError(f"no optical flow in {data_dir}: run `iic-prep flow` first")
+        self.rows = self._select(split, subset)
+        self.lengths = np.array([self._usable_length(r) for r in self.rows])
+
+    def _select(self, split: int, subset: str) -> list[ManifestRow]:
+        rows = self.store.ok_rows(split, subset)
+        if "flow" in self.cfg.modalities:
+            no_flow = [r.id for r in rows if not (self.store.flow_rows.get(r.id) and self.store.flow_rows[r.id].ok)]
+            if no_flow:
+                raise DataError(
+                    f"{len(no_flow)} {subset} videos have no flow (e.g. {no_flow[0]}): re-run `iic-prep flow` "
+                    "or train on a non-flow view")
+        if not rows:
+            raise DataError(f"split {split} has no {subset} videos extracted in {self.store.data_dir}")
+        return rows
+
+    def _usable_length(self, row: ManifestRow) -> int:
+        return row.n_frames - 1 if "flow" in self.cfg.modalities else row.n_frames
+
+    @property
+    def n_videos(self) -> int:
+        return len(self.rows)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.rows])
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [r.id for r in self.rows]
+
+    def __len__(self) -> int:
+        return self.n_videos if self.mode == "train" else self.n_videos * self.cfg.test_clips
+
+    def __getitem__(self, item) -> dict:
+        if self.mode == "train":
+            index, seed = item
+            length = int(self.lengths[index])
+            start, clip = train_start(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed)), 0
+        else:
+            index, clip = divmod(int(item), self.cfg.test_clips)
+            length = int(self.lengths[index])
+            start = int(test_starts(length, self.cfg.frames, self.cfg.stride, self.cfg.test_clips)[clip])
+        return self.sample(index, start, clip)
+
+    def sample(self, index: int, start: int, clip: int = 0) -> dict:
+        row = self.rows[index]
+        frames = clip_indices(int(self.lengths[index]), start, self.cfg.frames, self.cfg.stride)
+        out = {m: self._read(row.id, m, frames) for m in self.cfg.modalities}
+        out.update(index=index, label=row.label, clip=clip, video=row.id)
+        return out
+
+    def _read(self, video: str, modality: str, frames: np.ndarray) -> torch.Tensor:
+        lo, hi = int(frames.min()), int(frames.max()) + 1
+        if modality == "flow":
+            x = self.store.flow(video, lo, hi - lo)  # (n, 2, H, W)
+            x = x[frames - lo].transpose(1, 0, 2, 3)
+        else:
+            x = self.store.read(video, modality, lo, hi - lo)  # (n, H, W, 3)
+            x = x[frames - lo].transpose(3, 0, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
+class EpochSampler(Sampler):
+    """Yields ``(video, seed)`` for one epoch: a seeded permutation (same on every rank), split across
+    ranks like DistributedSampler (padded by repeating so every rank gets the same count)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch = 0
+        self.per_rank = -(-n // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.arange(self.n)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        order = np.resize(order, self.per_rank * self.world)[self.rank :: self.world]
+        for i in order:
+            yield int(i), clip_seed(self.seed, self.epoch, int(i))

@@ -1,0 +1,128 @@
+"""Typed, frozen training configuration and the named presets of the paper's configurations.
+
+A run's config is built once (preset, then explicit flags on top), printed at start and saved as a
+plain dict with every checkpoint; `from_dict` restores it for ``--resume`` and evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backbones import PRESETS as BACKBONE_PRESETS
+
+METHODS = ("iic", "dualvar")
+VIEWS2 = ("res", "flow-u", "flow-v", "flow", "rgb")
+NEGATIVES = ("repeat", "shuffle", "none")
+
+
+class ConfigError(ValueError):
+    """An invalid or inconsistent configuration (one-line message)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    data: Path = Path("data/ucf101")
+    split: int = 1
+    out: Path = Path("data/runs/iic")
+    frames: int = 16  # T
+    stride: int = 1  # frame stride within a clip (DualVar: 4)
+    crop: int = 112
+    flip: bool = False
+    jitter: float = 0.0
+    workers: int = 4
+    # model
+    method: str = "iic"
+    model: str = "r3d-10"  # a backbone preset name (model/backbones.py)
+    view2: str = "res"
+    neg: str = "repeat"  # intra-negative; none = the CMC baseline
+    head: bool = False  # 512-512-128 MLP + L2 norm (the authors' v2 code); IIC paper: no head
+    live_negative: bool = False  # also feed the current intra-negative (with gradient) as a logit
+    K: int = 1024
+    tau: float = 0.07
+    m: float = 0.5
+    # DualVar (used when method == "dualvar")
+    dualvar: dict = field(default_factory=dict)
+    # optimisation (IIC: SGD 0.01, momentum 0.9, wd 1e-4, batch 16, 240 epochs, x0.2 at 45/90/125/160)
+    epochs: int = 240
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: tuple[float, ...] = (45 / 240, 90 / 240, 125 / 240, 160 / 240)  # fractions of the run
+    gamma: float = 0.2
+    # run
+    device: str = "auto"
+    amp: bool = True  # used on CUDA only
+    seed: int = 0
+    log_every: int = 10  # steps between JSONL metric lines
+
+    def milestone_epochs(self) -> list[int]:
+        """The paper's decay epochs scaled to ``epochs`` (45/90/125/160 of 240)."""
+        return sorted({max(1, round(f * self.epochs)) for f in self.milestones if round(f * self.epochs) < self.epochs})
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """What the loader must read for this config."""
+        if self.view2.startswith("flow"):
+            return ("rgb", "flow")
+        return ("rgb", "res") if self.view2 == "res" else ("rgb",)
+
+    def validate(self) -> TrainConfig:
+        checks = [
+            (self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"),
+            (self.model in BACKBONE_PRESETS, f"unknown model {self.model!r}; choose one of {', '.join(BACKBONE_PRESETS)}"),
+            (self.view2 in VIEWS2, f"unknown view2 {self.view2!r}; choose one of {', '.join(VIEWS2)}"),
+            (self.neg in NEGATIVES, f"unknown neg {self.neg!r}; choose one of {', '.join(NEGATIVES)}"),
+            (self.neg != "shuffle" or self.frames % 4 == 0, f"--neg shuffle needs frames divisible by 4, got {self.frames}"),
+            (not (self.live_negative and self.neg == "none"), "--live-negative needs an intra-negative (--neg repeat|shuffle)"),
+            (self.epochs >= 1 and self.batch_size >= 2, "need epochs >= 1 and batch size >= 2"),
+            (self.frames >= 2 and self.stride >= 1, "need at least 2 frames per clip and stride >= 1"),
+            (self.K >= 1 and self.tau > 0 and 0 <= self.m < 1, "need K >= 1, tau > 0 and 0 <= m < 1"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown device {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(data=str(self.data), out=str(self.out), milestones=list(self.milestones))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"config has unknown keys {sorted(unknown)}")
+        return cls(**{**d, "data": Path(d["data"]), "out": Path(d["out"]), "milestones": tuple(d["milestones"])})
+
+
+# The paper's configurations (REFERENCE.md section 1) and a tiny CPU preset for tests and the demo.
+PRESETS: dict[str, dict] = {
+    "r3d-res-repeat": dict(model="r3d-10", view2="res", neg="repeat"),
+    "r3d-flowu-repeat": dict(model="r3d-10", view2="flow-u", neg="repeat"),
+    "r3d-res-shuffle": dict(model="r3d-10", view2="res", neg="shuffle"),
+    "r3d-flowv-shuffle": dict(model="r3d-10", view2="flow-v", neg="shuffle"),
+    "r21d-res-repeat": dict(model="r21d-10", view2="res", neg="repeat"),
+    "c3d-res-repeat": dict(model="c3d", view2="res", neg="repeat"),
+    "cmc-r3d-res": dict(model="r3d-10", view2="res", neg="none"),
+    "tiny": dict(model="r3d-tiny", view2="res", neg="repeat", frames=16, crop=64, epochs=12, batch_size=16,
+                 lr=0.05, K=64, workers=2),
+    "cmc-tiny": dict(model="r3d-tiny", view2="res", neg="none", frames=16, crop=64, epochs=12, batch_size=16,
+                     lr=0.05, K=64, workers=2),
+}
+
+
+def build_config(preset: str | None = None, **overrides) -> TrainConfig:
+    """Preset values, then every override that is not None; validated."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return TrainConfig(**values).validate()
+    except TypeError as err:
+        raise ConfigError(str(err)) from None

@@ -1,0 +1,103 @@
+"""Run logging (rank 0 only): per-step JSONL metrics, optional TensorBoard, and the curves PNG.
+
+TensorBoard is used when the ``tensorboard`` package is installed (it is optional: ``pip install
+iic[tensorboard]``); matplotlib draws the loss and learning-rate curves at the end of a run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Meter:
+    """Running average and the share of wall time spent waiting for data (MoCo's AverageMeter idea)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = self.n = self.data_time = self.step_time = 0.0
+        self.clips = 0
+
+    def update(self, loss: float, clips: int, data_time: float, step_time: float) -> None:
+        self.loss_sum += loss
+        self.n += 1
+        self.clips += clips
+        self.data_time += data_time
+        self.step_time += step_time
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.n, 1)
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / max(self.data_time + self.step_time, 1e-9)
+
+    @property
+    def data_share(self) -> float:
+        return self.data_time / max(self.data_time + self.step_time, 1e-9)
+
+
+class RunLog:
+    """Appends metrics to ``metrics.jsonl`` (and TensorBoard events when available) in ``out``."""
+
+    def __init__(self, out: Path, enabled: bool = True) -> None:
+        self.out, self.enabled = Path(out), enabled
+        self.tb = None
+        if not enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tb"))
+        except ImportError:
+            log.info("tensorboard not installed: metrics go to metrics.jsonl only")
+
+    def write(self, step: int, **metrics: float) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(metrics_path: Path, png: Path, title: str = "") -> Path:
+    """Loss and learning rate against step, from metrics.jsonl (the last value wins for a step that a
+    resumed run logged twice)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {r["step"]: r for r in read_metrics(metrics_path) if "loss" in r}
+    steps = sorted(rows)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot(steps, [rows[s]["loss"] for s in steps])
+    ax1.set(xlabel="step", ylabel="loss", title=title or "training loss")
+    ax2.plot(steps, [rows[s]["lr"] for s in steps], color="tab:orange")
+    ax2.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

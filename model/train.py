@@ -1,0 +1,284 @@
+"""``iic train``: the training loop, checkpoints, resume, DDP and logging.
+
+Determinism: every random draw of a step (clip starts, crops, intra-negatives, bank negatives) comes
+from seeds derived from (seed, epoch, step or sample), never from global RNG state, so a run resumed
+from its last epoch checkpoint continues exactly as the uninterrupted run (CPU, same seed).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import augment, checkpoint
+from .backbones import build_backbone, preset as backbone_preset
+from .clips import ClipConfig, ClipDataset, DataError, EpochSampler, clip_seed
+from .config import ConfigError, TrainConfig
+from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
+from .iic import IICMemory, ProjectionHead, intra_negative, nce_loss
+from .runlog import Meter, RunLog, plot_curves
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (one-line message); the last good checkpoint is kept."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the network and the IIC step
+
+
+class Encoder(nn.Module):
+    """Backbone (+ optional projection head). ``forward`` encodes each view in its own pass (per-view
+    BatchNorm statistics, as the official code) inside one call, so DDP sees one forward per backward."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone_preset(cfg.model))
+        self.head = ProjectionHead(self.backbone.out_dim) if cfg.head else None
+        self.out_dim = 128 if cfg.head else self.backbone.out_dim
+
+    def embed(self, x: Tensor) -> Tensor:
+        f = self.backbone(x)["pool"]
+        return self.head(f) if self.head is not None else f
+
+    def forward(self, views: list[Tensor]) -> list[Tensor]:
+        return [self.embed(x) for x in views]
+
+
+def step_generator(cfg: TrainConfig, epoch: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(clip_seed(cfg.seed + 7919, epoch, step))
+
+
+def augment_config(cfg: TrainConfig, train: bool = True) -> augment.AugmentConfig:
+    return augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, jitter=cfg.jitter, train=train)
+
+
+def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, gen: torch.Generator,
+             device: torch.device) -> Tensor:
+    """One IIC loss on a batch of uint8 clips already on ``device``."""
+    raw = {m: batch[m] for m in cfg.modalities}
+    B = raw["rgb"].shape[0]
+    hw = tuple(raw["rgb"].shape[-2:])
+    aug_cfg = augment_config(cfg)
+    views = augment.apply(raw, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
+    x1 = augment.view_input(views, "rgb")
+    if cfg.view2 == "rgb":  # RGB against RGB: the second view is another crop of the same clip
+        x2 = augment.apply({"rgb": raw["rgb"]}, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)["rgb"]
+    else:
+        x2 = augment.view_input(views, cfg.view2)
+    xs = [x1, x2] + ([intra_negative(x1, cfg.neg, gen)] if cfg.neg != "none" else [])
+    f = net(xs)
+    z1, z2 = memory(f[0].float(), f[1].float(), f[2].float() if len(f) > 2 else None, batch["index"], gen)
+    return nce_loss(z1, z2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# building blocks
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    dist: Dist
+    device: torch.device
+    dataset: ClipDataset
+    sampler: EpochSampler
+    loader: DataLoader
+    net: nn.Module  # possibly DDP-wrapped
+    encoder: nn.Module  # unwrapped network, with ``.backbone``
+    memory: nn.Module  # method state that is not trained by SGD (memory banks, queues)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    step_fn: Callable
+    epoch: int = 0
+    step: int = 0
+
+
+def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipDataset, EpochSampler, DataLoader]:
+    clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=cfg.modalities)
+    dataset = ClipDataset(cfg.data, cfg.split, "train", clip_cfg, mode="train")
+    per_rank = cfg.batch_size
+    if dataset.n_videos < per_rank * d.world:
+        raise ConfigError(
+            f"batch size {per_rank} x {d.world} rank(s) is larger than the {dataset.n_videos} training videos "
+            f"of split {cfg.split}; lower --batch-size")
+    sampler = EpochSampler(dataset.n_videos, cfg.seed, shuffle=True, rank=d.rank, world=d.world)
+    loader = DataLoader(
+        dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    return dataset, sampler, loader
+
+
+def build_iic(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable]:
+    """IIC: (trainable network with ``.backbone``, state module holding the memory banks, step function)."""
+    encoder = Encoder(cfg)
+    memory = IICMemory(n_data, encoder.out_dim, K=cfg.K, tau=cfg.tau, m=cfg.m, intra_neg=cfg.neg != "none",
+                       live_negative=cfg.live_negative, generator=torch.Generator().manual_seed(cfg.seed))
+    return encoder, memory, iic_step
+
+
+# Each method builds (net, state, step). ``step(net, state, batch, cfg, generator, device) -> loss``.
+METHOD_BUILDERS: dict[str, Callable[[TrainConfig, int], tuple[nn.Module, nn.Module, Callable]]] = {"iic": build_iic}
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    d = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(cfg.device, d)
+    torch.manual_seed(cfg.seed)  # model initialisation, identical on every rank
+    dataset, sampler, loader = build_loader(cfg, d, device)
+    if cfg.method not in METHOD_BUILDERS:
+        raise ConfigError(f"method {cfg.method!r} is not available; choose one of {', '.join(METHOD_BUILDERS)}")
+    encoder, memory, step_fn = METHOD_BUILDERS[cfg.method](cfg, dataset.n_videos)
+    encoder, memory = encoder.to(device), memory.to(device)
+    net = DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None) if d.world > 1 else encoder
+    optimizer = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs(), gamma=cfg.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    return Run(cfg, d, device, dataset, sampler, loader, net, encoder, memory, optimizer, scheduler, scaler, step_fn)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def state_dict(run: Run) -> dict:
+    return {
+        "config": run.cfg.to_dict(),
+        "epoch": run.epoch,
+        "step": run.step,
+        "model": run.encoder.state_dict(),
+        "memory": run.memory.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+        "n_data": run.dataset.n_videos,
+        "video_ids": run.dataset.video_ids,
+    }
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    if ckpt["n_data"] != run.dataset.n_videos:
+        raise checkpoint.CheckpointError(
+            f"checkpoint banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos")
+    checkpoint.load_state(run.encoder, ckpt["model"], "the model")
+    checkpoint.load_state(run.memory, ckpt["memory"], "the memory banks")
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    run.epoch, run.step = ckpt["epoch"], ckpt["step"]
+
+
+def check_resumable(cfg: TrainConfig, ckpt: dict) -> None:
+    """The saved config must match, except for what may change between sessions (workers, device)."""
+    free = {"workers", "device", "amp", "log_every"}
+    saved = ckpt["config"]
+    diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and saved.get(k) != v)
+    if diff:
+        raise checkpoint.CheckpointError(
+            f"--resume with a different config ({', '.join(f'{k}: {saved.get(k)} -> {cfg.to_dict()[k]}' for k in diff[:3])}); "
+            "use the same flags or a new --out")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
+    cfg, device = run.cfg, run.device
+    run.net.train()
+    run.memory.train()
+    run.sampler.set_epoch(run.epoch)
+    meter, window = Meter(), Meter()
+    t_end = time.perf_counter()
+    for i, batch in enumerate(run.loader):
+        t_data = time.perf_counter()
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        gen = step_generator(cfg, run.epoch, i)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=run.scaler.is_enabled()):
+            loss = run.step_fn(run.net, run.memory, batch, cfg, gen, device)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss.item()} at epoch {run.epoch + 1} step {run.step}; stopped, last good checkpoint kept "
+                "(try a lower --lr)")
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t_step = time.perf_counter()
+        clips = batch["rgb"].shape[0] * run.dist.world
+        for m in (meter, window):
+            m.update(loss.item(), clips, t_data - t_end, t_step - t_data)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss {window.loss:.3f}  {window.clips_per_s:.1f} clips/s  data {100 * window.data_share:.0f}%")
+        if run.step % cfg.log_every == 0:
+            runlog.write(run.step, epoch=run.epoch + 1, loss=window.loss, lr=run.optimizer.param_groups[0]["lr"],
+                         clips_per_s=window.clips_per_s, data_share=window.data_share)
+            window.reset()
+        t_end = time.perf_counter()
+    return meter
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train; returns the path of the final checkpoint. See the module docstring for determinism."""
+    run = build_run(cfg)
+    out, main = Path(cfg.out), run.dist.main
+    last, final = out / "last.pt", out / "final.pt"
+    if resume:
+        ckpt = checkpoint.load(last)
+        check_resumable(cfg, ckpt)
+        restore(run, ckpt)
+        log.info("resumed from %s at epoch %d", last, run.epoch)
+    elif last.exists() and main:
+        raise checkpoint.CheckpointError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        log.info("config: %s", json.dumps(cfg.to_dict()))
+        log.info("%d training videos, %d steps/epoch, device %s, world %d",
+                 run.dataset.n_videos, len(run.loader), run.device, run.dist.world)
+    runlog = RunLog(out, enabled=main)
+    bar = tqdm(total=len(run.loader) * cfg.epochs, initial=len(run.loader) * run.epoch, unit="step",
+               dynamic_ncols=True, disable=not main)
+    try:
+        while run.epoch < cfg.epochs:
+            meter = train_one_epoch(run, bar if main else None, runlog)
+            run.epoch += 1
+            run.scheduler.step()
+            epoch_loss = all_reduce_mean(meter.loss, run.device)
+            if main:
+                runlog.write(run.step, epoch=run.epoch, epoch_loss=epoch_loss, lr=run.optimizer.param_groups[0]["lr"],
+                             clips_per_s=meter.clips_per_s, data_share=meter.data_share)
+                checkpoint.save_atomic(state_dict(run), last)
+            barrier()
+        if main:
+            checkpoint.save_atomic(state_dict(run), final)
+            plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"{cfg.method} {cfg.model} {cfg.view2}/{cfg.neg}")
+    finally:
+        bar.close()
+        runlog.close()
+        cleanup()
+    return final
+
+
