@@ -66,6 +66,29 @@ def prep(verbose: bool) -> None:
 
 
 @prep.command()
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA / "raw" / "synth", show_default=True,
+              help="Folder to write the UCF101-layout dataset into.")
+@click.option("--classes", type=click.IntRange(1), default=6, show_default=True, help="Motion classes.")
+@click.option("--per-class", type=click.IntRange(1), default=12, show_default=True, help="Videos per class.")
+@click.option("--frames", type=click.IntRange(1), default=40, show_default=True, help="Frames per video.")
+@click.option("--size", callback=_parse_size, default="96x128", show_default=True, help="Frame size HxW (even).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset made with other settings.")
+def synth(out, classes, per_class, frames, size, seed, overwrite) -> None:
+    """Generate the synthetic motion-class dataset (UCF101 layout, real AVI files)."""
+    from .pipeline.synth import SynthConfig, generate
+
+    try:
+        cfg = SynthConfig(out=out, classes=classes, per_class=per_class, frames=frames, height=size[0], width=size[1],
+                          seed=seed, overwrite=overwrite)
+        report = generate(cfg)
+    except (ValueError, FileExistsError, OSError) as err:
+        _fail(str(err).splitlines()[0])
+    click.echo(f"{report.videos} videos of {len(report.class_names)} classes in {report.out} "
+               f"(extract with: iic-prep extract --dataset ucf101 --root {report.out})")
+
+
+@prep.command()
 @click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder"]), default="ucf101", show_default=True)
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder the official archives were unpacked into [default: DATA/raw/<dataset>].")
@@ -147,6 +170,10 @@ def main(verbose: bool) -> None:
 @click.option("--head/--no-head", default=None, help="512-512-128 MLP projection head.")
 @click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")
 @click.option("--frames", type=click.IntRange(2), default=None)
+@click.option("--stride", type=click.IntRange(1), default=None, help="Frame stride within a clip (DualVar: 4).")
+@click.option("--dualvar", "dualvar_opts", multiple=True, metavar="KEY=VALUE",
+              help="A DualVar option, repeatable: tau_clip, tau_tc, theta, w_clip, w_tc, clip_loss=moco, moco_k, "
+                   "jitter_p, blur_p, grayscale_p, ... (model/dualvar.py).")
 @click.option("--crop", type=click.IntRange(8), default=None)
 @click.option("--epochs", type=click.IntRange(1), default=None)
 @click.option("--batch-size", type=click.IntRange(2), default=None)
@@ -157,12 +184,13 @@ def main(verbose: bool) -> None:
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (ignored on CPU).")
 @click.option("--seed", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, live_negative, frames, crop, epochs,
-              batch_size, lr, K, workers, device, amp, seed, resume) -> None:
+def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, live_negative, frames, stride, dualvar_opts,
+              crop, epochs, batch_size, lr, K, workers, device, amp, seed, resume) -> None:
     """Self-supervised pretraining (IIC; DualVar with --method dualvar)."""
     from .model.checkpoint import CheckpointError
     from .model.clips import DataError
     from .model.config import ConfigError, build_config
+    from .model.dualvar import parse_options
     from .model.train import TrainingError, train
     from .pipeline.shards import FormatError
 
@@ -170,7 +198,8 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
     out = out or DEFAULT_DATA / "runs" / (preset or method or "iic")
     try:
         cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
-                           head=head, live_negative=live_negative, frames=frames, crop=crop, epochs=epochs,
+                           head=head, live_negative=live_negative, frames=frames, stride=stride,
+                           dualvar=parse_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
                            batch_size=batch_size, lr=lr, K=K, workers=workers, device=device, amp=amp, seed=seed)
         final = train(cfg, resume=resume)
     except (ConfigError, DataError, FormatError, CheckpointError, TrainingError, RuntimeError) as err:
