@@ -3,6 +3,9 @@
 * train: one clip of ``T`` frames (stride ``stride``) per video per epoch, at a random start drawn from a
   per-sample seed that the sampler hands out (so the clips do not depend on the number of workers, and a
   resumed run sees exactly the clips an uninterrupted one would).
+* train with ``clips_per_sample=2`` (DualVar): two clips of the same video at independent random starts;
+  clip 0 is exactly the clip of the one-clip mode for the same seed, clip 1 comes under the keys
+  ``<modality>_1`` (``rgb_1``, ...), and ``start``/``start_1`` say where each begins.
 * test: ``n`` clips per video with centres ``linspace(T/2, L - T/2, n)``; an item is one (video, clip).
 
 Short videos (fewer than ``(T - 1) * stride + 1`` usable frames) are looped: frame indices wrap around
@@ -38,6 +41,7 @@ class ClipConfig:
     stride: int = 1
     modalities: tuple[str, ...] = ("rgb", "res")
     test_clips: int = 10
+    clips_per_sample: int = 1  # train mode: 1 (IIC) or 2 (DualVar: two random times of one video)
 
 
 def clip_seed(seed: int, epoch: int, index: int) -> int:
@@ -57,7 +61,19 @@ def train_start(length: int, frames: int, stride: int, rng: np.random.Generator)
     return int(rng.integers(0, length - span + 1)) if length >= span else 0
 
 
-def test_starts(length: int, frames: int, stride: int, n: int) -> np.ndarray:
+def pair_starts(length: int, frames: int, stride: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Two independent starts: clip 0's is :func:`train_start`'s (the same draw), clip 1's the next draw.
+
+    A video too short for a whole clip loops (indices wrap), so both starts are then uniform over all
+    ``length`` frames: the two clips still come from different times (``train_start`` would give 0 twice).
+    """
+    span = (frames - 1) * stride + 1
+    if length >= span:
+        return train_start(length, frames, stride, rng), train_start(length, frames, stride, rng)
+    return int(rng.integers(0, length)), int(rng.integers(0, length))
+
+
+def eval_starts(length: int, frames: int, stride: int, n: int) -> np.ndarray:
     """Starts of ``n`` clips with centres ``linspace(span/2, L - span/2, n)`` (all 0 for short videos)."""
     span = (frames - 1) * stride + 1
     if length <= span:
@@ -81,6 +97,8 @@ class ClipDataset(Dataset):
         unknown = set(cfg.modalities) - set(MODALITIES)
         if unknown:
             raise DataError(f"unknown modality {sorted(unknown)}; choose from {', '.join(MODALITIES)}")
+        if cfg.clips_per_sample not in (1, 2):
+            raise DataError(f"clips_per_sample must be 1 or 2, got {cfg.clips_per_sample}")
         self.store = VideoStore(data_dir)
         self.cfg, self.mode, self.subset, self.split = cfg, mode, subset, split
         if "flow" in cfg.modalities and not self.store.has_flow:
@@ -122,11 +140,13 @@ class ClipDataset(Dataset):
         if self.mode == "train":
             index, seed = item
             length = int(self.lengths[index])
+            if self.cfg.clips_per_sample == 2:
+                return self.pair(index, *pair_starts(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed)))
             start, clip = train_start(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed)), 0
         else:
             index, clip = divmod(int(item), self.cfg.test_clips)
             length = int(self.lengths[index])
-            start = int(test_starts(length, self.cfg.frames, self.cfg.stride, self.cfg.test_clips)[clip])
+            start = int(eval_starts(length, self.cfg.frames, self.cfg.stride, self.cfg.test_clips)[clip])
         return self.sample(index, start, clip)
 
     def sample(self, index: int, start: int, clip: int = 0) -> dict:
@@ -134,6 +154,14 @@ class ClipDataset(Dataset):
         frames = clip_indices(int(self.lengths[index]), start, self.cfg.frames, self.cfg.stride)
         out = {m: self._read(row.id, m, frames) for m in self.cfg.modalities}
         out.update(index=index, label=row.label, clip=clip, video=row.id)
+        return out
+
+    def pair(self, index: int, start: int, start_1: int) -> dict:
+        """Two clips of one video: ``sample(index, start)`` plus ``<modality>_1`` read from ``start_1``."""
+        out = self.sample(index, start)
+        frames = clip_indices(int(self.lengths[index]), start_1, self.cfg.frames, self.cfg.stride)
+        out.update({f"{m}_1": self._read(out["video"], m, frames) for m in self.cfg.modalities})
+        out.update(start=start, start_1=start_1)
         return out
 
     def _read(self, video: str, modality: str, frames: np.ndarray) -> torch.Tensor:

@@ -58,3 +58,18 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def max_divergence(tensors: list[torch.Tensor]) -> float:
+    """Largest absolute difference between this rank's tensors and rank 0's (0.0 at world size 1).
+
+    Used after training to prove that every rank holds the same memory banks."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    worst = torch.zeros((), dtype=torch.float64, device=tensors[0].device if tensors else "cpu")
+    for t in tensors:
+        ref = t.clone()
+        dist.broadcast(ref, src=0)
+        worst = torch.maximum(worst, (ref - t).abs().max().double())
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return worst.item()

@@ -23,7 +23,8 @@ from . import augment, checkpoint
 from .backbones import build_backbone, preset as backbone_preset
 from .clips import ClipConfig, ClipDataset, DataError, EpochSampler, clip_seed
 from .config import ConfigError, TrainConfig
-from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
+from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
+from .dualvar import build_dualvar
 from .iic import IICMemory, ProjectionHead, intra_negative, nce_loss
 from .runlog import Meter, RunLog, plot_curves
 
@@ -107,7 +108,8 @@ class Run:
 
 
 def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipDataset, EpochSampler, DataLoader]:
-    clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=cfg.modalities)
+    clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=cfg.modalities,
+                          clips_per_sample=cfg.clips_per_sample)
     dataset = ClipDataset(cfg.data, cfg.split, "train", clip_cfg, mode="train")
     per_rank = cfg.batch_size
     if dataset.n_videos < per_rank * d.world:
@@ -132,7 +134,8 @@ def build_iic(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Call
 
 
 # Each method builds (net, state, step). ``step(net, state, batch, cfg, generator, device) -> loss``.
-METHOD_BUILDERS: dict[str, Callable[[TrainConfig, int], tuple[nn.Module, nn.Module, Callable]]] = {"iic": build_iic}
+METHOD_BUILDERS: dict[str, Callable[[TrainConfig, int], tuple[nn.Module, nn.Module, Callable]]] = {
+    "iic": build_iic, "dualvar": build_dualvar}
 
 
 def build_run(cfg: TrainConfig) -> Run:
@@ -272,6 +275,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                              clips_per_s=meter.clips_per_s, data_share=meter.data_share)
                 checkpoint.save_atomic(state_dict(run), last)
             barrier()
+        divergence = max_divergence(list(run.memory.buffers()))
+        if divergence > 0:
+            raise TrainingError(f"ranks hold different memory state (max difference {divergence:.3g})")
         if main:
             checkpoint.save_atomic(state_dict(run), final)
             plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"{cfg.method} {cfg.model} {cfg.view2}/{cfg.neg}")
