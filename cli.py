@@ -120,6 +120,52 @@ def extract(dataset, root, out, split, size, quality, shard_size, workers, backe
 
 
 @prep.command()
+@click.option("--dataset", default="ucf101", show_default=True, help="Used for the default --data.")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
+@click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback"]), default="tvl1", show_default=True,
+              help="tvl1 = OpenCV DualTVL1 defaults (reference); tvl1-fast = epsilon 0.05 (~8x faster); dis, farneback.")
+@click.option("--bound", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="Clip displacements to +-BOUND px before uint8 quantisation.")
+@_parallel_options
+@click.option("--overwrite", is_flag=True, help="Recompute all flow instead of resuming.")
+def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite) -> None:
+    """Dense optical flow between consecutive stored frames into flow shards (N frames -> N-1 pairs)."""
+    from .pipeline.flow import FlowStageConfig, compute, summary_lines
+    from .pipeline.flowcalc import FlowConfig
+    from .pipeline.lock import LockedError
+    from .pipeline.shards import FormatError
+
+    data = data or DEFAULT_DATA / dataset
+    cfg = FlowStageConfig(data=data, flow=FlowConfig(method, bound), parallel=_parallel_config(workers, backend, scheduler),
+                          overwrite=overwrite)
+    try:
+        summary = compute(cfg)
+    except (FormatError, LockedError, OSError) as err:
+        _fail(str(err))
+    for line in summary_lines(summary, cfg.folder):
+        click.echo(line)
+    sys.exit(summary.exit_code)
+
+
+@prep.command()
+@click.option("--video", "video_id", required=True, help="Video id (manifest `id`, e.g. MoveLeft/v_MoveLeft_g01_c01).")
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101", show_default=True,
+              help="Processed dataset folder.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@click.option("--columns", type=click.IntRange(1, 32), default=8, show_default=True, help="Frames shown.")
+def show(video_id, data, out, columns) -> None:
+    """Picture of a stored video: RGB frames, residuals and flow (colour wheel), frame indices labelled."""
+    from .pipeline.shards import FormatError
+    from .pipeline.show import show_video
+
+    try:
+        path = show_video(data, video_id, out, columns)
+    except (FormatError, KeyError) as err:
+        _fail(str(err).strip("'\""))
+    click.echo(f"wrote {path}")
+
+
+@prep.command()
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101", show_default=True,
               help="Processed dataset folder.")
 def info(data: Path) -> None:

@@ -1,0 +1,247 @@
+"""``iic-prep flow``: dense optical flow of every extracted video into shards aligned with the frames.
+
+Flow is computed from the STORED frames (grayscale of the decoded JPEG frames at the stored size): the flow
+then lines up pixel for pixel with what training reads, the raw videos need not be present any more, and
+decoding a stored frame costs 0.1 ms against several ms of TV-L1 (the endpoint error between this choice and
+a fresh decode of the source is measured in bench/bench_flow_source.py and BENCHMARKS.md).
+
+TV-L1 takes seconds per video, so the unit of work is one video (progress, pairs/s and ETA per video; a
+kill loses at most the videos in flight): a worker writes the quantised flow of a video to
+``flow/.parts/<shard>/<slot>.npy`` (atomically), and when every video of a frames shard is done the main
+process assembles ``flow/shard-N.h5`` (same slots, lossless gzip) under a temporary name and renames it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .flowcalc import FlowConfig, FlowError, compute_flow, flow_params, init_worker_threads, make_estimator, opencv_version, rgb_to_gray, to_stored
+from .lock import exclusive
+from .parallel import ParallelConfig, TaskReport, run_tasks
+from .shards import (
+    FORMAT_VERSION, FormatError, ManifestRow, ShardWriter, VideoStore, read_manifest, remove_stale_temporaries,
+    shard_rows, write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_SOME_FAILED = 3
+
+
+@dataclass(frozen=True)
+class FlowStageConfig:
+    data: Path  # the processed dataset folder, e.g. data/ucf101
+    flow: FlowConfig = FlowConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    overwrite: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.data) / "flow"
+
+    def settings(self) -> dict:
+        """What changes the stored flow: a part or shard made with other settings is redone."""
+        return {"method": self.flow.method, "bound": self.flow.bound, "params": flow_params(self.flow),
+                "opencv": opencv_version(), "source": "stored frames", "format_version": FORMAT_VERSION}
+
+
+@dataclass(frozen=True)
+class FlowSummary:
+    videos: int
+    ok: int
+    failed: int
+    pairs: int
+    bytes: int
+    seconds: float
+    shards_written: int
+    shards_kept: int
+    failures: tuple[tuple[str, str], ...]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed else 0
+
+
+_ESTIMATORS: dict = {}  # one estimator per worker process and config (TV-L1 setup is not free)
+
+
+def _estimator(cfg: FlowConfig):
+    key = (os.getpid(), cfg)
+    if key not in _ESTIMATORS:
+        init_worker_threads(1)
+        _ESTIMATORS.clear()
+        _ESTIMATORS[key] = make_estimator(cfg)
+    return _ESTIMATORS[key]
+
+
+def _part_path(folder: Path, row: ManifestRow) -> Path:
+    return folder / ".parts" / Path(row.shard).stem / f"{row.slot:05d}.npy"
+
+
+def flow_row(row: ManifestRow, shard: str, n_pairs: int, status: str, reason: str = "") -> ManifestRow:
+    return replace(row, shard=shard, n_frames=n_pairs, status=status, reason=reason)
+
+
+_STORES: dict[str, VideoStore] = {}  # one lazily opened reader per worker process and dataset
+
+
+def video_flow(row: ManifestRow, data: Path, cfg: FlowConfig) -> np.ndarray:
+    """Quantised flow ``(N-1, 2, H, W)`` uint8 of one extracted video (`FlowError` if N < 2)."""
+    key = f"{data}@{(Path(data) / 'manifest.csv').stat().st_mtime_ns}"  # a re-extracted dataset is a new key
+    store = _STORES.get(key) or _STORES.setdefault(key, VideoStore(data))
+    frames = store.frames(row.id)
+    return to_stored(compute_flow(rgb_to_gray(frames), _estimator(cfg)), cfg.bound)
+
+
+def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
+    """Compute one video's flow into its part file; the report's rows hold its flow-manifest row."""
+    shard = f"flow/{Path(row.shard).name}"
+    if not row.ok:
+        return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", f"no frames: {row.reason}")])
+    try:
+        flow = video_flow(row, cfg.data, cfg.flow)
+    except FlowError as err:
+        return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", str(err))])
+    part = _part_path(cfg.folder, row)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    tmp = part.with_name(f"{part.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, flow)
+    os.replace(tmp, part)
+    return TaskReport(shard, 1, len(flow), flow.nbytes, [flow_row(row, shard, len(flow), "ok")])
+
+
+def assemble_shard(shard: str, rows: list[ManifestRow], cfg: FlowStageConfig, attrs: dict) -> int:
+    """Write ``flow/shard-N.h5`` from the parts of its videos; returns its size in bytes."""
+    with ShardWriter(cfg.data / shard, attrs) as writer:
+        for r in rows:
+            if r.ok:
+                writer.add_array(r.slot, "flow", np.load(_part_path(cfg.folder, r)))
+        writer.commit(rows)
+    shutil.rmtree(cfg.folder / ".parts" / Path(shard).stem, ignore_errors=True)
+    return (cfg.data / shard).stat().st_size
+
+
+def _frames_digest(rows: list[ManifestRow]) -> str:
+    text = "\n".join(f"{r.id},{r.slot},{r.n_frames},{r.status}" for r in rows)
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _prepare(cfg: FlowStageConfig, settings: dict) -> None:
+    """Start from scratch on --overwrite or when the stored settings differ; drop stale temporaries."""
+    meta = cfg.folder / "flow.json"
+    if cfg.overwrite or (meta.exists() and json.loads(meta.read_text()).get("settings") != settings):
+        if meta.exists() and not cfg.overwrite:
+            log.info("flow settings changed: recomputing all flow")
+        shutil.rmtree(cfg.folder, ignore_errors=True)
+    cfg.folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cfg.folder)
+    for tmp in (cfg.folder / ".parts").glob("*/*.tmp"):
+        tmp.unlink()
+    meta_tmp = cfg.folder / ".flow.json.tmp"
+    meta_tmp.write_text(json.dumps({"settings": settings, **settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+    meta_tmp.replace(meta)
+
+
+def compute(cfg: FlowStageConfig) -> FlowSummary:
+    """Run the flow stage over every video of ``cfg.data``; resumable (see module docstring)."""
+    if not (Path(cfg.data) / "dataset.json").exists():
+        raise FormatError(f"no processed dataset at {cfg.data}: run `iic-prep extract` first")
+    frame_rows = read_manifest(Path(cfg.data) / "manifest.csv")
+    settings = cfg.settings()
+    by_shard: dict[str, list[ManifestRow]] = defaultdict(list)
+    for r in frame_rows:
+        by_shard[r.shard].append(r)
+    with exclusive(cfg.data, "iic-prep flow"):
+        _prepare(cfg, settings)
+        rows: list[ManifestRow] = []
+        todo: list[ManifestRow] = []
+        pending: dict[str, list[ManifestRow]] = {}
+        kept = 0
+        attrs_of = {f"flow/{Path(s).name}": _shard_attrs(cfg, settings, r) for s, r in by_shard.items()}
+        for frames_shard, shard_frame_rows in sorted(by_shard.items()):
+            shard = f"flow/{Path(frames_shard).name}"
+            done = _complete_shard(cfg.data / shard, attrs_of[shard])
+            if done is not None:
+                rows += done
+                kept += 1
+                continue
+            pending[shard] = []
+            for r in shard_frame_rows:
+                part = _part_path(cfg.folder, r)
+                if r.ok and part.exists() and _part_matches(part, r):
+                    pending[shard].append(flow_row(r, shard, r.n_frames - 1, "ok"))
+                else:
+                    todo.append(r)
+        _drop_orphan_shards(cfg.folder, {f"flow/{Path(s).name}" for s in by_shard})
+        expected = {shard: len(by_shard[f"frames/{Path(shard).name}"]) for shard in pending}
+        t0, pairs, written = time.perf_counter(), 0, 0
+        for shard in [s for s in pending if len(pending[s]) == expected[s]]:
+            assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
+            rows += pending.pop(shard)
+            written += 1
+        tasks = [(r, cfg) for r in todo]
+        for report in run_tasks(flow_task, tasks, cfg.parallel, len(tasks), "pairs", "flow"):
+            pairs += report.units
+            pending[report.shard] += report.rows
+            if len(pending[report.shard]) == expected[report.shard]:
+                assemble_shard(report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg, attrs_of[report.shard])
+                rows += pending.pop(report.shard)
+                written += 1
+        shutil.rmtree(cfg.folder / ".parts", ignore_errors=True)
+        write_manifest(cfg.folder / "manifest.csv", rows)
+    failed = tuple((r.id, r.reason) for r in sorted(rows, key=lambda r: r.id) if not r.ok)
+    return FlowSummary(
+        videos=len(rows), ok=len(rows) - len(failed), failed=len(failed), pairs=sum(r.n_frames for r in rows),
+        bytes=sum(p.stat().st_size for p in cfg.folder.glob("shard-*.h5")), seconds=time.perf_counter() - t0,
+        shards_written=written, shards_kept=kept, failures=failed,
+    )
+
+
+def _shard_attrs(cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow]) -> dict:
+    return {"kind": "flow", "settings": json.dumps(settings), "frames_digest": _frames_digest(frame_rows),
+            "method": cfg.flow.method, "bound": cfg.flow.bound, "opencv": opencv_version()}
+
+
+def _complete_shard(path: Path, attrs: dict) -> list[ManifestRow] | None:
+    """Rows of an existing flow shard made from the same frames with the same settings, else None."""
+    rows = shard_rows(path)
+    if rows is None:
+        return None
+    with h5py.File(path, "r") as f:
+        same = all(f.attrs.get(k) == v for k, v in attrs.items() if k in ("settings", "frames_digest"))
+    return rows if same else None
+
+
+def _part_matches(part: Path, row: ManifestRow) -> bool:
+    try:
+        shape = np.load(part, mmap_mode="r").shape
+    except (OSError, ValueError):
+        return False
+    return shape[0] == row.n_frames - 1
+
+
+def _drop_orphan_shards(folder: Path, planned: set[str]) -> None:
+    for p in folder.glob("shard-*.h5"):
+        if f"flow/{p.name}" not in planned:
+            p.unlink()
+
+
+def summary_lines(s: FlowSummary, folder: Path) -> list[str]:
+    lines = [
+        f"videos: {s.videos} ({s.ok} ok, {s.failed} failed)   flow pairs: {s.pairs}   "
+        f"shards: {s.shards_written} written, {s.shards_kept} kept   on disk: {s.bytes / 2**20:.1f} MiB   "
+        f"time: {s.seconds:.1f} s   -> {folder}",
+    ]
+    lines += [f"  failed {vid}: {reason}" for vid, reason in s.failures]
+    return lines

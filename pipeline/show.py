@@ -1,0 +1,69 @@
+"""``iic-prep show``: one picture of a stored video (RGB frames, residuals, flow) to check preprocessing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .flowcalc import from_stored
+from .shards import VideoStore, dequantize_residual
+
+
+def flow_to_colour(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
+    """(H, W, 2) flow in px -> (H, W, 3) uint8 RGB: hue = direction, brightness = magnitude (the usual
+    colour-wheel coding), saturation full. ``max_magnitude`` maps to full brightness (default: the max)."""
+    mag, ang = cv2.cartToPolar(flow[..., 0].astype(np.float32), flow[..., 1].astype(np.float32))
+    top = max_magnitude if max_magnitude else max(float(mag.max()), 1e-6)
+    hsv = np.zeros((*flow.shape[:2], 3), np.uint8)
+    hsv[..., 0] = (ang * 90 / np.pi).astype(np.uint8)  # OpenCV hue is 0..179
+    hsv[..., 1] = 255
+    hsv[..., 2] = np.clip(mag / top * 255, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def residual_to_image(q: np.ndarray) -> np.ndarray:
+    """Stored residual q -> viewable uint8 image: mid-grey = no change, contrast stretched x2."""
+    d = dequantize_residual(q).astype(np.float32)
+    return np.clip(128 + d, 0, 255).astype(np.uint8)
+
+
+def show_video(data: Path, video_id: str, out: Path, columns: int = 8) -> Path:
+    """Write a PNG with rows RGB / residual / flow for ``columns`` frames spread over the video."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    store = VideoStore(data)
+    n = store.n_frames(video_id)
+    has_flow = store.has_flow and video_id in store.flow_rows and store.flow_rows[video_id].ok
+    last = n - 2 if has_flow else n - 1
+    idx = np.unique(np.linspace(0, max(last, 0), min(columns, max(last, 0) + 1)).round().astype(int))
+    rows = [("RGB", [store.frames(video_id, t, 1)[0] for t in idx]),
+            ("residual", [residual_to_image(store.residuals(video_id, t, 1)[0]) for t in idx])]
+    if has_flow:
+        bound = float(store.flow_meta["bound"])
+        flows = [from_stored(store.flow(video_id, t, 1), bound)[0] for t in idx]
+        top = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows)
+        rows.append((f"flow ({store.flow_meta['method']}, max {top:.1f} px)", [flow_to_colour(f, top) for f in flows]))
+    h, w = store.size
+    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.6 * len(idx) * w / h, 1.7 * len(rows)), squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        for c, (t, image) in enumerate(zip(idx, images)):
+            ax = axes[r][c]
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = f"{t}->{t + 1}" if name.startswith("flow") else (f"{t}-{t - 1}" if name == "residual" and t else str(t))
+            ax.set_title(label, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    row = store.by_id[video_id]
+    fig.suptitle(f"{video_id}  ({row.class_name}, {n} frames, {h}x{w})", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
