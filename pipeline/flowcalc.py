@@ -68,9 +68,10 @@ TVL1_PARAMS: dict[str, Any] = {
 
 # TV-L1 with a relaxed stopping rule: a larger convergence threshold epsilon on the per-iteration flow
 # update (default 0.01), everything else unchanged. bench/bench_flow_methods.py, 36 real pairs at 171x128,
-# one thread (tvl1 1.5 pairs/s there), mean EPE against tvl1:
-#   epsilon 0.02: 3.6x faster, 0.06 px;   0.05: 8-11x, 0.16 px;   0.1: 16x, 0.33 px;
-#   0.05 with 3 warps: 16x, 0.25 px;      0.05 with 3 scales: 12x, 0.38 px (DIS: 0.30 px, Farneback 0.55).
+# one thread (tvl1: 2.4 pairs/s of CPU time), speedup over tvl1 (range over 3 runs on a shared machine)
+# and mean EPE against tvl1:
+#   epsilon 0.02: 2-3.6x, 0.06 px;   0.05: 7-11x, 0.16 px;   0.1: 11-16x, 0.33 px;
+#   0.05 with 3 warps: 11-16x, 0.25 px;   0.05 with 3 scales: 8-12x, 0.38 px.   (DIS 0.30, Farneback 0.55)
 # 0.05 keeps the error at about one storage level (0.157 px) for most of the speed; it grows with the
 # motion (0.29 px on a clip with mean |flow| 1.9 px; 0.66 px on a faster stretch with mean |flow| 2.6 px).
 TVL1_FAST_PARAMS: dict[str, Any] = {**TVL1_PARAMS, "epsilon": 0.05}
