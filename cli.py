@@ -97,10 +97,15 @@ def synth(out, classes, per_class, frames, size, seed, overwrite) -> None:
 @click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True)
 @click.option("--size", callback=_parse_size, default="128x171", show_default=True, help="Frame size HxW.")
 @click.option("--quality", type=click.IntRange(50, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--subsampling", type=click.Choice(["420", "444"]), default="420", show_default=True,
+              help="JPEG chroma subsampling.")
+@click.option("--store-residuals", is_flag=True,
+              help="Also store a residual stream (default: residuals are derived from the stored frames when read).")
 @click.option("--shard-size", type=click.IntRange(1), default=64, show_default=True, help="Videos per shard.")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
-def extract(dataset, root, out, split, size, quality, shard_size, workers, backend, scheduler, overwrite) -> None:
+def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, workers, backend,
+            scheduler, overwrite) -> None:
     """Decode every video of the split's lists into HDF5 shards (RGB + residual frames)."""
     from .pipeline.datasets import DatasetLayoutError
     from .pipeline.extract import ExtractConfig, extract as run, summary_lines
@@ -108,7 +113,7 @@ def extract(dataset, root, out, split, size, quality, shard_size, workers, backe
 
     cfg = ExtractConfig(
         dataset=dataset, root=root or out / "raw" / dataset, out=out, split=split, size=size, quality=quality,
-        shard_size=shard_size, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
+        subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
     )
     try:
         summary = run(cfg)
@@ -251,3 +256,149 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
     except (ConfigError, DataError, FormatError, CheckpointError, TrainingError, RuntimeError) as err:
         _fail(str(err).splitlines()[0])
     click.echo(f"final checkpoint: {final}")
+
+
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True, help="Data root.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Preprocessing processes.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Override the presets' epochs.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+def demo(data, workers, epochs, seed) -> None:
+    """The main job on the synthetic dataset: data, flow, IIC/CMC/DualVar training, retrieval table."""
+    from .model.demo import DemoConfig, run_demo
+
+    try:
+        lines = run_demo(DemoConfig(data=data, workers=workers, epochs=epochs, seed=seed))
+    except (RuntimeError, ValueError, OSError) as err:
+        _fail(str(err).splitlines()[0])
+    for line in lines:
+        click.echo(line)
+
+
+# --------------------------------------------------------------------------------------------------------
+# iic eval
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Evaluate a trained backbone: retrieval, fine-tuned recognition, linear / kNN probe."""
+
+
+def _source_options(f):
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-init (and of the probe).")(f)
+    f = click.option("--crop", type=click.IntRange(8), default=None, help="Centre crop [default: the checkpoint's].")(f)
+    f = click.option("--frames", type=click.IntRange(2), default=None, help="Frames per clip [default: the checkpoint's].")(f)
+    f = click.option("--model", default=None, help="Backbone preset [default: the checkpoint's; with --random-init the latest run's].")(f)
+    f = click.option("--random-init", is_flag=True, help="An untrained backbone of the same config: the baseline.")(f)
+    f = click.option("--run", type=click.Path(path_type=Path), default=None,
+                     help="Where to look for the newest final.pt when --ckpt is not given [default: DATA_ROOT/runs].")(f)
+    f = click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Checkpoint [default: the newest final.pt].")(f)
+    return f
+
+
+def _data_options(f):
+    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")(f)
+    f = click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="DataLoader worker processes.")(f)
+    f = click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Clips per batch.")(f)
+    f = click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: <run>/eval].")(f)
+    f = click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True)(f)
+    f = click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")(f)
+    f = click.option("--dataset", default="ucf101", show_default=True, help="Dataset name (data folder DATA_ROOT/<dataset>).")(f)
+    return f
+
+
+def _source_config(ckpt, run, random_init, model, frames, crop, seed):
+    from .model.evaluate import SourceConfig
+
+    if ckpt is not None and random_init:
+        raise click.UsageError("--ckpt and --random-init exclude each other")
+    return SourceConfig(ckpt=ckpt, runs=run or DEFAULT_DATA / "runs", random_init=random_init, model=model,
+                        frames=frames, crop=crop, seed=seed)
+
+
+def _eval_errors():
+    from .model.checkpoint import CheckpointError
+    from .model.clips import DataError
+    from .model.config import ConfigError
+    from .pipeline.shards import FormatError
+
+    return (CheckpointError, DataError, ConfigError, FormatError, ValueError, KeyError, OSError)
+
+
+@eval_group.command("retrieval")
+@_data_options
+@_source_options
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="res", show_default=True)
+@click.option("--merge", is_flag=True, help="Concatenate RGB and --modality features (each L2-normalised first).")
+@click.option("--feature", type=click.Choice(["conv5", "pool"]), default="conv5", show_default=True)
+@click.option("--clips", type=click.IntRange(1), default=10, show_default=True, help="Test clips per video.")
+@click.option("--center/--no-center", default=False, show_default=True, help="Subtract each set's mean (DualVar).")
+def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
+                   seed, modality, merge, feature, clips, center) -> None:
+    """Nearest-neighbour video retrieval: test videos query the train videos (top-1/5/10/20/50)."""
+    from .model.evaluate import RetrievalConfig, evaluate_retrieval, table_lines
+
+    cfg = RetrievalConfig(data=data or DEFAULT_DATA / dataset, split=split,
+                          source=_source_config(ckpt, run, random_init, model, frames, crop, seed),
+                          modality=modality, merge=merge, feature=feature, clips=clips, center=center,
+                          batch_size=batch_size, workers=workers, device=device, out=out)
+    try:
+        result = evaluate_retrieval(cfg)
+    except _eval_errors() as err:
+        _fail(str(err).strip("'\"").splitlines()[0])
+    for line in table_lines(result):
+        click.echo(line)
+
+
+@eval_group.command("linear")
+@_data_options
+@_source_options
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb", show_default=True)
+@click.option("--feature", type=click.Choice(["conv5", "pool"]), default="pool", show_default=True)
+@click.option("--clips", type=click.IntRange(1), default=10, show_default=True, help="Test clips per video.")
+@click.option("--knn", type=click.IntRange(1), default=None, help="A cosine K-nearest-neighbour vote instead of the linear classifier.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=1e-3, show_default=True, help="L2 penalty of the classifier.")
+def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
+                seed, modality, feature, clips, knn, weight_decay) -> None:
+    """Frozen features -> logistic regression (or kNN) on the train list; top-1 on the test list."""
+    from .model.evaluate import LinearConfig, evaluate_linear
+
+    cfg = LinearConfig(data=data or DEFAULT_DATA / dataset, split=split,
+                       source=_source_config(ckpt, run, random_init, model, frames, crop, seed), modality=modality,
+                       feature=feature, clips=clips, knn=knn, weight_decay=weight_decay, batch_size=batch_size,
+                       workers=workers, device=device, out=out)
+    try:
+        result = evaluate_linear(cfg)
+    except _eval_errors() as err:
+        _fail(str(err).strip("'\"").splitlines()[0])
+    click.echo(f"{result['method']}: top-1 {result['top1']:.1f}% on {result['counts']['test']} test videos "
+               f"({result['counts']['train']} train; {result['counts']['failed_test']} failed) — {result['checkpoint']}")
+    click.echo(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
+
+
+@eval_group.command("recognition")
+@_data_options
+@_source_options
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=150, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9, max_open=False), default=0.1, show_default=True,
+              help="Share of the train list held out for validation (deterministic by --seed).")
+@click.option("--clips", type=click.IntRange(1), default=10, show_default=True, help="Test clips per video.")
+@click.option("--resume", is_flag=True, help="Continue the fine-tuning run in --out from its last checkpoint.")
+def eval_recognition(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames,
+                     crop, seed, modality, epochs, lr, val_fraction, clips, resume) -> None:
+    """Fine-tune backbone + linear classifier on the train list; top-1/top-5 per test video."""
+    from .model.finetune import FinetuneConfig, FinetuneError, finetune
+
+    cfg = FinetuneConfig(data=data or DEFAULT_DATA / dataset, split=split,
+                         source=_source_config(ckpt, run, random_init, model, frames, crop, seed), modality=modality,
+                         epochs=epochs, lr=lr, val_fraction=val_fraction, clips=clips, batch_size=batch_size,
+                         workers=workers, device=device, out=out, seed=seed)
+    try:
+        result = finetune(cfg, resume=resume)
+    except (*_eval_errors(), FinetuneError) as err:
+        _fail(str(err).strip("'\"").splitlines()[0])
+    click.echo(f"recognition: top-1 {result['top1']:.1f}%  top-5 {result['top5']:.1f}% on {result['counts']['test']} "
+               f"test videos ({result['counts']['train']} train, {result['counts']['val']} val) — {result['checkpoint']}")
+    click.echo(f"results in {result['out']}")

@@ -174,3 +174,154 @@ def view_input(views: dict[str, Tensor], view: str) -> Tensor:
         mag = f.pow(2).sum(1, keepdim=True).sqrt() / 2 ** 0.5
         return torch.cat([(f + 1.0) / 2.0, mag], dim=1)
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SimCLR-style clip augmentation (DualVar). Every view is its own clip with its own parameters, drawn per
+# clip and applied to all of its frames (no flicker); the random crop/flip is the one above.
+
+
+@dataclass(frozen=True)
+class SimCLRAugmentConfig:
+    """SimCLR's recipe for clips (Chen et al. 2020, appendix A; DualVar uses it with crop 112).
+
+    crop, flip:        random square crop, horizontal flip with p = 0.5.
+    jitter_p:          probability of colour jitter; then brightness/contrast/saturation factors are drawn
+                       from [1 - s, 1 + s] (s = ``brightness``, ``contrast``, ``saturation``) and a hue shift
+                       from [-hue, hue] turns (order b, c, s, h; SimCLR's strength 0.5: 0.4, 0.4, 0.4, 0.1).
+    grayscale_p:       probability of converting the clip to grey (0 = off).
+    blur_p:            probability of a Gaussian blur with sigma ~ U[blur_sigma]; kernel ~10 % of the crop.
+    train:             False = centre crop and nothing else (the deterministic view).
+    """
+
+    crop: int = 112
+    flip: bool = True
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    train: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("jitter_p", "grayscale_p", "blur_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        lo, hi = self.blur_sigma
+        if not 0 < lo <= hi:
+            raise ValueError(f"blur_sigma must be 0 < low <= high, got {self.blur_sigma}")
+        object.__setattr__(self, "blur_sigma", (float(lo), float(hi)))  # a list read back from JSON
+
+    @property
+    def blur_kernel(self) -> int:
+        """Odd kernel side, about 10 % of the crop (SimCLR: 23 for 224)."""
+        return max(3, (self.crop // 10) | 1)
+
+    def geometry(self) -> AugmentConfig:
+        return AugmentConfig(crop=self.crop, flip=self.flip, jitter=0.0, train=self.train)
+
+
+@dataclass(frozen=True)
+class SimCLRParams:
+    """Per-clip parameters: ``geometry`` (crop offsets, flip); colour (B, 3) b/c/s factors and hue (B,)
+    in turns (identity where jitter is off); grey (B,) bool; sigma (B,) blur sigma, 0 = no blur."""
+
+    geometry: AugmentParams
+    colour: Tensor
+    hue: Tensor
+    grey: Tensor
+    sigma: Tensor
+
+
+def sample_simclr_params(batch_size: int, in_hw: tuple[int, int], cfg: SimCLRAugmentConfig,
+                         generator: torch.Generator | None = None,
+                         device: torch.device | str | None = None) -> SimCLRParams:
+    """Draw one parameter set per clip from ``generator`` only (same seed, same parameters on any device).
+
+    A fixed number of draws per call, whatever the probabilities, so changing one probability does not
+    shift the random stream of the other augmentations.
+    """
+    B = batch_size
+    geometry = sample_params(B, in_hw, cfg.geometry(), generator, device)
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand(B, 8, generator=generator, device=gdev)  # jitter?, b, c, s, h, grey?, blur?, sigma
+    if not cfg.train:
+        u[:, 0], u[:, 5], u[:, 6] = 1.0, 1.0, 1.0  # every coin says no
+    strength = torch.tensor([cfg.brightness, cfg.contrast, cfg.saturation], device=gdev)
+    jitter = (u[:, 0] < cfg.jitter_p).unsqueeze(1)
+    colour = torch.where(jitter, 1.0 - strength + 2.0 * strength * u[:, 1:4], torch.ones(B, 3, device=gdev))
+    hue = torch.where(jitter[:, 0], cfg.hue * (2.0 * u[:, 4] - 1.0), torch.zeros(B, device=gdev))
+    grey = u[:, 5] < cfg.grayscale_p
+    lo, hi = cfg.blur_sigma
+    sigma = torch.where(u[:, 6] < cfg.blur_p, lo + (hi - lo) * u[:, 7], torch.zeros(B, device=gdev))
+    return SimCLRParams(geometry, colour.to(device), hue.to(device), grey.to(device), sigma.to(device))
+
+
+_GREY = (0.299, 0.587, 0.114)
+# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane, linear and per clip.
+_RGB2YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def hue_shift(rgb: Tensor, turns: Tensor) -> Tensor:
+    """Rotate the hue of [0, 1] clips ``(B, 3, T, h, w)`` by ``turns`` (B,) of a full circle (YIQ rotation),
+    clamped to [0, 1]. 0 is the identity."""
+    m = torch.tensor(_RGB2YIQ, dtype=rgb.dtype, device=rgb.device)
+    angle = 2 * torch.pi * turns.to(rgb)
+    cos, sin = angle.cos(), angle.sin()
+    rot = torch.zeros(rgb.shape[0], 3, 3, dtype=rgb.dtype, device=rgb.device)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    t = torch.linalg.inv(m) @ rot @ m  # (B, 3, 3) RGB -> RGB
+    shifted = torch.einsum("bij,bjthw->bithw", t, rgb).clamp(0, 1)
+    return torch.where((turns == 0).view(-1, 1, 1, 1, 1).to(rgb.device), rgb, shifted)  # exact identity at 0
+
+
+def grayscale(rgb: Tensor, mask: Tensor) -> Tensor:
+    """Replace the clips with ``mask`` (B,) True by their luma, replicated to 3 channels."""
+    w = torch.tensor(_GREY, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1, 1)
+    grey = (rgb * w).sum(1, keepdim=True).expand_as(rgb)
+    return torch.where(mask.view(-1, 1, 1, 1, 1).to(rgb.device), grey, rgb)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
+    """Separable Gaussian blur of each clip ``(B, C, T, h, w)`` with its own ``sigma`` (B,), the same for
+    every frame; clips with sigma 0 are returned unchanged. Reflect padding keeps the borders bright."""
+    todo = (sigma > 0).nonzero().flatten()
+    if todo.numel() == 0:
+        return x
+    sub = x[todo]
+    n, c, t, h, w = sub.shape
+    r = kernel // 2
+    pos = torch.arange(kernel, dtype=x.dtype, device=x.device) - r
+    k = torch.exp(-pos.view(1, -1) ** 2 / (2 * sigma[todo].to(x).view(-1, 1) ** 2))
+    k = k / k.sum(1, keepdim=True)  # (n, kernel)
+    k = k.repeat_interleave(c * t, dim=0)  # one filter per (clip, channel, frame) plane
+    planes = sub.reshape(1, n * c * t, h, w)
+    planes = torch.nn.functional.pad(planes, (r, r, 0, 0), mode="reflect" if w > r else "replicate")
+    planes = torch.nn.functional.conv2d(planes, k.view(-1, 1, 1, kernel), groups=n * c * t)
+    planes = torch.nn.functional.pad(planes, (0, 0, r, r), mode="reflect" if h > r else "replicate")
+    planes = torch.nn.functional.conv2d(planes, k.view(-1, 1, kernel, 1), groups=n * c * t)
+    out = x.clone()
+    out[todo] = planes.view(n, c, t, h, w)
+    return out
+
+
+def apply_simclr(views: dict[str, Tensor], params: SimCLRParams, cfg: SimCLRAugmentConfig) -> dict[str, Tensor]:
+    """Crop/flip every view with the clip's window (as :func:`apply`), then on ``rgb`` only: colour jitter
+    (b, c, s, then hue), grayscale, Gaussian blur. Returns float32 ``(B, C, T, crop, crop)`` views."""
+    out = apply(views, params.geometry, cfg.geometry())
+    if "rgb" in out and cfg.train:
+        x = colour_jitter(out["rgb"], params.colour)
+        if cfg.hue > 0:
+            x = hue_shift(x, params.hue)
+        x = grayscale(x, params.grey)
+        out["rgb"] = gaussian_blur(x, params.sigma, cfg.blur_kernel)
+    return out

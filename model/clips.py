@@ -141,7 +141,8 @@ class ClipDataset(Dataset):
             index, seed = item
             length = int(self.lengths[index])
             if self.cfg.clips_per_sample == 2:
-                return self.pair(index, *pair_starts(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed)))
+                starts = pair_starts(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed))
+                return self.pair(index, *starts)
             start, clip = train_start(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed)), 0
         else:
             index, clip = divmod(int(item), self.cfg.test_clips)
@@ -165,14 +166,13 @@ class ClipDataset(Dataset):
         return out
 
     def _read(self, video: str, modality: str, frames: np.ndarray) -> torch.Tensor:
+        """(C, T, H, W) uint8, as a strided view: the collate's stack makes the one copy."""
         lo, hi = int(frames.min()), int(frames.max()) + 1
-        if modality == "flow":
-            x = self.store.flow(video, lo, hi - lo)  # (n, 2, H, W)
-            x = x[frames - lo].transpose(1, 0, 2, 3)
-        else:
-            x = self.store.read(video, modality, lo, hi - lo)  # (n, H, W, 3)
-            x = x[frames - lo].transpose(3, 0, 1, 2)
-        return torch.from_numpy(np.ascontiguousarray(x))
+        read = self.store.flow if modality == "flow" else (lambda v, s, n: self.store.read(v, modality, s, n))
+        x = read(video, lo, hi - lo)  # flow (n, 2, H, W); frames (n, H, W, 3)
+        if len(frames) != hi - lo or frames[0] != lo or np.any(np.diff(frames) != 1):
+            x = x[frames - lo]  # strided or looping clip
+        return torch.from_numpy(x).permute(1, 0, 2, 3) if modality == "flow" else torch.from_numpy(x).permute(3, 0, 1, 2)
 
 
 class EpochSampler(Sampler):

@@ -42,7 +42,8 @@ class TrainConfig:
     K: int = 1024
     tau: float = 0.07
     m: float = 0.5
-    # DualVar (used when method == "dualvar")
+    # DualVar (used when method == "dualvar"): DualVarConfig and SimCLRAugmentConfig values by name
+    # (model/dualvar.py: dualvar_configs); empty = REFERENCE.md's defaults
     dualvar: dict = field(default_factory=dict)
     # optimisation (IIC: SGD 0.01, momentum 0.9, wd 1e-4, batch 16, 240 epochs, x0.2 at 45/90/125/160)
     epochs: int = 240
@@ -69,6 +70,11 @@ class TrainConfig:
             return ("rgb", "flow")
         return ("rgb", "res") if self.view2 == "res" else ("rgb",)
 
+    @property
+    def clips_per_sample(self) -> int:
+        """Clips the loader reads per video and step: DualVar contrasts two random times of a video."""
+        return 2 if self.method == "dualvar" else 1
+
     def validate(self) -> TrainConfig:
         checks = [
             (self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"),
@@ -82,10 +88,29 @@ class TrainConfig:
             (self.K >= 1 and self.tau > 0 and 0 <= self.m < 1, "need K >= 1, tau > 0 and 0 <= m < 1"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown device {self.device!r}"),
         ]
+        if self.method == "dualvar":  # first: its refusals say why better than IIC's own checks
+            self._validate_dualvar()
+        elif self.dualvar:
+            raise ConfigError("DualVar options (--dualvar) need --method dualvar")
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         return self
+
+    def _validate_dualvar(self) -> None:
+        checks = [
+            (self.neg == "none", f"--neg {self.neg}: intra-negatives are an IIC option; DualVar takes --neg none"),
+            (not self.live_negative, "--live-negative is an IIC memory-bank option; DualVar has no banks"),
+            (not self.head, "--head is IIC's projection head; DualVar always has its own clip and series heads"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        from .dualvar import dualvar_configs  # lazy: dualvar.py imports this module
+
+        dv, _ = dualvar_configs(self)
+        if self.frames % dv.n_segments:
+            raise ConfigError(f"DualVar splits a clip into {dv.n_segments} segments: --frames {self.frames} is not divisible")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -112,8 +137,24 @@ PRESETS: dict[str, dict] = {
     "cmc-r3d-res": dict(model="r3d-10", view2="res", neg="none"),
     "tiny": dict(model="r3d-tiny", view2="res", neg="repeat", frames=16, crop=64, epochs=12, batch_size=16,
                  lr=0.05, K=64, workers=2),
+    # DualVar (REFERENCE.md section 2): R(2+1)D-10, 16 frames at stride 4, crop 112, SimCLR augmentation.
+    # Batch, lr and schedule are not in REFERENCE.md; these are SimCLR/MoCo-style SGD values: 64 clips per
+    # rank, lr 0.05 (MoCo/SimSiam's linear rule, 0.2 per 256 clips), momentum 0.9, wd 1e-4, 200 epochs,
+    # x0.1 at 50 % and 75 % of the run.
+    "dualvar-r21d": dict(method="dualvar", model="r21d-10", view2="rgb", neg="none", frames=16, stride=4, crop=112,
+                         flip=True, epochs=200, batch_size=64, lr=0.05, milestones=(0.5, 0.75), gamma=0.1),
+    # CPU: stride 2 so the demo's 40-frame videos hold a whole clip; crop 64; one x0.1 decay at 75 % (short
+    # runs need most of their few steps at the full rate).
+    "dualvar-tiny": dict(method="dualvar", model="r3d-tiny", view2="rgb", neg="none", frames=16, stride=2, crop=64,
+                         flip=True, epochs=6, batch_size=8, lr=0.05, milestones=(0.75,), gamma=0.1, workers=2),
     "cmc-tiny": dict(model="r3d-tiny", view2="res", neg="none", frames=16, crop=64, epochs=12, batch_size=16,
                      lr=0.05, K=64, workers=2),
+}
+
+
+# What --method X alone means: the method's own recipe under the preset and the flags.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "dualvar": dict(view2="rgb", neg="none", stride=4, flip=True),
 }
 
 
@@ -121,7 +162,15 @@ def build_config(preset: str | None = None, **overrides) -> TrainConfig:
     """Preset values, then every override that is not None; validated."""
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    values = {**(PRESETS[preset] if preset else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    base = PRESETS[preset] if preset else {}
+    method = given.get("method", base.get("method", "iic"))
+    if method == "dualvar":
+        bank = sorted(k for k in ("K", "tau", "m") if k in given)
+        if bank:
+            raise ConfigError(f"{', '.join(bank)} set the IIC memory banks; DualVar has none "
+                              "(its MoCo queue: --dualvar clip_loss=moco --dualvar moco_k=N)")
+    values = {**METHOD_DEFAULTS.get(method, {}), **base, **given}
     try:
         return TrainConfig(**values).validate()
     except TypeError as err:

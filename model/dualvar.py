@@ -17,17 +17,31 @@ the losses are pure functions. Choices follow the official code, lzhangbj/DualVa
   loss = mean softplus(min((s_neg - s_pos) / theta, clamp)) over B * 2S * (2S-2) terms;
 * shuffling draws a uniform permutation per sample, identity included (official
   ``np.random.permutation``); ``allow_identity=False`` excludes it.
+
+In the training framework (``iic train --method dualvar``): :func:`build_dualvar` gives train.py's loop a
+:class:`DualVarNet` (backbone + both heads), a :class:`DualVarState` (the MoCo variant's key encoder and
+queues; checkpointed with the run) and :func:`dualvar_step`. The loader yields two clips per video
+(``rgb``, ``rgb_1``; model/clips.py), each view gets its own SimCLR augmentation (model/augment.py), and
+``TrainConfig.dualvar`` holds the options of :class:`DualVarConfig` and of the augmentation by name.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from . import augment
+from .backbones import build_backbone, preset as backbone_preset
+from .config import ConfigError, TrainConfig
+from .iic import gather_from_ranks
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -361,3 +375,162 @@ def dualvar_loss(
         + cfg.w_rank_v2 * parts["rank_v2"]
     )
     return total, parts
+
+
+# ------------------------------------------------------------------------------------- options
+# The options of ``TrainConfig.dualvar``: the objective's and the augmentation's (crop and flip come from
+# TrainConfig.crop / .flip, shared with IIC).
+_LOSS_OPTIONS = tuple(f.name for f in dataclasses.fields(DualVarConfig))
+_AUG_OPTIONS = tuple(f.name for f in dataclasses.fields(augment.SimCLRAugmentConfig)
+                     if f.name not in ("crop", "flip", "train"))
+_ALL_OPTIONS = ", ".join(_LOSS_OPTIONS + _AUG_OPTIONS)
+
+
+def dualvar_configs(cfg: TrainConfig) -> Tuple[DualVarConfig, augment.SimCLRAugmentConfig]:
+    """The objective's and the augmentation's configs of a training config; ConfigError on a bad option."""
+    unknown = sorted(set(cfg.dualvar) - set(_LOSS_OPTIONS) - set(_AUG_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown DualVar option {unknown[0]!r}; choose from {_ALL_OPTIONS}")
+    try:
+        dv = DualVarConfig(**{k: v for k, v in cfg.dualvar.items() if k in _LOSS_OPTIONS})
+        aug = augment.SimCLRAugmentConfig(crop=cfg.crop, flip=cfg.flip,
+                                          **{k: v for k, v in cfg.dualvar.items() if k in _AUG_OPTIONS})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"DualVar option: {err}") from None
+    return dv, aug
+
+
+def parse_options(items: Sequence[str]) -> dict:
+    """``["tau_clip=0.1", "clip_loss=moco", "blur_sigma=0.1,2"]`` -> typed dict (types of the defaults)."""
+    defaults = {**DualVarConfig().to_dict(), **asdict(augment.SimCLRAugmentConfig())}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in _LOSS_OPTIONS + _AUG_OPTIONS:
+            raise ConfigError(f"--dualvar {item!r}: expected KEY=VALUE with KEY one of {_ALL_OPTIONS}")
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = text.lower() in ("true", "1")
+            elif kind is tuple:
+                value = tuple(float(v) for v in text.split(","))
+            else:
+                value = kind(text)
+        except ValueError:
+            raise ConfigError(f"--dualvar {item!r}: {text!r} is not a {kind.__name__}") from None
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------- the network
+class DualVarNet(nn.Module):
+    """Backbone + clip head + series head. ``forward(x)`` with x (N, 3, T, h, w) returns the clip
+    embeddings (N, clip_dim) and the segment slots (N, S, slot_dim). The heads read ``backbone.out_dim``
+    (512 for the paper's backbones, 64 for the tiny ones); hidden width = in_dim as in the paper."""
+
+    def __init__(self, model: str, cfg: DualVarConfig) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone_preset(model))
+        d = self.backbone.out_dim
+        self.clip_head = ClipHead(d, cfg.clip_dim)
+        self.series_head = SeriesHead(d, cfg.n_segments, cfg.slot_dim)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)["pool"]  # (N, out_dim)
+        return self.clip_head(f), self.series_head(f)
+
+
+class DualVarState(nn.Module):
+    """What DualVar keeps besides the trained network: for the MoCo variant the momentum (key) encoder
+    and the two key queues (module state, so checkpoints save and restore it); nothing for SimCLR."""
+
+    def __init__(self, net: DualVarNet, cfg: DualVarConfig, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        self.key_net: Optional[DualVarNet] = None
+        if cfg.clip_loss == "moco":
+            self.key_net = copy.deepcopy(net)  # starts equal to the query network, as MoCo
+            for p in self.key_net.parameters():
+                p.requires_grad_(False)
+            self.clip_queue = MoCoQueue(cfg.clip_dim, cfg.moco_k, generator)
+            self.slot_queue = MoCoQueue(cfg.n_segments * cfg.slot_dim, cfg.moco_k, generator)
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+@torch.no_grad()
+def _sync_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BN statistics) everywhere, as DDP's broadcast_buffers does for the query net."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for b in module.buffers():
+            dist.broadcast(b, 0)
+
+
+# ------------------------------------------------------------------------------------- one step
+def make_views(
+    batch: dict, aug: augment.SimCLRAugmentConfig, view2: str, n_segments: int, generator: torch.Generator,
+    device: torch.device, allow_identity: bool = True,
+) -> Dict[str, torch.Tensor]:
+    """The encoder inputs of a pair batch (uint8 clips on ``device``): x0 = clip 0, x1 = clip 1 as
+    ``view2`` (rgb = the paper; res/flow = IIC's cross-modal view of clip 1), x2 = clip 0 again with its
+    own augmentation, x2s = x2 with its S segments permuted by ``perm`` (B, S). Each view draws its own
+    SimCLR parameters from ``generator`` in this order: x0, x1, x2, then perm. Inputs (B, 3, T, crop, crop)."""
+    modalities = [m for m in ("rgb", "res", "flow") if m in batch]
+    clip0 = {m: batch[m] for m in modalities}
+    clip1 = {m: batch[f"{m}_1"] for m in modalities}
+    B, hw = batch["rgb"].shape[0], tuple(batch["rgb"].shape[-2:])
+
+    def view(raw: dict, kind: str) -> torch.Tensor:
+        need = {"rgb": ["rgb"], "res": ["res"]}.get(kind, ["flow"])
+        params = augment.sample_simclr_params(B, hw, aug, generator, device)
+        return augment.view_input(augment.apply_simclr({m: raw[m] for m in need}, params, aug), kind)
+
+    x0, x1, x2 = view(clip0, "rgb"), view(clip1, view2), view(clip0, "rgb")
+    x2s, perm = shuffle_segments(x2, n_segments, generator, allow_identity)
+    return {"x0": x0, "x1": x1, "x2": x2, "x2s": x2s, "perm": perm.to(device)}
+
+
+def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainConfig, gen: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
+    """One DualVar loss on a pair batch (see :func:`make_views`).
+
+    All views go through the encoder as ONE batch (SimCLR's BatchNorm over every view, so batch statistics
+    cannot tell the views apart; one forward per backward for DDP). MoCo variant: view 1 is encoded by the
+    momentum encoder (updated first, as MoCo), and its keys are enqueued after the loss.
+    """
+    dv, aug = dualvar_configs(cfg)
+    v = make_views(batch, aug, cfg.view2, dv.n_segments, gen, device, dv.allow_identity_shuffle)
+    B = v["x0"].shape[0]
+    if dv.clip_loss == "moco":
+        z, slots = net(torch.cat([v["x0"], v["x2"], v["x2s"]]))
+        z, slots = z.float(), slots.float()
+        z0, s0, s2, s2s = z[:B], slots[:B], slots[B:2 * B], slots[2 * B:]
+        with torch.no_grad():
+            momentum_update(_unwrap(net), state.key_net, dv.moco_m)
+            k1, ks1 = (t.float() for t in state.key_net(v["x1"]))
+            _sync_buffers(state.key_net)
+        # clones: the enqueue below writes the queues in place before the loop's backward reads them
+        loss, _ = dualvar_loss(z0, k1, s0, ks1, s2, restore_order(s2s, v["perm"]), dv,
+                               clip_queue=state.clip_queue.queue.clone(), slot_queue=state.slot_queue.queue.clone())
+        state.clip_queue.enqueue(gather_from_ranks(k1))
+        state.slot_queue.enqueue(gather_from_ranks(ks1.flatten(1)))
+        return loss
+    z, slots = net(torch.cat([v["x0"], v["x1"], v["x2"], v["x2s"]]))
+    z, slots = z.float(), slots.float()
+    z0, z1 = z[:B], z[B:2 * B]
+    s0, s1, s2, s2s = slots.split(B)
+    loss, _ = dualvar_loss(z0, z1, s0, s1, s2, restore_order(s2s, v["perm"]), dv, gather=gather_with_grad)
+    return loss
+
+
+def build_dualvar(cfg: TrainConfig, n_data: int) -> Tuple[nn.Module, nn.Module, Callable]:
+    """DualVar for train.py's loop: (DualVarNet with ``.backbone``, DualVarState, :func:`dualvar_step`).
+    ``n_data`` is unused (no memory banks)."""
+    dv, _ = dualvar_configs(cfg)
+    net = DualVarNet(cfg.model, dv)
+    state = DualVarState(net, dv, generator=torch.Generator().manual_seed(cfg.seed))
+    return net, state, dualvar_step

@@ -1,4 +1,10 @@
-"""``iic-prep extract``: decode every listed video, store RGB and residual frames in HDF5 shards.
+"""``iic-prep extract``: decode every listed video, store its frames (and residuals) in HDF5 shards.
+
+Residual frames are, by default, represented by the RGB stream: the reader derives them from the decoded
+frames with the documented quantisation. Measured on real clips (BENCHMARKS.md), a separately stored q90
+residual stream is no closer to the true x[t] - x[t-1] than the one derived from the stored frames, while it
+costs ~50% more disk and doubles the JPEG decodes per training clip; ``--store-residuals`` keeps it for
+those who want residuals computed before the codec.
 
 Unit of work = one shard of ``shard_size`` consecutive videos (sorted by id), written by one process
 under a temporary name and renamed when complete. Re-running keeps complete shards whose videos and
@@ -40,6 +46,8 @@ class ExtractConfig:
     split: int = 1
     size: tuple[int, int] = (128, 171)  # (H, W)
     quality: int = 90  # JPEG quality of the RGB and residual streams
+    subsampling: str = "420"  # JPEG chroma subsampling: 420 (as JPEG frame folders) or 444
+    store_residuals: bool = False  # also store a residual stream (otherwise derived at read time)
     shard_size: int = 64  # videos per shard
     parallel: ParallelConfig = ParallelConfig()
     overwrite: bool = False
@@ -50,7 +58,8 @@ class ExtractConfig:
 
     def storage(self) -> dict:
         """Settings that change the stored bytes: a shard written with other settings is redone."""
-        return {"size": list(self.size), "quality": self.quality, "format_version": FORMAT_VERSION}
+        return {"size": list(self.size), "quality": self.quality, "subsampling": self.subsampling,
+                "store_residuals": self.store_residuals, "format_version": FORMAT_VERSION}
 
 
 @dataclass(frozen=True)
@@ -71,8 +80,9 @@ class ExtractSummary:
         return EXIT_SOME_FAILED if self.failed else 0
 
 
-def encode_video(path: Path, size: tuple[int, int], quality: int, threads: int = 1) -> tuple[list[bytes], list[bytes], str]:
-    """Decode ``path``, returning JPEG-encoded RGB frames, residual frames and a warning note.
+def encode_video(path: Path, cfg: ExtractConfig, threads: int = 1) -> tuple[list[bytes], list[bytes], str]:
+    """Decode ``path``, returning JPEG-encoded RGB frames, residual frames (empty unless
+    ``cfg.store_residuals``) and a warning note.
 
     Frames are encoded as they are decoded, so memory stays at two frames whatever the length.
     Raises `DecodeError` (one-line reason) when nothing can be decoded.
@@ -81,9 +91,10 @@ def encode_video(path: Path, size: tuple[int, int], quality: int, threads: int =
     res: list[bytes] = []
     notes: list[str] = []
     prev = None
-    for frame in iter_frames(path, size, threads, notes):
-        rgb.append(encode_jpeg(frame, quality))
-        res.append(encode_jpeg(quantize_residual(frame, prev), quality))
+    for frame in iter_frames(path, cfg.size, threads, notes):
+        rgb.append(encode_jpeg(frame, cfg.quality, cfg.subsampling))
+        if cfg.store_residuals:
+            res.append(encode_jpeg(quantize_residual(frame, prev), cfg.quality, cfg.subsampling))
         prev = frame
     if not rgb:
         raise DecodeError("no decodable frames" + (f" ({'; '.join(notes)})" if notes else ""))
@@ -106,11 +117,11 @@ def extract_shard(shard: str, entries: list[VideoEntry], video_root: Path, cfg: 
             base = dict(id=e.id, path=e.path, class_name=e.class_name, label=e.label,
                         splits=format_splits(e.splits), shard=shard, slot=slot)
             try:
-                rgb, res, note = encode_video(video_root / e.path, cfg.size, cfg.quality, threads)
+                rgb, res, note = encode_video(video_root / e.path, cfg, threads)
             except DecodeError as err:
                 rows.append(ManifestRow(**base, n_frames=0, status="failed", reason=str(err)))
                 continue
-            nbytes += writer.add_stream(slot, "rgb", rgb) + writer.add_stream(slot, "res", res)
+            nbytes += writer.add_stream(slot, "rgb", rgb) + (writer.add_stream(slot, "res", res) if res else 0)
             frames += len(rgb)
             rows.append(ManifestRow(**base, n_frames=len(rgb), status="ok", reason=note))
         writer.commit(rows)
@@ -207,7 +218,9 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "size": list(cfg.size),
         "codec": "jpeg",
         "quality": cfg.quality,
+        "subsampling": cfg.subsampling,
         "residual": "q = clip(floor((x[t] - x[t-1]) / 2) + 128, 0, 255); frame 0 has residual 0 (q = 128)",
+        "residual_source": "stored stream" if cfg.store_residuals else "derived from the stored RGB frames",
         "classes": list(index.classes),
         "shard_size": cfg.shard_size,
         "versions": {"av": av.__version__, "ffmpeg": _ffmpeg_version(), "h5py": h5py.__version__, "opencv": cv2.__version__},

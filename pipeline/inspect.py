@@ -93,7 +93,8 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
     h, w = store.size
     try:
         if frames:
-            for m in ("rgb", "res"):
+            streams = ["rgb"] + (["res"] if "res" in group else [])  # residuals are derived when not stored
+            for m in streams:
                 n = len(group[f"{m}_offsets"]) - 1
                 if n != r.n_frames:
                     return [f"{r.id}: {m} holds {n} frames, manifest says {r.n_frames}"]

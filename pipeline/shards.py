@@ -4,7 +4,7 @@ A processed dataset is a folder ``<data>/<dataset>/``::
 
     dataset.json            what was extracted (dataset, split, size, codec, classes, versions)
     manifest.csv            one row per listed video (see `ManifestRow`)
-    frames/shard-00000.h5   RGB and residual frames, JPEG streams
+    frames/shard-00000.h5   RGB frames (and, with --store-residuals, residual frames) as JPEG streams
     flow/shard-00000.h5     optical flow, quantised uint8, lossless (written by ``iic-prep flow``)
     flow/manifest.csv       one row per video of the flow stage
 
@@ -49,15 +49,17 @@ class FormatError(Exception):
 
 
 def quantize_residual(frame: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
-    """uint8 residual of ``frame`` against ``prev`` (both (H, W, 3) uint8); ``prev=None`` -> all zero.
+    """uint8 residual of ``frame`` against ``prev`` (uint8 arrays of one shape); ``prev=None`` -> all zero.
 
-    q = clip(floor(d / 2) + 128, 0, 255) with d = frame - prev: d = 0 is stored exactly (q = 128),
-    |d - dequantize(q)| <= 1 before JPEG loss.
+    q = floor(d / 2) + 128 with d = frame - prev in [-255, 255], so q is in [0, 255] without clipping;
+    d = 0 is stored exactly (q = 128) and |d - dequantize(q)| <= 1 before any JPEG loss.
     """
     if prev is None:
         return np.full_like(frame, RESIDUAL_ZERO)
-    d = frame.astype(np.int16) - prev.astype(np.int16)
-    return (np.floor_divide(d, 2) + RESIDUAL_ZERO).clip(0, 255).astype(np.uint8)
+    d = np.subtract(frame, prev, dtype=np.int16)
+    d >>= 1  # arithmetic shift = floor division by 2
+    d += RESIDUAL_ZERO
+    return d.astype(np.uint8)
 
 
 def dequantize_residual(q: np.ndarray) -> np.ndarray:
@@ -69,9 +71,12 @@ def dequantize_residual(q: np.ndarray) -> np.ndarray:
 # JPEG streams
 
 
-def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    """(H, W, 3) uint8 RGB -> JPEG bytes (4:4:4 chroma so residual colours are not smeared)."""
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling="444")
+SUBSAMPLING = ("420", "444")
+
+
+def encode_jpeg(frame: np.ndarray, quality: int, subsampling: str = "420") -> bytes:
+    """(H, W, 3) uint8 RGB -> JPEG bytes; chroma ``420`` (as JPEG frame folders) or ``444``."""
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling=subsampling)
 
 
 def decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -256,6 +261,7 @@ class VideoStore:
         self.flow_rows = {r.id: r for r in read_manifest(self.flow_manifest_path)} if self.has_flow else {}
         self.locking = locking
         self._files: dict[str, h5py.File] = {}
+        self._streams: dict[tuple[str, str], tuple[h5py.Dataset, np.ndarray]] = {}
         self._pid = os.getpid()
 
     @property
@@ -282,7 +288,7 @@ class VideoStore:
     # -- file handles ------------------------------------------------------------------------------------
     def _file(self, rel: str) -> h5py.File:
         if self._pid != os.getpid():  # forked: never use the parent's handles
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._streams, self._pid = {}, {}, os.getpid()
         f = self._files.get(rel)
         if f is None:
             kwargs = {} if self.locking is None else {"locking": self.locking}
@@ -292,10 +298,10 @@ class VideoStore:
     def close(self) -> None:
         for f in self._files.values():
             f.close()
-        self._files = {}
+        self._files, self._streams = {}, {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}}
+        return {**self.__dict__, "_files": {}, "_streams": {}}
 
     def _row(self, video_id: str, flow: bool = False) -> ManifestRow:
         table = self.flow_rows if flow else self.by_id
@@ -313,7 +319,9 @@ class VideoStore:
     def read(self, video_id: str, modality: str, start: int = 0, length: int | None = None) -> np.ndarray:
         """Frames ``start .. start+length-1`` of ``modality`` (``rgb`` or ``res``) -> (T, H, W, 3) uint8.
 
-        ``res`` is the stored residual q (see `quantize_residual`); residual 0 is that of frame 0.
+        ``res`` is the residual q (see `quantize_residual`; residual 0 is that of frame 0): read from the
+        ``res`` stream when the shard stores one, otherwise derived from the stored RGB frames (one more
+        frame decoded: the one before ``start``).
         """
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; stored are {MODALITIES}")
@@ -321,10 +329,27 @@ class VideoStore:
         length = row.n_frames - start if length is None else length
         if start < 0 or length < 1 or start + length > row.n_frames:
             raise IndexError(f"frames [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} frames")
-        group = self._file(row.shard)[slot_name(row.slot)]
-        offsets = group[f"{modality}_offsets"][start : start + length + 1]
-        blob = group[modality][offsets[0] : offsets[-1]]
-        return decode_jpegs(blob, offsets - offsets[0])
+        stream = self._stream(row, modality)
+        if stream is None:  # residuals not stored: derive them from the frames
+            first = max(start - 1, 0)
+            rgb = self._decode(self._stream(row, "rgb"), first, start + length - first)
+            res = quantize_residual(rgb[1:], rgb[:-1])
+            return np.concatenate([quantize_residual(rgb[:1], None), res]) if start == 0 else res
+        return self._decode(stream, start, length)
+
+    def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray] | None:
+        """(byte dataset, offsets in memory) of a video's JPEG stream, looked up once per process."""
+        key = (row.id, name)
+        if key not in self._streams:
+            group = self._file(row.shard)[slot_name(row.slot)]
+            self._streams[key] = (group[name], group[f"{name}_offsets"][()]) if name in group else None
+        return self._streams[key]
+
+    @staticmethod
+    def _decode(stream: tuple[h5py.Dataset, np.ndarray], start: int, length: int) -> np.ndarray:
+        blob, offsets = stream
+        offsets = offsets[start : start + length + 1]
+        return decode_jpegs(blob[offsets[0] : offsets[-1]], offsets - offsets[0])
 
     def frames(self, video_id: str, start: int = 0, length: int | None = None) -> np.ndarray:
         return self.read(video_id, "rgb", start, length)

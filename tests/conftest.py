@@ -159,13 +159,13 @@ def decode_resized(path: Path, size: tuple[int, int], limit: int | None = None) 
     return np.stack(out)
 
 
-def jpeg_roundtrip(frames: np.ndarray, quality: int = 90) -> np.ndarray:
-    """What the documented codec (baseline JPEG, 4:4:4, libjpeg-turbo via simplejpeg) makes of ``frames``."""
+def jpeg_roundtrip(frames: np.ndarray, quality: int = 90, subsampling: str = "420") -> np.ndarray:
+    """What the documented codec (baseline JPEG, 4:2:0 by default, libjpeg-turbo via simplejpeg) makes of ``frames``."""
     import simplejpeg
 
     return np.stack([
         simplejpeg.decode_jpeg(
-            simplejpeg.encode_jpeg(np.ascontiguousarray(x), quality=quality, colorspace="RGB", colorsubsampling="444"),
+            simplejpeg.encode_jpeg(np.ascontiguousarray(x), quality=quality, colorspace="RGB", colorsubsampling=subsampling),
             colorspace="RGB",
         )
         for x in frames

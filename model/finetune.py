@@ -1,0 +1,224 @@
+"""``iic eval recognition``: fine-tune backbone + Linear(out_dim, classes) on the split's train list.
+
+Protocol (REFERENCE.md section 1, "Recognition protocol"): a seeded held-out part of the train list for
+validation, supervised cross-entropy, SGD lr 1e-3 momentum 0.9 wd 5e-4, batch 16, ReduceLROnPlateau on
+the validation loss (x0.1, patience scaled with the epoch count: 10 at 150 epochs), random-crop training
+clips; test = ``clips`` uniform clips per video, centre crop, mean of the clip softmax scores, top-1 and
+top-5 per video. Checkpoints every epoch (atomic), ``--resume``, ``metrics.jsonl`` + ``curves.png`` as in
+``iic train``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler, Subset
+from tqdm import tqdm
+
+from . import augment, checkpoint
+from .backbones import VideoBackbone
+from .clips import ClipConfig, ClipDataset, clip_seed
+from .evaluate import SourceConfig, default_out, resolve_source
+from .features import check_dataset_size, load_backbone, modalities_for, resolve_device
+from .runlog import Meter, RunLog, plot_curves
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneError(RuntimeError):
+    """Fine-tuning cannot go on (one-line message)."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data: Path = Path("data/ucf101")
+    split: int = 1
+    source: SourceConfig = SourceConfig()  # --random-init = training from scratch
+    modality: str = "rgb"
+    epochs: int = 150
+    batch_size: int = 16
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    val_fraction: float = 0.1
+    clips: int = 10
+    workers: int = 2
+    device: str = "auto"
+    out: Path | None = None  # default: <run folder>/recognition
+    seed: int = 0
+
+    @property
+    def patience(self) -> int:
+        return max(1, round(10 * self.epochs / 150))
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+class Classifier(nn.Module):
+    """Backbone + linear classifier on the pooled feature: ``(B, 3, T, H, W) -> (B, classes)`` logits."""
+
+    def __init__(self, backbone: VideoBackbone, n_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_dim, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.backbone(x)["pool"])
+
+
+class SubsetEpochSampler(Sampler):
+    """``(video, seed)`` pairs over a subset of the list, a seeded permutation per epoch (as EpochSampler)."""
+
+    def __init__(self, indices: np.ndarray, seed: int) -> None:
+        self.indices, self.seed, self.epoch = indices, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for i in np.random.default_rng([self.seed, self.epoch]).permutation(self.indices):
+            yield int(i), clip_seed(self.seed, self.epoch, int(i))
+
+
+def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, val) positions of a list of ``n`` videos; val has ``round(fraction * n)``."""
+    n_val = int(round(fraction * n))
+    if fraction > 0 and n_val == 0 and n >= 2:
+        n_val = 1
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _inputs(batch: dict, modality: str, crop: int, train: bool, gen: torch.Generator | None,
+            device: torch.device) -> Tensor:
+    raw = {m: batch[m].to(device, non_blocking=True) for m in modalities_for((modality,))}
+    B, hw = batch["index"].shape[0], tuple(next(iter(raw.values())).shape[-2:])
+    aug = augment.AugmentConfig(crop=crop, train=train)
+    views = augment.apply(raw, augment.sample_params(B, hw, aug, gen, device), aug)
+    return augment.view_input(views, modality)
+
+
+@torch.no_grad()
+def clip_scores(net: nn.Module, dataset, modality: str, crop: int, device: torch.device, batch_size: int,
+                workers: int, n_videos: int, desc: str) -> tuple[Tensor, Tensor]:
+    """Mean softmax scores per video ``(n_videos, classes)`` and labels ``(n_videos,)`` over test-mode clips."""
+    net.eval()
+    sums, labels, counts = None, torch.full((n_videos,), -1, dtype=torch.long), torch.zeros(n_videos)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        p = F.softmax(net(_inputs(batch, modality, crop, False, None, device)).float(), dim=1).cpu()
+        sums = torch.zeros(n_videos, p.shape[1]) if sums is None else sums
+        idx = batch["index"].long()
+        sums.index_add_(0, idx, p)
+        counts.index_add_(0, idx, torch.ones(len(idx)))
+        labels[idx] = batch["label"].long()
+    seen = counts > 0
+    return sums[seen] / counts[seen, None], labels[seen]
+
+
+def topk_accuracy(scores: Tensor, labels: Tensor, k: int) -> float:
+    k = min(k, scores.shape[1])
+    return 100.0 * float((scores.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean())
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
+    """Fine-tune and test; returns (and writes to ``recognition.json``) top-1/top-5 and the counts."""
+    src, state = resolve_source(cfg.source)
+    out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs).parent / "recognition"
+    device = resolve_device(cfg.device)
+    mods = modalities_for((cfg.modality,))
+    train_set = ClipDataset(cfg.data, cfg.split, "train", ClipConfig(src.frames, src.stride, mods), mode="train")
+    check_dataset_size(src, train_set.n_videos, cfg.data, cfg.split)
+    val_set = ClipDataset(cfg.data, cfg.split, "train", ClipConfig(src.frames, src.stride, mods, test_clips=1), mode="test")
+    test_set = ClipDataset(cfg.data, cfg.split, "test", ClipConfig(src.frames, src.stride, mods, test_clips=cfg.clips), mode="test")
+    n_classes = len(train_set.store.classes)
+    tr_idx, val_idx = split_train_val(train_set.n_videos, cfg.val_fraction, cfg.seed)
+    if len(tr_idx) < cfg.batch_size:
+        raise FinetuneError(f"{len(tr_idx)} fine-tuning videos is fewer than a batch of {cfg.batch_size}; lower --batch-size")
+
+    torch.manual_seed(cfg.seed)
+    net = Classifier(load_backbone(src, state), n_classes).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cfg.patience)
+    epoch = 0
+    last, final = out / "last.pt", out / "final.pt"
+    if resume:
+        ckpt = checkpoint.load(last)
+        free = {"workers", "device", "epochs"}  # more epochs = continue the schedule
+        diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and ckpt["config"].get(k) != v)
+        if diff:
+            raise checkpoint.CheckpointError(f"--resume with a different config ({', '.join(diff[:3])} changed); "
+                                             "use the same flags or another --out")
+        checkpoint.load_state(net, ckpt["model"], "the classifier")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        epoch = ckpt["epoch"]
+        log.info("resumed from %s at epoch %d", last, epoch)
+    elif last.exists():
+        raise checkpoint.CheckpointError(f"{out} already holds a fine-tuning run: pass --resume or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    log.info("fine-tuning %s on %d videos (%d held out), %d classes, %s", src.describe(), len(tr_idx), len(val_idx),
+             n_classes, device)
+
+    sampler = SubsetEpochSampler(tr_idx, cfg.seed)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    runlog = RunLog(out)
+    step = epoch * len(loader)
+    try:
+        while epoch < cfg.epochs:
+            net.train()
+            sampler.set_epoch(epoch)
+            meter, t_end = Meter(), time.perf_counter()
+            for i, batch in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)):
+                t_data = time.perf_counter()
+                gen = torch.Generator().manual_seed(clip_seed(cfg.seed + 104729, epoch, i))
+                loss = F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)),
+                                       batch["label"].to(device))
+                if not torch.isfinite(loss):
+                    raise FinetuneError(f"loss is {loss.item()} at epoch {epoch + 1}; last good checkpoint kept (lower --lr)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                meter.update(loss.item(), batch["index"].shape[0], t_data - t_end, time.perf_counter() - t_data)
+                t_end = time.perf_counter()
+            epoch += 1
+            metrics = {"epoch": epoch, "loss": meter.loss, "lr": optimizer.param_groups[0]["lr"],
+                       "clips_per_s": meter.clips_per_s}
+            if len(val_idx):
+                scores, labels = clip_scores(net, Subset(val_set, val_idx.tolist()), cfg.modality, src.crop, device,
+                                             cfg.batch_size, cfg.workers, val_set.n_videos, "validation")
+                metrics["val_loss"] = float(F.nll_loss(scores.clamp_min(1e-12).log(), labels))
+                metrics["val_top1"] = topk_accuracy(scores, labels, 1)
+            scheduler.step(metrics.get("val_loss", meter.loss))
+            runlog.write(step, **metrics)
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                    "n_data": train_set.n_videos, "source": src.describe()}, last)
+    finally:
+        runlog.close()
+    scores, labels = clip_scores(net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers,
+                                 test_set.n_videos, "test")
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "top1": topk_accuracy(scores, labels, 1),
+              "top5": topk_accuracy(scores, labels, 5), "classes": n_classes,
+              "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])}, "out": str(out)}
+    checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
+                            "n_data": train_set.n_videos, "result": {k: result[k] for k in ("top1", "top5")}}, final)
+    (out / "recognition.json").write_text(json.dumps(result, indent=1))
+    plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"fine-tuning {cfg.modality}")
+    return result
