@@ -259,6 +259,15 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
 
 
 @main.command()
+def presets() -> None:
+    """List the named training configurations (`iic train --preset NAME`)."""
+    from .model.config import PRESETS
+
+    for name, values in PRESETS.items():
+        click.echo(f"{name:18} " + " ".join(f"{k}={v}" for k, v in values.items()))
+
+
+@main.command()
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True, help="Data root.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Preprocessing processes.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the presets' epochs.")

