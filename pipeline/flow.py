@@ -3,7 +3,7 @@
 Flow is computed from the STORED frames (grayscale of the decoded JPEG frames at the stored size): the flow
 then lines up pixel for pixel with what training reads, the raw videos need not be present any more, and
 decoding a stored frame costs 0.1 ms against several ms of TV-L1 (the endpoint error between this choice and
-a fresh decode of the source is measured in bench/bench_flow_source.py and BENCHMARKS.md).
+a fresh decode of the source is measured in bench/bench_flow_stage.py and BENCHMARKS.md).
 
 TV-L1 takes seconds per video, so the unit of work is one video (progress, pairs/s and ETA per video; a
 kill loses at most the videos in flight): a worker writes the quantised flow of a video to
@@ -132,9 +132,19 @@ def assemble_shard(shard: str, rows: list[ManifestRow], cfg: FlowStageConfig, at
     return (cfg.data / shard).stat().st_size
 
 
-def _frames_digest(rows: list[ManifestRow]) -> str:
-    text = "\n".join(f"{r.id},{r.slot},{r.n_frames},{r.status}" for r in rows)
+def _frames_digest(rows: list[ManifestRow], frames_settings: str) -> str:
+    """Identity of a frames shard: its videos and the settings its frames were stored with (a re-extract
+    at another size or quality changes the frames, hence the flow, without changing the rows)."""
+    text = "\n".join([frames_settings] + [f"{r.id},{r.slot},{r.n_frames},{r.status}" for r in rows])
     return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _frames_settings(path: Path) -> str:
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("settings", ""))
+    except OSError:
+        return ""
 
 
 def _prepare(cfg: FlowStageConfig, settings: dict) -> None:
@@ -164,6 +174,8 @@ def compute(cfg: FlowStageConfig) -> FlowSummary:
         by_shard[r.shard].append(r)
     with exclusive(cfg.data, "iic-prep flow"):
         _prepare(cfg, settings)
+        # until this run completes there is no flow manifest: readers never pair it with changed shards
+        (cfg.folder / "manifest.csv").unlink(missing_ok=True)
         rows: list[ManifestRow] = []
         todo: list[ManifestRow] = []
         pending: dict[str, list[ManifestRow]] = {}
@@ -173,10 +185,14 @@ def compute(cfg: FlowStageConfig) -> FlowSummary:
             shard = f"flow/{Path(frames_shard).name}"
             done = _complete_shard(cfg.data / shard, attrs_of[shard])
             if done is not None:
-                rows += done
+                # same videos and frames; the rows' other columns (splits, label) come from the frames now
+                stored = {r.id: r for r in done}
+                rows += [flow_row(r, shard, stored[r.id].n_frames, stored[r.id].status, stored[r.id].reason)
+                         for r in shard_frame_rows]
                 kept += 1
                 continue
             pending[shard] = []
+            _reset_parts(cfg.folder / ".parts" / Path(shard).stem, attrs_of[shard]["frames_digest"])
             for r in shard_frame_rows:
                 part = _part_path(cfg.folder, r)
                 if r.ok and part.exists() and _part_matches(part, r):
@@ -209,7 +225,8 @@ def compute(cfg: FlowStageConfig) -> FlowSummary:
 
 
 def _shard_attrs(cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow]) -> dict:
-    return {"kind": "flow", "settings": json.dumps(settings), "frames_digest": _frames_digest(frame_rows),
+    frames_settings = _frames_settings(cfg.data / frame_rows[0].shard)
+    return {"kind": "flow", "settings": json.dumps(settings), "frames_digest": _frames_digest(frame_rows, frames_settings),
             "method": cfg.flow.method, "bound": cfg.flow.bound, "opencv": opencv_version()}
 
 
@@ -221,6 +238,33 @@ def _complete_shard(path: Path, attrs: dict) -> list[ManifestRow] | None:
     with h5py.File(path, "r") as f:
         same = all(f.attrs.get(k) == v for k, v in attrs.items() if k in ("settings", "frames_digest"))
     return rows if same else None
+
+
+def stale_shards(data: Path) -> list[str]:
+    """Flow shards made from other frames than the current frames shards (re-extracted since)."""
+    by_shard: dict[str, list[ManifestRow]] = defaultdict(list)
+    for r in read_manifest(Path(data) / "manifest.csv"):
+        by_shard[r.shard].append(r)
+    stale = []
+    for frames_shard, rows in sorted(by_shard.items()):
+        shard = f"flow/{Path(frames_shard).name}"
+        try:
+            with h5py.File(Path(data) / shard, "r") as f:
+                digest = f.attrs.get("frames_digest")
+        except OSError:
+            continue  # a missing flow shard is reported by its rows
+        if digest != _frames_digest(rows, _frames_settings(Path(data) / frames_shard)):
+            stale.append(shard)
+    return stale
+
+
+def _reset_parts(folder: Path, digest: str) -> None:
+    """Parts of a killed run are kept only if made from the same frames (a re-extract may come between)."""
+    stamp = folder / "frames_digest"
+    if folder.exists() and not (stamp.exists() and stamp.read_text() == digest):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest)
 
 
 def _part_matches(part: Path, row: ManifestRow) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .flow import stale_shards
 from .shards import FormatError, ManifestRow, VideoStore, slot_name
 
 
@@ -54,6 +55,8 @@ def check(data_dir: Path) -> list[str]:
     problems += _check_stage(store, store.rows, data_dir, frames=True)
     if store.has_flow:
         problems += _check_stage(store, list(store.flow_rows.values()), data_dir, frames=False)
+        problems += [f"{shard}: computed from other frames than frames/{Path(shard).name} (re-extracted since): "
+                     "re-run `iic-prep flow`" for shard in stale_shards(data_dir)]
         for r in store.rows:
             fr = store.flow_rows.get(r.id)
             if r.ok and fr is not None and fr.ok and fr.n_frames != r.n_frames - 1:
