@@ -229,6 +229,7 @@ def main(verbose: bool) -> None:
 @click.option("--epochs", type=click.IntRange(1), default=None)
 @click.option("--batch-size", type=click.IntRange(2), default=None)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="sgd (paper) or adam.")
 @click.option("--K", "K", type=click.IntRange(1), default=None, help="Negatives per sample drawn from the banks.")
 @click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader worker processes.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
@@ -236,7 +237,7 @@ def main(verbose: bool) -> None:
 @click.option("--seed", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, live_negative, frames, stride, dualvar_opts,
-              crop, epochs, batch_size, lr, K, workers, device, amp, seed, resume) -> None:
+              crop, epochs, batch_size, lr, optimizer, K, workers, device, amp, seed, resume) -> None:
     """Self-supervised pretraining (IIC; DualVar with --method dualvar)."""
     from .model.checkpoint import CheckpointError
     from .model.clips import DataError
@@ -251,7 +252,7 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
         cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
                            head=head, live_negative=live_negative, frames=frames, stride=stride,
                            dualvar=parse_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
-                           batch_size=batch_size, lr=lr, K=K, workers=workers, device=device, amp=amp, seed=seed)
+                           batch_size=batch_size, lr=lr, optimizer=optimizer, K=K, workers=workers, device=device, amp=amp, seed=seed)
         final = train(cfg, resume=resume)
     except (ConfigError, DataError, FormatError, CheckpointError, TrainingError, RuntimeError) as err:
         _fail(str(err).splitlines()[0])

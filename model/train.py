@@ -138,6 +138,12 @@ METHOD_BUILDERS: dict[str, Callable[[TrainConfig, int], tuple[nn.Module, nn.Modu
     "iic": build_iic, "dualvar": build_dualvar}
 
 
+def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 def build_run(cfg: TrainConfig) -> Run:
     d = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = resolve_device(cfg.device, d)
@@ -148,7 +154,7 @@ def build_run(cfg: TrainConfig) -> Run:
     encoder, memory, step_fn = METHOD_BUILDERS[cfg.method](cfg, dataset.n_videos)
     encoder, memory = encoder.to(device), memory.to(device)
     net = DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None) if d.world > 1 else encoder
-    optimizer = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(encoder.parameters(), cfg)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs(), gamma=cfg.gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     return Run(cfg, d, device, dataset, sampler, loader, net, encoder, memory, optimizer, scheduler, scaler, step_fn)
@@ -284,7 +290,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     finally:
         bar.close()
         runlog.close()
+        shutdown_workers(run.loader)
         cleanup()
     return final
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now. The loader and its iterator reference each other, so they are
+    otherwise freed only by a later garbage collection, possibly inside a process forked in the meantime
+    (the next run's workers), where the iterator's __del__ fails ("can only test a child process")."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader._iterator = None
 
 

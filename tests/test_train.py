@@ -192,7 +192,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
     out = tmp_path / "b"
     args = [iic, "train", "--data", str(data), "--out", str(out), "--epochs", "3", "--workers", "0", "--seed", "0", *TINY]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # same intra-op thread count as this process: CPU convolutions sum in a thread-dependent order
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
