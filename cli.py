@@ -108,7 +108,7 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
             scheduler, overwrite) -> None:
     """Decode every video of the split's lists into HDF5 shards (RGB + residual frames)."""
     from .pipeline.datasets import DatasetLayoutError
-    from .pipeline.extract import ExtractConfig, extract as run, summary_lines
+    from .pipeline.extract import ExtractConfig, extract as run
     from .pipeline.lock import LockedError
 
     cfg = ExtractConfig(
@@ -119,7 +119,7 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
         summary = run(cfg)
     except (DatasetLayoutError, LockedError, FileExistsError, OSError) as err:
         _fail(str(err))
-    for line in summary_lines(summary):
+    for line in summary.lines():
         click.echo(line)
     sys.exit(summary.exit_code)
 
@@ -135,7 +135,7 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 @click.option("--overwrite", is_flag=True, help="Recompute all flow instead of resuming.")
 def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite) -> None:
     """Dense optical flow between consecutive stored frames into flow shards (N frames -> N-1 pairs)."""
-    from .pipeline.flow import FlowStageConfig, compute, summary_lines
+    from .pipeline.flow import FlowStageConfig, compute
     from .pipeline.flowcalc import FlowConfig
     from .pipeline.lock import LockedError
     from .pipeline.shards import FormatError
@@ -147,7 +147,7 @@ def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite) -
         summary = compute(cfg)
     except (FormatError, LockedError, OSError) as err:
         _fail(str(err))
-    for line in summary_lines(summary, cfg.folder):
+    for line in summary.lines():
         click.echo(line)
     sys.exit(summary.exit_code)
 

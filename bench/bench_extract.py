@@ -119,7 +119,7 @@ def bench_extract(root: Path, out: Path, workers: int, shard_size: int) -> tuple
                         parallel=ParallelConfig(workers=workers))
     t0 = time.perf_counter()
     summary = extract(cfg)
-    return time.perf_counter() - t0, summary.frames, summary
+    return time.perf_counter() - t0, summary.units, summary
 
 
 def _ffmpeg_one(ffmpeg: str, src: Path, dst: Path) -> None:

@@ -27,16 +27,13 @@ import numpy as np
 from .datasets import DatasetIndex, VideoEntry, load_index
 from .decode import DecodeError, iter_frames
 from .lock import exclusive
-from .parallel import ParallelConfig, TaskReport, run_tasks, threads_per_worker
+from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks, threads_per_worker
 from .shards import (
     FORMAT_VERSION, ManifestRow, ShardWriter, encode_jpeg, format_splits, quantize_residual,
     remove_stale_temporaries, shard_rows, write_manifest,
 )
 
 log = logging.getLogger(__name__)
-
-EXIT_SOME_FAILED = 3  # documented exit status: the run finished but some listed videos failed
-
 
 @dataclass(frozen=True)
 class ExtractConfig:
@@ -60,24 +57,6 @@ class ExtractConfig:
         """Settings that change the stored bytes: a shard written with other settings is redone."""
         return {"size": list(self.size), "quality": self.quality, "subsampling": self.subsampling,
                 "store_residuals": self.store_residuals, "format_version": FORMAT_VERSION}
-
-
-@dataclass(frozen=True)
-class ExtractSummary:
-    videos: int
-    ok: int
-    failed: int
-    frames: int
-    bytes: int
-    seconds: float
-    shards_written: int
-    shards_kept: int
-    data_dir: Path
-    failures: tuple[tuple[str, str], ...]  # (id, reason)
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_SOME_FAILED if self.failed else 0
 
 
 def encode_video(path: Path, cfg: ExtractConfig, threads: int = 1) -> tuple[list[bytes], list[bytes], str]:
@@ -159,7 +138,7 @@ def _check_previous(cfg: ExtractConfig, index: DatasetIndex) -> None:
         )
 
 
-def extract(cfg: ExtractConfig) -> ExtractSummary:
+def extract(cfg: ExtractConfig) -> StageSummary:
     """Run the frames stage; see the module docstring for the resume rules."""
     index = load_index(cfg.dataset, cfg.root, cfg.split)
     with exclusive(cfg.data_dir, "iic-prep extract"):
@@ -200,13 +179,9 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             frames += report.units
             nbytes += report.bytes
         write_manifest(cfg.data_dir / "manifest.csv", rows)
-    failed = tuple((r.id, r.reason) for r in sorted(rows, key=lambda r: r.id) if not r.ok)
-    return ExtractSummary(
-        videos=len(rows), ok=len(rows) - len(failed), failed=len(failed),
-        frames=sum(r.n_frames for r in rows), bytes=_du(cfg.data_dir / "frames"),
-        seconds=time.perf_counter() - t0, shards_written=len(todo), shards_kept=kept,
-        data_dir=cfg.data_dir, failures=failed,
-    )
+    return StageSummary.from_rows(rows, unit="frames", bytes=_du(cfg.data_dir / "frames"),
+                                  seconds=time.perf_counter() - t0, shards_written=len(todo), shards_kept=kept,
+                                  folder=cfg.data_dir)
 
 
 def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
@@ -239,13 +214,3 @@ def _ffmpeg_version() -> str:
 
 def _du(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.h5"))
-
-
-def summary_lines(s: ExtractSummary) -> list[str]:
-    lines = [
-        f"videos: {s.videos} ({s.ok} ok, {s.failed} failed)   frames: {s.frames}   "
-        f"shards: {s.shards_written} written, {s.shards_kept} kept   "
-        f"on disk: {s.bytes / 2**20:.1f} MiB   time: {s.seconds:.1f} s   -> {s.data_dir}",
-    ]
-    lines += [f"  failed {vid}: {reason}" for vid, reason in s.failures]
-    return lines

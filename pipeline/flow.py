@@ -27,16 +27,13 @@ import numpy as np
 
 from .flowcalc import FlowConfig, FlowError, compute_flow, flow_params, init_worker_threads, make_estimator, opencv_version, rgb_to_gray, to_stored
 from .lock import exclusive
-from .parallel import ParallelConfig, TaskReport, run_tasks
+from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
 from .shards import (
     FORMAT_VERSION, FormatError, ManifestRow, ShardWriter, VideoStore, read_manifest, remove_stale_temporaries,
     shard_rows, write_manifest,
 )
 
 log = logging.getLogger(__name__)
-
-EXIT_SOME_FAILED = 3
-
 
 @dataclass(frozen=True)
 class FlowStageConfig:
@@ -53,23 +50,6 @@ class FlowStageConfig:
         """What changes the stored flow: a part or shard made with other settings is redone."""
         return {"method": self.flow.method, "bound": self.flow.bound, "params": flow_params(self.flow),
                 "opencv": opencv_version(), "source": "stored frames", "format_version": FORMAT_VERSION}
-
-
-@dataclass(frozen=True)
-class FlowSummary:
-    videos: int
-    ok: int
-    failed: int
-    pairs: int
-    bytes: int
-    seconds: float
-    shards_written: int
-    shards_kept: int
-    failures: tuple[tuple[str, str], ...]
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_SOME_FAILED if self.failed else 0
 
 
 _ESTIMATORS: dict = {}  # one estimator per worker process and config (TV-L1 setup is not free)
@@ -163,7 +143,7 @@ def _prepare(cfg: FlowStageConfig, settings: dict) -> None:
     meta_tmp.replace(meta)
 
 
-def compute(cfg: FlowStageConfig) -> FlowSummary:
+def compute(cfg: FlowStageConfig) -> StageSummary:
     """Run the flow stage over every video of ``cfg.data``; resumable (see module docstring)."""
     if not (Path(cfg.data) / "dataset.json").exists():
         raise FormatError(f"no processed dataset at {cfg.data}: run `iic-prep extract` first")
@@ -216,12 +196,9 @@ def compute(cfg: FlowStageConfig) -> FlowSummary:
                 written += 1
         shutil.rmtree(cfg.folder / ".parts", ignore_errors=True)
         write_manifest(cfg.folder / "manifest.csv", rows)
-    failed = tuple((r.id, r.reason) for r in sorted(rows, key=lambda r: r.id) if not r.ok)
-    return FlowSummary(
-        videos=len(rows), ok=len(rows) - len(failed), failed=len(failed), pairs=sum(r.n_frames for r in rows),
-        bytes=sum(p.stat().st_size for p in cfg.folder.glob("shard-*.h5")), seconds=time.perf_counter() - t0,
-        shards_written=written, shards_kept=kept, failures=failed,
-    )
+    return StageSummary.from_rows(rows, unit="flow pairs", bytes=sum(p.stat().st_size for p in cfg.folder.glob("shard-*.h5")),
+                                  seconds=time.perf_counter() - t0, shards_written=written, shards_kept=kept,
+                                  folder=cfg.folder)
 
 
 def _shard_attrs(cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow]) -> dict:
@@ -279,13 +256,3 @@ def _drop_orphan_shards(folder: Path, planned: set[str]) -> None:
     for p in folder.glob("shard-*.h5"):
         if f"flow/{p.name}" not in planned:
             p.unlink()
-
-
-def summary_lines(s: FlowSummary, folder: Path) -> list[str]:
-    lines = [
-        f"videos: {s.videos} ({s.ok} ok, {s.failed} failed)   flow pairs: {s.pairs}   "
-        f"shards: {s.shards_written} written, {s.shards_kept} kept   on disk: {s.bytes / 2**20:.1f} MiB   "
-        f"time: {s.seconds:.1f} s   -> {folder}",
-    ]
-    lines += [f"  failed {vid}: {reason}" for vid, reason in s.failures]
-    return lines

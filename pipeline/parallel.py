@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 BACKENDS = ("loky", "dask")
+EXIT_SOME_FAILED = 3  # documented exit status: the run finished but some listed videos failed
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,43 @@ class TaskReport:
     bytes: int
     rows: list = field(default_factory=list)
     skipped: bool = False  # the shard was already complete
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """What a run of a stage (extract, flow) did; ``units`` are frames or flow pairs."""
+
+    unit: str
+    videos: int
+    ok: int
+    units: int
+    bytes: int
+    seconds: float
+    shards_written: int
+    shards_kept: int
+    folder: Path
+    failures: tuple[tuple[str, str], ...]  # (id, one-line reason)
+
+    @classmethod
+    def from_rows(cls, rows: list, **kw) -> StageSummary:
+        """Counts from the stage's manifest rows (``n_frames`` holds the units)."""
+        failures = tuple((r.id, r.reason) for r in sorted(rows, key=lambda r: r.id) if not r.ok)
+        return cls(videos=len(rows), ok=len(rows) - len(failures), units=sum(r.n_frames for r in rows),
+                   failures=failures, **kw)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failures else 0
+
+    def lines(self) -> list[str]:
+        head = (f"videos: {self.videos} ({self.ok} ok, {self.failed} failed)   {self.unit}: {self.units}   "
+                f"shards: {self.shards_written} written, {self.shards_kept} kept   "
+                f"on disk: {self.bytes / 2**20:.1f} MiB   time: {self.seconds:.1f} s   -> {self.folder}")
+        return [head] + [f"  failed {vid}: {reason}" for vid, reason in self.failures]
 
 
 def threads_per_worker(workers: int) -> int:

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from iic.pipeline.extract import EXIT_SOME_FAILED
+from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.lock import exclusive
 from iic.pipeline.shards import FormatError, VideoStore, read_manifest
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from iic.model.clips import ClipConfig, ClipDataset, eval_starts, train_start
-from iic.pipeline.flow import EXIT_SOME_FAILED
+from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.flowcalc import dequantize
 from iic.pipeline.lock import exclusive
 from iic.pipeline.shards import VideoStore
