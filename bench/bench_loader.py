@@ -270,6 +270,8 @@ def breakdown_shards(dataset: ClipDataset, items: list[tuple[int, int]]) -> dict
         for m in ("rgb", "res"):
             t0 = time.perf_counter()
             group = store._file(row.shard)[slot_name(row.slot)]
+            if f"{m}_offsets" not in group:  # residuals derived from the frames (the default): no stream
+                continue
             offsets = group[f"{m}_offsets"][start : start + T + 1]
             blob = group[m][offsets[0] : offsets[-1]].tobytes()
             t1 = time.perf_counter()

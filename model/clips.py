@@ -153,7 +153,7 @@ class ClipDataset(Dataset):
     def sample(self, index: int, start: int, clip: int = 0) -> dict:
         row = self.rows[index]
         frames = clip_indices(int(self.lengths[index]), start, self.cfg.frames, self.cfg.stride)
-        out = {m: self._read(row.id, m, frames) for m in self.cfg.modalities}
+        out = self._read(row.id, self.cfg.modalities, frames)
         out.update(index=index, label=row.label, clip=clip, video=row.id)
         return out
 
@@ -161,18 +161,23 @@ class ClipDataset(Dataset):
         """Two clips of one video: ``sample(index, start)`` plus ``<modality>_1`` read from ``start_1``."""
         out = self.sample(index, start)
         frames = clip_indices(int(self.lengths[index]), start_1, self.cfg.frames, self.cfg.stride)
-        out.update({f"{m}_1": self._read(out["video"], m, frames) for m in self.cfg.modalities})
+        out.update({f"{m}_1": x for m, x in self._read(out["video"], self.cfg.modalities, frames).items()})
         out.update(start=start, start_1=start_1)
         return out
 
-    def _read(self, video: str, modality: str, frames: np.ndarray) -> torch.Tensor:
-        """(C, T, H, W) uint8, as a strided view: the collate's stack makes the one copy."""
+    def _read(self, video: str, modalities: tuple[str, ...], frames: np.ndarray) -> dict[str, torch.Tensor]:
+        """{modality: (C, T, H, W) uint8} as strided views: the collate's stack makes the one copy."""
         lo, hi = int(frames.min()), int(frames.max()) + 1
-        read = self.store.flow if modality == "flow" else (lambda v, s, n: self.store.read(v, modality, s, n))
-        x = read(video, lo, hi - lo)  # flow (n, 2, H, W); frames (n, H, W, 3)
-        if len(frames) != hi - lo or frames[0] != lo or np.any(np.diff(frames) != 1):
-            x = x[frames - lo]  # strided or looping clip
-        return torch.from_numpy(x).permute(1, 0, 2, 3) if modality == "flow" else torch.from_numpy(x).permute(3, 0, 1, 2)
+        images = [m for m in modalities if m != "flow"]
+        raw = self.store.read_clip(video, images, lo, hi - lo) if images else {}  # (n, H, W, 3) each
+        if "flow" in modalities:
+            raw["flow"] = self.store.flow(video, lo, hi - lo)  # (n, 2, H, W)
+        contiguous = len(frames) == hi - lo and frames[0] == lo and not np.any(np.diff(frames) != 1)
+        out = {}
+        for m in modalities:
+            x = raw[m] if contiguous else raw[m][frames - lo]  # strided or looping clip
+            out[m] = torch.from_numpy(x).permute(1, 0, 2, 3) if m == "flow" else torch.from_numpy(x).permute(3, 0, 1, 2)
+        return out
 
 
 class EpochSampler(Sampler):

@@ -337,6 +337,20 @@ class VideoStore:
             return np.concatenate([quantize_residual(rgb[:1], None), res]) if start == 0 else res
         return self._decode(stream, start, length)
 
+    def read_clip(self, video_id: str, modalities: Sequence[str], start: int, length: int) -> dict[str, np.ndarray]:
+        """`read` for several of ``rgb``/``res`` at once: a derived residual reuses the RGB frames decoded for
+        ``rgb`` (one JPEG decode per frame instead of two)."""
+        row = self._row(video_id)
+        if not ("rgb" in modalities and "res" in modalities and self._stream(row, "res") is None):
+            return {m: self.read(video_id, m, start, length) for m in modalities}
+        self.read(video_id, "rgb", start, length)  # bounds check, one message for both
+        first = max(start - 1, 0)
+        rgb = self._decode(self._stream(row, "rgb"), first, start + length - first)
+        res = quantize_residual(rgb[1:], rgb[:-1])
+        if start == 0:
+            return {"rgb": rgb, "res": np.concatenate([quantize_residual(rgb[:1], None), res])}
+        return {"rgb": rgb[1:], "res": res}
+
     def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray] | None:
         """(byte dataset, offsets in memory) of a video's JPEG stream, looked up once per process."""
         key = (row.id, name)

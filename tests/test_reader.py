@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from iic.pipeline.shards import FormatError, VideoStore, dequantize_residual, slot_name
+from iic.pipeline.shards import FormatError, VideoStore, dequantize_residual, quantize_residual, slot_name
 
 from conftest import (
     decode_resized, error_lines, jpeg_roundtrip, run_prep, synth_frames, trimmed_clip, write_video,
@@ -66,6 +66,11 @@ def test_frames_residuals_and_clips_by_id(real_data):
         for start, length in [(0, 1), (0, n), (n - 1, 1), (n // 3, min(16, n - n // 3))]:
             np.testing.assert_array_equal(store.frames(vid, start, length), rgb[start : start + length])
             np.testing.assert_array_equal(store.read(vid, "res", start, length), res[start : start + length])
+            both = store.read_clip(vid, ("rgb", "res"), start, length)  # one decode shared by both
+            np.testing.assert_array_equal(both["rgb"], rgb[start : start + length])
+            np.testing.assert_array_equal(both["res"], res[start : start + length])
+        # the derived residual is exactly the quantised difference of the stored frames
+        np.testing.assert_array_equal(res[1:], quantize_residual(rgb[1:], rgb[:-1]))
         np.testing.assert_array_equal(store.frames(vid, 5), rgb[5:])
     train, test = store.ok_rows(1, "train"), store.ok_rows(1, "test")
     assert sorted(r.id for r in train + test) == ids and not {r.id for r in train} & {r.id for r in test}
