@@ -241,22 +241,23 @@ def test_one_line_errors(world, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_preset_beats_random_init(tmp_path):
-    """On the synthetic motion dataset (6 classes, 48 gallery / 24 query videos), the tiny preset beats a
-    random-init backbone of the same config on retrieval top-1 (conv5 feature, centred, residual view).
+    """The learning signal, on the demo's synthetic motion dataset (6 classes x 24 videos, 96 gallery / 48
+    query videos): IIC's tiny preset beats a random-init backbone of the same config on retrieval top-1
+    (pooled feature of the residual input, each set centred, 10 clips per video).
 
-    Measured, trained vs random-init top-1 in % (chance 16.7), seeds 0 / 1 / 2: 29.2 vs 12.5, 41.7 vs 41.7,
-    37.5 vs 20.8. Seed 1 shows NO gain: the margin of the current tiny preset is seed-dependent, so this
-    asserts one seeded run (deterministic on CPU) by at least one query (4.2 points), not a general margin.
+    Measured on 2026-11-22 (trained vs random init, top-1 %, chance ~17): seed 0 35.4 vs 18.8, seed 1 31.2
+    vs 20.8 (seed 2 in BENCHMARKS.md). Asserted for seed 0 (deterministic on CPU at a fixed thread count)
+    with a margin of 3 queries (6.25 points), about a third of the measured gains. About 3 minutes on 2 cores.
     """
     raw = tmp_path / "raw"
-    generate(SynthConfig(out=raw, classes=6, per_class=12, frames=40, height=96, width=128))
-    assert run_prep("extract", "--root", raw, "--out", tmp_path / "data", "--size", "72x96", "--workers", "1").exit_code == 0
+    generate(SynthConfig(out=raw, classes=6, per_class=24, frames=40, height=96, width=128))
+    assert run_prep("extract", "--root", raw, "--out", tmp_path / "data", "--size", "96x128", "--workers", "2").exit_code == 0
     data = tmp_path / "data" / "ucf101"
-    run_iic("train", "--preset", "tiny", "--data", data, "--out", tmp_path / "run", "--workers", "0", "--device", "cpu",
-            "--seed", "0")
+    run_iic("train", "--preset", "tiny", "--data", data, "--out", tmp_path / "run", "--device", "cpu", "--seed", "0")
     top1 = {}
-    for name, source in (("trained", ["--run", tmp_path / "run"]), ("random", ["--random-init", "--run", tmp_path / "run"])):
-        run_iic("eval", "retrieval", "--data", data, *source, "--modality", "res", "--feature", "conv5", "--center",
+    for name, source in (("trained", ["--run", tmp_path / "run"]),
+                         ("random", ["--random-init", "--model", "r3d-tiny", "--frames", "16", "--crop", "64"])):
+        run_iic("eval", "retrieval", "--data", data, *source, "--modality", "res", "--feature", "pool", "--center",
                 "--workers", "0", "--device", "cpu", "--out", tmp_path / name)
         top1[name] = json.loads((tmp_path / name / "retrieval.json").read_text())["topk"]["1"]
-    assert top1["trained"] >= top1["random"] + 100 / 24 - 1e-9, top1
+    assert top1["trained"] >= top1["random"] + 3 * 100 / 48 - 1e-9, top1

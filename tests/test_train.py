@@ -187,23 +187,26 @@ def test_tiny_run_lowers_the_loss(data, tmp_path):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
     """SIGKILL a real `iic train` once its first epoch checkpoint exists; --resume (with other worker
-    settings) must end with exactly the weights and banks of an uninterrupted run."""
-    full = checkpoint.load(train(_cfg(data, tmp_path / "a", epochs=3)))
+    settings) must end with exactly the weights and banks of an uninterrupted run. Every run is a fresh
+    process with the same environment (CPU convolutions sum in a thread-count-dependent order)."""
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return [iic, "train", "--data", str(data), "--out", str(out), "--epochs", "3", "--seed", "0", *TINY, *extra]
+
+    subprocess.run(args(tmp_path / "a", "--workers", "0"), check=True, env=env, capture_output=True, timeout=600)
     out = tmp_path / "b"
-    args = [iic, "train", "--data", str(data), "--out", str(out), "--epochs", "3", "--workers", "0", "--seed", "0", *TINY]
-    # same intra-op thread count as this process: CPU convolutions sum in a thread-dependent order
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(args(out, "--workers", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.kill()
     proc.wait()
     assert (out / "last.pt").exists() and not (out / "final.pt").exists()
-    r = CliRunner().invoke(main, args[1:-8] + ["--workers", "2", "--resume", *TINY])
-    assert r.exit_code == 0, r.output
-    resumed = checkpoint.load(out / "final.pt")
+    r = subprocess.run(args(out, "--workers", "2", "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    full, resumed = checkpoint.load(tmp_path / "a" / "final.pt"), checkpoint.load(out / "final.pt")
     for part in ("model", "memory"):
         for k, v in full[part].items():
             assert torch.equal(v, resumed[part][k]), (part, k)
