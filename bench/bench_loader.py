@@ -52,7 +52,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from iic.model.clips import ClipConfig, ClipDataset, train_start
-from iic.pipeline.shards import quantize_residual
 
 T = 16
 SIZE = (128, 171)  # (H, W) stored and decoded

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import build_backbone, preset as backbone_preset
-from .clips import ClipConfig, ClipDataset, DataError, EpochSampler, clip_seed
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar

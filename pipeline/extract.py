@@ -22,7 +22,6 @@ from pathlib import Path
 import av
 import cv2
 import h5py
-import numpy as np
 
 from .datasets import DatasetIndex, VideoEntry, load_index
 from .decode import DecodeError, iter_frames

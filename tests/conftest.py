@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from iic.cli import prep
 
@@ -213,7 +213,7 @@ def build_hmdb51(root: Path, lines: dict[str, list[str]], videos: dict[str, np.n
 # running the CLI
 
 
-def run_prep(*args: str) -> "click.testing.Result":  # noqa: F821
+def run_prep(*args: str) -> Result:
     """``iic-prep ARGS`` in-process through click (exceptions are not swallowed: a traceback fails)."""
     result = CliRunner().invoke(prep, [str(a) for a in args], catch_exceptions=False)
     return result
