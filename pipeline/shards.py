@@ -323,33 +323,35 @@ class VideoStore:
         ``res`` stream when the shard stores one, otherwise derived from the stored RGB frames (one more
         frame decoded: the one before ``start``).
         """
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; stored are {MODALITIES}")
         row = self._row(video_id)
-        length = row.n_frames - start if length is None else length
-        if start < 0 or length < 1 or start + length > row.n_frames:
-            raise IndexError(f"frames [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} frames")
-        stream = self._stream(row, modality)
-        if stream is None:  # residuals not stored: derive them from the frames
-            first = max(start - 1, 0)
-            rgb = self._decode(self._stream(row, "rgb"), first, start + length - first)
-            res = quantize_residual(rgb[1:], rgb[:-1])
-            return np.concatenate([quantize_residual(rgb[:1], None), res]) if start == 0 else res
-        return self._decode(stream, start, length)
+        return self._read(row, (modality,), start, row.n_frames - start if length is None else length)[modality]
 
     def read_clip(self, video_id: str, modalities: Sequence[str], start: int, length: int) -> dict[str, np.ndarray]:
         """`read` for several of ``rgb``/``res`` at once: a derived residual reuses the RGB frames decoded for
         ``rgb`` (one JPEG decode per frame instead of two)."""
-        row = self._row(video_id)
-        if not ("rgb" in modalities and "res" in modalities and self._stream(row, "res") is None):
-            return {m: self.read(video_id, m, start, length) for m in modalities}
-        self.read(video_id, "rgb", start, length)  # bounds check, one message for both
-        first = max(start - 1, 0)
-        rgb = self._decode(self._stream(row, "rgb"), first, start + length - first)
-        res = quantize_residual(rgb[1:], rgb[:-1])
-        if start == 0:
-            return {"rgb": rgb, "res": np.concatenate([quantize_residual(rgb[:1], None), res])}
-        return {"rgb": rgb[1:], "res": res}
+        return self._read(self._row(video_id), tuple(modalities), start, length)
+
+    def _read(self, row: ManifestRow, modalities: tuple[str, ...], start: int, length: int) -> dict[str, np.ndarray]:
+        unknown = set(modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modality {sorted(unknown)}; stored are {MODALITIES}")
+        if start < 0 or length < 1 or start + length > row.n_frames:
+            raise IndexError(f"frames [{start}, {start + length}) outside video {row.id!r} of {row.n_frames} frames")
+        out: dict[str, np.ndarray] = {}
+        if "res" in modalities and self._stream(row, "res") is None:  # derive residuals from the frames
+            first = max(start - 1, 0)
+            rgb = self._decode(self._stream(row, "rgb"), first, start + length - first)
+            out["res"] = quantize_residual(rgb[1:], rgb[:-1])
+            if start == 0:
+                out["res"] = np.concatenate([quantize_residual(rgb[:1], None), out["res"]])
+            else:
+                rgb = rgb[1:]
+            if "rgb" in modalities:
+                out["rgb"] = rgb
+        for m in modalities:
+            if m not in out:
+                out[m] = self._decode(self._stream(row, m), start, length)
+        return out
 
     def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray] | None:
         """(byte dataset, offsets in memory) of a video's JPEG stream, looked up once per process."""
