@@ -155,7 +155,8 @@ def stream_bytes(data: Path) -> dict[str, int]:
         with h5py.File(shard, "r") as f:
             for group in f["videos"].values():
                 for m in total:
-                    total[m] += group[m].nbytes + group[f"{m}_offsets"].nbytes
+                    if m in group:  # residuals are derived from the frames unless --store-residuals
+                        total[m] += group[m].nbytes + group[f"{m}_offsets"].nbytes
     return total
 
 
@@ -259,7 +260,7 @@ def main() -> None:
               f"| {r['ffmpeg']['fps']:.0f} ({r['ffmpeg']['fps_per_worker']:.0f}) "
               f"| {r['extract_vs_decode']:.2f} | {r['extract_vs_ffmpeg']:.2f} |")
     print("\n| output | du (MiB) | bytes (MiB) | files |\n|---|---|---|---|")
-    for name, d in (("shards (rgb + residual)", disk["shards"]), ("ffmpeg JPEG folders (rgb only)", disk["jpeg_folders"])):
+    for name, d in (("shards (rgb stream; residuals derived on read unless --store-residuals)", disk["shards"]), ("ffmpeg JPEG folders (rgb only)", disk["jpeg_folders"])):
         print(f"| {name} | {d['du'] / 2**20:.1f} | {d['bytes'] / 2**20:.1f} | {d['files']} |")
     print(f"| of which the RGB stream | | {streams['rgb'] / 2**20:.1f} | |")
     print(f"| of which the residual stream | | {streams['res'] / 2**20:.1f} | |")
