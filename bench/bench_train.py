@@ -25,7 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-BATCH = 16  # the tiny preset's batch size (steps/s = clips/s / BATCH)
+from iic.model.config import build_config
+
+TINY = build_config("tiny")
+BATCH = TINY.batch_size  # steps/s = clips/s / BATCH
 
 
 def _cli(name: str) -> str:
@@ -92,7 +95,7 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
 
-    print(f"\ntiny preset (r3d-tiny, 16x64x64 crops, batch {BATCH}, rgb+res, K 64), CPU, {results[0]['steps_per_epoch']} "
+    print(f"\ntiny preset (r3d-tiny, 16x64x64 crops, batch {BATCH}, rgb+res, K {TINY.K}, {TINY.optimizer}), CPU, {results[0]['steps_per_epoch']} "
           f"steps/epoch, {args.epochs} epochs; load {load_before[0]:.2f} before, {load_after[0]:.2f} after\n")
     print("| workers | steps/s (last epoch) | clips/s | data wait (last epoch) | steps/s (epochs 2+) | "
           "data wait (epochs 2+) | wall s |")
