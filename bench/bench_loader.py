@@ -39,8 +39,6 @@ import os
 import platform
 import pstats
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +49,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from benchutil import cli, run_cli
 from iic.model.clips import ClipConfig, ClipDataset, train_start
 
 T = 16
@@ -62,28 +61,16 @@ JPEG_QUALITY = 90
 # the dataset, built once with the real CLI
 
 
-def _cli(name: str) -> str:
-    exe = Path(sys.executable).parent / name
-    return str(exe) if exe.exists() else name
-
-
-def run_cli(args: list[str]) -> float:
-    print("$", Path(args[0]).name, *args[1:], flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
-
-
 def build_dataset(work: Path, classes: int, per_class: int, frames: int) -> dict:
     """Synthetic AVIs -> shards (frames + DIS flow) -> JPEG folders; skipped when already there."""
     raw, data = work / "raw" / "synth", work / "ucf101"
     times = {}
     if not (data / "flow" / "manifest.csv").exists():
-        times["synth"] = run_cli([_cli("iic-prep"), "synth", "--out", str(raw), "--classes", str(classes),
+        times["synth"] = run_cli([cli("iic-prep"), "synth", "--out", str(raw), "--classes", str(classes),
                                   "--per-class", str(per_class), "--frames", str(frames), "--size", "240x320"])
-        times["extract"] = run_cli([_cli("iic-prep"), "extract", "--dataset", "ucf101", "--root", str(raw),
+        times["extract"] = run_cli([cli("iic-prep"), "extract", "--dataset", "ucf101", "--root", str(raw),
                                     "--out", str(work), "--size", f"{SIZE[0]}x{SIZE[1]}", "--workers", "2"])
-        times["flow"] = run_cli([_cli("iic-prep"), "flow", "--data", str(data), "--method", "dis", "--workers", "2"])
+        times["flow"] = run_cli([cli("iic-prep"), "flow", "--data", str(data), "--method", "dis", "--workers", "2"])
     gop = work / "raw" / "gop300"
     if not (gop / ".complete").exists():
         t0 = time.perf_counter()

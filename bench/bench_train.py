@@ -19,35 +19,25 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchutil import cli, run_cli
 from iic.model.config import build_config
 
 TINY = build_config("tiny")
 BATCH = TINY.batch_size  # steps/s = clips/s / BATCH
 
 
-def _cli(name: str) -> str:
-    exe = Path(sys.executable).parent / name
-    return str(exe) if exe.exists() else name
-
-
-def run_cli(args: list[str]) -> float:
-    print("$", Path(args[0]).name, *args[1:], flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+def run_quiet(args: list[str]) -> float:
+    return run_cli(args, quiet=True)
 
 
 def build_dataset(work: Path) -> Path:
     raw, data = work / "raw" / "synth", work / "ucf101"
     if not (data / "manifest.csv").exists():
-        run_cli([_cli("iic-prep"), "synth", "--out", str(raw)])
-        run_cli([_cli("iic-prep"), "extract", "--dataset", "ucf101", "--root", str(raw), "--out", str(work),
+        run_quiet([cli("iic-prep"), "synth", "--out", str(raw)])
+        run_quiet([cli("iic-prep"), "extract", "--dataset", "ucf101", "--root", str(raw), "--out", str(work),
                  "--size", "96x128", "--workers", "2"])
     return data
 
@@ -60,7 +50,7 @@ def epoch_lines(run: Path) -> list[dict]:
 def bench(data: Path, work: Path, workers: int, epochs: int, seed: int) -> dict:
     out = work / "runs" / f"workers{workers}"
     shutil.rmtree(out, ignore_errors=True)
-    wall = run_cli([_cli("iic"), "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+    wall = run_quiet([cli("iic"), "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
                     "--device", "cpu", "--epochs", str(epochs), "--workers", str(workers), "--seed", str(seed)])
     ep = epoch_lines(out)
     later = ep[1:] or ep
