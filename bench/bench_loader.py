@@ -34,7 +34,6 @@ import argparse
 import cProfile
 import datetime
 import io
-import json
 import os
 import platform
 import pstats
@@ -49,7 +48,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from benchutil import cli, run_cli
+from benchutil import cli, run_cli, write_json
 from iic.model.clips import ClipConfig, ClipDataset, train_start
 
 T = 16
@@ -399,10 +398,7 @@ def main() -> None:
         "disk": disk, "stored_frames": n_frames, "stage_ms_per_clip": stages,
         "profile_self_seconds": groups, "profile_top": text,
     }
-    args.json.mkdir(parents=True, exist_ok=True)
-    out = args.json / f"bench_loader-{result['date']}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.json, "bench_loader", result)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchutil import cli, run_cli
+from benchutil import cli, run_cli, write_json
 from iic.model.config import build_config
 
 TINY = build_config("tiny")
@@ -96,10 +96,7 @@ def main() -> None:
               f"{b['steps_per_s']:.2f} | {100 * b['data_share']:.1f}% | {r['wall_seconds']:.0f} |")
     result = {"date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(), "load_before": load_before,
               "load_after": load_after, "epochs": args.epochs, "batch": BATCH, "results": results}
-    args.json.mkdir(parents=True, exist_ok=True)
-    out = args.json / f"bench_train-{result['date']}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_json(args.json, "bench_train", result)
 
 
 if __name__ == "__main__":

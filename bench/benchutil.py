@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts (run as ``python bench/<script>.py``, so this folder is on sys.path)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -19,3 +20,12 @@ def run_cli(args: list[str], quiet: bool = False) -> float:
     t0 = time.perf_counter()
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
     return time.perf_counter() - t0
+
+
+def write_json(folder: Path, name: str, result: dict) -> Path:
+    """Write ``result`` to ``folder/<name>-<result['date']>.json`` and say where."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}-{result['date']}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return out
