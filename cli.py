@@ -242,6 +242,7 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
     from .model.checkpoint import CheckpointError
     from .model.clips import DataError
     from .model.config import ConfigError, build_config
+    from .model.distributed import DeviceError
     from .model.dualvar import parse_options
     from .model.train import TrainingError, train
     from .pipeline.shards import FormatError
@@ -254,7 +255,7 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
                            dualvar=parse_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, K=K, workers=workers, device=device, amp=amp, seed=seed)
         final = train(cfg, resume=resume)
-    except (ConfigError, DataError, FormatError, CheckpointError, TrainingError, RuntimeError) as err:
+    except (ConfigError, DataError, FormatError, CheckpointError, TrainingError, DeviceError) as err:
         _fail(str(err).splitlines()[0])
     click.echo(f"final checkpoint: {final}")
 

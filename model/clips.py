@@ -181,13 +181,16 @@ class ClipDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Yields ``(video, seed)`` for one epoch: a seeded permutation (same on every rank), split across
-    ranks like DistributedSampler (padded by repeating so every rank gets the same count)."""
+    """Yields ``(video, seed)`` for one epoch: a seeded permutation (same on every rank) of ``indices``
+    (default: all ``n`` videos), split across ranks like DistributedSampler (padded by repeating so every
+    rank gets the same count)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 indices: np.ndarray | None = None) -> None:
+        self.indices = np.arange(n) if indices is None else np.asarray(indices)
+        self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world
         self.epoch = 0
-        self.per_rank = -(-n // world)
+        self.per_rank = -(-len(self.indices) // world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -196,9 +199,9 @@ class EpochSampler(Sampler):
         return self.per_rank
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.arange(self.n)
+        order = self.indices
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(order)
         order = np.resize(order, self.per_rank * self.world)[self.rank :: self.world]
         for i in order:
             yield int(i), clip_seed(self.seed, self.epoch, int(i))

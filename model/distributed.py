@@ -29,13 +29,17 @@ def init_distributed(device_type: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def resolve_device(name: str, d: Dist) -> torch.device:
+class DeviceError(ValueError):
+    """The asked-for device is not available (one-line message)."""
+
+
+def resolve_device(name: str, d: Dist = Dist()) -> torch.device:
     """``auto`` = CUDA when available (one GPU per local rank), else CPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+            raise DeviceError(f"--device {name}: CUDA is not available")
         device = torch.device("cuda", d.local_rank) if name == "cuda" else torch.device(name)
         torch.cuda.set_device(device)
         return device

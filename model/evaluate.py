@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from . import checkpoint
 from .config import TrainConfig
+from .distributed import resolve_device
 from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source,
-                       failed_videos, find_checkpoint, resolve_device, video_features)
+                       failed_videos, find_checkpoint, video_features)
 from .retrieval import DEFAULT_KS, retrieval_topk
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Per-video features of a backbone (mean over a video's test clips, centre crop) and their cache.
 
 Used by retrieval and by the linear / kNN probe. A video's feature is the mean over its ``clips`` test
-clips (centres ``linspace(T/2, L - T/2, clips)``, see `clips.test_starts`) of the backbone feature of one
+clips (centres ``linspace(T/2, L - T/2, clips)``, see `clips.eval_starts`) of the backbone feature of one
 view: ``conv5`` = IIC's conv5 max-pooled (1, 2, 2) and flattened, ``pool`` = the pooled ``out_dim``
 feature (`backbones.retrieval_feature`).
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset, DataError
+from .clips import ClipConfig, ClipDataset
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -250,11 +250,3 @@ def failed_videos(data: Path, split: int, subset: str) -> list[tuple[str, str]]:
 
     store = VideoStore(data)
     return [(r.id, r.reason) for r in store.rows if r.in_list(split, subset) and not r.ok]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"--device {name}: CUDA is not available")
-    return torch.device(name)

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import VideoBackbone
-from .clips import ClipConfig, ClipDataset, clip_seed
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
 from .evaluate import SourceConfig, default_out, resolve_source
-from .features import check_dataset_size, load_backbone, modalities_for, resolve_device
+from .distributed import resolve_device
+from .features import check_dataset_size, load_backbone, modalities_for
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -74,23 +74,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.backbone(x)["pool"])
-
-
-class SubsetEpochSampler(Sampler):
-    """``(video, seed)`` pairs over a subset of the list, a seeded permutation per epoch (as EpochSampler)."""
-
-    def __init__(self, indices: np.ndarray, seed: int) -> None:
-        self.indices, self.seed, self.epoch = indices, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in np.random.default_rng([self.seed, self.epoch]).permutation(self.indices):
-            yield int(i), clip_seed(self.seed, self.epoch, int(i))
 
 
 def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +157,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     log.info("fine-tuning %s on %d videos (%d held out), %d classes, %s", src.describe(), len(tr_idx), len(val_idx),
              n_classes, device)
 
-    sampler = SubsetEpochSampler(tr_idx, cfg.seed)
+    sampler = EpochSampler(len(tr_idx), cfg.seed, indices=tr_idx)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
     runlog = RunLog(out)
     step = epoch * len(loader)
