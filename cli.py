@@ -68,18 +68,22 @@ def prep(verbose: bool) -> None:
 @prep.command()
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA / "raw" / "synth", show_default=True,
               help="Folder to write the UCF101-layout dataset into.")
-@click.option("--classes", type=click.IntRange(1), default=6, show_default=True, help="Motion classes.")
-@click.option("--per-class", type=click.IntRange(1), default=12, show_default=True, help="Videos per class.")
+@click.option("--classes", type=click.IntRange(1), default=8, show_default=True,
+              help="Motion classes (the first N; 8 = four pairs that are each other's time reversal).")
+@click.option("--per-class", type=click.IntRange(1), default=45, show_default=True, help="Videos per class.")
+@click.option("--groups", type=click.IntRange(3), default=None,
+              help="Groups per class (videos of a group share their appearance) [default: one video per group].")
 @click.option("--frames", type=click.IntRange(1), default=40, show_default=True, help="Frames per video.")
 @click.option("--size", callback=_parse_size, default="96x128", show_default=True, help="Frame size HxW (even).")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset made with other settings.")
-def synth(out, classes, per_class, frames, size, seed, overwrite) -> None:
+def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> None:
     """Generate the synthetic motion-class dataset (UCF101 layout, real AVI files)."""
     from .pipeline.synth import SynthConfig, generate
 
     try:
-        cfg = SynthConfig(out=out, classes=classes, per_class=per_class, frames=frames, height=size[0], width=size[1],
+        cfg = SynthConfig(out=out, classes=classes, per_class=per_class, groups=groups, frames=frames,
+                          height=size[0], width=size[1],
                           seed=seed, overwrite=overwrite)
         report = generate(cfg)
     except (ValueError, FileExistsError, OSError) as err:
@@ -218,7 +222,10 @@ def main(verbose: bool) -> None:
 @click.option("--model", default=None, help="Backbone preset: r3d-10, r21d-10, c3d, r3d-tiny, ...")
 @click.option("--view2", type=click.Choice(["res", "flow-u", "flow-v", "flow", "rgb"]), default=None)
 @click.option("--neg", type=click.Choice(["repeat", "shuffle", "none"]), default=None, help="Intra-negative (none = CMC).")
-@click.option("--head/--no-head", default=None, help="512-512-128 MLP projection head.")
+@click.option("--head", type=click.Choice(["none", "mlp", "bn"]), default=None,
+              help="none (paper), mlp (512-512-128 + L2, authors' v2 code) or bn (centring BatchNorm).")
+@click.option("--positive", type=click.Choice(["bank", "live"]), default=None,
+              help="IIC positive: the other view's bank row (paper) or its feature of the same step.")
 @click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")
 @click.option("--frames", type=click.IntRange(2), default=None)
 @click.option("--stride", type=click.IntRange(1), default=None, help="Frame stride within a clip (DualVar: 4).")
@@ -230,14 +237,24 @@ def main(verbose: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(2), default=None)
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None)
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="sgd (paper) or adam.")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default=None,
+              help="Learning-rate decay: the paper's steps or cosine to 0.")
+@click.option("--warmup-epochs", type=click.IntRange(0), default=None, help="Linear learning-rate warm-up.")
 @click.option("--K", "K", type=click.IntRange(1), default=None, help="Negatives per sample drawn from the banks.")
+@click.option("--tau", type=click.FloatRange(0, min_open=True), default=None, help="IIC temperature.")
+@click.option("--m", "m", type=click.FloatRange(0, 1, max_open=True), default=None, help="IIC bank momentum.")
+@click.option("--monitor-every", type=click.IntRange(0), default=None,
+              help="Epochs between test-split retrieval top-1 checks (0 = off).")
 @click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader worker processes.")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
+@click.option("--threads", type=click.IntRange(0), default=None,
+              help="CPU threads for the run (0 = torch's default). CPU results are bit-identical for the same count.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (ignored on CPU).")
 @click.option("--seed", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, live_negative, frames, stride, dualvar_opts,
-              crop, epochs, batch_size, lr, optimizer, K, workers, device, amp, seed, resume) -> None:
+def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, positive, live_negative, frames, stride,
+              dualvar_opts, crop, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, K, tau, m, monitor_every,
+              workers, device, threads, amp, seed, resume) -> None:
     """Self-supervised pretraining (IIC; DualVar with --method dualvar)."""
     from .model.checkpoint import CheckpointError
     from .model.clips import DataError
@@ -251,11 +268,15 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
     out = out or DEFAULT_DATA / "runs" / (preset or method or "iic")
     try:
         cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
-                           head=head, live_negative=live_negative, frames=frames, stride=stride,
+                           head=head, positive=positive, live_negative=live_negative, frames=frames, stride=stride,
                            dualvar=parse_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
-                           batch_size=batch_size, lr=lr, optimizer=optimizer, K=K, workers=workers, device=device, amp=amp, seed=seed)
+                           batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
+                           warmup_epochs=warmup_epochs, K=K, tau=tau, m=m, monitor_every=monitor_every,
+                           workers=workers, device=device, threads=threads, amp=amp, seed=seed)
         final = train(cfg, resume=resume)
-    except (ConfigError, DataError, FormatError, CheckpointError, TrainingError, DeviceError) as err:
+    except ConfigError as err:  # bad flags or preset: usage
+        _fail(str(err).splitlines()[0], 2)
+    except (DataError, FormatError, CheckpointError, TrainingError, DeviceError) as err:
         _fail(str(err).splitlines()[0])
     click.echo(f"final checkpoint: {final}")
 
@@ -276,7 +297,7 @@ def presets() -> None:
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 def demo(data, workers, epochs, seed) -> None:
     """The main job on the synthetic dataset: data, flow, IIC/CMC/DualVar training, retrieval table."""
-    from .model.demo import DemoConfig, run_demo
+    from .demo import DemoConfig, run_demo
 
     try:
         lines = run_demo(DemoConfig(data=data, workers=workers, epochs=epochs, seed=seed))
@@ -341,9 +362,11 @@ def _eval_errors():
 @_source_options
 @click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="res", show_default=True)
 @click.option("--merge", is_flag=True, help="Concatenate RGB and --modality features (each L2-normalised first).")
-@click.option("--feature", type=click.Choice(["conv5", "pool"]), default="conv5", show_default=True)
+@click.option("--feature", type=click.Choice(["conv5", "pool"]), default=None,
+              help="[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar]")
 @click.option("--clips", type=click.IntRange(1), default=10, show_default=True, help="Test clips per video.")
-@click.option("--center/--no-center", default=False, show_default=True, help="Subtract each set's mean (DualVar).")
+@click.option("--center/--no-center", default=None,
+              help="Subtract each set's mean [default: the method's protocol: no for IIC/CMC, yes for DualVar].")
 def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
                    seed, modality, merge, feature, clips, center) -> None:
     """Nearest-neighbour video retrieval: test videos query the train videos (top-1/5/10/20/50)."""

@@ -14,6 +14,8 @@ from .backbones import PRESETS as BACKBONE_PRESETS
 METHODS = ("iic", "dualvar")
 VIEWS2 = ("res", "flow-u", "flow-v", "flow", "rgb")
 NEGATIVES = ("repeat", "shuffle", "none")
+HEADS = ("none", "mlp", "bn")
+SCHEDULES = ("multistep", "cosine")
 
 
 class ConfigError(ValueError):
@@ -37,8 +39,9 @@ class TrainConfig:
     model: str = "r3d-10"  # a backbone preset name (model/backbones.py)
     view2: str = "res"
     neg: str = "repeat"  # intra-negative; none = the CMC baseline
-    head: bool = False  # 512-512-128 MLP + L2 norm (the authors' v2 code); IIC paper: no head
+    head: str = "none"  # none (IIC paper) | mlp (512-512-128 + L2 norm, the authors' v2 code) | bn (centring BN)
     live_negative: bool = False  # also feed the current intra-negative (with gradient) as a logit
+    positive: str = "bank"  # bank (paper: M2[y].f1) | live (f2.f1 of the same step; model/iic.py)
     K: int = 1024
     tau: float = 0.07
     m: float = 0.5
@@ -52,13 +55,17 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd (the paper's) | adam (the tiny CPU presets: SGD needs far more steps there)
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    schedule: str = "multistep"  # multistep (the paper's) | cosine (to 0 at the end of the run)
     milestones: tuple[float, ...] = (45 / 240, 90 / 240, 125 / 240, 160 / 240)  # fractions of the run
     gamma: float = 0.2
+    warmup_epochs: int = 0  # linear warm-up from lr / (warm-up steps) to lr, then the schedule
     # run
     device: str = "auto"
+    threads: int = 0  # CPU intra-op threads for the run (0 = leave torch's setting); results depend on it
     amp: bool = True  # used on CUDA only
     seed: int = 0
     log_every: int = 10  # steps between JSONL metric lines
+    monitor_every: int = 10  # epochs between the training monitor's test-split top-1 (0 = off; model/monitor.py)
 
     def milestone_epochs(self) -> list[int]:
         """The paper's decay epochs scaled to ``epochs`` (45/90/125/160 of 240)."""
@@ -81,6 +88,12 @@ class TrainConfig:
             (self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"),
             (self.model in BACKBONE_PRESETS, f"unknown model {self.model!r}; choose one of {', '.join(BACKBONE_PRESETS)}"),
             (self.optimizer in ("sgd", "adam"), f"unknown optimizer {self.optimizer!r}; choose sgd or adam"),
+            (self.head in HEADS, f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}"),
+            (self.positive in ("bank", "live"), f"unknown positive {self.positive!r}; choose bank or live"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
+            (0 <= self.warmup_epochs <= self.epochs, f"need 0 <= warm-up epochs <= epochs, got {self.warmup_epochs}"),
+            (self.monitor_every >= 0, "need --monitor-every >= 0 (0 = off)"),
+            (self.threads >= 0, "need --threads >= 0 (0 = torch's default)"),
             (self.view2 in VIEWS2, f"unknown view2 {self.view2!r}; choose one of {', '.join(VIEWS2)}"),
             (self.neg in NEGATIVES, f"unknown neg {self.neg!r}; choose one of {', '.join(NEGATIVES)}"),
             (self.neg != "shuffle" or self.frames % 4 == 0, f"--neg shuffle needs frames divisible by 4, got {self.frames}"),
@@ -103,7 +116,8 @@ class TrainConfig:
         checks = [
             (self.neg == "none", f"--neg {self.neg}: intra-negatives are an IIC option; DualVar takes --neg none"),
             (not self.live_negative, "--live-negative is an IIC memory-bank option; DualVar has no banks"),
-            (not self.head, "--head is IIC's projection head; DualVar always has its own clip and series heads"),
+            (self.head == "none", "--head is IIC's projection head; DualVar always has its own clip and series heads"),
+            (self.positive == "bank", "--positive is an IIC memory-bank option; DualVar has no banks"),
         ]
         for ok, message in checks:
             if not ok:
@@ -125,10 +139,22 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"config has unknown keys {sorted(unknown)}")
+        d = dict(d)
+        if isinstance(d.get("head"), bool):  # format of checkpoints written before heads had names
+            d["head"] = "mlp" if d["head"] else "none"
         return cls(**{**d, "data": Path(d["data"]), "out": Path(d["out"]), "milestones": tuple(d["milestones"])})
 
 
-# The paper's configurations (REFERENCE.md section 1) and a tiny CPU preset for tests and the demo.
+# IIC on a CPU in minutes (the synthetic benchmark: 240 training videos). Chosen by the ablation in
+# BENCHMARKS.md ("Learning signal"): with the paper's bank positive the loss stays at chance (the bank row
+# of a video is an epoch of fast-changing encoder old), so the positive is live; a centring BatchNorm head
+# keeps the banks from collapsing onto the common direction of ReLU features; Adam with one warm-up epoch and
+# a cosine decay; K = 16 of the 240 rows.
+TINY_IIC: dict = dict(model="r3d-tiny", view2="res", neg="repeat", frames=16, crop=64, epochs=20, batch_size=8,
+                      optimizer="adam", lr=1e-3, K=16, head="bn", positive="live", schedule="cosine", warmup_epochs=1,
+                      monitor_every=5, workers=2)
+
+# The paper's configurations (REFERENCE.md section 1) and the tiny CPU presets for tests and the demo.
 PRESETS: dict[str, dict] = {
     "r3d-res-repeat": dict(model="r3d-10", view2="res", neg="repeat"),
     "r3d-flowu-repeat": dict(model="r3d-10", view2="flow-u", neg="repeat"),
@@ -137,11 +163,10 @@ PRESETS: dict[str, dict] = {
     "r21d-res-repeat": dict(model="r21d-10", view2="res", neg="repeat"),
     "c3d-res-repeat": dict(model="c3d", view2="res", neg="repeat"),
     "cmc-r3d-res": dict(model="r3d-10", view2="res", neg="none"),
-    # The tiny CPU presets (demo, tests): on the 48-video synthetic set SGD at the paper's settings stays at
-    # chance loss for hundreds of steps and the banks collapse onto one direction; Adam at 1e-3 with batches of
-    # 8 (6 steps an epoch) and K = 16 < N learns (measured in BENCHMARKS.md, "Learning signal").
-    "tiny": dict(model="r3d-tiny", view2="res", neg="repeat", frames=16, crop=64, epochs=60, batch_size=8,
-                 optimizer="adam", lr=1e-3, K=16, workers=2),
+    # The tiny CPU presets (demo, tests, bench/bench_learning.py): see TINY_IIC below.
+    "tiny": TINY_IIC,
+    "tiny-shuffle": {**TINY_IIC, "neg": "shuffle"},
+    "cmc-tiny": {**TINY_IIC, "neg": "none"},
     # DualVar (REFERENCE.md section 2): R(2+1)D-10, 16 frames at stride 4, crop 112, SimCLR augmentation.
     # Batch, lr and schedule are not in REFERENCE.md; these are SimCLR/MoCo-style SGD values: 64 clips per
     # rank, lr 0.05 (MoCo/SimSiam's linear rule, 0.2 per 256 clips), momentum 0.9, wd 1e-4, 200 epochs,
@@ -151,9 +176,8 @@ PRESETS: dict[str, dict] = {
     # CPU: stride 2 so the demo's 40-frame videos hold a whole clip; crop 64; one x0.1 decay at 75 % (short
     # runs need most of their few steps at the full rate).
     "dualvar-tiny": dict(method="dualvar", model="r3d-tiny", view2="rgb", neg="none", frames=16, stride=2, crop=64,
-                         flip=True, epochs=6, batch_size=8, lr=0.05, milestones=(0.75,), gamma=0.1, workers=2),
-    "cmc-tiny": dict(model="r3d-tiny", view2="res", neg="none", frames=16, crop=64, epochs=60, batch_size=8,
-                     optimizer="adam", lr=1e-3, K=16, workers=2),
+                         flip=True, epochs=6, batch_size=8, lr=0.05, milestones=(0.75,), gamma=0.1, workers=2,
+                         monitor_every=2),
 }
 
 

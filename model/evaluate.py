@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .distributed import resolve_device
 from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source,
                        failed_videos, find_checkpoint, video_features)
+from .protocol import PROTOCOLS, protocol_for
 from .retrieval import DEFAULT_KS, retrieval_topk
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ class RetrievalConfig:
     source: SourceConfig = SourceConfig()
     modality: str = "res"  # the view whose features are retrieved (rgb, res, flow-u, flow-v)
     merge: bool = False  # concatenate the (L2-normalised) RGB and modality features
-    feature: str = "conv5"
+    feature: str | None = None  # None: the method's own protocol (model/protocol.py)
     clips: int = 10
-    center: bool = False
+    center: bool | None = None  # None: the method's own protocol
     ks: tuple[int, ...] = DEFAULT_KS
     batch_size: int = 16
     workers: int = 0
@@ -91,8 +92,14 @@ class RetrievalConfig:
     def validate(self) -> RetrievalConfig:
         if self.merge and self.modality == "rgb":
             raise ValueError("--merge concatenates RGB with another modality: choose --modality res, flow-u or flow-v")
-        FeatureSpec(self.data, self.split, "train", self.views, self.feature, self.clips).validate()
+        FeatureSpec(self.data, self.split, "train", self.views, self.feature or "conv5", self.clips).validate()
         return self
+
+    def with_protocol(self, method: str) -> RetrievalConfig:
+        """Fill the feature / centring left open (None) with ``method``'s protocol; random init: IIC's."""
+        proto = protocol_for(method if method in PROTOCOLS else "iic")
+        return dataclasses.replace(self, feature=proto.feature if self.feature is None else self.feature,
+                                   center=proto.center if self.center is None else self.center)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -128,6 +135,7 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     returns the JSON dict (plus ``cached``: whether both feature sets came from the cache)."""
     cfg.validate()
     src, state = resolve_source(cfg.source)
+    cfg = cfg.with_protocol(src.method)
     out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
     gallery, queries = gallery_and_queries(cfg.data, cfg.split, src, state, cfg.views, cfg.feature, cfg.clips,
                                            out / "features", cfg.device, cfg.batch_size, cfg.workers)

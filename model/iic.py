@@ -12,6 +12,12 @@ uniformly with replacement (shared by both views):
 
 CMC baseline: no Mn (K+1 logits). Defaults K = 1024, tau = 0.07, m = 0.5.
 
+``positive="live"`` (the tiny CPU presets, not the paper) scores the positive against the other view's
+feature of the same step, f1.f2, instead of its bank row M2[y].f1: the bank row of a video was written
+when it was last seen (an epoch, i.e. a few dozen optimiser steps, ago on a small set) by an encoder that
+has changed since, from another clip and crop, and on small sets that stale positive carries no learnable
+signal (measured in BENCHMARKS.md, "Learning signal"). Negatives still come from the banks.
+
 Features are L2-normalised before the dot products (``normalize=True``). CMC's encoders end in an L2
 ``Normalize`` layer; IIC's R3D returns the raw 512-d pooled feature to a CMC-style bank that does not
 normalise its inputs. The banks hold unit rows and tau = 0.07 is a temperature for cosine similarities;
@@ -114,6 +120,9 @@ class MemoryBank(nn.Module):
         self.memory[rows] = l2_normalize(m * self.memory[rows] + (1 - m) * f)
 
 
+POSITIVES = ("bank", "live")
+
+
 def draw_negatives(batch_size: int, K: int, n_data: int, generator: torch.Generator | None = None,
                    device=None) -> Tensor:
     """K bank indices per sample, uniform with replacement (may include the sample itself, as CMC)."""
@@ -132,18 +141,22 @@ class IICMemory(nn.Module):
 
     def __init__(self, n_data: int, dim: int = 512, K: int = 1024, tau: float = 0.07, m: float = 0.5,
                  intra_neg: bool = True, live_negative: bool = False, normalize: bool = True,
-                 generator: torch.Generator | None = None):
+                 positive: str = "bank", generator: torch.Generator | None = None):
         super().__init__()
         if live_negative and not intra_neg:
             raise ValueError("live_negative needs intra-negatives (intra_neg=True)")
+        if positive not in POSITIVES:
+            raise ValueError(f"unknown positive {positive!r}; expected one of {', '.join(POSITIVES)}")
         self.n_data, self.dim, self.K, self.tau, self.m = n_data, dim, K, tau, m
-        self.live_negative, self.normalize = live_negative, normalize
+        self.live_negative, self.normalize, self.positive = live_negative, normalize, positive
         self.M1 = MemoryBank(n_data, dim, generator)
         self.M2 = MemoryBank(n_data, dim, generator)
         self.Mn = MemoryBank(n_data, dim, generator) if intra_neg else None
 
-    def _logits(self, f: Tensor, M: MemoryBank, idx: Tensor, fn: Tensor | None) -> Tensor:
+    def _logits(self, f: Tensor, M: MemoryBank, idx: Tensor, fn: Tensor | None, other: Tensor) -> Tensor:
         z = torch.einsum("bkd,bd->bk", M.memory[idx], f)                       # B x (K+1)
+        if self.positive == "live":                                           # column 0: f . f_other
+            z = torch.cat([(f * other).sum(1, keepdim=True), z[:, 1:]], dim=1)
         if self.Mn is not None:
             z = torch.cat([z, torch.einsum("bkd,bd->bk", self.Mn.memory[idx], f)], dim=1)  # B x (2K+2)
         if self.live_negative:
@@ -163,8 +176,8 @@ class IICMemory(nn.Module):
         B = f1.shape[0]
         j = draw_negatives(B, self.K, self.n_data, generator, f1.device)       # B x K
         idx = torch.cat([index.view(B, 1).to(j), j], dim=1)                   # B x (K+1), y first
-        z1 = self._logits(f1, self.M2, idx, fn)
-        z2 = self._logits(f2, self.M1, idx, fn)
+        z1 = self._logits(f1, self.M2, idx, fn, f2)
+        z2 = self._logits(f2, self.M1, idx, fn, f1)
         if self.training:
             y = gather_from_ranks(index.to(f1.device))
             self.M1.update(y, gather_from_ranks(f1.detach()), self.m)
@@ -178,6 +191,19 @@ def nce_loss(z1: Tensor, z2: Tensor) -> Tensor:
     """NCE-softmax loss: CE(z1, 0) + CE(z2, 0), each averaged over the batch (positive at column 0)."""
     target = torch.zeros(z1.shape[0], dtype=torch.long, device=z1.device)
     return F.cross_entropy(z1, target) + F.cross_entropy(z2, target)
+
+
+class CenterHead(nn.Module):
+    """Affine-free BatchNorm1d on the pooled feature (``--head bn``): removes the direction that every
+    feature of a fresh ReLU network shares (cosine ~0.95 between any two clips), so the banks do not
+    collapse onto it. Each view is encoded in its own pass, so each is centred by its own batch."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(x)
 
 
 class ProjectionHead(nn.Module):

@@ -82,21 +82,37 @@ def read_metrics(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(metrics_path: Path, png: Path, title: str = "") -> Path:
-    """Loss and learning rate against step, from metrics.jsonl (the last value wins for a step that a
-    resumed run logged twice)."""
+def plot_curves(metrics_path: Path, png: Path, title: str = "", chance_top1: float | None = None) -> Path:
+    """Loss (with its chance value, when logged), learning rate and the monitor's test top-1 against step,
+    from metrics.jsonl (the last value wins for a step that a resumed run logged twice)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = {r["step"]: r for r in read_metrics(metrics_path) if "loss" in r}
+    metrics = read_metrics(metrics_path)
+    rows = {r["step"]: r for r in metrics if "loss" in r}
     steps = sorted(rows)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot(steps, [rows[s]["loss"] for s in steps])
+    chance = [r["chance_loss"] for r in metrics if "chance_loss" in r]
+    monitor = {r["epoch"]: r for r in metrics if any(k.startswith("monitor_top1_") for k in r)}
+    fig, axes = plt.subplots(1, 3 if monitor else 2, figsize=(15 if monitor else 10, 3.5))
+    ax1, ax2 = axes[0], axes[1]
+    ax1.plot(steps, [rows[s]["loss"] for s in steps], label="loss")
+    if chance:
+        ax1.axhline(chance[-1], color="tab:red", ls="--", lw=1, label=f"chance {chance[-1]:.2f}")
+        ax1.legend(loc="upper right", fontsize=8)
     ax1.set(xlabel="step", ylabel="loss", title=title or "training loss")
     ax2.plot(steps, [rows[s]["lr"] for s in steps], color="tab:orange")
     ax2.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate")
+    if monitor:
+        ax3 = axes[2]
+        epochs = sorted(monitor)
+        for key in sorted({k for r in monitor.values() for k in r if k.startswith("monitor_top1_")}):
+            ax3.plot(epochs, [monitor[e].get(key) for e in epochs], marker="o", label=key[len("monitor_top1_"):] + " input")
+        if chance_top1 is not None:
+            ax3.axhline(chance_top1, color="tab:red", ls="--", lw=1, label=f"chance {chance_top1:.1f}")
+        ax3.set(xlabel="epoch (0 = untrained)", ylabel="test top-1 (%)", title="monitor: retrieval top-1")
+        ax3.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)

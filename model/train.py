@@ -2,12 +2,17 @@
 
 Determinism: every random draw of a step (clip starts, crops, intra-negatives, bank negatives) comes
 from seeds derived from (seed, epoch, step or sample), never from global RNG state, so a run resumed
-from its last epoch checkpoint continues exactly as the uninterrupted run (CPU, same seed).
+from its last epoch checkpoint continues exactly as the uninterrupted run (CPU, same seed). CPU
+convolutions sum in an order that depends on the intra-op thread count: the same command, seed and
+thread count give bit-identical checkpoints, in a fresh process or inside another (``--threads`` pins the
+count; a process that changed torch's thread count earlier, as a test fixture may, otherwise trains
+differently). On CUDA, cuDNN's algorithm choice and atomics make runs differ in the last bits.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +30,9 @@ from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar
-from .iic import IICMemory, ProjectionHead, intra_negative, nce_loss
+from .iic import CenterHead, IICMemory, ProjectionHead, intra_negative, nce_loss
+from .monitor import Monitor
+from .protocol import iic_chance_loss
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -46,8 +53,9 @@ class Encoder(nn.Module):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone_preset(cfg.model))
-        self.head = ProjectionHead(self.backbone.out_dim) if cfg.head else None
-        self.out_dim = 128 if cfg.head else self.backbone.out_dim
+        d = self.backbone.out_dim
+        self.head = {"none": None, "mlp": ProjectionHead(d), "bn": CenterHead(d)}[cfg.head]
+        self.out_dim = 128 if cfg.head == "mlp" else d
 
     def embed(self, x: Tensor) -> Tensor:
         f = self.backbone(x)["pool"]
@@ -129,7 +137,8 @@ def build_iic(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Call
     """IIC: (trainable network with ``.backbone``, state module holding the memory banks, step function)."""
     encoder = Encoder(cfg)
     memory = IICMemory(n_data, encoder.out_dim, K=cfg.K, tau=cfg.tau, m=cfg.m, intra_neg=cfg.neg != "none",
-                       live_negative=cfg.live_negative, generator=torch.Generator().manual_seed(cfg.seed))
+                       live_negative=cfg.live_negative, positive=cfg.positive,
+                       generator=torch.Generator().manual_seed(cfg.seed))
     return encoder, memory, iic_step
 
 
@@ -144,6 +153,24 @@ def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Learning-rate factor of optimiser step s (0-based): linear warm-up over ``warmup_epochs``, then the
+    paper's multi-step decay (at epoch boundaries) or a cosine decay to 0 at the last step."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    milestones = cfg.milestone_epochs()
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        epoch = step // steps_per_epoch
+        return cfg.gamma ** sum(epoch >= m for m in milestones)
+
+    return factor
+
+
 def build_run(cfg: TrainConfig) -> Run:
     d = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     device = resolve_device(cfg.device, d)
@@ -155,7 +182,7 @@ def build_run(cfg: TrainConfig) -> Run:
     encoder, memory = encoder.to(device), memory.to(device)
     net = DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None) if d.world > 1 else encoder
     optimizer = build_optimizer(encoder.parameters(), cfg)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs(), gamma=cfg.gamma)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, len(loader)))  # stepped per step
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     return Run(cfg, d, device, dataset, sampler, loader, net, encoder, memory, optimizer, scheduler, scaler, step_fn)
 
@@ -177,6 +204,7 @@ def state_dict(run: Run) -> dict:
         "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
         "n_data": run.dataset.n_videos,
         "video_ids": run.dataset.video_ids,
+        "cpu_threads": torch.get_num_threads(),  # CPU results are bit-identical only for the same count
     }
 
 
@@ -197,7 +225,7 @@ def restore(run: Run, ckpt: dict) -> None:
 
 def check_resumable(cfg: TrainConfig, ckpt: dict) -> None:
     """The saved config must match, except for what may change between sessions (workers, device)."""
-    free = {"workers", "device", "amp", "log_every"}
+    free = {"workers", "device", "amp", "log_every", "monitor_every", "threads"}
     saved = ckpt["config"]
     diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and saved.get(k) != v)
     if diff:
@@ -231,6 +259,7 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        run.scheduler.step()
         run.step += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -251,6 +280,16 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train; returns the path of the final checkpoint. See the module docstring for determinism."""
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, resume)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, resume: bool) -> Path:
     run = build_run(cfg)
     out, main = Path(cfg.out), run.dist.main
     last, final = out / "last.pt", out / "final.pt"
@@ -265,20 +304,26 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         log.info("config: %s", json.dumps(cfg.to_dict()))
-        log.info("%d training videos, %d steps/epoch, device %s, world %d",
-                 run.dataset.n_videos, len(run.loader), run.device, run.dist.world)
+        log.info("%d training videos, %d steps/epoch, device %s, world %d, %d CPU threads",
+                 run.dataset.n_videos, len(run.loader), run.device, run.dist.world, torch.get_num_threads())
     runlog = RunLog(out, enabled=main)
+    chance = iic_chance_loss(cfg.K, cfg.neg != "none", cfg.live_negative) if cfg.method == "iic" else None
+    monitor = Monitor(cfg, run.device) if main and cfg.monitor_every > 0 else None
+    if monitor is not None and run.epoch == 0:  # the untrained network: the baseline the curve is read against
+        runlog.write(0, epoch=0, **monitor(run.encoder.backbone))
     bar = tqdm(total=len(run.loader) * cfg.epochs, initial=len(run.loader) * run.epoch, unit="step",
                dynamic_ncols=True, disable=not main)
     try:
         while run.epoch < cfg.epochs:
             meter = train_one_epoch(run, bar if main else None, runlog)
             run.epoch += 1
-            run.scheduler.step()
             epoch_loss = all_reduce_mean(meter.loss, run.device)
             if main:
                 runlog.write(run.step, epoch=run.epoch, epoch_loss=epoch_loss, lr=run.optimizer.param_groups[0]["lr"],
-                             clips_per_s=meter.clips_per_s, data_share=meter.data_share)
+                             clips_per_s=meter.clips_per_s, data_share=meter.data_share,
+                             **({"chance_loss": chance} if chance is not None else {}))
+                if monitor is not None and monitor.due(run.epoch):
+                    runlog.write(run.step, epoch=run.epoch, **monitor(run.encoder.backbone))
                 checkpoint.save_atomic(state_dict(run), last)
             barrier()
         divergence = max_divergence(list(run.memory.buffers()))
@@ -286,7 +331,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             raise TrainingError(f"ranks hold different memory state (max difference {divergence:.3g})")
         if main:
             checkpoint.save_atomic(state_dict(run), final)
-            plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"{cfg.method} {cfg.model} {cfg.view2}/{cfg.neg}")
+            plot_curves(out / "metrics.jsonl", out / "curves.png",
+                        title=f"{out.name}: {cfg.method} {cfg.model} {cfg.view2}/{cfg.neg}",
+                        chance_top1=monitor.chance_top1 if monitor is not None else None)
     finally:
         bar.close()
         runlog.close()

@@ -12,9 +12,17 @@ Layout written under ``cfg.out`` (as in the official UCF101 release)::
     ucfTrainTestlist/testlist0{1,2,3}.txt              "Class/v_..._c01.avi"    (CRLF)
     synth_config.json                                  the config, to make re-runs safe
 
+Classes come in pairs that are each other's time reversal (MoveLeft/MoveRight, MoveUp/MoveDown,
+RotateClockwise/RotateCounterClockwise, ZoomIn/ZoomOut: ``REVERSAL_PAIRS``): a video of one class played
+backwards is a video of the other, with the same distribution of speeds and poses, so the two classes have
+the same distribution of single frames AND of unordered sets of frames. Only the order of the frames tells
+them apart; a method blind to it scores at most chance within each pair. The default 8 classes are the 4 pairs.
+
 Groups play the role of UCF101's groups: clips of one group share the background canvas and the sprites'
 shape and texture, and the test list of split ``s`` holds whole groups (the ``s``-th third of them), so
-no group is in both the train and the test list of a split.
+no group is in both the train and the test list of a split. By default every video is its own group
+(``groups=None``): each video's appearance is drawn independently, so every test video is an independent
+sample and retrieval cannot match a query to a gallery video of the same group by its looks.
 
 Randomness: every clip uses ``numpy.random.default_rng([seed, class_id, group, clip])`` and every group's
 appearance ``default_rng([seed, class_id, group, 0])`` (``class_id`` is the index in ``CLASS_NAMES``), so a
@@ -54,6 +62,13 @@ CLASS_NAMES: tuple[str, ...] = (
     "Oscillate",
     "Static",
 )
+# Each pair: a clip of one class played backwards is a clip of the other (same speed distribution).
+REVERSAL_PAIRS: tuple[tuple[str, str], ...] = (
+    ("MoveLeft", "MoveRight"),
+    ("MoveUp", "MoveDown"),
+    ("RotateClockwise", "RotateCounterClockwise"),
+    ("ZoomIn", "ZoomOut"),
+)
 NUM_SPLITS = 3
 VIDEO_DIR = "UCF-101"
 SPLIT_DIR = "ucfTrainTestlist"
@@ -83,9 +98,10 @@ class SynthConfig:
     """
 
     out: Path
-    classes: int = 6  # first `classes` of CLASS_NAMES
-    per_class: int = 12  # videos per class
-    groups: int = 3  # groups per class (>= 3: each split tests a third of them)
+    classes: int = 8  # first `classes` of CLASS_NAMES (8: the four time-reversal pairs)
+    per_class: int = 45  # videos per class
+    groups: int | None = None  # groups per class (>= 3: each split tests a third); None = one video each
+    shared_appearance: bool = False  # group g of EVERY class has the same appearance (else: its own class's)
     frames: int = 40
     height: int = 96
     width: int = 128
@@ -97,6 +113,8 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
+        if self.groups is None:
+            object.__setattr__(self, "groups", self.per_class)
         checks = [
             (1 <= self.classes <= len(CLASS_NAMES), f"classes must be in 1..{len(CLASS_NAMES)}"),
             (NUM_SPLITS <= self.groups <= 99, f"groups must be in {NUM_SPLITS}..99"),
@@ -380,7 +398,7 @@ def render_video(cfg: SynthConfig, class_name: str, group: int, clip: int) -> np
     extent = min(height, width)
 
     # Group appearance: background canvas larger than the frame, sprite shapes and textures.
-    app = np.random.default_rng([cfg.seed, class_id, group, 0])
+    app = np.random.default_rng([cfg.seed, group, 0] if cfg.shared_appearance else [cfg.seed, class_id, group, 0])
     canvas = make_background(app, height + height // 2, width + width // 2)
     n_sprites = int(app.integers(1, cfg.max_objects + 1))
     sprites = [make_sprite(app, round(app.uniform(*_SPRITE_DIAMETER) * extent)) for _ in range(n_sprites)]

@@ -169,7 +169,8 @@ REFUSED = [
     (["--neg", "repeat"], "intra-negatives"),
     (["--K", "64"], "memory banks"),
     (["--live-negative"], "memory-bank"),
-    (["--head"], "own clip and series heads"),
+    (["--head", "mlp"], "own clip and series heads"),
+    (["--positive", "live"], "memory-bank option"),
     (["--frames", "9"], "not divisible"),
     (["--dualvar", "theta=0"], "theta"),
     (["--dualvar", "blur_p=2"], "blur_p"),
@@ -181,13 +182,14 @@ REFUSED = [
 def test_refused_combinations_are_one_line_errors(tmp_path, flags, words):
     result = CliRunner().invoke(main, ["train", "--method", "dualvar", "--data", str(tmp_path), "--out",
                                        str(tmp_path / "run"), *flags])
-    assert result.exit_code == 1
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 2  # a refused combination of flags is a usage error
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], result.output
     # IIC refuses DualVar options
     result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(tmp_path), "--dualvar", "w_tc=2"])
-    assert result.exit_code == 1 and "need --method dualvar" in result.output
+    assert result.exit_code == 2 and "need --method dualvar" in result.output
 
 
 # --------------------------------------------------------------------------------------------- training

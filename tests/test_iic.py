@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
-from iic.model.iic import (IICMemory, MemoryBank, ProjectionHead, draw_negatives, gather_from_ranks,
+from iic.model.iic import (CenterHead, IICMemory, MemoryBank, ProjectionHead, draw_negatives, gather_from_ranks,
                            intra_negative, l2_normalize, nce_loss, residual)
 
 N, D, K, BATCH, TAU, M = 10, 4, 5, 3, 0.07, 0.5
@@ -230,3 +231,38 @@ def test_projection_head():
     assert z.shape == (5, 128)
     assert torch.allclose(z.norm(dim=1), torch.ones(5), atol=1e-6)
     assert [m.out_features for m in head.mlp if isinstance(m, torch.nn.Linear)] == [512, 128]
+
+
+def test_live_positive_scores_the_other_view_of_the_same_step():
+    """positive="live": column 0 is f1.f2 / tau (unit features) for both views; every other column is the
+    paper's (bank) logit."""
+    bank, live = make_memory(), make_memory(positive="live")
+    f1, f2, fn = features(1)
+    index = torch.tensor([0, 3, 9])
+    zb1, zb2 = bank(f1, f2, fn, index, torch.Generator().manual_seed(5))
+    zl1, zl2 = live(f1, f2, fn, index, torch.Generator().manual_seed(5))
+    expected = (unit(f1.numpy()) * unit(f2.numpy())).sum(1) / TAU
+    assert np.allclose(zl1[:, 0].numpy(), expected) and np.allclose(zl2[:, 0].numpy(), expected)
+    assert not np.allclose(zb1[:, 0].numpy(), expected)
+    assert torch.equal(zl1[:, 1:], zb1[:, 1:]) and torch.equal(zl2[:, 1:], zb2[:, 1:])
+    with pytest.raises(ValueError, match="unknown positive"):
+        make_memory(positive="nearest")
+
+
+def test_live_positive_passes_gradient_to_both_views():
+    mem = make_memory(positive="live")
+    f1, f2, fn = (f.requires_grad_() for f in features(2))
+    z1, z2 = mem(f1, f2, fn, torch.tensor([1, 2, 3]), torch.Generator().manual_seed(0))
+    nce_loss(z1, z2).backward()
+    assert f1.grad.abs().sum() > 0 and f2.grad.abs().sum() > 0
+
+
+def test_center_head_removes_the_common_direction():
+    """Features of a fresh ReLU network share one direction (cosine ~0.95): the BN head centres each batch."""
+    g = torch.Generator().manual_seed(0)
+    x = 5.0 + 0.3 * torch.randn(16, 8, generator=g)  # every row ~ the same direction
+    assert F.cosine_similarity(x[:1], x[1:]).min() > 0.9
+    y = CenterHead(8).train()(x)
+    assert torch.allclose(y.mean(0), torch.zeros(8), atol=1e-5)
+    assert abs(F.cosine_similarity(y[:1], y[1:]).mean()) < 0.5
+    assert not any(p.requires_grad for p in CenterHead(8).parameters())  # affine-free: nothing to learn

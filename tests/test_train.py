@@ -141,18 +141,19 @@ def test_presets_and_overrides():
         build_config("tiny", neg="shuffle", frames=10)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--preset", "nope"], "unknown preset"),
-    (["--view2", "flow-u"], "iic-prep flow"),
-    (["--batch-size", "64"], "larger than the"),
-    (["--model", "resnet50"], "unknown model"),
-    (["--resume"], "checkpoint not found"),
-    (["--neg", "none", "--live-negative"], "needs an intra-negative"),
+@pytest.mark.parametrize("args,message,code", [
+    (["--preset", "nope"], "unknown preset", 2),
+    (["--view2", "flow-u"], "iic-prep flow", 1),
+    (["--batch-size", "64"], "larger than the", 2),
+    (["--model", "resnet50"], "unknown model", 2),
+    (["--resume"], "checkpoint not found", 1),
+    (["--neg", "none", "--live-negative"], "needs an intra-negative", 2),
 ])
-def test_bad_configs_give_one_line_errors(data, tmp_path, args, message):
+def test_bad_configs_give_one_line_errors(data, tmp_path, args, message, code):
+    """Bad flags are usage errors (exit 2); data or checkpoint problems are errors (exit 1)."""
     base = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--workers", "0"]
     r = CliRunner().invoke(main, base + TINY + args)
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == code, r.output
     assert message in r.output and "Traceback" not in r.output
     assert len([line for line in r.output.splitlines() if line.startswith("Error")]) == 1
 

@@ -1,0 +1,47 @@
+"""The training monitor: a cheap retrieval top-1 on the test split every ``monitor_every`` epochs.
+
+Each test video (one centre clip, centre crop) retrieves its nearest train video with the method's own
+protocol (`protocol.protocol_for`); top-1 = the share of queries whose neighbour has their label. The
+views are the encoder's RGB input and, for IIC with a residual or flow-component second view, that view.
+Evaluation mode, no random draws, no state written: a monitored run trains exactly as an unmonitored one.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .clips import ClipConfig, ClipDataset
+from .config import TrainConfig
+from .features import extract, modalities_for
+from .protocol import protocol_for
+from .retrieval import retrieval_topk
+
+
+def monitor_views(cfg: TrainConfig) -> tuple[str, ...]:
+    second = (cfg.view2,) if cfg.method == "iic" and cfg.view2 in ("res", "flow-u", "flow-v") else ()
+    return ("rgb", *second)
+
+
+class Monitor:
+    def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int = 32) -> None:
+        self.cfg, self.device, self.batch_size = cfg, device, batch_size
+        self.protocol = protocol_for(cfg.method)
+        self.views = monitor_views(cfg)
+        clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=modalities_for(self.views), test_clips=1)
+        self.sets = {s: ClipDataset(cfg.data, cfg.split, s, clip_cfg, mode="test") for s in ("train", "test")}
+        self.chance_top1 = 100.0 / len(set(self.sets["train"].labels.tolist()))
+
+    def due(self, epoch: int) -> bool:
+        every = self.cfg.monitor_every
+        return every > 0 and (epoch % every == 0 or epoch == self.cfg.epochs)
+
+    def __call__(self, backbone: nn.Module) -> dict[str, float]:
+        """{``monitor_top1_<view>``: top-1 (%)} of the backbone as it is now (left in training mode)."""
+        was_training = backbone.training
+        feats = {s: extract(backbone, ds, self.views, self.protocol.feature, self.cfg.crop, self.device,
+                            self.batch_size, desc=f"monitor {s}")[0] for s, ds in self.sets.items()}
+        backbone.train(was_training)
+        gallery, queries = self.sets["train"], self.sets["test"]
+        return {f"monitor_top1_{v}": retrieval_topk(feats["test"][v], queries.labels, feats["train"][v], gallery.labels,
+                                                    ks=(1,), center=self.protocol.center).topk[1]
+                for v in self.views}

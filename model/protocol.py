@@ -1,0 +1,39 @@
+"""Each method's own retrieval protocol, in one place (REFERENCE.md sections 1 and 2).
+
+IIC (and its CMC baseline) retrieve with conv5 features max-pooled (1, 2, 2), cosine similarity, no
+centring; DualVar with the pooled feature, each set centred by its own mean. ``iic eval retrieval``, the
+training monitor and the demo take their defaults from here, so a method is never scored with another's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RetrievalProtocol:
+    feature: str  # conv5 | pool (backbones.retrieval_feature)
+    center: bool  # subtract each set's mean before the cosine similarity
+    paper: str
+
+    def describe(self) -> str:
+        return f"{self.feature} features, {'centred' if self.center else 'not centred'} ({self.paper})"
+
+
+PROTOCOLS: dict[str, RetrievalProtocol] = {
+    "iic": RetrievalProtocol("conv5", False, "IIC's protocol"),
+    "dualvar": RetrievalProtocol("pool", True, "DualVar's protocol"),
+}
+
+
+def protocol_for(method: str) -> RetrievalProtocol:
+    if method not in PROTOCOLS:
+        raise ValueError(f"no retrieval protocol for method {method!r}; choose one of {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[method]
+
+
+def iic_chance_loss(K: int, intra_neg: bool, live_negative: bool = False) -> float:
+    """The IIC / CMC loss of uniform logits: 2 ln(columns), columns = K + 1 (CMC) or 2K + 2 (IIC), + 1 with
+    the live negative. A run whose loss stays here has learnt nothing."""
+    columns = (2 * K + 2 if intra_neg else K + 1) + (1 if live_negative else 0)
+    return 2 * math.log(columns)
