@@ -295,12 +295,16 @@ def presets() -> None:
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Preprocessing processes.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the presets' epochs.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-def demo(data, workers, epochs, seed) -> None:
+@click.option("--per-class", type=click.IntRange(3, 99), default=45, show_default=True,
+              help="Synthetic videos per class (45: the benchmark; fewer for a quick look).")
+@click.option("--frames", type=click.IntRange(16), default=40, show_default=True, help="Frames per synthetic video.")
+def demo(data, workers, epochs, seed, per_class, frames) -> None:
     """The main job on the synthetic dataset: data, flow, IIC/CMC/DualVar training, retrieval table."""
     from .demo import DemoConfig, run_demo
 
     try:
-        lines = run_demo(DemoConfig(data=data, workers=workers, epochs=epochs, seed=seed))
+        lines = run_demo(DemoConfig(data=data, workers=workers, epochs=epochs, seed=seed, per_class=per_class,
+                                    frames=frames))
     except (RuntimeError, ValueError, OSError) as err:
         _fail(str(err).splitlines()[0])
     for line in lines:

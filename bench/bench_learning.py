@@ -104,6 +104,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--root", type=Path, default=Path("/tmp/iic-learning"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=None, help="override the presets' epochs (smoke runs)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     data = prepare(args.root, args.workers)
@@ -111,13 +112,13 @@ def main() -> None:
     timings: dict[str, list[float]] = {}
     for seed in args.seeds:
         for preset in args.methods:
-            cfg = build_config(preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed)
+            cfg = build_config(preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed, epochs=args.epochs)
             final = Path(cfg.out) / "final.pt"
             if not final.exists():
                 resume = ["--resume"] if (Path(cfg.out) / "last.pt").exists() else []
                 timings.setdefault(preset, []).append(run_cli(
                     [cli("iic"), "train", "--preset", preset, "--data", str(data), "--out", str(cfg.out), "--seed",
-                     str(seed), *resume], quiet=True))
+                     str(seed), "--epochs", str(cfg.epochs), "--threads", "2", *resume], quiet=True))
             src, state = checkpoint_source(final)
             net = load_backbone(src, state)
             name = f"{METHODS[preset]} ({cfg.method})"

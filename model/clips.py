@@ -74,11 +74,12 @@ def pair_starts(length: int, frames: int, stride: int, rng: np.random.Generator)
 
 
 def eval_starts(length: int, frames: int, stride: int, n: int) -> np.ndarray:
-    """Starts of ``n`` clips with centres ``linspace(span/2, L - span/2, n)`` (all 0 for short videos)."""
+    """Starts of ``n`` clips with centres ``linspace(span/2, L - span/2, n)`` (all 0 for short videos); one
+    clip (``n = 1``) is the centre clip of the video, not its first."""
     span = (frames - 1) * stride + 1
     if length <= span:
         return np.zeros(n, np.int64)
-    centres = np.linspace(span / 2, length - span / 2, n)
+    centres = np.linspace(span / 2, length - span / 2, n) if n > 1 else np.array([length / 2])
     return np.clip(np.round(centres - span / 2), 0, length - span).astype(np.int64)
 
 

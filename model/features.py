@@ -120,12 +120,10 @@ def modalities_for(views: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def data_fingerprint(data: Path) -> str:
-    """Hash of the manifest(s): changes whenever the extracted videos change."""
-    h = hashlib.sha256()
-    for p in (Path(data) / "manifest.csv", Path(data) / "flow" / "manifest.csv"):
-        if p.exists():
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    """Hash of the dataset's manifest(s) (`VideoStore.fingerprint`)."""
+    from ..pipeline.shards import VideoStore
+
+    return VideoStore(data).fingerprint()
 
 
 @dataclass(frozen=True)

@@ -88,8 +88,11 @@ def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, g
         x2 = augment.view_input(views, cfg.view2)
     xs = [x1, x2] + ([intra_negative(x1, cfg.neg, gen)] if cfg.neg != "none" else [])
     f = net(xs)
-    z1, z2 = memory(f[0].float(), f[1].float(), f[2].float() if len(f) > 2 else None, batch["index"], gen)
-    return nce_loss(z1, z2)
+    # logits, loss and bank update in fp32 even under autocast (fp16 dot products of unit vectors / 0.07
+    # lose the differences the loss is made of, and the banks would accumulate fp16 rounding)
+    with torch.autocast(device.type, enabled=False):
+        z1, z2 = memory(f[0].float(), f[1].float(), f[2].float() if len(f) > 2 else None, batch["index"], gen)
+        return nce_loss(z1, z2)
 
 
 # ----------------------------------------------------------------------------------------------------------

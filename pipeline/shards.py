@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -280,6 +281,14 @@ class VideoStore:
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
+
+    def fingerprint(self) -> str:
+        """Hash of the manifest(s): changes whenever the extracted videos or their flow change."""
+        h = hashlib.sha256()
+        for p in (self.data_dir / "manifest.csv", self.flow_manifest_path):
+            if p.exists():
+                h.update(p.read_bytes())
+        return h.hexdigest()[:16]
 
     def ok_rows(self, split: int | None = None, kind: str | None = None) -> list[ManifestRow]:
         """Videos extracted OK, optionally only those that ``split``'s ``kind`` list (train/test) names."""

@@ -266,3 +266,23 @@ def test_center_head_removes_the_common_direction():
     assert torch.allclose(y.mean(0), torch.zeros(8), atol=1e-5)
     assert abs(F.cosine_similarity(y[:1], y[1:]).mean()) < 0.5
     assert not any(p.requires_grad for p in CenterHead(8).parameters())  # affine-free: nothing to learn
+
+
+def test_logits_and_bank_update_stay_fp32_under_autocast():
+    """On CUDA the step runs under fp16 autocast; the same construction on CPU (bfloat16) must leave the
+    contrastive logits, the loss and the banks in float32 (model/train.py: iic_step)."""
+    from iic.model.config import build_config
+    from iic.model.train import Encoder, iic_step
+
+    cfg = build_config("tiny", crop=16, frames=4, K=4)
+    net, mem = Encoder(cfg), IICMemory(6, 64, K=4)  # bank positive: every logit is an einsum
+    batch = {"rgb": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8),
+             "res": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8), "index": torch.tensor([0, 3])}
+    seen = []
+    mem.register_forward_hook(lambda module, args, out: seen.extend(z.dtype for z in out))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = iic_step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+        inside = torch.einsum("bd,bd->b", torch.ones(2, 3), torch.ones(2, 3)).dtype
+    assert inside == torch.bfloat16  # autocast was on
+    assert seen == [torch.float32, torch.float32]  # z1, z2
+    assert loss.dtype == torch.float32 and mem.M1.memory.dtype == torch.float32

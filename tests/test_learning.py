@@ -26,11 +26,11 @@ from iic.model.train import lr_factor, train
 
 @pytest.fixture(scope="module")
 def motion_data(tmp_path_factory) -> Path:
-    """The benchmark's design at a small size: 8 classes (4 reversal pairs) x 12 independent videos."""
+    """The benchmark (`iic-prep synth` defaults: 8 classes in 4 reversal pairs x 45 independent videos), 24 frames."""
     root = tmp_path_factory.mktemp("learning")
-    r = CliRunner().invoke(prep, ["synth", "--out", str(root / "raw"), "--per-class", "12", "--frames", "24"])
+    r = CliRunner().invoke(prep, ["synth", "--out", str(root / "raw"), "--frames", "24"])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(prep, ["extract", "--root", str(root / "raw"), "--out", str(root / "data"), "--size", "64x86",
+    r = CliRunner().invoke(prep, ["extract", "--root", str(root / "raw"), "--out", str(root / "data"), "--size", "96x128",
                                   "--workers", "1"])
     assert r.exit_code == 0, r.output
     return root / "data" / "ucf101"
@@ -40,20 +40,33 @@ def _epochs(metrics: list[dict], key: str) -> dict[int, dict]:
     return {r["epoch"]: r for r in metrics if key in r}
 
 
-def test_tiny_run_leaves_chance_and_the_monitor_sees_it(motion_data, tmp_path):
-    """The tiny IIC recipe on a fixed seed: the epoch loss ends far below its chance value 2 ln(2K + 2), and the
-    monitor's test top-1 (residual input) ends above the untrained network's (epoch 0)."""
-    cfg = build_config("tiny", data=motion_data, out=tmp_path / "run", epochs=8, workers=0, threads=2, monitor_every=4)
+def test_tiny_run_leaves_chance_and_the_monitor_is_retrieval(motion_data, tmp_path):
+    """The tiny IIC recipe on the benchmark, fixed seed, 12 epochs: the epoch loss ends below 70% of its chance
+    value 2 ln(2K + 2). The monitor's top-1 is the retrieval protocol with one centre clip: at epoch 0 it is
+    the random-init baseline of the same seed, at the end the trained checkpoint's.
+
+    Measured (seed 0, 2 threads): loss 9.5 -> 4.5 (chance 7.05); monitor top-1 residual input 15.0 -> 11.7,
+    RGB 19.2 -> 14.2 (chance 12.5): the recipe trains, its features do not beat random init on this
+    benchmark (BENCHMARKS.md, "Learning signal"), so that is not asserted here."""
+    out = tmp_path / "run"
+    cfg = build_config("tiny", data=motion_data, out=out, epochs=12, workers=0, threads=2, monitor_every=6)
     train(cfg)
-    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    metrics = read_metrics(out / "metrics.jsonl")
     losses = _epochs(metrics, "epoch_loss")
     chance = iic_chance_loss(cfg.K, True)
-    assert losses[8]["chance_loss"] == pytest.approx(chance)
-    assert losses[8]["epoch_loss"] < 0.7 * chance, [round(r["epoch_loss"], 2) for r in losses.values()]
+    assert losses[12]["chance_loss"] == pytest.approx(chance)
+    assert losses[12]["epoch_loss"] < 0.7 * chance, [round(r["epoch_loss"], 2) for r in losses.values()]
     monitor = _epochs(metrics, "monitor_top1_res")
-    assert sorted(monitor) == [0, 4, 8]
-    assert monitor[8]["monitor_top1_res"] > monitor[0]["monitor_top1_res"], monitor
-    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    assert sorted(monitor) == [0, 6, 12]
+    assert (out / "curves.png").stat().st_size > 0
+    for epoch, source in ((12, ["--ckpt", str(out / "final.pt")]),
+                          (0, ["--random-init", "--model", "r3d-tiny", "--frames", "16", "--crop", "64", "--seed", "0"])):
+        for view in ("res", "rgb"):
+            r = CliRunner().invoke(main, ["eval", "retrieval", "--data", str(motion_data), *source, "--modality", view,
+                                          "--clips", "1", "--workers", "0", "--out", str(tmp_path / f"{epoch}{view}")])
+            assert r.exit_code == 0, r.output
+            top1 = json.loads((tmp_path / f"{epoch}{view}" / "retrieval.json").read_text())["topk"]["1"]
+            assert monitor[epoch][f"monitor_top1_{view}"] == pytest.approx(top1), (epoch, view)
 
 
 def test_monitor_does_not_change_training(motion_data, tmp_path):
@@ -125,3 +138,27 @@ def test_train_cli_flags_of_the_recipe(motion_data, tmp_path):
     assert "head.mlp.0.weight" in ckpt["model"]
     bad = CliRunner().invoke(main, ["train", "--data", str(motion_data), "--preset", "tiny", "--warmup-epochs", "30"])
     assert bad.exit_code == 2 and "warm-up" in bad.output
+
+
+class OrderBlind(torch.nn.Module):
+    """A backbone that averages over time first: blind to the order of frames by construction."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = torch.relu(x.mean(dim=2) - 0.5)  # (B, C, H, W)
+        pool = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return {"pool": pool, "conv5": f.unsqueeze(2)}
+
+
+def test_order_sensitivity_against_an_order_blind_model(motion_data):
+    from iic.model.backbones import build_backbone, preset
+    from iic.model.sensitivity import order_sensitivity
+
+    blind = order_sensitivity(OrderBlind(), motion_data, 1, frames=16, stride=1, crop=64, feature="pool")
+    assert blind["shuffled"] == pytest.approx(1.0, abs=1e-6) and blind["reversed"] == pytest.approx(1.0, abs=1e-6)
+    assert blind["repeated"] < 0.999  # holding one frame changes the time average
+    torch.manual_seed(0)
+    conv = order_sensitivity(build_backbone(preset("r3d-tiny")), motion_data, 1, frames=16, stride=1, crop=64,
+                             feature="conv5")
+    assert all(-1.0 <= v < 1.0 for v in conv.values()), conv  # a 3D CNN sees the order
+    again = order_sensitivity(OrderBlind(), motion_data, 1, frames=16, stride=1, crop=64, feature="pool")
+    assert again == blind  # deterministic (seeded shuffles)

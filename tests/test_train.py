@@ -64,6 +64,8 @@ def test_train_start_covers_every_fitting_start():
     (26, 3, [0, 5, 10]),  # centres linspace(8, 18, 3) = 8, 13, 18
     (100, 10, np.round(np.linspace(8, 92, 10) - 8).astype(int).tolist()),
     (5, 2, [0, 0]),  # shorter than the clip: loops from 0
+    (40, 1, [12]),  # one clip: the centre one (centre 20, start 20 - 8), as the training monitor uses
+    (41, 1, [12]),  # centre 20.5: start round(12.5) = 12 (banker's rounding)
 ])
 def test_test_starts_follow_linspace_centres(length, n, expected):
     assert eval_starts(length, 16, 1, n).tolist() == expected
@@ -172,7 +174,10 @@ def _cfg(data: Path, out: Path, **kw):
 
 
 def test_tiny_run_lowers_the_loss(data, tmp_path):
-    final = train(_cfg(data, tmp_path / "run", epochs=8))
+    """The paper's bank positive, no head, multi-step decay, on 12 videos (the tiny recipe needs the benchmark's
+    240: tests/test_learning.py)."""
+    final = train(_cfg(data, tmp_path / "run", epochs=8, positive="bank", head="none", schedule="multistep",
+                       warmup_epochs=0))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
     assert len(losses) == 8

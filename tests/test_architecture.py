@@ -1,0 +1,64 @@
+"""The rules of the house (ARCHITECTURE.md), checked on the source so that breaking one fails a test.
+
+- ``pipeline/`` never imports torch at module level (an optional torch backend would be its own module,
+  imported only when chosen);
+- nothing but ``cli.py`` imports click;
+- ``model/`` reads the data only through the reader (``VideoStore``): it imports nothing else of
+  ``pipeline/`` (not the writers) and never opens HDF5 or manifest files itself;
+- what drives both wings (the demo) sits above them, beside ``cli.py``.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted(p for p in ROOT.glob("*.py") if p.name != "setup.py") + sorted(ROOT.glob("pipeline/*.py")) + \
+    sorted(ROOT.glob("model/*.py"))
+
+
+def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every import in ``path``; relative modules keep their leading dots."""
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            out.append(("." * node.level + (node.module or ""), [a.name for a in node.names]))
+    return out
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("pipeline/*.py")), ids=rel)
+def test_pipeline_does_not_import_torch_at_module_level(path):
+    assert not [m for m, _ in imports(path, top_level_only=True) if m.split(".")[0] == "torch"], rel(path)
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if p.name != "cli.py"], ids=rel)
+def test_only_the_cli_imports_click(path):
+    assert not [m for m, _ in imports(path) if m.split(".")[0] == "click"], rel(path)
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("model/*.py")), ids=rel)
+def test_model_reads_data_only_through_the_reader(path):
+    allowed = {("..pipeline.shards", "VideoStore"), ("..pipeline.shards", "ManifestRow"), ("..pipeline.shards", "FormatError")}
+    for module, names in imports(path):
+        if module.startswith("..pipeline") or module.startswith("iic.pipeline"):
+            assert all((module, n) in allowed for n in names), f"{rel(path)} imports {module}: {names}"
+        assert module.split(".")[0] != "h5py", f"{rel(path)} opens HDF5 itself"
+    assert "manifest.csv" not in path.read_text(), f"{rel(path)} reads the manifest by path"
+
+
+def test_the_demo_sits_above_both_wings():
+    assert not (ROOT / "model" / "demo.py").exists()
+    demo = {m for m, _ in imports(ROOT / "demo.py")}
+    assert any(m.startswith(".pipeline") for m in demo) and any(m.startswith(".model") for m in demo)
+    for path in ROOT.glob("pipeline/*.py"):
+        assert not [m for m, _ in imports(path) if "model" in m.split(".")], rel(path)
