@@ -65,12 +65,14 @@ def cleanup() -> None:
 
 
 def max_divergence(tensors: list[torch.Tensor]) -> float:
-    """Largest absolute difference between this rank's tensors and rank 0's (0.0 at world size 1).
+    """Largest absolute difference between this rank's tensors and rank 0's (0.0 at world size 1, or when
+    there is nothing to compare: DualVar with SimCLR keeps no state, and every rank skips alike).
 
-    Used after training to prove that every rank holds the same memory banks."""
-    if not (dist.is_available() and dist.is_initialized()):
+    Used after training to prove that every rank holds the same memory banks. Collectives run on the
+    tensors' own device, never a CPU tensor of its own: NCCL refuses CPU tensors."""
+    if not (dist.is_available() and dist.is_initialized()) or not tensors:
         return 0.0
-    worst = torch.zeros((), dtype=torch.float64, device=tensors[0].device if tensors else "cpu")
+    worst = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
     for t in tensors:
         ref = t.clone()
         dist.broadcast(ref, src=0)

@@ -18,7 +18,7 @@ def test_demo_small(tmp_path):
                          "random init (dualvar protocol)": "dualvar", "random init (iic protocol)": "iic"}
     table = {line.split("  ")[0]: line for line in report["lines"] if line.startswith(("IIC", "CMC", "DualVar", "random"))}
     assert table["IIC (repeat)"].endswith("conv5") and table["DualVar"].endswith("pool, centred")
-    assert "of 12 test videos against 20 train videos (8 classes: chance top-1 12.5%)" in first.output
+    assert "of 16 test videos against 16 train videos (8 classes: chance top-1 12.5%)" in first.output
     for run in ("demo-tiny", "demo-cmc-tiny", "demo-dualvar-tiny"):
         assert (tmp_path / "runs" / run / "final.pt").exists() and (tmp_path / "runs" / run / "curves.png").exists()
     # a second run reuses the data, the checkpoints and the cached features, and prints the same table

@@ -71,7 +71,7 @@ def test_tiny_run_leaves_chance_and_the_monitor_is_retrieval(motion_data, tmp_pa
 
 def test_monitor_does_not_change_training(motion_data, tmp_path):
     """Monitoring runs in eval mode without random draws: weights and banks match an unmonitored run."""
-    finals = [train(build_config("tiny", data=motion_data, out=tmp_path / str(every), epochs=2, workers=0, threads=2,
+    finals = [train(build_config("tiny", data=motion_data, out=tmp_path / str(every), epochs=1, workers=0, threads=2,
                                  monitor_every=every)) for every in (0, 1)]
     a, b = (checkpoint.load(f) for f in finals)
     for part in ("model", "memory"):
@@ -89,7 +89,7 @@ def test_same_command_same_weights_in_pytest_and_in_a_fresh_process(motion_data,
     """The in-pytest divergence seen before: a test module's fixture had set torch to 1 thread, and CPU
     convolutions sum in a thread-count-dependent order. ``--threads`` pins the count, so the run in this
     process (whatever its thread setting) equals the same command in a fresh process."""
-    args = ["--preset", "tiny", "--data", str(motion_data), "--epochs", "2", "--workers", "0", "--seed", "3",
+    args = ["--preset", "tiny", "--data", str(motion_data), "--epochs", "1", "--workers", "0", "--seed", "3",
             "--threads", "2", "--monitor-every", "0"]
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
     subprocess.run([iic, "train", *args, "--out", str(tmp_path / "fresh")], check=True, capture_output=True, timeout=600,
