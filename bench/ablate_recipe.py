@@ -13,7 +13,7 @@ the architecture learns from these clips in the same number of steps.
 
 Keys (defaults in ``OPTIONS``): epochs, bs, lr, opt (adam|sgd), K, tau, m, neg (repeat|shuffle|none),
 head (none|bn|mlp: bn = affine-free BatchNorm, the CenterHead), norm (L2-normalise features), sched
-(step|cos|const), warm (warm-up epochs), pos (bank|live), fill (1: fill the banks with current features
+(step = the paper's multi-step | cos; `model/train.py: lr_factor`), warm (warm-up epochs), pos (bank|live), fill (1: fill the banks with current features
 before epoch 1, 2: before every epoch), seed, crop, T, threads. Results: BENCHMARKS.md, "Learning signal".
 """
 from __future__ import annotations
@@ -30,9 +30,11 @@ from torch import nn
 
 from iic.model import augment
 from iic.model.backbones import build_backbone, preset, retrieval_feature
-from iic.model.iic import CenterHead, IICMemory, intra_negative, l2_normalize, nce_loss
+from iic.model.config import TrainConfig
+from iic.model.iic import CenterHead, IICMemory, ProjectionHead, intra_negative, l2_normalize, nce_loss
 from iic.model.protocol import iic_chance_loss
 from iic.model.retrieval import retrieval_topk
+from iic.model.train import lr_factor
 from iic.pipeline.shards import VideoStore
 
 OPTIONS = dict(data="data/synth/ucf101", epochs=20, bs=8, lr=1e-3, opt="adam", K=16, tau=0.07, m=0.5, neg="repeat",
@@ -69,8 +71,7 @@ def main() -> None:
     test_set, y_test = load(store, "test")
     backbone = build_backbone(preset(o["model"]))
     d = backbone.out_dim
-    head = {"none": None, "bn": CenterHead(d),
-            "mlp": nn.Sequential(nn.Linear(d, d), nn.ReLU(True), nn.Linear(d, 128))}[o["head"]]
+    head = {"none": None, "bn": CenterHead(d), "mlp": ProjectionHead(d)}[o["head"]]
     dim = 128 if o["head"] == "mlp" else d
     classifier = nn.Linear(d, len(store.classes)) if o["sup"] else None
     params = [*backbone.parameters(), *(head.parameters() if head else []), *(classifier.parameters() if classifier else [])]
@@ -79,18 +80,9 @@ def main() -> None:
     opt = (torch.optim.Adam(params, lr=o["lr"], weight_decay=o["wd"]) if o["opt"] == "adam"
            else torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["wd"]))
     steps_per_epoch = len(train_set) // o["bs"]
-    total = steps_per_epoch * o["epochs"]
-
-    def factor(s: int) -> float:
-        if o["warm"] and s < o["warm"] * steps_per_epoch:
-            return (s + 1) / (o["warm"] * steps_per_epoch)
-        if o["sched"] == "cos":
-            return 0.5 * (1 + math.cos(math.pi * s / total))
-        if o["sched"] == "const":
-            return 1.0
-        return 0.2 ** sum(s / steps_per_epoch >= f * o["epochs"] for f in (45 / 240, 90 / 240, 125 / 240, 160 / 240))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    schedule = TrainConfig(epochs=o["epochs"], warmup_epochs=o["warm"],
+                           schedule={"step": "multistep", "cos": "cosine"}[o["sched"]])  # iic train's own schedule
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, steps_per_epoch))
     aug = augment.AugmentConfig(crop=o["crop"])
 
     def embed(x):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backbones import PRESETS as BACKBONE_PRESETS
+from .iic import POSITIVES
 
 METHODS = ("iic", "dualvar")
 VIEWS2 = ("res", "flow-u", "flow-v", "flow", "rgb")
@@ -89,7 +90,7 @@ class TrainConfig:
             (self.model in BACKBONE_PRESETS, f"unknown model {self.model!r}; choose one of {', '.join(BACKBONE_PRESETS)}"),
             (self.optimizer in ("sgd", "adam"), f"unknown optimizer {self.optimizer!r}; choose sgd or adam"),
             (self.head in HEADS, f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}"),
-            (self.positive in ("bank", "live"), f"unknown positive {self.positive!r}; choose bank or live"),
+            (self.positive in POSITIVES, f"unknown positive {self.positive!r}; choose one of {', '.join(POSITIVES)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),
             (0 <= self.warmup_epochs <= self.epochs, f"need 0 <= warm-up epochs <= epochs, got {self.warmup_epochs}"),
             (self.monitor_every >= 0, "need --monitor-every >= 0 (0 = off)"),
