@@ -260,7 +260,7 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
     from .model.clips import DataError
     from .model.config import ConfigError, build_config
     from .model.distributed import DeviceError
-    from .model.dualvar import parse_options
+    from .model.config import parse_dualvar_options
     from .model.train import TrainingError, train
     from .pipeline.shards import FormatError
 
@@ -269,7 +269,7 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
     try:
         cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
                            head=head, positive=positive, live_negative=live_negative, frames=frames, stride=stride,
-                           dualvar=parse_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
+                           dualvar=parse_dualvar_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                            warmup_epochs=warmup_epochs, K=K, tau=tau, m=m, monitor_every=monitor_every,
                            workers=workers, device=device, threads=threads, amp=amp, seed=seed)

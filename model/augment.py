@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-MODALITIES = ("rgb", "res", "flow")
-VIEWS = ("rgb", "res", "flow-u", "flow-v", "flow")
+from .views import MODALITIES, VIEWS
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,7 @@ def view_input(views: dict[str, Tensor], view: str) -> Tensor:
         return views["rgb"]
     if view == "res":
         return residual_input(views["res"])
-    if view in ("flow-u", "flow-v"):
+    if view == "flow-u" or view == "flow-v":
         f = views["flow"][:, 0 if view == "flow-u" else 1]
         return ((f + 1.0) / 2.0).unsqueeze(1).expand(-1, 3, -1, -1, -1)
     if view == "flow":

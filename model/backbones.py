@@ -111,6 +111,8 @@ PRESETS: dict[str, BackboneConfig] = {
     "r3d-tiny": BackboneConfig("r3d", width=8),
     "r21d-tiny": BackboneConfig("r21d", width=8),
     "c3d-tiny": BackboneConfig("c3d", width=8),
+    # Twice the tiny width (out_dim 128, ~4x the compute): the CPU ablation's "wider backbone".
+    "r3d-small": BackboneConfig("r3d", width=16),
 }
 
 

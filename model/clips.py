@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..pipeline.shards import ManifestRow, VideoStore
 
-MODALITIES = ("rgb", "res", "flow")
+from .views import MODALITIES
 
 
 class DataError(ValueError):

@@ -6,21 +6,61 @@ plain dict with every checkpoint; `from_dict` restores it for ``--resume`` and e
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .augment import SimCLRAugmentConfig
 from .backbones import PRESETS as BACKBONE_PRESETS
-from .iic import POSITIVES
+from .views import VIEWS, modalities_for
 
 METHODS = ("iic", "dualvar")
-VIEWS2 = ("res", "flow-u", "flow-v", "flow", "rgb")
 NEGATIVES = ("repeat", "shuffle", "none")
 HEADS = ("none", "mlp", "bn")
+POSITIVES = ("bank", "live")  # model/iic.py: IICMemory
 SCHEDULES = ("multistep", "cosine")
 
 
 class ConfigError(ValueError):
     """An invalid or inconsistent configuration (one-line message)."""
+
+
+@dataclass(frozen=True)
+class DualVarConfig:
+    """Hyper-parameters of the DualVar objective (REFERENCE.md section 2)."""
+
+    clip_dim: int = 128  # L_clip embedding
+    n_segments: int = 2  # S, slots per clip
+    slot_dim: int = 64  # d, per-slot embedding
+    tau_clip: float = 0.07
+    tau_tc: float = 0.07
+    theta: float = 0.05  # shuffle-rank temperature
+    rank_clamp: float = 5.0  # upper clamp of (s_neg - s_pos) / theta
+    w_clip: float = 1.0
+    w_tc: float = 1.0
+    w_rank_v0: float = 0.5  # reference = view 0
+    w_rank_v2: float = 0.5  # reference = view 2 (unshuffled copy)
+    clip_loss: str = "simclr"  # "simclr" (in-batch NT-Xent) or "moco" (queue of momentum keys)
+    moco_k: int = 16384
+    moco_m: float = 0.999
+    allow_identity_shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.clip_loss not in ("simclr", "moco"):
+            raise ValueError(f"clip_loss must be 'simclr' or 'moco', got {self.clip_loss!r}")
+        if self.n_segments < 2:
+            raise ValueError(f"n_segments must be >= 2, got {self.n_segments}")
+        for name in ("tau_clip", "tau_tc", "theta"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if not 0.0 <= self.moco_m < 1.0:
+            raise ValueError(f"moco_m must be in [0, 1), got {self.moco_m}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- heads
 
 
 @dataclass(frozen=True)
@@ -46,9 +86,10 @@ class TrainConfig:
     K: int = 1024
     tau: float = 0.07
     m: float = 0.5
-    # DualVar (used when method == "dualvar"): DualVarConfig and SimCLRAugmentConfig values by name
-    # (model/dualvar.py: dualvar_configs); empty = REFERENCE.md's defaults
-    dualvar: dict = field(default_factory=dict)
+    # DualVar (used when method == "dualvar"): the objective, and SimCLR's augmentation (its crop and flip
+    # are always ``crop`` / ``flip`` above: __post_init__ makes them so)
+    dualvar: DualVarConfig = DualVarConfig()
+    simclr: SimCLRAugmentConfig = SimCLRAugmentConfig()
     # optimisation (IIC: SGD 0.01, momentum 0.9, wd 1e-4, batch 16, 240 epochs, x0.2 at 45/90/125/160)
     epochs: int = 240
     batch_size: int = 16
@@ -68,6 +109,10 @@ class TrainConfig:
     log_every: int = 10  # steps between JSONL metric lines
     monitor_every: int = 10  # epochs between the training monitor's test-split top-1 (0 = off; model/monitor.py)
 
+    def __post_init__(self) -> None:
+        if (self.simclr.crop, self.simclr.flip) != (self.crop, self.flip):
+            object.__setattr__(self, "simclr", dataclasses.replace(self.simclr, crop=self.crop, flip=self.flip))
+
     def milestone_epochs(self) -> list[int]:
         """The paper's decay epochs scaled to ``epochs`` (45/90/125/160 of 240)."""
         return sorted({max(1, round(f * self.epochs)) for f in self.milestones if round(f * self.epochs) < self.epochs})
@@ -75,9 +120,7 @@ class TrainConfig:
     @property
     def modalities(self) -> tuple[str, ...]:
         """What the loader must read for this config."""
-        if self.view2.startswith("flow"):
-            return ("rgb", "flow")
-        return ("rgb", "res") if self.view2 == "res" else ("rgb",)
+        return modalities_for(("rgb", self.view2))
 
     @property
     def clips_per_sample(self) -> int:
@@ -95,7 +138,7 @@ class TrainConfig:
             (0 <= self.warmup_epochs <= self.epochs, f"need 0 <= warm-up epochs <= epochs, got {self.warmup_epochs}"),
             (self.monitor_every >= 0, "need --monitor-every >= 0 (0 = off)"),
             (self.threads >= 0, "need --threads >= 0 (0 = torch's default)"),
-            (self.view2 in VIEWS2, f"unknown view2 {self.view2!r}; choose one of {', '.join(VIEWS2)}"),
+            (self.view2 in VIEWS, f"unknown view2 {self.view2!r}; choose one of {', '.join(VIEWS)}"),
             (self.neg in NEGATIVES, f"unknown neg {self.neg!r}; choose one of {', '.join(NEGATIVES)}"),
             (self.neg != "shuffle" or self.frames % 4 == 0, f"--neg shuffle needs frames divisible by 4, got {self.frames}"),
             (not (self.live_negative and self.neg == "none"), "--live-negative needs an intra-negative (--neg repeat|shuffle)"),
@@ -106,7 +149,7 @@ class TrainConfig:
         ]
         if self.method == "dualvar":  # first: its refusals say why better than IIC's own checks
             self._validate_dualvar()
-        elif self.dualvar:
+        elif self.dualvar != DualVarConfig() or self.simclr != SimCLRAugmentConfig(crop=self.crop, flip=self.flip):
             raise ConfigError("DualVar options (--dualvar) need --method dualvar")
         for ok, message in checks:
             if not ok:
@@ -123,11 +166,9 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        from .dualvar import dualvar_configs  # lazy: dualvar.py imports this module
-
-        dv, _ = dualvar_configs(self)
-        if self.frames % dv.n_segments:
-            raise ConfigError(f"DualVar splits a clip into {dv.n_segments} segments: --frames {self.frames} is not divisible")
+        if self.frames % self.dualvar.n_segments:
+            raise ConfigError(f"DualVar splits a clip into {self.dualvar.n_segments} segments: "
+                              f"--frames {self.frames} is not divisible")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -141,6 +182,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"config has unknown keys {sorted(unknown)}")
         d = dict(d)
+        if "simclr" not in d:  # written before the DualVar options were typed: one dict of both, by name
+            d["dualvar"], d["simclr"] = split_dualvar_options(d.get("dualvar") or {})
+        d["dualvar"] = DualVarConfig(**d["dualvar"])
+        d["simclr"] = SimCLRAugmentConfig(**{**d["simclr"], "blur_sigma": tuple(d["simclr"].get("blur_sigma", (0.1, 2.0)))})
         if isinstance(d.get("head"), bool):  # format of checkpoints written before heads had names
             d["head"] = "mlp" if d["head"] else "none"
         return cls(**{**d, "data": Path(d["data"]), "out": Path(d["out"]), "milestones": tuple(d["milestones"])})
@@ -188,6 +233,48 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 
 
+# ------------------------------------------------------------------------------------- DualVar options
+# ``--dualvar KEY=VALUE``: a field of DualVarConfig or of SimCLRAugmentConfig (crop and flip come from
+# TrainConfig.crop / .flip, shared with IIC).
+_LOSS_OPTIONS = tuple(f.name for f in dataclasses.fields(DualVarConfig))
+_AUG_OPTIONS = tuple(f.name for f in dataclasses.fields(SimCLRAugmentConfig) if f.name not in ("crop", "flip", "train"))
+_ALL_OPTIONS = ", ".join(_LOSS_OPTIONS + _AUG_OPTIONS)
+
+
+def split_dualvar_options(options: dict) -> tuple[dict, dict]:
+    """``{name: value}`` of both configs -> (DualVarConfig kwargs, SimCLRAugmentConfig kwargs)."""
+    unknown = sorted(set(options) - set(_LOSS_OPTIONS) - set(_AUG_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown DualVar option {unknown[0]!r}; choose from {_ALL_OPTIONS}")
+    return ({k: v for k, v in options.items() if k in _LOSS_OPTIONS},
+            {k: v for k, v in options.items() if k in _AUG_OPTIONS})
+
+
+def parse_dualvar_options(items: Sequence[str]) -> dict:
+    """``["tau_clip=0.1", "clip_loss=moco", "blur_sigma=0.1,2"]`` -> typed dict (types of the defaults)."""
+    defaults = {**asdict(DualVarConfig()), **asdict(SimCLRAugmentConfig())}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in _LOSS_OPTIONS + _AUG_OPTIONS:
+            raise ConfigError(f"--dualvar {item!r}: expected KEY=VALUE with KEY one of {_ALL_OPTIONS}")
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                value = text.lower() in ("true", "1")
+            elif kind is tuple:
+                value = tuple(float(v) for v in text.split(","))
+            else:
+                value = kind(text)
+        except ValueError:
+            raise ConfigError(f"--dualvar {item!r}: {text!r} is not a {kind.__name__}") from None
+        out[key] = value
+    return out
+
+
 def build_config(preset: str | None = None, **overrides) -> TrainConfig:
     """Preset values, then every override that is not None; validated."""
     if preset is not None and preset not in PRESETS:
@@ -202,6 +289,11 @@ def build_config(preset: str | None = None, **overrides) -> TrainConfig:
                               "(its MoCo queue: --dualvar clip_loss=moco --dualvar moco_k=N)")
     values = {**METHOD_DEFAULTS.get(method, {}), **base, **given}
     try:
+        if isinstance(values.get("dualvar"), dict):  # options by name (--dualvar KEY=VALUE)
+            loss, aug = split_dualvar_options(values["dualvar"])
+            values.update(dualvar=DualVarConfig(**loss), simclr=SimCLRAugmentConfig(**aug))
         return TrainConfig(**values).validate()
-    except TypeError as err:
-        raise ConfigError(str(err)) from None
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{err}") from None

@@ -79,3 +79,27 @@ def max_divergence(tensors: list[torch.Tensor]) -> float:
         worst = torch.maximum(worst, (ref - t).abs().max().double())
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     return worst.item()
+
+
+def gather_from_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (same shape on every rank) from all ranks along dim 0, without gradient.
+
+    Returns ``t`` unchanged when torch.distributed is not initialised (world size 1).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather (B, ...) from every rank into (world*B, ...), keeping the gradient to the local part.
+
+    Falls back to the identity when torch.distributed is not initialised or world size is 1.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather  # autograd-aware all_gather
+
+    return torch.cat(all_gather(x), dim=0)

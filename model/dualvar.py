@@ -22,15 +22,13 @@ In the training framework (``iic train --method dualvar``): :func:`build_dualvar
 :class:`DualVarNet` (backbone + both heads), a :class:`DualVarState` (the MoCo variant's key encoder and
 queues; checkpointed with the run) and :func:`dualvar_step`. The loader yields two clips per video
 (``rgb``, ``rgb_1``; model/clips.py), each view gets its own SimCLR augmentation (model/augment.py), and
-``TrainConfig.dualvar`` holds the options of :class:`DualVarConfig` and of the augmentation by name.
+``TrainConfig.dualvar`` (:class:`DualVarConfig`, in model/config.py) and ``TrainConfig.simclr`` hold the options.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -40,48 +38,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import augment
 from .backbones import build_backbone, preset as backbone_preset
-from .config import ConfigError, TrainConfig
-from .iic import gather_from_ranks
+from .config import DualVarConfig, TrainConfig
+from .distributed import gather_from_ranks, gather_with_grad
+from .views import MODALITIES
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class DualVarConfig:
-    """Hyper-parameters of the DualVar objective (REFERENCE.md section 2)."""
-
-    clip_dim: int = 128  # L_clip embedding
-    n_segments: int = 2  # S, slots per clip
-    slot_dim: int = 64  # d, per-slot embedding
-    tau_clip: float = 0.07
-    tau_tc: float = 0.07
-    theta: float = 0.05  # shuffle-rank temperature
-    rank_clamp: float = 5.0  # upper clamp of (s_neg - s_pos) / theta
-    w_clip: float = 1.0
-    w_tc: float = 1.0
-    w_rank_v0: float = 0.5  # reference = view 0
-    w_rank_v2: float = 0.5  # reference = view 2 (unshuffled copy)
-    clip_loss: str = "simclr"  # "simclr" (in-batch NT-Xent) or "moco" (queue of momentum keys)
-    moco_k: int = 16384
-    moco_m: float = 0.999
-    allow_identity_shuffle: bool = True
-
-    def __post_init__(self) -> None:
-        if self.clip_loss not in ("simclr", "moco"):
-            raise ValueError(f"clip_loss must be 'simclr' or 'moco', got {self.clip_loss!r}")
-        if self.n_segments < 2:
-            raise ValueError(f"n_segments must be >= 2, got {self.n_segments}")
-        for name in ("tau_clip", "tau_tc", "theta"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0")
-        if not 0.0 <= self.moco_m < 1.0:
-            raise ValueError(f"moco_m must be in [0, 1), got {self.moco_m}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ----------------------------------------------------------------------------------------- heads
 class ClipHead(nn.Module):
     """SimCLR projection: (B, in_dim) pooled feature -> (B, out_dim) unit vectors (Linear-ReLU-Linear)."""
 
@@ -112,19 +75,6 @@ class SeriesHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slots = self.mlp(x.flatten(1)).view(-1, self.n_segments, self.slot_dim)
         return F.normalize(slots, dim=2)
-
-
-# ------------------------------------------------------------------------------- distributed
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All-gather (B, ...) from every rank into (world*B, ...), keeping the gradient to the local part.
-
-    Falls back to the identity when torch.distributed is not initialised or world size is 1.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather  # autograd-aware all_gather
-
-    return torch.cat(all_gather(x), dim=0)
 
 
 def _resolve_rank(rank: Optional[int]) -> int:
@@ -377,54 +327,6 @@ def dualvar_loss(
     return total, parts
 
 
-# ------------------------------------------------------------------------------------- options
-# The options of ``TrainConfig.dualvar``: the objective's and the augmentation's (crop and flip come from
-# TrainConfig.crop / .flip, shared with IIC).
-_LOSS_OPTIONS = tuple(f.name for f in dataclasses.fields(DualVarConfig))
-_AUG_OPTIONS = tuple(f.name for f in dataclasses.fields(augment.SimCLRAugmentConfig)
-                     if f.name not in ("crop", "flip", "train"))
-_ALL_OPTIONS = ", ".join(_LOSS_OPTIONS + _AUG_OPTIONS)
-
-
-def dualvar_configs(cfg: TrainConfig) -> Tuple[DualVarConfig, augment.SimCLRAugmentConfig]:
-    """The objective's and the augmentation's configs of a training config; ConfigError on a bad option."""
-    unknown = sorted(set(cfg.dualvar) - set(_LOSS_OPTIONS) - set(_AUG_OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown DualVar option {unknown[0]!r}; choose from {_ALL_OPTIONS}")
-    try:
-        dv = DualVarConfig(**{k: v for k, v in cfg.dualvar.items() if k in _LOSS_OPTIONS})
-        aug = augment.SimCLRAugmentConfig(crop=cfg.crop, flip=cfg.flip,
-                                          **{k: v for k, v in cfg.dualvar.items() if k in _AUG_OPTIONS})
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"DualVar option: {err}") from None
-    return dv, aug
-
-
-def parse_options(items: Sequence[str]) -> dict:
-    """``["tau_clip=0.1", "clip_loss=moco", "blur_sigma=0.1,2"]`` -> typed dict (types of the defaults)."""
-    defaults = {**DualVarConfig().to_dict(), **asdict(augment.SimCLRAugmentConfig())}
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in _LOSS_OPTIONS + _AUG_OPTIONS:
-            raise ConfigError(f"--dualvar {item!r}: expected KEY=VALUE with KEY one of {_ALL_OPTIONS}")
-        kind = type(defaults[key])
-        try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                value = text.lower() in ("true", "1")
-            elif kind is tuple:
-                value = tuple(float(v) for v in text.split(","))
-            else:
-                value = kind(text)
-        except ValueError:
-            raise ConfigError(f"--dualvar {item!r}: {text!r} is not a {kind.__name__}") from None
-        out[key] = value
-    return out
-
-
 # ----------------------------------------------------------------------------------- the network
 class DualVarNet(nn.Module):
     """Backbone + clip head + series head. ``forward(x)`` with x (N, 3, T, h, w) returns the clip
@@ -479,7 +381,7 @@ def make_views(
     ``view2`` (rgb = the paper; res/flow = IIC's cross-modal view of clip 1), x2 = clip 0 again with its
     own augmentation, x2s = x2 with its S segments permuted by ``perm`` (B, S). Each view draws its own
     SimCLR parameters from ``generator`` in this order: x0, x1, x2, then perm. Inputs (B, 3, T, crop, crop)."""
-    modalities = [m for m in ("rgb", "res", "flow") if m in batch]
+    modalities = [m for m in MODALITIES if m in batch]
     clip0 = {m: batch[m] for m in modalities}
     clip1 = {m: batch[f"{m}_1"] for m in modalities}
     B, hw = batch["rgb"].shape[0], tuple(batch["rgb"].shape[-2:])
@@ -502,7 +404,7 @@ def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainCon
     cannot tell the views apart; one forward per backward for DDP). MoCo variant: view 1 is encoded by the
     momentum encoder (updated first, as MoCo), and its keys are enqueued after the loss.
     """
-    dv, aug = dualvar_configs(cfg)
+    dv, aug = cfg.dualvar, cfg.simclr
     v = make_views(batch, aug, cfg.view2, dv.n_segments, gen, device, dv.allow_identity_shuffle)
     B = v["x0"].shape[0]
     if dv.clip_loss == "moco":
@@ -530,7 +432,7 @@ def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainCon
 def build_dualvar(cfg: TrainConfig, n_data: int) -> Tuple[nn.Module, nn.Module, Callable]:
     """DualVar for train.py's loop: (DualVarNet with ``.backbone``, DualVarState, :func:`dualvar_step`).
     ``n_data`` is unused (no memory banks)."""
-    dv, _ = dualvar_configs(cfg)
+    dv = cfg.dualvar
     net = DualVarNet(cfg.model, dv)
     state = DualVarState(net, dv, generator=torch.Generator().manual_seed(cfg.seed))
     return net, state, dualvar_step

@@ -29,11 +29,11 @@ from . import augment, checkpoint
 from .backbones import VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
 from .clips import ClipConfig, ClipDataset
 from .config import TrainConfig
+from .views import EVAL_VIEWS, modalities_for
 
 log = logging.getLogger(__name__)
 
 FEATURES = ("conv5", "pool")
-VIEWS = ("rgb", "res", "flow-u", "flow-v")
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,6 @@ def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int
             "training videos: a checkpoint for another dataset?")
 
 
-def modalities_for(views: tuple[str, ...]) -> tuple[str, ...]:
-    """Stored modalities the loader must read for these views."""
-    mods = {"flow" if v.startswith("flow") else v for v in views}
-    return tuple(m for m in ("rgb", "res", "flow") if m in mods)
-
-
 def data_fingerprint(data: Path) -> str:
     """Hash of the dataset's manifest(s) (`VideoStore.fingerprint`)."""
     from ..pipeline.shards import VideoStore
@@ -140,9 +134,9 @@ class FeatureSpec:
     def validate(self) -> FeatureSpec:
         if self.feature not in FEATURES:
             raise ValueError(f"unknown feature {self.feature!r}; choose conv5 or pool")
-        bad = [v for v in self.views if v not in VIEWS]
+        bad = [v for v in self.views if v not in EVAL_VIEWS]
         if bad:
-            raise ValueError(f"unknown view {bad[0]!r}; choose one of {', '.join(VIEWS)}")
+            raise ValueError(f"unknown view {bad[0]!r}; choose one of {', '.join(EVAL_VIEWS)}")
         if self.clips < 1:
             raise ValueError(f"need at least 1 clip per video, got {self.clips}")
         return self

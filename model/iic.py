@@ -26,11 +26,16 @@ with raw ReLU features of norm >> 1 the logits scale with |f| and the softmax sa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import augment
+from .backbones import build_backbone, preset as backbone_preset
+from .config import POSITIVES, TrainConfig
+from .distributed import gather_from_ranks
 
 
 def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
@@ -82,18 +87,6 @@ def intra_negative(clip: Tensor, kind: str, generator: torch.Generator | None = 
     raise ValueError(f"unknown intra-negative kind {kind!r}; expected 'repeat' or 'shuffle'")
 
 
-def gather_from_ranks(t: Tensor) -> Tensor:
-    """Concatenate ``t`` (same shape on every rank) from all ranks along dim 0, without gradient.
-
-    Returns ``t`` unchanged when torch.distributed is not initialised (world size 1).
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, dim=0)
-
-
 class MemoryBank(nn.Module):
     """N x D bank of unit rows (buffer ``memory``: saved in checkpoints, moved by ``.to()``).
 
@@ -119,8 +112,6 @@ class MemoryBank(nn.Module):
         f = (onehot @ feats) / onehot.sum(1, keepdim=True)        # U x D mean feature per row
         self.memory[rows] = l2_normalize(m * self.memory[rows] + (1 - m) * f)
 
-
-POSITIVES = ("bank", "live")
 
 
 def draw_negatives(batch_size: int, K: int, n_data: int, generator: torch.Generator | None = None,
@@ -216,3 +207,61 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return l2_normalize(self.mlp(x))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the method for train.py's loop: network, step, build
+
+
+class Encoder(nn.Module):
+    """Backbone (+ optional projection head). ``forward`` encodes each view in its own pass (per-view
+    BatchNorm statistics, as the official code) inside one call, so DDP sees one forward per backward."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.backbone = build_backbone(backbone_preset(cfg.model))
+        d = self.backbone.out_dim
+        self.head = {"none": None, "mlp": ProjectionHead(d), "bn": CenterHead(d)}[cfg.head]
+        self.out_dim = 128 if cfg.head == "mlp" else d
+
+    def embed(self, x: Tensor) -> Tensor:
+        f = self.backbone(x)["pool"]
+        return self.head(f) if self.head is not None else f
+
+    def forward(self, views: list[Tensor]) -> list[Tensor]:
+        return [self.embed(x) for x in views]
+
+
+def augment_config(cfg: TrainConfig, train: bool = True) -> augment.AugmentConfig:
+    return augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, jitter=cfg.jitter, train=train)
+
+
+def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, gen: torch.Generator,
+             device: torch.device) -> Tensor:
+    """One IIC loss on a batch of uint8 clips already on ``device``."""
+    raw = {m: batch[m] for m in cfg.modalities}
+    B = raw["rgb"].shape[0]
+    hw = tuple(raw["rgb"].shape[-2:])
+    aug_cfg = augment_config(cfg)
+    views = augment.apply(raw, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
+    x1 = augment.view_input(views, "rgb")
+    if cfg.view2 == "rgb":  # RGB against RGB: the second view is another crop of the same clip
+        x2 = augment.apply({"rgb": raw["rgb"]}, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)["rgb"]
+    else:
+        x2 = augment.view_input(views, cfg.view2)
+    xs = [x1, x2] + ([intra_negative(x1, cfg.neg, gen)] if cfg.neg != "none" else [])
+    f = net(xs)
+    # logits, loss and bank update in fp32 even under autocast (fp16 dot products of unit vectors / 0.07
+    # lose the differences the loss is made of, and the banks would accumulate fp16 rounding)
+    with torch.autocast(device.type, enabled=False):
+        z1, z2 = memory(f[0].float(), f[1].float(), f[2].float() if len(f) > 2 else None, batch["index"], gen)
+        return nce_loss(z1, z2)
+
+
+def build_iic(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable]:
+    """IIC: (trainable network with ``.backbone``, state module holding the memory banks, step function)."""
+    encoder = Encoder(cfg)
+    memory = IICMemory(n_data, encoder.out_dim, K=cfg.K, tau=cfg.tau, m=cfg.m, intra_neg=cfg.neg != "none",
+                       live_negative=cfg.live_negative, positive=cfg.positive,
+                       generator=torch.Generator().manual_seed(cfg.seed))
+    return encoder, memory, iic_step

@@ -12,13 +12,14 @@ from torch import nn
 
 from .clips import ClipConfig, ClipDataset
 from .config import TrainConfig
-from .features import extract, modalities_for
+from .features import extract
+from .views import EVAL_VIEWS, modalities_for
 from .protocol import protocol_for
 from .retrieval import retrieval_topk
 
 
 def monitor_views(cfg: TrainConfig) -> tuple[str, ...]:
-    second = (cfg.view2,) if cfg.method == "iic" and cfg.view2 in ("res", "flow-u", "flow-v") else ()
+    second = (cfg.view2,) if cfg.method == "iic" and cfg.view2 in EVAL_VIEWS and cfg.view2 != "rgb" else ()
     return ("rgb", *second)
 
 

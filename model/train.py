@@ -24,13 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import augment, checkpoint
-from .backbones import build_backbone, preset as backbone_preset
+from . import checkpoint
 from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar
-from .iic import CenterHead, IICMemory, ProjectionHead, intra_negative, nce_loss
+from .iic import build_iic
 from .monitor import Monitor
 from .protocol import iic_chance_loss
 from .runlog import Meter, RunLog, plot_curves
@@ -43,60 +42,11 @@ class TrainingError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the network and the IIC step
-
-
-class Encoder(nn.Module):
-    """Backbone (+ optional projection head). ``forward`` encodes each view in its own pass (per-view
-    BatchNorm statistics, as the official code) inside one call, so DDP sees one forward per backward."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        super().__init__()
-        self.backbone = build_backbone(backbone_preset(cfg.model))
-        d = self.backbone.out_dim
-        self.head = {"none": None, "mlp": ProjectionHead(d), "bn": CenterHead(d)}[cfg.head]
-        self.out_dim = 128 if cfg.head == "mlp" else d
-
-    def embed(self, x: Tensor) -> Tensor:
-        f = self.backbone(x)["pool"]
-        return self.head(f) if self.head is not None else f
-
-    def forward(self, views: list[Tensor]) -> list[Tensor]:
-        return [self.embed(x) for x in views]
-
+# building blocks
 
 def step_generator(cfg: TrainConfig, epoch: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(clip_seed(cfg.seed + 7919, epoch, step))
 
-
-def augment_config(cfg: TrainConfig, train: bool = True) -> augment.AugmentConfig:
-    return augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, jitter=cfg.jitter, train=train)
-
-
-def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, gen: torch.Generator,
-             device: torch.device) -> Tensor:
-    """One IIC loss on a batch of uint8 clips already on ``device``."""
-    raw = {m: batch[m] for m in cfg.modalities}
-    B = raw["rgb"].shape[0]
-    hw = tuple(raw["rgb"].shape[-2:])
-    aug_cfg = augment_config(cfg)
-    views = augment.apply(raw, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
-    x1 = augment.view_input(views, "rgb")
-    if cfg.view2 == "rgb":  # RGB against RGB: the second view is another crop of the same clip
-        x2 = augment.apply({"rgb": raw["rgb"]}, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)["rgb"]
-    else:
-        x2 = augment.view_input(views, cfg.view2)
-    xs = [x1, x2] + ([intra_negative(x1, cfg.neg, gen)] if cfg.neg != "none" else [])
-    f = net(xs)
-    # logits, loss and bank update in fp32 even under autocast (fp16 dot products of unit vectors / 0.07
-    # lose the differences the loss is made of, and the banks would accumulate fp16 rounding)
-    with torch.autocast(device.type, enabled=False):
-        z1, z2 = memory(f[0].float(), f[1].float(), f[2].float() if len(f) > 2 else None, batch["index"], gen)
-        return nce_loss(z1, z2)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# building blocks
 
 
 @dataclass
@@ -136,16 +86,8 @@ def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipD
     return dataset, sampler, loader
 
 
-def build_iic(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable]:
-    """IIC: (trainable network with ``.backbone``, state module holding the memory banks, step function)."""
-    encoder = Encoder(cfg)
-    memory = IICMemory(n_data, encoder.out_dim, K=cfg.K, tau=cfg.tau, m=cfg.m, intra_neg=cfg.neg != "none",
-                       live_negative=cfg.live_negative, positive=cfg.positive,
-                       generator=torch.Generator().manual_seed(cfg.seed))
-    return encoder, memory, iic_step
-
-
-# Each method builds (net, state, step). ``step(net, state, batch, cfg, generator, device) -> loss``.
+# Each method's module builds (net, state, step); ``step(net, state, batch, cfg, generator, device) -> loss``.
+# The keys are config.METHODS (tests/test_architecture.py checks it).
 METHOD_BUILDERS: dict[str, Callable[[TrainConfig, int], tuple[nn.Module, nn.Module, Callable]]] = {
     "iic": build_iic, "dualvar": build_dualvar}
 
@@ -179,8 +121,6 @@ def build_run(cfg: TrainConfig) -> Run:
     device = resolve_device(cfg.device, d)
     torch.manual_seed(cfg.seed)  # model initialisation, identical on every rank
     dataset, sampler, loader = build_loader(cfg, d, device)
-    if cfg.method not in METHOD_BUILDERS:
-        raise ConfigError(f"method {cfg.method!r} is not available; choose one of {', '.join(METHOD_BUILDERS)}")
     encoder, memory, step_fn = METHOD_BUILDERS[cfg.method](cfg, dataset.n_videos)
     encoder, memory = encoder.to(device), memory.to(device)
     net = DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None) if d.world > 1 else encoder

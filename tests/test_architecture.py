@@ -62,3 +62,53 @@ def test_the_demo_sits_above_both_wings():
     assert any(m.startswith(".pipeline") for m in demo) and any(m.startswith(".model") for m in demo)
     for path in ROOT.glob("pipeline/*.py"):
         assert not [m for m, _ in imports(path) if "model" in m.split(".")], rel(path)
+
+
+def _model_graph(top_level_only: bool) -> dict[str, set[str]]:
+    """model/ module -> the model/ modules it imports (relative imports)."""
+    graph = {}
+    for path in ROOT.glob("model/*.py"):
+        deps = set()
+        for module, names in imports(path, top_level_only):
+            if module == ".":
+                deps |= set(names)
+            elif module.startswith(".") and not module.startswith(".."):
+                deps.add(module[1:].split(".")[0])
+        graph[path.stem] = deps - {path.stem}
+    return graph
+
+
+def test_model_has_no_import_cycle():
+    """Not even through a function-level import: a cycle means two modules are one idea split in two."""
+    graph = _model_graph(top_level_only=False)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join(trail + [node, dep])
+            if dep not in state:
+                visit(dep, trail + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_one_registry_of_methods_each_in_its_own_module():
+    from iic.model import config, dualvar, iic
+    from iic.model.train import METHOD_BUILDERS
+
+    assert tuple(METHOD_BUILDERS) == config.METHODS
+    assert METHOD_BUILDERS["iic"] is iic.build_iic and METHOD_BUILDERS["dualvar"] is dualvar.build_dualvar
+
+
+def test_one_vocabulary_of_views():
+    """Names of views and modalities are defined once (model/views.py); others import them."""
+    for path in ROOT.glob("model/*.py"):
+        if path.name == "views.py":
+            continue
+        text = path.read_text()
+        for literal in ('("rgb", "res", "flow")', '"flow-u", "flow-v"'):
+            assert literal not in text, f"{rel(path)} spells out the view vocabulary: {literal}"

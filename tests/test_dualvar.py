@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from iic.model.config import DualVarConfig
 from iic.model.dualvar import (
     ClipHead,
-    DualVarConfig,
     MoCoQueue,
     SeriesHead,
     dualvar_loss,
@@ -100,7 +100,7 @@ def test_nt_xent_sharded_equals_full_batch():
     shards = [nt_xent(a[3 * r:3 * r + 3], b[3 * r:3 * r + 3], 0.2, a_all=a, b_all=b, rank=r) for r in (0, 1)]
     torch.testing.assert_close((shards[0] + shards[1]) / 2, full)
     # gather callable form, and the world-size-1 fallback of the real gather helper
-    from iic.model.dualvar import gather_with_grad
+    from iic.model.distributed import gather_with_grad
 
     def gather(t):  # rank 1 of 2: the other rank's rows come first
         return torch.cat([a[:3] if torch.equal(t, a[3:]) else b[:3], t])

@@ -13,9 +13,8 @@ from conftest import build_ucf101, run_prep, synth_frames, write_video
 from iic.cli import main
 from iic.model import augment
 from iic.model.clips import ClipConfig, ClipDataset, EpochSampler, clip_indices, clip_seed, train_start
-from iic.model.config import ConfigError, build_config
-from iic.model.dualvar import (DualVarConfig, DualVarNet, dualvar_configs, make_views, parse_options, restore_order,
-                               shuffle_segments)
+from iic.model.config import ConfigError, DualVarConfig, TrainConfig, build_config, parse_dualvar_options
+from iic.model.dualvar import DualVarNet, make_views, restore_order, shuffle_segments
 
 N_FRAMES = 70  # index videos: frame t is flat grey 10 + 3 t (lossless FFV1, so the index survives)
 
@@ -148,12 +147,18 @@ def test_unpermuted_shuffle_gives_the_same_slots_through_the_net():
 
 
 def test_parse_options_and_configs():
-    opts = parse_options(["clip_loss=moco", "moco-k=32", "tau_clip=0.1", "blur_sigma=0.2,1", "allow_identity_shuffle=0"])
+    opts = parse_dualvar_options(["clip_loss=moco", "moco-k=32", "tau_clip=0.1", "blur_sigma=0.2,1", "allow_identity_shuffle=0"])
     assert opts == {"clip_loss": "moco", "moco_k": 32, "tau_clip": 0.1, "blur_sigma": (0.2, 1.0),
                     "allow_identity_shuffle": False}
     cfg = build_config("dualvar-tiny", dualvar=opts)
-    dv, aug = dualvar_configs(cfg)
+    dv, aug = cfg.dualvar, cfg.simclr
     assert (dv.clip_loss, dv.moco_k, aug.blur_sigma, aug.crop, aug.flip) == ("moco", 32, (0.2, 1.0), 64, True)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # typed options survive a checkpoint
+    old = {**cfg.to_dict(), "dualvar": opts}  # checkpoints written before the options were typed: one dict
+    del old["simclr"]
+    assert TrainConfig.from_dict(old) == cfg
+    with pytest.raises(ConfigError, match="need --method dualvar"):
+        build_config("tiny", dualvar={"tau_clip": 0.1})
     paper = build_config("dualvar-r21d")
     assert (paper.model, paper.stride, paper.frames, paper.crop, paper.clips_per_sample) == ("r21d-10", 4, 16, 112, 2)
     plain = build_config(method="dualvar")  # the method alone means DualVar's recipe
@@ -162,7 +167,7 @@ def test_parse_options_and_configs():
     assert build_config("tiny").clips_per_sample == 1
     for bad in (["tau_clip"], ["nope=1"], ["moco_k=many"]):
         with pytest.raises(ConfigError):
-            parse_options(bad)
+            parse_dualvar_options(bad)
 
 
 REFUSED = [

@@ -7,8 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from iic.model.iic import (CenterHead, IICMemory, MemoryBank, ProjectionHead, draw_negatives, gather_from_ranks,
-                           intra_negative, l2_normalize, nce_loss, residual)
+from iic.model.distributed import gather_from_ranks
+from iic.model.iic import (CenterHead, IICMemory, MemoryBank, ProjectionHead, draw_negatives, intra_negative,
+                           l2_normalize, nce_loss, residual)
 
 N, D, K, BATCH, TAU, M = 10, 4, 5, 3, 0.07, 0.5
 
@@ -270,9 +271,9 @@ def test_center_head_removes_the_common_direction():
 
 def test_logits_and_bank_update_stay_fp32_under_autocast():
     """On CUDA the step runs under fp16 autocast; the same construction on CPU (bfloat16) must leave the
-    contrastive logits, the loss and the banks in float32 (model/train.py: iic_step)."""
+    contrastive logits, the loss and the banks in float32 (model/iic.py: iic_step)."""
     from iic.model.config import build_config
-    from iic.model.train import Encoder, iic_step
+    from iic.model.iic import Encoder, iic_step
 
     cfg = build_config("tiny", crop=16, frames=4, K=4)
     net, mem = Encoder(cfg), IICMemory(6, 64, K=4)  # bank positive: every logit is an einsum

@@ -228,7 +228,7 @@ def test_existing_run_needs_resume(data, tmp_path):
 
 
 def test_safe_load_reports_keys(data, tmp_path):
-    from iic.model.train import Encoder
+    from iic.model.iic import Encoder
 
     enc = Encoder(_cfg(data, tmp_path))
     state = enc.state_dict()
