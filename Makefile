@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= data
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/iic demo --data $(DATA)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -m "not slow" -q
+
+lint: setup
+	$(BIN)/ruff check --no-cache --select F,E9 .
 
 test-all: setup
 	$(BIN)/python -m pytest -q

@@ -19,7 +19,6 @@ before epoch 1, 2: before every epoch), seed, crop, T, threads. Results: BENCHMA
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
