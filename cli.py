@@ -227,6 +227,8 @@ def main(verbose: bool) -> None:
 @click.option("--positive", type=click.Choice(["bank", "live"]), default=None,
               help="IIC positive: the other view's bank row (paper) or its feature of the same step.")
 @click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")
+@click.option("--batch-negatives/--no-batch-negatives", default=None,
+              help="IIC: also contrast with the batch's other clips and intra-negatives (live, with gradient).")
 @click.option("--frames", type=click.IntRange(2), default=None)
 @click.option("--stride", type=click.IntRange(1), default=None, help="Frame stride within a clip (DualVar: 4).")
 @click.option("--dualvar", "dualvar_opts", multiple=True, metavar="KEY=VALUE",
@@ -252,8 +254,8 @@ def main(verbose: bool) -> None:
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (ignored on CPU).")
 @click.option("--seed", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, positive, live_negative, frames, stride,
-              dualvar_opts, crop, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, K, tau, m, monitor_every,
+def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, positive, live_negative, batch_negatives,
+              frames, stride, dualvar_opts, crop, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, K, tau, m, monitor_every,
               workers, device, threads, amp, seed, resume) -> None:
     """Self-supervised pretraining (IIC; DualVar with --method dualvar)."""
     from .model.checkpoint import CheckpointError
@@ -268,7 +270,8 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
     out = out or DEFAULT_DATA / "runs" / (preset or method or "iic")
     try:
         cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
-                           head=head, positive=positive, live_negative=live_negative, frames=frames, stride=stride,
+                           head=head, positive=positive, live_negative=live_negative,
+                           batch_negatives=batch_negatives, frames=frames, stride=stride,
                            dualvar=parse_dualvar_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                            warmup_epochs=warmup_epochs, K=K, tau=tau, m=m, monitor_every=monitor_every,

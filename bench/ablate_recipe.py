@@ -38,7 +38,7 @@ from iic.pipeline.shards import VideoStore
 
 OPTIONS = dict(data="data/synth/ucf101", epochs=20, bs=8, lr=1e-3, opt="adam", K=16, tau=0.07, m=0.5, neg="repeat",
                head="none", norm=1, sched="step", warm=0, pos="bank", fill=0, seed=0, crop=64, T=16, wd=1e-4,
-               eval_every=5, model="r3d-tiny", threads=2, sup=0)
+               eval_every=5, model="r3d-tiny", threads=2, sup=0, bneg=0)
 
 
 def parse(argv: list[str]) -> dict:
@@ -75,7 +75,8 @@ def main() -> None:
     classifier = nn.Linear(d, len(store.classes)) if o["sup"] else None
     params = [*backbone.parameters(), *(head.parameters() if head else []), *(classifier.parameters() if classifier else [])]
     memory = IICMemory(len(train_set), dim, K=o["K"], tau=o["tau"], m=o["m"], intra_neg=o["neg"] != "none",
-                       normalize=bool(o["norm"]), positive=o["pos"], generator=torch.Generator().manual_seed(o["seed"]))
+                       normalize=bool(o["norm"]), positive=o["pos"],
+                       batch_negatives=bool(o["bneg"]), generator=torch.Generator().manual_seed(o["seed"]))
     opt = (torch.optim.Adam(params, lr=o["lr"], weight_decay=o["wd"]) if o["opt"] == "adam"
            else torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["wd"]))
     steps_per_epoch = len(train_set) // o["bs"]
@@ -156,7 +157,7 @@ def main() -> None:
             line += " " + json.dumps(evaluate())
         print(line, flush=True)
     if not o["sup"]:
-        print(f"chance loss {iic_chance_loss(o['K'], o['neg'] != 'none'):.3f}", json.dumps(o))
+        print(f"chance loss {iic_chance_loss(o['K'], o['neg'] != 'none', batch=o['bs'] if o['bneg'] else 0):.3f}", json.dumps(o))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ class TrainConfig:
     head: str = "none"  # none (IIC paper) | mlp (512-512-128 + L2 norm, the authors' v2 code) | bn (centring BN)
     live_negative: bool = False  # also feed the current intra-negative (with gradient) as a logit
     positive: str = "bank"  # bank (paper: M2[y].f1) | live (f2.f1 of the same step; model/iic.py)
+    batch_negatives: bool = False  # also contrast with the batch's other clips and intra-negatives (live)
     K: int = 1024
     tau: float = 0.07
     m: float = 0.5
@@ -162,6 +163,7 @@ class TrainConfig:
             (not self.live_negative, "--live-negative is an IIC memory-bank option; DualVar has no banks"),
             (self.head == "none", "--head is IIC's projection head; DualVar always has its own clip and series heads"),
             (self.positive == "bank", "--positive is an IIC memory-bank option; DualVar has no banks"),
+            (not self.batch_negatives, "--batch-negatives is an IIC option; DualVar contrasts its batch already"),
         ]
         for ok, message in checks:
             if not ok:

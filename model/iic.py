@@ -29,13 +29,14 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import augment
 from .backbones import build_backbone, preset as backbone_preset
 from .config import POSITIVES, TrainConfig
-from .distributed import gather_from_ranks
+from .distributed import gather_from_ranks, gather_with_grad
 
 
 def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
@@ -132,7 +133,7 @@ class IICMemory(nn.Module):
 
     def __init__(self, n_data: int, dim: int = 512, K: int = 1024, tau: float = 0.07, m: float = 0.5,
                  intra_neg: bool = True, live_negative: bool = False, normalize: bool = True,
-                 positive: str = "bank", generator: torch.Generator | None = None):
+                 positive: str = "bank", batch_negatives: bool = False, generator: torch.Generator | None = None):
         super().__init__()
         if live_negative and not intra_neg:
             raise ValueError("live_negative needs intra-negatives (intra_neg=True)")
@@ -140,6 +141,7 @@ class IICMemory(nn.Module):
             raise ValueError(f"unknown positive {positive!r}; expected one of {', '.join(POSITIVES)}")
         self.n_data, self.dim, self.K, self.tau, self.m = n_data, dim, K, tau, m
         self.live_negative, self.normalize, self.positive = live_negative, normalize, positive
+        self.batch_negatives = batch_negatives
         self.M1 = MemoryBank(n_data, dim, generator)
         self.M2 = MemoryBank(n_data, dim, generator)
         self.Mn = MemoryBank(n_data, dim, generator) if intra_neg else None
@@ -152,7 +154,25 @@ class IICMemory(nn.Module):
             z = torch.cat([z, torch.einsum("bkd,bd->bk", self.Mn.memory[idx], f)], dim=1)  # B x (2K+2)
         if self.live_negative:
             z = torch.cat([z, (f * fn).sum(1, keepdim=True)], dim=1)          # B x (2K+3)
+        if self.batch_negatives:
+            z = torch.cat([z, self._batch_logits(f, other, fn)], dim=1)
         return z / self.tau
+
+    @staticmethod
+    def _batch_logits(f: Tensor, other: Tensor, fn: Tensor | None) -> Tensor:
+        """The batch's live negatives of each local row (gathered over ranks, N = world x B, with gradient):
+        the other view of the N - 1 other clips, and the N intra-negatives (its own included)."""
+        B = f.shape[0]
+        other_all = gather_with_grad(other)
+        rows = torch.arange(B, device=f.device)
+        mine = rows + (dist.get_rank() * B if other_all.shape[0] > B else 0)   # the local rows in the gather
+        s = f @ other_all.T                                                   # B x N
+        keep = torch.ones_like(s, dtype=torch.bool)
+        keep[rows, mine] = False                                              # drop the positive pair
+        z = s[keep].view(B, -1)                                               # B x (N-1)
+        if fn is not None:
+            z = torch.cat([z, f @ gather_with_grad(fn).T], dim=1)             # B x (2N-1)
+        return z
 
     def forward(self, f1: Tensor, f2: Tensor, fn: Tensor | None, index: Tensor,
                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -262,6 +282,6 @@ def build_iic(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Call
     """IIC: (trainable network with ``.backbone``, state module holding the memory banks, step function)."""
     encoder = Encoder(cfg)
     memory = IICMemory(n_data, encoder.out_dim, K=cfg.K, tau=cfg.tau, m=cfg.m, intra_neg=cfg.neg != "none",
-                       live_negative=cfg.live_negative, positive=cfg.positive,
+                       live_negative=cfg.live_negative, positive=cfg.positive, batch_negatives=cfg.batch_negatives,
                        generator=torch.Generator().manual_seed(cfg.seed))
     return encoder, memory, iic_step

@@ -250,7 +250,9 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
         log.info("%d training videos, %d steps/epoch, device %s, world %d, %d CPU threads",
                  run.dataset.n_videos, len(run.loader), run.device, run.dist.world, torch.get_num_threads())
     runlog = RunLog(out, enabled=main)
-    chance = iic_chance_loss(cfg.K, cfg.neg != "none", cfg.live_negative) if cfg.method == "iic" else None
+    chance = (iic_chance_loss(cfg.K, cfg.neg != "none", cfg.live_negative,
+                              cfg.batch_size * run.dist.world if cfg.batch_negatives else 0)
+              if cfg.method == "iic" else None)
     monitor = Monitor(cfg, run.device) if main and cfg.monitor_every > 0 else None
     if monitor is not None and run.epoch == 0:  # the untrained network: the baseline the curve is read against
         runlog.write(0, epoch=0, **monitor(run.encoder.backbone))

@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from iic.model.distributed import gather_from_ranks
+from iic.model.protocol import iic_chance_loss
 from iic.model.iic import (CenterHead, IICMemory, MemoryBank, ProjectionHead, draw_negatives, intra_negative,
                            l2_normalize, nce_loss, residual)
 
@@ -256,6 +257,32 @@ def test_live_positive_passes_gradient_to_both_views():
     z1, z2 = mem(f1, f2, fn, torch.tensor([1, 2, 3]), torch.Generator().manual_seed(0))
     nce_loss(z1, z2).backward()
     assert f1.grad.abs().sum() > 0 and f2.grad.abs().sum() > 0
+
+
+def test_batch_negatives_add_the_other_clips_and_every_intra_negative():
+    """batch_negatives: after the bank columns, row b gets f_b.g_c for the N - 1 other clips c of the other view
+    and f_b.fn_c for all N intra-negatives (its own included), live (brute-force loops); CMC gets only the
+    former. The chance loss counts these columns."""
+    for intra in (True, False):
+        plain = make_memory(positive="live", intra_neg=intra)
+        mem = make_memory(positive="live", intra_neg=intra, batch_negatives=True)
+        f1, f2, fn = (f.requires_grad_() for f in features(3, batch=4))
+        fn_ = fn if intra else None
+        z1, z2 = mem(f1, f2, fn_, torch.tensor([0, 2, 5, 9]), torch.Generator().manual_seed(1))
+        p1, p2 = plain(f1, f2, fn_, torch.tensor([0, 2, 5, 9]), torch.Generator().manual_seed(1))
+        u1, u2, un = (unit(f.detach().numpy()) for f in (f1, f2, fn))
+        for z, p, a, other in ((z1, p1, u1, u2), (z2, p2, u2, u1)):
+            assert z.shape[1] == p.shape[1] + 3 + (4 if intra else 0)
+            assert torch.allclose(z[:, :p.shape[1]], p)
+            for b in range(4):
+                expected = [a[b] @ other[c] for c in range(4) if c != b] + ([a[b] @ un[c] for c in range(4)] if intra else [])
+                assert np.allclose(z[b, p.shape[1]:].detach().numpy(), np.array(expected) / TAU)
+        loss = nce_loss(z1, z2)
+        loss.backward()
+        assert f1.grad.abs().sum() > 0 and f2.grad.abs().sum() > 0
+        assert (fn.grad is not None and fn.grad.abs().sum() > 0) == intra
+        columns = z1.shape[1]
+        assert iic_chance_loss(K, intra, batch=4) == pytest.approx(2 * math.log(columns))
 
 
 def test_center_head_removes_the_common_direction():
