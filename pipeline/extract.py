@@ -172,11 +172,8 @@ def extract(cfg: ExtractConfig) -> StageSummary:
         (cfg.data_dir / "manifest.csv").unlink(missing_ok=True)
         _write_meta(cfg, index)
         t0 = time.perf_counter()
-        frames = nbytes = 0
         for report in run_tasks(extract_shard, todo, cfg.parallel, sum(len(t[1]) for t in todo), "frames", "extract"):
             rows += report.rows
-            frames += report.units
-            nbytes += report.bytes
         write_manifest(cfg.data_dir / "manifest.csv", rows)
     return StageSummary.from_rows(rows, unit="frames", bytes=_du(cfg.data_dir / "frames"),
                                   seconds=time.perf_counter() - t0, shards_written=len(todo), shards_kept=kept,

@@ -72,9 +72,6 @@ def dequantize_residual(q: np.ndarray) -> np.ndarray:
 # JPEG streams
 
 
-SUBSAMPLING = ("420", "444")
-
-
 def encode_jpeg(frame: np.ndarray, quality: int, subsampling: str = "420") -> bytes:
     """(H, W, 3) uint8 RGB -> JPEG bytes; chroma ``420`` (as JPEG frame folders) or ``444``."""
     return simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling=subsampling)
