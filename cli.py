@@ -179,7 +179,7 @@ def show(video_id, data, out, columns) -> None:
               help="Processed dataset folder.")
 def info(data: Path) -> None:
     """Summary of a processed dataset."""
-    from .pipeline.inspect import dataset_info
+    from .pipeline.info import dataset_info
     from .pipeline.shards import FormatError
 
     try:
@@ -195,7 +195,7 @@ def info(data: Path) -> None:
               help="Processed dataset folder.")
 def check(data: Path) -> None:
     """Open every shard, verify counts against the manifest, decode samples."""
-    from .pipeline.inspect import check as run
+    from .pipeline.info import check as run
 
     problems = run(data)
     for line in problems:
