@@ -107,7 +107,7 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 @click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder"]), default="ucf101",
               help="Layout of --root (folder: one sub-folder per class).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Folder the official archives were unpacked into [default: DATA/raw/<dataset>].")
+              help="Folder the official archives were unpacked into [default: OUT/raw/<dataset>].")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               help="Data root; output goes to OUT/<dataset>.")
 @click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split whose train/test lists are read.")
@@ -122,7 +122,10 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 @click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
 def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, workers, backend,
             scheduler, overwrite) -> None:
-    """Decode every video of the split's lists into HDF5 shards (RGB + residual frames)."""
+    """Decode every video of the split's lists into HDF5 shards of JPEG RGB frames.
+
+    Residual frames are derived from the stored RGB frames when read; --store-residuals also stores them.
+    """
     from .pipeline.datasets import DatasetLayoutError
     from .pipeline.extract import ExtractConfig, extract as run
     from .pipeline.lock import LockedError

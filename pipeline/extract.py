@@ -190,7 +190,7 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "codec": "jpeg",
         "quality": cfg.quality,
         "subsampling": cfg.subsampling,
-        "residual": "q = clip(floor((x[t] - x[t-1]) / 2) + 128, 0, 255); frame 0 has residual 0 (q = 128)",
+        "residual": "q = floor((x[t] - x[t-1]) / 2) + 128, in [0, 255]; frame 0 has residual 0 (q = 128)",
         "residual_source": "stored stream" if cfg.store_residuals else "derived from the stored RGB frames",
         "classes": list(index.classes),
         "shard_size": cfg.shard_size,
