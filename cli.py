@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -37,9 +38,9 @@ def _parse_size(ctx, param, value: str) -> tuple[int, int]:
 
 def _parallel_options(f):
     f = click.option("--scheduler", default=None, help="Dask scheduler address (with --backend dask).")(f)
-    f = click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
+    f = click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
                      help="joblib backend: local processes or a Dask cluster.")(f)
-    f = click.option("--workers", type=click.IntRange(1), default=os.cpu_count() or 1, show_default=True,
+    f = click.option("--workers", type=click.IntRange(1), default=os.cpu_count() or 1,
                      help="Parallel shard writers (one process each).")(f)
     return f
 
@@ -58,7 +59,17 @@ def _parallel_config(workers: int, backend: str, scheduler: str | None):
 # iic-prep
 
 
-@click.group()
+# Every group shows each option's default in --help (subcommands inherit the context setting).
+CONTEXT = dict(show_default=True)
+
+
+def _version_option(prog_name: str):
+    """``--version``: the installed distribution's version (``importlib.metadata.version("iic")``)."""
+    return click.version_option(package_name="iic", prog_name=prog_name, help="Show the version and exit.")
+
+
+@click.group(context_settings=CONTEXT)
+@_version_option("iic-prep")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def prep(verbose: bool) -> None:
     """Offline stage: synthetic data, frames, optical flow, checks."""
@@ -66,16 +77,16 @@ def prep(verbose: bool) -> None:
 
 
 @prep.command()
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA / "raw" / "synth", show_default=True,
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA / "raw" / "synth",
               help="Folder to write the UCF101-layout dataset into.")
-@click.option("--classes", type=click.IntRange(1), default=8, show_default=True,
+@click.option("--classes", type=click.IntRange(1), default=8,
               help="Motion classes (the first N; 8 = four pairs that are each other's time reversal).")
-@click.option("--per-class", type=click.IntRange(1), default=45, show_default=True, help="Videos per class.")
+@click.option("--per-class", type=click.IntRange(1), default=45, help="Videos per class.")
 @click.option("--groups", type=click.IntRange(3), default=None,
               help="Groups per class (videos of a group share their appearance) [default: one video per group].")
-@click.option("--frames", type=click.IntRange(1), default=40, show_default=True, help="Frames per video.")
-@click.option("--size", callback=_parse_size, default="96x128", show_default=True, help="Frame size HxW (even).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--frames", type=click.IntRange(1), default=40, help="Frames per video.")
+@click.option("--size", callback=_parse_size, default="96x128", help="Frame size HxW (even).")
+@click.option("--seed", type=click.IntRange(0), default=0, help="Seed of the generator (same seed, same videos).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset made with other settings.")
 def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> None:
     """Generate the synthetic motion-class dataset (UCF101 layout, real AVI files)."""
@@ -93,24 +104,28 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 
 
 @prep.command()
-@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder"]), default="ucf101", show_default=True)
+@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder"]), default="ucf101",
+              help="Layout of --root (folder: one sub-folder per class).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Folder the official archives were unpacked into [default: DATA/raw/<dataset>].")
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True,
+              help="Folder the official archives were unpacked into [default: OUT/raw/<dataset>].")
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               help="Data root; output goes to OUT/<dataset>.")
-@click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True)
-@click.option("--size", callback=_parse_size, default="128x171", show_default=True, help="Frame size HxW.")
-@click.option("--quality", type=click.IntRange(50, 100), default=90, show_default=True, help="JPEG quality.")
-@click.option("--subsampling", type=click.Choice(["420", "444"]), default="420", show_default=True,
+@click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split whose train/test lists are read.")
+@click.option("--size", callback=_parse_size, default="128x171", help="Frame size HxW.")
+@click.option("--quality", type=click.IntRange(50, 100), default=90, help="JPEG quality.")
+@click.option("--subsampling", type=click.Choice(["420", "444"]), default="420",
               help="JPEG chroma subsampling.")
 @click.option("--store-residuals", is_flag=True,
               help="Also store a residual stream (default: residuals are derived from the stored frames when read).")
-@click.option("--shard-size", type=click.IntRange(1), default=64, show_default=True, help="Videos per shard.")
+@click.option("--shard-size", type=click.IntRange(1), default=64, help="Videos per shard.")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
 def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, workers, backend,
             scheduler, overwrite) -> None:
-    """Decode every video of the split's lists into HDF5 shards (RGB + residual frames)."""
+    """Decode every video of the split's lists into HDF5 shards of JPEG RGB frames.
+
+    Residual frames are derived from the stored RGB frames when read; --store-residuals also stores them.
+    """
     from .pipeline.datasets import DatasetLayoutError
     from .pipeline.extract import ExtractConfig, extract as run
     from .pipeline.lock import LockedError
@@ -129,11 +144,11 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 
 
 @prep.command()
-@click.option("--dataset", default="ucf101", show_default=True, help="Used for the default --data.")
+@click.option("--dataset", default="ucf101", help="Used for the default --data.")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
-@click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback"]), default="tvl1", show_default=True,
+@click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback"]), default="tvl1",
               help="tvl1 = OpenCV DualTVL1 defaults (reference); tvl1-fast = epsilon 0.05 (~8x faster); dis, farneback.")
-@click.option("--bound", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+@click.option("--bound", type=click.FloatRange(0, min_open=True), default=20.0,
               help="Clip displacements to +-BOUND px before uint8 quantisation.")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Recompute all flow instead of resuming.")
@@ -158,10 +173,10 @@ def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite) -
 
 @prep.command()
 @click.option("--video", "video_id", required=True, help="Video id (manifest `id`, e.g. MoveLeft/v_MoveLeft_g01_c01).")
-@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101", show_default=True,
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101",
               help="Processed dataset folder.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
-@click.option("--columns", type=click.IntRange(1, 32), default=8, show_default=True, help="Frames shown.")
+@click.option("--columns", type=click.IntRange(1, 32), default=8, help="Frames shown.")
 def show(video_id, data, out, columns) -> None:
     """Picture of a stored video: RGB frames, residuals and flow (colour wheel), frame indices labelled."""
     from .pipeline.shards import FormatError
@@ -175,11 +190,11 @@ def show(video_id, data, out, columns) -> None:
 
 
 @prep.command()
-@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101", show_default=True,
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101",
               help="Processed dataset folder.")
 def info(data: Path) -> None:
     """Summary of a processed dataset."""
-    from .pipeline.inspect import dataset_info
+    from .pipeline.info import dataset_info
     from .pipeline.shards import FormatError
 
     try:
@@ -191,11 +206,11 @@ def info(data: Path) -> None:
 
 
 @prep.command()
-@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101", show_default=True,
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101",
               help="Processed dataset folder.")
 def check(data: Path) -> None:
     """Open every shard, verify counts against the manifest, decode samples."""
-    from .pipeline.inspect import check as run
+    from .pipeline.info import check as run
 
     problems = run(data)
     for line in problems:
@@ -205,7 +220,8 @@ def check(data: Path) -> None:
     click.echo(f"{data}: ok")
 
 
-@click.group()
+@click.group(context_settings=CONTEXT)
+@_version_option("iic")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Training and evaluation."""
@@ -213,14 +229,16 @@ def main(verbose: bool) -> None:
 
 
 @main.command("train")
-@click.option("--dataset", default="ucf101", show_default=True, help="Dataset name: the data folder is DATA/<dataset> unless --data is a dataset folder.")
+@click.option("--dataset", default="ucf101", help="Dataset name: the data folder is DATA/<dataset> unless --data is a dataset folder.")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
-@click.option("--split", type=click.IntRange(1, 3), default=None)
+@click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split whose train list is used.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: data/runs/<preset or method>].")
 @click.option("--preset", default=None, help="A named configuration (see `iic presets`); flags override it.")
-@click.option("--method", type=click.Choice(["iic", "dualvar"]), default=None)
+@click.option("--method", type=click.Choice(["iic", "dualvar"]), default=None,
+              help="Objective: IIC (and CMC with --neg none) or DualVar.")
 @click.option("--model", default=None, help="Backbone preset: r3d-10, r21d-10, c3d, r3d-tiny, ...")
-@click.option("--view2", type=click.Choice(["res", "flow-u", "flow-v", "flow", "rgb"]), default=None)
+@click.option("--view2", type=click.Choice(["res", "flow-u", "flow-v", "flow", "rgb"]), default=None,
+              help="The second view contrasted with RGB.")
 @click.option("--neg", type=click.Choice(["repeat", "shuffle", "none"]), default=None, help="Intra-negative (none = CMC).")
 @click.option("--head", type=click.Choice(["none", "mlp", "bn"]), default=None,
               help="none (paper), mlp (512-512-128 + L2, authors' v2 code) or bn (centring BatchNorm).")
@@ -229,15 +247,15 @@ def main(verbose: bool) -> None:
 @click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")
 @click.option("--batch-negatives/--no-batch-negatives", default=None,
               help="IIC: also contrast with the batch's other clips and intra-negatives (live, with gradient).")
-@click.option("--frames", type=click.IntRange(2), default=None)
+@click.option("--frames", type=click.IntRange(2), default=None, help="Frames per clip (T).")
 @click.option("--stride", type=click.IntRange(1), default=None, help="Frame stride within a clip (DualVar: 4).")
 @click.option("--dualvar", "dualvar_opts", multiple=True, metavar="KEY=VALUE",
               help="A DualVar option, repeatable: tau_clip, tau_tc, theta, w_clip, w_tc, clip_loss=moco, moco_k, "
                    "jitter_p, blur_p, grayscale_p, ... (model/dualvar.py).")
-@click.option("--crop", type=click.IntRange(8), default=None)
-@click.option("--epochs", type=click.IntRange(1), default=None)
-@click.option("--batch-size", type=click.IntRange(2), default=None)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None)
+@click.option("--crop", type=click.IntRange(8), default=None, help="Square random crop of the stored frames, px.")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs.")
+@click.option("--batch-size", type=click.IntRange(2), default=None, help="Videos per step (per process under DDP).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Peak learning rate.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="sgd (paper) or adam.")
 @click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default=None,
               help="Learning-rate decay: the paper's steps or cosine to 0.")
@@ -252,12 +270,15 @@ def main(verbose: bool) -> None:
 @click.option("--threads", type=click.IntRange(0), default=None,
               help="CPU threads for the run (0 = torch's default). CPU results are bit-identical for the same count.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (ignored on CPU).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=None, help="Seed of initialisation, sampling and augmentation.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, positive, live_negative, batch_negatives,
               frames, stride, dualvar_opts, crop, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, K, tau, m, monitor_every,
               workers, device, threads, amp, seed, resume) -> None:
-    """Self-supervised pretraining (IIC; DualVar with --method dualvar)."""
+    """Self-supervised pretraining (IIC; DualVar with --method dualvar).
+
+    An option left out takes the value of --preset, else the default in model/config.py (TrainConfig).
+    """
     from .model.checkpoint import CheckpointError
     from .model.clips import DataError
     from .model.config import ConfigError, build_config
@@ -294,13 +315,13 @@ def presets() -> None:
 
 
 @main.command()
-@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, show_default=True, help="Data root.")
-@click.option("--workers", type=click.IntRange(1), default=2, show_default=True, help="Preprocessing processes.")
+@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, help="Data root.")
+@click.option("--workers", type=click.IntRange(1), default=2, help="Preprocessing processes.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the presets' epochs.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--per-class", type=click.IntRange(3, 99), default=45, show_default=True,
+@click.option("--seed", type=click.IntRange(0), default=0, help="Seed of the data and of every run.")
+@click.option("--per-class", type=click.IntRange(3, 99), default=45,
               help="Synthetic videos per class (45: the benchmark; fewer for a quick look).")
-@click.option("--frames", type=click.IntRange(16), default=40, show_default=True, help="Frames per synthetic video.")
+@click.option("--frames", type=click.IntRange(16), default=40, help="Frames per synthetic video.")
 def demo(data, workers, epochs, seed, per_class, frames) -> None:
     """The main job on the synthetic dataset: data, flow, IIC/CMC/DualVar training, retrieval table."""
     from .demo import DemoConfig, run_demo
@@ -324,25 +345,26 @@ def eval_group() -> None:
 
 
 def _source_options(f):
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-init (and of the probe).")(f)
+    f = click.option("--seed", type=int, default=0, help="Seed of --random-init (and of the probe).")(f)
     f = click.option("--crop", type=click.IntRange(8), default=None, help="Centre crop [default: the checkpoint's].")(f)
     f = click.option("--frames", type=click.IntRange(2), default=None, help="Frames per clip [default: the checkpoint's].")(f)
     f = click.option("--model", default=None, help="Backbone preset [default: the checkpoint's; with --random-init the latest run's].")(f)
     f = click.option("--random-init", is_flag=True, help="An untrained backbone of the same config: the baseline.")(f)
     f = click.option("--run", type=click.Path(path_type=Path), default=None,
                      help="Where to look for the newest final.pt when --ckpt is not given [default: DATA_ROOT/runs].")(f)
-    f = click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Checkpoint [default: the newest final.pt].")(f)
+    f = click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Checkpoint [default: the newest final.pt under --run, named on the terminal].")(f)
     return f
 
 
 def _data_options(f):
-    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")(f)
-    f = click.option("--workers", type=click.IntRange(0), default=2, show_default=True, help="DataLoader worker processes.")(f)
-    f = click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Clips per batch.")(f)
+    f = click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")(f)
+    f = click.option("--workers", type=click.IntRange(0), default=2, help="DataLoader worker processes.")(f)
+    f = click.option("--batch-size", type=click.IntRange(1), default=16, help="Clips per batch.")(f)
     f = click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: <run>/eval].")(f)
-    f = click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True)(f)
+    f = click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split: train list = gallery / "
+                     "training set, test list = queries / test set.")(f)
     f = click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")(f)
-    f = click.option("--dataset", default="ucf101", show_default=True, help="Dataset name (data folder DATA_ROOT/<dataset>).")(f)
+    f = click.option("--dataset", default="ucf101", help="Dataset name (data folder DATA_ROOT/<dataset>).")(f)
     return f
 
 
@@ -351,8 +373,25 @@ def _source_config(ckpt, run, random_init, model, frames, crop, seed):
 
     if ckpt is not None and random_init:
         raise click.UsageError("--ckpt and --random-init exclude each other")
-    return SourceConfig(ckpt=ckpt, runs=run or DEFAULT_DATA / "runs", random_init=random_init, model=model,
-                        frames=frames, crop=crop, seed=seed)
+    runs = run or DEFAULT_DATA / "runs"
+    if ckpt is None and not random_init:
+        ckpt = _newest_checkpoint(runs)
+    return SourceConfig(ckpt=ckpt, runs=runs, random_init=random_init, model=model, frames=frames, crop=crop, seed=seed)
+
+
+def _newest_checkpoint(runs: Path) -> Path:
+    """The newest final.pt under ``runs``, said on the terminal before any work: it is a guess."""
+    from .model.checkpoint import CheckpointError
+    from .model.features import find_checkpoint
+
+    try:
+        ckpt = find_checkpoint(runs)
+    except CheckpointError as err:
+        _fail(str(err))
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(ckpt.stat().st_mtime))
+    click.secho(f"No --ckpt given: evaluating the newest checkpoint under {runs}: {ckpt} (written {written})",
+                bold=True)
+    return ckpt
 
 
 def _eval_errors():
@@ -367,11 +406,12 @@ def _eval_errors():
 @eval_group.command("retrieval")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="res", show_default=True)
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="res",
+              help="View whose features are retrieved.")
 @click.option("--merge", is_flag=True, help="Concatenate RGB and --modality features (each L2-normalised first).")
 @click.option("--feature", type=click.Choice(["conv5", "pool"]), default=None,
               help="[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar]")
-@click.option("--clips", type=click.IntRange(1), default=10, show_default=True, help="Test clips per video.")
+@click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
 @click.option("--center/--no-center", default=None,
               help="Subtract each set's mean [default: the method's protocol: no for IIC/CMC, yes for DualVar].")
 def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
@@ -394,11 +434,13 @@ def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt,
 @eval_group.command("linear")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb", show_default=True)
-@click.option("--feature", type=click.Choice(["conv5", "pool"]), default="pool", show_default=True)
-@click.option("--clips", type=click.IntRange(1), default=10, show_default=True, help="Test clips per video.")
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb",
+              help="Input view of the backbone.")
+@click.option("--feature", type=click.Choice(["conv5", "pool"]), default="pool",
+              help="Backbone features: conv5 max-pooled (1, 2, 2) and flattened (IIC), or the pooled vector (pool).")
+@click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
 @click.option("--knn", type=click.IntRange(1), default=None, help="A cosine K-nearest-neighbour vote instead of the linear classifier.")
-@click.option("--weight-decay", type=click.FloatRange(0), default=1e-3, show_default=True, help="L2 penalty of the classifier.")
+@click.option("--weight-decay", type=click.FloatRange(0), default=1e-3, help="L2 penalty of the classifier.")
 def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
                 seed, modality, feature, clips, knn, weight_decay) -> None:
     """Frozen features -> logistic regression (or kNN) on the train list; top-1 on the test list."""
@@ -420,12 +462,13 @@ def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, ru
 @eval_group.command("recognition")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb", show_default=True)
-@click.option("--epochs", type=click.IntRange(1), default=150, show_default=True)
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0, 0.9, max_open=False), default=0.1, show_default=True,
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb",
+              help="Input view of the backbone.")
+@click.option("--epochs", type=click.IntRange(1), default=150, help="Fine-tuning epochs.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate of the fine-tuning.")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9, max_open=False), default=0.1,
               help="Share of the train list held out for validation (deterministic by --seed).")
-@click.option("--clips", type=click.IntRange(1), default=10, show_default=True, help="Test clips per video.")
+@click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning run in --out from its last checkpoint.")
 def eval_recognition(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames,
                      crop, seed, modality, epochs, lr, val_fraction, clips, resume) -> None:

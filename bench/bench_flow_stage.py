@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -37,14 +38,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from iic.pipeline.decode import iter_frames
 from iic.pipeline.flowcalc import METHODS, FlowConfig, dequantize, init_worker_threads, opencv_version
 from iic.pipeline.shards import VideoStore
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 from bench_flow_methods import bare_calc, epe  # noqa: E402  (the method benchmark's OpenCV calls and EPE)
-from conftest import decode_resized, prep_command, trimmed_clip  # noqa: E402  (the tests' PyAV helpers)
+from benchutil import cli, trimmed_clip  # noqa: E402
 
 SIZE = (128, 171)  # (H, W)
 CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4", "carphone_pristine.mp4")
@@ -73,7 +74,7 @@ def run_cli(*args: str) -> dict:
     """Run ``iic-prep ARGS`` in a subprocess: wall and CPU seconds (it and its children), the summary."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(prep_command() + [str(a) for a in args], capture_output=True, text=True)
+    proc = subprocess.run([cli("iic-prep")] + [str(a) for a in args], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -136,8 +137,8 @@ def flow_source(data: Path, raw: Path, pairs: int) -> dict:
     per_clip, all_epe = {}, []
     for r in store.ok_rows():
         stored = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in store.frames(r.id, 0, pairs + 1)])
-        fresh = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
-                          for x in decode_resized(raw / "UCF-101" / r.path, SIZE, limit=pairs + 1)])
+        decoded = itertools.islice(iter_frames(raw / "UCF-101" / r.path, SIZE), pairs + 1)  # the frames stage's decode
+        fresh = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in decoded])
         a = np.stack([calc(stored[t], stored[t + 1]) for t in range(pairs)])
         b = np.stack([calc(fresh[t], fresh[t + 1]) for t in range(pairs)])
         per_clip[r.id] = {"epe": round(epe(a, b), 4), "mean_flow_px": round(float(np.linalg.norm(b, axis=-1).mean()), 3),

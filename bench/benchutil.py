@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import av
+
 
 def cli(name: str) -> str:
     """The console script ``name`` of the running venv (falls back to PATH)."""
@@ -29,3 +31,20 @@ def write_json(folder: Path, name: str, result: dict) -> Path:
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return out
+
+
+def trimmed_clip(src: Path, dst: Path, n: int = 30) -> Path:
+    """The first ``n`` packets of ``src`` remuxed (no re-encoding) into ``dst``: a short real clip."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        istream = inp.streams.video[0]
+        ostream = out.add_stream_from_template(istream)
+        count = 0
+        for packet in inp.demux(istream):
+            if packet.dts is None:
+                continue
+            packet.stream = ostream
+            out.mux(packet)
+            count += 1
+            if count == n:
+                break
+    return dst

@@ -60,6 +60,11 @@ class DualVarConfig:
         return asdict(self)
 
 
+# Options that were removed, with the only value they ever held in a saved config (no preset or flag set
+# another): `TrainConfig.from_dict` drops them so that old checkpoints still load.
+RETIRED_OPTIONS: dict = {"jitter": 0.0}  # IIC colour jitter (the paper's recipe has none)
+
+
 # ----------------------------------------------------------------------------------------- heads
 
 
@@ -73,7 +78,6 @@ class TrainConfig:
     stride: int = 1  # frame stride within a clip (DualVar: 4)
     crop: int = 112
     flip: bool = False
-    jitter: float = 0.0
     workers: int = 4
     # model
     method: str = "iic"
@@ -179,11 +183,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        for key, only in RETIRED_OPTIONS.items():  # checkpoints written while the option existed
+            if key in d and (value := d.pop(key)) != only:
+                raise ConfigError(f"config sets {key}={value}, an option this version no longer has")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"config has unknown keys {sorted(unknown)}")
-        d = dict(d)
         if "simclr" not in d:  # written before the DualVar options were typed: one dict of both, by name
             d["dualvar"], d["simclr"] = split_dualvar_options(d.get("dualvar") or {})
         d["dualvar"] = DualVarConfig(**d["dualvar"])

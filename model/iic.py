@@ -253,7 +253,7 @@ class Encoder(nn.Module):
 
 
 def augment_config(cfg: TrainConfig, train: bool = True) -> augment.AugmentConfig:
-    return augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, jitter=cfg.jitter, train=train)
+    return augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, train=train)
 
 
 def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, gen: torch.Generator,

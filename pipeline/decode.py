@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -19,13 +18,6 @@ log = logging.getLogger(__name__)
 
 class DecodeError(Exception):
     """A video that cannot be decoded; ``str(err)`` is a one-line reason for the manifest."""
-
-
-@dataclass(frozen=True)
-class DecodeResult:
-    frames: np.ndarray  # (N, H, W, 3) uint8 RGB
-    source_size: tuple[int, int]  # (H, W) of the coded video
-    note: str = ""  # non-fatal problems, e.g. corrupt packets skipped or a stream cut short
 
 
 def _one_line(err: BaseException) -> str:
@@ -80,22 +72,3 @@ def _to_rgb(frame: av.VideoFrame, height: int | None, width: int | None) -> np.n
         return frame.to_ndarray(format="rgb24")
     return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
 
-
-def probe_size(path: Path) -> tuple[int, int]:
-    """(H, W) of the first video stream as coded."""
-    with av.open(str(path)) as container:
-        ctx = container.streams.video[0].codec_context
-        return ctx.height, ctx.width
-
-
-def decode_video(path: Path, size: tuple[int, int] | None = None, threads: int = 1) -> DecodeResult:
-    """All frames of ``path`` as one (N, H, W, 3) uint8 array; `DecodeError` if none can be decoded."""
-    notes: list[str] = []
-    frames = list(iter_frames(path, size, threads, notes))
-    if not frames:
-        raise DecodeError("no decodable frames" + (f" ({'; '.join(notes)})" if notes else ""))
-    try:
-        source = probe_size(path)
-    except (av.error.FFmpegError, IndexError):
-        source = frames[0].shape[:2]
-    return DecodeResult(np.stack(frames), source, "; ".join(notes))

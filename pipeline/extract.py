@@ -172,11 +172,8 @@ def extract(cfg: ExtractConfig) -> StageSummary:
         (cfg.data_dir / "manifest.csv").unlink(missing_ok=True)
         _write_meta(cfg, index)
         t0 = time.perf_counter()
-        frames = nbytes = 0
         for report in run_tasks(extract_shard, todo, cfg.parallel, sum(len(t[1]) for t in todo), "frames", "extract"):
             rows += report.rows
-            frames += report.units
-            nbytes += report.bytes
         write_manifest(cfg.data_dir / "manifest.csv", rows)
     return StageSummary.from_rows(rows, unit="frames", bytes=_du(cfg.data_dir / "frames"),
                                   seconds=time.perf_counter() - t0, shards_written=len(todo), shards_kept=kept,
@@ -193,7 +190,7 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "codec": "jpeg",
         "quality": cfg.quality,
         "subsampling": cfg.subsampling,
-        "residual": "q = clip(floor((x[t] - x[t-1]) / 2) + 128, 0, 255); frame 0 has residual 0 (q = 128)",
+        "residual": "q = floor((x[t] - x[t-1]) / 2) + 128, in [0, 255]; frame 0 has residual 0 (q = 128)",
         "residual_source": "stored stream" if cfg.store_residuals else "derived from the stored RGB frames",
         "classes": list(index.classes),
         "shard_size": cfg.shard_size,

@@ -181,14 +181,13 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
                     todo.append(r)
         _drop_orphan_shards(cfg.folder, {f"flow/{Path(s).name}" for s in by_shard})
         expected = {shard: len(by_shard[f"frames/{Path(shard).name}"]) for shard in pending}
-        t0, pairs, written = time.perf_counter(), 0, 0
+        t0, written = time.perf_counter(), 0
         for shard in [s for s in pending if len(pending[s]) == expected[s]]:
             assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
             rows += pending.pop(shard)
             written += 1
         tasks = [(r, cfg) for r in todo]
         for report in run_tasks(flow_task, tasks, cfg.parallel, len(tasks), "pairs", "flow"):
-            pairs += report.units
             pending[report.shard] += report.rows
             if len(pending[report.shard]) == expected[report.shard]:
                 assemble_shard(report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg, attrs_of[report.shard])

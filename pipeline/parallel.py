@@ -40,7 +40,6 @@ class TaskReport:
     units: int
     bytes: int
     rows: list = field(default_factory=list)
-    skipped: bool = False  # the shard was already complete
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_NAME = "iic-shards"
 FORMAT_VERSION = 1
-RESIDUAL_ZERO = 128  # stored residual q = clip(floor(d / 2) + 128, 0, 255), d = x[t] - x[t-1] in [-255, 255]
+RESIDUAL_ZERO = 128  # stored residual q = floor(d / 2) + 128 in [0, 255], d = x[t] - x[t-1] in [-255, 255]
 MODALITIES = ("rgb", "res")
 
 
@@ -70,9 +70,6 @@ def dequantize_residual(q: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------------
 # JPEG streams
-
-
-SUBSAMPLING = ("420", "444")
 
 
 def encode_jpeg(frame: np.ndarray, quality: int, subsampling: str = "420") -> bytes:

@@ -172,6 +172,26 @@ def test_random_init_merge_center(world, tmp_path):
     assert str(ckpt) in c.output
 
 
+
+def test_without_ckpt_the_newest_checkpoint_is_named_first(world, tmp_path):
+    data, ckpt = world
+    runs = tmp_path / "runs"
+    now = ckpt.stat().st_mtime_ns
+    for name, age_s in (("b-older", 3600), ("a-newer", 60), ("c-oldest", 7200)):  # names do not sort by age
+        path = runs / name / "final.pt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(ckpt.read_bytes())
+        os.utime(path, ns=(now, now - age_s * 10**9))
+    newest = runs / "a-newer" / "final.pt"
+    res = retrieval(data, "--run", runs, "--out", tmp_path / "out", "--clips", "1")
+    first = res.stdout.splitlines()[0]  # before any progress or result line
+    assert first.startswith("No --ckpt given: evaluating the newest checkpoint") and first.endswith(")")
+    assert f"under {runs}: {newest} (written " in first
+    assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["checkpoint"] == str(newest)
+    given = retrieval(data, "--ckpt", newest, "--out", tmp_path / "out", "--clips", "1")
+    assert "No --ckpt given" not in given.output
+
+
 def _is_share_of(percent: float, n: int) -> bool:
     """``percent`` is k/n * 100 for an integer 0 <= k <= n (an accuracy over n videos)."""
     k = percent * n / 100

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from iic.cli import main, prep
 from iic.model import checkpoint
 from iic.model.clips import ClipConfig, ClipDataset, DataError, EpochSampler, clip_indices, eval_starts, train_start
-from iic.model.config import ConfigError, build_config
+from iic.model.config import ConfigError, TrainConfig, build_config
 from iic.model.train import train
 from iic.pipeline.shards import VideoStore
 
@@ -141,6 +141,17 @@ def test_presets_and_overrides():
         build_config("nope")
     with pytest.raises(ConfigError, match="divisible by 4"):
         build_config("tiny", neg="shuffle", frames=10)
+
+
+def test_configs_saved_with_the_retired_jitter_option_still_load():
+    cfg = build_config("tiny")
+    old = json.loads(json.dumps({**cfg.to_dict(), "jitter": 0.0}))  # as checkpoints stored it before its removal
+    assert TrainConfig.from_dict(old) == cfg
+    assert "jitter" not in cfg.to_dict()
+    with pytest.raises(ConfigError, match="jitter=0.4"):  # a value no run of ours could have had
+        TrainConfig.from_dict({**old, "jitter": 0.4})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        TrainConfig.from_dict({**old, "nonsense": 1})
 
 
 @pytest.mark.parametrize("args,message,code", [

@@ -1,0 +1,51 @@
+"""The command-line surface itself: --version, and help text with defaults for every option."""
+from __future__ import annotations
+
+import importlib.metadata
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from iic.cli import main, prep
+
+
+def commands(group: click.Group, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], click.Command]]:
+    out = [(path, group)]
+    for name, cmd in group.commands.items():
+        out += commands(cmd, path + (name,)) if isinstance(cmd, click.Group) else [(path + (name,), cmd)]
+    return out
+
+
+ALL = commands(prep, ("iic-prep",)) + commands(main, ("iic",))
+
+
+@pytest.mark.parametrize("group,name", [(prep, "iic-prep"), (main, "iic")])
+def test_version_is_the_installed_distributions(group, name):
+    result = CliRunner().invoke(group, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{name}, version {importlib.metadata.version('iic')}\n"
+
+
+@pytest.mark.parametrize("path,cmd", ALL, ids=lambda x: " ".join(x) if isinstance(x, tuple) else "")
+def test_every_option_has_help_and_shows_its_default(path, cmd):
+    root = prep if path[0] == "iic-prep" else main
+    result = CliRunner().invoke(root, [*path[1:], "--help"], terminal_width=1000)
+    assert result.exit_code == 0, result.output
+    for param in cmd.params:
+        if not isinstance(param, click.Option):
+            continue
+        assert param.help, f"{' '.join(path)} {param.opts[0]} has no help text"
+        flag = param.is_flag and not param.secondary_opts
+        if param.default is not None and not (flag or param.multiple or param.required):
+            entry = help_entry(result.output, param.opts[0])
+            assert "[default: " in entry, f"{' '.join(path)} {param.opts[0]} hides its default: {entry}"
+
+
+def help_entry(text: str, opt: str) -> str:
+    """The --help lines of option ``opt`` (its first line and the indented continuation lines), joined."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.lstrip().split(" ")[0].rstrip(",") == opt)
+    end = next((j for j in range(at + 1, len(lines)) if lines[j].lstrip().startswith("-") or not lines[j].strip()),
+               len(lines))
+    return " ".join(line.strip() for line in lines[at:end])
