@@ -38,6 +38,9 @@ class FinetuneError(RuntimeError):
     """Fine-tuning cannot go on (one-line message)."""
 
 
+RESUME_KEYS = ("config", "epoch", "model", "optimizer", "scheduler")  # of the per-epoch last.pt
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     data: Path = Path("data/ucf101")
@@ -139,16 +142,20 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     epoch = 0
     last, final = out / "last.pt", out / "final.pt"
     if resume:
-        ckpt = checkpoint.load(last)
+        ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic eval recognition` checkpoint")
+        saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
         free = {"workers", "device", "epochs"}  # more epochs = continue the schedule
-        diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and ckpt["config"].get(k) != v)
+        diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and saved.get(k) != v)
         if diff:
-            raise checkpoint.CheckpointError(f"--resume with a different config ({', '.join(diff[:3])} changed); "
+            raise checkpoint.CheckpointError(f"--resume with a different config than {last} ({', '.join(diff[:3])} changed); "
                                              "use the same flags or another --out")
-        checkpoint.load_state(net, ckpt["model"], "the classifier")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        epoch = ckpt["epoch"]
+        checkpoint.load_state(net, ckpt["model"], "the classifier", last)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            epoch = int(ckpt["epoch"])
+        except Exception as err:  # a damaged or foreign optimiser / scheduler state
+            raise checkpoint.CheckpointError(f"cannot resume from {last}: {checkpoint.describe_error(err)}") from None
         log.info("resumed from %s at epoch %d", last, epoch)
     elif last.exists():
         raise checkpoint.CheckpointError(f"{out} already holds a fine-tuning run: pass --resume or choose another --out")

@@ -151,29 +151,42 @@ def state_dict(run: Run) -> dict:
     }
 
 
-def restore(run: Run, ckpt: dict) -> None:
+# what `restore` needs of a checkpoint (`state_dict` writes more)
+RESUME_KEYS = ("config", "epoch", "step", "model", "memory", "optimizer", "scheduler", "scaler", "rng", "n_data")
+
+
+def restore(run: Run, ckpt: dict, path: Path) -> None:
+    """Put the run in the state ``ckpt`` (loaded from ``path``) describes; anything that does not fit is a
+    one-line `CheckpointError` naming the file."""
     if ckpt["n_data"] != run.dataset.n_videos:
         raise checkpoint.CheckpointError(
-            f"checkpoint banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos")
-    checkpoint.load_state(run.encoder, ckpt["model"], "the model")
-    checkpoint.load_state(run.memory, ckpt["memory"], "the memory banks")
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    run.epoch, run.step = ckpt["epoch"], ckpt["step"]
+            f"checkpoint {path} banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos")
+    checkpoint.load_state(run.encoder, ckpt["model"], "the model", path)
+    checkpoint.load_state(run.memory, ckpt["memory"], "the memory banks", path)
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+    except Exception as err:  # a damaged or foreign optimiser / scheduler / RNG state
+        raise checkpoint.CheckpointError(f"cannot resume from {path}: {checkpoint.describe_error(err)}") from None
+    run.epoch, run.step = epoch, step
 
 
-def check_resumable(cfg: TrainConfig, ckpt: dict) -> None:
+def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     """The saved config must match, except for what may change between sessions (workers, device)."""
     free = {"workers", "device", "amp", "log_every", "monitor_every", "threads"}
     saved = ckpt["config"]
+    if not isinstance(saved, dict):
+        raise checkpoint.CheckpointError(f"{path} is not an `iic train` checkpoint: its config is a "
+                                         f"{type(saved).__name__}, not a dict")
     diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and saved.get(k) != v)
     if diff:
         raise checkpoint.CheckpointError(
-            f"--resume with a different config ({', '.join(f'{k}: {saved.get(k)} -> {cfg.to_dict()[k]}' for k in diff[:3])}); "
+            f"--resume with a different config than {path} ({', '.join(f'{k}: {saved.get(k)} -> {cfg.to_dict()[k]}' for k in diff[:3])}); "
             "use the same flags or a new --out")
 
 
@@ -237,9 +250,9 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
     out, main = Path(cfg.out), run.dist.main
     last, final = out / "last.pt", out / "final.pt"
     if resume:
-        ckpt = checkpoint.load(last)
-        check_resumable(cfg, ckpt)
-        restore(run, ckpt)
+        ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic train` checkpoint")
+        check_resumable(cfg, ckpt, last)
+        restore(run, ckpt, last)
         log.info("resumed from %s at epoch %d", last, run.epoch)
     elif last.exists() and main:
         raise checkpoint.CheckpointError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
