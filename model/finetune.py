@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import VideoBackbone
+from .resume import check_data, data_identity, file_digest, same_path
 from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
 from .evaluate import SourceConfig, default_out, resolve_source
 from .distributed import resolve_device
-from .features import check_dataset_size, load_backbone, modalities_for
+from .features import BackboneSource, check_dataset_size, load_backbone, modalities_for
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,33 @@ def topk_accuracy(scores: Tensor, labels: Tensor, k: int) -> float:
     return 100.0 * float((scores.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean())
 
 
+def source_identity(src: BackboneSource) -> str:
+    """What the fine-tuning starts from, wherever its file is: the checkpoint's content hash, or the
+    random initialisation's description."""
+    return src.describe() if src.ckpt is None else file_digest(src.ckpt)
+
+
+def check_resumable(cfg: FinetuneConfig, ckpt: dict, path: Path, source_id: str) -> None:
+    """The saved config must match but for the session's settings and more epochs; places are compared by
+    meaning (model/resume.py): the run folder is where ``path`` is, the data by identity, the backbone source
+    by content (older checkpoints: by resolved path)."""
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    now = cfg.to_dict()
+    free = {"workers", "device", "epochs", "out", "data", "source"}  # more epochs = continue the schedule
+    diff = sorted(k for k, v in now.items() if k not in free and saved.get(k) != v)
+    old_source, new_source = saved.get("source") or {}, now["source"]
+    diff += [f"source.{k}" for k, v in new_source.items() if k not in ("ckpt", "runs") and old_source.get(k) != v]
+    if "source_identity" in ckpt:
+        if ckpt["source_identity"] != source_id:
+            diff.append("source (another backbone checkpoint)")
+    elif not (same_path(old_source.get("ckpt"), new_source["ckpt"]) and same_path(old_source.get("runs"), new_source["runs"])):
+        diff.append("source")
+    if diff:
+        raise checkpoint.CheckpointError(f"--resume with a different config than {path} ({', '.join(diff[:3])} changed); "
+                                         "use the same flags or another --out")
+    check_data(ckpt.get("data_identity") or {}, saved.get("data"), cfg.data, path)
+
+
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune and test; returns (and writes to ``recognition.json``) top-1/top-5 and the counts."""
     src, state = resolve_source(cfg.source)
@@ -141,14 +169,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cfg.patience)
     epoch = 0
     last, final = out / "last.pt", out / "final.pt"
+    data_id, source_id = data_identity(cfg.data, "flow" in mods), source_identity(src)
     if resume:
         ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic eval recognition` checkpoint")
-        saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-        free = {"workers", "device", "epochs"}  # more epochs = continue the schedule
-        diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and saved.get(k) != v)
-        if diff:
-            raise checkpoint.CheckpointError(f"--resume with a different config than {last} ({', '.join(diff[:3])} changed); "
-                                             "use the same flags or another --out")
+        check_resumable(cfg, ckpt, last, source_id)
         checkpoint.load_state(net, ckpt["model"], "the classifier", last)
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -199,7 +223,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
             log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
             checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "n_data": train_set.n_videos, "source": src.describe()}, last)
+                                    "n_data": train_set.n_videos, "source": src.describe(),
+                                    "source_identity": source_id, "data_identity": data_id}, last)
     finally:
         runlog.close()
     scores, labels = clip_scores(net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers,

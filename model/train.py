@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from .dualvar import build_dualvar
 from .iic import build_iic
 from .monitor import Monitor
 from .protocol import iic_chance_loss
+from .resume import check_data, data_identity
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Run:
     step_fn: Callable
     epoch: int = 0
     step: int = 0
+    data_identity: dict = field(default_factory=dict)  # resume.data_identity of cfg.data, saved with each checkpoint
 
 
 def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipDataset, EpochSampler, DataLoader]:
@@ -146,6 +148,7 @@ def state_dict(run: Run) -> dict:
         "scaler": run.scaler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
         "n_data": run.dataset.n_videos,
+        "data_identity": run.data_identity,
         "video_ids": run.dataset.video_ids,
         "cpu_threads": torch.get_num_threads(),  # CPU results are bit-identical only for the same count
     }
@@ -177,8 +180,9 @@ def restore(run: Run, ckpt: dict, path: Path) -> None:
 
 
 def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
-    """The saved config must match, except for what may change between sessions (workers, device)."""
-    free = {"workers", "device", "amp", "log_every", "monitor_every", "threads"}
+    """The saved config must match, except for what may change between sessions (workers, device) and for
+    places: the run folder is where ``path`` is, the data is compared by identity (model/resume.py)."""
+    free = {"workers", "device", "amp", "log_every", "monitor_every", "threads", "out", "data"}
     saved = ckpt["config"]
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{path} is not an `iic train` checkpoint: its config is a "
@@ -188,6 +192,7 @@ def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
         raise checkpoint.CheckpointError(
             f"--resume with a different config than {path} ({', '.join(f'{k}: {saved.get(k)} -> {cfg.to_dict()[k]}' for k in diff[:3])}); "
             "use the same flags or a new --out")
+    check_data(ckpt.get("data_identity") or {}, saved.get("data"), cfg.data, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -247,6 +252,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def _train(cfg: TrainConfig, resume: bool) -> Path:
     run = build_run(cfg)
+    run.data_identity = data_identity(cfg.data, "flow" in cfg.modalities)
     out, main = Path(cfg.out), run.dist.main
     last, final = out / "last.pt", out / "final.pt"
     if resume:

@@ -287,6 +287,32 @@ class VideoStore:
                 h.update(p.read_bytes())
         return h.hexdigest()[:16]
 
+    def identity(self, flow: bool = False) -> str:
+        """Hash of what a reader gets from this dataset, wherever its folder is: the manifest, the content
+        settings of dataset.json (not the library versions), the byte offsets of every stored JPEG stream
+        (the size of each compressed frame) and, with ``flow``, the flow manifest and settings.
+
+        `fingerprint` hashes the manifest files only: two extractions of the same video list with other
+        pixels (another synthetic seed, --size or --quality) have the same manifest, and adding flow later
+        changes it. This tells them apart and ignores flow unless asked. Cost: one small read per video.
+        """
+        h = hashlib.sha256()
+        h.update(json.dumps({k: v for k, v in self.meta.items() if k != "versions"}, sort_keys=True).encode())
+        h.update((self.data_dir / "manifest.csv").read_bytes())
+        for row in sorted((r for r in self.rows if r.ok), key=lambda r: (r.shard, r.slot)):
+            try:
+                group = self._file(row.shard)[slot_name(row.slot)]
+                for name in (f"{m}_offsets" for m in MODALITIES):
+                    if name in group:
+                        h.update(f"{row.id}/{name}".encode())
+                        h.update(np.ascontiguousarray(group[name][()], np.int64).tobytes())
+            except (OSError, KeyError) as err:
+                raise FormatError(f"{self.data_dir}: cannot read {row.shard} (video {row.id}): {err}") from None
+        if flow and self.has_flow:
+            h.update(self.flow_manifest_path.read_bytes())
+            h.update(json.dumps(self.flow_meta.get("settings"), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
     def ok_rows(self, split: int | None = None, kind: str | None = None) -> list[ManifestRow]:
         """Videos extracted OK, optionally only those that ``split``'s ``kind`` list (train/test) names."""
         return [r for r in self.rows if r.ok and (split is None or r.in_list(split, kind))]
