@@ -96,6 +96,9 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
         cfg = SynthConfig(out=out, classes=classes, per_class=per_class, groups=groups, frames=frames,
                           height=size[0], width=size[1],
                           seed=seed, overwrite=overwrite)
+    except ValueError as err:  # flags SynthConfig refuses (odd size, too many classes): usage
+        _fail(str(err).splitlines()[0], 2)
+    try:
         report = generate(cfg)
     except (ValueError, FileExistsError, OSError) as err:
         _fail(str(err).splitlines()[0])
