@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset
+from .clips import ClipConfig, ClipDataset, worker_errors
 from .config import TrainConfig
 from .views import EVAL_VIEWS, modalities_for
 
@@ -194,7 +194,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
     t0, n_clips = time.perf_counter(), 0
     with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False) as bar:
-        for batch in loader:
+        for batch in worker_errors(loader):
             raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
             B = batch["index"].shape[0]
             hw = tuple(next(iter(raw.values())).shape[-2:])

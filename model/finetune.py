@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import augment, checkpoint
 from .backbones import VideoBackbone
 from .resume import check_data, data_identity, file_digest, same_path
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, worker_errors
 from .evaluate import SourceConfig, default_out, resolve_source
 from .distributed import resolve_device
 from .features import BackboneSource, check_dataset_size, load_backbone, modalities_for
@@ -105,7 +105,7 @@ def clip_scores(net: nn.Module, dataset, modality: str, crop: int, device: torch
     net.eval()
     sums, labels, counts = None, torch.full((n_videos,), -1, dtype=torch.long), torch.zeros(n_videos)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for batch in tqdm(worker_errors(loader), total=len(loader), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         p = F.softmax(net(_inputs(batch, modality, crop, False, None, device)).float(), dim=1).cpu()
         sums = torch.zeros(n_videos, p.shape[1]) if sums is None else sums
         idx = batch["index"].long()
@@ -197,7 +197,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
             net.train()
             sampler.set_epoch(epoch)
             meter, t_end = Meter(), time.perf_counter()
-            for i, batch in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)):
+            for i, batch in enumerate(tqdm(worker_errors(loader), total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                           unit="step", leave=False)):
                 t_data = time.perf_counter()
                 gen = torch.Generator().manual_seed(clip_seed(cfg.seed + 104729, epoch, i))
                 loss = F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)),

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, worker_errors
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar
@@ -206,7 +206,7 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
     run.sampler.set_epoch(run.epoch)
     meter, window = Meter(), Meter()
     t_end = time.perf_counter()
-    for i, batch in enumerate(run.loader):
+    for i, batch in enumerate(worker_errors(run.loader)):
         t_data = time.perf_counter()
         batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
         gen = step_generator(cfg, run.epoch, i)

@@ -111,6 +111,6 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
             if shape != (r.n_frames, 2, h, w):
                 return [f"{r.id}: flow is {shape}, expected {(r.n_frames, 2, h, w)}"]
             store.flow(r.id, r.n_frames - 1, 1)
-    except (OSError, KeyError, ValueError, IndexError) as err:
+    except (OSError, KeyError, ValueError, IndexError, FormatError) as err:
         return [f"{r.id}: unreadable ({type(err).__name__}: {err})"]
     return []

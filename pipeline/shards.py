@@ -239,6 +239,11 @@ def remove_stale_temporaries(folder: Path) -> int:
 # reader
 
 
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip("'\"").splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class VideoStore:
     """Read-only access to a processed dataset by video id; safe in DataLoader workers.
 
@@ -385,13 +390,33 @@ class VideoStore:
                 out[m] = self._decode(self._stream(row, m), start, length)
         return out
 
+    def _group(self, row: ManifestRow) -> h5py.Group:
+        try:
+            return self._file(row.shard)[slot_name(row.slot)]
+        except (OSError, KeyError) as err:
+            raise FormatError(f"{self.data_dir}: cannot read video {row.id!r} from {row.shard} slot {row.slot}: "
+                              f"{_first_line(err)}") from None
+
     def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray] | None:
-        """(byte dataset, offsets in memory) of a video's JPEG stream, looked up once per process."""
+        """(byte dataset, offsets in memory) of a video's JPEG stream, looked up once per process. The shard's
+        offsets are the truth: a manifest that counts other frames is refused (every read goes through here)."""
         key = (row.id, name)
         if key not in self._streams:
-            group = self._file(row.shard)[slot_name(row.slot)]
-            self._streams[key] = (group[name], group[f"{name}_offsets"][()]) if name in group else None
+            group = self._group(row)
+            if name not in group:
+                self._streams[key] = None
+            else:
+                offsets = group[f"{name}_offsets"][()]
+                self._check_count(row, f"{name} frames", len(offsets) - 1)
+                self._streams[key] = (group[name], offsets)
         return self._streams[key]
+
+    def _check_count(self, row: ManifestRow, what: str, stored: int) -> None:
+        if stored != row.n_frames:
+            manifest = "flow manifest" if what == "flow pairs" else "manifest"
+            raise FormatError(f"{self.data_dir}: {row.shard} holds {stored} {what} of video {row.id!r}, its {manifest} "
+                              f"says {row.n_frames}: the {manifest} does not belong to these shards "
+                              "(`iic-prep check`; re-run the stage to rebuild it)")
 
     @staticmethod
     def _decode(stream: tuple[h5py.Dataset, np.ndarray], start: int, length: int) -> np.ndarray:
@@ -417,7 +442,9 @@ class VideoStore:
         length = row.n_frames - start if length is None else length
         if start < 0 or length < 1 or start + length > row.n_frames:
             raise IndexError(f"flow pairs [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} pairs")
-        return self._file(row.shard)[slot_name(row.slot)]["flow"][start : start + length]
+        flow = self._group(row)["flow"]
+        self._check_count(row, "flow pairs", flow.shape[0])
+        return flow[start : start + length]
 
     @property
     def flow_meta(self) -> dict:
