@@ -212,14 +212,14 @@ def info(data: Path) -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101",
               help="Processed dataset folder.")
 def check(data: Path) -> None:
-    """Open every shard, verify counts against the manifest, decode samples."""
-    from .pipeline.info import check as run
+    """Open every shard, verify counts against the manifest and every stored checksum, decode samples."""
+    from .pipeline.info import check_report
 
-    problems = run(data)
-    for line in problems:
+    report = check_report(data)
+    for line in report.problems + report.notes():
         click.echo(line)
-    if problems:
-        _fail(f"{len(problems)} problem(s) in {data}")
+    if report.problems:
+        _fail(f"{len(report.problems)} problem(s) in {data}")
     click.echo(f"{data}: ok")
 
 

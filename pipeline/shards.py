@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,34 @@ MODALITIES = ("rgb", "res")
 
 class FormatError(Exception):
     """The data folder is missing, incomplete or of another format version (one-line message)."""
+
+
+class ChecksumError(FormatError):
+    """Stored bytes that are not those written: a frame or flow pair whose CRC32 does not match."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checksums: a CRC32 (zlib) per stored frame / flow pair, in ``<name>_crc32`` beside the stream (optional:
+# shards written before them have none and are read unverified)
+
+CRC_SUFFIX = "_crc32"
+
+
+def checksums(items: Iterable) -> np.ndarray:
+    """uint32 CRC32 of each bytes-like item (encoded frames; C-contiguous arrays)."""
+    return np.array([zlib.crc32(x) for x in items], np.uint32)
+
+
+def bad_frames(data: bytes | memoryview, offsets: np.ndarray, crcs: np.ndarray) -> list[int]:
+    """Positions ``i`` whose bytes ``data[offsets[i]:offsets[i+1]]`` do not have the CRC32 ``crcs[i]``."""
+    view = memoryview(data)
+    return [i for i in range(len(offsets) - 1) if zlib.crc32(view[offsets[i] : offsets[i + 1]]) != crcs[i]]
+
+
+def bad_items(array: np.ndarray, crcs: np.ndarray) -> list[int]:
+    """Positions ``i`` along the first axis whose ``array[i]`` bytes do not have the CRC32 ``crcs[i]``."""
+    array = np.ascontiguousarray(array)
+    return [i for i in range(len(array)) if zlib.crc32(array[i]) != crcs[i]]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,16 +214,20 @@ class ShardWriter:
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
         group.create_dataset(name, data=np.frombuffer(b"".join(encoded), np.uint8))
         group.create_dataset(f"{name}_offsets", data=offsets)
+        group.create_dataset(f"{name}{CRC_SUFFIX}", data=checksums(encoded))
         return int(offsets[-1])
 
     def add_array(self, slot: int, name: str, array: np.ndarray, compression: str | None = "gzip") -> int:
-        """Store an array chunked by its first axis (one chunk per frame), losslessly compressed."""
+        """Store an array chunked by its first axis (one chunk per frame), losslessly compressed, with the CRC32
+        of each frame's bytes."""
         group = self.file.require_group(slot_name(slot))
         chunks = (1, *array.shape[1:]) if array.shape[0] else None
+        array = np.ascontiguousarray(array)
         group.create_dataset(
             name, data=array, chunks=chunks, compression=compression if chunks else None,
             shuffle=bool(chunks and compression),
         )
+        group.create_dataset(f"{name}{CRC_SUFFIX}", data=checksums(array))
         return int(array.nbytes)
 
     def commit(self, rows: Sequence[ManifestRow]) -> None:
@@ -264,7 +297,7 @@ class VideoStore:
         self.flow_rows = {r.id: r for r in read_manifest(self.flow_manifest_path)} if self.has_flow else {}
         self.locking = locking
         self._files: dict[str, h5py.File] = {}
-        self._streams: dict[tuple[str, str], tuple[h5py.Dataset, np.ndarray]] = {}
+        self._streams: dict[tuple[str, str], tuple[h5py.Dataset, np.ndarray, np.ndarray | None] | None] = {}
         self._pid = os.getpid()
 
     @property
@@ -307,7 +340,7 @@ class VideoStore:
         for row in sorted((r for r in self.rows if r.ok), key=lambda r: (r.shard, r.slot)):
             try:
                 group = self._file(row.shard)[slot_name(row.slot)]
-                for name in (f"{m}_offsets" for m in MODALITIES):
+                for name in (f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)):
                     if name in group:
                         h.update(f"{row.id}/{name}".encode())
                         h.update(np.ascontiguousarray(group[name][()], np.int64).tobytes())
@@ -377,7 +410,7 @@ class VideoStore:
         out: dict[str, np.ndarray] = {}
         if "res" in modalities and self._stream(row, "res") is None:  # derive residuals from the frames
             first = max(start - 1, 0)
-            rgb = self._decode(self._stream(row, "rgb"), first, start + length - first)
+            rgb = self._decode(row, "rgb", first, start + length - first)
             out["res"] = quantize_residual(rgb[1:], rgb[:-1])
             if start == 0:
                 out["res"] = np.concatenate([quantize_residual(rgb[:1], None), out["res"]])
@@ -387,7 +420,7 @@ class VideoStore:
                 out["rgb"] = rgb
         for m in modalities:
             if m not in out:
-                out[m] = self._decode(self._stream(row, m), start, length)
+                out[m] = self._decode(row, m, start, length)
         return out
 
     def _group(self, row: ManifestRow) -> h5py.Group:
@@ -397,9 +430,10 @@ class VideoStore:
             raise FormatError(f"{self.data_dir}: cannot read video {row.id!r} from {row.shard} slot {row.slot}: "
                               f"{_first_line(err)}") from None
 
-    def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray] | None:
-        """(byte dataset, offsets in memory) of a video's JPEG stream, looked up once per process. The shard's
-        offsets are the truth: a manifest that counts other frames is refused (every read goes through here)."""
+    def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray, np.ndarray | None] | None:
+        """(byte dataset, offsets, CRC32s or None) of a video's JPEG stream, the last two in memory, looked up
+        once per process. The shard's offsets are the truth: a manifest that counts other frames is refused
+        (every read goes through here)."""
         key = (row.id, name)
         if key not in self._streams:
             group = self._group(row)
@@ -408,8 +442,16 @@ class VideoStore:
             else:
                 offsets = group[f"{name}_offsets"][()]
                 self._check_count(row, f"{name} frames", len(offsets) - 1)
-                self._streams[key] = (group[name], offsets)
+                crcs = group[f"{name}{CRC_SUFFIX}"][()] if f"{name}{CRC_SUFFIX}" in group else None
+                if crcs is not None and len(crcs) != len(offsets) - 1:
+                    raise ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r}: {len(crcs)} {name} checksums "
+                                        f"for {len(offsets) - 1} frames")
+                self._streams[key] = (group[name], offsets, crcs)
         return self._streams[key]
+
+    def _corrupt(self, row: ManifestRow, what: str, index: int, stage: str) -> ChecksumError:
+        return ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r} {what} {index}: checksum mismatch, the "
+                             f"stored bytes are corrupt (delete the shard and re-run `iic-prep {stage}`)")
 
     def _check_count(self, row: ManifestRow, what: str, stored: int) -> None:
         if stored != row.n_frames:
@@ -418,11 +460,17 @@ class VideoStore:
                               f"says {row.n_frames}: the {manifest} does not belong to these shards "
                               "(`iic-prep check`; re-run the stage to rebuild it)")
 
-    @staticmethod
-    def _decode(stream: tuple[h5py.Dataset, np.ndarray], start: int, length: int) -> np.ndarray:
-        blob, offsets = stream
+    def _decode(self, row: ManifestRow, name: str, start: int, length: int) -> np.ndarray:
+        """Frames ``start .. start+length-1`` of a stream, each checked against its CRC32 before decoding."""
+        blob, offsets, crcs = self._stream(row, name)
         offsets = offsets[start : start + length + 1]
-        return decode_jpegs(blob[offsets[0] : offsets[-1]], offsets - offsets[0])
+        data = blob[offsets[0] : offsets[-1]].tobytes()
+        offsets = offsets - offsets[0]
+        if crcs is not None:
+            bad = bad_frames(data, offsets, crcs[start : start + length])
+            if bad:
+                raise self._corrupt(row, f"{name} frame", start + bad[0], "extract")
+        return decode_jpegs(data, offsets)
 
     def frames(self, video_id: str, start: int = 0, length: int | None = None) -> np.ndarray:
         return self.read(video_id, "rgb", start, length)
@@ -442,9 +490,24 @@ class VideoStore:
         length = row.n_frames - start if length is None else length
         if start < 0 or length < 1 or start + length > row.n_frames:
             raise IndexError(f"flow pairs [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} pairs")
-        flow = self._group(row)["flow"]
-        self._check_count(row, "flow pairs", flow.shape[0])
-        return flow[start : start + length]
+        group = self._group(row)
+        self._check_count(row, "flow pairs", group["flow"].shape[0])
+        try:
+            pairs = group["flow"][start : start + length]
+        except OSError as err:  # a chunk that does not inflate: find it
+            for t in range(start, start + length):
+                try:
+                    group["flow"][t]
+                except OSError:
+                    raise FormatError(f"{self.data_dir}: {row.shard} video {row.id!r} flow pair {t}: unreadable, the "
+                                      f"stored bytes are corrupt ({_first_line(err)}; delete the shard and re-run "
+                                      "`iic-prep flow`)") from None
+            raise
+        if f"flow{CRC_SUFFIX}" in group:
+            bad = bad_items(pairs, group[f"flow{CRC_SUFFIX}"][start : start + length])
+            if bad:
+                raise self._corrupt(row, "flow pair", start + bad[0], "flow")
+        return pairs
 
     @property
     def flow_meta(self) -> dict:

@@ -240,7 +240,8 @@ def test_check_reports_a_corrupt_jpeg_and_a_missing_shard(small_data):
     result = run_prep("check", "--data", small_data)
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert any(line.startswith("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: unreadable") for line in lines), result.output
+    assert "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: rgb frames 0, 1, 2, 3, 4, 5 (+12 more) of frames/shard-00000.h5: " \
+        "checksum mismatch (corrupt bytes)" in lines, result.output
     assert any(line.startswith("frames/shard-00001.h5: cannot open") for line in lines), result.output
     assert "Traceback" not in result.output
 
