@@ -9,8 +9,9 @@ A processed dataset is a folder ``<data>/<dataset>/``::
     flow/manifest.csv       one row per video of the flow stage
 
 Inside a shard every video is a group ``/videos/<slot>`` (slot = 5-digit position in the shard).
-A JPEG stream ``name`` is two datasets: ``name`` (uint8, the concatenated JPEG files) and
-``name_offsets`` (int64, N+1 byte offsets), so a clip of T frames costs two small reads and T decodes.
+A JPEG stream ``name`` is three datasets: ``name`` (uint8, the concatenated JPEG files), ``name_offsets``
+(int64, N+1 byte offsets) and ``name_crc32`` (uint32, the CRC32 of each frame's bytes, verified on every read;
+absent in shards written before checksums), so a clip of T frames costs two small reads and T decodes.
 The rows of the shard's videos are stored in the shard (attribute ``rows``) so that the manifest can be
 rebuilt from complete shards alone. Shards are written under a temporary name and renamed when complete:
 a file with the final name is always whole.
@@ -327,8 +328,9 @@ class VideoStore:
 
     def identity(self, flow: bool = False) -> str:
         """Hash of what a reader gets from this dataset, wherever its folder is: the manifest, the content
-        settings of dataset.json (not the library versions), the byte offsets of every stored JPEG stream
-        (the size of each compressed frame) and, with ``flow``, the flow manifest and settings.
+        settings of dataset.json (not the library versions), the byte offsets and CRC32s of every stored JPEG
+        stream (the size and checksum of each compressed frame) and, with ``flow``, the flow manifest and
+        settings.
 
         `fingerprint` hashes the manifest files only: two extractions of the same video list with other
         pixels (another synthetic seed, --size or --quality) have the same manifest, and adding flow later
