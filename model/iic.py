@@ -18,6 +18,12 @@ when it was last seen (an epoch, i.e. a few dozen optimiser steps, ago on a smal
 has changed since, from another clip and crop, and on small sets that stale positive carries no learnable
 signal (measured in BENCHMARKS.md, "Learning signal"). Negatives still come from the banks.
 
+``batch_negatives=True`` (the tiny presets) appends, after those columns, the batch's live negatives: the
+other view of the batch's N - 1 other clips and all N intra-negatives (N = the global batch, gathered with
+gradient). A live positive against bank negatives alone has a trivial solution, one feature for every
+clip: the positive is then 1 while the stale bank rows still differ, until they catch up. Live negatives
+make that collapse cost loss.
+
 Features are L2-normalised before the dot products (``normalize=True``). CMC's encoders end in an L2
 ``Normalize`` layer; IIC's R3D returns the raw 512-d pooled feature to a CMC-style bank that does not
 normalise its inputs. The banks hold unit rows and tau = 0.07 is a temperature for cosine similarities;
