@@ -230,6 +230,28 @@ def error_lines(output: str) -> list[str]:
 
 
 @pytest.fixture
+def figures(monkeypatch) -> list[dict]:
+    """What every saved matplotlib figure showed (the figure itself, its title, grid shape, row labels,
+    column titles), recorded as it is saved."""
+    from matplotlib.figure import Figure
+
+    seen: list[dict] = []
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        out = save(fig, *args, **kwargs)  # drawn first: the axes' positions are final
+        grid = fig.axes[0].get_subplotspec().get_gridspec()
+        seen.append({"figure": fig, "title": fig._suptitle.get_text() if fig._suptitle else "",
+                     "shape": (grid.nrows, grid.ncols), "rows": [a.get_ylabel() for a in fig.axes if a.get_ylabel()],
+                     "titles": [a.get_title() for a in fig.axes], "path": args[0] if args else kwargs.get("fname"),
+                     "dpi": kwargs.get("dpi")})
+        return out
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+@pytest.fixture
 def small_ucf(tmp_path) -> Path:
     """A clean 4-video UCF101 layout (2 classes, 1 train + 1 test each), 64x48, 20 frames."""
     videos = {

@@ -104,9 +104,11 @@ def independent_features(data: Path, ckpt: Path, split_kind: str, clips: int) ->
     return np.array(feats), np.array(labels)
 
 
-def test_retrieval_every_query_matches_independent_features(world, tmp_path):
+def test_retrieval_every_query_matches_independent_features(world, tmp_path, figures):
     data, ckpt = world
     res = retrieval(data, "--ckpt", ckpt, "--out", tmp_path, "--batch-size", "5")
+    assert figures[-1]["path"] == tmp_path / "retrieval.png"  # the picture names the run and the view
+    assert figures[-1]["title"].startswith(f"run {ckpt.parent.name}: retrieval on res features")
     out = json.loads((tmp_path / "retrieval.json").read_text())
     store = VideoStore(data)
     listed_test = [r for r in store.rows if r.in_list(1, "test")]

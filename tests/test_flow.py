@@ -374,24 +374,6 @@ def test_info_and_check_cover_flow(flowdata, tmp_path):
     assert error_lines(bad.output) == [f"Error: 1 problem(s) in {data}"]
 
 
-@pytest.fixture
-def figures(monkeypatch) -> list[dict]:
-    """What every saved matplotlib figure showed: grid shape, row labels, column titles."""
-    from matplotlib.figure import Figure
-
-    seen: list[dict] = []
-    save = Figure.savefig
-
-    def spy(fig, *args, **kwargs):
-        grid = fig.axes[0].get_subplotspec().get_gridspec()
-        seen.append({"shape": (grid.nrows, grid.ncols), "rows": [a.get_ylabel() for a in fig.axes if a.get_ylabel()],
-                     "titles": [a.get_title() for a in fig.axes]})
-        return save(fig, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", spy)
-    return seen
-
-
 def test_show_writes_a_picture_with_flow_row(flowdata, tmp_path, figures):
     data = flowdata[1]
     out = tmp_path / "pics" / "walk.png"
@@ -399,9 +381,9 @@ def test_show_writes_a_picture_with_flow_row(flowdata, tmp_path, figures):
     assert result.exit_code == 0 and result.output.strip() == f"wrote {out}", result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = figures[-1]
-    assert fig["shape"] == (3, 4)
+    assert fig["shape"] == (3, 5)  # 4 frames and the flow key
     assert fig["rows"][:2] == ["RGB", "residual"] and fig["rows"][2].startswith("flow (tvl1")
-    assert fig["titles"][8:] == ["0->1", "3->4", "7->8", "10->11"]  # the last pair of 12 frames is 10->11
+    assert fig["titles"][10:] == ["0->1", "3->4", "7->8", "10->11", "flow key"]  # the last pair of 12 frames is 10->11
     assert fig["titles"][:4] == ["0", "3", "7", "10"]
 
     # no flow for this video (1 frame), or no flow at all: two rows
