@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from iic.model.clips import ClipConfig, ClipDataset, DataError, EpochSampler, cl
 from iic.model.config import ConfigError, TrainConfig, build_config
 from iic.model.train import train
 from iic.pipeline.shards import VideoStore
+
+from conftest import gated_env, wait_for
 
 TINY = ["--preset", "tiny", "--crop", "32", "--batch-size", "4", "--K", "16"]
 
@@ -203,9 +204,10 @@ def test_tiny_run_lowers_the_loss(data, tmp_path):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
-    """SIGKILL a real `iic train` once its first epoch checkpoint exists; --resume (with other worker
-    settings) must end with exactly the weights and banks of an uninterrupted run. Every run is a fresh
-    process with the same environment (CPU convolutions sum in a thread-count-dependent order)."""
+    """SIGKILL a real `iic train` as it saves its second epoch checkpoint (held there at a gate, so the kill
+    always lands after epoch 1 and before the end); --resume (with other worker settings) must end with
+    exactly the weights and banks of an uninterrupted run. Every run is a fresh process with the same thread
+    count (CPU convolutions sum in a thread-count-dependent order)."""
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
 
@@ -214,13 +216,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
 
     subprocess.run(args(tmp_path / "a", "--workers", "0"), check=True, env=env, capture_output=True, timeout=600)
     out = tmp_path / "b"
-    proc = subprocess.Popen(args(out, "--workers", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 240
-    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    marker = tmp_path / "held"
+    proc = subprocess.Popen(args(out, "--workers", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=gated_env("iic.model.checkpoint:save_atomic", "last.pt", marker, nth=2, OMP_NUM_THREADS="2"))
+    wait_for(marker.exists, proc, "the second epoch's checkpoint")
     proc.kill()
     proc.wait()
-    assert (out / "last.pt").exists() and not (out / "final.pt").exists()
+    assert checkpoint.load(out / "last.pt")["epoch"] == 1 and not (out / "final.pt").exists()
     r = subprocess.run(args(out, "--workers", "2", "--resume"), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     full, resumed = checkpoint.load(tmp_path / "a" / "final.pt"), checkpoint.load(out / "final.pt")
