@@ -96,6 +96,9 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
         cfg = SynthConfig(out=out, classes=classes, per_class=per_class, groups=groups, frames=frames,
                           height=size[0], width=size[1],
                           seed=seed, overwrite=overwrite)
+    except ValueError as err:  # flags SynthConfig refuses (odd size, too many classes): usage
+        _fail(str(err).splitlines()[0], 2)
+    try:
         report = generate(cfg)
     except (ValueError, FileExistsError, OSError) as err:
         _fail(str(err).splitlines()[0])
@@ -214,14 +217,14 @@ def info(data: Path) -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101",
               help="Processed dataset folder.")
 def check(data: Path) -> None:
-    """Open every shard, verify counts against the manifest, decode samples."""
-    from .pipeline.info import check as run
+    """Open every shard, verify counts against the manifest and every stored checksum, decode samples."""
+    from .pipeline.info import check_report
 
-    problems = run(data)
-    for line in problems:
+    report = check_report(data)
+    for line in report.problems + report.notes():
         click.echo(line)
-    if problems:
-        _fail(f"{len(problems)} problem(s) in {data}")
+    if report.problems:
+        _fail(f"{len(report.problems)} problem(s) in {data}")
     click.echo(f"{data}: ok")
 
 

@@ -18,7 +18,7 @@ Clips ship as uint8; float conversion and augmentation happen in batch on the tr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +179,39 @@ class ClipDataset(Dataset):
             x = raw[m] if contiguous else raw[m][frames - lo]  # strided or looping clip
             out[m] = torch.from_numpy(x).permute(1, 0, 2, 3) if m == "flow" else torch.from_numpy(x).permute(3, 0, 1, 2)
         return out
+
+
+def worker_errors(loader: Iterable) -> Iterator:
+    """Iterate ``loader``; an error raised in a DataLoader worker comes out with its own one-line message.
+
+    torch re-raises it in the main process as ``Caught FormatError in DataLoader worker process 0.``
+    followed by the worker's traceback, so the one line a user sees would say nothing of the cause."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:
+            original = _worker_original(err)
+            if original is None:
+                raise
+            raise original from None
+        yield batch
+
+
+def _worker_original(err: Exception) -> Exception | None:
+    text = str(err)
+    if "\nOriginal Traceback" not in text:
+        return None
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    head, sep, message = last.partition(": ")
+    if not sep or not head.endswith(type(err).__name__):
+        return None
+    try:
+        return type(err)(message)
+    except Exception:
+        return None
 
 
 class EpochSampler(Sampler):

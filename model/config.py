@@ -202,12 +202,15 @@ class TrainConfig:
 
 # IIC on a CPU in minutes (the synthetic benchmark: 240 training videos). Chosen by the ablation in
 # BENCHMARKS.md ("Learning signal"): with the paper's bank positive the loss stays at chance (the bank row
-# of a video is an epoch of fast-changing encoder old), so the positive is live; a centring BatchNorm head
-# keeps the banks from collapsing onto the common direction of ReLU features; Adam with one warm-up epoch and
-# a cosine decay; K = 16 of the 240 rows.
+# of a video is an epoch of fast-changing encoder old), so the positive is live; a live positive against
+# bank negatives alone collapses (every feature the same: the stale rows cannot push back), so the batch's
+# other clips and intra-negatives are live negatives too; the authors' MLP head (a per-view centring
+# BatchNorm head trained on one machine and not on another: it also centres the still intra-negatives by
+# their own batch, erasing "still" from them); Adam with one warm-up epoch and a cosine decay; K = 16 of
+# the 240 rows.
 TINY_IIC: dict = dict(model="r3d-tiny", view2="res", neg="repeat", frames=16, crop=64, epochs=20, batch_size=8,
-                      optimizer="adam", lr=1e-3, K=16, head="bn", positive="live", schedule="cosine", warmup_epochs=1,
-                      monitor_every=5, workers=2)
+                      optimizer="adam", lr=1e-3, K=16, head="mlp", positive="live", batch_negatives=True,
+                      schedule="cosine", warmup_epochs=1, monitor_every=5, workers=2)
 
 # The paper's configurations (REFERENCE.md section 1) and the tiny CPU presets for tests and the demo.
 PRESETS: dict[str, dict] = {

@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import augment, checkpoint
-from .backbones import VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset
+from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
+from .clips import ClipConfig, ClipDataset, worker_errors
 from .config import TrainConfig
 from .views import EVAL_VIEWS, modalities_for
 
@@ -71,10 +71,18 @@ def find_checkpoint(runs: Path) -> Path:
 
 def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
     """Read a training checkpoint; returns its source description and the loaded dict."""
-    state = checkpoint.load(ckpt)
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise checkpoint.CheckpointError(f"{ckpt} is not an `iic train` checkpoint (no config/model)")
-    cfg = TrainConfig.from_dict(state["config"])
+    state = checkpoint.load(ckpt, ("config", "model"), "an `iic train` checkpoint")
+    if not isinstance(state["config"], dict):
+        raise checkpoint.CheckpointError(f"{ckpt} is not an `iic train` checkpoint: its config is a "
+                                         f"{type(state['config']).__name__}, not a dict")
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+    except Exception as err:  # a config of another program or version
+        raise checkpoint.CheckpointError(f"{ckpt} is not an `iic train` checkpoint: its config does not read "
+                                         f"({checkpoint.describe_error(err)})") from None
+    if cfg.model not in BACKBONE_PRESETS:
+        raise checkpoint.CheckpointError(f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
+                                         f"(it has {', '.join(BACKBONE_PRESETS)})")
     src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method)
     return src, state
 
@@ -82,8 +90,8 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
 def backbone_state(model_state: dict) -> tuple[dict, list[str]]:
     """The ``backbone.*`` entries of a trained net's state dict (prefix stripped) and the other keys,
     which are ignored on purpose (projection heads, method-specific modules)."""
-    bb = {k[len("backbone."):]: v for k, v in model_state.items() if k.startswith("backbone.")}
-    return bb, sorted(k for k in model_state if not k.startswith("backbone."))
+    bb = {k[len("backbone."):]: v for k, v in model_state.items() if str(k).startswith("backbone.")}
+    return bb, sorted(str(k) for k in model_state if not str(k).startswith("backbone."))
 
 
 def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbone:
@@ -95,10 +103,13 @@ def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbo
             return build_backbone(backbone_preset(src.model))
     state = state if state is not None else checkpoint.load(src.ckpt)
     net = build_backbone(backbone_preset(src.model))
+    if not isinstance(state["model"], dict):
+        raise checkpoint.CheckpointError(f"{src.ckpt} holds no backbone.* weights (its model is a "
+                                         f"{type(state['model']).__name__})")
     weights, ignored = backbone_state(state["model"])
     if not weights:
         raise checkpoint.CheckpointError(f"{src.ckpt} holds no backbone.* weights")
-    checkpoint.load_state(net, weights, f"backbone {src.model}")
+    checkpoint.load_state(net, weights, f"backbone {src.model}", src.ckpt)
     if ignored:
         log.info("loaded %d backbone tensors from %s; ignored %d non-backbone keys (%s)", len(weights), src.ckpt,
                  len(ignored), ", ".join(sorted({k.split(".")[0] for k in ignored})))
@@ -183,7 +194,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
     t0, n_clips = time.perf_counter(), 0
     with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False) as bar:
-        for batch in loader:
+        for batch in worker_errors(loader):
             raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
             B = batch["index"].shape[0]
             hw = tuple(next(iter(raw.values())).shape[-2:])

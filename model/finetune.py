@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import VideoBackbone
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
+from .resume import check_data, data_identity, file_digest, same_path
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, worker_errors
 from .evaluate import SourceConfig, default_out, resolve_source
 from .distributed import resolve_device
-from .features import check_dataset_size, load_backbone, modalities_for
+from .features import BackboneSource, check_dataset_size, load_backbone, modalities_for
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 
 class FinetuneError(RuntimeError):
     """Fine-tuning cannot go on (one-line message)."""
+
+
+RESUME_KEYS = ("config", "epoch", "model", "optimizer", "scheduler")  # of the per-epoch last.pt
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def clip_scores(net: nn.Module, dataset, modality: str, crop: int, device: torch
     net.eval()
     sums, labels, counts = None, torch.full((n_videos,), -1, dtype=torch.long), torch.zeros(n_videos)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for batch in tqdm(worker_errors(loader), total=len(loader), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         p = F.softmax(net(_inputs(batch, modality, crop, False, None, device)).float(), dim=1).cpu()
         sums = torch.zeros(n_videos, p.shape[1]) if sums is None else sums
         idx = batch["index"].long()
@@ -115,6 +119,33 @@ def clip_scores(net: nn.Module, dataset, modality: str, crop: int, device: torch
 def topk_accuracy(scores: Tensor, labels: Tensor, k: int) -> float:
     k = min(k, scores.shape[1])
     return 100.0 * float((scores.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean())
+
+
+def source_identity(src: BackboneSource) -> str:
+    """What the fine-tuning starts from, wherever its file is: the checkpoint's content hash, or the
+    random initialisation's description."""
+    return src.describe() if src.ckpt is None else file_digest(src.ckpt)
+
+
+def check_resumable(cfg: FinetuneConfig, ckpt: dict, path: Path, source_id: str) -> None:
+    """The saved config must match but for the session's settings and more epochs; places are compared by
+    meaning (model/resume.py): the run folder is where ``path`` is, the data by identity, the backbone source
+    by content (older checkpoints: by resolved path)."""
+    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+    now = cfg.to_dict()
+    free = {"workers", "device", "epochs", "out", "data", "source"}  # more epochs = continue the schedule
+    diff = sorted(k for k, v in now.items() if k not in free and saved.get(k) != v)
+    old_source, new_source = saved.get("source") or {}, now["source"]
+    diff += [f"source.{k}" for k, v in new_source.items() if k not in ("ckpt", "runs") and old_source.get(k) != v]
+    if "source_identity" in ckpt:
+        if ckpt["source_identity"] != source_id:
+            diff.append("source (another backbone checkpoint)")
+    elif not (same_path(old_source.get("ckpt"), new_source["ckpt"]) and same_path(old_source.get("runs"), new_source["runs"])):
+        diff.append("source")
+    if diff:
+        raise checkpoint.CheckpointError(f"--resume with a different config than {path} ({', '.join(diff[:3])} changed); "
+                                         "use the same flags or another --out")
+    check_data(ckpt.get("data_identity") or {}, saved.get("data"), cfg.data, path)
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
@@ -138,17 +169,17 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cfg.patience)
     epoch = 0
     last, final = out / "last.pt", out / "final.pt"
+    data_id, source_id = data_identity(cfg.data, "flow" in mods), source_identity(src)
     if resume:
-        ckpt = checkpoint.load(last)
-        free = {"workers", "device", "epochs"}  # more epochs = continue the schedule
-        diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and ckpt["config"].get(k) != v)
-        if diff:
-            raise checkpoint.CheckpointError(f"--resume with a different config ({', '.join(diff[:3])} changed); "
-                                             "use the same flags or another --out")
-        checkpoint.load_state(net, ckpt["model"], "the classifier")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        epoch = ckpt["epoch"]
+        ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic eval recognition` checkpoint")
+        check_resumable(cfg, ckpt, last, source_id)
+        checkpoint.load_state(net, ckpt["model"], "the classifier", last)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            epoch = int(ckpt["epoch"])
+        except Exception as err:  # a damaged or foreign optimiser / scheduler state
+            raise checkpoint.CheckpointError(f"cannot resume from {last}: {checkpoint.describe_error(err)}") from None
         log.info("resumed from %s at epoch %d", last, epoch)
     elif last.exists():
         raise checkpoint.CheckpointError(f"{out} already holds a fine-tuning run: pass --resume or choose another --out")
@@ -166,7 +197,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
             net.train()
             sampler.set_epoch(epoch)
             meter, t_end = Meter(), time.perf_counter()
-            for i, batch in enumerate(tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)):
+            for i, batch in enumerate(tqdm(worker_errors(loader), total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                           unit="step", leave=False)):
                 t_data = time.perf_counter()
                 gen = torch.Generator().manual_seed(clip_seed(cfg.seed + 104729, epoch, i))
                 loss = F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)),
@@ -192,7 +224,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
             log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
             checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "n_data": train_set.n_videos, "source": src.describe()}, last)
+                                    "n_data": train_set.n_videos, "source": src.describe(),
+                                    "source_identity": source_id, "data_identity": data_id}, last)
     finally:
         runlog.close()
     scores, labels = clip_scores(net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers,

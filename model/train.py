@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,13 +25,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, worker_errors
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar
 from .iic import build_iic
 from .monitor import Monitor
 from .protocol import iic_chance_loss
+from .resume import check_data, data_identity
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Run:
     step_fn: Callable
     epoch: int = 0
     step: int = 0
+    data_identity: dict = field(default_factory=dict)  # resume.data_identity of cfg.data, saved with each checkpoint
 
 
 def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipDataset, EpochSampler, DataLoader]:
@@ -146,35 +148,51 @@ def state_dict(run: Run) -> dict:
         "scaler": run.scaler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
         "n_data": run.dataset.n_videos,
+        "data_identity": run.data_identity,
         "video_ids": run.dataset.video_ids,
         "cpu_threads": torch.get_num_threads(),  # CPU results are bit-identical only for the same count
     }
 
 
-def restore(run: Run, ckpt: dict) -> None:
+# what `restore` needs of a checkpoint (`state_dict` writes more)
+RESUME_KEYS = ("config", "epoch", "step", "model", "memory", "optimizer", "scheduler", "scaler", "rng", "n_data")
+
+
+def restore(run: Run, ckpt: dict, path: Path) -> None:
+    """Put the run in the state ``ckpt`` (loaded from ``path``) describes; anything that does not fit is a
+    one-line `CheckpointError` naming the file."""
     if ckpt["n_data"] != run.dataset.n_videos:
         raise checkpoint.CheckpointError(
-            f"checkpoint banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos")
-    checkpoint.load_state(run.encoder, ckpt["model"], "the model")
-    checkpoint.load_state(run.memory, ckpt["memory"], "the memory banks")
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    run.scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-    run.epoch, run.step = ckpt["epoch"], ckpt["step"]
+            f"checkpoint {path} banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos")
+    checkpoint.load_state(run.encoder, ckpt["model"], "the model", path)
+    checkpoint.load_state(run.memory, ckpt["memory"], "the memory banks", path)
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+    except Exception as err:  # a damaged or foreign optimiser / scheduler / RNG state
+        raise checkpoint.CheckpointError(f"cannot resume from {path}: {checkpoint.describe_error(err)}") from None
+    run.epoch, run.step = epoch, step
 
 
-def check_resumable(cfg: TrainConfig, ckpt: dict) -> None:
-    """The saved config must match, except for what may change between sessions (workers, device)."""
-    free = {"workers", "device", "amp", "log_every", "monitor_every", "threads"}
+def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
+    """The saved config must match, except for what may change between sessions (workers, device) and for
+    places: the run folder is where ``path`` is, the data is compared by identity (model/resume.py)."""
+    free = {"workers", "device", "amp", "log_every", "monitor_every", "threads", "out", "data"}
     saved = ckpt["config"]
+    if not isinstance(saved, dict):
+        raise checkpoint.CheckpointError(f"{path} is not an `iic train` checkpoint: its config is a "
+                                         f"{type(saved).__name__}, not a dict")
     diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and saved.get(k) != v)
     if diff:
         raise checkpoint.CheckpointError(
-            f"--resume with a different config ({', '.join(f'{k}: {saved.get(k)} -> {cfg.to_dict()[k]}' for k in diff[:3])}); "
+            f"--resume with a different config than {path} ({', '.join(f'{k}: {saved.get(k)} -> {cfg.to_dict()[k]}' for k in diff[:3])}); "
             "use the same flags or a new --out")
+    check_data(ckpt.get("data_identity") or {}, saved.get("data"), cfg.data, path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -188,7 +206,7 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
     run.sampler.set_epoch(run.epoch)
     meter, window = Meter(), Meter()
     t_end = time.perf_counter()
-    for i, batch in enumerate(run.loader):
+    for i, batch in enumerate(worker_errors(run.loader)):
         t_data = time.perf_counter()
         batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
         gen = step_generator(cfg, run.epoch, i)
@@ -234,12 +252,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def _train(cfg: TrainConfig, resume: bool) -> Path:
     run = build_run(cfg)
+    run.data_identity = data_identity(cfg.data, "flow" in cfg.modalities)
     out, main = Path(cfg.out), run.dist.main
     last, final = out / "last.pt", out / "final.pt"
     if resume:
-        ckpt = checkpoint.load(last)
-        check_resumable(cfg, ckpt)
-        restore(run, ckpt)
+        ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic train` checkpoint")
+        check_resumable(cfg, ckpt, last)
+        restore(run, ckpt, last)
         log.info("resumed from %s at epoch %d", last, run.epoch)
     elif last.exists() and main:
         raise checkpoint.CheckpointError(f"{out} already holds a run: pass --resume to continue it or choose another --out")

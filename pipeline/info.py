@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .flow import stale_shards
-from .shards import FormatError, ManifestRow, VideoStore, slot_name
+from .shards import CRC_SUFFIX, FormatError, ManifestRow, VideoStore, bad_frames, bad_items, slot_name
 
 
 def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
@@ -45,16 +46,37 @@ def dataset_info(data_dir: Path) -> list[str]:
     return lines
 
 
+@dataclass
+class CheckReport:
+    problems: list[str] = field(default_factory=list)  # one line each; empty = consistent
+    videos: collections.Counter = field(default_factory=collections.Counter)  # stage -> videos looked at
+    unverified: collections.Counter = field(default_factory=collections.Counter)  # stage -> ... without checksums
+
+    def notes(self) -> list[str]:
+        """What the check could not verify: videos of shards written before checksums existed."""
+        return [f"{stage}: no checksums for {n} of {self.videos[stage]} videos (shards written before checksums: "
+                f"bytes not verified; `iic-prep {'extract' if stage == 'frames' else 'flow'} --overwrite` adds them)"
+                for stage, n in sorted(self.unverified.items()) if n]
+
+
 def check(data_dir: Path) -> list[str]:
     """Every problem found, one line each (empty = the dataset is consistent)."""
+    return check_report(data_dir).problems
+
+
+def check_report(data_dir: Path) -> CheckReport:
+    """Open every shard, verify counts against the manifest and the CRC32 of every stored frame, residual and
+    flow pair (when the shard has checksums), decode samples."""
+    report = CheckReport()
     try:
         store = VideoStore(data_dir)
     except FormatError as err:
-        return [str(err)]
-    problems = []
-    problems += _check_stage(store, store.rows, data_dir, frames=True)
+        report.problems.append(str(err))
+        return report
+    problems = report.problems
+    problems += _check_stage(store, store.rows, data_dir, True, report)
     if store.has_flow:
-        problems += _check_stage(store, list(store.flow_rows.values()), data_dir, frames=False)
+        problems += _check_stage(store, list(store.flow_rows.values()), data_dir, False, report)
         problems += [f"{shard}: computed from other frames than frames/{Path(shard).name} (re-extracted since): "
                      "re-run `iic-prep flow`" for shard in stale_shards(data_dir)]
         for r in store.rows:
@@ -65,10 +87,11 @@ def check(data_dir: Path) -> list[str]:
         if missing:
             problems.append(f"{len(missing)} extracted videos have no flow row (e.g. {missing[0]}): re-run `iic-prep flow`")
     store.close()
-    return problems
+    return report
 
 
-def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, frames: bool) -> list[str]:
+def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, frames: bool,
+                 report: CheckReport) -> list[str]:
     problems = []
     by_shard: dict[str, list[ManifestRow]] = collections.defaultdict(list)
     for r in rows:
@@ -88,12 +111,14 @@ def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, fra
                 if name not in f:
                     problems.append(f"{r.id}: missing from {shard}")
                     continue
-                problems += _check_video(store, f[name], r, frames)
+                problems += _check_video(store, f[name], r, frames, report)
     return problems
 
 
-def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: bool) -> list[str]:
+def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: bool, report: CheckReport) -> list[str]:
     h, w = store.size
+    stage = "frames" if frames else "flow"
+    report.videos[stage] += 1
     try:
         if frames:
             streams = ["rgb"] + (["res"] if "res" in group else [])  # residuals are derived when not stored
@@ -101,6 +126,14 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
                 n = len(group[f"{m}_offsets"]) - 1
                 if n != r.n_frames:
                     return [f"{r.id}: {m} holds {n} frames, manifest says {r.n_frames}"]
+            corrupt = []
+            report.unverified[stage] += any(f"{m}{CRC_SUFFIX}" not in group for m in streams)
+            for m in (m for m in streams if f"{m}{CRC_SUFFIX}" in group):
+                bad = bad_frames(group[m][()].tobytes(), group[f"{m}_offsets"][()], group[f"{m}{CRC_SUFFIX}"][()])
+                if bad:
+                    corrupt.append(f"{r.id}: {m} {_positions('frame', bad)} of {r.shard}: checksum mismatch (corrupt bytes)")
+            if corrupt:
+                return corrupt
             for t in sorted({0, r.n_frames // 2, r.n_frames - 1}):
                 for m in ("rgb", "res"):
                     x = store.read(r.id, m, t, 1)
@@ -110,7 +143,19 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
             shape = group["flow"].shape
             if shape != (r.n_frames, 2, h, w):
                 return [f"{r.id}: flow is {shape}, expected {(r.n_frames, 2, h, w)}"]
+            if f"flow{CRC_SUFFIX}" in group:
+                bad = bad_items(group["flow"][()], group[f"flow{CRC_SUFFIX}"][()])
+                if bad:
+                    return [f"{r.id}: flow {_positions('pair', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"]
+            else:
+                report.unverified[stage] += 1
             store.flow(r.id, r.n_frames - 1, 1)
-    except (OSError, KeyError, ValueError, IndexError) as err:
+    except (OSError, KeyError, ValueError, IndexError, FormatError) as err:
         return [f"{r.id}: unreadable ({type(err).__name__}: {err})"]
     return []
+
+
+def _positions(unit: str, positions: list[int], n: int = 6) -> str:
+    """``frame 3`` / ``frames 0, 1, 2 (+15 more)``."""
+    shown = ", ".join(map(str, positions[:n])) + (f" (+{len(positions) - n} more)" if len(positions) > n else "")
+    return f"{unit}{'s' if len(positions) > 1 else ''} {shown}"

@@ -9,8 +9,9 @@ A processed dataset is a folder ``<data>/<dataset>/``::
     flow/manifest.csv       one row per video of the flow stage
 
 Inside a shard every video is a group ``/videos/<slot>`` (slot = 5-digit position in the shard).
-A JPEG stream ``name`` is two datasets: ``name`` (uint8, the concatenated JPEG files) and
-``name_offsets`` (int64, N+1 byte offsets), so a clip of T frames costs two small reads and T decodes.
+A JPEG stream ``name`` is three datasets: ``name`` (uint8, the concatenated JPEG files), ``name_offsets``
+(int64, N+1 byte offsets) and ``name_crc32`` (uint32, the CRC32 of each frame's bytes, verified on every read;
+absent in shards written before checksums), so a clip of T frames costs two small reads and T decodes.
 The rows of the shard's videos are stored in the shard (attribute ``rows``) so that the manifest can be
 rebuilt from complete shards alone. Shards are written under a temporary name and renamed when complete:
 a file with the final name is always whole.
@@ -25,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,34 @@ MODALITIES = ("rgb", "res")
 
 class FormatError(Exception):
     """The data folder is missing, incomplete or of another format version (one-line message)."""
+
+
+class ChecksumError(FormatError):
+    """Stored bytes that are not those written: a frame or flow pair whose CRC32 does not match."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checksums: a CRC32 (zlib) per stored frame / flow pair, in ``<name>_crc32`` beside the stream (optional:
+# shards written before them have none and are read unverified)
+
+CRC_SUFFIX = "_crc32"
+
+
+def checksums(items: Iterable) -> np.ndarray:
+    """uint32 CRC32 of each bytes-like item (encoded frames; C-contiguous arrays)."""
+    return np.array([zlib.crc32(x) for x in items], np.uint32)
+
+
+def bad_frames(data: bytes | memoryview, offsets: np.ndarray, crcs: np.ndarray) -> list[int]:
+    """Positions ``i`` whose bytes ``data[offsets[i]:offsets[i+1]]`` do not have the CRC32 ``crcs[i]``."""
+    view = memoryview(data)
+    return [i for i in range(len(offsets) - 1) if zlib.crc32(view[offsets[i] : offsets[i + 1]]) != crcs[i]]
+
+
+def bad_items(array: np.ndarray, crcs: np.ndarray) -> list[int]:
+    """Positions ``i`` along the first axis whose ``array[i]`` bytes do not have the CRC32 ``crcs[i]``."""
+    array = np.ascontiguousarray(array)
+    return [i for i in range(len(array)) if zlib.crc32(array[i]) != crcs[i]]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,16 +215,20 @@ class ShardWriter:
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
         group.create_dataset(name, data=np.frombuffer(b"".join(encoded), np.uint8))
         group.create_dataset(f"{name}_offsets", data=offsets)
+        group.create_dataset(f"{name}{CRC_SUFFIX}", data=checksums(encoded))
         return int(offsets[-1])
 
     def add_array(self, slot: int, name: str, array: np.ndarray, compression: str | None = "gzip") -> int:
-        """Store an array chunked by its first axis (one chunk per frame), losslessly compressed."""
+        """Store an array chunked by its first axis (one chunk per frame), losslessly compressed, with the CRC32
+        of each frame's bytes."""
         group = self.file.require_group(slot_name(slot))
         chunks = (1, *array.shape[1:]) if array.shape[0] else None
+        array = np.ascontiguousarray(array)
         group.create_dataset(
             name, data=array, chunks=chunks, compression=compression if chunks else None,
             shuffle=bool(chunks and compression),
         )
+        group.create_dataset(f"{name}{CRC_SUFFIX}", data=checksums(array))
         return int(array.nbytes)
 
     def commit(self, rows: Sequence[ManifestRow]) -> None:
@@ -239,6 +273,11 @@ def remove_stale_temporaries(folder: Path) -> int:
 # reader
 
 
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip("'\"").splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 class VideoStore:
     """Read-only access to a processed dataset by video id; safe in DataLoader workers.
 
@@ -259,7 +298,7 @@ class VideoStore:
         self.flow_rows = {r.id: r for r in read_manifest(self.flow_manifest_path)} if self.has_flow else {}
         self.locking = locking
         self._files: dict[str, h5py.File] = {}
-        self._streams: dict[tuple[str, str], tuple[h5py.Dataset, np.ndarray]] = {}
+        self._streams: dict[tuple[str, str], tuple[h5py.Dataset, np.ndarray, np.ndarray | None] | None] = {}
         self._pid = os.getpid()
 
     @property
@@ -285,6 +324,33 @@ class VideoStore:
         for p in (self.data_dir / "manifest.csv", self.flow_manifest_path):
             if p.exists():
                 h.update(p.read_bytes())
+        return h.hexdigest()[:16]
+
+    def identity(self, flow: bool = False) -> str:
+        """Hash of what a reader gets from this dataset, wherever its folder is: the manifest, the content
+        settings of dataset.json (not the library versions), the byte offsets and CRC32s of every stored JPEG
+        stream (the size and checksum of each compressed frame) and, with ``flow``, the flow manifest and
+        settings.
+
+        `fingerprint` hashes the manifest files only: two extractions of the same video list with other
+        pixels (another synthetic seed, --size or --quality) have the same manifest, and adding flow later
+        changes it. This tells them apart and ignores flow unless asked. Cost: one small read per video.
+        """
+        h = hashlib.sha256()
+        h.update(json.dumps({k: v for k, v in self.meta.items() if k != "versions"}, sort_keys=True).encode())
+        h.update((self.data_dir / "manifest.csv").read_bytes())
+        for row in sorted((r for r in self.rows if r.ok), key=lambda r: (r.shard, r.slot)):
+            try:
+                group = self._file(row.shard)[slot_name(row.slot)]
+                for name in (f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)):
+                    if name in group:
+                        h.update(f"{row.id}/{name}".encode())
+                        h.update(np.ascontiguousarray(group[name][()], np.int64).tobytes())
+            except (OSError, KeyError) as err:
+                raise FormatError(f"{self.data_dir}: cannot read {row.shard} (video {row.id}): {err}") from None
+        if flow and self.has_flow:
+            h.update(self.flow_manifest_path.read_bytes())
+            h.update(json.dumps(self.flow_meta.get("settings"), sort_keys=True).encode())
         return h.hexdigest()[:16]
 
     def ok_rows(self, split: int | None = None, kind: str | None = None) -> list[ManifestRow]:
@@ -346,7 +412,7 @@ class VideoStore:
         out: dict[str, np.ndarray] = {}
         if "res" in modalities and self._stream(row, "res") is None:  # derive residuals from the frames
             first = max(start - 1, 0)
-            rgb = self._decode(self._stream(row, "rgb"), first, start + length - first)
+            rgb = self._decode(row, "rgb", first, start + length - first)
             out["res"] = quantize_residual(rgb[1:], rgb[:-1])
             if start == 0:
                 out["res"] = np.concatenate([quantize_residual(rgb[:1], None), out["res"]])
@@ -356,22 +422,57 @@ class VideoStore:
                 out["rgb"] = rgb
         for m in modalities:
             if m not in out:
-                out[m] = self._decode(self._stream(row, m), start, length)
+                out[m] = self._decode(row, m, start, length)
         return out
 
-    def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray] | None:
-        """(byte dataset, offsets in memory) of a video's JPEG stream, looked up once per process."""
+    def _group(self, row: ManifestRow) -> h5py.Group:
+        try:
+            return self._file(row.shard)[slot_name(row.slot)]
+        except (OSError, KeyError) as err:
+            raise FormatError(f"{self.data_dir}: cannot read video {row.id!r} from {row.shard} slot {row.slot}: "
+                              f"{_first_line(err)}") from None
+
+    def _stream(self, row: ManifestRow, name: str) -> tuple[h5py.Dataset, np.ndarray, np.ndarray | None] | None:
+        """(byte dataset, offsets, CRC32s or None) of a video's JPEG stream, the last two in memory, looked up
+        once per process. The shard's offsets are the truth: a manifest that counts other frames is refused
+        (every read goes through here)."""
         key = (row.id, name)
         if key not in self._streams:
-            group = self._file(row.shard)[slot_name(row.slot)]
-            self._streams[key] = (group[name], group[f"{name}_offsets"][()]) if name in group else None
+            group = self._group(row)
+            if name not in group:
+                self._streams[key] = None
+            else:
+                offsets = group[f"{name}_offsets"][()]
+                self._check_count(row, f"{name} frames", len(offsets) - 1)
+                crcs = group[f"{name}{CRC_SUFFIX}"][()] if f"{name}{CRC_SUFFIX}" in group else None
+                if crcs is not None and len(crcs) != len(offsets) - 1:
+                    raise ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r}: {len(crcs)} {name} checksums "
+                                        f"for {len(offsets) - 1} frames")
+                self._streams[key] = (group[name], offsets, crcs)
         return self._streams[key]
 
-    @staticmethod
-    def _decode(stream: tuple[h5py.Dataset, np.ndarray], start: int, length: int) -> np.ndarray:
-        blob, offsets = stream
+    def _corrupt(self, row: ManifestRow, what: str, index: int, stage: str) -> ChecksumError:
+        return ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r} {what} {index}: checksum mismatch, the "
+                             f"stored bytes are corrupt (delete the shard and re-run `iic-prep {stage}`)")
+
+    def _check_count(self, row: ManifestRow, what: str, stored: int) -> None:
+        if stored != row.n_frames:
+            manifest = "flow manifest" if what == "flow pairs" else "manifest"
+            raise FormatError(f"{self.data_dir}: {row.shard} holds {stored} {what} of video {row.id!r}, its {manifest} "
+                              f"says {row.n_frames}: the {manifest} does not belong to these shards "
+                              "(`iic-prep check`; re-run the stage to rebuild it)")
+
+    def _decode(self, row: ManifestRow, name: str, start: int, length: int) -> np.ndarray:
+        """Frames ``start .. start+length-1`` of a stream, each checked against its CRC32 before decoding."""
+        blob, offsets, crcs = self._stream(row, name)
         offsets = offsets[start : start + length + 1]
-        return decode_jpegs(blob[offsets[0] : offsets[-1]], offsets - offsets[0])
+        data = blob[offsets[0] : offsets[-1]].tobytes()
+        offsets = offsets - offsets[0]
+        if crcs is not None:
+            bad = bad_frames(data, offsets, crcs[start : start + length])
+            if bad:
+                raise self._corrupt(row, f"{name} frame", start + bad[0], "extract")
+        return decode_jpegs(data, offsets)
 
     def frames(self, video_id: str, start: int = 0, length: int | None = None) -> np.ndarray:
         return self.read(video_id, "rgb", start, length)
@@ -391,7 +492,24 @@ class VideoStore:
         length = row.n_frames - start if length is None else length
         if start < 0 or length < 1 or start + length > row.n_frames:
             raise IndexError(f"flow pairs [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} pairs")
-        return self._file(row.shard)[slot_name(row.slot)]["flow"][start : start + length]
+        group = self._group(row)
+        self._check_count(row, "flow pairs", group["flow"].shape[0])
+        try:
+            pairs = group["flow"][start : start + length]
+        except OSError as err:  # a chunk that does not inflate: find it
+            for t in range(start, start + length):
+                try:
+                    group["flow"][t]
+                except OSError:
+                    raise FormatError(f"{self.data_dir}: {row.shard} video {row.id!r} flow pair {t}: unreadable, the "
+                                      f"stored bytes are corrupt ({_first_line(err)}; delete the shard and re-run "
+                                      "`iic-prep flow`)") from None
+            raise
+        if f"flow{CRC_SUFFIX}" in group:
+            bad = bad_items(pairs, group[f"flow{CRC_SUFFIX}"][start : start + length])
+            if bad:
+                raise self._corrupt(row, "flow pair", start + bad[0], "flow")
+        return pairs
 
     @property
     def flow_meta(self) -> dict:

@@ -53,7 +53,7 @@ def test_tiny_run_leaves_chance_and_the_monitor_is_retrieval(motion_data, tmp_pa
     train(cfg)
     metrics = read_metrics(out / "metrics.jsonl")
     losses = _epochs(metrics, "epoch_loss")
-    chance = iic_chance_loss(cfg.K, True)
+    chance = iic_chance_loss(cfg.K, True, batch=cfg.batch_size)
     assert losses[12]["chance_loss"] == pytest.approx(chance)
     assert losses[12]["epoch_loss"] < 0.7 * chance, [round(r["epoch_loss"], 2) for r in losses.values()]
     monitor = _epochs(metrics, "monitor_top1_res")
@@ -126,16 +126,17 @@ def test_lr_factor_warmup_cosine_and_multistep():
 
 def test_train_cli_flags_of_the_recipe(motion_data, tmp_path):
     r = CliRunner().invoke(main, ["train", "--data", str(motion_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
-                                  "--epochs", "1", "--workers", "0", "--head", "mlp", "--positive", "bank", "--schedule",
+                                  "--epochs", "1", "--workers", "0", "--head", "bn", "--positive", "bank", "--no-batch-negatives", "--schedule",
                                   "multistep", "--warmup-epochs", "0", "--tau", "0.1", "--m", "0.9", "--K", "8",
                                   "--monitor-every", "0", "--threads", "1"])
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert {k: saved[k] for k in ("head", "positive", "schedule", "warmup_epochs", "tau", "m", "K", "monitor_every",
-                                  "threads")} == dict(head="mlp", positive="bank", schedule="multistep", warmup_epochs=0,
-                                                      tau=0.1, m=0.9, K=8, monitor_every=0, threads=1)
+    assert {k: saved[k] for k in ("head", "positive", "batch_negatives", "schedule", "warmup_epochs", "tau", "m", "K",
+                                  "monitor_every", "threads")} == dict(
+        head="bn", positive="bank", batch_negatives=False, schedule="multistep", warmup_epochs=0, tau=0.1, m=0.9, K=8,
+        monitor_every=0, threads=1)
     ckpt = checkpoint.load(tmp_path / "r" / "final.pt")
-    assert "head.mlp.0.weight" in ckpt["model"]
+    assert "head.bn.running_mean" in ckpt["model"] and not any(k.startswith("head.mlp") for k in ckpt["model"])
     bad = CliRunner().invoke(main, ["train", "--data", str(motion_data), "--preset", "tiny", "--warmup-epochs", "30"])
     assert bad.exit_code == 2 and "warm-up" in bad.output
 

@@ -16,6 +16,7 @@ the fresh decode (the only loss is the codec's).
 """
 from __future__ import annotations
 
+import csv
 import multiprocessing
 from pathlib import Path
 
@@ -239,7 +240,8 @@ def test_check_reports_a_corrupt_jpeg_and_a_missing_shard(small_data):
     result = run_prep("check", "--data", small_data)
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert any(line.startswith("ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: unreadable") for line in lines), result.output
+    assert "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: rgb frames 0, 1, 2, 3, 4, 5 (+12 more) of frames/shard-00000.h5: " \
+        "checksum mismatch (corrupt bytes)" in lines, result.output
     assert any(line.startswith("frames/shard-00001.h5: cannot open") for line in lines), result.output
     assert "Traceback" not in result.output
 
@@ -250,6 +252,58 @@ def test_info_and_check_without_data(tmp_path):
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert any("dataset.json missing" in line for line in result.output.splitlines()), result.output
 
+
+# ----------------------------------------------------------------------------------------------------------
+# the shard is the truth for counts
+
+
+def _edit_count(manifest: Path, video: str, n: int) -> int:
+    """Set ``video``'s n_frames in a real manifest file; returns the old count."""
+    rows = list(csv.DictReader(manifest.open(newline="")))
+    old = next(int(r["n_frames"]) for r in rows if r["id"] == video)
+    for r in rows:
+        if r["id"] == video:
+            r["n_frames"] = str(n)
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return old
+
+
+VIDEO = "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01"  # 20 frames, frames/shard-00000.h5
+
+
+@pytest.mark.parametrize("edited,requests", [
+    (22, [(16, 4), (16, 6), (20, 2), (0, None)]),  # more than stored: short reads / IndexError before
+    (15, [(0, 15), (0, 1), (10, 5), (0, None)]),  # fewer than stored: served the first 15 silently before
+])
+def test_a_manifest_count_that_disagrees_with_the_shard_is_refused(small_data, edited, requests):
+    stored = _edit_count(small_data / "manifest.csv", VIDEO, edited)
+    assert stored == 20
+    store = VideoStore(small_data)
+    for start, length in requests:
+        for read in (store.frames, store.residuals):
+            with pytest.raises(FormatError) as info:
+                read(VIDEO, start, length)
+            message = str(info.value)
+            assert len(message.splitlines()) == 1
+            for part in (str(small_data), "frames/shard-00000.h5", VIDEO, "holds 20 rgb frames", f"says {edited}"):
+                assert part in message, message
+    other = "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01"  # the other videos still read
+    assert store.frames(other).shape[0] == store.n_frames(other)
+    check = run_prep("check", "--data", small_data)
+    assert check.exit_code == 1 and f"{VIDEO}: rgb holds 20 frames, manifest says {edited}" in check.output
+
+
+def test_a_flow_manifest_count_that_disagrees_is_refused(small_data):
+    assert run_prep("flow", "--data", small_data, "--method", "farneback", "--workers", "1").exit_code == 0
+    _edit_count(small_data / "flow" / "manifest.csv", VIDEO, 21)
+    store = VideoStore(small_data)
+    with pytest.raises(FormatError, match=f"flow/shard-00000.h5 holds 19 flow pairs of video '{VIDEO}', its flow manifest says 21"):
+        store.flow(VIDEO, 15, 5)
+    with pytest.raises(FormatError, match=str(small_data)):
+        store.flow(VIDEO, 0, 1)
 
 # ----------------------------------------------------------------------------------------------------------
 # --store-residuals: the stored residual stream is what the reader returns

@@ -347,3 +347,24 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     assert "world 2" in r.stderr
     ckpt = checkpoint.load(out / "final.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * (12 // (2 * 2))
+
+
+def test_a_manifest_that_disagrees_with_the_shards_stops_training_in_one_line(data, tmp_path):
+    """The reader's refusal reaches the user as one line, also from DataLoader worker processes (torch
+    re-raises a worker's error under a "Caught ... in DataLoader worker process N." first line)."""
+    copy = tmp_path / "ucf101"
+    shutil.copytree(data, copy)
+    text = (copy / "manifest.csv").read_text()
+    row = next(line for line in text.splitlines()[1:] if ",ok," in line and "1:train" in line)
+    video, n = row.split(",")[0], int(row.split(",")[7])
+    fields = row.split(",")
+    fields[7] = str(n + 2)
+    (copy / "manifest.csv").write_text(text.replace(row, ",".join(fields)))
+    for workers in ("0", "2"):
+        r = CliRunner().invoke(main, ["train", "--data", str(copy), "--out", str(tmp_path / f"run{workers}"), *TINY,
+                                      "--epochs", "1", "--workers", workers, "--monitor-every", "0"])
+        assert r.exit_code == 1, r.output
+        errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and "Traceback" not in r.output, r.output
+        assert f"holds {n} rgb frames of video '{video}', its manifest says {n + 2}" in errors[0], errors[0]
+        assert str(copy) in errors[0] and "frames/shard-00000.h5" in errors[0]

@@ -1,0 +1,56 @@
+"""What ``--resume`` compares: meaning, not spelling.
+
+A run may be continued from another working directory, with the data given as a relative instead of an
+absolute path, after its run folder was moved, or with its dataset moved elsewhere. So paths are compared
+resolved, the run folder is wherever its ``last.pt`` is, and the data by identity
+(`VideoStore.identity`: manifest, content settings and stored frame sizes), which a checkpoint records
+under ``data_identity``. Checkpoints without it (older) fall back to the resolved data path.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..pipeline.shards import VideoStore
+from .checkpoint import CheckpointError
+
+
+def data_identity(data: Path, flow: bool) -> dict:
+    """What a checkpoint records about the data it was trained on."""
+    store = VideoStore(data)
+    try:
+        return {"path": str(Path(data).resolve()), "identity": store.identity(flow), "flow": flow}
+    finally:
+        store.close()
+
+
+def same_path(a: str | Path | None, b: str | Path | None) -> bool:
+    """The same file system location (or both None), however spelled."""
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a) == Path(b) or Path(a).resolve() == Path(b).resolve()
+
+
+def check_data(saved: dict, saved_data: str, data: Path, path: Path) -> None:
+    """Refuse resuming the checkpoint at ``path`` (trained on ``saved_data``, recorded as ``saved``, a
+    `data_identity` dict or {} for older checkpoints) on ``data`` unless it is the same dataset."""
+    if not saved:
+        if not same_path(saved_data, data):
+            raise CheckpointError(f"--resume with other data than {path} was trained on ({saved_data} -> {data}; "
+                                  "the checkpoint predates data identities, so the paths must agree): "
+                                  "use the same --data or a new --out")
+        return
+    now = data_identity(data, bool(saved.get("flow")))
+    if now["identity"] != saved.get("identity"):
+        where = "changed since" if same_path(saved.get("path"), data) else "is not the dataset"
+        raise CheckpointError(f"--resume: the data in {data} {where} {path} was trained on ({saved.get('path')}, "
+                              f"identity {saved.get('identity')} -> {now['identity']}): use that data or a new --out")
+
+
+def file_digest(path: Path) -> str:
+    """Content hash of a file (a backbone checkpoint: the same weights wherever the file is)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"sha256:{h.hexdigest()[:16]}"

@@ -1,0 +1,148 @@
+"""``--resume`` compares meaning, not spelling: a moved run folder, the data given by another path (relative,
+absolute, a symlink, a copy elsewhere) resume; another dataset with the same video list is refused."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from iic.cli import main, prep
+from iic.model import checkpoint
+from iic.pipeline.shards import VideoStore
+
+TINY = ["--preset", "tiny", "--crop", "32", "--frames", "8", "--batch-size", "4", "--K", "16", "--epochs", "1",
+        "--workers", "0", "--device", "cpu", "--seed", "0", "--monitor-every", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _dataset(root: Path, seed: int, *extract_args: str) -> Path:
+    r = CliRunner().invoke(prep, ["synth", "--out", str(root / "raw"), "--classes", "3", "--per-class", "6",
+                                  "--frames", "20", "--size", "48x64", "--seed", str(seed)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(prep, ["extract", "--root", str(root / "raw"), "--out", str(root / "data"), "--size", "40x52",
+                                  "--workers", "1", *extract_args])
+    assert r.exit_code == 0, r.output
+    return root / "data" / "ucf101"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread) -> dict[str, Path]:
+    """Two datasets with the same video list (synthetic seeds 0 and 1) and a finished 1-epoch run on the first."""
+    root = tmp_path_factory.mktemp("resume")
+    data, other = _dataset(root / "a", 0), _dataset(root / "b", 1)
+    run = root / "run"
+    _train(data, run, ok=True)
+    return {"data": data, "other": other, "run": run}
+
+
+def _train(data, out, *extra, ok: bool | None = None):
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), *TINY, *extra])
+    if ok is not None:
+        assert (r.exit_code == 0) == ok, r.output
+    return r
+
+
+def _copy_run(world, dest: Path) -> Path:
+    shutil.copytree(world["run"], dest)
+    return dest
+
+
+def _refused(r, *words: str) -> str:
+    assert r.exit_code == 1, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def test_the_manifest_fingerprint_cannot_tell_the_two_datasets_apart(world):
+    """Why resume compares `identity`: the manifest holds ids, lists and frame counts, not pixels."""
+    a, b = VideoStore(world["data"]), VideoStore(world["other"])
+    assert a.fingerprint() == b.fingerprint()
+    assert a.identity() != b.identity()
+    assert checkpoint.load(world["run"] / "last.pt")["data_identity"]["identity"] == a.identity()
+
+
+def test_a_moved_run_folder_resumes(world, tmp_path):
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(str(_copy_run(world, tmp_path / "run")), moved)
+    (moved / "final.pt").unlink()
+    _train(world["data"], moved, "--resume", ok=True)
+    assert checkpoint.load(moved / "final.pt")["epoch"] == 1
+    assert f'"out": "{moved}"' in (moved / "config.json").read_text()
+
+
+def test_the_same_data_by_another_path_resumes(world, tmp_path, monkeypatch):
+    run = _copy_run(world, tmp_path / "run")
+    data = world["data"]
+    monkeypatch.chdir(data.parent.parent)
+    _train(Path("data") / "ucf101", run, "--resume", ok=True)  # relative instead of absolute
+    _train(f"{data.parent}/../data/ucf101/", run, "--resume", ok=True)  # another spelling
+    os.symlink(data, tmp_path / "link")
+    _train(tmp_path / "link", run, "--resume", ok=True)  # a symlink
+    copy = tmp_path / "copy" / "ucf101"
+    shutil.copytree(data, copy)
+    _train(copy, run, "--resume", ok=True)  # the dataset moved (copied) elsewhere
+    r = CliRunner().invoke(prep, ["flow", "--data", str(copy), "--method", "farneback", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    _train(copy, run, "--resume", ok=True)  # flow added later: not read by this run (view2 res)
+
+
+def test_another_dataset_is_refused(world, tmp_path):
+    run = _copy_run(world, tmp_path / "run")
+    line = _refused(_train(world["other"], run, "--resume"), str(run / "last.pt"), "is not the dataset")
+    assert str(world["data"]) in line
+    # the same folder re-extracted with other pixels (another JPEG quality): same manifest, other data
+    copy = tmp_path / "copy"
+    shutil.copytree(world["data"].parent.parent, copy)
+    data = copy / "data" / "ucf101"
+    _train(data, tmp_path / "fresh", ok=True)  # a run on the copy, then the copy is re-extracted
+    r = CliRunner().invoke(prep, ["extract", "--root", str(copy / "raw"), "--out", str(copy / "data"), "--size", "40x52",
+                                  "--workers", "1", "--quality", "70", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    _refused(_train(data, tmp_path / "fresh", "--resume"), "changed since")
+    n_data = checkpoint.load(tmp_path / "fresh" / "last.pt")["n_data"]
+    assert n_data == len(VideoStore(data).ok_rows(1, "train"))  # the size check alone would let it through
+
+
+def test_old_checkpoints_compare_resolved_paths(world, tmp_path, monkeypatch):
+    """Checkpoints written before data identities: the resolved path decides."""
+    run = _copy_run(world, tmp_path / "run")
+    state = checkpoint.load(run / "last.pt")
+    del state["data_identity"], state["format"]
+    torch.save(state, run / "last.pt")
+    monkeypatch.chdir(world["data"].parent)
+    _train(Path("ucf101"), run, "--resume", ok=True)
+    _refused(_train(world["other"], run, "--resume"), "predates data identities", str(world["other"]))
+
+
+def test_recognition_resumes_in_a_moved_folder_and_refuses_another_source(world, tmp_path):
+    data = world["data"]
+    root = tmp_path / "a"
+    _copy_run(world, root / "run")
+    args = ["eval", "recognition", "--data", str(data), "--workers", "0", "--device", "cpu", "--clips", "1",
+            "--batch-size", "4", "--val-fraction", "0"]
+    r = CliRunner().invoke(main, [*args, "--ckpt", str(root / "run" / "final.pt"), "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    moved = tmp_path / "b"
+    shutil.move(str(root), moved)  # the run and its recognition folder
+    r = CliRunner().invoke(main, [*args, "--ckpt", str(moved / "run" / "final.pt"), "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    assert checkpoint.load(moved / "run" / "recognition" / "final.pt")["epoch"] == 2
+    # another backbone checkpoint (trained on the other dataset) for the same folder is refused
+    _train(world["other"], tmp_path / "other-run", ok=True)
+    r = CliRunner().invoke(main, [*args, "--ckpt", str(tmp_path / "other-run" / "final.pt"), "--out",
+                                  str(moved / "run" / "recognition"), "--epochs", "3", "--resume"])
+    _refused(r, "another backbone checkpoint")
