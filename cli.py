@@ -178,13 +178,18 @@ def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite) -
 @click.option("--video", "video_id", required=True, help="Video id (manifest `id`, e.g. MoveLeft/v_MoveLeft_g01_c01).")
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101",
               help="Processed dataset folder.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file to write.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Picture to write; its suffix names the format: .png, .jpg/.jpeg, .pdf or .svg.")
 @click.option("--columns", type=click.IntRange(1, 32), default=8, help="Frames shown.")
 def show(video_id, data, out, columns) -> None:
     """Picture of a stored video: RGB frames, residuals and flow (colour wheel), frame indices labelled."""
     from .pipeline.shards import FormatError
-    from .pipeline.show import show_video
+    from .pipeline.show import picture_format, show_video
 
+    try:
+        picture_format(out)
+    except ValueError as err:
+        _fail(str(err), 2)
     try:
         path = show_video(data, video_id, out, columns)
     except (FormatError, KeyError) as err:

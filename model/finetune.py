@@ -236,5 +236,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
                             "n_data": train_set.n_videos, "result": {k: result[k] for k in ("top1", "top5")}}, final)
     (out / "recognition.json").write_text(json.dumps(result, indent=1))
-    plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"fine-tuning {cfg.modality}")
+    run = src.ckpt.parent.name if src.ckpt is not None else src.describe()
+    plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"{run}: fine-tuning on {cfg.modality} input")
     return result

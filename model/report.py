@@ -1,4 +1,9 @@
-"""The retrieval figure: a few queries, each followed by its nearest gallery videos (middle frames)."""
+"""The retrieval figure: a few queries, each followed by its nearest gallery videos.
+
+Each thumbnail shows what the features were computed from: the middle RGB frame, and for a motion view
+(residual, flow) that frame's motion beside it. The title names the run and the view; a legend explains the
+border colours.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,45 +12,121 @@ import numpy as np
 
 from ..pipeline.shards import VideoStore
 
+BORDERS = {"query": "tab:blue", "neighbour of the query's class": "tab:green", "neighbour of another class": "tab:red"}
+
 
 def middle_frame(store: VideoStore, video_id: str) -> np.ndarray:
     """(H, W, 3) uint8: the middle frame of a video."""
     return store.read(video_id, "rgb", store.n_frames(video_id) // 2, 1)[0]
 
 
-def retrieval_figure(result: dict, data: Path, png: Path, n_show: int = 6, n_nearest: int = 5) -> Path:
-    """Rows = the first ``n_show`` queries spread evenly over the query list; each row = the query (blue
-    border) then its ``n_nearest`` nearest gallery videos, green border = same class, red = another class,
-    labelled with the cosine similarity."""
+def residual_image(store: VideoStore, video_id: str) -> np.ndarray:
+    """(H, W, 3) uint8: the residual of the middle frame, mid-grey = no change (stored q = d / 2 + 128 is
+    stretched back to d: 128 + 2 (q - 128))."""
+    q = store.read(video_id, "res", store.n_frames(video_id) // 2, 1)[0].astype(np.int16)
+    return np.clip(128 + 2 * (q - 128), 0, 255).astype(np.uint8)
+
+
+def flow_component(store: VideoStore, video_id: str, channel: int) -> np.ndarray:
+    """(H, W) float: one stored flow component (0 = u, 1 = v) of the middle pair, in storage levels around
+    zero (stored levels are linear in px: q * 2B / 255 - B, zero at 127.5)."""
+    t = min(store.n_frames(video_id) // 2, store.n_flow(video_id) - 1)
+    return store.flow(video_id, t, 1)[0, channel].astype(np.float32) - 127.5
+
+
+def thumbnails(store: VideoStore, ids: list[str], modality: str) -> dict[str, np.ndarray]:
+    """video id -> (H, W', 3) uint8 thumbnail: the middle RGB frame, with the motion of a motion view beside
+    it (residual frame, or the flow component in grey: mid-grey = 0, brighter = positive, one scale for
+    all thumbnails so that lengths compare)."""
+    rgb = {v: middle_frame(store, v) for v in ids}
+    if modality == "rgb":
+        return rgb
+    if modality == "res":
+        motion = {v: residual_image(store, v) for v in ids}
+    else:
+        channel = 0 if modality.endswith("-u") else 1
+        comp = {v: flow_component(store, v, channel) for v in ids}
+        top = max(max(float(np.abs(c).max()) for c in comp.values()), 1e-6)
+        motion = {v: np.repeat(np.clip(128 + c / top * 127, 0, 255).astype(np.uint8)[..., None], 3, -1)
+                  for v, c in comp.items()}
+    gap = np.full((rgb[ids[0]].shape[0], 2, 3), 255, np.uint8)
+    return {v: np.concatenate([rgb[v], gap, motion[v]], axis=1) for v in ids}
+
+
+def motion_note(modality: str) -> str:
+    if modality == "rgb":
+        return "thumbnails: middle frame"
+    if modality == "res":
+        return "thumbnails: middle frame | its residual (mid-grey = no change)"
+    return f"thumbnails: middle frame | {modality} of the middle pair (mid-grey = 0, brighter = positive)"
+
+
+def run_name(result: dict) -> str:
+    """The run a retrieval result belongs to: the checkpoint's run folder, or the random-init baseline."""
+    if result["backbone"]["random_init"]:
+        return result["checkpoint"]
+    return Path(result["checkpoint"]).parent.name
+
+
+def retrieval_title(result: dict) -> str:
+    c = result["config"]
+    views = f"rgb+{c['modality']} (merged)" if c["merge"] else c["modality"]
+    top1 = result["topk"].get(1, result["topk"].get("1"))
+    return (f"run {run_name(result)}: retrieval on {views} features — top-1 {top1:.1f}% "
+            f"({result['counts']['queries']} queries)")
+
+
+def draw_retrieval(result: dict, data: Path, n_show: int = 6, n_nearest: int = 5):
+    """The matplotlib figure of `retrieval_figure`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     store = VideoStore(data)
     classes = store.classes
+    modality = result["config"]["modality"]
     queries = result["queries"]
     picks = sorted({int(i) for i in np.linspace(0, len(queries) - 1, min(n_show, len(queries)))})
     cols = 1 + min(n_nearest, len(queries[0]["nearest"]))
-    fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 1.7 * len(picks)), squeeze=False)
-    for row, qi in enumerate(picks):
+    grid = []
+    for qi in picks:
         q = queries[qi]
-        cells = [(q["id"], "tab:blue", f"query: {classes[q['label']]}")]
+        cells = [(q["id"], BORDERS["query"], f"query: {classes[q['label']]}")]
         for vid, lab, sim in list(zip(q["nearest"], q["nearest_labels"], q["similarities"]))[: cols - 1]:
-            cells.append((vid, "tab:green" if lab == q["label"] else "tab:red", f"{classes[lab]} {sim:.2f}"))
+            same = lab == q["label"]
+            cells.append((vid, BORDERS["neighbour of the query's class" if same else "neighbour of another class"],
+                          f"{classes[lab]} {sim:.2f}"))
+        grid.append(cells)
+    images = thumbnails(store, sorted({vid for cells in grid for vid, _, _ in cells}), modality)
+    h, w = images[grid[0][0][0]].shape[:2]
+    fig, axes = plt.subplots(len(picks), cols, figsize=((1.3 * w / h + 0.3) * cols, 1.9 * len(picks) + 0.8),
+                             squeeze=False)
+    for row, cells in enumerate(grid):
         for col, (vid, colour, title) in enumerate(cells):
             ax = axes[row, col]
-            ax.imshow(middle_frame(store, vid))
+            ax.imshow(images[vid])
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_edgecolor(colour)
                 spine.set_linewidth(4)
             ax.set_title(title, fontsize=7)
-    top1 = result["topk"].get(1, result["topk"].get("1"))
-    fig.suptitle(f"retrieval top-1 {top1:.1f}% ({result['counts']['queries']} queries) — {Path(result['checkpoint']).name}",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=90)
+    fig.suptitle(f"{retrieval_title(result)}\n{motion_note(modality)}", fontsize=9)
+    fig.legend(handles=[Patch(facecolor="none", edgecolor=c, linewidth=3, label=label) for label, c in BORDERS.items()],
+               loc="lower center", ncol=len(BORDERS), fontsize=7, frameon=False, title="border")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def retrieval_figure(result: dict, data: Path, png: Path, n_show: int = 6, n_nearest: int = 5) -> Path:
+    """Rows = the first ``n_show`` queries spread evenly over the query list; each row = the query (blue
+    border) then its ``n_nearest`` nearest gallery videos, green border = same class, red = another class,
+    labelled with the cosine similarity."""
+    fig = draw_retrieval(result, data, n_show, n_nearest)
+    import matplotlib.pyplot as plt
+
+    fig.savefig(png, dpi=90, format="png")
     plt.close(fig)
     return Path(png)

@@ -82,26 +82,24 @@ def read_metrics(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(metrics_path: Path, png: Path, title: str = "", chance_top1: float | None = None) -> Path:
-    """Loss (with its chance value, when logged), learning rate and the monitor's test top-1 against step,
-    from metrics.jsonl (the last value wins for a step that a resumed run logged twice)."""
+def draw_curves(metrics: list[dict], title: str, chance_top1: float | None = None):
+    """The matplotlib figure of `plot_curves` from metrics rows; ``title`` is the figure's title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = read_metrics(metrics_path)
     rows = {r["step"]: r for r in metrics if "loss" in r}
     steps = sorted(rows)
     chance = [r["chance_loss"] for r in metrics if "chance_loss" in r]
     monitor = {r["epoch"]: r for r in metrics if any(k.startswith("monitor_top1_") for k in r)}
-    fig, axes = plt.subplots(1, 3 if monitor else 2, figsize=(15 if monitor else 10, 3.5))
+    fig, axes = plt.subplots(1, 3 if monitor else 2, figsize=(15 if monitor else 10, 3.8))
     ax1, ax2 = axes[0], axes[1]
     ax1.plot(steps, [rows[s]["loss"] for s in steps], label="loss")
     if chance:
         ax1.axhline(chance[-1], color="tab:red", ls="--", lw=1, label=f"chance {chance[-1]:.2f}")
         ax1.legend(loc="upper right", fontsize=8)
-    ax1.set(xlabel="step", ylabel="loss", title=title or "training loss")
+    ax1.set(xlabel="step", ylabel="loss", title="training loss")
     ax2.plot(steps, [rows[s]["lr"] for s in steps], color="tab:orange")
     ax2.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate")
     if monitor:
@@ -113,7 +111,18 @@ def plot_curves(metrics_path: Path, png: Path, title: str = "", chance_top1: flo
             ax3.axhline(chance_top1, color="tab:red", ls="--", lw=1, label=f"chance {chance_top1:.1f}")
         ax3.set(xlabel="epoch (0 = untrained)", ylabel="test top-1 (%)", title="monitor: retrieval top-1")
         ax3.legend(fontsize=8)
+    fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    return fig
+
+
+def plot_curves(metrics_path: Path, png: Path, title: str = "", chance_top1: float | None = None) -> Path:
+    """Loss (with its chance value, when logged), learning rate and the monitor's test top-1 against step,
+    from metrics.jsonl (the last value wins for a step that a resumed run logged twice). The figure's title
+    is ``title`` (callers name the run and its views), else the run folder's name."""
+    fig = draw_curves(read_metrics(metrics_path), title or f"run {Path(metrics_path).parent.name}", chance_top1)
+    import matplotlib.pyplot as plt
+
+    fig.savefig(png, dpi=100, format="png")
     plt.close(fig)
     return png

@@ -1,4 +1,8 @@
-"""``iic-prep show``: one picture of a stored video (RGB frames, residuals, flow) to check preprocessing."""
+"""``iic-prep show``: one picture of a stored video (RGB frames, residuals, flow) to check preprocessing.
+
+The flow row is colour-coded (hue = direction, brightness = length) and carries the colour-wheel key drawn
+by the same coding. The picture's file format follows the suffix of the output name (`picture_format`).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +12,18 @@ import numpy as np
 
 from .flowcalc import from_stored
 from .shards import VideoStore, dequantize_residual
+
+# suffix -> matplotlib format; anything else is refused rather than guessed
+PICTURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}
+
+
+def picture_format(path: Path) -> str:
+    """The file format named by ``path``'s suffix; ValueError (one line) for any other suffix."""
+    fmt = PICTURE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot write {Path(path).name!r}: the picture's name must end in "
+                         f"{', '.join(PICTURE_FORMATS)}")
+    return fmt
 
 
 def flow_to_colour(flow: np.ndarray, max_magnitude: float | None = None) -> np.ndarray:
@@ -22,14 +38,24 @@ def flow_to_colour(flow: np.ndarray, max_magnitude: float | None = None) -> np.n
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
+def colour_wheel(size: int = 65) -> np.ndarray:
+    """(size, size, 3) uint8 key of `flow_to_colour`: the pixel at offset (dx, dy) from the centre (y down, as
+    in the frames) has the colour of flow (dx, dy); the rim is the largest length, outside the disc white."""
+    r = (size - 1) / 2
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) - r
+    wheel = flow_to_colour(np.stack([xx, yy], axis=-1), max_magnitude=r)
+    wheel[np.hypot(xx, yy) > r] = 255
+    return wheel
+
+
 def residual_to_image(q: np.ndarray) -> np.ndarray:
     """Stored residual q -> viewable uint8 image: mid-grey = no change, contrast stretched x2."""
     d = dequantize_residual(q).astype(np.float32)
     return np.clip(128 + d, 0, 255).astype(np.uint8)
 
 
-def show_video(data: Path, video_id: str, out: Path, columns: int = 8) -> Path:
-    """Write a PNG with rows RGB / residual / flow for ``columns`` frames spread over the video."""
+def draw_video(data: Path, video_id: str, columns: int = 8):
+    """The matplotlib figure of `show_video` (rows RGB / residual / flow, plus the flow key)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +74,8 @@ def show_video(data: Path, video_id: str, out: Path, columns: int = 8) -> Path:
         top = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows)
         rows.append((f"flow ({store.flow_meta['method']}, max {top:.1f} px)", [flow_to_colour(f, top) for f in flows]))
     h, w = store.size
-    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.6 * len(idx) * w / h, 1.7 * len(rows)), squeeze=False)
+    cols = len(idx) + (1 if has_flow else 0)  # the last column holds the flow key
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols * w / h, 1.7 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows):
         for c, (t, image) in enumerate(zip(idx, images)):
             ax = axes[r][c]
@@ -59,11 +86,30 @@ def show_video(data: Path, video_id: str, out: Path, columns: int = 8) -> Path:
             ax.set_title(label, fontsize=7)
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)
+    if has_flow:
+        for r in range(len(rows) - 1):
+            axes[r][-1].axis("off")
+        key = axes[-1][-1]
+        key.imshow(colour_wheel())
+        key.set_xticks([])
+        key.set_yticks([])
+        key.set_title("flow key", fontsize=7)
+        key.set_xlabel(f"hue = direction\nrim = {top:.1f} px", fontsize=6)
     row = store.by_id[video_id]
     fig.suptitle(f"{video_id}  ({row.class_name}, {n} frames, {h}x{w})", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def show_video(data: Path, video_id: str, out: Path, columns: int = 8) -> Path:
+    """Write the picture of rows RGB / residual / flow for ``columns`` frames spread over the video, in the
+    format named by ``out``'s suffix (`picture_format`: checked before any data is read)."""
     out = Path(out)
+    fmt = picture_format(out)
+    fig = draw_video(data, video_id, columns)
+    import matplotlib.pyplot as plt
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, format=fmt)
     plt.close(fig)
     return out

@@ -5,10 +5,12 @@ and decoders as a real dataset. Sizes are tiny (64x48, tens of frames) to keep t
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -225,8 +227,70 @@ def prep_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from iic.cli import prep; prep()"]
 
 
+GATE_DIR = Path(__file__).parent / "gate"
+
+
+def gated_env(target: str, needle: str, marker: Path, nth: int = 1, **extra: str) -> dict[str, str]:
+    """Environment of a subprocess whose ``nth`` call of ``target`` ("module:function") with ``needle`` in its
+    arguments waits at a gate (tests/gate/sitecustomize.py): it creates ``marker``, then waits for
+    `release_gate`. The process and its workers load the gate; the test's own process does not."""
+    path = [str(GATE_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.mkfifo(f"{marker}.release")
+    return {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(path), "IIC_GATE": f"{target}:{nth}:{needle}",
+            "IIC_GATE_MARKER": str(marker)}
+
+
+def release_gate(marker: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Let the call waiting at the gate of ``marker`` go on (nothing to do if ``proc`` has ended)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:  # non-blocking: fails with ENXIO until the gate has opened its end
+            os.close(os.open(f"{marker}.release", os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError as err:
+            if err.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
+    """Return once ``condition()`` holds; fail if ``proc`` ends first, or after ``timeout`` s (generous: the
+    machine may be busy, and a run held at a gate cannot end by itself)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}\n{err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {what} after {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list[dict]:
+    """What every saved matplotlib figure showed (the figure itself, its title, grid shape, row labels,
+    column titles), recorded as it is saved."""
+    from matplotlib.figure import Figure
+
+    seen: list[dict] = []
+    save = Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        out = save(fig, *args, **kwargs)  # drawn first: the axes' positions are final
+        grid = fig.axes[0].get_subplotspec().get_gridspec()
+        seen.append({"figure": fig, "title": fig._suptitle.get_text() if fig._suptitle else "",
+                     "shape": (grid.nrows, grid.ncols), "rows": [a.get_ylabel() for a in fig.axes if a.get_ylabel()],
+                     "titles": [a.get_title() for a in fig.axes], "path": args[0] if args else kwargs.get("fname"),
+                     "dpi": kwargs.get("dpi")})
+        return out
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from iic.cli import main
 from iic.model.backbones import build_backbone, preset
 from iic.model.checkpoint import load, save_atomic
-from iic.model.evaluate import RetrievalConfig, knn_predict
+from iic.model.evaluate import LinearConfig, RetrievalConfig, knn_predict, logistic_regression
 from iic.model.features import backbone_state
 from iic.model.retrieval import retrieval_topk
 from iic.pipeline.shards import VideoStore
@@ -104,9 +104,11 @@ def independent_features(data: Path, ckpt: Path, split_kind: str, clips: int) ->
     return np.array(feats), np.array(labels)
 
 
-def test_retrieval_every_query_matches_independent_features(world, tmp_path):
+def test_retrieval_every_query_matches_independent_features(world, tmp_path, figures):
     data, ckpt = world
     res = retrieval(data, "--ckpt", ckpt, "--out", tmp_path, "--batch-size", "5")
+    assert figures[-1]["path"] == tmp_path / "retrieval.png"  # the picture names the run and the view
+    assert figures[-1]["title"].startswith(f"run {ckpt.parent.name}: retrieval on res features")
     out = json.loads((tmp_path / "retrieval.json").read_text())
     store = VideoStore(data)
     listed_test = [r for r in store.rows if r.in_list(1, "test")]
@@ -207,6 +209,45 @@ def test_linear_and_knn(world, tmp_path):
     assert "logistic regression" in lin.output and "top-1" in lin.output
     knn = run_iic("eval", "linear", "--data", data, "--ckpt", ckpt, "--out", tmp_path, *FAST, "--knn", "3")
     assert "3-NN" in knn.output and "read from cache" in knn.output  # same pool features as the probe
+
+
+def _probe_accuracy(xtr, ytr, xte, yte, n_classes: int) -> tuple[float, float]:
+    """Train / test accuracy of `logistic_regression` as `evaluate_linear` uses it (its default penalty and
+    steps, on features standardised with the train statistics)."""
+    cfg = LinearConfig()
+    xtr, xte = torch.from_numpy(xtr), torch.from_numpy(xte)
+    mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+    clf = logistic_regression((xtr - mean) / std, torch.from_numpy(ytr), n_classes, cfg.weight_decay, cfg.steps)
+    with torch.no_grad():
+        acc = [float((clf((x - mean) / std).argmax(1).numpy() == y).mean()) for x, y in ((xtr, ytr), (xte, yte))]
+    return acc[0], acc[1]
+
+
+def test_logistic_probe_separates_separable_classes_and_is_at_chance_on_random_labels():
+    rng = np.random.default_rng(0)
+    n_classes, dim = 4, 16
+    w, scale, offset = rng.normal(size=(dim, n_classes)), rng.uniform(0.5, 3.0, dim), rng.normal(size=dim)
+
+    def separable(n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels = argmax of one fixed affine map, keeping only points with a clear margin: linearly separable
+        (features of unequal scales and off-centre, as backbone features are)."""
+        x = rng.normal(size=(20 * n, dim)) * scale + offset
+        scores = (x - offset) @ w
+        top2 = np.sort(scores, axis=1)[:, -2:]
+        keep = (top2[:, 1] - top2[:, 0]) > 4.0  # scores have sd ~6: a margin that held-out points keep too
+        return x[keep][:n], scores[keep][:n].argmax(1)
+
+    xtr, ytr = separable(200)
+    xte, yte = separable(400)
+    assert len(set(ytr)) == n_classes and len(yte) == 400
+    assert _probe_accuracy(xtr, ytr, xte, yte, n_classes) == (1.0, 1.0)
+
+    # random labels: nothing to learn, held-out accuracy at chance (1/4; 3000 test points: sd 0.008)
+    xtr, xte = rng.normal(size=(300, dim)), rng.normal(size=(3000, dim))
+    ytr, yte = rng.integers(0, n_classes, 300), rng.integers(0, n_classes, 3000)
+    train_acc, test_acc = _probe_accuracy(xtr, ytr, xte, yte, n_classes)
+    assert abs(test_acc - 1 / n_classes) < 0.04, test_acc
+    assert train_acc > test_acc + 0.05  # it did fit the training labels: the chance level is not a dead probe
 
 
 def test_knn_vote_by_hand():

@@ -5,7 +5,6 @@ import csv
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import av
@@ -18,9 +17,8 @@ from iic.pipeline.lock import exclusive
 from iic.pipeline.shards import FormatError, VideoStore, read_manifest
 
 from conftest import (
-    build_hmdb51, build_ucf101, decode_count, decode_resized, error_lines, jpeg_roundtrip, prep_command, run_prep,
-    synth_frames,
-    write_audio_only, write_video,
+    build_hmdb51, build_ucf101, decode_count, decode_resized, error_lines, gated_env, jpeg_roundtrip, prep_command,
+    release_gate, run_prep, synth_frames, wait_for, write_audio_only, write_video,
 )
 
 SIZE = (45, 61)  # odd on purpose: JPEG and the resize must cope with any HxW
@@ -251,6 +249,8 @@ def _assert_same_data(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
+    """SIGKILL a real run (and its workers) while it decodes the last video, its shard half-open, every other
+    shard written: held there at a gate, the run cannot finish first, however busy the machine."""
     raw = _resume_layout(tmp_path / "raw")
     args = ["extract", "--root", str(raw), "--size", "64x80", "--shard-size", "1", "--workers", workers]
     ref = run_prep(*args, "--out", tmp_path / "ref")
@@ -260,33 +260,36 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
     frames_dir = out / "ucf101" / "frames"
     # an earlier complete run at another size: the killed run must not leave its manifest looking valid
     assert run_prep(*args[:3], "--size", "32x40", *args[5:], "--out", out).exit_code == 0
-    old_inode = (frames_dir / "shard-00001.h5").stat().st_ino
+    last = sorted(p.name for p in (raw / "UCF-101").rglob("*.avi"))[-1]  # the videos are sorted by id
+    marker = tmp_path / "held"
+    env = gated_env("iic.pipeline.extract:encode_video", last, marker)
+
+    def rewritten() -> list[Path]:  # complete shards at the new size (renamed into place whole)
+        done = []
+        for p in sorted(frames_dir.glob("shard-*.h5")):
+            with h5py.File(p) as f:
+                if '"size": [64, 80]' in f.attrs["settings"]:
+                    done.append(p)
+        return done
+
     proc = subprocess.Popen(prep_command() + args + ["--out", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if (frames_dir / "shard-00001.h5").stat().st_ino != old_inode:  # rewritten at the new size
-                break
-        except FileNotFoundError:
-            pass
-        time.sleep(0.002)
+                            stderr=subprocess.PIPE, start_new_session=True, env=env)
+    wait_for(lambda: marker.exists() and len(rewritten()) == 11, proc, "11 shards written and the 12th held")
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, mid-run
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
     assert not (out / "ucf101" / "manifest.csv").exists()
     with pytest.raises(FormatError, match="no manifest"):
         VideoStore(out / "ucf101")  # an unfinished run is never read as a dataset
-    done = []
+    assert len(list(frames_dir.glob("shard-00011.h5.*.tmp"))) == 1  # the held shard, half-written
     for p in sorted(frames_dir.glob("shard-*.h5")):  # every file under a final name is whole
         with h5py.File(p) as f:
             assert "rows" in f.attrs
-            done += ['"size": [64, 80]' in f.attrs["settings"]]
-    assert 0 < sum(done) < 12, "the run finished before the kill: make it longer"
+    assert len(rewritten()) == 11
 
     again = run_prep(*args, "--out", out)
     assert again.exit_code == 0, again.output
-    assert f"{12 - sum(done)} written, {sum(done)} kept" in again.output
+    assert "1 written, 11 kept" in again.output
     assert not list(frames_dir.glob("*.tmp"))
     _assert_same_data(out / "ucf101", tmp_path / "ref" / "ucf101")
 
@@ -325,17 +328,21 @@ def test_concurrent_run_is_refused_without_damage(small_ucf, tmp_path):
 
 
 def test_second_live_run_is_refused(tmp_path):
-    """A real second process while the first is writing: refused, and the first completes intact."""
+    """A real second process while the first is writing (held at a gate on its last video): refused, and the
+    first, let go, completes intact."""
     raw = _resume_layout(tmp_path / "raw")
     out = tmp_path / "out"
     args = ["extract", "--root", str(raw), "--out", str(out), "--size", "64x80", "--shard-size", "1", "--workers", "1"]
-    first = subprocess.Popen(prep_command() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    lock = out / "ucf101" / ".lock"
-    deadline = time.monotonic() + 60
-    while not (lock.exists() and lock.read_text()) and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    second = subprocess.run(prep_command() + args, capture_output=True, text=True, timeout=60)
-    first_out, first_err = first.communicate(timeout=120)
+    marker = tmp_path / "held"
+    last = sorted(p.name for p in (raw / "UCF-101").rglob("*.avi"))[-1]
+    first = subprocess.Popen(prep_command() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=gated_env("iic.pipeline.extract:encode_video", last, marker))
+    try:
+        wait_for(marker.exists, first, "the first run at its last video")
+        second = subprocess.run(prep_command() + args, capture_output=True, text=True, timeout=120)
+    finally:
+        release_gate(marker, first)
+    first_out, first_err = first.communicate(timeout=300)
     assert second.returncode == 1, second.stderr
     assert "Traceback" not in second.stderr
     assert error_lines(second.stderr)[0].startswith(f"Error: {out / 'ucf101'} is in use by iic-prep extract (pid {first.pid})")

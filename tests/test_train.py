@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,8 @@ from iic.model.clips import ClipConfig, ClipDataset, DataError, EpochSampler, cl
 from iic.model.config import ConfigError, TrainConfig, build_config
 from iic.model.train import train
 from iic.pipeline.shards import VideoStore
+
+from conftest import gated_env, wait_for
 
 TINY = ["--preset", "tiny", "--crop", "32", "--batch-size", "4", "--K", "16"]
 
@@ -203,9 +204,10 @@ def test_tiny_run_lowers_the_loss(data, tmp_path):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
-    """SIGKILL a real `iic train` once its first epoch checkpoint exists; --resume (with other worker
-    settings) must end with exactly the weights and banks of an uninterrupted run. Every run is a fresh
-    process with the same environment (CPU convolutions sum in a thread-count-dependent order)."""
+    """SIGKILL a real `iic train` as it saves its second epoch checkpoint (held there at a gate, so the kill
+    always lands after epoch 1 and before the end); --resume (with other worker settings) must end with
+    exactly the weights and banks of an uninterrupted run. Every run is a fresh process with the same thread
+    count (CPU convolutions sum in a thread-count-dependent order)."""
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
 
@@ -214,13 +216,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
 
     subprocess.run(args(tmp_path / "a", "--workers", "0"), check=True, env=env, capture_output=True, timeout=600)
     out = tmp_path / "b"
-    proc = subprocess.Popen(args(out, "--workers", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 240
-    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    marker = tmp_path / "held"
+    proc = subprocess.Popen(args(out, "--workers", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=gated_env("iic.model.checkpoint:save_atomic", "last.pt", marker, nth=2, OMP_NUM_THREADS="2"))
+    wait_for(marker.exists, proc, "the second epoch's checkpoint")
     proc.kill()
     proc.wait()
-    assert (out / "last.pt").exists() and not (out / "final.pt").exists()
+    assert checkpoint.load(out / "last.pt")["epoch"] == 1 and not (out / "final.pt").exists()
     r = subprocess.run(args(out, "--workers", "2", "--resume"), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     full, resumed = checkpoint.load(tmp_path / "a" / "final.pt"), checkpoint.load(out / "final.pt")
@@ -228,6 +230,88 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
         for k, v in full[part].items():
             assert torch.equal(v, resumed[part][k]), (part, k)
     assert resumed["epoch"] == 3 and resumed["step"] == full["step"]
+
+
+# -- the second view and the intra-negative of a real 1-epoch run ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def flow_data(data, tmp_path_factory) -> Path:
+    """The module's dataset with DIS flow (`iic-prep flow` on a copy)."""
+    copy = tmp_path_factory.mktemp("flow") / "ucf101"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns(".lock"))
+    r = CliRunner().invoke(prep, ["flow", "--data", str(copy), "--method", "dis", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    return copy
+
+
+@pytest.fixture
+def encoder_inputs(monkeypatch) -> list[list[torch.Tensor]]:
+    """The inputs of every IIC encoder call of a training step: [view 1, view 2, (intra-negative)]."""
+    from iic.model.iic import Encoder
+
+    seen: list[list[torch.Tensor]] = []
+    forward = Encoder.forward
+
+    def spy(self, views):
+        if self.training:
+            seen.append([v.detach().clone() for v in views])
+        return forward(self, views)
+
+    monkeypatch.setattr(Encoder, "forward", spy)
+    return seen
+
+
+def _train_cli(data: Path, out: Path, *extra: str) -> dict:
+    """`iic train` for one tiny epoch (3 steps of 4 of the 12 training videos); returns the final checkpoint."""
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), *TINY, "--epochs", "1",
+                                  "--workers", "0", "--monitor-every", "0", "--device", "cpu", *extra],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    ckpt = checkpoint.load(out / "final.pt")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 3 and len(losses) == 1 and np.isfinite(losses[0])
+    return ckpt
+
+
+@pytest.mark.parametrize("view2", ["flow-u", "rgb"])
+def test_iic_second_view_trains_one_epoch(data, flow_data, tmp_path, encoder_inputs, figures, view2):
+    out = tmp_path / f"tiny-{view2}"
+    ckpt = _train_cli(flow_data if view2.startswith("flow") else data, out, "--view2", view2)
+    assert ckpt["config"]["view2"] == view2
+    assert len(encoder_inputs) == 3
+    for x1, x2, _ in encoder_inputs:
+        assert x1.shape == x2.shape == (4, 3, 16, 32, 32) and 0 <= float(x2.min()) and float(x2.max()) <= 1
+        assert not torch.equal(x1, x2)
+        if view2 == "flow-u":  # one flow component replicated to 3 channels, 0.5 = no motion
+            assert torch.equal(x2[:, 0], x2[:, 1]) and torch.equal(x2[:, 0], x2[:, 2])
+            assert abs(float(x2.median()) - 0.5) < 0.01 and float(x2.std()) > 0.001  # mostly still, some motion
+        else:  # another crop of the same RGB clip: colour, not a replicated component
+            assert not torch.equal(x2[:, 0], x2[:, 1])
+            dims = (1, 2, 3, 4)  # crops of the same clips: alike in brightness and contrast (a residual is not)
+            assert (x1.mean(dims) - x2.mean(dims)).abs().max() < 0.1
+            ratio = x2.std(dims) / x1.std(dims)
+            assert float(ratio.min()) > 0.7 and float(ratio.max()) < 1.4, ratio
+    # the curves picture names the run and the view
+    assert figures[-1]["path"] == out / "curves.png" and out.name in figures[-1]["title"] and view2 in figures[-1]["title"]
+
+
+def test_iic_shuffle_negative_trains_one_epoch(data, tmp_path, encoder_inputs):
+    """--neg shuffle: the intra-negative is view 1 with two of its four time chunks swapped, and its bank
+    (Mn) is trained."""
+    ckpt = _train_cli(data, tmp_path / "run", "--neg", "shuffle")
+    assert ckpt["config"]["neg"] == "shuffle"
+    assert len(encoder_inputs) == 3
+    for x1, _, neg in encoder_inputs:
+        assert neg.shape == x1.shape
+        for b in range(x1.shape[0]):
+            chunks = x1[b].chunk(4, dim=1)  # (C, 4, H, W) each
+            got = neg[b].chunk(4, dim=1)
+            source = [next(j for j in range(4) if torch.equal(g, chunks[j])) for g in got]
+            moved = [i for i in range(4) if source[i] != i]
+            assert sorted(source) == [0, 1, 2, 3] and len(moved) == 2, source  # exactly two chunks swapped
+    assert "Mn.memory" in ckpt["memory"]
 
 
 def test_existing_run_needs_resume(data, tmp_path):
