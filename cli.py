@@ -268,7 +268,8 @@ def main(verbose: bool) -> None:
 @click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default=None,
               help="Learning-rate decay: the paper's steps or cosine to 0.")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=None, help="Linear learning-rate warm-up.")
-@click.option("--K", "K", type=click.IntRange(1), default=None, help="Negatives per sample drawn from the banks.")
+@click.option("--K", "K", type=click.IntRange(0), default=None,
+              help="Negatives per sample drawn from the banks (0: none, with --batch-negatives).")
 @click.option("--tau", type=click.FloatRange(0, min_open=True), default=None, help="IIC temperature.")
 @click.option("--m", "m", type=click.FloatRange(0, 1, max_open=True), default=None, help="IIC bank momentum.")
 @click.option("--monitor-every", type=click.IntRange(0), default=None,

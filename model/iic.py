@@ -145,6 +145,9 @@ class IICMemory(nn.Module):
             raise ValueError("live_negative needs intra-negatives (intra_neg=True)")
         if positive not in POSITIVES:
             raise ValueError(f"unknown positive {positive!r}; expected one of {', '.join(POSITIVES)}")
+        if K == 0 and not (positive == "live" and batch_negatives and not live_negative):
+            raise ValueError("K = 0 (no bank negatives) needs positive='live' and batch_negatives, "
+                             "without live_negative")
         self.n_data, self.dim, self.K, self.tau, self.m = n_data, dim, K, tau, m
         self.live_negative, self.normalize, self.positive = live_negative, normalize, positive
         self.batch_negatives = batch_negatives
@@ -153,6 +156,9 @@ class IICMemory(nn.Module):
         self.Mn = MemoryBank(n_data, dim, generator) if intra_neg else None
 
     def _logits(self, f: Tensor, M: MemoryBank, idx: Tensor, fn: Tensor | None, other: Tensor) -> Tensor:
+        if self.K == 0:                                                       # no bank columns: live only
+            z = (f * other).sum(1, keepdim=True)
+            return torch.cat([z, self._batch_logits(f, other, fn)], dim=1) / self.tau
         z = torch.einsum("bkd,bd->bk", M.memory[idx], f)                       # B x (K+1)
         if self.positive == "live":                                           # column 0: f . f_other
             z = torch.cat([(f * other).sum(1, keepdim=True), z[:, 1:]], dim=1)

@@ -33,10 +33,11 @@ def protocol_for(method: str) -> RetrievalProtocol:
 
 
 def iic_chance_loss(K: int, intra_neg: bool, live_negative: bool = False, batch: int = 0) -> float:
-    """The IIC / CMC loss of uniform logits: 2 ln(columns), columns = K + 1 (CMC) or 2K + 2 (IIC), + 1 with
+    """The IIC / CMC loss of uniform logits: 2 ln(columns), columns = K + 1 (CMC) or 2K + 2 (IIC) (1 with K = 0), + 1 with
     the live negative, + the batch negatives of a global batch of ``batch`` clips (N - 1 other clips, and N
     intra-negatives with IIC; 0 = no batch negatives). A run whose loss stays here has learnt nothing."""
-    columns = (2 * K + 2 if intra_neg else K + 1) + (1 if live_negative else 0)
+    bank = (K + (K + 1 if intra_neg else 0)) if K else 0                     # K = 0: no bank columns
+    columns = 1 + bank + (1 if live_negative else 0)
     if batch:
         columns += batch - 1 + (batch if intra_neg else 0)
     return 2 * math.log(columns)

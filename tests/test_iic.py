@@ -285,6 +285,24 @@ def test_batch_negatives_add_the_other_clips_and_every_intra_negative():
         assert iic_chance_loss(K, intra, batch=4) == pytest.approx(2 * math.log(columns))
 
 
+def test_no_bank_negatives_leaves_the_positive_and_the_batch():
+    """K = 0: no bank columns at all, the positive f1.f2 and the batch's live negatives (brute force); the
+    chance loss is 2 ln(2N) with intra-negatives, 2 ln(N) for CMC; K = 0 without them is refused."""
+    for intra in (True, False):
+        mem = IICMemory(N, D, 0, TAU, M, intra_neg=intra, positive="live", batch_negatives=True).double()
+        f1, f2, fn = features(4, batch=4)
+        z1, _ = mem(f1, f2, fn if intra else None, torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(0))
+        u1, u2, un = (unit(f.numpy()) for f in (f1, f2, fn))
+        for b in range(4):
+            expected = [u1[b] @ u2[b]] + [u1[b] @ u2[c] for c in range(4) if c != b] + (
+                [u1[b] @ un[c] for c in range(4)] if intra else [])
+            assert np.allclose(z1[b].numpy(), np.array(expected) / TAU)
+        assert iic_chance_loss(0, intra, batch=4) == pytest.approx(2 * math.log(8 if intra else 4))
+    for bad in (dict(positive="bank", batch_negatives=True), dict(positive="live", batch_negatives=False)):
+        with pytest.raises(ValueError, match="K = 0"):
+            IICMemory(N, D, 0, TAU, M, **bad)
+
+
 def test_center_head_removes_the_common_direction():
     """Features of a fresh ReLU network share one direction (cosine ~0.95): the BN head centres each batch."""
     g = torch.Generator().manual_seed(0)
