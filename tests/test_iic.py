@@ -321,7 +321,8 @@ def test_logits_and_bank_update_stay_fp32_under_autocast():
     from iic.model.iic import Encoder, iic_step
 
     cfg = build_config("tiny", crop=16, frames=4, K=4)
-    net, mem = Encoder(cfg), IICMemory(6, 64, K=4)  # bank positive: every logit is an einsum
+    net = Encoder(cfg)
+    mem = IICMemory(6, net.out_dim, K=4)  # bank positive: every logit is an einsum
     batch = {"rgb": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8),
              "res": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8), "index": torch.tensor([0, 3])}
     seen = []
