@@ -366,3 +366,15 @@ def trimmed_clip(src: Path, dst: Path, n: int = 30) -> Path:
             if count == n:
                 break
     return dst
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (2 cores shared with other jobs: several times faster than
+    two here); restored after it. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -30,13 +30,7 @@ MISSING = "MoveLeft/v_MoveLeft_g99_c01"
 FAST = ["--workers", "0", "--device", "cpu", "--clips", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2 cores shared with other jobs: one intra-op thread is several times faster than two here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run_iic(*args, ok: bool = True):

@@ -18,12 +18,7 @@ TINY = ["--preset", "tiny", "--crop", "32", "--frames", "8", "--batch-size", "4"
         "--workers", "0", "--device", "cpu", "--seed", "0", "--monitor-every", "0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _dataset(root: Path, seed: int, *extract_args: str) -> Path:
