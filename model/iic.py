@@ -201,7 +201,7 @@ class IICMemory(nn.Module):
         idx = torch.cat([index.view(B, 1).to(j), j], dim=1)                   # B x (K+1), y first
         z1 = self._logits(f1, self.M2, idx, fn, f2)
         z2 = self._logits(f2, self.M1, idx, fn, f1)
-        if self.training:
+        if self.training and self.K > 0:  # K = 0 reads no bank row: nothing to keep up to date
             y = gather_from_ranks(index.to(f1.device))
             self.M1.update(y, gather_from_ranks(f1.detach()), self.m)
             self.M2.update(y, gather_from_ranks(f2.detach()), self.m)
