@@ -1,10 +1,12 @@
 """`iic-prep extract` through the real CLI: bad input, exit codes, resume after SIGKILL, locking, dask."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import av
@@ -292,6 +294,59 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
     assert "1 written, 11 kept" in again.output
     assert not list(frames_dir.glob("*.tmp"))
     _assert_same_data(out / "ucf101", tmp_path / "ref" / "ucf101")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left unreaped by a PID 1 that does not reap is dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_end_with_a_killed_run(tmp_path):
+    """SIGKILL of the run's process alone (not its group): its 2 workers, one held at a gate inside a video and
+    one busy with the rest, end within seconds, publish no shard after the kill, and a new run resumes."""
+    raw = _resume_layout(tmp_path / "raw", n=24)
+    out = tmp_path / "out"
+    args = ["extract", "--root", str(raw), "--out", str(out), "--size", "64x80", "--shard-size", "1", "--workers", "2"]
+    held = sorted(p.name for p in (raw / "UCF-101").rglob("*.avi"))[1]
+    marker = tmp_path / "held"
+    proc = subprocess.Popen(prep_command() + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, env=gated_env("iic.pipeline.extract:encode_video", held, marker))
+    try:
+        wait_for(marker.exists, proc, "a worker held inside a video")
+        workers = _children(proc.pid)
+        assert int(marker.read_text()) in workers, (workers, marker.read_text())
+        killed = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], "workers outlived their run by 10 s"
+        frames_dir = out / "ucf101" / "frames"
+        late = [p.name for p in frames_dir.glob("shard-*.h5") if p.stat().st_mtime > killed + 1.0]
+        assert not late, f"shards published after the run was killed: {late}"
+        assert len(list(frames_dir.glob("shard-*.h5"))) < 24  # the run was stopped, not finished
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    again = run_prep(*args)
+    assert again.exit_code == 0, again.output
+    assert not list((out / "ucf101" / "frames").glob("*.tmp"))
 
 
 def test_changed_lists_redo_the_shards_they_touch(small_ucf, tmp_path):
