@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from iic.pipeline.decode import iter_frames
 from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.lock import exclusive
 from iic.pipeline.shards import FormatError, VideoStore, read_manifest
@@ -117,6 +118,13 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
         with av.open(str(path)) as c:
             assert c.streams.video[0].frames == header
         assert 0 < rows[vid].n_frames == decode_count(path) < header, vid
+        # kept, with the damage in its reason (the issue's "a damaged stream recorded as clean")
+        assert rows[vid].ok and f"decoded {rows[vid].n_frames} of the {header} frames the container claims" in rows[vid].reason
+    for vid in expected_counts:  # clean files say nothing
+        assert rows[vid].reason == "", (vid, rows[vid].reason)
+    info = run_prep("info", "--data", data)
+    assert "ok with warnings: 2 videos" in info.output, info.output
+    assert "decoded N of the N frames the container claims (2)" in info.output, info.output
     for vid in expected_counts:
         got = store.frames(vid)
         ref = decode_resized(v / rows[vid].path, SIZE)
@@ -314,6 +322,21 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_stream_cut_inside_a_frame_notes_the_decoder_errors(tmp_path):
+    """An MPEG-4 AVI of noise cut at 40%, inside a frame: FFmpeg logs the damage (at ERROR level, captured per
+    video, not printed); the video is kept with the shortfall and the decoder's first error in its notes."""
+    noise = np.random.default_rng(0).integers(0, 256, (48, 96, 128, 3), dtype=np.uint8)
+    path = _truncate(write_video(tmp_path / "cut.avi", noise), 0.4)
+    notes: list[str] = []
+    n = sum(1 for _ in iter_frames(path, (48, 64), 1, notes))
+    assert 0 < n < 48
+    assert notes[0] == f"decoded {n} of the 48 frames the container claims", notes
+    assert notes[1].startswith("decoder reported ") and " error(s), first: " in notes[1], notes
+    clean: list[str] = []
+    assert sum(1 for _ in iter_frames(write_video(tmp_path / "whole.avi", noise), (48, 64), 1, clean)) == 48
+    assert clean == []
 
 
 def test_workers_end_with_a_killed_run(tmp_path):
