@@ -221,7 +221,9 @@ def check(data: Path) -> None:
     from .pipeline.info import check_report
 
     report = check_report(data)
-    for line in report.problems + report.notes():
+    for line in report.problems:  # the problems on stderr with the verdict, what was not verifiable on stdout
+        click.echo(line, err=True)
+    for line in report.notes():
         click.echo(line)
     if report.problems:
         _fail(f"{len(report.problems)} problem(s) in {data}")
