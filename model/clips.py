@@ -18,6 +18,7 @@ Clips ship as uint8; float conversion and augmentation happen in batch on the tr
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from torch.utils.data import Dataset, Sampler
 from ..pipeline.shards import ManifestRow, VideoStore
 
 from .views import MODALITIES
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -106,6 +109,17 @@ class ClipDataset(Dataset):
             raise DataError(f"no optical flow in {data_dir}: run `iic-prep flow` first")
         self.rows = self._select(split, subset)
         self.lengths = np.array([self._usable_length(r) for r in self.rows])
+        self._warn_short()
+
+    def _warn_short(self) -> None:
+        """Say once per list how many videos are shorter than a clip: their clips loop (frames repeat)."""
+        span = (self.cfg.frames - 1) * self.cfg.stride + 1
+        short = int((self.lengths < span).sum())
+        if short:
+            which = f"all {short}" if short == self.n_videos else f"{short} of the {self.n_videos}"
+            log.warning("%s %s videos of split %d are shorter than a clip (%d frames at stride %d span %d "
+                        "usable frames; shortest %d): their clips loop, frames repeat", which, self.subset,
+                        self.split, self.cfg.frames, self.cfg.stride, span, int(self.lengths.min()))
 
     def _select(self, split: int, subset: str) -> list[ManifestRow]:
         rows = self.store.ok_rows(split, subset)
