@@ -52,20 +52,28 @@ def resolve_source(cfg: SourceConfig) -> tuple[BackboneSource, dict | None]:
     if cfg.random_init and cfg.ckpt is not None:
         raise ValueError("--ckpt and --random-init exclude each other")
     if not cfg.random_init:
-        src, state = checkpoint_source(cfg.ckpt if cfg.ckpt is not None else find_checkpoint(cfg.runs))
+        newest = cfg.ckpt is None
+        src, state = checkpoint_source(find_checkpoint(cfg.runs) if newest else cfg.ckpt)
         if cfg.model not in (None, src.model):
             raise ValueError(f"--model {cfg.model} differs from the checkpoint's model {src.model}")
-        return dataclasses.replace(src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop), state
-    base = TrainConfig()
+        chosen = f"newest final.pt under {cfg.runs}; --ckpt to choose" if newest else ""
+        if newest:
+            log.warning("no --ckpt: evaluating %s, the newest final.pt under %s", src.ckpt, cfg.runs)
+        return dataclasses.replace(src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop, chosen=chosen), state
+    base, chosen = TrainConfig(), ""
     if cfg.model is None:  # the same config as the latest run, when there is one: the baseline it is read against
         try:
-            trained, _ = checkpoint_source(find_checkpoint(cfg.runs))
+            newest = find_checkpoint(cfg.runs)
+            trained, _ = checkpoint_source(newest)
             base = dataclasses.replace(base, model=trained.model, frames=trained.frames, stride=trained.stride,
                                        crop=trained.crop)
+            chosen = f"model, clip and crop of {newest}; --model to choose"
+            log.warning("--random-init without --model: the %s backbone, %d-frame clips and %d crop of the newest "
+                        "run %s", trained.model, trained.frames, trained.crop, newest)
         except checkpoint.CheckpointError:
-            pass
+            chosen = "TrainConfig defaults: no run found; --model to choose"
     return BackboneSource(None, cfg.model or base.model, cfg.frames or base.frames, base.stride, cfg.crop or base.crop,
-                          cfg.seed), None
+                          cfg.seed, chosen=chosen), None
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,7 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     result = {
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
+        "chosen": src.chosen,
         "backbone": {"model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
                      "method": src.method, "random_init": src.ckpt is None},
         "feature_dim": int(g.shape[1]),
@@ -196,6 +205,8 @@ def table_lines(result: dict) -> list[str]:
     lines = [f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
              f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
              f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"]
+    if result.get("chosen"):
+        lines.insert(0, f"backbone picked for you: {result['checkpoint']} ({result['chosen']})")
     lines.append("  ".join(f"{'top' + str(k):>7}" for k in ks))
     lines.append("  ".join(f"{result['topk'][k]:7.1f}" for k in ks))
     if result["capped"]:
@@ -295,7 +306,7 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
         method = "logistic regression (standardised features, L-BFGS)"
     top1 = 100.0 * float((pred == yte).double().mean())
     failed = failed_videos(cfg.data, cfg.split, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "method": method, "top1": top1,
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen, "method": method, "top1": top1,
               "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},
               "cached": train.cached and test.cached, "out": str(out)}
     out.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ class BackboneSource:
     seed: int = 0
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
+    chosen: str = ""  # how it was picked when the user did not name it (printed with it), e.g. "newest under data/runs"
 
     def key(self) -> dict:
         """What identifies the weights (for the cache key)."""

@@ -230,7 +230,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         runlog.close()
     scores, labels = clip_scores(net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers,
                                  test_set.n_videos, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "top1": topk_accuracy(scores, labels, 1),
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen,
+              "top1": topk_accuracy(scores, labels, 1),
               "top5": topk_accuracy(scores, labels, 5), "classes": n_classes,
               "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])}, "out": str(out)}
     checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),

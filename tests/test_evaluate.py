@@ -192,6 +192,12 @@ def test_random_init_merge_center(world, tmp_path):
     a = json.loads((tmp_path / "a" / "retrieval.json").read_text())
     assert a["backbone"]["random_init"] and a["backbone"]["model"] == "r3d-tiny" and a["feature_dim"] == 64
     assert "random-init r3d-tiny" in single.output
+    # the config came from a run the user did not name: said on the first line, and in the JSON
+    assert single.stdout.splitlines()[0] == (f"backbone picked for you: random-init r3d-tiny (seed 0) (model, clip and "
+                                             f"crop of {ckpt}; --model to choose)"), single.output
+    assert a["chosen"] == f"model, clip and crop of {ckpt}; --model to choose"
+    named = retrieval(data, "--ckpt", ckpt, "--feature", "pool", "--out", tmp_path / "n")
+    assert "picked for you" not in named.output
     merged = retrieval(data, "--random-init", "--run", run, "--feature", "pool", "--merge", "--center", "--out", tmp_path / "b")
     b = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert b["feature_dim"] == 2 * a["feature_dim"] and b["center"] is True
