@@ -107,8 +107,8 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 
 
 @prep.command()
-@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder"]), default="ucf101",
-              help="Layout of --root (folder: one sub-folder per class).")
+@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder", "kinetics400", "kinetics600", "kinetics700"]),
+              default="ucf101", help="Layout of --root (folder: one sub-folder per class; kinetics*: the official CSVs).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder the official archives were unpacked into [default: OUT/raw/<dataset>].")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
@@ -121,10 +121,14 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 @click.option("--store-residuals", is_flag=True,
               help="Also store a residual stream (default: residuals are derived from the stored frames when read).")
 @click.option("--shard-size", type=click.IntRange(1), default=64, help="Videos per shard.")
+@click.option("--subset", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Kinetics: a file of class names or of videos (YouTube ids) restricting the set, e.g. Mini-Kinetics-200.")
+@click.option("--unlabelled", is_flag=True,
+              help="Kinetics: also extract test.csv, as unlabelled videos (label -1, in neither the train nor the test list).")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
-def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, workers, backend,
-            scheduler, overwrite) -> None:
+def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, subset, unlabelled,
+            workers, backend, scheduler, overwrite) -> None:
     """Decode every video of the split's lists into HDF5 shards of JPEG RGB frames.
 
     Residual frames are derived from the stored RGB frames when read; --store-residuals also stores them.
@@ -135,7 +139,8 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 
     cfg = ExtractConfig(
         dataset=dataset, root=root or out / "raw" / dataset, out=out, split=split, size=size, quality=quality,
-        subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
+        subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size, subset=subset,
+        unlabelled=unlabelled, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
     )
     try:
         summary = run(cfg)

@@ -41,6 +41,8 @@ class ExtractConfig:
     out: Path  # the data root; the dataset lands in out/<dataset>
     split: int = 1
     size: tuple[int, int] = (128, 171)  # (H, W)
+    subset: Path | None = None  # Kinetics: a class or video list restricting the set
+    unlabelled: bool = False  # Kinetics: also extract the unlabelled test CSV
     quality: int = 90  # JPEG quality of the RGB and residual streams
     subsampling: str = "420"  # JPEG chroma subsampling: 420 (as JPEG frame folders) or 444
     store_residuals: bool = False  # also store a residual stream (otherwise derived at read time)
@@ -139,7 +141,7 @@ def _check_previous(cfg: ExtractConfig, index: DatasetIndex) -> None:
 
 def extract(cfg: ExtractConfig) -> StageSummary:
     """Run the frames stage; see the module docstring for the resume rules."""
-    index = load_index(cfg.dataset, cfg.root, cfg.split)
+    index = load_index(cfg.dataset, cfg.root, cfg.split, cfg.subset, cfg.unlabelled)
     with exclusive(cfg.data_dir, "iic-prep extract"):
         _check_previous(cfg, index)
         if cfg.overwrite:
@@ -193,6 +195,8 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "residual": "q = floor((x[t] - x[t-1]) / 2) + 128, in [0, 255]; frame 0 has residual 0 (q = 128)",
         "residual_source": "stored stream" if cfg.store_residuals else "derived from the stored RGB frames",
         "classes": list(index.classes),
+        "subset": str(cfg.subset) if cfg.subset is not None else None,
+        "unlabelled": cfg.unlabelled,
         "shard_size": cfg.shard_size,
         "versions": {"av": av.__version__, "ffmpeg": _ffmpeg_version(), "h5py": h5py.__version__, "opencv": cv2.__version__},
     }
