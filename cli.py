@@ -36,6 +36,19 @@ def _parse_size(ctx, param, value: str) -> tuple[int, int]:
         raise click.BadParameter(f"{value!r} is not HxW with both at least 16, e.g. 128x171") from None
 
 
+def _parse_frame_size(ctx, param, value: str) -> tuple[int, int] | int:
+    """``HxW`` (every video resized to it) or ``S`` (short side S, the aspect ratio kept)."""
+    if "x" in value.lower():
+        return _parse_size(ctx, param, value)
+    try:
+        short = int(value)
+        if short < 16:
+            raise ValueError
+        return short
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither HxW (e.g. 128x171) nor a short side of at least 16 (e.g. 128)") from None
+
+
 def _parallel_options(f):
     f = click.option("--scheduler", default=None, help="Dask scheduler address (with --backend dask).")(f)
     f = click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
@@ -114,7 +127,8 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               help="Data root; output goes to OUT/<dataset>.")
 @click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split whose train/test lists are read.")
-@click.option("--size", callback=_parse_size, default="128x171", help="Frame size HxW.")
+@click.option("--size", callback=_parse_frame_size, default="128x171",
+              help="Frame size HxW, or a short side S: the shorter side becomes S, the other keeps the aspect (even).")
 @click.option("--quality", type=click.IntRange(50, 100), default=90, help="JPEG quality.")
 @click.option("--subsampling", type=click.Choice(["420", "444"]), default="420",
               help="JPEG chroma subsampling.")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset, worker_errors
+from .clips import ClipConfig, ClipDataset, collate_clips, worker_errors
 from .config import TrainConfig
 from .views import EVAL_VIEWS, modalities_for
 
@@ -188,7 +188,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     """
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_clips)
     aug = augment.AugmentConfig(crop=crop, train=False)
     sums: dict[str, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
@@ -197,7 +197,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
         for batch in worker_errors(loader):
             raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
             B = batch["index"].shape[0]
-            hw = tuple(next(iter(raw.values())).shape[-2:])
+            hw = augment.batch_hw(batch, dataset.cfg.modalities[0])
             x = augment.apply(raw, augment.sample_params(B, hw, aug, device=device), aug)
             index = batch["index"].long()
             for view in views:

@@ -49,8 +49,8 @@ def thumbnails(store: VideoStore, ids: list[str], modality: str) -> dict[str, np
         top = max(max(float(np.abs(c).max()) for c in comp.values()), 1e-6)
         motion = {v: np.repeat(np.clip(128 + c / top * 127, 0, 255).astype(np.uint8)[..., None], 3, -1)
                   for v, c in comp.items()}
-    gap = np.full((rgb[ids[0]].shape[0], 2, 3), 255, np.uint8)
-    return {v: np.concatenate([rgb[v], gap, motion[v]], axis=1) for v in ids}
+    gap = {v: np.full((rgb[v].shape[0], 2, 3), 255, np.uint8) for v in ids}  # videos may differ in size
+    return {v: np.concatenate([rgb[v], gap[v], motion[v]], axis=1) for v in ids}
 
 
 def motion_note(modality: str) -> str:

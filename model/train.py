@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, worker_errors
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_clips, worker_errors
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar
@@ -83,7 +83,7 @@ def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipD
     loader = DataLoader(
         dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None,
+        prefetch_factor=4 if cfg.workers > 0 else None, collate_fn=collate_clips,
     )
     return dataset, sampler, loader
 

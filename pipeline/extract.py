@@ -29,7 +29,7 @@ from .lock import exclusive
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks, threads_per_worker
 from .shards import (
     FORMAT_VERSION, ManifestRow, ShardWriter, encode_jpeg, format_splits, quantize_residual,
-    remove_stale_temporaries, shard_rows, write_manifest,
+    remove_stale_temporaries, shard_rows, size_spec, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class ExtractConfig:
     root: Path
     out: Path  # the data root; the dataset lands in out/<dataset>
     split: int = 1
-    size: tuple[int, int] = (128, 171)  # (H, W)
+    size: tuple[int, int] | int = (128, 171)  # (H, W), or a short side (aspect kept, per-video sizes)
     subset: Path | None = None  # Kinetics: a class or video list restricting the set
     unlabelled: bool = False  # Kinetics: also extract the unlabelled test CSV
     quality: int = 90  # JPEG quality of the RGB and residual streams
@@ -56,7 +56,7 @@ class ExtractConfig:
 
     def storage(self) -> dict:
         """Settings that change the stored bytes: a shard written with other settings is redone."""
-        return {"size": list(self.size), "quality": self.quality, "subsampling": self.subsampling,
+        return {"size": size_spec(self.size), "quality": self.quality, "subsampling": self.subsampling,
                 "store_residuals": self.store_residuals, "format_version": FORMAT_VERSION}
 
 
@@ -188,7 +188,7 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,
         "split": cfg.split,
-        "size": list(cfg.size),
+        "size": size_spec(cfg.size),
         "codec": "jpeg",
         "quality": cfg.quality,
         "subsampling": cfg.subsampling,

@@ -118,6 +118,12 @@ def decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
+def size_spec(size: tuple[int, int] | int) -> list[int] | dict:
+    """How dataset.json (and the shard settings) record the frame size: ``[H, W]`` for one size for every
+    video, ``{"short_side": s}`` for aspect-preserving per-video sizes."""
+    return {"short_side": int(size)} if isinstance(size, int) else [int(v) for v in size]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # manifest
 
@@ -310,9 +316,24 @@ class VideoStore:
         return self.flow_manifest_path.exists()
 
     @property
-    def size(self) -> tuple[int, int]:
-        """(H, W) of the stored frames."""
-        return tuple(self.meta["size"])
+    def size(self) -> tuple[int, int] | None:
+        """(H, W) of every stored frame, or None when each video has its own size (`short_side`)."""
+        size = self.meta["size"]
+        return tuple(size) if isinstance(size, list) else None
+
+    @property
+    def short_side(self) -> int | None:
+        """The short side of every video when the aspect ratio was kept (``--size S``), else None."""
+        size = self.meta["size"]
+        return int(size["short_side"]) if isinstance(size, dict) else None
+
+    def frame_size(self, video_id: str) -> tuple[int, int]:
+        """(H, W) of one video's stored frames (read from its first JPEG header when sizes vary)."""
+        if self.size is not None:
+            return self.size
+        blob, offsets, _ = self._stream(self._row(video_id), "rgb")
+        height, width, _, _ = simplejpeg.decode_jpeg_header(blob[offsets[0] : offsets[1]].tobytes())
+        return int(height), int(width)
 
     @property
     def classes(self) -> list[str]:
