@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from iic.pipeline.datasets import DatasetLayoutError, load_index
 from iic.pipeline.kinetics import video_name
+
+from conftest import run_prep, synth_frames, write_video
 
 ODD = "passing American football (in game)"
 APOS = "tying bow tie's knot"
@@ -132,3 +137,136 @@ def test_kinetics700_val_names_and_csvs_in_root(tmp_path):
     assert index.name == "kinetics700"
     assert {e.path.split("/")[0] for e in index.entries} == {"train", "val"}
     assert {e.id.split("/")[0] for e in index.entries} == {"train", "validate"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# real videos through the CLI: label folders for train, flat validate, a 16:9, a portrait and a 4:3 video, a
+# missing and a corrupt file, an unlabelled test split; --size 128 (short side)
+
+# (list, label, youtube_id, start, end, (H, W) or None = no file, "corrupt" = garbage bytes)
+VIDEOS = [
+    ("train", ODD, "wide169wide", 10, 20, (90, 160)),
+    ("train", ODD, "portrait916", 0, 10, (160, 90)),
+    ("train", APOS, "fourthree43", 5, 15, (48, 64)),
+    ("train", APOS, "wide169two2", 3, 13, (72, 128)),
+    ("train", PLAIN, "nofilehere1", 1, 11, None),
+    ("train", PLAIN, "corruptfile", 2, 12, "corrupt"),
+    ("validate", ODD, "valwide1691", 30, 40, (72, 128)),
+    ("validate", APOS, "valport9161", 7, 17, (128, 72)),
+    ("test", "", "unlabelled1", 3, 13, (64, 48)),
+]
+FRAMES = 20
+
+
+def real_tree(root: Path) -> Path:
+    rows = {s: [(lab, yid, a, b) for s_, lab, yid, a, b, _ in VIDEOS if s_ == s] for s in ("train", "validate")}
+    write_csvs(root / "kinetics400", rows["train"], rows["validate"],
+               [(yid, a, b) for s, _, yid, a, b, _ in VIDEOS if s == "test"])
+    for i, (split, label, yid, a, b, what) in enumerate(VIDEOS):
+        rel = video_rel(split, label, yid, a, b, "labels" if split == "train" else "flat")
+        if what is None:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        elif what == "corrupt":
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        else:
+            write_video(root / rel, synth_frames(FRAMES, *what, seed=i))
+    return root
+
+
+def source_size(yid: str) -> tuple[int, int]:
+    return next(what for *_, y, _, _, what in VIDEOS if y == yid)
+
+
+@pytest.fixture(scope="module")
+def k400(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("k400")
+    root = real_tree(base / "raw")
+    result = run_prep("extract", "--dataset", "kinetics400", "--root", root, "--out", base / "out", "--size", "128",
+                      "--unlabelled", "--shard-size", "3", "--workers", "1")
+    assert result.exit_code == 3, result.output  # 3 = finished, some listed videos failed
+    assert "videos: 9 (7 ok, 2 failed)" in result.output
+    return base / "out" / "kinetics400"
+
+
+def test_extract_records_missing_and_broken_and_keeps_aspect(k400):
+    from iic.pipeline.shards import VideoStore
+
+    store = VideoStore(k400)
+    assert store.meta["size"] == {"short_side": 128} and store.size is None and store.short_side == 128
+    assert store.classes == [PLAIN, ODD, APOS]
+    by_yid = {r.id.split("/")[1][:11]: r for r in store.rows}
+    assert by_yid["nofilehere1"].status == "failed" and by_yid["nofilehere1"].reason == "file not found"
+    assert by_yid["corruptfile"].status == "failed" and by_yid["corruptfile"].reason.startswith("cannot open")
+    unl = by_yid["unlabelled1"]
+    assert unl.ok and unl.label == -1 and unl.class_name == "" and unl.splits == "1:unlabelled"
+    assert by_yid["valwide1691"].splits == "1:test" and by_yid["valwide1691"].class_name == ODD
+    for yid, row in by_yid.items():
+        if not row.ok:
+            continue
+        h, w = store.frame_size(row.id)
+        sh, sw = source_size(yid)
+        assert min(h, w) == 128 and h % 2 == 0 and w % 2 == 0, (yid, h, w)
+        assert abs(max(h, w) - 128 * max(sh, sw) / min(sh, sw)) <= 1, (yid, h, w)  # aspect within one pixel
+        assert (h > w) == (sh > sw)  # portrait stays portrait
+        assert store.frames(row.id, 0, 2).shape == (2, h, w, 3) and row.n_frames == FRAMES
+    assert store.frame_size(by_yid["wide169wide"].id) == (128, 228)
+    assert store.frame_size(by_yid["portrait916"].id) == (228, 128)
+    assert store.frame_size(by_yid["fourthree43"].id) == (128, 170)
+
+
+def test_info_reports_missing_share_per_list(k400):
+    info = run_prep("info", "--data", k400)
+    assert info.exit_code == 0, info.output
+    lines = info.output.splitlines()
+    assert lines[0] == f"{k400}: kinetics400 split 1, 3 classes, frames short side 128 (aspect kept) jpeg q90"
+    assert "  split 1: 4 train, 2 test videos (ok), 1 unlabelled" in lines
+    assert "  split 1 train: 6 listed, 4 ok, 1 missing (16.7%), 1 broken (16.7%)" in lines
+    assert "  split 1 validate: 2 listed, 2 ok, 0 missing (0.0%), 0 broken (0.0%)" in lines
+    assert "  split 1 test (unlabelled): 1 listed, 1 ok, 0 missing (0.0%), 0 broken (0.0%)" in lines
+    check = run_prep("check", "--data", k400)
+    assert check.exit_code == 0 and check.output.strip() == f"{k400}: ok", check.output
+
+
+def test_rerun_keeps_every_shard(k400):
+    root = k400.parent.parent / "raw"
+    result = run_prep("extract", "--dataset", "kinetics400", "--root", root, "--out", k400.parent, "--size", "128",
+                      "--unlabelled", "--shard-size", "3", "--workers", "1")
+    assert result.exit_code == 3 and "shards: 0 written, 3 kept" in result.output, result.output
+
+
+def test_batch_of_mixed_sizes_gives_the_requested_crop(k400):
+    """A 16:9, a portrait and a 4:3 video in one batch: every clip is cropped inside its own frames."""
+    from iic.model import augment
+    from iic.model.clips import ClipConfig, ClipDataset, collate_clips
+
+    ds = ClipDataset(k400, 1, "train", ClipConfig(frames=4, modalities=("rgb", "res")), mode="train")
+    assert ds.n_videos == 4 and len({ds.store.frame_size(v) for v in ds.video_ids}) == 3
+    items = [(i, 7 + i) for i in range(ds.n_videos)]
+    batch = next(iter(DataLoader(ds, batch_size=4, sampler=items, collate_fn=collate_clips)))
+    assert batch["rgb"].shape == (4, 3, 4, 228, 228)  # padded to the largest H and W of the batch
+    assert [tuple(hw) for hw in batch["hw"].tolist()] == [ds.store.frame_size(v) for v in ds.video_ids]
+    for train in (True, False):
+        cfg = augment.AugmentConfig(crop=112, train=train)
+        params = augment.sample_params(4, augment.batch_hw(batch), cfg, torch.Generator().manual_seed(0))
+        out = augment.apply({m: batch[m] for m in ("rgb", "res")}, params, cfg)
+        assert out["rgb"].shape == out["res"].shape == (4, 3, 4, 112, 112)
+        for b, (top, left) in enumerate(params.offsets.tolist()):
+            h, w = batch["hw"][b].tolist()
+            assert 0 <= top <= h - 112 and 0 <= left <= w - 112
+            if not train:
+                assert (top, left) == ((h - 112) // 2, (w - 112) // 2)
+            own = ds[items[b]]["rgb"][:, :, top:top + 112, left:left + 112]  # the unpadded clip
+            assert torch.equal(out["rgb"][b], own.float() / 255)
+    too_big = augment.AugmentConfig(crop=130, train=True)
+    with pytest.raises(ValueError, match="crop 130 larger than input 128x"):
+        augment.sample_params(4, batch["hw"], too_big)
+
+
+def test_unlabelled_videos_are_in_no_list(k400):
+    from iic.model.clips import ClipConfig, ClipDataset
+
+    test = ClipDataset(k400, 1, "test", ClipConfig(frames=4), mode="test")
+    train = ClipDataset(k400, 1, "train", ClipConfig(frames=4), mode="train")
+    assert all(not v.startswith("test/") for v in test.video_ids + train.video_ids)
+    assert sorted(v.split("/")[0] for v in test.video_ids) == ["validate", "validate"]
