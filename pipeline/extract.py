@@ -47,6 +47,7 @@ class ExtractConfig:
     subsampling: str = "420"  # JPEG chroma subsampling: 420 (as JPEG frame folders) or 444
     store_residuals: bool = False  # also store a residual stream (otherwise derived at read time)
     shard_size: int = 64  # videos per shard
+    shards_per_folder: int = 1000  # more shards than this: spread over frames/<NNN>/ folders of this many
     parallel: ParallelConfig = ParallelConfig()
     overwrite: bool = False
 
@@ -81,8 +82,13 @@ def encode_video(path: Path, cfg: ExtractConfig, threads: int = 1) -> tuple[list
     return rgb, res, "; ".join(notes)
 
 
-def shard_name(index: int) -> str:
-    return f"frames/shard-{index:05d}.h5"
+def shard_name(index: int, n_shards: int = 1, per_folder: int = 1000) -> str:
+    """``frames/shard-00042.h5``; a dataset of more than ``per_folder`` shards (Kinetics: ~10k at 64 videos a
+    shard) spreads them over folders of ``per_folder``: ``frames/012/shard-012345.h5``. The flat names of every
+    smaller dataset are those of earlier versions, so their shards are kept on a re-run."""
+    if n_shards <= per_folder:
+        return f"frames/shard-{index:05d}.h5"
+    return f"frames/{index // per_folder:03d}/shard-{index:06d}.h5"
 
 
 def extract_shard(shard: str, entries: list[VideoEntry], video_root: Path, cfg: ExtractConfig) -> TaskReport:
@@ -122,9 +128,12 @@ def _complete_rows(path: Path, entries: list[VideoEntry], settings: dict) -> lis
     return rows
 
 
-def plan_shards(index: DatasetIndex, shard_size: int) -> list[tuple[str, list[VideoEntry]]]:
+def plan_shards(index: DatasetIndex, shard_size: int, per_folder: int = 1000) -> list[tuple[str, list[VideoEntry]]]:
+    """(shard name, its videos) in id order: ``shard_size`` consecutive videos a shard."""
     entries = list(index.entries)
-    return [(shard_name(i // shard_size), entries[i : i + shard_size]) for i in range(0, len(entries), shard_size)]
+    n_shards = -(-len(entries) // shard_size)
+    return [(shard_name(i // shard_size, n_shards, per_folder), entries[i : i + shard_size])
+            for i in range(0, len(entries), shard_size)]
 
 
 def _check_previous(cfg: ExtractConfig, index: DatasetIndex) -> None:
@@ -145,17 +154,17 @@ def extract(cfg: ExtractConfig) -> StageSummary:
     with exclusive(cfg.data_dir, "iic-prep extract"):
         _check_previous(cfg, index)
         if cfg.overwrite:
-            for p in (cfg.data_dir / "frames").glob("shard-*.h5"):
+            for p in (cfg.data_dir / "frames").rglob("shard-*.h5"):
                 p.unlink()
         (cfg.data_dir / "frames").mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temporaries(cfg.data_dir / "frames")
         if stale:
             log.info("removed %d incomplete shard(s) of an earlier run", stale)
-        plan = plan_shards(index, cfg.shard_size)
+        plan = plan_shards(index, cfg.shard_size, cfg.shards_per_folder)
         planned = {name for name, _ in plan}
-        for p in (cfg.data_dir / "frames").glob("shard-*.h5"):
-            if f"frames/{p.name}" not in planned:
-                p.unlink()  # left by an earlier run with another list or shard size
+        for p in (cfg.data_dir / "frames").rglob("shard-*.h5"):
+            if f"frames/{p.relative_to(cfg.data_dir / 'frames').as_posix()}" not in planned:
+                p.unlink()  # left by an earlier run with another list, shard size or folder spread
         settings = cfg.storage()
         rows: list[ManifestRow] = []
         todo = []
@@ -213,4 +222,4 @@ def _ffmpeg_version() -> str:
 
 
 def _du(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob("*.h5"))
+    return sum(p.stat().st_size for p in Path(folder).rglob("*.h5"))

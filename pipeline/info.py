@@ -10,13 +10,13 @@ import numpy as np
 
 from .decode import FILE_NOT_FOUND
 from .flow import stale_shards
-from .shards import CRC_SUFFIX, FormatError, ManifestRow, VideoStore, bad_frames, bad_items, slot_name
+from .shards import CRC_SUFFIX, FormatError, ManifestRow, VideoStore, bad_frames, bad_items, slot_name, stage_shard
 
 
 def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
     ok = [r for r in rows if r.ok]
     n = np.array([r.n_frames for r in ok]) if ok else np.zeros(1, int)
-    size = sum(p.stat().st_size for p in folder.glob("shard-*.h5"))
+    size = sum(p.stat().st_size for p in folder.rglob("shard-*.h5"))
     lines = [
         f"{name}: {len(rows)} videos, {len(ok)} ok, {len(rows) - len(ok)} failed; {int(n.sum())} {unit} "
         f"(per video min {n.min()}, median {int(np.median(n))}, max {n.max()}); "
@@ -103,7 +103,7 @@ def check_report(data_dir: Path) -> CheckReport:
     problems += _check_stage(store, store.rows, data_dir, True, report)
     if store.has_flow:
         problems += _check_stage(store, list(store.flow_rows.values()), data_dir, False, report)
-        problems += [f"{shard}: computed from other frames than frames/{Path(shard).name} (re-extracted since): "
+        problems += [f"{shard}: computed from other frames than {stage_shard(shard, 'frames')} (re-extracted since): "
                      "re-run `iic-prep flow`" for shard in stale_shards(data_dir)]
         for r in store.rows:
             fr = store.flow_rows.get(r.id)

@@ -128,7 +128,7 @@ def size_spec(size: tuple[int, int] | int) -> list[int] | dict:
 # manifest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManifestRow:
     """One listed video. ``splits`` reads ``"1:train 2:test 3:train"``; ``status`` is ``ok`` or ``failed``;
     ``reason`` is a one-line failure reason, or a warning for an ok video (e.g. corrupt packets skipped)."""
@@ -153,6 +153,11 @@ class ManifestRow:
 
 
 MANIFEST_FIELDS = tuple(f.name for f in dataclasses.fields(ManifestRow))
+
+
+def stage_shard(shard: str, stage: str) -> str:
+    """The shard of ``stage`` (``flow``, ``frames``) aligned with ``shard``: the same name and subfolder."""
+    return f"{stage}/{shard.split('/', 1)[1]}"
 
 
 def format_splits(splits: dict[int, str]) -> str:
@@ -269,7 +274,7 @@ def shard_rows(path: Path) -> list[ManifestRow] | None:
 
 def remove_stale_temporaries(folder: Path) -> int:
     """Delete ``*.tmp`` files left by a killed run (call only while holding the data lock)."""
-    stale = list(Path(folder).glob("*.tmp")) + list(Path(folder).glob(".*.tmp"))
+    stale = list(Path(folder).rglob("*.tmp"))  # rglob matches dot files too; shards may sit in subfolders
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

@@ -270,3 +270,54 @@ def test_unlabelled_videos_are_in_no_list(k400):
     train = ClipDataset(k400, 1, "train", ClipConfig(frames=4), mode="train")
     assert all(not v.startswith("test/") for v in test.video_ids + train.video_ids)
     assert sorted(v.split("/")[0] for v in test.video_ids) == ["validate", "validate"]
+
+
+def test_shard_names_flat_below_the_threshold_and_spread_above():
+    from iic.pipeline.datasets import DatasetIndex, VideoEntry
+    from iic.pipeline.extract import plan_shards
+
+    def index(n):
+        return DatasetIndex("x", Path("."), ("a",), tuple(VideoEntry(f"a/{i:07d}", f"a/{i:07d}.mp4", "a", 0, {1: "train"})
+                                                          for i in range(n)))
+
+    flat = [name for name, _ in plan_shards(index(150 * 64), 64)]  # UCF101-sized: the names of every earlier version
+    assert flat[:2] == ["frames/shard-00000.h5", "frames/shard-00001.h5"] and flat[-1] == "frames/shard-00149.h5"
+    spread = [name for name, _ in plan_shards(index(2500 * 4), 4)]
+    assert len(set(spread)) == 2500 and spread[0] == "frames/000/shard-000000.h5" and spread[-1] == "frames/002/shard-002499.h5"
+    per_folder = {}
+    for name in spread:
+        per_folder[name.rsplit("/", 1)[0]] = per_folder.get(name.rsplit("/", 1)[0], 0) + 1
+    assert per_folder == {"frames/000": 1000, "frames/001": 1000, "frames/002": 500}
+
+
+def test_shards_in_subfolders_read_resume_and_flow(k400, tmp_path):
+    """Spread shards (forced small: 2 a folder) are read, checked, kept on a re-run and get aligned flow; going
+    back to the flat layout replaces them."""
+    from iic.pipeline.extract import ExtractConfig, extract
+    from iic.pipeline.shards import VideoStore
+
+    raw = k400.parent.parent / "raw"
+    cfg = ExtractConfig(dataset="kinetics400", root=raw, out=tmp_path, size=128, unlabelled=True, shard_size=1,
+                        shards_per_folder=2)
+    first = extract(cfg)
+    data = tmp_path / "kinetics400"
+    shards = sorted(p.relative_to(data).as_posix() for p in data.rglob("shard-*.h5"))
+    assert shards[:3] == ["frames/000/shard-000000.h5", "frames/000/shard-000001.h5", "frames/001/shard-000002.h5"]
+    assert len(shards) == 9 and first.shards_written == 9 and first.failed == 2
+    store = VideoStore(data)
+    ok = [r for r in store.rows if r.ok]
+    assert {r.shard for r in store.rows} == set(shards)
+    assert all(store.frames(r.id, 0, 1).shape[0] == 1 for r in ok)
+    assert extract(cfg).shards_kept == 9
+    flow = run_prep("flow", "--data", data, "--method", "farneback", "--workers", "1")
+    assert flow.exit_code == 3, flow.output  # the two failed videos have no flow
+    flows = sorted(p.relative_to(data).as_posix() for p in (data / "flow").rglob("shard-*.h5"))
+    assert flows == [s.replace("frames/", "flow/", 1) for s in shards]
+    fstore = VideoStore(data)
+    r = ok[0]
+    assert fstore.flow(r.id, 0, 2).shape == (2, 2, *fstore.frame_size(r.id))
+    assert run_prep("check", "--data", data).exit_code == 0
+    flat = extract(ExtractConfig(dataset="kinetics400", root=raw, out=tmp_path, size=128, unlabelled=True, shard_size=1))
+    assert flat.shards_written == 9
+    assert sorted(p.relative_to(data / "frames").as_posix() for p in (data / "frames").rglob("shard-*.h5")) == [
+        f"shard-{i:05d}.h5" for i in range(9)]
