@@ -482,8 +482,11 @@ def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, ru
         result = evaluate_linear(cfg)
     except _eval_errors() as err:
         _fail(str(err).strip("'\"").splitlines()[0])
+    from .model.features import data_line
+
     click.echo(f"{result['method']}: top-1 {result['top1']:.1f}% on {result['counts']['test']} test videos "
                f"({result['counts']['train']} train; {result['counts']['failed_test']} failed) — {result['checkpoint']}")
+    click.echo(data_line(result["data"]))
     click.echo(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
 
 
@@ -511,6 +514,9 @@ def eval_recognition(dataset, data, split, out, batch_size, workers, device, ckp
         result = finetune(cfg, resume=resume)
     except (*_eval_errors(), FinetuneError) as err:
         _fail(str(err).strip("'\"").splitlines()[0])
+    from .model.features import data_line
+
     click.echo(f"recognition: top-1 {result['top1']:.1f}%  top-5 {result['top5']:.1f}% on {result['counts']['test']} "
                f"test videos ({result['counts']['train']} train, {result['counts']['val']} val) — {result['checkpoint']}")
+    click.echo(data_line(result["data"]))
     click.echo(f"results in {result['out']}")

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from . import checkpoint
 from .config import TrainConfig
 from .distributed import resolve_device
-from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source,
-                       failed_videos, find_checkpoint, video_features)
+from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source, data_line,
+                       data_record, failed_videos, find_checkpoint, video_features)
 from .protocol import PROTOCOLS, protocol_for
 from .retrieval import DEFAULT_KS, retrieval_topk
 
@@ -145,6 +145,7 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     result = {
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
+        "data": data_record(src, cfg.data, cfg.split),
         "backbone": {"model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
                      "method": src.method, "random_init": src.ckpt is None},
         "feature_dim": int(g.shape[1]),
@@ -178,6 +179,8 @@ def table_lines(result: dict) -> list[str]:
     lines = [f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
              f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
              f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"]
+    if "data" in result:
+        lines.append(data_line(result["data"]))
     lines.append("  ".join(f"{'top' + str(k):>7}" for k in ks))
     lines.append("  ".join(f"{result['topk'][k]:7.1f}" for k in ks))
     if result["capped"]:
@@ -277,7 +280,8 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
         method = "logistic regression (standardised features, L-BFGS)"
     top1 = 100.0 * float((pred == yte).double().mean())
     failed = failed_videos(cfg.data, cfg.split, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "method": method, "top1": top1,
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "data": data_record(src, cfg.data, cfg.split),
+              "method": method, "top1": top1,
               "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},
               "cached": train.cached and test.cached, "out": str(out)}
     out.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,8 @@ class BackboneSource:
     seed: int = 0
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
+    pretrain_dataset: str | None = None  # dataset.json name of the data it was trained on (older checkpoints: None)
+    pretrain_path: str | None = None  # where that data was
 
     def key(self) -> dict:
         """What identifies the weights (for the cache key)."""
@@ -83,7 +85,9 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
     if cfg.model not in BACKBONE_PRESETS:
         raise checkpoint.CheckpointError(f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
                                          f"(it has {', '.join(BACKBONE_PRESETS)})")
-    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method)
+    trained_on = state.get("data_identity") or {}
+    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method,
+                         state.get("dataset"), trained_on.get("path") or str(cfg.data))
     return src, state
 
 
@@ -116,9 +120,26 @@ def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbo
     return net
 
 
+def dataset_name(data: Path) -> str:
+    """The ``dataset`` of a processed dataset's dataset.json (``ucf101``, ``kinetics400``, ...)."""
+    from ..pipeline.shards import FormatError
+
+    try:
+        return str(json.loads((Path(data) / "dataset.json").read_text())["dataset"])
+    except (OSError, ValueError, KeyError):
+        raise FormatError(f"no processed dataset at {data} (dataset.json missing or unreadable): run `iic-prep extract`") from None
+
+
+def is_transfer(src: BackboneSource, data: Path) -> bool:
+    """The checkpoint was pretrained on another dataset than ``data`` (e.g. Kinetics-400, evaluated on UCF101)."""
+    return src.pretrain_dataset is not None and src.pretrain_dataset != dataset_name(data)
+
+
 def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int) -> None:
-    """A checkpoint trained on another list size is for another dataset (or split): refuse it."""
-    if src.n_data is not None and src.n_data != n_train:
+    """A checkpoint trained on the same dataset with another list size is for another split or copy: refuse it.
+    One pretrained on another dataset (named in the checkpoint) is a transfer and evaluated as such; older
+    checkpoints, which do not name their dataset, must match in size."""
+    if src.n_data is not None and src.n_data != n_train and not is_transfer(src, data):
         raise checkpoint.CheckpointError(
             f"checkpoint {src.ckpt} was trained on {src.n_data} videos but {data} split {split} has {n_train} "
             "training videos: a checkpoint for another dataset?")
@@ -245,6 +266,32 @@ def video_features(src: BackboneSource, spec: FeatureSpec, cache_dir: Path | Non
                  **{f"f_{v}": f for v, f in feats.items()})
         tmp.replace(path)
     return out
+
+
+def data_record(src: BackboneSource, data: Path, split: int) -> dict:
+    """Both datasets of an evaluation: what the backbone was pretrained on and what it is evaluated on."""
+    from ..pipeline.shards import VideoStore
+
+    store = VideoStore(data)
+    pretrained = None if src.ckpt is None else {"dataset": src.pretrain_dataset, "path": src.pretrain_path,
+                                                "videos": src.n_data}
+    return {"pretrained_on": pretrained,
+            "evaluated_on": {"dataset": store.meta["dataset"], "path": str(data), "split": split,
+                             "unlabelled_left_out": sum(1 for r in store.rows if r.in_list(split, "unlabelled"))},
+            "transfer": is_transfer(src, data)}
+
+
+def data_line(record: dict) -> str:
+    """``pretrained on kinetics400 (650 videos, data/kinetics400); evaluated on ucf101 split 1 (data/ucf101)``."""
+    p, e = record["pretrained_on"], record["evaluated_on"]
+    if p is None:
+        head = "no pretraining (random init)"
+    else:
+        head = f"pretrained on {p['dataset'] or 'an unnamed dataset'} ({p['videos']} videos, {p['path']})"
+    line = f"{head}; evaluated on {e['dataset']} split {e['split']} ({e['path']})"
+    if e["unlabelled_left_out"]:
+        line += f"; {e['unlabelled_left_out']} unlabelled videos are in neither list and left out"
+    return line
 
 
 def failed_videos(data: Path, split: int, subset: str) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ from .resume import check_data, data_identity, file_digest, same_path
 from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_clips, worker_errors
 from .evaluate import SourceConfig, default_out, resolve_source
 from .distributed import resolve_device
-from .features import BackboneSource, check_dataset_size, load_backbone, modalities_for
+from .features import BackboneSource, check_dataset_size, data_record, load_backbone, modalities_for
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         runlog.close()
     scores, labels = clip_scores(net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers,
                                  test_set.n_videos, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "top1": topk_accuracy(scores, labels, 1),
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "data": data_record(src, cfg.data, cfg.split),
+              "top1": topk_accuracy(scores, labels, 1),
               "top5": topk_accuracy(scores, labels, 5), "classes": n_classes,
               "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])}, "out": str(out)}
     checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),

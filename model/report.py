@@ -72,8 +72,13 @@ def retrieval_title(result: dict) -> str:
     c = result["config"]
     views = f"rgb+{c['modality']} (merged)" if c["merge"] else c["modality"]
     top1 = result["topk"].get(1, result["topk"].get("1"))
-    return (f"run {run_name(result)}: retrieval on {views} features — top-1 {top1:.1f}% "
-            f"({result['counts']['queries']} queries)")
+    title = f"run {run_name(result)}: retrieval on {views} features — top-1 {top1:.1f}% ({result['counts']['queries']} queries)"
+    data = result.get("data")
+    if data:  # name both datasets: a transfer (pretrained on one, evaluated on another) reads as one
+        pre = data["pretrained_on"]
+        title += (f" — pretrained on {(pre['dataset'] or pre['path']) if pre else 'nothing (random init)'}, "
+                  f"evaluated on {data['evaluated_on']['dataset']} split {data['evaluated_on']['split']}")
+    return title
 
 
 def draw_retrieval(result: dict, data: Path, n_show: int = 6, n_nearest: int = 5):

@@ -148,6 +148,7 @@ def state_dict(run: Run) -> dict:
         "scaler": run.scaler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
         "n_data": run.dataset.n_videos,
+        "dataset": run.dataset.store.meta["dataset"],  # names the pretraining data in every evaluation report
         "data_identity": run.data_identity,
         "video_ids": run.dataset.video_ids,
         "cpu_threads": torch.get_num_threads(),  # CPU results are bit-identical only for the same count

@@ -170,8 +170,8 @@ def write_manifest(path: Path, rows: Iterable[ManifestRow]) -> None:
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_FIELDS)
-        for row in sorted(rows, key=lambda r: r.id):
-            writer.writerow(dataclasses.astuple(row))
+        # attribute by attribute: dataclasses.astuple deep-copies every field (10x slower on 650k rows)
+        writer.writerows([getattr(row, f) for f in MANIFEST_FIELDS] for row in sorted(rows, key=lambda r: r.id))
     os.replace(tmp, path)
 
 
@@ -179,13 +179,15 @@ def read_manifest(path: Path) -> list[ManifestRow]:
     if not path.exists():
         raise FormatError(f"no manifest at {path}: run `iic-prep extract` first")
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
-            raise FormatError(f"{path} has columns {reader.fieldnames}, expected {list(MANIFEST_FIELDS)}")
-        return [
-            ManifestRow(**{**r, "label": int(r["label"]), "slot": int(r["slot"]), "n_frames": int(r["n_frames"])})
-            for r in reader
-        ]
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if tuple(header) != MANIFEST_FIELDS:
+            raise FormatError(f"{path} has columns {header}, expected {list(MANIFEST_FIELDS)}")
+        try:
+            return [ManifestRow(vid, rel, cls, int(label), splits, shard, int(slot), int(n), status, reason)
+                    for vid, rel, cls, label, splits, shard, slot, n, status, reason in reader]
+        except ValueError as err:
+            raise FormatError(f"{path} line {reader.line_num}: {err}") from None
 
 
 def rows_to_json(rows: Sequence[ManifestRow]) -> str:

@@ -321,3 +321,40 @@ def test_shards_in_subfolders_read_resume_and_flow(k400, tmp_path):
     assert flat.shards_written == 9
     assert sorted(p.relative_to(data / "frames").as_posix() for p in (data / "frames").rglob("shard-*.h5")) == [
         f"shard-{i:05d}.h5" for i in range(9)]
+
+
+def test_pretrain_on_kinetics_evaluate_on_ucf101(k400, small_ucf, tmp_path, one_thread):
+    """``iic train --data <kinetics400>`` (a batch of 16:9, portrait and 4:3 videos), then retrieval and
+    recognition on UCF101 with that checkpoint: allowed (a transfer), and every report names both datasets."""
+    import json
+
+    from click.testing import CliRunner
+
+    from iic.cli import main
+
+    def run_iic(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        return result
+
+    run_iic("train", "--preset", "tiny", "--data", k400, "--out", tmp_path / "run", "--crop", "32", "--frames", "8",
+            "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu")
+    ckpt = tmp_path / "run" / "final.pt"
+    ext = run_prep("extract", "--root", small_ucf, "--out", tmp_path / "data", "--size", "40x52", "--workers", "1")
+    assert ext.exit_code == 0, ext.output
+    ucf = tmp_path / "data" / "ucf101"
+    fast = ["--workers", "0", "--device", "cpu", "--clips", "1", "--ckpt", ckpt]
+    res = run_iic("eval", "retrieval", "--data", ucf, "--out", tmp_path / "eval", *fast)
+    named = f"pretrained on kinetics400 (4 videos, {k400.resolve()}); evaluated on ucf101 split 1 ({ucf})"
+    assert named in res.output.splitlines()
+    result = json.loads((tmp_path / "eval" / "retrieval.json").read_text())
+    assert result["data"]["pretrained_on"]["dataset"] == "kinetics400" and result["data"]["transfer"] is True
+    assert result["counts"] == {"queries": 2, "gallery": 2, "failed_queries": 0, "failed_gallery": 0}
+    rec = run_iic("eval", "recognition", "--data", ucf, "--out", tmp_path / "rec", "--epochs", "1", "--batch-size", "2",
+                  "--val-fraction", "0", *fast)
+    assert named in rec.output.splitlines()
+    assert json.loads((tmp_path / "rec" / "recognition.json").read_text())["data"]["evaluated_on"]["dataset"] == "ucf101"
+    # on Kinetics itself: validate queries train; the unlabelled test video is said to be left out
+    own = run_iic("eval", "retrieval", "--data", k400, "--out", tmp_path / "own", *fast)
+    assert "retrieval of 2 queries against 4 gallery videos" in own.output
+    assert "1 unlabelled videos are in neither list and left out" in own.output
