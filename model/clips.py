@@ -94,7 +94,7 @@ class ClipDataset(Dataset):
     ``mode="train"``: item = (video position, seed) from `EpochSampler`; ``mode="test"``: item = an int
     in ``range(len(self))`` = video * test_clips + clip. A sample is a dict: one uint8 ``(C, T, H, W)``
     tensor per modality (``rgb``/``res``: C = 3, ``flow``: C = 2 = (u, v)), ``index`` (the video's row in
-    this list, i.e. its memory-bank row), ``label``, ``clip`` and ``video`` (the id).
+    this list, i.e. its memory-bank row), ``label``, ``clip``, ``video`` (the id) and ``hw`` (its frame size).
     """
 
     def __init__(self, data_dir: Path, split: int, subset: str, cfg: ClipConfig, mode: str = "train") -> None:

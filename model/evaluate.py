@@ -179,8 +179,6 @@ def table_lines(result: dict) -> list[str]:
     lines = [f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
              f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
              f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"]
-    if "data" in result:
-        lines.append(data_line(result["data"]))
     lines.append("  ".join(f"{'top' + str(k):>7}" for k in ks))
     lines.append("  ".join(f"{result['topk'][k]:7.1f}" for k in ks))
     if result["capped"]:
@@ -191,6 +189,8 @@ def table_lines(result: dict) -> list[str]:
         if rows:
             lines.append(f"{len(rows)} {subset} video(s) failed extraction and are left out: "
                          + ", ".join(r["id"] for r in rows[:5]) + (" ..." if len(rows) > 5 else ""))
+    if "data" in result:
+        lines.append(data_line(result["data"]))
     lines.append(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
     return lines
 
