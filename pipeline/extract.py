@@ -165,6 +165,9 @@ def extract(cfg: ExtractConfig) -> StageSummary:
         for p in (cfg.data_dir / "frames").rglob("shard-*.h5"):
             if f"frames/{p.relative_to(cfg.data_dir / 'frames').as_posix()}" not in planned:
                 p.unlink()  # left by an earlier run with another list, shard size or folder spread
+        for d in (cfg.data_dir / "frames").iterdir():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         settings = cfg.storage()
         rows: list[ManifestRow] = []
         todo = []
@@ -204,8 +207,10 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "residual": "q = floor((x[t] - x[t-1]) / 2) + 128, in [0, 255]; frame 0 has residual 0 (q = 128)",
         "residual_source": "stored stream" if cfg.store_residuals else "derived from the stored RGB frames",
         "classes": list(index.classes),
-        "subset": str(cfg.subset) if cfg.subset is not None else None,
-        "unlabelled": cfg.unlabelled,
+        # Kinetics options, only when used: the dataset.json of every other run stays as it was (its content is
+        # part of the data identity that --resume compares)
+        **({"subset": str(cfg.subset)} if cfg.subset is not None else {}),
+        **({"unlabelled": True} if cfg.unlabelled else {}),
         "shard_size": cfg.shard_size,
         "versions": {"av": av.__version__, "ffmpeg": _ffmpeg_version(), "h5py": h5py.__version__, "opencv": cv2.__version__},
     }

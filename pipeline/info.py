@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .datasets import KINETICS
 from .decode import FILE_NOT_FOUND
 from .flow import stale_shards
 from .shards import CRC_SUFFIX, FormatError, ManifestRow, VideoStore, bad_frames, bad_items, slot_name, stage_shard
@@ -62,7 +63,7 @@ def dataset_info(data_dir: Path) -> list[str]:
             lines.append(f"  split {split}: {len(train)} train, {len(test)} test videos (ok)"
                          + (f", {len(unlabelled)} unlabelled" if unlabelled else ""))
     lines += _stage_lines("frames", store.rows, data_dir / "frames", "frames")
-    names = KINETICS_LISTS if str(meta["dataset"]).startswith("kinetics") else {}
+    names = KINETICS_LISTS if meta["dataset"] in KINETICS else {}
     for split in (1, 2, 3):
         lines += list_lines(store.rows, split, names)
     if store.has_flow:

@@ -358,3 +358,48 @@ def test_pretrain_on_kinetics_evaluate_on_ucf101(k400, small_ucf, tmp_path, one_
     own = run_iic("eval", "retrieval", "--data", k400, "--out", tmp_path / "own", *fast)
     assert "retrieval of 2 queries against 4 gallery videos" in own.output
     assert "1 unlabelled videos are in neither list and left out" in own.output
+
+
+def test_cli_subset_restricts_and_is_recorded(k400, tmp_path):
+    import json
+
+    raw = k400.parent.parent / "raw"
+    (tmp_path / "classes.txt").write_text(f"{ODD}\n")
+    res = run_prep("extract", "--dataset", "kinetics400", "--root", raw, "--out", tmp_path, "--size", "64",
+                   "--subset", tmp_path / "classes.txt", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "kinetics400" / "dataset.json").read_text())
+    assert meta["classes"] == [ODD] and meta["subset"] == str(tmp_path / "classes.txt") and "unlabelled" not in meta
+    from iic.pipeline.shards import read_manifest
+
+    rows = read_manifest(tmp_path / "kinetics400" / "manifest.csv")
+    assert sorted(r.id.split("/")[1][:11] for r in rows) == ["portrait916", "valwide1691", "wide169wide"]
+    assert {r.label for r in rows} == {0}
+    bad = run_prep("extract", "--dataset", "ucf101", "--root", raw, "--out", tmp_path / "u", "--unlabelled")
+    assert bad.exit_code == 1 and bad.output.strip().splitlines()[-1] == (
+        "Error: --subset and --unlabelled apply to the Kinetics datasets, not ucf101")
+
+
+def test_existing_datasets_keep_their_shards_and_identity(small_ucf, tmp_path):
+    """What decides whether an earlier version's shards are kept (their settings attribute, their names) and
+    whether a checkpoint's data identity still matches (dataset.json's content) is unchanged for UCF101-style
+    datasets: the literal values of the previous version."""
+    import json
+
+    import h5py
+
+    from iic.pipeline.extract import ExtractConfig
+
+    assert ExtractConfig("ucf101", small_ucf, tmp_path).storage() == {
+        "size": [128, 171], "quality": 90, "subsampling": "420", "store_residuals": False, "format_version": 1}
+    res = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--shard-size", "2",
+                   "--workers", "1")
+    assert res.exit_code == 0, res.output
+    data = tmp_path / "ucf101"
+    assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.h5")) == [
+        "frames/shard-00000.h5", "frames/shard-00001.h5"]
+    with h5py.File(data / "frames" / "shard-00000.h5") as f:
+        assert json.loads(f.attrs["settings"])["size"] == [32, 40]
+    assert set(json.loads((data / "dataset.json").read_text())) == {
+        "format", "format_version", "dataset", "split", "size", "codec", "quality", "subsampling", "residual",
+        "residual_source", "classes", "shard_size", "versions"}
