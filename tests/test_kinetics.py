@@ -403,3 +403,21 @@ def test_existing_datasets_keep_their_shards_and_identity(small_ucf, tmp_path):
     assert set(json.loads((data / "dataset.json").read_text())) == {
         "format", "format_version", "dataset", "split", "size", "codec", "quality", "subsampling", "residual",
         "residual_source", "classes", "shard_size", "versions"}
+
+
+def test_show_a_portrait_video_and_long_failure_lists(k400, tmp_path, figures):
+    from iic.pipeline.parallel import StageSummary
+    from iic.pipeline.shards import ManifestRow
+
+    vid = "train/portrait916_000000_000010"
+    res = run_prep("show", "--data", k400, "--video", vid, "--out", tmp_path / "p.png")
+    assert res.exit_code == 0, res.output
+    assert figures[-1]["title"] == f"{vid}  ({ODD}, {FRAMES} frames, 228x128)"
+    w, h = figures[-1]["figure"].get_size_inches()
+    assert w < 8 * 1.6 * 128 / 228 + 1  # laid out for a portrait frame, not a landscape one
+    rows = [ManifestRow(f"train/v{i:02d}", f"train/v{i:02d}.mp4", "a", 0, "1:train", "frames/shard-00000.h5", i, 0,
+                        "failed", "file not found") for i in range(25)]
+    lines = StageSummary.from_rows(rows, unit="frames", bytes=0, seconds=1.0, shards_written=1, shards_kept=0,
+                                   folder=Path("d")).lines()
+    assert len(lines) == 22 and lines[20] == "  failed train/v19: file not found"
+    assert lines[21] == "  ... and 5 more failed (reasons in d/manifest.csv, shares in `iic-prep info`)"
