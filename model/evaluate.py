@@ -25,7 +25,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .distributed import resolve_device
 from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source, data_line,
-                       data_record, failed_videos, find_checkpoint, video_features)
+                       data_record, failed_videos, feature_sets, find_checkpoint, load_backbone, video_features)
 from .protocol import PROTOCOLS, protocol_for
 from .retrieval import DEFAULT_KS, retrieval_topk
 
@@ -83,6 +83,7 @@ class RetrievalConfig:
     workers: int = 0
     device: str = "auto"
     out: Path | None = None  # default: <run folder>/eval (or data/runs/random-init/eval)
+    cache: Path | None = None  # feature cache folder; default: <out>/features
     n_show: int = 6  # queries drawn in the PNG
 
     @property
@@ -130,6 +131,22 @@ def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: 
     return out[0], out[1]
 
 
+def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tuple[str, ...]) -> None:
+    """Fill ``cfg.cache`` with every (view, feature) of ``cfg``'s backbone for both lists, one pass over each
+    list's clips, so that retrievals of any of them that follow (one per view, or the conv5 and pool
+    protocols of a random init) read their features instead of decoding and encoding every clip again."""
+    if cfg.cache is None:
+        raise ValueError("prefetch_features needs a cache folder (RetrievalConfig.cache)")
+    src, state = resolve_source(cfg.source)
+    from ..pipeline.shards import VideoStore
+
+    check_dataset_size(src, len(VideoStore(cfg.data).ok_rows(cfg.split, "train")), cfg.data, cfg.split)
+    dev, backbone = resolve_device(cfg.device), load_backbone(src, state)
+    for subset in ("train", "test"):
+        feature_sets(src, FeatureSpec(cfg.data, cfg.split, subset, views, features[0], cfg.clips), features,
+                     Path(cfg.cache), dev, cfg.batch_size, cfg.workers, backbone=backbone)
+
+
 def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     """Run the retrieval protocol; writes ``retrieval.json`` and ``retrieval.png`` in the output folder and
     returns the JSON dict (plus ``cached``: whether both feature sets came from the cache)."""
@@ -138,7 +155,8 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     cfg = cfg.with_protocol(src.method)
     out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
     gallery, queries = gallery_and_queries(cfg.data, cfg.split, src, state, cfg.views, cfg.feature, cfg.clips,
-                                           out / "features", cfg.device, cfg.batch_size, cfg.workers)
+                                           Path(cfg.cache) if cfg.cache else out / "features", cfg.device,
+                                           cfg.batch_size, cfg.workers)
     g, q = combine(gallery, cfg.views), combine(queries, cfg.views)
     res = retrieval_topk(q, queries.labels, g, gallery.labels, ks=cfg.ks, center=cfg.center)
     failed = {s: failed_videos(cfg.data, cfg.split, s) for s in ("train", "test")}

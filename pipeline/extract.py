@@ -94,7 +94,6 @@ def shard_name(index: int, n_shards: int = 1, per_folder: int = 1000) -> str:
 def extract_shard(shard: str, entries: list[VideoEntry], video_root: Path, cfg: ExtractConfig) -> TaskReport:
     """Write one shard with ``entries``; returns its manifest rows (failed videos included)."""
     cv2.setNumThreads(1)
-    av.logging.set_level(av.logging.PANIC)  # failures are reported per video, not as ffmpeg noise
     threads = threads_per_worker(cfg.parallel.workers)
     attrs = {"kind": "frames", "dataset": cfg.dataset, "codec": "jpeg", "settings": json.dumps(cfg.storage())}
     rows, frames, nbytes = [], 0, 0

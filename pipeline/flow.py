@@ -27,6 +27,7 @@ import numpy as np
 
 from .flowcalc import FlowConfig, FlowError, compute_flow, flow_params, init_worker_threads, make_estimator, opencv_version, rgb_to_gray, to_stored
 from .lock import exclusive
+from . import orphans
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
 from .shards import (
     FORMAT_VERSION, FormatError, ManifestRow, ShardWriter, VideoStore, read_manifest, remove_stale_temporaries,
@@ -97,6 +98,7 @@ def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     tmp = part.with_name(f"{part.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, flow)
+    orphans.exit_if_orphaned()  # a worker whose run died publishes nothing
     os.replace(tmp, part)
     return TaskReport(shard, 1, len(flow), flow.nbytes, [flow_row(row, shard, len(flow), "ok")])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,17 @@ def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) ->
     ]
     reasons = collections.Counter(r.reason.split(":")[0] for r in rows if not r.ok)
     lines += [f"  failed ({count}): {reason}" for reason, count in reasons.most_common()]
+    warned = [r for r in ok if r.reason]
+    if warned:  # kept, but damaged: the decoder's notes (pipeline/decode.py), counted by kind
+        kinds = collections.Counter(_kind(note) for r in warned for note in r.reason.split("; "))
+        lines.append(f"  ok with warnings: {len(warned)} videos")
+        lines += [f"    {kind} ({count})" for kind, count in kinds.most_common()]
     return lines
+
+
+def _kind(note: str) -> str:
+    """A warning without its numbers and details: 'decoded 19 of the 48 frames ...' -> 'decoded N of the N ...'."""
+    return re.sub(r"\d+", "N", note.split(":")[0]).removesuffix(", first")
 
 
 LIST_KINDS = ("train", "test", "unlabelled")

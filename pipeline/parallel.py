@@ -18,6 +18,8 @@ from pathlib import Path
 from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 
+from . import orphans
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("loky", "dask")
@@ -113,6 +115,9 @@ def run_tasks(
         if n_jobs == 1 and cfg.backend == "loky":
             results = (fn(*t) for t in tasks)  # in-process: simpler tracebacks, no pickling
         else:
+            if cfg.backend == "loky":  # local worker processes end with this process (pipeline/orphans.py)
+                tasks = [(fn, os.getpid(), *t) for t in tasks]
+                fn = orphans.guarded
             results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(delayed(fn)(*t) for t in tasks)
         for report in results:
             units += report.units

@@ -35,6 +35,8 @@ import h5py
 import numpy as np
 import simplejpeg
 
+from . import orphans
+
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "iic-shards"
@@ -253,6 +255,7 @@ class ShardWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
+        orphans.exit_if_orphaned()  # a worker whose run died publishes nothing
         os.replace(self.tmp, self.path)
         self.committed = True
 
