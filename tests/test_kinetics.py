@@ -421,3 +421,22 @@ def test_show_a_portrait_video_and_long_failure_lists(k400, tmp_path, figures):
                                    folder=Path("d")).lines()
     assert len(lines) == 22 and lines[20] == "  failed train/v19: file not found"
     assert lines[21] == "  ... and 5 more failed (reasons in d/manifest.csv, shares in `iic-prep info`)"
+
+
+@pytest.mark.parametrize("size, message", [("8", "neither HxW"), ("abc", "neither HxW"), ("12x300", "at least 16")])
+def test_cli_size_refuses_bad_values_as_usage(tmp_path, size, message):
+    res = run_prep("extract", "--dataset", "kinetics400", "--root", tmp_path, "--out", tmp_path, "--size", size)
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("short, h, w, out", [
+    (128, 1080, 1920, (128, 228)), (128, 1920, 1080, (228, 128)), (128, 480, 640, (128, 170)),
+    (128, 256, 340, (128, 170)), (128, 100, 100, (128, 128)), (112, 720, 1280, (112, 200)), (128, 272, 640, (128, 302)),
+])
+def test_short_side_table(short, h, w, out):
+    from iic.pipeline.decode import output_size
+
+    got = output_size(short, h, w)
+    assert got == out and got[0] % 2 == 0 and got[1] % 2 == 0
+    assert abs(max(got) - short * max(h, w) / min(h, w)) <= 1
+    assert output_size((128, 171), h, w) == (128, 171)  # HxW: every video the same size, as before
