@@ -13,6 +13,10 @@ of the listed clips (the rest are "missing"), then times, in one process:
 
 Peak memory is the process's peak resident set (``ru_maxrss``) after each phase (it only grows).
 
+With ``--identity-shards N``, also ``identity``: N shards of 64 videos whose streams hold 300 one-byte "frames"
+(offsets and CRC32s as real ones), then `VideoStore.identity` (one read of the offsets and CRC32s per video:
+what ``iic train`` records for --resume and the feature cache keys on), timed per video.
+
     python bench/bench_k400_plan.py --work /tmp/k400-plan                  # 650,000 rows, no files
     python bench/bench_k400_plan.py --work /tmp/k400-plan --files 0.95     # + 617,500 empty files
 
@@ -37,7 +41,7 @@ import numpy as np
 from iic.pipeline.datasets import load_index
 from iic.pipeline.extract import plan_shards
 from iic.pipeline.kinetics import video_name
-from iic.pipeline.shards import FORMAT_VERSION, ManifestRow, VideoStore, format_splits, write_manifest
+from iic.pipeline.shards import FORMAT_VERSION, ManifestRow, ShardWriter, VideoStore, format_splits, write_manifest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchutil import write_json  # noqa: E402
@@ -86,6 +90,29 @@ def generate(root: Path, rows: int, n_labels: int, files: float) -> dict:
     return {"seconds": time.perf_counter() - t0, "files": made}
 
 
+def identity(data: Path, n_shards: int) -> dict:
+    """Seconds per video of `VideoStore.identity` on generated shards (64 videos x 300 tiny frames each)."""
+    rows = []
+    frames = [b"x"] * 300
+    for s in range(n_shards):
+        shard = f"frames/shard-{s:05d}.h5"
+        with ShardWriter(data / shard, {"kind": "frames"}) as w:
+            part = [ManifestRow(f"train/{s:05d}_{v:02d}", "p", "c", 0, "1:train", shard, v, 300, "ok") for v in range(64)]
+            for r in part:
+                w.add_stream(r.slot, "rgb", frames)
+            w.commit(part)
+        rows += part
+    write_manifest(data / "manifest.csv", rows)
+    (data / "dataset.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "dataset": "kinetics700",
+                                                   "size": {"short_side": 128}, "classes": ["c"]}))
+    store = VideoStore(data)
+    t0 = time.perf_counter()
+    store.identity()
+    seconds = time.perf_counter() - t0
+    return {"identity_videos": len(rows), "identity_s": round(seconds, 2),
+            "identity_ms_per_video": round(1000 * seconds / len(rows), 3)}
+
+
 def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -96,6 +123,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=650_000)
     ap.add_argument("--labels", type=int, default=700)
     ap.add_argument("--files", type=float, default=0.0, help="share of listed clips given an (empty) file")
+    ap.add_argument("--identity-shards", type=int, default=0, help="also time VideoStore.identity on this many shards")
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     raw, data = args.work / "raw", args.work / "data" / "kinetics700"
@@ -132,6 +160,8 @@ def main() -> None:
     result["manifest_s"], result["manifest_peak_mib"] = round(time.perf_counter() - t0, 2), round(peak_mib(), 1)
     result["manifest_mib"] = round((data / "manifest.csv").stat().st_size / 2**20, 1)
     result["train_ok"] = len(train)
+    if args.identity_shards:
+        result.update(identity(args.work / "identity" / "kinetics700", args.identity_shards))
     print(json.dumps(result, indent=1))
     write_json(Path(__file__).parent / "out", "bench_k400_plan", result)
 
