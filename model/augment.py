@@ -49,25 +49,46 @@ class AugmentParams:
     flip: Tensor
 
 
-def sample_params(batch_size: int, in_hw: tuple[int, int], cfg: AugmentConfig,
+def batch_hw(batch: dict, modality: str = "rgb") -> tuple[int, int] | Tensor:
+    """Each sample's own frame size: the batch's ``hw`` (B, 2) when the loader gives one (videos of several
+    sizes, zero-padded by `clips.collate_clips`), else the clips' (H, W)."""
+    if "hw" in batch:
+        return batch["hw"]
+    x = batch[modality] if modality in batch else next(v for v in batch.values() if torch.is_tensor(v) and v.dim() == 5)
+    return tuple(x.shape[-2:])
+
+
+def sample_params(batch_size: int, in_hw: tuple[int, int] | Tensor, cfg: AugmentConfig,
                   generator: torch.Generator | None = None,
                   device: torch.device | str | None = None) -> AugmentParams:
     """Draw one crop window and flip bit per sample.
 
-    Random numbers come from ``generator`` only (on the generator's device, then moved to ``device``),
-    so the same seed gives the same parameters on any device.
+    ``in_hw`` is the (H, W) of every sample, or a (B, 2) tensor of each sample's own (H, W) (videos of
+    different sizes in one batch): a crop then lies inside its own sample's frames, the centre crop is
+    each sample's centre. Random numbers come from ``generator`` only (on the generator's device, then
+    moved to ``device``), so the same seed gives the same parameters on any device.
     """
-    H, W = in_hw
-    if cfg.crop > H or cfg.crop > W:
-        raise ValueError(f"crop {cfg.crop} larger than input {H}x{W}")
-    gdev = generator.device if generator is not None else torch.device("cpu")
     B = batch_size
-    if cfg.train:
-        top = torch.randint(H - cfg.crop + 1, (B,), generator=generator, device=gdev)
-        left = torch.randint(W - cfg.crop + 1, (B,), generator=generator, device=gdev)
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    if torch.is_tensor(in_hw):
+        hw = in_hw.to(gdev, torch.int64).reshape(B, 2)
+        if bool((hw == hw[0]).all()):  # one size: exactly the draws of the fixed-size path
+            in_hw = tuple(hw[0].tolist())
+    if isinstance(in_hw, tuple):
+        hw = torch.tensor([in_hw], device=gdev).expand(B, 2)
+    H, W = hw[:, 0], hw[:, 1]
+    if cfg.crop > int(H.min()) or cfg.crop > int(W.min()):
+        small = int(torch.minimum(H, W).argmin())
+        raise ValueError(f"crop {cfg.crop} larger than input {int(H[small])}x{int(W[small])}")
+    if cfg.train and isinstance(in_hw, tuple):
+        top = torch.randint(in_hw[0] - cfg.crop + 1, (B,), generator=generator, device=gdev)
+        left = torch.randint(in_hw[1] - cfg.crop + 1, (B,), generator=generator, device=gdev)
         offsets = torch.stack([top, left], dim=1)
+    elif cfg.train:  # uniform over each sample's own valid offsets
+        u = torch.rand(B, 2, generator=generator, device=gdev, dtype=torch.float64)
+        offsets = (u * (hw - cfg.crop + 1)).floor().long().minimum(hw - cfg.crop)
     else:  # centre crop
-        offsets = torch.tensor([(H - cfg.crop) // 2, (W - cfg.crop) // 2], device=gdev).repeat(B, 1)
+        offsets = (hw - cfg.crop) // 2
     if cfg.train and cfg.flip:
         flip = torch.rand(B, generator=generator, device=gdev) < 0.5
     else:

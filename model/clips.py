@@ -14,6 +14,11 @@ modulo the usable length, so every listed video yields clips. Flow pair ``t`` is
 length is ``L - 1`` for every modality and frame ``t`` of every view lines up with flow pair ``t``.
 
 Clips ship as uint8; float conversion and augmentation happen in batch on the training device.
+
+Videos of one dataset may differ in frame size (``iic-prep extract --size S`` keeps each video's aspect
+ratio): a sample carries its own ``hw`` = (H, W), and `collate_clips` zero-pads the clips of a batch at the
+bottom and right to the largest (H, W) of the batch. Augmentation draws each crop inside its sample's own
+``hw`` (`augment.sample_params`), so no padding ever reaches a crop.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from ..pipeline.shards import ManifestRow, VideoStore
 
@@ -92,7 +97,7 @@ class ClipDataset(Dataset):
     ``mode="train"``: item = (video position, seed) from `EpochSampler`; ``mode="test"``: item = an int
     in ``range(len(self))`` = video * test_clips + clip. A sample is a dict: one uint8 ``(C, T, H, W)``
     tensor per modality (``rgb``/``res``: C = 3, ``flow``: C = 2 = (u, v)), ``index`` (the video's row in
-    this list, i.e. its memory-bank row), ``label``, ``clip`` and ``video`` (the id).
+    this list, i.e. its memory-bank row), ``label``, ``clip``, ``video`` (the id) and ``hw`` (its frame size).
     """
 
     def __init__(self, data_dir: Path, split: int, subset: str, cfg: ClipConfig, mode: str = "train") -> None:
@@ -131,6 +136,10 @@ class ClipDataset(Dataset):
                     "or train on a non-flow view")
         if not rows:
             raise DataError(f"split {split} has no {subset} videos extracted in {self.store.data_dir}")
+        unlabelled = [r.id for r in rows if r.label < 0]
+        if unlabelled:  # the adapters never put one in a list; a hand-edited manifest might
+            raise DataError(f"{len(unlabelled)} {subset} videos have no label (e.g. {unlabelled[0]}): unlabelled "
+                            "videos belong in no train or test list")
         return rows
 
     def _usable_length(self, row: ManifestRow) -> int:
@@ -169,7 +178,8 @@ class ClipDataset(Dataset):
         row = self.rows[index]
         frames = clip_indices(int(self.lengths[index]), start, self.cfg.frames, self.cfg.stride)
         out = self._read(row.id, self.cfg.modalities, frames)
-        out.update(index=index, label=row.label, clip=clip, video=row.id)
+        out.update(index=index, label=row.label, clip=clip, video=row.id,
+                   hw=torch.tensor(out[self.cfg.modalities[0]].shape[-2:], dtype=torch.int64))
         return out
 
     def pair(self, index: int, start: int, start_1: int) -> dict:
@@ -193,6 +203,17 @@ class ClipDataset(Dataset):
             x = raw[m] if contiguous else raw[m][frames - lo]  # strided or looping clip
             out[m] = torch.from_numpy(x).permute(1, 0, 2, 3) if m == "flow" else torch.from_numpy(x).permute(3, 0, 1, 2)
         return out
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """`default_collate`, after zero-padding (bottom, right) every clip ``(C, T, H, W)`` to the largest (H, W)
+    of the batch when the samples' sizes differ; each sample's own size stays in ``hw`` (B, 2)."""
+    sizes = {tuple(s["hw"].tolist()) for s in samples}
+    if len(sizes) > 1:
+        H, W = max(h for h, _ in sizes), max(w for _, w in sizes)
+        samples = [{k: torch.nn.functional.pad(v, (0, W - v.shape[-1], 0, H - v.shape[-2]))
+                    if torch.is_tensor(v) and v.dim() == 4 else v for k, v in s.items()} for s in samples]
+    return default_collate(samples)
 
 
 def worker_errors(loader: Iterable) -> Iterator:

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from . import checkpoint
 from .config import TrainConfig
 from .distributed import resolve_device
-from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source,
-                       failed_videos, feature_sets, find_checkpoint, load_backbone, video_features)
+from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source, data_line,
+                       data_record, failed_videos, feature_sets, find_checkpoint, load_backbone, video_features)
 from .protocol import PROTOCOLS, protocol_for
 from .retrieval import DEFAULT_KS, retrieval_topk
 
@@ -172,6 +172,7 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
         "chosen": src.chosen,
+        "data": data_record(src, cfg.data, cfg.split),
         "backbone": {"model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
                      "method": src.method, "random_init": src.ckpt is None},
         "feature_dim": int(g.shape[1]),
@@ -217,6 +218,8 @@ def table_lines(result: dict) -> list[str]:
         if rows:
             lines.append(f"{len(rows)} {subset} video(s) failed extraction and are left out: "
                          + ", ".join(r["id"] for r in rows[:5]) + (" ..." if len(rows) > 5 else ""))
+    if "data" in result:
+        lines.append(data_line(result["data"]))
     lines.append(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
     return lines
 
@@ -306,7 +309,8 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
         method = "logistic regression (standardised features, L-BFGS)"
     top1 = 100.0 * float((pred == yte).double().mean())
     failed = failed_videos(cfg.data, cfg.split, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen, "method": method, "top1": top1,
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen,
+              "data": data_record(src, cfg.data, cfg.split), "method": method, "top1": top1,
               "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},
               "cached": train.cached and test.cached, "out": str(out)}
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset, worker_errors
+from .clips import ClipConfig, ClipDataset, collate_clips, worker_errors
 from .config import TrainConfig
 from .views import EVAL_VIEWS, modalities_for
 
@@ -52,6 +52,8 @@ class BackboneSource:
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
     chosen: str = ""  # how it was picked when the user did not name it (printed with it), e.g. "newest under data/runs"
+    pretrain_dataset: str | None = None  # dataset.json name of the data it was trained on (older checkpoints: None)
+    pretrain_path: str | None = None  # where that data was
 
     def key(self) -> dict:
         """What identifies the weights (for the cache key)."""
@@ -87,7 +89,9 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
     if cfg.model not in BACKBONE_PRESETS:
         raise checkpoint.CheckpointError(f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
                                          f"(it has {', '.join(BACKBONE_PRESETS)})")
-    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method)
+    trained_on = state.get("data_identity") or {}
+    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method,
+                         state.get("dataset"), trained_on.get("path") or str(cfg.data))
     return src, state
 
 
@@ -120,9 +124,26 @@ def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbo
     return net
 
 
+def dataset_name(data: Path) -> str:
+    """The ``dataset`` of a processed dataset's dataset.json (``ucf101``, ``kinetics400``, ...)."""
+    from ..pipeline.shards import FormatError
+
+    try:
+        return str(json.loads((Path(data) / "dataset.json").read_text())["dataset"])
+    except (OSError, ValueError, KeyError):
+        raise FormatError(f"no processed dataset at {data} (dataset.json missing or unreadable): run `iic-prep extract`") from None
+
+
+def is_transfer(src: BackboneSource, data: Path) -> bool:
+    """The checkpoint was pretrained on another dataset than ``data`` (e.g. Kinetics-400, evaluated on UCF101)."""
+    return src.pretrain_dataset is not None and src.pretrain_dataset != dataset_name(data)
+
+
 def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int) -> None:
-    """A checkpoint trained on another list size is for another dataset (or split): refuse it."""
-    if src.n_data is not None and src.n_data != n_train:
+    """A checkpoint trained on the same dataset with another list size is for another split or copy: refuse it.
+    One pretrained on another dataset (named in the checkpoint) is a transfer and evaluated as such; older
+    checkpoints, which do not name their dataset, must match in size."""
+    if src.n_data is not None and src.n_data != n_train and not is_transfer(src, data):
         raise checkpoint.CheckpointError(
             f"checkpoint {src.ckpt} was trained on {src.n_data} videos but {data} split {split} has {n_train} "
             "training videos: a checkpoint for another dataset?")
@@ -201,7 +222,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     """
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_clips)
     aug = augment.AugmentConfig(crop=crop, train=False)
     sums: dict[Key, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
@@ -210,7 +231,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
         for batch in worker_errors(loader):
             raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
             B = batch["index"].shape[0]
-            hw = tuple(next(iter(raw.values())).shape[-2:])
+            hw = augment.batch_hw(batch, dataset.cfg.modalities[0])
             x = augment.apply(raw, augment.sample_params(B, hw, aug, device=device), aug)
             index = batch["index"].long()
             for view in views:
@@ -289,6 +310,32 @@ def video_features(src: BackboneSource, spec: FeatureSpec, cache_dir: Path | Non
                                                backbone, state)
     return VideoFeatures({v: sets[v, spec.feature] for v in spec.views}, dataset.labels.astype(np.int64),
                          dataset.video_ids, cached=cached, clips_per_s=rate, path=Path(cache_dir) if cache_dir else None)
+
+
+def data_record(src: BackboneSource, data: Path, split: int) -> dict:
+    """Both datasets of an evaluation: what the backbone was pretrained on and what it is evaluated on."""
+    from ..pipeline.shards import VideoStore
+
+    store = VideoStore(data)
+    pretrained = None if src.ckpt is None else {"dataset": src.pretrain_dataset, "path": src.pretrain_path,
+                                                "videos": src.n_data}
+    return {"pretrained_on": pretrained,
+            "evaluated_on": {"dataset": store.meta["dataset"], "path": str(data), "split": split,
+                             "unlabelled_left_out": sum(1 for r in store.rows if r.in_list(split, "unlabelled"))},
+            "transfer": is_transfer(src, data)}
+
+
+def data_line(record: dict) -> str:
+    """``pretrained on kinetics400 (650 videos, data/kinetics400); evaluated on ucf101 split 1 (data/ucf101)``."""
+    p, e = record["pretrained_on"], record["evaluated_on"]
+    if p is None:
+        head = "no pretraining (random init)"
+    else:
+        head = f"pretrained on {p['dataset'] or 'an unnamed dataset'} ({p['videos']} videos, {p['path']})"
+    line = f"{head}; evaluated on {e['dataset']} split {e['split']} ({e['path']})"
+    if e["unlabelled_left_out"]:
+        line += f"; {e['unlabelled_left_out']} unlabelled videos are in neither list and left out"
+    return line
 
 
 def failed_videos(data: Path, split: int, subset: str) -> list[tuple[str, str]]:

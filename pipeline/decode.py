@@ -17,6 +17,20 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+FILE_NOT_FOUND = "file not found"  # the reason of a listed video without a file (counted as missing)
+
+
+def output_size(size: tuple[int, int] | int, height: int, width: int) -> tuple[int, int]:
+    """(H, W) a ``height`` x ``width`` video is stored at: ``size`` itself when it is (H, W); for a short side
+    ``s`` the shorter side becomes ``s`` and the other ``s * long / short`` rounded to the nearest even number
+    (within one pixel of the source aspect ratio; even for 4:2:0 codecs)."""
+    if not isinstance(size, int):
+        return tuple(size)
+    short, long = sorted((height, width))
+    other = max(2, 2 * round(size * long / short / 2))
+    return (size, other) if height <= width else (other, size)
+
+
 class DecodeError(Exception):
     """A video that cannot be decoded; ``str(err)`` is a one-line reason for the manifest."""
 
@@ -27,9 +41,10 @@ def _one_line(err: BaseException) -> str:
 
 
 def iter_frames(
-    path: Path, size: tuple[int, int] | None = None, threads: int = 1, notes: list[str] | None = None
+    path: Path, size: tuple[int, int] | int | None = None, threads: int = 1, notes: list[str] | None = None
 ) -> Iterator[np.ndarray]:
-    """Yield (H, W, 3) uint8 RGB frames of the first video stream, resized to ``size`` = (H, W).
+    """Yield (H, W, 3) uint8 RGB frames of the first video stream, resized to ``size`` = (H, W), or to a
+    short side ``size`` (int; see `output_size`, from the first frame's size), or not at all (None).
 
     Damage is appended to ``notes`` as one-line warnings, the video still kept: corrupt packets skipped,
     a stream that failed for good, fewer frames decoded than the container claims, errors the decoder
@@ -39,7 +54,7 @@ def iter_frames(
     notes = [] if notes is None else notes
     path = Path(path)
     if not path.exists():
-        raise DecodeError("file not found")
+        raise DecodeError(FILE_NOT_FOUND)
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
     av.logging.set_level(av.logging.ERROR)  # what a damaged stream looks like; captured below, never printed
@@ -55,7 +70,7 @@ def iter_frames(
             stream.thread_type = "AUTO" if threads > 1 else "SLICE"
             stream.thread_count = max(1, threads)
             claimed, decoded, bad_packets = stream.frames, 0, 0
-            height, width = size if size is not None else (None, None)
+            target = size if size is None or not isinstance(size, int) else None
             try:
                 for packet in container.demux(stream):
                     try:
@@ -65,7 +80,9 @@ def iter_frames(
                         continue
                     for frame in frames:
                         decoded += 1
-                        yield _to_rgb(frame, height, width)
+                        if target is None and size is not None:  # one size for the whole video, from its first frame
+                            target = output_size(size, frame.height, frame.width)
+                        yield _to_rgb(frame, *(target or (None, None)))
             except av.error.FFmpegError as err:
                 notes.append(f"stream cut short: {_one_line(err)}")
     if bad_packets:

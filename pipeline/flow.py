@@ -31,7 +31,7 @@ from . import orphans
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
 from .shards import (
     FORMAT_VERSION, FormatError, ManifestRow, ShardWriter, VideoStore, read_manifest, remove_stale_temporaries,
-    shard_rows, write_manifest,
+    shard_rows, stage_shard, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def video_flow(row: ManifestRow, data: Path, cfg: FlowConfig) -> np.ndarray:
 
 def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     """Compute one video's flow into its part file; the report's rows hold its flow-manifest row."""
-    shard = f"flow/{Path(row.shard).name}"
+    shard = stage_shard(row.shard, "flow")
     if not row.ok:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", f"no frames: {row.reason}")])
     try:
@@ -162,9 +162,9 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
         todo: list[ManifestRow] = []
         pending: dict[str, list[ManifestRow]] = {}
         kept = 0
-        attrs_of = {f"flow/{Path(s).name}": _shard_attrs(cfg, settings, r) for s, r in by_shard.items()}
+        attrs_of = {stage_shard(s, "flow"): _shard_attrs(cfg, settings, r) for s, r in by_shard.items()}
         for frames_shard, shard_frame_rows in sorted(by_shard.items()):
-            shard = f"flow/{Path(frames_shard).name}"
+            shard = stage_shard(frames_shard, "flow")
             done = _complete_shard(cfg.data / shard, attrs_of[shard])
             if done is not None:
                 # same videos and frames; the rows' other columns (splits, label) come from the frames now
@@ -181,8 +181,8 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
                     pending[shard].append(flow_row(r, shard, r.n_frames - 1, "ok"))
                 else:
                     todo.append(r)
-        _drop_orphan_shards(cfg.folder, {f"flow/{Path(s).name}" for s in by_shard})
-        expected = {shard: len(by_shard[f"frames/{Path(shard).name}"]) for shard in pending}
+        _drop_orphan_shards(cfg.folder, {stage_shard(s, "flow") for s in by_shard})
+        expected = {shard: len(by_shard[stage_shard(shard, "frames")]) for shard in pending}
         t0, written = time.perf_counter(), 0
         for shard in [s for s in pending if len(pending[s]) == expected[s]]:
             assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
@@ -197,7 +197,7 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
                 written += 1
         shutil.rmtree(cfg.folder / ".parts", ignore_errors=True)
         write_manifest(cfg.folder / "manifest.csv", rows)
-    return StageSummary.from_rows(rows, unit="flow pairs", bytes=sum(p.stat().st_size for p in cfg.folder.glob("shard-*.h5")),
+    return StageSummary.from_rows(rows, unit="flow pairs", bytes=sum(p.stat().st_size for p in cfg.folder.rglob("shard-*.h5")),
                                   seconds=time.perf_counter() - t0, shards_written=written, shards_kept=kept,
                                   folder=cfg.folder)
 
@@ -225,7 +225,7 @@ def stale_shards(data: Path) -> list[str]:
         by_shard[r.shard].append(r)
     stale = []
     for frames_shard, rows in sorted(by_shard.items()):
-        shard = f"flow/{Path(frames_shard).name}"
+        shard = stage_shard(frames_shard, "flow")
         try:
             with h5py.File(Path(data) / shard, "r") as f:
                 digest = f.attrs.get("frames_digest")
@@ -259,6 +259,6 @@ def _part_matches(part: Path, row: ManifestRow) -> bool:
 
 
 def _drop_orphan_shards(folder: Path, planned: set[str]) -> None:
-    for p in folder.glob("shard-*.h5"):
-        if f"flow/{p.name}" not in planned:
+    for p in folder.rglob("shard-*.h5"):
+        if f"flow/{p.relative_to(folder).as_posix()}" not in planned:
             p.unlink()

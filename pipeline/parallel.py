@@ -74,11 +74,14 @@ class StageSummary:
     def exit_code(self) -> int:
         return EXIT_SOME_FAILED if self.failures else 0
 
-    def lines(self) -> list[str]:
+    def lines(self, show: int = 20) -> list[str]:
+        """The summary line, then the first ``show`` failures (all of them are in the manifest)."""
         head = (f"videos: {self.videos} ({self.ok} ok, {self.failed} failed)   {self.unit}: {self.units}   "
                 f"shards: {self.shards_written} written, {self.shards_kept} kept   "
                 f"on disk: {self.bytes / 2**20:.1f} MiB   time: {self.seconds:.1f} s   -> {self.folder}")
-        return [head] + [f"  failed {vid}: {reason}" for vid, reason in self.failures]
+        more = [f"  ... and {self.failed - show} more failed (reasons in {self.folder}/manifest.csv, "
+                f"shares in `iic-prep info`)"] if self.failed > show else []
+        return [head] + [f"  failed {vid}: {reason}" for vid, reason in self.failures[:show]] + more
 
 
 def threads_per_worker(workers: int) -> int:

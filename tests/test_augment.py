@@ -163,3 +163,20 @@ def test_input_validation():
         apply({"rgb": torch.zeros(2, 3, T, H, W, dtype=torch.uint8)}, p, cfg)
     with pytest.raises(ValueError, match="larger"):
         sample_params(1, (4, 4), cfg, None)
+
+
+def test_per_sample_sizes():
+    """(B, 2) sizes: one size for all draws exactly what the (H, W) tuple draws; mixed sizes put every window
+    inside its own sample (all offsets reachable), the centre crop at each sample's centre."""
+    cfg = AugmentConfig(crop=CROP, flip=True, jitter=0.4)
+    same = torch.tensor([[H, W]] * B)
+    a = sample_params(B, (H, W), cfg, torch.Generator().manual_seed(3))
+    b = sample_params(B, same, cfg, torch.Generator().manual_seed(3))
+    assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("offsets", "flip", "jitter"))
+    sizes = torch.tensor([[CROP, CROP + 3], [CROP + 5, CROP]] * 200)
+    p = sample_params(400, sizes, AugmentConfig(crop=CROP), torch.Generator().manual_seed(0))
+    top, left = p.offsets[:, 0], p.offsets[:, 1]
+    assert set(top[0::2].tolist()) == {0} and set(left[0::2].tolist()) == {0, 1, 2, 3}
+    assert set(top[1::2].tolist()) == set(range(6)) and set(left[1::2].tolist()) == {0}
+    centre = sample_params(2, torch.tensor([[20, 31], [9, 12]]), AugmentConfig(crop=CROP, train=False))
+    assert centre.offsets.tolist() == [[6, 11], [0, 2]]
