@@ -51,9 +51,9 @@ class BackboneSource:
     seed: int = 0
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
-    chosen: str = ""  # how it was picked when the user did not name it (printed with it), e.g. "newest under data/runs"
     pretrain_dataset: str | None = None  # dataset.json name of the data it was trained on (older checkpoints: None)
     pretrain_path: str | None = None  # where that data was
+    chosen: str = ""  # how it was picked when the user did not name it (printed with it)
 
     def key(self) -> dict:
         """What identifies the weights (for the cache key)."""
@@ -90,8 +90,9 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
         raise checkpoint.CheckpointError(f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
                                          f"(it has {', '.join(BACKBONE_PRESETS)})")
     trained_on = state.get("data_identity") or {}
-    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method,
-                         state.get("dataset"), trained_on.get("path") or str(cfg.data))
+    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, n_data=state.get("n_data"),
+                         method=cfg.method, pretrain_dataset=state.get("dataset"),
+                         pretrain_path=trained_on.get("path") or str(cfg.data))
     return src, state
 
 
