@@ -141,8 +141,10 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
               help="Kinetics: also extract test.csv, as unlabelled videos (label -1, in neither the train nor the test list).")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
+@click.option("--repair", is_flag=True,
+              help="Also verify every kept shard's checksums (reads them all) and rewrite the damaged ones.")
 def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, subset, unlabelled,
-            workers, backend, scheduler, overwrite) -> None:
+            workers, backend, scheduler, overwrite, repair) -> None:
     """Decode every video of the split's lists into HDF5 shards of JPEG RGB frames.
 
     Residual frames are derived from the stored RGB frames when read; --store-residuals also stores them.
@@ -155,6 +157,7 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
         dataset=dataset, root=root or out / "raw" / dataset, out=out, split=split, size=size, quality=quality,
         subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size, subset=subset,
         unlabelled=unlabelled, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
+        repair=repair,
     )
     try:
         summary = run(cfg)
@@ -174,7 +177,9 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
               help="Clip displacements to +-BOUND px before uint8 quantisation.")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Recompute all flow instead of resuming.")
-def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite) -> None:
+@click.option("--repair", is_flag=True,
+              help="Also verify every kept flow shard's checksums (reads them all) and recompute the damaged ones.")
+def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite, repair) -> None:
     """Dense optical flow between consecutive stored frames into flow shards (N frames -> N-1 pairs)."""
     from .pipeline.flow import FlowStageConfig, compute
     from .pipeline.flowcalc import FlowConfig
@@ -183,7 +188,7 @@ def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite) -
 
     data = data or DEFAULT_DATA / dataset
     cfg = FlowStageConfig(data=data, flow=FlowConfig(method, bound), parallel=_parallel_config(workers, backend, scheduler),
-                          overwrite=overwrite)
+                          overwrite=overwrite, repair=repair)
     try:
         summary = compute(cfg)
     except (FormatError, LockedError, OSError) as err:
@@ -301,10 +306,13 @@ def main(verbose: bool) -> None:
               help="CPU threads for the run (0 = torch's default). CPU results are bit-identical for the same count.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (ignored on CPU).")
 @click.option("--seed", type=int, default=None, help="Seed of initialisation, sampling and augmentation.")
+@click.option("--skip-corrupt", is_flag=True, default=None,
+              help="Leave out clips whose stored bytes are damaged (each video said once, counted at the end) "
+                   "instead of stopping at the first; one process only.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head, positive, live_negative, batch_negatives,
               frames, stride, dualvar_opts, crop, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, K, tau, m, monitor_every,
-              workers, device, threads, amp, seed, resume) -> None:
+              workers, device, threads, amp, seed, skip_corrupt, resume) -> None:
     """Self-supervised pretraining (IIC; DualVar with --method dualvar).
 
     An option left out takes the value of --preset, else the default in model/config.py (TrainConfig).
@@ -326,7 +334,8 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, head
                            dualvar=parse_dualvar_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
                            warmup_epochs=warmup_epochs, K=K, tau=tau, m=m, monitor_every=monitor_every,
-                           workers=workers, device=device, threads=threads, amp=amp, seed=seed)
+                           workers=workers, device=device, threads=threads, amp=amp, seed=seed,
+                           skip_corrupt=skip_corrupt or None)
         final = train(cfg, resume=resume)
     except ConfigError as err:  # bad flags or preset: usage
         _fail(str(err).splitlines()[0], 2)
@@ -436,23 +445,25 @@ def _eval_errors():
 @eval_group.command("retrieval")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="res",
-              help="View whose features are retrieved.")
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default=None,
+              help="View whose features are retrieved [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
 @click.option("--merge", is_flag=True, help="Concatenate RGB and --modality features (each L2-normalised first).")
 @click.option("--feature", type=click.Choice(["conv5", "pool"]), default=None,
               help="[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar]")
 @click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
 @click.option("--center/--no-center", default=None,
               help="Subtract each set's mean [default: the method's protocol: no for IIC/CMC, yes for DualVar].")
+@click.option("--skip-corrupt", is_flag=True,
+              help="Leave out (and list) videos with a damaged clip instead of stopping at the first.")
 def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
-                   seed, modality, merge, feature, clips, center) -> None:
+                   seed, modality, merge, feature, clips, center, skip_corrupt) -> None:
     """Nearest-neighbour video retrieval: test videos query the train videos (top-1/5/10/20/50)."""
     from .model.evaluate import RetrievalConfig, evaluate_retrieval, table_lines
 
     cfg = RetrievalConfig(data=data or DEFAULT_DATA / dataset, split=split,
                           source=_source_config(ckpt, run, random_init, model, frames, crop, seed),
                           modality=modality, merge=merge, feature=feature, clips=clips, center=center,
-                          batch_size=batch_size, workers=workers, device=device, out=out)
+                          batch_size=batch_size, workers=workers, device=device, out=out, skip_corrupt=skip_corrupt)
     try:
         result = evaluate_retrieval(cfg)
     except _eval_errors() as err:
@@ -464,22 +475,25 @@ def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt,
 @eval_group.command("linear")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb",
-              help="Input view of the backbone.")
-@click.option("--feature", type=click.Choice(["conv5", "pool"]), default="pool",
-              help="Backbone features: conv5 max-pooled (1, 2, 2) and flattened (IIC), or the pooled vector (pool).")
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default=None,
+              help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
+@click.option("--feature", type=click.Choice(["conv5", "pool"]), default=None,
+              help="Backbone features: conv5 max-pooled (1, 2, 2) and flattened, or the pooled vector "
+                   "[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar].")
 @click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
 @click.option("--knn", type=click.IntRange(1), default=None, help="A cosine K-nearest-neighbour vote instead of the linear classifier.")
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-3, help="L2 penalty of the classifier.")
+@click.option("--skip-corrupt", is_flag=True,
+              help="Leave out (and list) videos with a damaged clip instead of stopping at the first.")
 def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
-                seed, modality, feature, clips, knn, weight_decay) -> None:
+                seed, modality, feature, clips, knn, weight_decay, skip_corrupt) -> None:
     """Frozen features -> logistic regression (or kNN) on the train list; top-1 on the test list."""
     from .model.evaluate import LinearConfig, evaluate_linear
 
     cfg = LinearConfig(data=data or DEFAULT_DATA / dataset, split=split,
                        source=_source_config(ckpt, run, random_init, model, frames, crop, seed), modality=modality,
                        feature=feature, clips=clips, knn=knn, weight_decay=weight_decay, batch_size=batch_size,
-                       workers=workers, device=device, out=out)
+                       workers=workers, device=device, out=out, skip_corrupt=skip_corrupt)
     try:
         result = evaluate_linear(cfg)
     except _eval_errors() as err:
@@ -497,8 +511,8 @@ def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, ru
 @eval_group.command("recognition")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default="rgb",
-              help="Input view of the backbone.")
+@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default=None,
+              help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
 @click.option("--epochs", type=click.IntRange(1), default=150, help="Fine-tuning epochs.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate of the fine-tuning.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9, max_open=False), default=0.1,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from ..pipeline.shards import ManifestRow, VideoStore
+from ..pipeline.shards import FormatError, ManifestRow, VideoStore
 
 from .views import MODALITIES
 
@@ -50,6 +50,7 @@ class ClipConfig:
     modalities: tuple[str, ...] = ("rgb", "res")
     test_clips: int = 10
     clips_per_sample: int = 1  # train mode: 1 (IIC) or 2 (DualVar: two random times of one video)
+    skip_corrupt: bool = False  # a clip whose stored bytes are damaged is left out (`collate_clips`), not an error
 
 
 def clip_seed(seed: int, epoch: int, index: int) -> int:
@@ -161,6 +162,18 @@ class ClipDataset(Dataset):
         return self.n_videos if self.mode == "train" else self.n_videos * self.cfg.test_clips
 
     def __getitem__(self, item) -> dict:
+        """A sample; with ``skip_corrupt``, a clip that cannot be read as stored (checksum mismatch, counts that
+        disagree with the shard) is ``{"corrupt": (video id, one-line reason)}``, which `collate_clips` leaves
+        out of the batch and reports under ``batch["corrupt"]``."""
+        index = item[0] if self.mode == "train" else int(item) // self.cfg.test_clips
+        try:
+            return self._get(item)
+        except FormatError as err:
+            if not self.cfg.skip_corrupt:
+                raise
+            return {"corrupt": (self.rows[index].id, str(err).splitlines()[0])}
+
+    def _get(self, item) -> dict:
         if self.mode == "train":
             index, seed = item
             length = int(self.lengths[index])
@@ -207,7 +220,44 @@ class ClipDataset(Dataset):
 
 def collate_clips(samples: list[dict]) -> dict:
     """`default_collate`, after zero-padding (bottom, right) every clip ``(C, T, H, W)`` to the largest (H, W)
-    of the batch when the samples' sizes differ; each sample's own size stays in ``hw`` (B, 2)."""
+    of the batch when the samples' sizes differ; each sample's own size stays in ``hw`` (B, 2). Corrupt samples
+    (``skip_corrupt``) are left out and listed under ``corrupt`` [(id, reason)]; a batch of only corrupt
+    samples is ``{"corrupt": [...]}``."""
+    corrupt = [s["corrupt"] for s in samples if "corrupt" in s]
+    samples = [s for s in samples if "corrupt" not in s]
+    if not samples:
+        return {"corrupt": corrupt}
+    batch = _collate(samples)
+    if corrupt:
+        batch["corrupt"] = corrupt
+    return batch
+
+
+class CorruptTally:
+    """The corrupt clips a run left out (``--skip-corrupt``): each video said once when first met, counted."""
+
+    def __init__(self) -> None:
+        self.videos: dict[str, str] = {}  # id -> first reason
+        self.clips = 0
+
+    def add(self, batch: dict) -> bool:
+        """Take ``batch["corrupt"]`` out of the batch; False when nothing of the batch is left to use."""
+        for video, reason in batch.pop("corrupt", []):
+            self.clips += 1
+            if video not in self.videos:
+                self.videos[video] = reason
+                log.warning("skipping a corrupt clip of %s: %s", video, reason)
+        return "index" in batch
+
+    def summary(self) -> str:
+        if not self.videos:
+            return ""
+        first = ", ".join(list(self.videos)[:5]) + (" ..." if len(self.videos) > 5 else "")
+        return (f"{self.clips} clip(s) of {len(self.videos)} corrupt video(s) left out ({first}): `iic-prep check` "
+                "names the damage, `iic-prep extract --repair` rewrites it")
+
+
+def _collate(samples: list[dict]) -> dict:
     sizes = {tuple(s["hw"].tolist()) for s in samples}
     if len(sizes) > 1:
         H, W = max(h for h, _ in sizes), max(w for _, w in sizes)

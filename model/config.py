@@ -110,6 +110,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0  # CPU intra-op threads for the run (0 = leave torch's setting); results depend on it
     amp: bool = True  # used on CUDA only
+    skip_corrupt: bool = False  # leave out clips whose stored bytes are damaged (counted, said once each) instead of stopping
     seed: int = 0
     log_every: int = 10  # steps between JSONL metric lines
     monitor_every: int = 10  # epochs between the training monitor's test-split top-1 (0 = off; model/monitor.py)

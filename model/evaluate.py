@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .distributed import resolve_device
 from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source, data_line,
                        data_record, failed_videos, feature_sets, find_checkpoint, load_backbone, video_features)
-from .protocol import PROTOCOLS, protocol_for
+from .protocol import protocol_of_source
 from .retrieval import DEFAULT_KS, retrieval_topk
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class RetrievalConfig:
     data: Path = Path("data/ucf101")
     split: int = 1
     source: SourceConfig = SourceConfig()
-    modality: str = "res"  # the view whose features are retrieved (rgb, res, flow-u, flow-v)
+    modality: str | None = None  # the view retrieved (rgb, res, flow-u, flow-v); None: the method's protocol
     merge: bool = False  # concatenate the (L2-normalised) RGB and modality features
     feature: str | None = None  # None: the method's own protocol (model/protocol.py)
     clips: int = 10
@@ -92,6 +92,7 @@ class RetrievalConfig:
     device: str = "auto"
     out: Path | None = None  # default: <run folder>/eval (or data/runs/random-init/eval)
     cache: Path | None = None  # feature cache folder; default: <out>/features
+    skip_corrupt: bool = False  # leave out (and list) videos with a corrupt clip instead of stopping
     n_show: int = 6  # queries drawn in the PNG
 
     @property
@@ -105,10 +106,11 @@ class RetrievalConfig:
         return self
 
     def with_protocol(self, method: str) -> RetrievalConfig:
-        """Fill the feature / centring left open (None) with ``method``'s protocol; random init: IIC's."""
-        proto = protocol_for(method if method in PROTOCOLS else "iic")
+        """Fill the modality / feature / centring left open (None) with ``method``'s protocol; random init: IIC's."""
+        proto = protocol_of_source(method)
         return dataclasses.replace(self, feature=proto.feature if self.feature is None else self.feature,
-                                   center=proto.center if self.center is None else self.center)
+                                   center=proto.center if self.center is None else self.center,
+                                   modality=proto.modality if self.modality is None else self.modality)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -128,15 +130,22 @@ def default_out(src: BackboneSource, runs: Path) -> Path:
 
 def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: dict | None, views: tuple[str, ...],
                         feature: str, clips: int, cache: Path, device: str, batch_size: int,
-                        workers: int) -> tuple[VideoFeatures, VideoFeatures]:
-    """Per-video features of the train list (gallery) and test list (queries), extracted or cached."""
+                        workers: int, skip_corrupt: bool = False) -> tuple[VideoFeatures, VideoFeatures]:
+    """Per-video features of the train list (gallery) and test list (queries), extracted or cached; with
+    ``skip_corrupt`` a video with a corrupt clip is left out of its list (`VideoFeatures.left_out`)."""
     from ..pipeline.shards import VideoStore
 
     check_dataset_size(src, len(VideoStore(cfg_data).ok_rows(split, "train")), cfg_data, split)
     dev = resolve_device(device)
     out = [video_features(src, FeatureSpec(cfg_data, split, subset, views, feature, clips), cache, dev, batch_size,
-                          workers, state=state) for subset in ("train", "test")]
+                          workers, state=state, skip_corrupt=skip_corrupt) for subset in ("train", "test")]
     return out[0], out[1]
+
+
+def left_out(data: Path, split: int, features: dict[str, VideoFeatures]) -> dict[str, list[tuple[str, str]]]:
+    """Per list, the videos not scored: failed at extraction, or left out as corrupt (--skip-corrupt)."""
+    return {s: failed_videos(data, split, s) + [(v, f"corrupt, left out: {r}") for v, r in vf.left_out.items()]
+            for s, vf in features.items()}
 
 
 def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tuple[str, ...]) -> None:
@@ -158,16 +167,15 @@ def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tu
 def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     """Run the retrieval protocol; writes ``retrieval.json`` and ``retrieval.png`` in the output folder and
     returns the JSON dict (plus ``cached``: whether both feature sets came from the cache)."""
-    cfg.validate()
     src, state = resolve_source(cfg.source)
-    cfg = cfg.with_protocol(src.method)
+    cfg = cfg.with_protocol(src.method).validate()
     out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
     gallery, queries = gallery_and_queries(cfg.data, cfg.split, src, state, cfg.views, cfg.feature, cfg.clips,
                                            Path(cfg.cache) if cfg.cache else out / "features", cfg.device,
-                                           cfg.batch_size, cfg.workers)
+                                           cfg.batch_size, cfg.workers, cfg.skip_corrupt)
     g, q = combine(gallery, cfg.views), combine(queries, cfg.views)
     res = retrieval_topk(q, queries.labels, g, gallery.labels, ks=cfg.ks, center=cfg.center)
-    failed = {s: failed_videos(cfg.data, cfg.split, s) for s in ("train", "test")}
+    failed = left_out(cfg.data, cfg.split, {"train": gallery, "test": queries})
     result = {
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
@@ -216,7 +224,7 @@ def table_lines(result: dict) -> list[str]:
         lines.append(result["merge_note"])
     for subset, rows in result["failed"].items():
         if rows:
-            lines.append(f"{len(rows)} {subset} video(s) failed extraction and are left out: "
+            lines.append(f"{len(rows)} {subset} video(s) left out (failed extraction, or corrupt): "
                          + ", ".join(r["id"] for r in rows[:5]) + (" ..." if len(rows) > 5 else ""))
     if "data" in result:
         lines.append(data_line(result["data"]))
@@ -238,8 +246,8 @@ class LinearConfig:
     data: Path = Path("data/ucf101")
     split: int = 1
     source: SourceConfig = SourceConfig()
-    modality: str = "rgb"
-    feature: str = "pool"
+    modality: str | None = None  # None: the method's protocol (model/protocol.py), as retrieval
+    feature: str | None = None  # None: the method's protocol
     clips: int = 10
     knn: int | None = None  # None = logistic regression; K = cosine kNN vote
     weight_decay: float = 1e-3  # L2 penalty of the logistic regression (on standardised features)
@@ -248,6 +256,7 @@ class LinearConfig:
     workers: int = 0
     device: str = "auto"
     out: Path | None = None
+    skip_corrupt: bool = False  # leave out (and list) videos with a corrupt clip instead of stopping
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -289,10 +298,13 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
     if cfg.knn is not None and cfg.knn < 1:
         raise ValueError(f"--knn must be >= 1, got {cfg.knn}")
     src, state = resolve_source(cfg.source)
+    proto = protocol_of_source(src.method)
+    cfg = dataclasses.replace(cfg, modality=cfg.modality or proto.modality, feature=cfg.feature or proto.feature)
+    FeatureSpec(cfg.data, cfg.split, "train", (cfg.modality,), cfg.feature, cfg.clips).validate()
     out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
     views = (cfg.modality,)
     train, test = gallery_and_queries(cfg.data, cfg.split, src, state, views, cfg.feature, cfg.clips,
-                                      out / "features", cfg.device, cfg.batch_size, cfg.workers)
+                                      out / "features", cfg.device, cfg.batch_size, cfg.workers, cfg.skip_corrupt)
     from ..pipeline.shards import VideoStore
 
     n_classes = len(VideoStore(cfg.data).classes)
@@ -308,7 +320,7 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
             pred = clf((xte - mean) / std).argmax(1)
         method = "logistic regression (standardised features, L-BFGS)"
     top1 = 100.0 * float((pred == yte).double().mean())
-    failed = failed_videos(cfg.data, cfg.split, "test")
+    failed = left_out(cfg.data, cfg.split, {"test": test})["test"]
     result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen,
               "data": data_record(src, cfg.data, cfg.split), "method": method, "top1": top1,
               "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset, collate_clips, worker_errors
+from .clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
 from .config import TrainConfig
 from .views import EVAL_VIEWS, modalities_for
 
@@ -205,6 +205,7 @@ class VideoFeatures:
     cached: bool = False  # True when read from the cache (no extraction)
     clips_per_s: float = 0.0
     path: Path | None = None  # the cache folder
+    left_out: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> reason: corrupt (--skip-corrupt)
 
 
 def _autocast(device: torch.device):
@@ -214,9 +215,10 @@ def _autocast(device: torch.device):
 @torch.inference_mode()
 def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], features: tuple[str, ...], crop: int,
             device: torch.device, batch_size: int = 16, workers: int = 0,
-            desc: str = "features") -> tuple[dict[Key, np.ndarray], float]:
+            desc: str = "features") -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
     """Mean over each video's test clips of each of ``features`` of each view -> ``{(view, feature): (N, D)}``,
-    clips/s. One decode per clip and one forward per view serve every feature.
+    clips/s, and the videos left out ``{id: reason}``. One decode per clip and one forward per view serve every
+    feature. With ``dataset.cfg.skip_corrupt``, a video with a corrupt clip is left out: its rows are NaN.
 
     ``dataset`` must be in test mode; clips are centre-cropped to ``crop`` (`augment.AugmentConfig`
     with ``train=False``), mapped to the encoder input by `augment.view_input`.
@@ -227,9 +229,12 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     aug = augment.AugmentConfig(crop=crop, train=False)
     sums: dict[Key, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
-    t0, n_clips = time.perf_counter(), 0
+    t0, n_clips, corrupt = time.perf_counter(), 0, CorruptTally()
     with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False) as bar:
         for batch in worker_errors(loader):
+            bar.update(len(batch.get("corrupt", ())))
+            if not corrupt.add(batch):
+                continue
             raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
             B = batch["index"].shape[0]
             hw = augment.batch_hw(batch, dataset.cfg.modalities[0])
@@ -247,70 +252,98 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
             n_clips += B
             bar.update(B)
             bar.set_postfix_str(f"{n_clips / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
-    if not torch.all(counts == dataset.cfg.test_clips):
+    ids = dataset.video_ids
+    short = {ids[i] for i in torch.nonzero(counts != dataset.cfg.test_clips).flatten().tolist()}
+    if short != set(corrupt.videos):
         raise RuntimeError("feature extraction did not see every clip of every video")  # a bug, not user error
     rate = n_clips / max(time.perf_counter() - t0, 1e-9)
-    return {k: (s / counts[:, None]).float().numpy() for k, s in sums.items()}, rate
+    out = {k: (s / counts.clamp_min(1)[:, None]).float().numpy() for k, s in sums.items()}
+    rows = [i for i, v in enumerate(ids) if v in corrupt.videos]
+    for f in out.values():
+        f[rows] = np.nan
+    if corrupt.videos:
+        log.warning("%s", corrupt.summary())
+    return out, rate, dict(corrupt.videos)
 
 
-def _read_cached(path: Path, ids: list[str]) -> np.ndarray | None:
+def _read_cached(path: Path, ids: list[str]) -> tuple[np.ndarray, dict[str, str]] | None:
     if not path.exists():
         return None
     with np.load(path) as z:
-        return z["features"] if [str(v) for v in z["video_ids"]] == ids else None
+        if [str(v) for v in z["video_ids"]] != ids:
+            return None
+        return z["features"], json.loads(str(z["left_out"])) if "left_out" in z else {}
 
 
-def _write_cached(path: Path, f: np.ndarray, dataset: ClipDataset, meta: dict) -> None:
+def _write_cached(path: Path, f: np.ndarray, dataset: ClipDataset, meta: dict, left_out: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
     np.savez(tmp, features=f, labels=dataset.labels.astype(np.int64), video_ids=np.array(dataset.video_ids),
-             meta=json.dumps(meta, default=str))
+             meta=json.dumps(meta, default=str), left_out=json.dumps(left_out))
     tmp.replace(path)
+
+
+@dataclass
+class FeatureSets:
+    """`feature_sets`' answer: ``values[(view, feature)]`` (N, D) in list order (NaN rows: left out)."""
+
+    values: dict[Key, np.ndarray]
+    dataset: ClipDataset
+    cached: bool  # every one read from the cache
+    clips_per_s: float  # of the extraction (0 when nothing was extracted)
+    left_out: dict[str, str]  # id -> reason of the videos with a corrupt clip (``skip_corrupt``)
 
 
 def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ...], cache_dir: Path | None,
                  device: torch.device, batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
-                 state: dict | None = None) -> tuple[dict[Key, np.ndarray], ClipDataset, bool, float]:
+                 state: dict | None = None, skip_corrupt: bool = False) -> FeatureSets:
     """Every (view, feature) of ``spec.views`` x ``features`` for ``spec``'s list: those in ``cache_dir`` read,
-    the others extracted together in one pass over the clips and cached. Returns them, the list's dataset,
-    whether all came from the cache, and the extraction's clips/s (0 when nothing was extracted)."""
+    the others extracted together in one pass over the clips and cached. ``skip_corrupt``: a video with a
+    corrupt clip is left out (NaN rows, listed) instead of stopping the extraction."""
     spec.validate()
     for feature in features:
         dataclasses.replace(spec, feature=feature).validate()
-    clip_cfg = ClipConfig(frames=src.frames, stride=src.stride, modalities=modalities_for(spec.views), test_clips=spec.clips)
+    clip_cfg = ClipConfig(frames=src.frames, stride=src.stride, modalities=modalities_for(spec.views), test_clips=spec.clips,
+                          skip_corrupt=skip_corrupt)
     dataset = ClipDataset(spec.data, spec.split, spec.subset, clip_cfg, mode="test")
     keys = [(v, f) for v in spec.views for f in features]
     identity = data_identity(spec.data) if cache_dir else ""
     paths = {k: Path(cache_dir) / f"features-{spec.subset}-{k[0]}-{k[1]}-{cache_key(src, spec, k, identity)}.npz"
              for k in keys} if cache_dir else {}
-    out = {k: f for k in paths if (f := _read_cached(paths[k], dataset.video_ids)) is not None}
+    read = {k: got for k in paths if (got := _read_cached(paths[k], dataset.video_ids)) is not None}
+    out = {k: f for k, (f, _) in read.items()}
+    left_out = {v: r for _, lo in read.values() for v, r in lo.items()}
     missing = [k for k in keys if k not in out]
     if not missing:
         log.info("features of %d %s videos read from cache %s (extraction skipped)", dataset.n_videos, spec.subset, cache_dir)
-        return out, dataset, True, 0.0
+        return FeatureSets(out, dataset, True, 0.0, left_out)
     if backbone is None:
         backbone = load_backbone(src, state)
     views = tuple(dict.fromkeys(v for v, _ in missing))
     feats = tuple(dict.fromkeys(f for _, f in missing))
-    new, rate = extract(backbone, dataset, views, feats, src.crop, device, batch_size, workers,
-                        desc=f"{spec.subset} features")
+    new, rate, skipped = extract(backbone, dataset, views, feats, src.crop, device, batch_size, workers,
+                                 desc=f"{spec.subset} features")
     log.info("extracted %s features of %s for %d %s videos x %d clips at %.1f clips/s", "+".join(feats),
              "+".join(views), dataset.n_videos, spec.subset, spec.clips, rate)
     for k, f in new.items():
         if k in paths:
-            _write_cached(paths[k], f, dataset, {**asdict(spec), "view": k[0], "feature": k[1]})
+            _write_cached(paths[k], f, dataset, {**asdict(spec), "view": k[0], "feature": k[1]}, skipped)
     out.update({k: new[k] for k in missing})
-    return out, dataset, False, rate
+    return FeatureSets(out, dataset, False, rate, {**left_out, **skipped})
 
 
 def video_features(src: BackboneSource, spec: FeatureSpec, cache_dir: Path | None, device: torch.device,
                    batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
-                   state: dict | None = None) -> VideoFeatures:
-    """``spec.feature`` of every view of ``spec.views`` for every extracted video of its list (`feature_sets`)."""
-    sets, dataset, cached, rate = feature_sets(src, spec, (spec.feature,), cache_dir, device, batch_size, workers,
-                                               backbone, state)
-    return VideoFeatures({v: sets[v, spec.feature] for v in spec.views}, dataset.labels.astype(np.int64),
-                         dataset.video_ids, cached=cached, clips_per_s=rate, path=Path(cache_dir) if cache_dir else None)
+                   state: dict | None = None, skip_corrupt: bool = False) -> VideoFeatures:
+    """``spec.feature`` of every view of ``spec.views`` for every extracted video of its list (`feature_sets`),
+    without the videos left out as corrupt (``left_out``)."""
+    sets = feature_sets(src, spec, (spec.feature,), cache_dir, device, batch_size, workers, backbone, state, skip_corrupt)
+    ids = sets.dataset.video_ids
+    keep = np.array([v not in sets.left_out for v in ids], bool)
+    return VideoFeatures({v: sets.values[v, spec.feature][keep] for v in spec.views},
+                         sets.dataset.labels.astype(np.int64)[keep], [v for v, k in zip(ids, keep) if k],
+                         cached=sets.cached, clips_per_s=sets.clips_per_s,
+                         path=Path(cache_dir) if cache_dir else None, left_out=sets.left_out)
 
 
 def data_record(src: BackboneSource, data: Path, split: int) -> dict:

@@ -30,6 +30,7 @@ from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_cli
 from .evaluate import SourceConfig, default_out, resolve_source
 from .distributed import resolve_device
 from .features import BackboneSource, check_dataset_size, data_record, load_backbone, modalities_for
+from .protocol import protocol_of_source
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class FinetuneConfig:
     data: Path = Path("data/ucf101")
     split: int = 1
     source: SourceConfig = SourceConfig()  # --random-init = training from scratch
-    modality: str = "rgb"
+    modality: str | None = None  # None: the method's protocol (model/protocol.py): res for IIC/CMC, rgb for DualVar
     epochs: int = 150
     batch_size: int = 16
     lr: float = 1e-3
@@ -151,6 +152,7 @@ def check_resumable(cfg: FinetuneConfig, ckpt: dict, path: Path, source_id: str)
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune and test; returns (and writes to ``recognition.json``) top-1/top-5 and the counts."""
     src, state = resolve_source(cfg.source)
+    cfg = dataclasses.replace(cfg, modality=cfg.modality or protocol_of_source(src.method).modality)
     out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs).parent / "recognition"
     device = resolve_device(cfg.device)
     mods = modalities_for((cfg.modality,))

@@ -1,8 +1,10 @@
 """Each method's own retrieval protocol, in one place (REFERENCE.md sections 1 and 2).
 
 IIC (and its CMC baseline) retrieve with conv5 features max-pooled (1, 2, 2), cosine similarity, no
-centring; DualVar with the pooled feature, each set centred by its own mean. ``iic eval retrieval``, the
-training monitor and the demo take their defaults from here, so a method is never scored with another's.
+centring, and report retrieval and fine-tuning on residual input (REFERENCE.md: "repeat+res"); DualVar
+uses the pooled feature, each set centred by its own mean, on RGB input (it trains on RGB only).
+``iic eval retrieval|linear|recognition``, the training monitor and the demo take their defaults from here,
+so a method is never scored with another's.
 """
 from __future__ import annotations
 
@@ -15,15 +17,22 @@ class RetrievalProtocol:
     feature: str  # conv5 | pool (backbones.retrieval_feature)
     center: bool  # subtract each set's mean before the cosine similarity
     paper: str
+    modality: str = "res"  # the input view evaluated (views.EVAL_VIEWS)
 
     def describe(self) -> str:
-        return f"{self.feature} features, {'centred' if self.center else 'not centred'} ({self.paper})"
+        return (f"{self.modality} input, {self.feature} features, {'centred' if self.center else 'not centred'} "
+                f"({self.paper})")
 
 
 PROTOCOLS: dict[str, RetrievalProtocol] = {
-    "iic": RetrievalProtocol("conv5", False, "IIC's protocol"),
-    "dualvar": RetrievalProtocol("pool", True, "DualVar's protocol"),
+    "iic": RetrievalProtocol("conv5", False, "IIC's protocol", "res"),
+    "dualvar": RetrievalProtocol("pool", True, "DualVar's protocol", "rgb"),
 }
+
+
+def protocol_of_source(method: str) -> RetrievalProtocol:
+    """The protocol of a backbone trained with ``method``; a random init (or another method) is read with IIC's."""
+    return PROTOCOLS.get(method, PROTOCOLS["iic"])
 
 
 def protocol_for(method: str) -> RetrievalProtocol:

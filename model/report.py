@@ -6,24 +6,37 @@ border colours.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from ..pipeline.shards import VideoStore
+from ..pipeline.shards import FormatError, VideoStore
+
+log = logging.getLogger(__name__)
 
 BORDERS = {"query": "tab:blue", "neighbour of the query's class": "tab:green", "neighbour of another class": "tab:red"}
 
 
+def _middle(store: VideoStore, video_id: str, modality: str) -> np.ndarray:
+    """(H, W, 3) uint8 middle frame of one stream; a frame whose bytes are damaged is drawn black (a picture is
+    no reason to stop an evaluation: the reader's error is logged)."""
+    try:
+        return store.read(video_id, modality, store.n_frames(video_id) // 2, 1)[0]
+    except FormatError as err:
+        log.warning("thumbnail of %s drawn black: %s", video_id, str(err).splitlines()[0])
+        return np.zeros((*store.frame_size(video_id), 3), np.uint8)
+
+
 def middle_frame(store: VideoStore, video_id: str) -> np.ndarray:
     """(H, W, 3) uint8: the middle frame of a video."""
-    return store.read(video_id, "rgb", store.n_frames(video_id) // 2, 1)[0]
+    return _middle(store, video_id, "rgb")
 
 
 def residual_image(store: VideoStore, video_id: str) -> np.ndarray:
     """(H, W, 3) uint8: the residual of the middle frame, mid-grey = no change (stored q = d / 2 + 128 is
     stretched back to d: 128 + 2 (q - 128))."""
-    q = store.read(video_id, "res", store.n_frames(video_id) // 2, 1)[0].astype(np.int16)
+    q = _middle(store, video_id, "res").astype(np.int16)
     return np.clip(128 + 2 * (q - 128), 0, 255).astype(np.uint8)
 
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_clips, worker_errors
+from .clips import ClipConfig, ClipDataset, CorruptTally, EpochSampler, clip_seed, collate_clips, worker_errors
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar
@@ -68,11 +68,15 @@ class Run:
     epoch: int = 0
     step: int = 0
     data_identity: dict = field(default_factory=dict)  # resume.data_identity of cfg.data, saved with each checkpoint
+    corrupt: CorruptTally = field(default_factory=CorruptTally)  # clips left out by --skip-corrupt
 
 
 def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipDataset, EpochSampler, DataLoader]:
+    if cfg.skip_corrupt and d.world > 1:  # ranks would step on batches of different sizes (gathers need equal)
+        raise ConfigError("--skip-corrupt runs on one process only: under torchrun, repair the data first "
+                          "(`iic-prep extract --repair`)")
     clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=cfg.modalities,
-                          clips_per_sample=cfg.clips_per_sample)
+                          clips_per_sample=cfg.clips_per_sample, skip_corrupt=cfg.skip_corrupt)
     dataset = ClipDataset(cfg.data, cfg.split, "train", clip_cfg, mode="train")
     per_rank = cfg.batch_size
     if dataset.n_videos < per_rank * d.world:
@@ -183,7 +187,7 @@ def restore(run: Run, ckpt: dict, path: Path) -> None:
 def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     """The saved config must match, except for what may change between sessions (workers, device) and for
     places: the run folder is where ``path`` is, the data is compared by identity (model/resume.py)."""
-    free = {"workers", "device", "amp", "log_every", "monitor_every", "threads", "out", "data"}
+    free = {"workers", "device", "amp", "log_every", "monitor_every", "threads", "out", "data", "skip_corrupt"}
     saved = ckpt["config"]
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{path} is not an `iic train` checkpoint: its config is a "
@@ -209,6 +213,10 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
     t_end = time.perf_counter()
     for i, batch in enumerate(worker_errors(run.loader)):
         t_data = time.perf_counter()
+        if not run.corrupt.add(batch):  # every clip of the batch was corrupt: the schedule moves on without it
+            run.scheduler.step()
+            run.step += 1
+            continue
         batch = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
         gen = step_generator(cfg, run.epoch, i)
         with torch.autocast(device.type, dtype=torch.float16, enabled=run.scaler.is_enabled()):
@@ -294,6 +302,8 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
         divergence = max_divergence(list(run.memory.buffers()))
         if divergence > 0:
             raise TrainingError(f"ranks hold different memory state (max difference {divergence:.3g})")
+        if run.corrupt.videos:
+            log.warning("%s", run.corrupt.summary())
         if main:
             checkpoint.save_atomic(state_dict(run), final)
             plot_curves(out / "metrics.jsonl", out / "curves.png",

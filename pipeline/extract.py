@@ -29,7 +29,7 @@ from .lock import exclusive
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks, threads_per_worker
 from .shards import (
     FORMAT_VERSION, ManifestRow, ShardWriter, encode_jpeg, format_splits, quantize_residual,
-    remove_stale_temporaries, shard_rows, size_spec, write_manifest,
+    remove_stale_temporaries, shard_damage, shard_rows, size_spec, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class ExtractConfig:
     shards_per_folder: int = 1000  # more shards than this: spread over frames/<NNN>/ folders of this many
     parallel: ParallelConfig = ParallelConfig()
     overwrite: bool = False
+    repair: bool = False  # verify every kept shard's checksums and redo the damaged ones
 
     @property
     def data_dir(self) -> Path:
@@ -173,6 +174,9 @@ def extract(cfg: ExtractConfig) -> StageSummary:
         kept = 0
         for name, entries in plan:
             done = _complete_rows(cfg.data_dir / name, entries, settings)
+            if done is not None and cfg.repair and (damage := shard_damage(cfg.data_dir / name)):
+                log.warning("repairing %s: %s", name, damage)
+                done = None
             if done is None:
                 todo.append((name, entries, index.video_root, cfg))
             else:

@@ -31,7 +31,7 @@ from . import orphans
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
 from .shards import (
     FORMAT_VERSION, FormatError, ManifestRow, ShardWriter, VideoStore, read_manifest, remove_stale_temporaries,
-    shard_rows, stage_shard, write_manifest,
+    shard_damage, shard_rows, stage_shard, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class FlowStageConfig:
     flow: FlowConfig = FlowConfig()
     parallel: ParallelConfig = ParallelConfig()
     overwrite: bool = False
+    repair: bool = False  # verify every kept flow shard's checksums and redo the damaged ones
 
     @property
     def folder(self) -> Path:
@@ -166,6 +167,9 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
         for frames_shard, shard_frame_rows in sorted(by_shard.items()):
             shard = stage_shard(frames_shard, "flow")
             done = _complete_shard(cfg.data / shard, attrs_of[shard])
+            if done is not None and cfg.repair and (damage := shard_damage(cfg.data / shard)):
+                log.warning("repairing %s: %s", shard, damage)
+                done = None
             if done is not None:
                 # same videos and frames; the rows' other columns (splits, label) come from the frames now
                 stored = {r.id: r for r in done}

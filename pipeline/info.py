@@ -191,7 +191,7 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
                 report.unverified[stage] += 1
             store.flow(r.id, r.n_frames - 1, 1)
     except (OSError, KeyError, ValueError, IndexError, FormatError) as err:
-        return [f"{r.id}: unreadable ({type(err).__name__}: {err})"]
+        return [f"{r.id}: {stage} of {r.shard} unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"]
     return []
 
 

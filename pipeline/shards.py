@@ -77,6 +77,27 @@ def bad_items(array: np.ndarray, crcs: np.ndarray) -> list[int]:
     return [i for i in range(len(array)) if zlib.crc32(array[i]) != crcs[i]]
 
 
+def shard_damage(path: Path) -> str | None:
+    """Verify every checksum of a shard file (each stored JPEG stream's frames, each array's items): a one-line
+    reason for the first damage found, or None when every checksummed byte is intact (streams written before
+    checksums cannot be verified and pass). Reads the whole file."""
+    try:
+        with h5py.File(path, "r") as f:
+            for slot, group in sorted(f.get("videos", {}).items()):
+                for name in sorted(n for n in group if n.endswith(CRC_SUFFIX)):
+                    item = name[: -len(CRC_SUFFIX)]
+                    crcs = group[name][()]
+                    if f"{item}_offsets" in group:
+                        bad = bad_frames(group[item][()].tobytes(), group[f"{item}_offsets"][()], crcs)
+                    else:
+                        bad = bad_items(group[item][()], crcs)
+                    if bad:
+                        return f"slot {slot} {item}: {len(bad)} item(s) fail their checksum (first: {bad[0]})"
+    except (OSError, KeyError, ValueError) as err:
+        return f"unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    return None
+
+
 # ----------------------------------------------------------------------------------------------------------
 # residual quantisation
 
@@ -484,7 +505,7 @@ class VideoStore:
 
     def _corrupt(self, row: ManifestRow, what: str, index: int, stage: str) -> ChecksumError:
         return ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r} {what} {index}: checksum mismatch, the "
-                             f"stored bytes are corrupt (delete the shard and re-run `iic-prep {stage}`)")
+                             f"stored bytes are corrupt (`iic-prep {stage} --repair` rewrites the shard)")
 
     def _check_count(self, row: ManifestRow, what: str, stored: int) -> None:
         if stored != row.n_frames:
@@ -533,8 +554,8 @@ class VideoStore:
                     group["flow"][t]
                 except OSError:
                     raise FormatError(f"{self.data_dir}: {row.shard} video {row.id!r} flow pair {t}: unreadable, the "
-                                      f"stored bytes are corrupt ({_first_line(err)}; delete the shard and re-run "
-                                      "`iic-prep flow`)") from None
+                                      f"stored bytes are corrupt ({_first_line(err)}; `iic-prep flow --repair` "
+                                      "rewrites the shard)") from None
             raise
         if f"flow{CRC_SUFFIX}" in group:
             bad = bad_items(pairs, group[f"flow{CRC_SUFFIX}"][start : start + length])

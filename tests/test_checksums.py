@@ -3,6 +3,7 @@ a seeded fault injection flips bytes of a real shard file and every flip must be
 checksums (written before them) still read, and `check` says they are unverified."""
 from __future__ import annotations
 
+import json
 import shutil
 import zlib
 from pathlib import Path
@@ -212,3 +213,91 @@ def test_a_damaged_frames_shard_is_named_and_not_called_re_extracted(data, damag
     assert "frames/shard-00000.h5: cannot open" in check.stderr, check.stderr
     assert "computed from other frames" not in check.stderr, check.stderr
     assert error_lines(check.stderr) == [f"Error: 1 problem(s) in {data}"], check.stderr
+
+
+def _flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([old ^ 0x5A]))
+
+
+def test_repair_rewrites_exactly_the_damaged_shards(pristine, data):
+    """A flipped byte in a frames shard and one in a flow shard: a plain resume keeps both (their attributes
+    are in order), `check` fails; `extract --repair` and `flow --repair` rewrite those two shards only, and the
+    dataset reads as the pristine one again."""
+    with h5py.File(data / "frames" / "shard-00000.h5") as f:
+        group = f[slot_name(1)]
+        frames_at = group["rgb"].id.get_offset() + int(group["rgb_offsets"][3]) + 5  # inside rgb frame 3
+    with h5py.File(data / "flow" / "shard-00001.h5") as f:
+        info = f[slot_name(0)]["flow"].id.get_chunk_info(2)  # the compressed bytes of pair 2
+        flow_at = info.byte_offset + info.size // 2
+    _flip(data / "frames" / "shard-00000.h5", frames_at)
+    _flip(data / "flow" / "shard-00001.h5", flow_at)
+    raw = pristine.parent.parent / "raw"
+    extract = ["extract", "--root", raw, "--out", data.parent, "--size", "32x40", "--shard-size", "2", "--workers", "1",
+               "--store-residuals"]
+    flow = ["flow", "--data", data, "--method", "farneback", "--workers", "1"]
+    assert "0 written, 2 kept" in run_prep(*extract).output
+    assert run_prep("check", "--data", data).exit_code == 1
+    fixed = run_prep(*extract, "--repair")
+    assert fixed.exit_code == 0 and "1 written, 1 kept" in fixed.output, fixed.output
+    assert "flow/shard-00001.h5" in run_prep("check", "--data", data).stderr  # the flow damage is still there
+    fixed = run_prep(*flow, "--repair")
+    assert fixed.exit_code == 0 and "1 written, 1 kept" in fixed.output, fixed.output
+    check = run_prep("check", "--data", data)
+    assert check.exit_code == 0, check.output
+    assert (data / "manifest.csv").read_text() == (pristine / "manifest.csv").read_text()
+    a, b = VideoStore(data), VideoStore(pristine)
+    for row in b.ok_rows():
+        for read in ("frames", "residuals", "flow"):
+            np.testing.assert_array_equal(getattr(a, read)(row.id), getattr(b, read)(row.id), err_msg=f"{row.id} {read}")
+    assert "2 kept" in run_prep(*extract, "--repair").output  # nothing left to repair
+
+
+def _corrupt_every_frame(data: Path, video: str) -> None:
+    """One flipped byte in each stored RGB and residual frame of ``video``: every clip of it reads corrupt bytes."""
+    row = next(r for r in VideoStore(data).ok_rows() if r.id == video)
+    for slot, stream, base, offsets in _frame_bytes(data / row.shard):
+        if int(slot) == row.slot:
+            for a, b in zip(offsets[:-1], offsets[1:]):
+                _flip(data / row.shard, base + int(a + b) // 2)
+
+
+def test_skip_corrupt_leaves_out_the_damaged_video_in_training_and_retrieval(data, tmp_path, caplog):
+    """Without --skip-corrupt a damaged video stops training and retrieval with one line; with it, the run goes
+    on without that video, says it once and counts it, and retrieval lists it as left out."""
+    store = VideoStore(data)
+    train_id = store.ok_rows(1, "train")[0].id
+    query_id = store.ok_rows(1, "test")[0].id
+    _corrupt_every_frame(data, train_id)
+    _corrupt_every_frame(data, query_id)
+    run = ["train", "--preset", "tiny", "--data", data, "--frames", "8", "--crop", "24", "--batch-size", "2",
+           "--epochs", "2", "--workers", "0", "--device", "cpu", "--monitor-every", "0"]
+
+    def iic(*args):
+        return CliRunner().invoke(main, [str(a) for a in args])
+
+    stopped = iic(*run, "--out", tmp_path / "a")
+    assert stopped.exit_code == 1, stopped.output
+    assert "checksum mismatch" in error_lines(stopped.output)[0] and "Traceback" not in stopped.output
+    caplog.clear()
+    went_on = iic(*run, "--out", tmp_path / "b", "--skip-corrupt")
+    assert went_on.exit_code == 0, went_on.output
+    said = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
+    assert len([m for m in said if m.startswith(f"skipping a corrupt clip of {train_id}: ")]) == 1, said  # once
+    assert any(m.startswith(f"2 clip(s) of 1 corrupt video(s) left out ({train_id})") for m in said), said  # 2 epochs
+    ckpt = tmp_path / "b" / "final.pt"
+    assert ckpt.exists()
+    retrieval = ["eval", "retrieval", "--data", data, "--ckpt", ckpt, "--clips", "2", "--workers", "0", "--device", "cpu"]
+    stopped = iic(*retrieval, "--out", tmp_path / "e1")
+    assert stopped.exit_code == 1 and "checksum mismatch" in error_lines(stopped.output)[0], stopped.output
+    for _ in range(2):  # extracted, then read from the cache: the same videos left out
+        went_on = iic(*retrieval, "--out", tmp_path / "e2", "--skip-corrupt")
+        assert went_on.exit_code == 0, went_on.output
+        result = json.loads((tmp_path / "e2" / "retrieval.json").read_text())
+        assert result["counts"]["queries"] == 1 and result["counts"]["gallery"] == 1
+        left = {r["id"]: r["reason"] for s in ("train", "test") for r in result["failed"][s]}
+        assert set(left) == {train_id, query_id}
+        assert all(reason.startswith("corrupt, left out: ") and "checksum mismatch" in reason for reason in left.values())

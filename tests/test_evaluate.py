@@ -353,5 +353,11 @@ def test_each_method_is_scored_with_its_own_protocol(world, tmp_path):
     got = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert (got["config"]["feature"], got["config"]["center"], got["feature_dim"]) == ("pool", True, 64)
     dv = RetrievalConfig(data=data).with_protocol("dualvar")
-    assert (dv.feature, dv.center) == ("pool", True)
+    assert (dv.feature, dv.center, dv.modality) == ("pool", True, "rgb")
     assert RetrievalConfig(data=data, center=False).with_protocol("dualvar").center is False
+    assert got["config"]["modality"] == "res"  # IIC's input view (REFERENCE.md: repeat+res) unless told
+    assert RetrievalConfig(data=data, modality="rgb").with_protocol("iic").modality == "rgb"
+    # the linear probe follows the same protocol (it had rgb / pool of its own before)
+    run_iic("eval", "linear", "--data", data, "--ckpt", ck, *FAST, "--out", tmp_path / "l")
+    lin = json.loads((tmp_path / "l" / "linear.json").read_text())["config"]
+    assert (lin["modality"], lin["feature"]) == ("res", "conv5")
