@@ -1,0 +1,513 @@
+"""TV-L1 optical flow in PyTorch, batched over frame pairs: ``iic-prep flow --method tvl1-torch``.
+
+The algorithm is OpenCV's ``cv::optflow::DualTVL1OpticalFlow`` (Zach, Pock, Bischof 2007, in the form of
+Sanchez, Meinhardt-Llopis, Facciolo, "TV-L1 Optical Flow Estimation", IPOL 2013), step for step, with the
+parameters of ``flowcalc.TVL1_PARAMS``; every tensor carries a leading batch dimension ``B`` (one entry per
+frame pair) so one call runs many pairs on one device.  Notation (IPOL): ``u = (u1, u2)`` the flow,
+``v`` the auxiliary flow of the data term, ``p = (p1, p2)`` the dual variable of each flow component
+(``p11, p12`` for ``u1``), ``I0`` the first frame, ``I1w`` the second one warped by the current flow.
+
+Per scale (coarse to fine, ``nscales`` levels of a ``scaleStep`` pyramid, zero flow at the coarsest):
+``p = 0``; then ``warps`` times: warp ``I1`` and its centred gradient by ``u`` (bicubic), linearise the
+data term ``rho(u) = rho_c + grad(I1w) . u``; then up to ``outerIterations`` times a 5x5 median filter on
+``u`` followed by up to ``innerIterations`` primal-dual iterations
+(``v = TH(u)``, ``u = v + theta div(p)``, ``p = (p + tau/theta grad(u)) / (1 + tau/theta |grad(u)|)``),
+both loops ending as soon as ``sum |u_new - u|^2 <= epsilon^2 * H * W``.  The flow is then resized to the
+next finer level (bilinear) and multiplied by ``1 / scaleStep``.
+
+Details copied from OpenCV so that the results agree with ``tvl1`` (tests/test_flow_torch.py):
+
+* pyramid: ``cv2.resize(INTER_LINEAR)`` by ``scaleStep`` of the previous level (no smoothing), levels below
+  16 px on a side are dropped; sizes are ``round(side * scaleStep)``;
+* warping: ``cv2.remap(INTER_CUBIC)`` (Keys kernel, a = -0.75) at the exact sample positions, zero outside
+  the image (``BORDER_CONSTANT``);
+* gradients: centred differences for the image (half one-sided differences on the border), forward
+  differences for the flow (zero on the last row / column), the matching backward-difference divergence;
+* median filter: ``cv2.medianBlur(ksize=5)`` (replicated border).
+
+The stopping rule is per pair.  In a batch the loops run while any pair is unconverged, on the unconverged
+pairs only (they are gathered into a smaller batch when some converge): every pair goes through exactly the
+arithmetic it would go through alone, so a pair's flow does not depend on the batch it was computed in
+(only element-wise operations and per-pair reductions, no transcendental functions whose vectorised and
+scalar versions could differ).  ``gamma`` (the illumination term) must be 0, as in ``TVL1_PARAMS``.
+
+Parallelism: torch's own threads over the batch.  The flow stage runs this method in ONE process using
+``--workers`` torch threads instead of joblib processes each running torch: big batches use the cores at
+least as well as separate processes, memory is paid once, and threads inside separate processes would
+oversubscribe the cores.  (A Dask cluster still gets one task per video, each using its worker's threads.)
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "BYTES_PER_PIXEL",
+    "DeviceError",
+    "TorchTVL1",
+    "resolve_device",
+    "free_memory",
+    "max_batch",
+    "pyramid_sizes",
+    "resize_linear",
+    "centered_gradient",
+    "forward_gradient",
+    "divergence",
+    "warp_cubic",
+    "median5",
+    "threshold",
+    "primal_dual_step",
+    "tvl1",
+]
+
+# Peak bytes of device memory per pixel of a pair at full resolution: ~40 float32 planes of state and
+# temporaries (pyramids, warped images and gradients, u, v, p, divergences, gathered copies) plus the 25
+# planes of the 5x5 median, rounded up.  Used to cap the batch from the free memory.
+BYTES_PER_PIXEL = 512
+MEMORY_FRACTION = 0.5  # of the free memory a batch may plan to use
+MIN_SIDE = 16  # OpenCV drops pyramid levels smaller than this
+_FLT_EPSILON = float(np.finfo(np.float32).eps)
+_CUBIC_A = -0.75
+
+
+class DeviceError(ValueError):
+    """A device that cannot be used (CUDA asked for and absent); the message is one line."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (CUDA when available) -> a usable ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: CUDA is not available to this torch {torch.__version__} "
+                          "(CPU build or no GPU); use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device {device}: only cpu, cuda and auto are supported")
+    return dev
+
+
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: ``cudaMemGetInfo`` for CUDA, MemAvailable of /proc/meminfo for the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def max_batch(height: int, width: int, free_bytes: int) -> int:
+    """Most pairs of ``height x width`` frames a batch may hold in ``free_bytes`` (at least 1)."""
+    return max(1, int(free_bytes * MEMORY_FRACTION) // (BYTES_PER_PIXEL * height * width))
+
+
+# ---------------------------------------------------------------------------------------------- pyramid
+
+
+def pyramid_sizes(height: int, width: int, nscales: int, scale_step: float) -> list[tuple[int, int]]:
+    """(H, W) of each level, finest first, as OpenCV builds them (levels under 16 px dropped)."""
+    sizes = [(height, width)]
+    for _ in range(1, nscales):
+        h, w = sizes[-1]
+        nh, nw = round(h * scale_step), round(w * scale_step)  # cv::resize(Size(), fx, fy): saturate_cast
+        if nw < MIN_SIDE or nh < MIN_SIDE:
+            break
+        sizes.append((nh, nw))
+    return sizes
+
+
+def _linear_taps(src: int, dst: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (i0, i1) and weight of i1 per output index, for a source-to-destination ``scale``
+    (source px per destination px), as cv::resize INTER_LINEAR computes them (clamped at the borders)."""
+    pos = ((np.arange(dst) + 0.5) * scale - 0.5).astype(np.float32)
+    i0 = np.floor(pos).astype(np.int64)
+    frac = pos - i0
+    low, high = i0 < 0, i0 >= src - 1
+    frac[low | high] = 0.0
+    i0 = np.clip(i0, 0, src - 1)
+    i1 = np.minimum(i0 + 1, src - 1)
+    return i0, i1, frac.astype(np.float32)
+
+
+def resize_linear(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, float] | None = None) -> torch.Tensor:
+    """``(B, H, W)`` -> ``(B, h, w)`` bilinear, as ``cv2.resize(INTER_LINEAR)`` on float images.
+
+    ``scale = (sy, sx)`` are the factors OpenCV maps with (source px per destination px): ``1 / fy, 1 / fx``
+    when the size was derived from factors (the pyramid), ``H / h, W / w`` when a size was given (the flow).
+    """
+    h, w = size
+    src_h, src_w = x.shape[-2:]
+    sy, sx = scale if scale is not None else (src_h / h, src_w / w)
+    y0, y1, fy = (torch.from_numpy(a).to(x.device) for a in _linear_taps(src_h, h, sy))
+    x0, x1, fx = (torch.from_numpy(a).to(x.device) for a in _linear_taps(src_w, w, sx))
+    rows = x[..., x0] * (1 - fx) + x[..., x1] * fx  # horizontal pass first, as OpenCV
+    fy = fy[:, None]
+    return rows[..., y0, :] * (1 - fy) + rows[..., y1, :] * fy
+
+
+# ---------------------------------------------------------------------------------------------- differences
+
+
+def centered_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, H, W)`` -> (dx, dy): central differences / 2, one-sided differences / 2 on the borders."""
+    dx, dy = torch.empty_like(img), torch.empty_like(img)
+    dx[..., 1:-1] = 0.5 * (img[..., 2:] - img[..., :-2])
+    dx[..., 0] = 0.5 * (img[..., 1] - img[..., 0])
+    dx[..., -1] = 0.5 * (img[..., -1] - img[..., -2])
+    dy[..., 1:-1, :] = 0.5 * (img[..., 2:, :] - img[..., :-2, :])
+    dy[..., 0, :] = 0.5 * (img[..., 1, :] - img[..., 0, :])
+    dy[..., -1, :] = 0.5 * (img[..., -1, :] - img[..., -2, :])
+    return dx, dy
+
+
+def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, H, W)`` -> (ux, uy): forward differences, zero on the last column (ux) / last row (uy)."""
+    ux, uy = torch.empty_like(u), torch.empty_like(u)
+    torch.sub(u[..., 1:], u[..., :-1], out=ux[..., :-1])
+    ux[..., -1] = 0.0
+    torch.sub(u[..., 1:, :], u[..., :-1, :], out=uy[..., :-1, :])
+    uy[..., -1, :] = 0.0
+    return ux, uy
+
+
+def divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Backward-difference divergence of ``(p1, p2)``, each ``(B, H, W)``, with p = 0 outside the image:
+    the negative adjoint of `forward_gradient`."""
+    div = p1.clone()
+    div[..., 1:] -= p1[..., :-1]
+    dy = p2.clone()
+    dy[..., 1:, :] -= p2[..., :-1, :]
+    div += dy
+    return div
+
+
+# ---------------------------------------------------------------------------------------------- warping
+
+
+def _cubic_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Keys cubic kernel (a = -0.75, OpenCV's interpolateCubic) at offsets -1, 0, 1, 2 for fractions t."""
+    a = _CUBIC_A
+    t1 = t + 1
+    w0 = ((a * t1 - 5 * a) * t1 + 8 * a) * t1 - 4 * a
+    w1 = ((a + 2) * t - (a + 3)) * t * t + 1
+    s = 1 - t
+    w2 = ((a + 2) * s - (a + 3)) * s * s + 1
+    w3 = 1 - w0 - w1 - w2
+    return w0, w1, w2, w3
+
+
+def warp_cubic(imgs: list[torch.Tensor], u1: torch.Tensor, u2: torch.Tensor) -> list[torch.Tensor]:
+    """Each ``(B, H, W)`` image of ``imgs`` sampled at ``(x + u1, y + u2)``: ``cv2.remap(INTER_CUBIC)``.
+
+    Positions are used unrounded (OpenCV 5's float remap; older versions rounded them to 1/32 px), samples
+    outside the image are 0.
+    """
+    b, h, w = u1.shape
+    dev = u1.device
+    xs = torch.arange(w, device=dev, dtype=u1.dtype)
+    ys = torch.arange(h, device=dev, dtype=u1.dtype)[:, None]
+    limit = float(1 << 20)  # far outside any image; keeps the positions in int range
+    x = (xs + u1).clamp(-limit, limit)
+    y = (ys + u2).clamp(-limit, limit)
+    x0, y0 = torch.floor(x), torch.floor(y)
+    tx, ty = x - x0, y - y0
+    ix, iy = x0.to(torch.int64), y0.to(torch.int64)
+    wx, wy = _cubic_weights(tx), _cubic_weights(ty)
+    pad = 3  # zero border wide enough that every clamped tap outside the image reads 0
+    hp, wp = h + 2 * pad, w + 2 * pad
+    cols = [(ix + (j - 1)).clamp(-pad, w - 1 + pad) + pad for j in range(4)]
+    rows = [((iy + (i - 1)).clamp(-pad, h - 1 + pad) + pad) * wp for i in range(4)]
+    batch_off = (torch.arange(b, device=dev) * (hp * wp))[:, None, None]
+    out = []
+    for img in imgs:
+        flat = F.pad(img, (pad, pad, pad, pad)).reshape(-1)
+        acc = None
+        for i in range(4):
+            base = rows[i] + batch_off
+            row = flat[base + cols[0]] * wx[0]
+            for j in range(1, 4):
+                row = row + flat[base + cols[j]] * wx[j]
+            term = row * wy[i]
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+def _batcher_pairs(n: int) -> list[tuple[int, int]]:
+    """Comparators of Batcher's odd-even merge sort of ``n`` (a power of 2) wires, in order."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+@functools.lru_cache(maxsize=None)
+def _selection_network(n: int, rank: int) -> tuple[tuple[tuple[str, int, int, int], ...], int]:
+    """A min/max network giving the ``rank``-th smallest of ``n`` inputs: Batcher's sorting network on the
+    next power of two with +inf padding resolved symbolically, pruned to what the output depends on.
+
+    Returns (ops, output) where each op is ``(min|max, out, a, b)`` over variable ids (0..n-1 = inputs).
+    """
+    size = 1 << (n - 1).bit_length()
+    inf = -1
+    wire = list(range(n)) + [inf] * (size - n)
+    ops, next_id = [], n
+    for a, b in _batcher_pairs(size):
+        if wire[b] == inf:
+            continue
+        if wire[a] == inf:
+            wire[a], wire[b] = wire[b], inf
+            continue
+        lo, hi = next_id, next_id + 1
+        next_id += 2
+        ops += [("min", lo, wire[a], wire[b]), ("max", hi, wire[a], wire[b])]
+        wire[a], wire[b] = lo, hi
+    needed, kept = {wire[rank]}, []
+    for op in reversed(ops):
+        if op[1] in needed:
+            kept.append(op)
+            needed |= {op[2], op[3]}
+    return tuple(reversed(kept)), wire[rank]
+
+
+def median5(u: torch.Tensor) -> torch.Tensor:
+    """5x5 median of each ``(B, H, W)`` plane, border replicated: ``cv2.medianBlur(u, 5)``.
+
+    A pruned selection network of element-wise min/max over the 25 shifted views (exact, like OpenCV's
+    sorting network; several times faster than ``Tensor.median`` over unfolded windows).
+    """
+    b, h, w = u.shape
+    padded = F.pad(u[:, None], (2, 2, 2, 2), mode="replicate")[:, 0]
+    values: dict[int, torch.Tensor] = {5 * i + j: padded[:, i:i + h, j:j + w] for i in range(5) for j in range(5)}
+    ops, out = _selection_network(25, 12)
+    last_use = {}
+    for k, op in enumerate(ops):
+        last_use[op[2]] = last_use[op[3]] = k
+    for k, (kind, dst, a, c) in enumerate(ops):
+        values[dst] = (torch.minimum if kind == "min" else torch.maximum)(values[a], values[c])
+        for v in (a, c):
+            if last_use[v] == k and v != out:
+                values.pop(v, None)
+    return values[out].contiguous()
+
+
+# ---------------------------------------------------------------------------------------------- iterations
+
+
+@dataclass
+class _Data:
+    """The linearised data term of one warp, per pair (all ``(B, H, W)``): the gradient of the warped
+    second image, ``rho_c = I1w - grad(I1w).u0 - I0`` and ``neg_grad = -|grad I1w|^2`` (-1 where
+    ``|grad I1w|^2 <= FLT_EPSILON``: there the gradient, hence the step, is below 2e-5 px anyway)."""
+
+    i1wx: torch.Tensor
+    i1wy: torch.Tensor
+    rho_c: torch.Tensor
+    neg_grad: torch.Tensor
+
+    def take(self, idx: torch.Tensor) -> _Data:
+        return _Data(*(t.index_select(0, idx) for t in (self.i1wx, self.i1wy, self.rho_c, self.neg_grad)))
+
+
+def threshold(data: _Data, u1: torch.Tensor, u2: torch.Tensor, l_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """v = TH(u), the pointwise minimiser of the linearised data term (``l_t = lambda * theta``):
+    ``v = u + clip(-rho(u) / |grad I1w|^2, -l_t, l_t) grad I1w``, which is OpenCV's three cases
+    (``rho < -l_t |grad|^2``, ``rho > l_t |grad|^2``, otherwise) in one expression."""
+    rho = data.i1wx * u1
+    rho += data.i1wy * u2
+    rho += data.rho_c
+    fi = rho.div_(data.neg_grad).clamp_(-l_t, l_t)
+    v1 = fi * data.i1wx
+    v1 += u1
+    v2 = fi.mul_(data.i1wy)
+    v2 += u2
+    return v1, v2
+
+
+def _divergence_step(p1: torch.Tensor, p2: torch.Tensor, v: torch.Tensor, theta: float) -> torch.Tensor:
+    """``v + theta * divergence(p1, p2)`` (the primal update), with few temporaries."""
+    div = divergence(p1, p2)
+    div *= theta
+    div += v
+    return div
+
+
+def _dual_step(p1: torch.Tensor, p2: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor, taut: float):
+    """``p = (p + taut grad u) / (1 + taut |grad u|)`` for one flow component."""
+    ng = ux * ux
+    ng += uy * uy
+    ng.sqrt_().mul_(taut).add_(1.0)
+    n1 = ux.mul_(taut)
+    n1 += p1
+    n1 /= ng
+    n2 = uy.mul_(taut)
+    n2 += p2
+    n2 /= ng
+    return n1, n2
+
+
+def primal_dual_step(data: _Data, u1, u2, p11, p12, p21, p22, l_t: float, theta: float, taut: float):
+    """One inner iteration: v = TH(u); u = v + theta div p; p = (p + taut grad u) / (1 + taut |grad u|).
+
+    All ``(B, H, W)``; returns (u1, u2, p11, p12, p21, p22, error) with ``error`` ``(B,)`` = sum over the
+    pixels of |u_new - u|^2 (summed per row, then over rows: a per-pair reduction independent of B).
+    The inputs are not modified.
+    """
+    v1, v2 = threshold(data, u1, u2, l_t)
+    n1 = _divergence_step(p11, p12, v1, theta)
+    n2 = _divergence_step(p21, p22, v2, theta)
+    d1, d2 = n1 - u1, n2 - u2
+    d1 *= d1
+    d2 *= d2
+    d1 += d2
+    error = d1.sum(-1).sum(-1)
+    u1x, u1y = forward_gradient(n1)
+    u2x, u2y = forward_gradient(n2)
+    q11, q12 = _dual_step(p11, p12, u1x, u1y, taut)
+    q21, q22 = _dual_step(p21, p22, u2x, u2y, taut)
+    return n1, n2, q11, q12, q21, q22, error
+
+
+def _data_term(i0: torch.Tensor, i1: torch.Tensor, i1x: torch.Tensor, i1y: torch.Tensor,
+               u1: torch.Tensor, u2: torch.Tensor) -> _Data:
+    i1w, i1wx, i1wy = warp_cubic([i1, i1x, i1y], u1, u2)
+    grad = i1wx * i1wx + i1wy * i1wy
+    rho_c = i1w - i1wx * u1 - i1wy * u2 - i0
+    return _Data(i1wx, i1wy, rho_c, torch.where(grad > _FLT_EPSILON, -grad, -1.0))
+
+
+def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, params: dict[str, Any]):
+    """Refine the flow ``(u1, u2)`` of one pyramid level (OpenCV's procOneScale) for every pair."""
+    b, h, w = i0.shape
+    eps = float(np.float32(params["epsilon"] ** 2 * h * w))
+    l_t = float(np.float32(params["lambda"] * params["theta"]))
+    taut = float(np.float32(params["tau"] / params["theta"]))
+    theta = float(np.float32(params["theta"]))
+    median = params["medianFiltering"] > 1
+    if median and params["medianFiltering"] != 5:
+        raise ValueError("tvl1-torch implements medianFiltering 5 (OpenCV's default) or off (<= 1)")
+    i1x, i1y = centered_gradient(i1)
+    p = [torch.zeros_like(i0) for _ in range(4)]
+    for _ in range(params["warps"]):
+        data = _data_term(i0, i1, i1x, i1y, u1, u2)
+        idx = torch.arange(b, device=i0.device)  # the pairs still iterating in this warp
+        state = [u1, u2, *p]
+        sub, sub_data = state, data
+        for _ in range(params["outerIterations"]):
+            if len(idx) == 0:
+                break
+            if median:
+                sub = [median5(sub[0]), median5(sub[1]), *sub[2:]]
+            for _ in range(params["innerIterations"]):
+                *sub, error = primal_dual_step(sub_data, *sub, l_t, theta, taut)
+                going = error > eps
+                if not bool(going.all()):  # some pairs converged: store everyone, go on with the rest
+                    state = [s.index_copy(0, idx, t) for s, t in zip(state, sub)]
+                    keep = going.nonzero().squeeze(1)
+                    idx = idx.index_select(0, keep)
+                    sub = [t.index_select(0, keep) for t in sub]
+                    sub_data = sub_data.take(keep)
+                    if len(idx) == 0:
+                        break
+        if len(idx):
+            state = [s.index_copy(0, idx, t) for s, t in zip(state, sub)]
+        u1, u2, *p = state
+    return u1, u2
+
+
+def tvl1(i0: torch.Tensor, i1: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """TV-L1 flow from ``i0`` to ``i1``: ``(B, H, W)`` float32 intensities in [0, 255] -> ``(B, H, W, 2)``
+    float32 flow in px, channel 0 = u (x), 1 = v (y), OpenCV's convention (``prev(y, x) ~ next(y+v, x+u)``)."""
+    if params["gamma"] != 0:
+        raise ValueError("tvl1-torch implements gamma = 0 (no illumination term), as in TVL1_PARAMS")
+    if params.get("useInitialFlow"):
+        raise ValueError("tvl1-torch starts from zero flow (useInitialFlow False)")
+    if i0.shape != i1.shape or i0.ndim != 3:
+        raise ValueError(f"expected two (B, H, W) batches of the same shape, got {tuple(i0.shape)}, {tuple(i1.shape)}")
+    step = float(params["scaleStep"])
+    sizes = pyramid_sizes(i0.shape[1], i0.shape[2], int(params["nscales"]), step)
+    i0s, i1s = [i0], [i1]
+    for size in sizes[1:]:
+        i0s.append(resize_linear(i0s[-1], size, (1 / step, 1 / step)))
+        i1s.append(resize_linear(i1s[-1], size, (1 / step, 1 / step)))
+    u1 = torch.zeros_like(i0s[-1])
+    u2 = torch.zeros_like(i0s[-1])
+    for s in range(len(sizes) - 1, -1, -1):
+        u1, u2 = _one_scale(i0s[s], i1s[s], u1, u2, params)
+        if s == 0:
+            break
+        up = float(np.float32(1 / step))
+        u1 = resize_linear(u1, sizes[s - 1]) * up
+        u2 = resize_linear(u2, sizes[s - 1]) * up
+    return torch.stack([u1, u2], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------- estimator
+
+
+class TorchTVL1:
+    """Batched TV-L1 on one device: ``estimator.video_flow(gray)`` for a whole video.
+
+    ``batch`` is the most pairs per call (None: as many as the free memory allows); it is further capped
+    from the frame size and the device's free memory when a video comes (`max_batch`).  ``threads`` sets
+    torch's intra-op threads on the CPU (None: leave torch's setting).
+    """
+
+    def __init__(self, params: dict[str, Any], device: str = "auto", batch: int | None = None,
+                 threads: int | None = None) -> None:
+        if batch is not None and batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        self.params = dict(params)
+        self.device = resolve_device(device)
+        self.batch = batch
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(threads)
+
+    def batch_size(self, height: int, width: int) -> int:
+        cap = max_batch(height, width, free_memory(self.device))
+        return cap if self.batch is None else min(self.batch, cap)
+
+    def batches(self, n_pairs: int, height: int, width: int) -> list[range]:
+        """Consecutive ranges of pair indices, each at most `batch_size` long, in order."""
+        size = self.batch_size(height, width)
+        n_batches = math.ceil(n_pairs / size)
+        return [range(k * size, min(n_pairs, (k + 1) * size)) for k in range(n_batches)]
+
+    @torch.inference_mode()
+    def video_flow(self, gray: np.ndarray) -> np.ndarray:
+        """``(N, H, W)`` uint8 frames -> ``(N - 1, H, W, 2)`` float32 flow of the consecutive pairs."""
+        n, h, w = gray.shape
+        frames = torch.from_numpy(np.ascontiguousarray(gray))
+        out = np.empty((n - 1, h, w, 2), dtype=np.float32)
+        for r in self.batches(n - 1, h, w):
+            # frames r.start .. r.stop of the video: the pairs (t, t + 1) for t in r
+            chunk = frames[r.start:r.stop + 1].to(self.device, torch.float32)
+            out[r.start:r.stop] = tvl1(chunk[:-1], chunk[1:], self.params).cpu().numpy()
+        return out
+
+    def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """One pair, ``(H, W)`` uint8 each -> ``(H, W, 2)`` float32 (the FlowEstimator interface)."""
+        return self.video_flow(np.stack([prev, nxt]))[0]
+
+    def __repr__(self) -> str:
+        return f"TorchTVL1(device={self.device}, batch={self.batch})"
