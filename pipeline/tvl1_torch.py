@@ -48,9 +48,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .flowcalc import FlowDeviceError
+
 __all__ = [
     "BYTES_PER_PIXEL",
-    "DeviceError",
     "TorchTVL1",
     "resolve_device",
     "free_memory",
@@ -77,20 +78,18 @@ _FLT_EPSILON = float(np.finfo(np.float32).eps)
 _CUBIC_A = -0.75
 
 
-class DeviceError(ValueError):
-    """A device that cannot be used (CUDA asked for and absent); the message is one line."""
-
-
 def resolve_device(device: str) -> torch.device:
     """``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (CUDA when available) -> a usable ``torch.device``."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"--device {device}: CUDA is not available to this torch {torch.__version__} "
+        raise FlowDeviceError(f"--device {device}: CUDA is not available to this torch {torch.__version__} "
                           "(CPU build or no GPU); use --device cpu or auto")
     if dev.type not in ("cpu", "cuda"):
-        raise DeviceError(f"--device {device}: only cpu, cuda and auto are supported")
+        raise FlowDeviceError(f"--device {device}: only cpu, cuda and auto are supported")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise FlowDeviceError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
