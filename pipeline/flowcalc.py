@@ -184,7 +184,7 @@ def flow_params(cfg: FlowConfig) -> dict[str, Any]:
     if cfg.method in TORCH_METHODS:
         import torch  # only for this method (see the module docstring)
 
-        return {**head, "estimator": "iic.pipeline.tvl1_torch.tvl1", "torch": torch.__version__, **TVL1_PARAMS}
+        return {**head, "estimator": "iic.pipeline.tvl1_torch.tvl1", "torch": str(torch.__version__), **TVL1_PARAMS}
     if cfg.method in ("tvl1", "tvl1-fast"):
         params = TVL1_PARAMS if cfg.method == "tvl1" else TVL1_FAST_PARAMS
         return {**head, "estimator": "cv2.optflow.DualTVL1OpticalFlow_create", **params}
