@@ -151,12 +151,13 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
 @click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback", "tvl1-torch"]), default="tvl1",
               help="tvl1 = OpenCV DualTVL1 defaults (reference); tvl1-fast = epsilon 0.05 (~8x faster); dis, farneback; "
-                   "tvl1-torch = the same TV-L1 in PyTorch, batched, on --device (one process, --workers torch threads).")
+                   "tvl1-torch = the same TV-L1 in PyTorch, batched, on --device (CPU: --workers processes of one thread; "
+                   "CUDA: one process).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="tvl1-torch only: where to compute (auto = CUDA if available)  [default: auto]")
 @click.option("--batch", type=click.IntRange(1), default=None,
               help="tvl1-torch only: most frame pairs per call (capped from the frame size and free memory) "
-                   "[default: as many as fit]")
+                   "[default: 2 on the CPU, as many as fit on a GPU]")
 @click.option("--bound", type=click.FloatRange(0, min_open=True), default=20.0,
               help="Clip displacements to +-BOUND px before uint8 quantisation.")
 @_parallel_options

@@ -10,12 +10,11 @@ kill loses at most the videos in flight): a worker writes the quantised flow of 
 ``flow/.parts/<shard>/<slot>.npy`` (atomically), and when every video of a frames shard is done the main
 process assembles ``flow/shard-N.h5`` (same slots, lossless gzip) under a temporary name and renames it.
 
-``tvl1-torch`` runs in this one process (with the loky backend): its parallelism is torch's, ``--workers``
-threads over a batch of the video's pairs, instead of several processes each with its own torch threads
-(which would oversubscribe the cores and hold the model's memory once per process); see
-``pipeline/tvl1_torch.py``.  With ``--backend dask`` each cluster worker runs videos with its own threads.
-The device is not part of the settings that decide a redo (CPU and GPU results differ by float rounding
-only); each shard records the device and torch version it was computed with.
+``tvl1-torch`` on the CPU runs like the OpenCV methods, ``--workers`` processes, each with one torch thread
+and a batch of its video's pairs at a time; on CUDA one process (here, with the loky backend) drives the GPU
+with large batches.  Why not torch threads: see ``pipeline/tvl1_torch.py``.  The device is not part of the
+settings that decide a redo (CPU and GPU results differ by float rounding only); each shard records the
+device and torch version it was computed with.
 """
 from __future__ import annotations
 
@@ -53,15 +52,6 @@ class FlowStageConfig:
     overwrite: bool = False
 
     @property
-    def in_process_torch(self) -> bool:
-        """A torch method on local processes: one process, ``parallel.workers`` torch threads."""
-        return self.flow.method in TORCH_METHODS and self.parallel.backend == "loky"
-
-    @property
-    def torch_threads(self) -> int | None:
-        return self.parallel.workers if self.in_process_torch else None
-
-    @property
     def folder(self) -> Path:
         return Path(self.data) / "flow"
 
@@ -74,12 +64,14 @@ class FlowStageConfig:
 _ESTIMATORS: dict = {}  # one estimator per worker process and config (TV-L1 setup is not free)
 
 
-def _estimator(cfg: FlowConfig, threads: int | None = None):
-    key = (os.getpid(), cfg, threads)
+def _estimator(cfg: FlowConfig, processes: int = 1):
+    """This process's estimator: one OpenCV thread, one torch thread on the CPU (the parallelism is the
+    processes); ``processes`` sharing the free memory cap a torch method's batch."""
+    key = (os.getpid(), cfg, processes)
     if key not in _ESTIMATORS:
         init_worker_threads(1)
         _ESTIMATORS.clear()
-        _ESTIMATORS[key] = make_estimator(cfg, threads=threads)
+        _ESTIMATORS[key] = make_estimator(cfg, threads=1, processes=processes)
     return _ESTIMATORS[key]
 
 
@@ -94,13 +86,13 @@ def flow_row(row: ManifestRow, shard: str, n_pairs: int, status: str, reason: st
 _STORES: dict[str, VideoStore] = {}  # one lazily opened reader per worker process and dataset
 
 
-def video_flow(row: ManifestRow, data: Path, cfg: FlowConfig, threads: int | None = None) -> np.ndarray:
-    """Quantised flow ``(N-1, 2, H, W)`` uint8 of one extracted video (`FlowError` if N < 2); ``threads``:
-    torch threads of the torch methods (None: torch's default)."""
+def video_flow(row: ManifestRow, data: Path, cfg: FlowConfig, processes: int = 1) -> np.ndarray:
+    """Quantised flow ``(N-1, 2, H, W)`` uint8 of one extracted video (`FlowError` if N < 2); ``processes``:
+    how many flow processes share this machine's memory (caps a torch method's batch)."""
     key = f"{data}@{(Path(data) / 'manifest.csv').stat().st_mtime_ns}"  # a re-extracted dataset is a new key
     store = _STORES.get(key) or _STORES.setdefault(key, VideoStore(data))
     frames = store.frames(row.id)
-    return to_stored(compute_flow(rgb_to_gray(frames), _estimator(cfg, threads)), cfg.bound)
+    return to_stored(compute_flow(rgb_to_gray(frames), _estimator(cfg, processes)), cfg.bound)
 
 
 def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
@@ -109,7 +101,7 @@ def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     if not row.ok:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", f"no frames: {row.reason}")])
     try:
-        flow = video_flow(row, cfg.data, cfg.flow, cfg.torch_threads)
+        flow = video_flow(row, cfg.data, cfg.flow, cfg.parallel.workers if cfg.parallel.backend == "loky" else 1)
     except FlowError as err:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", str(err))])
     part = _part_path(cfg.folder, row)
@@ -207,9 +199,10 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
             assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
             rows += pending.pop(shard)
             written += 1
-        tasks = [(r, cfg) for r in todo]
-        parallel = ParallelConfig(workers=1) if cfg.in_process_torch else cfg.parallel
-        for report in run_tasks(flow_task, tasks, parallel, len(tasks), "pairs", "flow"):
+        gpu_here = device is not None and device.startswith("cuda") and cfg.parallel.backend == "loky"
+        run_cfg = replace(cfg, parallel=replace(cfg.parallel, workers=1)) if gpu_here else cfg  # one process per GPU
+        tasks = [(r, run_cfg) for r in todo]
+        for report in run_tasks(flow_task, tasks, run_cfg.parallel, len(tasks), "pairs", "flow"):
             pending[report.shard] += report.rows
             if len(pending[report.shard]) == expected[report.shard]:
                 assemble_shard(report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg, attrs_of[report.shard])

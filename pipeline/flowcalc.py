@@ -240,17 +240,18 @@ class FlowEstimator:
         return f"FlowEstimator({self.cfg!r})"
 
 
-def make_estimator(cfg: FlowConfig, threads: int | None = None) -> Any:
+def make_estimator(cfg: FlowConfig, threads: int | None = None, processes: int = 1) -> Any:
     """The estimator for ``cfg``; create it once per worker and reuse it (TV-L1 setup is not free).
 
     A `FlowEstimator` for the OpenCV methods; for ``tvl1-torch`` a ``tvl1_torch.TorchTVL1`` on
-    ``cfg.device`` using ``threads`` torch threads on the CPU (None: torch's setting).  Both take
-    ``(prev, next)`` and have ``video_flow(frames)``.  Raises `FlowDeviceError` for an unusable device.
+    ``cfg.device`` using ``threads`` torch threads on the CPU (None: torch's setting), its batch capped
+    from ``1 / processes`` of the free memory.  Both take ``(prev, next)`` and have ``video_flow(frames)``.
+    Raises `FlowDeviceError` for an unusable device.
     """
     if cfg.method in TORCH_METHODS:
         from .tvl1_torch import TorchTVL1  # imports torch: only when this method is chosen
 
-        return TorchTVL1(TVL1_PARAMS, device=cfg.device, batch=cfg.batch, threads=threads)
+        return TorchTVL1(TVL1_PARAMS, device=cfg.device, batch=cfg.batch, threads=threads, processes=processes)
     return FlowEstimator(cfg)
 
 

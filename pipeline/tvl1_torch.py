@@ -31,10 +31,14 @@ arithmetic it would go through alone, so a pair's flow does not depend on the ba
 (only element-wise operations and per-pair reductions, no transcendental functions whose vectorised and
 scalar versions could differ).  ``gamma`` (the illumination term) must be 0, as in ``TVL1_PARAMS``.
 
-Parallelism: torch's own threads over the batch.  The flow stage runs this method in ONE process using
-``--workers`` torch threads instead of joblib processes each running torch: big batches use the cores at
-least as well as separate processes, memory is paid once, and threads inside separate processes would
-oversubscribe the cores.  (A Dask cluster still gets one task per video, each using its worker's threads.)
+Parallelism.  On the CPU the flow stage runs ``--workers`` processes with ONE torch thread each, every
+process taking whole videos (as for the OpenCV methods), not one process with ``--workers`` torch threads:
+torch's threads meet at a barrier after every element-wise operation (~60 per iteration), so one
+descheduled thread stalls them all, and on a shared machine (this one: 2 cores, load 2.6-4) two torch
+threads ran 7-20x SLOWER than one (bench/bench_flow_torch.py, BENCHMARKS.md); independent processes lose
+only their own share.  Each process caps its batch from its share of the free memory.  On a GPU the
+parallelism is the batch: one process drives the device (several would only split its memory).  Since a
+pair's flow does not depend on its batch, how the pairs are spread over processes never changes the result.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ from .flowcalc import FlowDeviceError
 
 __all__ = [
     "BYTES_PER_PIXEL",
+    "CPU_BATCH",
     "TorchTVL1",
     "resolve_device",
     "free_memory",
@@ -73,6 +78,9 @@ __all__ = [
 # planes of the 5x5 median, rounded up.  Used to cap the batch from the free memory.
 BYTES_PER_PIXEL = 512
 MEMORY_FRACTION = 0.5  # of the free memory a batch may plan to use
+# Default batch on the CPU: small, so that a batch's ~40 planes stay in the cache (per pair, an iteration
+# at 128x171 took 1.2 ms at batch 1, 1.0 at 2, 1.4 at 4-16 on one thread); see BENCHMARKS.md.
+CPU_BATCH = 2
 MIN_SIDE = 16  # OpenCV drops pyramid levels smaller than this
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
 _CUBIC_A = -0.75
@@ -467,24 +475,27 @@ def tvl1(i0: torch.Tensor, i1: torch.Tensor, params: dict[str, Any]) -> torch.Te
 class TorchTVL1:
     """Batched TV-L1 on one device: ``estimator.video_flow(gray)`` for a whole video.
 
-    ``batch`` is the most pairs per call (None: as many as the free memory allows); it is further capped
-    from the frame size and the device's free memory when a video comes (`max_batch`).  ``threads`` sets
-    torch's intra-op threads on the CPU (None: leave torch's setting).
+    ``batch`` is the most pairs per call (None: `CPU_BATCH` on the CPU, as many as the free memory allows
+    on a GPU); it is further capped from the frame size and this process's share (``1 / processes``) of
+    the device's free memory when a video comes (`max_batch`).  ``threads`` sets torch's intra-op threads
+    on the CPU (None: leave torch's setting).
     """
 
     def __init__(self, params: dict[str, Any], device: str = "auto", batch: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, processes: int = 1) -> None:
         if batch is not None and batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         self.params = dict(params)
         self.device = resolve_device(device)
         self.batch = batch
+        self.processes = max(1, processes)
         if threads is not None and self.device.type == "cpu":
             torch.set_num_threads(threads)
 
     def batch_size(self, height: int, width: int) -> int:
-        cap = max_batch(height, width, free_memory(self.device))
-        return cap if self.batch is None else min(self.batch, cap)
+        cap = max_batch(height, width, free_memory(self.device) // self.processes)
+        wanted = self.batch if self.batch is not None else CPU_BATCH if self.device.type == "cpu" else cap
+        return min(wanted, cap)
 
     def batches(self, n_pairs: int, height: int, width: int) -> list[range]:
         """Consecutive ranges of pair indices, each at most `batch_size` long, in order."""

@@ -6,6 +6,7 @@ Frames are tiny (32x40 to 96x96) and few, so the file runs in well under a minut
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import h5py
@@ -299,7 +300,9 @@ def test_batch_capped_from_frame_size_and_free_memory(monkeypatch):
     monkeypatch.setattr(tt, "free_memory", lambda device: int(per_pair * 3 / tt.MEMORY_FRACTION))
     assert tt.TorchTVL1(TVL1_PARAMS, device="cpu", batch=64).batch_size(h, w) == 3
     assert tt.TorchTVL1(TVL1_PARAMS, device="cpu", batch=2).batch_size(h, w) == 2
-    assert tt.TorchTVL1(TVL1_PARAMS, device="cpu").batch_size(h, w) == 3
+    assert tt.TorchTVL1(TVL1_PARAMS, device="cpu").batch_size(h, w) == min(tt.CPU_BATCH, 3)
+    # processes sharing the machine share its free memory
+    assert tt.TorchTVL1(TVL1_PARAMS, device="cpu", batch=64, processes=3).batch_size(h, w) == 1
     assert tt.free_memory(torch.device("cpu")) > 0
 
 
@@ -357,6 +360,24 @@ def test_cli_tvl1_torch_writes_flow_shards(extracted, monkeypatch):
     store.close()
     again = run_prep("flow", "--data", extracted, "--method", "tvl1-torch", "--device", "cpu", "--workers", "1")
     assert "shards: 0 written, 2 kept" in again.output, again.output  # device and batch do not force a redo
+
+
+def test_cli_two_worker_processes_store_the_same_flow(extracted, tmp_path):
+    """CPU runs use worker processes of one torch thread; pairs spread differently, same stored flow."""
+    one = run_prep("flow", "--data", extracted, "--method", "tvl1-torch", "--device", "cpu", "--workers", "1")
+    assert one.exit_code == EXIT_SOME_FAILED, one.output
+    data = tmp_path / "ucf101"
+    shutil.copytree(extracted, data, ignore=shutil.ignore_patterns(".lock"))
+    result = run_prep("flow", "--data", data, "--method", "tvl1-torch", "--device", "cpu", "--batch", "1",
+                      "--workers", "2", "--overwrite")
+    assert result.exit_code == EXIT_SOME_FAILED and "shards: 2 written, 0 kept" in result.output, result.output
+    first, second = VideoStore(extracted), VideoStore(data)
+    ok = [vid for vid, row in first.flow_rows.items() if row.ok]
+    assert len(ok) == 2
+    for vid in ok:
+        np.testing.assert_array_equal(first.flow(vid), second.flow(vid))
+    first.close()
+    second.close()
 
 
 def test_cli_cuda_absent_is_one_line(extracted, monkeypatch):
