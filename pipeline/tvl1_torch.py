@@ -179,9 +179,12 @@ def centered_gradient(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dx, dy
 
 
-def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, H, W)`` -> (ux, uy): forward differences, zero on the last column (ux) / last row (uy)."""
-    ux, uy = torch.empty_like(u), torch.empty_like(u)
+def forward_gradient(u: torch.Tensor, ux: torch.Tensor | None = None, uy: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(..., H, W)`` -> (ux, uy): forward differences, zero on the last column (ux) / last row (uy);
+    written into ``ux``, ``uy`` when given."""
+    ux = torch.empty_like(u) if ux is None else ux
+    uy = torch.empty_like(u) if uy is None else uy
     torch.sub(u[..., 1:], u[..., :-1], out=ux[..., :-1])
     ux[..., -1] = 0.0
     torch.sub(u[..., 1:, :], u[..., :-1, :], out=uy[..., :-1, :])
@@ -192,10 +195,11 @@ def forward_gradient(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def divergence(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     """Backward-difference divergence of ``(p1, p2)``, each ``(B, H, W)``, with p = 0 outside the image:
     the negative adjoint of `forward_gradient`."""
-    div = p1.clone()
-    div[..., 1:] -= p1[..., :-1]
-    dy = p2.clone()
-    dy[..., 1:, :] -= p2[..., :-1, :]
+    div, dy = torch.empty_like(p1), torch.empty_like(p2)
+    div[..., 0] = p1[..., 0]
+    torch.sub(p1[..., 1:], p1[..., :-1], out=div[..., 1:])
+    dy[..., 0, :] = p2[..., 0, :]
+    torch.sub(p2[..., 1:, :], p2[..., :-1, :], out=dy[..., 1:, :])
     div += dy
     return div
 
@@ -215,13 +219,13 @@ def _cubic_weights(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return w0, w1, w2, w3
 
 
-def warp_cubic(imgs: list[torch.Tensor], u1: torch.Tensor, u2: torch.Tensor) -> list[torch.Tensor]:
-    """Each ``(B, H, W)`` image of ``imgs`` sampled at ``(x + u1, y + u2)``: ``cv2.remap(INTER_CUBIC)``.
-
-    Positions are used unrounded (OpenCV 5's float remap; older versions rounded them to 1/32 px), samples
-    outside the image are 0.
+def warp_cubic(imgs: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """Images ``(K, B, H, W)`` sampled at ``(x + u1, y + u2)`` (``u1, u2``: ``(B, H, W)``), each like
+    ``cv2.remap(INTER_CUBIC)``: Keys cubic (a = -0.75) at the exact positions (OpenCV 5's float remap;
+    older versions rounded them to 1/32 px), samples outside the image 0 (BORDER_CONSTANT).
     """
     b, h, w = u1.shape
+    k = imgs.shape[0]
     dev = u1.device
     xs = torch.arange(w, device=dev, dtype=u1.dtype)
     ys = torch.arange(h, device=dev, dtype=u1.dtype)[:, None]
@@ -229,27 +233,24 @@ def warp_cubic(imgs: list[torch.Tensor], u1: torch.Tensor, u2: torch.Tensor) -> 
     x = (xs + u1).clamp(-limit, limit)
     y = (ys + u2).clamp(-limit, limit)
     x0, y0 = torch.floor(x), torch.floor(y)
-    tx, ty = x - x0, y - y0
+    wx, wy = _cubic_weights(x - x0), _cubic_weights(y - y0)
     ix, iy = x0.to(torch.int64), y0.to(torch.int64)
-    wx, wy = _cubic_weights(tx), _cubic_weights(ty)
     pad = 3  # zero border wide enough that every clamped tap outside the image reads 0
     hp, wp = h + 2 * pad, w + 2 * pad
     cols = [(ix + (j - 1)).clamp(-pad, w - 1 + pad) + pad for j in range(4)]
-    rows = [((iy + (i - 1)).clamp(-pad, h - 1 + pad) + pad) * wp for i in range(4)]
-    batch_off = (torch.arange(b, device=dev) * (hp * wp))[:, None, None]
-    out = []
-    for img in imgs:
-        flat = F.pad(img, (pad, pad, pad, pad)).reshape(-1)
-        acc = None
-        for i in range(4):
-            base = rows[i] + batch_off
-            row = flat[base + cols[0]] * wx[0]
-            for j in range(1, 4):
-                row = row + flat[base + cols[j]] * wx[j]
-            term = row * wy[i]
-            acc = term if acc is None else acc + term
-        out.append(acc)
-    return out
+    rows = [((iy + (i - 1)).clamp(-pad, h - 1 + pad) + pad) * wp + (torch.arange(b, device=dev) * (hp * wp))[:, None, None]
+            for i in range(4)]
+    flat = F.pad(imgs, (pad, pad, pad, pad)).reshape(k, -1)
+    acc = None
+    for i in range(4):
+        row = None
+        for j in range(4):
+            tap = flat[:, (rows[i] + cols[j]).reshape(-1)].reshape(k, b, h, w)
+            tap *= wx[j]
+            row = tap if row is None else row.add_(tap)
+        row *= wy[i]
+        acc = row if acc is None else acc.add_(row)
+    return acc
 
 
 def _batcher_pairs(n: int) -> list[tuple[int, int]]:
@@ -323,88 +324,72 @@ def median5(u: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Data:
-    """The linearised data term of one warp, per pair (all ``(B, H, W)``): the gradient of the warped
-    second image, ``rho_c = I1w - grad(I1w).u0 - I0`` and ``neg_grad = -|grad I1w|^2`` (-1 where
-    ``|grad I1w|^2 <= FLT_EPSILON``: there the gradient, hence the step, is below 2e-5 px anyway)."""
+    """The linearised data term of one warp, per pair: ``grad = (I1wx, I1wy)`` ``(2, B, H, W)`` the gradient
+    of the warped second image, ``rho_c = I1w - grad(I1w).u0 - I0`` and ``neg_grad = -|grad I1w|^2``
+    ``(B, H, W)`` (-1 where ``|grad I1w|^2 <= FLT_EPSILON``: there the step is below 2e-5 px anyway)."""
 
-    i1wx: torch.Tensor
-    i1wy: torch.Tensor
+    grad: torch.Tensor
     rho_c: torch.Tensor
     neg_grad: torch.Tensor
 
     def take(self, idx: torch.Tensor) -> _Data:
-        return _Data(*(t.index_select(0, idx) for t in (self.i1wx, self.i1wy, self.rho_c, self.neg_grad)))
+        return _Data(self.grad.index_select(1, idx), self.rho_c.index_select(0, idx), self.neg_grad.index_select(0, idx))
 
 
-def threshold(data: _Data, u1: torch.Tensor, u2: torch.Tensor, l_t: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """v = TH(u), the pointwise minimiser of the linearised data term (``l_t = lambda * theta``):
-    ``v = u + clip(-rho(u) / |grad I1w|^2, -l_t, l_t) grad I1w``, which is OpenCV's three cases
-    (``rho < -l_t |grad|^2``, ``rho > l_t |grad|^2``, otherwise) in one expression."""
-    rho = data.i1wx * u1
-    rho += data.i1wy * u2
+def threshold(data: _Data, u: torch.Tensor, l_t: float) -> torch.Tensor:
+    """v = TH(u), the pointwise minimiser of the linearised data term (``l_t = lambda * theta``), for the
+    flow ``u = (u1, u2)`` ``(2, B, H, W)``: ``v = u + clip(-rho(u) / |grad I1w|^2, -l_t, l_t) grad I1w``,
+    which is OpenCV's three cases (``rho < -l_t |grad|^2``, ``rho > l_t |grad|^2``, otherwise) at once."""
+    rho = data.grad[0] * u[0]
+    rho += data.grad[1] * u[1]
     rho += data.rho_c
     fi = rho.div_(data.neg_grad).clamp_(-l_t, l_t)
-    v1 = fi * data.i1wx
-    v1 += u1
-    v2 = fi.mul_(data.i1wy)
-    v2 += u2
-    return v1, v2
+    v = data.grad * fi
+    v += u
+    return v
 
 
-def _divergence_step(p1: torch.Tensor, p2: torch.Tensor, v: torch.Tensor, theta: float) -> torch.Tensor:
-    """``v + theta * divergence(p1, p2)`` (the primal update), with few temporaries."""
-    div = divergence(p1, p2)
-    div *= theta
-    div += v
-    return div
-
-
-def _dual_step(p1: torch.Tensor, p2: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor, taut: float):
-    """``p = (p + taut grad u) / (1 + taut |grad u|)`` for one flow component."""
-    ng = ux * ux
-    ng += uy * uy
-    ng.sqrt_().mul_(taut).add_(1.0)
-    n1 = ux.mul_(taut)
-    n1 += p1
-    n1 /= ng
-    n2 = uy.mul_(taut)
-    n2 += p2
-    n2 /= ng
-    return n1, n2
-
-
-def primal_dual_step(data: _Data, u1, u2, p11, p12, p21, p22, l_t: float, theta: float, taut: float):
+def primal_dual_step(data: _Data, u: torch.Tensor, p: torch.Tensor, l_t: float, theta: float, taut: float):
     """One inner iteration: v = TH(u); u = v + theta div p; p = (p + taut grad u) / (1 + taut |grad u|).
 
-    All ``(B, H, W)``; returns (u1, u2, p11, p12, p21, p22, error) with ``error`` ``(B,)`` = sum over the
-    pixels of |u_new - u|^2 (summed per row, then over rows: a per-pair reduction independent of B).
-    The inputs are not modified.
+    ``u = (u1, u2)`` is ``(2, B, H, W)``; ``p`` is ``(2, 2, B, H, W)``, ``p[c] = (p_c1, p_c2)`` the dual
+    variable of component ``c`` (x and y parts).  Returns the new (u, p) and ``error`` ``(B,)`` = sum over
+    the pixels of |u_new - u|^2 (per row, then over rows, then over components: a per-pair reduction
+    whose order does not depend on B).  The inputs are not modified.
     """
-    v1, v2 = threshold(data, u1, u2, l_t)
-    n1 = _divergence_step(p11, p12, v1, theta)
-    n2 = _divergence_step(p21, p22, v2, theta)
-    d1, d2 = n1 - u1, n2 - u2
-    d1 *= d1
-    d2 *= d2
-    d1 += d2
-    error = d1.sum(-1).sum(-1)
-    u1x, u1y = forward_gradient(n1)
-    u2x, u2y = forward_gradient(n2)
-    q11, q12 = _dual_step(p11, p12, u1x, u1y, taut)
-    q21, q22 = _dual_step(p21, p22, u2x, u2y, taut)
-    return n1, n2, q11, q12, q21, q22, error
+    v = threshold(data, u, l_t)
+    n = divergence(p[:, 0], p[:, 1])
+    n *= theta
+    n += v
+    d = n - u
+    d *= d
+    error = d.sum(-1).sum(-1)
+    error = error[0] + error[1]
+    q = torch.empty_like(p)  # (2, 2, B, H, W): grad u, then the new p
+    gx, gy = forward_gradient(n, q[:, 0], q[:, 1])
+    ng = gx * gx
+    ng += gy * gy
+    ng.sqrt_().mul_(taut).add_(1.0)
+    q *= taut
+    q += p
+    q /= ng[:, None]
+    return n, q, error
 
 
-def _data_term(i0: torch.Tensor, i1: torch.Tensor, i1x: torch.Tensor, i1y: torch.Tensor,
-               u1: torch.Tensor, u2: torch.Tensor) -> _Data:
-    i1w, i1wx, i1wy = warp_cubic([i1, i1x, i1y], u1, u2)
+def _data_term(i0: torch.Tensor, i1: torch.Tensor, i1x: torch.Tensor, i1y: torch.Tensor, u: torch.Tensor) -> _Data:
+    i1w, i1wx, i1wy = warp_cubic(torch.stack([i1, i1x, i1y]), u[0], u[1])
     grad = i1wx * i1wx + i1wy * i1wy
-    rho_c = i1w - i1wx * u1 - i1wy * u2 - i0
-    return _Data(i1wx, i1wy, rho_c, torch.where(grad > _FLT_EPSILON, -grad, -1.0))
+    rho_c = i1w - i1wx * u[0] - i1wy * u[1] - i0
+    return _Data(torch.stack([i1wx, i1wy]), rho_c, torch.where(grad > _FLT_EPSILON, -grad, -1.0))
 
 
-def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor, params: dict[str, Any]):
-    """Refine the flow ``(u1, u2)`` of one pyramid level (OpenCV's procOneScale) for every pair."""
+def _median(u: torch.Tensor) -> torch.Tensor:
+    two, b, h, w = u.shape
+    return median5(u.reshape(two * b, h, w)).reshape(two, b, h, w)
+
+
+def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """Refine the flow ``u`` ``(2, B, H, W)`` of one pyramid level (OpenCV's procOneScale) for every pair."""
     b, h, w = i0.shape
     eps = float(np.float32(params["epsilon"] ** 2 * h * w))
     l_t = float(np.float32(params["lambda"] * params["theta"]))
@@ -414,32 +399,29 @@ def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u1: torch.Tensor, u2: torch.T
     if median and params["medianFiltering"] != 5:
         raise ValueError("tvl1-torch implements medianFiltering 5 (OpenCV's default) or off (<= 1)")
     i1x, i1y = centered_gradient(i1)
-    p = [torch.zeros_like(i0) for _ in range(4)]
+    p = torch.zeros((2, 2, b, h, w), dtype=i0.dtype, device=i0.device)
     for _ in range(params["warps"]):
-        data = _data_term(i0, i1, i1x, i1y, u1, u2)
+        data = _data_term(i0, i1, i1x, i1y, u)
         idx = torch.arange(b, device=i0.device)  # the pairs still iterating in this warp
-        state = [u1, u2, *p]
-        sub, sub_data = state, data
+        sub_u, sub_p, sub_data = u, p, data
         for _ in range(params["outerIterations"]):
             if len(idx) == 0:
                 break
             if median:
-                sub = [median5(sub[0]), median5(sub[1]), *sub[2:]]
+                sub_u = _median(sub_u)
             for _ in range(params["innerIterations"]):
-                *sub, error = primal_dual_step(sub_data, *sub, l_t, theta, taut)
+                sub_u, sub_p, error = primal_dual_step(sub_data, sub_u, sub_p, l_t, theta, taut)
                 going = error > eps
                 if not bool(going.all()):  # some pairs converged: store everyone, go on with the rest
-                    state = [s.index_copy(0, idx, t) for s, t in zip(state, sub)]
+                    u, p = u.index_copy(1, idx, sub_u), p.index_copy(2, idx, sub_p)
                     keep = going.nonzero().squeeze(1)
                     idx = idx.index_select(0, keep)
-                    sub = [t.index_select(0, keep) for t in sub]
-                    sub_data = sub_data.take(keep)
+                    sub_u, sub_p, sub_data = sub_u.index_select(1, keep), sub_p.index_select(2, keep), sub_data.take(keep)
                     if len(idx) == 0:
                         break
         if len(idx):
-            state = [s.index_copy(0, idx, t) for s, t in zip(state, sub)]
-        u1, u2, *p = state
-    return u1, u2
+            u, p = u.index_copy(1, idx, sub_u), p.index_copy(2, idx, sub_p)
+    return u
 
 
 def tvl1(i0: torch.Tensor, i1: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
@@ -453,20 +435,16 @@ def tvl1(i0: torch.Tensor, i1: torch.Tensor, params: dict[str, Any]) -> torch.Te
         raise ValueError(f"expected two (B, H, W) batches of the same shape, got {tuple(i0.shape)}, {tuple(i1.shape)}")
     step = float(params["scaleStep"])
     sizes = pyramid_sizes(i0.shape[1], i0.shape[2], int(params["nscales"]), step)
-    i0s, i1s = [i0], [i1]
+    pyramid = [torch.stack([i0, i1])]  # (2, B, H, W) per level: I0 and I1 resized together
     for size in sizes[1:]:
-        i0s.append(resize_linear(i0s[-1], size, (1 / step, 1 / step)))
-        i1s.append(resize_linear(i1s[-1], size, (1 / step, 1 / step)))
-    u1 = torch.zeros_like(i0s[-1])
-    u2 = torch.zeros_like(i0s[-1])
+        pyramid.append(resize_linear(pyramid[-1], size, (1 / step, 1 / step)))
+    u = torch.zeros_like(pyramid[-1])  # (u1, u2): (2, B, h, w) at the coarsest level
     for s in range(len(sizes) - 1, -1, -1):
-        u1, u2 = _one_scale(i0s[s], i1s[s], u1, u2, params)
+        u = _one_scale(pyramid[s][0], pyramid[s][1], u, params)
         if s == 0:
             break
-        up = float(np.float32(1 / step))
-        u1 = resize_linear(u1, sizes[s - 1]) * up
-        u2 = resize_linear(u2, sizes[s - 1]) * up
-    return torch.stack([u1, u2], dim=-1)
+        u = resize_linear(u, sizes[s - 1]) * float(np.float32(1 / step))
+    return u.permute(1, 2, 3, 0).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------- estimator

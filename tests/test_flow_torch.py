@@ -100,12 +100,15 @@ def test_warp_is_opencvs_bicubic_remap_with_zero_outside():
     u1, u2 = rand(23, 29, seed=2, scale=3), rand(23, 29, seed=3, scale=3)  # many samples fall outside
     ys, xs = np.mgrid[0:23, 0:29].astype(np.float32)
     ref = cv2.remap(img, xs + u1, ys + u2, cv2.INTER_CUBIC)  # BORDER_CONSTANT 0, OpenCV's default
-    (got,) = tt.warp_cubic([torch.from_numpy(img)[None]], torch.from_numpy(u1)[None], torch.from_numpy(u2)[None])
+    (got,) = tt.warp_cubic(torch.from_numpy(img)[None, None], torch.from_numpy(u1)[None], torch.from_numpy(u2)[None])
     outside = (xs + u1 < 0) | (xs + u1 > 28) | (ys + u2 < 0) | (ys + u2 > 22)
     assert outside.sum() > 50
     np.testing.assert_allclose(got[0].numpy(), ref, atol=2e-3)
+    # several images at once, several pairs at once: the same as one by one
+    both = tt.warp_cubic(torch.from_numpy(np.stack([img, 2 * img]))[:, None], torch.from_numpy(u1)[None], torch.from_numpy(u2)[None])
+    np.testing.assert_allclose(both[1, 0].numpy(), 2 * got[0].numpy(), rtol=1e-6, atol=1e-4)
     # an integer shift samples the pixels themselves
-    (shifted,) = tt.warp_cubic([torch.from_numpy(img)[None]], torch.ones(1, 23, 29), torch.zeros(1, 23, 29))
+    (shifted,) = tt.warp_cubic(torch.from_numpy(img)[None, None], torch.ones(1, 23, 29), torch.zeros(1, 23, 29))
     np.testing.assert_allclose(shifted[0, :, :-2].numpy(), img[:, 1:-1], atol=1e-4)
 
 
@@ -206,8 +209,11 @@ def test_one_primal_dual_iteration_against_the_ipol_equations():
     assert (branches > 3).all(), branches  # every case of the thresholding is exercised
     t = lambda a: torch.from_numpy(a)[None]  # noqa: E731
     grad = t(i1wx * i1wx + i1wy * i1wy)
-    data = tt._Data(t(i1wx), t(i1wy), t(rho_c), torch.where(grad > np.finfo(np.float32).eps, -grad, -1.0))
-    *got, error = tt.primal_dual_step(data, t(u1), t(u2), *map(t, ps), lam * theta, theta, tau / theta)
+    data = tt._Data(torch.stack([t(i1wx), t(i1wy)]), t(rho_c), torch.where(grad > np.finfo(np.float32).eps, -grad, -1.0))
+    u = torch.stack([t(u1), t(u2)])  # (2, B, H, W)
+    p = torch.stack([torch.stack([t(ps[0]), t(ps[1])]), torch.stack([t(ps[2]), t(ps[3])])])  # (2, 2, B, H, W)
+    new_u, new_p, error = tt.primal_dual_step(data, u, p, lam * theta, theta, tau / theta)
+    got = [new_u[0], new_u[1], new_p[0, 0], new_p[0, 1], new_p[1, 0], new_p[1, 1]]
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g[0].numpy(), r, rtol=1e-5, atol=1e-5)
     assert float(error[0]) == pytest.approx(ref_error, rel=1e-5)
