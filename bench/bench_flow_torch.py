@@ -33,7 +33,7 @@ import torch
 from benchutil import write_json
 from bench_flow_methods import load_gray_clip
 from iic.pipeline.flowcalc import TVL1_FAST_PARAMS, TVL1_PARAMS, opencv_version
-from iic.pipeline.tvl1_torch import TorchTVL1, tvl1
+from iic.pipeline.tvl1_torch import CPU_BATCH, TorchTVL1, tvl1
 
 DEFAULT_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_distorted.mp4")
 
@@ -109,7 +109,9 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=30, help="first frame used in every clip")
     parser.add_argument("--size", default="171x128", help="W x H of the frames")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 24], help="CPU batch sweep")
-    parser.add_argument("--workers-batch", type=int, default=4, help="batch of the 2-worker tvl1-torch run")
+    parser.add_argument("--workers-batch", type=int, default=CPU_BATCH, help="batch of the 2-worker tvl1-torch run")
+    parser.add_argument("--threads-batch", type=int, default=8, help="batch of the 2-thread tvl1-torch run")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated 2-worker runs of tvl1 and tvl1-torch")
     parser.add_argument("--device", default="cpu", help="cuda: also sweep batches on the GPU")
     parser.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 32, 128])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out")
@@ -130,11 +132,13 @@ def main() -> None:
     def add(name: str, flows: list[np.ndarray], wall: float, cpu: float | None, **extra: Any) -> None:
         row = {"run": name, "pairs_per_s_wall": round(n / wall, 3),
                "pairs_per_s_cpu": None if cpu is None else round(n / cpu, 3),
-               "epe_vs_tvl1": round(epe(flows, ref), 4), "epe_vs_tvl1_per_clip": per_clip(flows, ref, k), **extra}
+               "epe_vs_tvl1": round(epe(flows, ref), 4), "epe_vs_tvl1_per_clip": per_clip(flows, ref, k),
+               "epe_max_pair": round(max(float(np.linalg.norm(f - r, axis=-1).mean()) for f, r in zip(flows, ref)), 4),
+               **extra}
         rows.append(row)
         cpu_txt = "" if cpu is None else f"  cpu {row['pairs_per_s_cpu']:6.2f}"
-        print(f"{name:<44} wall {row['pairs_per_s_wall']:6.2f} pairs/s{cpu_txt}   EPE {row['epe_vs_tvl1']:.4f} "
-              f"{row['epe_vs_tvl1_per_clip']}", flush=True)
+        print(f"{name:<48} wall {row['pairs_per_s_wall']:6.2f} pairs/s{cpu_txt}   EPE {row['epe_vs_tvl1']:.4f} "
+              f"per clip {row['epe_vs_tvl1_per_clip']} worst pair {row['epe_max_pair']}", flush=True)
 
     ref, wall, cpu = timed(_opencv_pairs, pairs, TVL1_PARAMS)
     magnitude = [round(float(np.mean([np.linalg.norm(f, axis=-1).mean() for f in ref[i:i + k]])), 3)
@@ -144,23 +148,30 @@ def main() -> None:
 
     with ProcessPoolExecutor(2, initializer=_init_worker) as pool:
         list(pool.map(_warm, range(4)))  # processes started and torch imported before any timing
-        flows, wall = in_workers(pool, _opencv_pairs, pairs, 2, TVL1_PARAMS)
-        add("opencv tvl1, 2 workers x 1 thread", flows, wall, None, method="tvl1", workers=2)
+        walls: dict[str, list[float]] = {"tvl1": [], "tvl1-torch": []}
+        for rep in range(args.repeats):  # alternated: the machine is shared, its load drifts
+            flows_cv, wall = in_workers(pool, _opencv_pairs, pairs, 2, TVL1_PARAMS)
+            walls["tvl1"].append(wall)
+            flows_t, wall = in_workers(pool, _torch_pairs, pairs, 2, args.workers_batch)
+            walls["tvl1-torch"].append(wall)
+        add("opencv tvl1, 2 workers x 1 thread", flows_cv, min(walls["tvl1"]), None, method="tvl1", workers=2,
+            walls=[round(x, 2) for x in walls["tvl1"]])
+        add(f"tvl1-torch cpu, 2 workers x 1 thread, batch {args.workers_batch}", flows_t, min(walls["tvl1-torch"]),
+            None, method="tvl1-torch", workers=2, threads=1, batch=args.workers_batch,
+            walls=[round(x, 2) for x in walls["tvl1-torch"]])
+        ratios = [c / t for c, t in zip(walls["tvl1"], walls["tvl1-torch"])]
+        print(f"  tvl1-torch / tvl1 pairs/s with 2 workers, per repetition: {[round(r, 2) for r in ratios]}")
         flows, wall = in_workers(pool, _opencv_pairs, pairs, 2, TVL1_FAST_PARAMS)
         add("opencv tvl1-fast, 2 workers x 1 thread", flows, wall, None, method="tvl1-fast", workers=2)
-        flows, wall = in_workers(pool, _torch_pairs, pairs, 2, args.workers_batch)
-        add(f"tvl1-torch cpu, 2 workers x 1 thread, batch {args.workers_batch}", flows, wall, None,
-            method="tvl1-torch", workers=2, threads=1, batch=args.workers_batch)
 
     for batch in args.batches:
         flows, wall, cpu = timed(_torch_pairs, pairs, batch)
         add(f"tvl1-torch cpu, 1 process x 1 thread, batch {batch}", flows, wall, cpu,
             method="tvl1-torch", workers=1, threads=1, batch=batch)
-    torch.set_num_threads(2)
-    for batch in (max(args.batches), args.workers_batch):
-        flows, wall, cpu = timed(_torch_pairs, pairs, batch)
-        add(f"tvl1-torch cpu, 1 process x 2 threads, batch {batch}", flows, wall, None,
-            method="tvl1-torch", workers=1, threads=2, batch=batch)
+    torch.set_num_threads(2)  # the alternative design: one process, torch's threads
+    flows, wall, cpu = timed(_torch_pairs, pairs, args.threads_batch)
+    add(f"tvl1-torch cpu, 1 process x 2 threads, batch {args.threads_batch}", flows, wall, None,
+        method="tvl1-torch", workers=1, threads=2, batch=args.threads_batch)
     torch.set_num_threads(1)
 
     if args.device.startswith("cuda"):

@@ -16,7 +16,7 @@ import torch
 
 from iic.pipeline import tvl1_torch as tt
 from iic.pipeline.flowcalc import (
-    TVL1_PARAMS, FlowConfig, FlowDeviceError, compute_flow, make_estimator, rgb_to_gray, to_stored,
+    TVL1_PARAMS, FlowConfig, FlowDeviceError, compute_flow, from_stored, make_estimator, rgb_to_gray, to_stored,
 )
 from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.shards import VideoStore
@@ -363,6 +363,9 @@ def test_cli_tvl1_torch_writes_flow_shards(extracted, monkeypatch):
             gray = rgb_to_gray(store.frames(vid))
             estimator = make_estimator(FlowConfig("tvl1-torch", device="cpu"))
             np.testing.assert_array_equal(store.flow(vid), to_stored(compute_flow(gray, estimator), 20.0))
+            # and close to OpenCV's tvl1 on the same stored frames (the stored flow is quantised: +0.04 px)
+            stored = from_stored(store.flow(vid), 20.0)
+            assert epe(stored, opencv_tvl1(gray)).mean() <= EPE_BOUND
     store.close()
     again = run_prep("flow", "--data", extracted, "--method", "tvl1-torch", "--device", "cpu", "--workers", "1")
     assert "shards: 0 written, 2 kept" in again.output, again.output  # device and batch do not force a redo
