@@ -8,9 +8,10 @@ in one run:
 * OpenCV ``tvl1`` in this process with one thread: the reference flow, and pairs/s of one core;
 * OpenCV ``tvl1`` and ``tvl1-fast`` with 2 worker processes of one thread each (what ``iic-prep flow
   --workers 2`` does), wall clock;
-* ``tvl1-torch`` on the CPU: one process with one torch thread over a sweep of batch sizes (CPU time and
-  wall); 2 worker processes of one torch thread each (the flow stage's CPU design); one process with 2 torch
-  threads (the alternative);
+* ``tvl1-torch`` on the CPU: 2 worker processes of one torch thread each (the flow stage's CPU design),
+  alternated with the OpenCV ``tvl1`` 2-worker run; one process with one torch thread over a sweep of
+  batch sizes, each right after an OpenCV run in the same process (ratio of CPU times); one process with 2
+  torch threads (the alternative design);
 * the mean endpoint error of every flow against the reference (and per clip).
 
 ``--device cuda`` adds the GPU sweep (not run on a machine without CUDA).  Prints a table, writes JSON
@@ -129,15 +130,19 @@ def main() -> None:
     _init_worker()
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, flows: list[np.ndarray], wall: float, cpu: float | None, **extra: Any) -> None:
-        row = {"run": name, "pairs_per_s_wall": round(n / wall, 3),
-               "pairs_per_s_cpu": None if cpu is None else round(n / cpu, 3),
-               "epe_vs_tvl1": round(epe(flows, ref), 4), "epe_vs_tvl1_per_clip": per_clip(flows, ref, k),
-               "epe_max_pair": round(max(float(np.linalg.norm(f - r, axis=-1).mean()) for f, r in zip(flows, ref)), 4),
+    def add(name: str, flows: list[np.ndarray], wall: float, cpu: float | None, subset: slice = slice(None),
+            **extra: Any) -> None:
+        refs = ref[subset]
+        m = len(refs)
+        row = {"run": name, "pairs": m, "pairs_per_s_wall": round(m / wall, 3),
+               "pairs_per_s_cpu": None if cpu is None else round(m / cpu, 3),
+               "epe_vs_tvl1": round(epe(flows, refs), 4),
+               "epe_vs_tvl1_per_clip": per_clip(flows, refs, k) if m == n else None,
+               "epe_max_pair": round(max(float(np.linalg.norm(f - r, axis=-1).mean()) for f, r in zip(flows, refs)), 4),
                **extra}
         rows.append(row)
         cpu_txt = "" if cpu is None else f"  cpu {row['pairs_per_s_cpu']:6.2f}"
-        print(f"{name:<48} wall {row['pairs_per_s_wall']:6.2f} pairs/s{cpu_txt}   EPE {row['epe_vs_tvl1']:.4f} "
+        print(f"{name:<64} wall {row['pairs_per_s_wall']:6.2f} pairs/s{cpu_txt}   EPE {row['epe_vs_tvl1']:.4f} "
               f"per clip {row['epe_vs_tvl1_per_clip']} worst pair {row['epe_max_pair']}", flush=True)
 
     ref, wall, cpu = timed(_opencv_pairs, pairs, TVL1_PARAMS)
@@ -164,14 +169,23 @@ def main() -> None:
         flows, wall = in_workers(pool, _opencv_pairs, pairs, 2, TVL1_FAST_PARAMS)
         add("opencv tvl1-fast, 2 workers x 1 thread", flows, wall, None, method="tvl1-fast", workers=2)
 
-    for batch in args.batches:
+    for batch in args.batches:  # each right after an OpenCV run in this process: the ratio of CPU times
+        _, _, cv_cpu = timed(_opencv_pairs, pairs, TVL1_PARAMS)
         flows, wall, cpu = timed(_torch_pairs, pairs, batch)
         add(f"tvl1-torch cpu, 1 process x 1 thread, batch {batch}", flows, wall, cpu,
-            method="tvl1-torch", workers=1, threads=1, batch=batch)
-    torch.set_num_threads(2)  # the alternative design: one process, torch's threads
-    flows, wall, cpu = timed(_torch_pairs, pairs, args.threads_batch)
-    add(f"tvl1-torch cpu, 1 process x 2 threads, batch {args.threads_batch}", flows, wall, None,
-        method="tvl1-torch", workers=1, threads=2, batch=args.threads_batch)
+            method="tvl1-torch", workers=1, threads=1, batch=batch, opencv_pairs_per_s_cpu=round(n / cv_cpu, 3),
+            cpu_speed_vs_opencv=round(cv_cpu / cpu, 3))
+        print(f"  (OpenCV tvl1 just before: cpu {n / cv_cpu:.2f} pairs/s; tvl1-torch / tvl1 = {cv_cpu / cpu:.2f})")
+    # The alternative design, one process with torch's 2 threads, on every third pair (it can be very slow),
+    # right after one thread on the same pairs.
+    subset = slice(None, None, 3)
+    flows, wall, cpu = timed(_torch_pairs, pairs[subset], args.threads_batch)
+    add(f"tvl1-torch cpu, 1 process x 1 thread, batch {args.threads_batch}, every 3rd pair", flows, wall, cpu,
+        subset, method="tvl1-torch", workers=1, threads=1, batch=args.threads_batch)
+    torch.set_num_threads(2)
+    flows, wall, cpu = timed(_torch_pairs, pairs[subset], args.threads_batch)
+    add(f"tvl1-torch cpu, 1 process x 2 threads, batch {args.threads_batch}, every 3rd pair", flows, wall, None,
+        subset, method="tvl1-torch", workers=1, threads=2, batch=args.threads_batch)
     torch.set_num_threads(1)
 
     if args.device.startswith("cuda"):
