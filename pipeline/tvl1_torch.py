@@ -35,7 +35,7 @@ Parallelism.  On the CPU the flow stage runs ``--workers`` processes with ONE to
 process taking whole videos (as for the OpenCV methods), not one process with ``--workers`` torch threads:
 torch's threads meet at a barrier after every element-wise operation (~60 per iteration), so one
 descheduled thread stalls them all, and on a shared machine (this one: 2 cores, load 2.6-4) two torch
-threads ran 7-20x SLOWER than one (bench/bench_flow_torch.py, BENCHMARKS.md); independent processes lose
+threads ran 5-20x SLOWER than one (bench/bench_flow_torch.py, BENCHMARKS.md); independent processes lose
 only their own share.  Each process caps its batch from its share of the free memory.  On a GPU the
 parallelism is the batch: one process drives the device (several would only split its memory).  Since a
 pair's flow does not depend on its batch, how the pairs are spread over processes never changes the result.
