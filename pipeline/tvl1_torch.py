@@ -73,10 +73,10 @@ __all__ = [
     "tvl1",
 ]
 
-# Peak bytes of device memory per pixel of a pair at full resolution: ~40 float32 planes of state and
-# temporaries (pyramids, warped images and gradients, u, v, p, divergences, gathered copies) plus the 25
-# planes of the 5x5 median, rounded up.  Used to cap the batch from the free memory.
-BYTES_PER_PIXEL = 512
+# Bytes of device memory to plan per pixel of a pair at full resolution: the peak resident memory of a
+# CPU run grew by 490-590 bytes per pixel per pair (batches of 16 and 32 at 128x171: pyramids, warped images
+# and gradients, u, v, p, the warp's int64 indices and the median network's intermediates); twice that.
+BYTES_PER_PIXEL = 1024
 MEMORY_FRACTION = 0.5  # of the free memory a batch may plan to use
 # Default batch on the CPU: small, so that a batch's ~40 planes stay in the cache (per pair, an iteration
 # at 128x171 took 1.2 ms at batch 1, 1.0 at 2, 1.4 at 4-16 on one thread); see BENCHMARKS.md.
