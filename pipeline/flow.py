@@ -201,6 +201,9 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
             written += 1
         gpu_here = device is not None and device.startswith("cuda") and cfg.parallel.backend == "loky"
         run_cfg = replace(cfg, parallel=replace(cfg.parallel, workers=1)) if gpu_here else cfg  # one process per GPU
+        if gpu_here and cfg.parallel.workers > 1:
+            log.info("tvl1-torch on %s: one process drives the GPU (--workers %d is not used for flow)", device,
+                     cfg.parallel.workers)
         tasks = [(r, run_cfg) for r in todo]
         for report in run_tasks(flow_task, tasks, run_cfg.parallel, len(tasks), "pairs", "flow"):
             pending[report.shard] += report.rows

@@ -43,6 +43,7 @@ pair's flow does not depend on its batch, how the pairs are spread over processe
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from .flowcalc import FlowDeviceError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BYTES_PER_PIXEL",
@@ -487,7 +490,10 @@ class TorchTVL1:
         n, h, w = gray.shape
         frames = torch.from_numpy(np.ascontiguousarray(gray))
         out = np.empty((n - 1, h, w, 2), dtype=np.float32)
-        for r in self.batches(n - 1, h, w):
+        batches = self.batches(n - 1, h, w)
+        log.debug("tvl1-torch: %d pairs of %dx%d on %s in %d batches of <= %d", n - 1, h, w, self.device,
+                  len(batches), len(batches[0]))
+        for r in batches:
             # frames r.start .. r.stop of the video: the pairs (t, t + 1) for t in r
             chunk = frames[r.start:r.stop + 1].to(self.device, torch.float32)
             out[r.start:r.stop] = tvl1(chunk[:-1], chunk[1:], self.params).cpu().numpy()
