@@ -352,6 +352,10 @@ def test_unsupported_parameters_are_refused():
     for over, what in (({"gamma": 0.1}, "gamma"), ({"useInitialFlow": True}, "zero flow"), ({"medianFiltering": 3}, "median")):
         with pytest.raises(ValueError, match=what):
             tt.tvl1(f, f, {**TVL1_PARAMS, **over})
+    with pytest.raises(ValueError, match="at least 3x3"):
+        tt.tvl1(f[:, :2], f[:, :2], TVL1_PARAMS)
+    with pytest.raises(ValueError, match="N >= 2"):
+        tt.TorchTVL1(TVL1_PARAMS, device="cpu").video_flow(np.zeros((1, 32, 40), np.uint8))
 
 
 # ---------------------------------------------------------------------------------------------- CLI
