@@ -162,9 +162,9 @@ def resize_linear(x: torch.Tensor, size: tuple[int, int], scale: tuple[float, fl
     sy, sx = scale if scale is not None else (src_h / h, src_w / w)
     y0, y1, fy = (torch.from_numpy(a).to(x.device) for a in _linear_taps(src_h, h, sy))
     x0, x1, fx = (torch.from_numpy(a).to(x.device) for a in _linear_taps(src_w, w, sx))
-    rows = x[..., x0] * (1 - fx) + x[..., x1] * fx  # horizontal pass first, as OpenCV
+    rows = x.index_select(-1, x0) * (1 - fx) + x.index_select(-1, x1) * fx  # horizontal pass first, as OpenCV
     fy = fy[:, None]
-    return rows[..., y0, :] * (1 - fy) + rows[..., y1, :] * fy
+    return rows.index_select(-2, y0) * (1 - fy) + rows.index_select(-2, y1) * fy
 
 
 # ---------------------------------------------------------------------------------------------- differences
@@ -248,7 +248,7 @@ def warp_cubic(imgs: torch.Tensor, u1: torch.Tensor, u2: torch.Tensor) -> torch.
     for i in range(4):
         row = None
         for j in range(4):
-            tap = flat[:, (rows[i] + cols[j]).reshape(-1)].reshape(k, b, h, w)
+            tap = flat.index_select(1, (rows[i] + cols[j]).reshape(-1)).reshape(k, b, h, w)  # 6x faster than []
             tap *= wx[j]
             row = tap if row is None else row.add_(tap)
         row *= wy[i]
