@@ -35,7 +35,7 @@ Parallelism.  On the CPU the flow stage runs ``--workers`` processes with ONE to
 process taking whole videos (as for the OpenCV methods), not one process with ``--workers`` torch threads:
 torch's threads meet at a barrier after every element-wise operation (~60 per iteration), so one
 descheduled thread stalls them all, and on a shared machine (this one: 2 cores, load 2.6-4) two torch
-threads ran 5-20x SLOWER than one (bench/bench_flow_torch.py, BENCHMARKS.md); independent processes lose
+threads ran 5-40x SLOWER than one (bench/bench_flow_torch.py, BENCHMARKS.md); independent processes lose
 only their own share.  Each process caps its batch from its share of the free memory.  On a GPU the
 parallelism is the batch: one process drives the device (several would only split its memory).  Since a
 pair's flow does not depend on its batch, how the pairs are spread over processes never changes the result.
@@ -81,8 +81,9 @@ __all__ = [
 # and gradients, u, v, p, the warp's int64 indices and the median network's intermediates); twice that.
 BYTES_PER_PIXEL = 1024
 MEMORY_FRACTION = 0.5  # of the free memory a batch may plan to use
-# Default batch on the CPU: small, so that a batch's ~40 planes stay in the cache (per pair, an iteration
-# at 128x171 took 1.2 ms at batch 1, 1.0 at 2, 1.4 at 4-16 on one thread); see BENCHMARKS.md.
+# Default batch on the CPU: small, so that a batch's ~40 planes stay in the cache. At 128x171, one thread,
+# CPU time against OpenCV's tvl1 just before: 1.09x at batch 1, 1.22x at 2, 1.19x at 4, 0.98x at 8,
+# 0.76x at 24 (bench/bench_flow_torch.py, BENCHMARKS.md).
 CPU_BATCH = 2
 MIN_SIDE = 16  # OpenCV drops pyramid levels smaller than this
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
