@@ -36,6 +36,19 @@ def _parse_size(ctx, param, value: str) -> tuple[int, int]:
         raise click.BadParameter(f"{value!r} is not HxW with both at least 16, e.g. 128x171") from None
 
 
+def _parse_frame_size(ctx, param, value: str) -> tuple[int, int] | int:
+    """``HxW`` (every video resized to it) or ``S`` (short side S, the aspect ratio kept)."""
+    if "x" in value.lower():
+        return _parse_size(ctx, param, value)
+    try:
+        short = int(value)
+        if short < 16:
+            raise ValueError
+        return short
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither HxW (e.g. 128x171) nor a short side of at least 16 (e.g. 128)") from None
+
+
 def _parallel_options(f):
     f = click.option("--scheduler", default=None, help="Dask scheduler address (with --backend dask).")(f)
     f = click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
@@ -107,24 +120,29 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 
 
 @prep.command()
-@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder"]), default="ucf101",
-              help="Layout of --root (folder: one sub-folder per class).")
+@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder", "kinetics400", "kinetics600", "kinetics700"]),
+              default="ucf101", help="Layout of --root (folder: one sub-folder per class; kinetics*: the official CSVs).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder the official archives were unpacked into [default: OUT/raw/<dataset>].")
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               help="Data root; output goes to OUT/<dataset>.")
 @click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split whose train/test lists are read.")
-@click.option("--size", callback=_parse_size, default="128x171", help="Frame size HxW.")
+@click.option("--size", callback=_parse_frame_size, default="128x171",
+              help="Frame size HxW, or a short side S: the shorter side becomes S, the other keeps the aspect (even).")
 @click.option("--quality", type=click.IntRange(50, 100), default=90, help="JPEG quality.")
 @click.option("--subsampling", type=click.Choice(["420", "444"]), default="420",
               help="JPEG chroma subsampling.")
 @click.option("--store-residuals", is_flag=True,
               help="Also store a residual stream (default: residuals are derived from the stored frames when read).")
 @click.option("--shard-size", type=click.IntRange(1), default=64, help="Videos per shard.")
+@click.option("--subset", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Kinetics: a file of class names or of videos (YouTube ids) restricting the set, e.g. Mini-Kinetics-200.")
+@click.option("--unlabelled", is_flag=True,
+              help="Kinetics: also extract test.csv, as unlabelled videos (label -1, in neither the train nor the test list).")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
-def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, workers, backend,
-            scheduler, overwrite) -> None:
+def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, subset, unlabelled,
+            workers, backend, scheduler, overwrite) -> None:
     """Decode every video of the split's lists into HDF5 shards of JPEG RGB frames.
 
     Residual frames are derived from the stored RGB frames when read; --store-residuals also stores them.
@@ -135,7 +153,8 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 
     cfg = ExtractConfig(
         dataset=dataset, root=root or out / "raw" / dataset, out=out, split=split, size=size, quality=quality,
-        subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
+        subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size, subset=subset,
+        unlabelled=unlabelled, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
     )
     try:
         summary = run(cfg)
@@ -232,7 +251,9 @@ def check(data: Path) -> None:
     from .pipeline.info import check_report
 
     report = check_report(data)
-    for line in report.problems + report.notes():
+    for line in report.problems:  # the problems on stderr with the verdict, what was not verifiable on stdout
+        click.echo(line, err=True)
+    for line in report.notes():
         click.echo(line)
     if report.problems:
         _fail(f"{len(report.problems)} problem(s) in {data}")
@@ -474,8 +495,13 @@ def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, ru
         result = evaluate_linear(cfg)
     except _eval_errors() as err:
         _fail(str(err).strip("'\"").splitlines()[0])
+    from .model.features import data_line
+
+    if result["chosen"]:
+        click.echo(f"backbone picked for you: {result['checkpoint']} ({result['chosen']})")
     click.echo(f"{result['method']}: top-1 {result['top1']:.1f}% on {result['counts']['test']} test videos "
                f"({result['counts']['train']} train; {result['counts']['failed_test']} failed) — {result['checkpoint']}")
+    click.echo(data_line(result["data"]))
     click.echo(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
 
 
@@ -503,6 +529,11 @@ def eval_recognition(dataset, data, split, out, batch_size, workers, device, ckp
         result = finetune(cfg, resume=resume)
     except (*_eval_errors(), FinetuneError) as err:
         _fail(str(err).strip("'\"").splitlines()[0])
+    from .model.features import data_line
+
+    if result["chosen"]:
+        click.echo(f"backbone picked for you: {result['checkpoint']} ({result['chosen']})")
     click.echo(f"recognition: top-1 {result['top1']:.1f}%  top-5 {result['top5']:.1f}% on {result['counts']['test']} "
                f"test videos ({result['counts']['train']} train, {result['counts']['val']} val) — {result['checkpoint']}")
+    click.echo(data_line(result["data"]))
     click.echo(f"results in {result['out']}")

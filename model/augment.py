@@ -28,60 +28,72 @@ from .views import MODALITIES, VIEWS
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentation settings. IIC's recipe is a random 112 crop only (no flip, no colour jitter).
+    """Augmentation settings. IIC's recipe is a random 112 crop only (no flip, no colour jitter; DualVar's
+    SimCLR-style colour augmentation is `SimCLRAugment`).
 
     crop:   side of the square crop in pixels.
     flip:   random horizontal flip with p = 0.5 (train only; off in IIC).
-    jitter: colour-jitter strength s: brightness, contrast and saturation factors are drawn uniformly
-            from [max(0, 1 - s), 1 + s] per sample (train only, rgb only; 0 in IIC).
-    train:  True = random crop/flip/jitter; False = centre crop, no flip, no jitter.
+    train:  True = random crop/flip; False = centre crop, no flip.
     """
 
     crop: int = 112
     flip: bool = False
-    jitter: float = 0.0
     train: bool = True
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Per-sample parameters: offsets (B, 2) int64 (top, left); flip (B,) bool; jitter (B, 3) float
-    (brightness, contrast, saturation factors; 1 = identity)."""
+    """Per-sample parameters: offsets (B, 2) int64 (top, left); flip (B,) bool."""
 
     offsets: Tensor
     flip: Tensor
-    jitter: Tensor
 
 
-def sample_params(batch_size: int, in_hw: tuple[int, int], cfg: AugmentConfig,
+def batch_hw(batch: dict, modality: str = "rgb") -> tuple[int, int] | Tensor:
+    """Each sample's own frame size: the batch's ``hw`` (B, 2) when the loader gives one (videos of several
+    sizes, zero-padded by `clips.collate_clips`), else the clips' (H, W)."""
+    if "hw" in batch:
+        return batch["hw"]
+    x = batch[modality] if modality in batch else next(v for v in batch.values() if torch.is_tensor(v) and v.dim() == 5)
+    return tuple(x.shape[-2:])
+
+
+def sample_params(batch_size: int, in_hw: tuple[int, int] | Tensor, cfg: AugmentConfig,
                   generator: torch.Generator | None = None,
                   device: torch.device | str | None = None) -> AugmentParams:
-    """Draw one crop window, flip bit and jitter triple per sample.
+    """Draw one crop window and flip bit per sample.
 
-    Random numbers come from ``generator`` only (on the generator's device, then moved to ``device``),
-    so the same seed gives the same parameters on any device.
+    ``in_hw`` is the (H, W) of every sample, or a (B, 2) tensor of each sample's own (H, W) (videos of
+    different sizes in one batch): a crop then lies inside its own sample's frames, the centre crop is
+    each sample's centre. Random numbers come from ``generator`` only (on the generator's device, then
+    moved to ``device``), so the same seed gives the same parameters on any device.
     """
-    H, W = in_hw
-    if cfg.crop > H or cfg.crop > W:
-        raise ValueError(f"crop {cfg.crop} larger than input {H}x{W}")
-    gdev = generator.device if generator is not None else torch.device("cpu")
     B = batch_size
-    if cfg.train:
-        top = torch.randint(H - cfg.crop + 1, (B,), generator=generator, device=gdev)
-        left = torch.randint(W - cfg.crop + 1, (B,), generator=generator, device=gdev)
+    gdev = generator.device if generator is not None else torch.device("cpu")
+    if torch.is_tensor(in_hw):
+        hw = in_hw.to(gdev, torch.int64).reshape(B, 2)
+        if bool((hw == hw[0]).all()):  # one size: exactly the draws of the fixed-size path
+            in_hw = tuple(hw[0].tolist())
+    if isinstance(in_hw, tuple):
+        hw = torch.tensor([in_hw], device=gdev).expand(B, 2)
+    H, W = hw[:, 0], hw[:, 1]
+    if cfg.crop > int(H.min()) or cfg.crop > int(W.min()):
+        small = int(torch.minimum(H, W).argmin())
+        raise ValueError(f"crop {cfg.crop} larger than input {int(H[small])}x{int(W[small])}")
+    if cfg.train and isinstance(in_hw, tuple):
+        top = torch.randint(in_hw[0] - cfg.crop + 1, (B,), generator=generator, device=gdev)
+        left = torch.randint(in_hw[1] - cfg.crop + 1, (B,), generator=generator, device=gdev)
         offsets = torch.stack([top, left], dim=1)
+    elif cfg.train:  # uniform over each sample's own valid offsets
+        u = torch.rand(B, 2, generator=generator, device=gdev, dtype=torch.float64)
+        offsets = (u * (hw - cfg.crop + 1)).floor().long().minimum(hw - cfg.crop)
     else:  # centre crop
-        offsets = torch.tensor([(H - cfg.crop) // 2, (W - cfg.crop) // 2], device=gdev).repeat(B, 1)
+        offsets = (hw - cfg.crop) // 2
     if cfg.train and cfg.flip:
         flip = torch.rand(B, generator=generator, device=gdev) < 0.5
     else:
         flip = torch.zeros(B, dtype=torch.bool, device=gdev)
-    if cfg.train and cfg.jitter > 0:
-        lo, hi = max(0.0, 1.0 - cfg.jitter), 1.0 + cfg.jitter
-        jitter = lo + (hi - lo) * torch.rand(B, 3, generator=generator, device=gdev)
-    else:
-        jitter = torch.ones(B, 3, device=gdev)
-    return AugmentParams(offsets.to(device), flip.to(device), jitter.to(device))
+    return AugmentParams(offsets.to(device), flip.to(device))
 
 
 def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, crop: int) -> Tensor:
@@ -112,7 +124,7 @@ def colour_jitter(rgb: Tensor, factors: Tensor) -> Tensor:
 
 def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -> dict[str, Tensor]:
     """Crop/flip every view with the same per-sample window, convert to float (ranges in the module
-    docstring), jitter rgb. ``views`` maps a subset of ``rgb``/``res``/``flow`` to uint8
+    docstring). ``views`` maps a subset of ``rgb``/``res``/``flow`` to uint8
     ``(B, C, T, H, W)`` tensors of one spatial size; returns float32 ``(B, C, T, crop, crop)``."""
     unknown = set(views) - set(MODALITIES)
     if unknown:
@@ -129,8 +141,6 @@ def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -
         x = crop_flip(q, params.offsets, params.flip, cfg.crop).float()
         if name == "rgb":
             x = x / 255.0
-            if cfg.train and cfg.jitter > 0:
-                x = colour_jitter(x, params.jitter)
         elif name == "res":
             x = (x - 128.0) / 127.5
         else:
@@ -225,7 +235,7 @@ class SimCLRAugmentConfig:
         return max(3, (self.crop // 10) | 1)
 
     def geometry(self) -> AugmentConfig:
-        return AugmentConfig(crop=self.crop, flip=self.flip, jitter=0.0, train=self.train)
+        return AugmentConfig(crop=self.crop, flip=self.flip, train=self.train)
 
 
 @dataclass(frozen=True)

@@ -14,21 +14,29 @@ modulo the usable length, so every listed video yields clips. Flow pair ``t`` is
 length is ``L - 1`` for every modality and frame ``t`` of every view lines up with flow pair ``t``.
 
 Clips ship as uint8; float conversion and augmentation happen in batch on the training device.
+
+Videos of one dataset may differ in frame size (``iic-prep extract --size S`` keeps each video's aspect
+ratio): a sample carries its own ``hw`` = (H, W), and `collate_clips` zero-pads the clips of a batch at the
+bottom and right to the largest (H, W) of the batch. Augmentation draws each crop inside its sample's own
+``hw`` (`augment.sample_params`), so no padding ever reaches a crop.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, default_collate
 
 from ..pipeline.shards import ManifestRow, VideoStore
 
 from .views import MODALITIES
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -89,7 +97,7 @@ class ClipDataset(Dataset):
     ``mode="train"``: item = (video position, seed) from `EpochSampler`; ``mode="test"``: item = an int
     in ``range(len(self))`` = video * test_clips + clip. A sample is a dict: one uint8 ``(C, T, H, W)``
     tensor per modality (``rgb``/``res``: C = 3, ``flow``: C = 2 = (u, v)), ``index`` (the video's row in
-    this list, i.e. its memory-bank row), ``label``, ``clip`` and ``video`` (the id).
+    this list, i.e. its memory-bank row), ``label``, ``clip``, ``video`` (the id) and ``hw`` (its frame size).
     """
 
     def __init__(self, data_dir: Path, split: int, subset: str, cfg: ClipConfig, mode: str = "train") -> None:
@@ -106,6 +114,17 @@ class ClipDataset(Dataset):
             raise DataError(f"no optical flow in {data_dir}: run `iic-prep flow` first")
         self.rows = self._select(split, subset)
         self.lengths = np.array([self._usable_length(r) for r in self.rows])
+        self._warn_short()
+
+    def _warn_short(self) -> None:
+        """Say once per list how many videos are shorter than a clip: their clips loop (frames repeat)."""
+        span = (self.cfg.frames - 1) * self.cfg.stride + 1
+        short = int((self.lengths < span).sum())
+        if short:
+            which = f"all {short}" if short == self.n_videos else f"{short} of the {self.n_videos}"
+            log.warning("%s %s videos of split %d are shorter than a clip (%d frames at stride %d span %d "
+                        "usable frames; shortest %d): their clips loop, frames repeat", which, self.subset,
+                        self.split, self.cfg.frames, self.cfg.stride, span, int(self.lengths.min()))
 
     def _select(self, split: int, subset: str) -> list[ManifestRow]:
         rows = self.store.ok_rows(split, subset)
@@ -117,6 +136,10 @@ class ClipDataset(Dataset):
                     "or train on a non-flow view")
         if not rows:
             raise DataError(f"split {split} has no {subset} videos extracted in {self.store.data_dir}")
+        unlabelled = [r.id for r in rows if r.label < 0]
+        if unlabelled:  # the adapters never put one in a list; a hand-edited manifest might
+            raise DataError(f"{len(unlabelled)} {subset} videos have no label (e.g. {unlabelled[0]}): unlabelled "
+                            "videos belong in no train or test list")
         return rows
 
     def _usable_length(self, row: ManifestRow) -> int:
@@ -155,7 +178,8 @@ class ClipDataset(Dataset):
         row = self.rows[index]
         frames = clip_indices(int(self.lengths[index]), start, self.cfg.frames, self.cfg.stride)
         out = self._read(row.id, self.cfg.modalities, frames)
-        out.update(index=index, label=row.label, clip=clip, video=row.id)
+        out.update(index=index, label=row.label, clip=clip, video=row.id,
+                   hw=torch.tensor(out[self.cfg.modalities[0]].shape[-2:], dtype=torch.int64))
         return out
 
     def pair(self, index: int, start: int, start_1: int) -> dict:
@@ -179,6 +203,17 @@ class ClipDataset(Dataset):
             x = raw[m] if contiguous else raw[m][frames - lo]  # strided or looping clip
             out[m] = torch.from_numpy(x).permute(1, 0, 2, 3) if m == "flow" else torch.from_numpy(x).permute(3, 0, 1, 2)
         return out
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """`default_collate`, after zero-padding (bottom, right) every clip ``(C, T, H, W)`` to the largest (H, W)
+    of the batch when the samples' sizes differ; each sample's own size stays in ``hw`` (B, 2)."""
+    sizes = {tuple(s["hw"].tolist()) for s in samples}
+    if len(sizes) > 1:
+        H, W = max(h for h, _ in sizes), max(w for _, w in sizes)
+        samples = [{k: torch.nn.functional.pad(v, (0, W - v.shape[-1], 0, H - v.shape[-2]))
+                    if torch.is_tensor(v) and v.dim() == 4 else v for k, v in s.items()} for s in samples]
+    return default_collate(samples)
 
 
 def worker_errors(loader: Iterable) -> Iterator:

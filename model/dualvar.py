@@ -384,7 +384,7 @@ def make_views(
     modalities = [m for m in MODALITIES if m in batch]
     clip0 = {m: batch[m] for m in modalities}
     clip1 = {m: batch[f"{m}_1"] for m in modalities}
-    B, hw = batch["rgb"].shape[0], tuple(batch["rgb"].shape[-2:])
+    B, hw = batch["rgb"].shape[0], augment.batch_hw(batch)
 
     def view(raw: dict, kind: str) -> torch.Tensor:
         need = {"rgb": ["rgb"], "res": ["res"]}.get(kind, ["flow"])

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from . import checkpoint
 from .config import TrainConfig
 from .distributed import resolve_device
-from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source,
-                       failed_videos, find_checkpoint, video_features)
+from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source, data_line,
+                       data_record, failed_videos, feature_sets, find_checkpoint, load_backbone, video_features)
 from .protocol import PROTOCOLS, protocol_for
 from .retrieval import DEFAULT_KS, retrieval_topk
 
@@ -52,20 +52,28 @@ def resolve_source(cfg: SourceConfig) -> tuple[BackboneSource, dict | None]:
     if cfg.random_init and cfg.ckpt is not None:
         raise ValueError("--ckpt and --random-init exclude each other")
     if not cfg.random_init:
-        src, state = checkpoint_source(cfg.ckpt if cfg.ckpt is not None else find_checkpoint(cfg.runs))
+        newest = cfg.ckpt is None
+        src, state = checkpoint_source(find_checkpoint(cfg.runs) if newest else cfg.ckpt)
         if cfg.model not in (None, src.model):
             raise ValueError(f"--model {cfg.model} differs from the checkpoint's model {src.model}")
-        return dataclasses.replace(src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop), state
-    base = TrainConfig()
+        chosen = f"newest final.pt under {cfg.runs}; --ckpt to choose" if newest else ""
+        if newest:
+            log.warning("no --ckpt: evaluating %s, the newest final.pt under %s", src.ckpt, cfg.runs)
+        return dataclasses.replace(src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop, chosen=chosen), state
+    base, chosen = TrainConfig(), ""
     if cfg.model is None:  # the same config as the latest run, when there is one: the baseline it is read against
         try:
-            trained, _ = checkpoint_source(find_checkpoint(cfg.runs))
+            newest = find_checkpoint(cfg.runs)
+            trained, _ = checkpoint_source(newest)
             base = dataclasses.replace(base, model=trained.model, frames=trained.frames, stride=trained.stride,
                                        crop=trained.crop)
+            chosen = f"model, clip and crop of {newest}; --model to choose"
+            log.warning("--random-init without --model: the %s backbone, %d-frame clips and %d crop of the newest "
+                        "run %s", trained.model, trained.frames, trained.crop, newest)
         except checkpoint.CheckpointError:
-            pass
+            chosen = "TrainConfig defaults: no run found; --model to choose"
     return BackboneSource(None, cfg.model or base.model, cfg.frames or base.frames, base.stride, cfg.crop or base.crop,
-                          cfg.seed), None
+                          cfg.seed, chosen=chosen), None
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class RetrievalConfig:
     workers: int = 0
     device: str = "auto"
     out: Path | None = None  # default: <run folder>/eval (or data/runs/random-init/eval)
+    cache: Path | None = None  # feature cache folder; default: <out>/features
     n_show: int = 6  # queries drawn in the PNG
 
     @property
@@ -130,6 +139,22 @@ def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: 
     return out[0], out[1]
 
 
+def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tuple[str, ...]) -> None:
+    """Fill ``cfg.cache`` with every (view, feature) of ``cfg``'s backbone for both lists, one pass over each
+    list's clips, so that retrievals of any of them that follow (one per view, or the conv5 and pool
+    protocols of a random init) read their features instead of decoding and encoding every clip again."""
+    if cfg.cache is None:
+        raise ValueError("prefetch_features needs a cache folder (RetrievalConfig.cache)")
+    src, state = resolve_source(cfg.source)
+    from ..pipeline.shards import VideoStore
+
+    check_dataset_size(src, len(VideoStore(cfg.data).ok_rows(cfg.split, "train")), cfg.data, cfg.split)
+    dev, backbone = resolve_device(cfg.device), load_backbone(src, state)
+    for subset in ("train", "test"):
+        feature_sets(src, FeatureSpec(cfg.data, cfg.split, subset, views, features[0], cfg.clips), features,
+                     Path(cfg.cache), dev, cfg.batch_size, cfg.workers, backbone=backbone)
+
+
 def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     """Run the retrieval protocol; writes ``retrieval.json`` and ``retrieval.png`` in the output folder and
     returns the JSON dict (plus ``cached``: whether both feature sets came from the cache)."""
@@ -138,13 +163,16 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     cfg = cfg.with_protocol(src.method)
     out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
     gallery, queries = gallery_and_queries(cfg.data, cfg.split, src, state, cfg.views, cfg.feature, cfg.clips,
-                                           out / "features", cfg.device, cfg.batch_size, cfg.workers)
+                                           Path(cfg.cache) if cfg.cache else out / "features", cfg.device,
+                                           cfg.batch_size, cfg.workers)
     g, q = combine(gallery, cfg.views), combine(queries, cfg.views)
     res = retrieval_topk(q, queries.labels, g, gallery.labels, ks=cfg.ks, center=cfg.center)
     failed = {s: failed_videos(cfg.data, cfg.split, s) for s in ("train", "test")}
     result = {
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
+        "chosen": src.chosen,
+        "data": data_record(src, cfg.data, cfg.split),
         "backbone": {"model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
                      "method": src.method, "random_init": src.ckpt is None},
         "feature_dim": int(g.shape[1]),
@@ -178,6 +206,8 @@ def table_lines(result: dict) -> list[str]:
     lines = [f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
              f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
              f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"]
+    if result.get("chosen"):
+        lines.insert(0, f"backbone picked for you: {result['checkpoint']} ({result['chosen']})")
     lines.append("  ".join(f"{'top' + str(k):>7}" for k in ks))
     lines.append("  ".join(f"{result['topk'][k]:7.1f}" for k in ks))
     if result["capped"]:
@@ -188,6 +218,8 @@ def table_lines(result: dict) -> list[str]:
         if rows:
             lines.append(f"{len(rows)} {subset} video(s) failed extraction and are left out: "
                          + ", ".join(r["id"] for r in rows[:5]) + (" ..." if len(rows) > 5 else ""))
+    if "data" in result:
+        lines.append(data_line(result["data"]))
     lines.append(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
     return lines
 
@@ -277,7 +309,8 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
         method = "logistic regression (standardised features, L-BFGS)"
     top1 = 100.0 * float((pred == yte).double().mean())
     failed = failed_videos(cfg.data, cfg.split, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "method": method, "top1": top1,
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen,
+              "data": data_record(src, cfg.data, cfg.split), "method": method, "top1": top1,
               "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},
               "cached": train.cached and test.cached, "out": str(out)}
     out.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,12 @@ clips (centres ``linspace(T/2, L - T/2, clips)``, see `clips.eval_starts`) of th
 view: ``conv5`` = IIC's conv5 max-pooled (1, 2, 2) and flattened, ``pool`` = the pooled ``out_dim``
 feature (`backbones.retrieval_feature`).
 
-Cache: one ``.npz`` per (backbone source, options that change features, data), named by a hash of
-them. The backbone source is the checkpoint's resolved path + mtime + size (or ``random-init`` + model
-+ seed); the data is the folder's resolved path + a hash of its manifest(s). Any change gives a new key,
-so a stale file is never read.
+Cache: one ``.npz`` per (backbone source, options that change features, data, view, feature), named by a
+hash of them. The backbone source is the checkpoint's resolved path + mtime + size (or ``random-init`` + model
++ seed); the data is the folder's resolved path + `VideoStore.identity` (manifest, content settings, size and
+CRC32 of every stored frame, flow). Any change gives a new key, so a stale file is never read. One pass over
+the clips fills every (view, feature) asked for (`feature_sets`), so e.g. RGB and residual retrieval, or the
+conv5 and pool protocols, decode and encode each clip once.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +30,7 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset, worker_errors
+from .clips import ClipConfig, ClipDataset, collate_clips, worker_errors
 from .config import TrainConfig
 from .views import EVAL_VIEWS, modalities_for
 
@@ -48,6 +51,9 @@ class BackboneSource:
     seed: int = 0
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
+    pretrain_dataset: str | None = None  # dataset.json name of the data it was trained on (older checkpoints: None)
+    pretrain_path: str | None = None  # where that data was
+    chosen: str = ""  # how it was picked when the user did not name it (printed with it)
 
     def key(self) -> dict:
         """What identifies the weights (for the cache key)."""
@@ -83,7 +89,10 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
     if cfg.model not in BACKBONE_PRESETS:
         raise checkpoint.CheckpointError(f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
                                          f"(it has {', '.join(BACKBONE_PRESETS)})")
-    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, state.get("n_data"), cfg.method)
+    trained_on = state.get("data_identity") or {}
+    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, n_data=state.get("n_data"),
+                         method=cfg.method, pretrain_dataset=state.get("dataset"),
+                         pretrain_path=trained_on.get("path") or str(cfg.data))
     return src, state
 
 
@@ -116,19 +125,37 @@ def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbo
     return net
 
 
+def dataset_name(data: Path) -> str:
+    """The ``dataset`` of a processed dataset's dataset.json (``ucf101``, ``kinetics400``, ...)."""
+    from ..pipeline.shards import FormatError
+
+    try:
+        return str(json.loads((Path(data) / "dataset.json").read_text())["dataset"])
+    except (OSError, ValueError, KeyError):
+        raise FormatError(f"no processed dataset at {data} (dataset.json missing or unreadable): run `iic-prep extract`") from None
+
+
+def is_transfer(src: BackboneSource, data: Path) -> bool:
+    """The checkpoint was pretrained on another dataset than ``data`` (e.g. Kinetics-400, evaluated on UCF101)."""
+    return src.pretrain_dataset is not None and src.pretrain_dataset != dataset_name(data)
+
+
 def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int) -> None:
-    """A checkpoint trained on another list size is for another dataset (or split): refuse it."""
-    if src.n_data is not None and src.n_data != n_train:
+    """A checkpoint trained on the same dataset with another list size is for another split or copy: refuse it.
+    One pretrained on another dataset (named in the checkpoint) is a transfer and evaluated as such; older
+    checkpoints, which do not name their dataset, must match in size."""
+    if src.n_data is not None and src.n_data != n_train and not is_transfer(src, data):
         raise checkpoint.CheckpointError(
             f"checkpoint {src.ckpt} was trained on {src.n_data} videos but {data} split {split} has {n_train} "
             "training videos: a checkpoint for another dataset?")
 
 
-def data_fingerprint(data: Path) -> str:
-    """Hash of the dataset's manifest(s) (`VideoStore.fingerprint`)."""
+def data_identity(data: Path) -> str:
+    """Hash of what a reader gets from the dataset (`VideoStore.identity`, with its flow): two extractions of
+    one video list with other pixels (another seed, --size, --quality) or another flow get other keys."""
     from ..pipeline.shards import VideoStore
 
-    return VideoStore(data).fingerprint()
+    return VideoStore(data).identity(flow=True)
 
 
 @dataclass(frozen=True)
@@ -153,11 +180,17 @@ class FeatureSpec:
         return self
 
 
-def cache_key(src: BackboneSource, spec: FeatureSpec) -> str:
+Key = tuple[str, str]  # (view, feature)
+
+
+def cache_key(src: BackboneSource, spec: FeatureSpec, key: Key, identity: str) -> str:
+    """Name of the cache file of one (view, feature) of ``spec``'s list: every view and feature is a file of its
+    own, so one pass over the clips can fill several and a later evaluation of any of them reads its file."""
+    view, feature = key
     parts = {
         "weights": src.key(), "model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
-        "data": str(Path(spec.data).resolve()), "manifest": data_fingerprint(spec.data), "split": spec.split,
-        "subset": spec.subset, "views": list(spec.views), "feature": spec.feature, "clips": spec.clips, "version": 1,
+        "data": str(Path(spec.data).resolve()), "identity": identity, "split": spec.split,
+        "subset": spec.subset, "view": view, "feature": feature, "clips": spec.clips, "version": 2,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -171,7 +204,7 @@ class VideoFeatures:
     video_ids: list[str]
     cached: bool = False  # True when read from the cache (no extraction)
     clips_per_s: float = 0.0
-    path: Path | None = None
+    path: Path | None = None  # the cache folder
 
 
 def _autocast(device: torch.device):
@@ -179,34 +212,37 @@ def _autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], feature: str, crop: int,
-            device: torch.device, batch_size: int = 16, workers: int = 0, desc: str = "features") -> tuple[dict[str, np.ndarray], float]:
-    """Mean over each video's test clips of the ``feature`` of each view -> ``{view: (N, D)}``, clips/s.
+def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], features: tuple[str, ...], crop: int,
+            device: torch.device, batch_size: int = 16, workers: int = 0,
+            desc: str = "features") -> tuple[dict[Key, np.ndarray], float]:
+    """Mean over each video's test clips of each of ``features`` of each view -> ``{(view, feature): (N, D)}``,
+    clips/s. One decode per clip and one forward per view serve every feature.
 
     ``dataset`` must be in test mode; clips are centre-cropped to ``crop`` (`augment.AugmentConfig`
     with ``train=False``), mapped to the encoder input by `augment.view_input`.
     """
     backbone = backbone.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_clips)
     aug = augment.AugmentConfig(crop=crop, train=False)
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict[Key, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
     t0, n_clips = time.perf_counter(), 0
     with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False) as bar:
         for batch in worker_errors(loader):
             raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
             B = batch["index"].shape[0]
-            hw = tuple(next(iter(raw.values())).shape[-2:])
+            hw = augment.batch_hw(batch, dataset.cfg.modalities[0])
             x = augment.apply(raw, augment.sample_params(B, hw, aug, device=device), aug)
             index = batch["index"].long()
             for view in views:
                 with _autocast(device):
-                    f = retrieval_feature(backbone(augment.view_input(x, view)), feature)
-                f = f.double().cpu()
-                if view not in sums:
-                    sums[view] = torch.zeros(dataset.n_videos, f.shape[1], dtype=torch.float64)
-                sums[view].index_add_(0, index, f)
+                    out = backbone(augment.view_input(x, view))
+                for feature in features:
+                    f = retrieval_feature(out, feature).double().cpu()
+                    if (view, feature) not in sums:
+                        sums[view, feature] = torch.zeros(dataset.n_videos, f.shape[1], dtype=torch.float64)
+                    sums[view, feature].index_add_(0, index, f)
             counts.index_add_(0, index, torch.ones(B, dtype=torch.float64))
             n_clips += B
             bar.update(B)
@@ -214,37 +250,93 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     if not torch.all(counts == dataset.cfg.test_clips):
         raise RuntimeError("feature extraction did not see every clip of every video")  # a bug, not user error
     rate = n_clips / max(time.perf_counter() - t0, 1e-9)
-    return {v: (s / counts[:, None]).float().numpy() for v, s in sums.items()}, rate
+    return {k: (s / counts[:, None]).float().numpy() for k, s in sums.items()}, rate
+
+
+def _read_cached(path: Path, ids: list[str]) -> np.ndarray | None:
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return z["features"] if [str(v) for v in z["video_ids"]] == ids else None
+
+
+def _write_cached(path: Path, f: np.ndarray, dataset: ClipDataset, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, features=f, labels=dataset.labels.astype(np.int64), video_ids=np.array(dataset.video_ids),
+             meta=json.dumps(meta, default=str))
+    tmp.replace(path)
+
+
+def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ...], cache_dir: Path | None,
+                 device: torch.device, batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
+                 state: dict | None = None) -> tuple[dict[Key, np.ndarray], ClipDataset, bool, float]:
+    """Every (view, feature) of ``spec.views`` x ``features`` for ``spec``'s list: those in ``cache_dir`` read,
+    the others extracted together in one pass over the clips and cached. Returns them, the list's dataset,
+    whether all came from the cache, and the extraction's clips/s (0 when nothing was extracted)."""
+    spec.validate()
+    for feature in features:
+        dataclasses.replace(spec, feature=feature).validate()
+    clip_cfg = ClipConfig(frames=src.frames, stride=src.stride, modalities=modalities_for(spec.views), test_clips=spec.clips)
+    dataset = ClipDataset(spec.data, spec.split, spec.subset, clip_cfg, mode="test")
+    keys = [(v, f) for v in spec.views for f in features]
+    identity = data_identity(spec.data) if cache_dir else ""
+    paths = {k: Path(cache_dir) / f"features-{spec.subset}-{k[0]}-{k[1]}-{cache_key(src, spec, k, identity)}.npz"
+             for k in keys} if cache_dir else {}
+    out = {k: f for k in paths if (f := _read_cached(paths[k], dataset.video_ids)) is not None}
+    missing = [k for k in keys if k not in out]
+    if not missing:
+        log.info("features of %d %s videos read from cache %s (extraction skipped)", dataset.n_videos, spec.subset, cache_dir)
+        return out, dataset, True, 0.0
+    if backbone is None:
+        backbone = load_backbone(src, state)
+    views = tuple(dict.fromkeys(v for v, _ in missing))
+    feats = tuple(dict.fromkeys(f for _, f in missing))
+    new, rate = extract(backbone, dataset, views, feats, src.crop, device, batch_size, workers,
+                        desc=f"{spec.subset} features")
+    log.info("extracted %s features of %s for %d %s videos x %d clips at %.1f clips/s", "+".join(feats),
+             "+".join(views), dataset.n_videos, spec.subset, spec.clips, rate)
+    for k, f in new.items():
+        if k in paths:
+            _write_cached(paths[k], f, dataset, {**asdict(spec), "view": k[0], "feature": k[1]})
+    out.update({k: new[k] for k in missing})
+    return out, dataset, False, rate
 
 
 def video_features(src: BackboneSource, spec: FeatureSpec, cache_dir: Path | None, device: torch.device,
                    batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
                    state: dict | None = None) -> VideoFeatures:
-    """Features of every extracted video of ``spec``'s list, read from ``cache_dir`` when present."""
-    spec.validate()
-    clip_cfg = ClipConfig(frames=src.frames, stride=src.stride, modalities=modalities_for(spec.views), test_clips=spec.clips)
-    dataset = ClipDataset(spec.data, spec.split, spec.subset, clip_cfg, mode="test")
-    path = Path(cache_dir) / f"features-{spec.subset}-{cache_key(src, spec)}.npz" if cache_dir else None
-    if path is not None and path.exists():
-        with np.load(path) as z:
-            ids = [str(v) for v in z["video_ids"]]
-            if ids == dataset.video_ids:
-                log.info("features of %d %s videos read from cache %s (extraction skipped)", len(ids), spec.subset, path)
-                return VideoFeatures({v: z[f"f_{v}"] for v in spec.views}, z["labels"], ids, cached=True, path=path)
-    if backbone is None:
-        backbone = load_backbone(src, state)
-    feats, rate = extract(backbone, dataset, spec.views, spec.feature, src.crop, device, batch_size, workers,
-                          desc=f"{spec.subset} features")
-    log.info("extracted %s features of %d %s videos x %d clips at %.1f clips/s", spec.feature, dataset.n_videos,
-             spec.subset, spec.clips, rate)
-    out = VideoFeatures(feats, dataset.labels.astype(np.int64), dataset.video_ids, cached=False, clips_per_s=rate, path=path)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.npz")
-        np.savez(tmp, labels=out.labels, video_ids=np.array(out.video_ids), meta=json.dumps(asdict(spec), default=str),
-                 **{f"f_{v}": f for v, f in feats.items()})
-        tmp.replace(path)
-    return out
+    """``spec.feature`` of every view of ``spec.views`` for every extracted video of its list (`feature_sets`)."""
+    sets, dataset, cached, rate = feature_sets(src, spec, (spec.feature,), cache_dir, device, batch_size, workers,
+                                               backbone, state)
+    return VideoFeatures({v: sets[v, spec.feature] for v in spec.views}, dataset.labels.astype(np.int64),
+                         dataset.video_ids, cached=cached, clips_per_s=rate, path=Path(cache_dir) if cache_dir else None)
+
+
+def data_record(src: BackboneSource, data: Path, split: int) -> dict:
+    """Both datasets of an evaluation: what the backbone was pretrained on and what it is evaluated on."""
+    from ..pipeline.shards import VideoStore
+
+    store = VideoStore(data)
+    pretrained = None if src.ckpt is None else {"dataset": src.pretrain_dataset, "path": src.pretrain_path,
+                                                "videos": src.n_data}
+    return {"pretrained_on": pretrained,
+            "evaluated_on": {"dataset": store.meta["dataset"], "path": str(data), "split": split,
+                             "unlabelled_left_out": sum(1 for r in store.rows if r.in_list(split, "unlabelled"))},
+            "transfer": is_transfer(src, data)}
+
+
+def data_line(record: dict) -> str:
+    """``pretrained on kinetics400 (650 videos, data/kinetics400); evaluated on ucf101 split 1 (data/ucf101)``."""
+    p, e = record["pretrained_on"], record["evaluated_on"]
+    if p is None:
+        head = "no pretraining (random init)"
+    else:
+        head = f"pretrained on {p['dataset'] or 'an unnamed dataset'} ({p['videos']} videos, {p['path']})"
+    line = f"{head}; evaluated on {e['dataset']} split {e['split']} ({e['path']})"
+    if e["unlabelled_left_out"]:
+        line += f"; {e['unlabelled_left_out']} unlabelled videos are in neither list and left out"
+    return line
 
 
 def failed_videos(data: Path, split: int, subset: str) -> list[tuple[str, str]]:

@@ -26,10 +26,10 @@ from tqdm import tqdm
 from . import augment, checkpoint
 from .backbones import VideoBackbone
 from .resume import check_data, data_identity, file_digest, same_path
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, worker_errors
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_clips, worker_errors
 from .evaluate import SourceConfig, default_out, resolve_source
 from .distributed import resolve_device
-from .features import BackboneSource, check_dataset_size, load_backbone, modalities_for
+from .features import BackboneSource, check_dataset_size, data_record, load_backbone, modalities_for
 from .runlog import Meter, RunLog, plot_curves
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
 def _inputs(batch: dict, modality: str, crop: int, train: bool, gen: torch.Generator | None,
             device: torch.device) -> Tensor:
     raw = {m: batch[m].to(device, non_blocking=True) for m in modalities_for((modality,))}
-    B, hw = batch["index"].shape[0], tuple(next(iter(raw.values())).shape[-2:])
+    B, hw = batch["index"].shape[0], augment.batch_hw(batch, next(iter(raw)))
     aug = augment.AugmentConfig(crop=crop, train=train)
     views = augment.apply(raw, augment.sample_params(B, hw, aug, gen, device), aug)
     return augment.view_input(views, modality)
@@ -104,7 +104,7 @@ def clip_scores(net: nn.Module, dataset, modality: str, crop: int, device: torch
     """Mean softmax scores per video ``(n_videos, classes)`` and labels ``(n_videos,)`` over test-mode clips."""
     net.eval()
     sums, labels, counts = None, torch.full((n_videos,), -1, dtype=torch.long), torch.zeros(n_videos)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_clips)
     for batch in tqdm(worker_errors(loader), total=len(loader), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         p = F.softmax(net(_inputs(batch, modality, crop, False, None, device)).float(), dim=1).cpu()
         sums = torch.zeros(n_videos, p.shape[1]) if sums is None else sums
@@ -189,7 +189,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
              n_classes, device)
 
     sampler = EpochSampler(len(tr_idx), cfg.seed, indices=tr_idx)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                        collate_fn=collate_clips)
     runlog = RunLog(out)
     step = epoch * len(loader)
     try:
@@ -230,7 +231,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         runlog.close()
     scores, labels = clip_scores(net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers,
                                  test_set.n_videos, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "top1": topk_accuracy(scores, labels, 1),
+    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen,
+              "data": data_record(src, cfg.data, cfg.split),
+              "top1": topk_accuracy(scores, labels, 1),
               "top5": topk_accuracy(scores, labels, 5), "classes": n_classes,
               "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])}, "out": str(out)}
     checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),

@@ -273,7 +273,7 @@ def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, g
     """One IIC loss on a batch of uint8 clips already on ``device``."""
     raw = {m: batch[m] for m in cfg.modalities}
     B = raw["rgb"].shape[0]
-    hw = tuple(raw["rgb"].shape[-2:])
+    hw = augment.batch_hw(batch)
     aug_cfg = augment_config(cfg)
     views = augment.apply(raw, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
     x1 = augment.view_input(views, "rgb")

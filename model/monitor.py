@@ -39,10 +39,11 @@ class Monitor:
     def __call__(self, backbone: nn.Module) -> dict[str, float]:
         """{``monitor_top1_<view>``: top-1 (%)} of the backbone as it is now (left in training mode)."""
         was_training = backbone.training
-        feats = {s: extract(backbone, ds, self.views, self.protocol.feature, self.cfg.crop, self.device,
+        f = self.protocol.feature
+        feats = {s: extract(backbone, ds, self.views, (f,), self.cfg.crop, self.device,
                             self.batch_size, desc=f"monitor {s}")[0] for s, ds in self.sets.items()}
         backbone.train(was_training)
         gallery, queries = self.sets["train"], self.sets["test"]
-        return {f"monitor_top1_{v}": retrieval_topk(feats["test"][v], queries.labels, feats["train"][v], gallery.labels,
-                                                    ks=(1,), center=self.protocol.center).topk[1]
+        return {f"monitor_top1_{v}": retrieval_topk(feats["test"][v, f], queries.labels, feats["train"][v, f],
+                                                    gallery.labels, ks=(1,), center=self.protocol.center).topk[1]
                 for v in self.views}

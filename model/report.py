@@ -49,8 +49,8 @@ def thumbnails(store: VideoStore, ids: list[str], modality: str) -> dict[str, np
         top = max(max(float(np.abs(c).max()) for c in comp.values()), 1e-6)
         motion = {v: np.repeat(np.clip(128 + c / top * 127, 0, 255).astype(np.uint8)[..., None], 3, -1)
                   for v, c in comp.items()}
-    gap = np.full((rgb[ids[0]].shape[0], 2, 3), 255, np.uint8)
-    return {v: np.concatenate([rgb[v], gap, motion[v]], axis=1) for v in ids}
+    gap = {v: np.full((rgb[v].shape[0], 2, 3), 255, np.uint8) for v in ids}  # videos may differ in size
+    return {v: np.concatenate([rgb[v], gap[v], motion[v]], axis=1) for v in ids}
 
 
 def motion_note(modality: str) -> str:
@@ -72,8 +72,13 @@ def retrieval_title(result: dict) -> str:
     c = result["config"]
     views = f"rgb+{c['modality']} (merged)" if c["merge"] else c["modality"]
     top1 = result["topk"].get(1, result["topk"].get("1"))
-    return (f"run {run_name(result)}: retrieval on {views} features — top-1 {top1:.1f}% "
-            f"({result['counts']['queries']} queries)")
+    title = f"run {run_name(result)}: retrieval on {views} features — top-1 {top1:.1f}% ({result['counts']['queries']} queries)"
+    data = result.get("data")
+    if data:  # name both datasets: a transfer (pretrained on one, evaluated on another) reads as one
+        pre = data["pretrained_on"]
+        title += (f" — pretrained on {(pre['dataset'] or pre['path']) if pre else 'nothing (random init)'}, "
+                  f"evaluated on {data['evaluated_on']['dataset']} split {data['evaluated_on']['split']}")
+    return title
 
 
 def draw_retrieval(result: dict, data: Path, n_show: int = 6, n_nearest: int = 5):

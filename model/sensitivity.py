@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from . import augment
 from .backbones import retrieval_feature
-from .clips import ClipConfig, ClipDataset
+from .clips import ClipConfig, ClipDataset, collate_clips
 from .iic import intra_negative
 
 BROKEN = ("shuffled", "reversed", "repeated")
@@ -41,9 +41,9 @@ def order_sensitivity(backbone: nn.Module, data, split: int, frames: int, stride
     aug = augment.AugmentConfig(crop=crop, train=False)
     generator = torch.Generator().manual_seed(seed)
     feats: dict[str, list[torch.Tensor]] = {k: [] for k in ("intact", *BROKEN)}
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_clips):
         raw = {"rgb": batch["rgb"].to(device)}
-        x = augment.apply(raw, augment.sample_params(raw["rgb"].shape[0], tuple(raw["rgb"].shape[-2:]), aug, device=device),
+        x = augment.apply(raw, augment.sample_params(raw["rgb"].shape[0], augment.batch_hw(batch), aug, device=device),
                           aug)["rgb"]
         for name, clip in {"intact": x, **broken_versions(x, generator)}.items():
             feats[name].append(retrieval_feature(backbone(clip), feature).double().cpu())

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, worker_errors
+from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_clips, worker_errors
 from .config import ConfigError, TrainConfig
 from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
 from .dualvar import build_dualvar
@@ -83,7 +83,7 @@ def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipD
     loader = DataLoader(
         dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None,
+        prefetch_factor=4 if cfg.workers > 0 else None, collate_fn=collate_clips,
     )
     return dataset, sampler, loader
 
@@ -148,6 +148,7 @@ def state_dict(run: Run) -> dict:
         "scaler": run.scaler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
         "n_data": run.dataset.n_videos,
+        "dataset": run.dataset.store.meta["dataset"],  # names the pretraining data in every evaluation report
         "data_identity": run.data_identity,
         "video_ids": run.dataset.video_ids,
         "cpu_threads": torch.get_num_threads(),  # CPU results are bit-identical only for the same count

@@ -12,6 +12,8 @@ Layouts (``root`` is the folder the official archives were unpacked into):
   with lines ``<video>.avi <n>`` (1 = train, 2 = test, 0 = unused).
 * ``folder``: ``<root>/<class>/<video>`` with any common container; optional ``train.txt`` / ``test.txt``
   of relative paths; otherwise a deterministic split (see `folder_entries`).
+* ``kinetics400`` / ``kinetics600`` / ``kinetics700``: the official annotation CSVs (see pipeline/kinetics.py);
+  ``train`` -> the train list, ``validate`` -> the test list, ``test`` -> unlabelled videos (label -1).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DATASETS = ("ucf101", "hmdb51", "folder")
+KINETICS = ("kinetics400", "kinetics600", "kinetics700")  # one format, other files (pipeline/kinetics.py)
+DATASETS = ("ucf101", "hmdb51", "folder", *KINETICS)
 SPLITS = (1, 2, 3)
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v")
 
@@ -28,12 +31,13 @@ class DatasetLayoutError(ValueError):
     """The root does not hold the documented layout (message is one line)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VideoEntry:
     """One video named by the split lists.
 
     ``id`` is the relative path without its suffix (``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01``);
-    ``splits`` maps split number -> ``"train"`` or ``"test"`` for every split that names the video.
+    ``splits`` maps split number -> ``"train"`` or ``"test"`` for every split that names the video
+    (``"unlabelled"``: listed without a label, ``label`` -1; in neither list).
     """
 
     id: str
@@ -169,10 +173,18 @@ def folder_entries(root: Path, split: int, test_fraction: float = 0.3) -> Datase
     return DatasetIndex("folder", root, tuple(class_names), tuple(sorted(entries, key=lambda e: e.id)))
 
 
-def load_index(dataset: str, root: Path, split: int = 1) -> DatasetIndex:
-    """The videos that split ``split``'s train and test lists name, sorted by id."""
+def load_index(dataset: str, root: Path, split: int = 1, subset: Path | None = None,
+               unlabelled: bool = False) -> DatasetIndex:
+    """The videos that split ``split``'s train and test lists name, sorted by id. ``subset`` (a class or
+    video list) and ``unlabelled`` (also the unlabelled test CSV) exist for the Kinetics datasets only."""
     if not Path(root).is_dir():
         raise DatasetLayoutError(f"dataset root not found: {root}")
+    if dataset in KINETICS:
+        from .kinetics import kinetics_entries
+
+        return kinetics_entries(dataset, Path(root), split, subset, unlabelled)
+    if subset is not None or unlabelled:
+        raise DatasetLayoutError(f"--subset and --unlabelled apply to the Kinetics datasets, not {dataset}")
     adapters = {"ucf101": ucf101_entries, "hmdb51": hmdb51_entries, "folder": folder_entries}
     if dataset not in adapters:
         raise DatasetLayoutError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")

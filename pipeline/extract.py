@@ -29,7 +29,7 @@ from .lock import exclusive
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks, threads_per_worker
 from .shards import (
     FORMAT_VERSION, ManifestRow, ShardWriter, encode_jpeg, format_splits, quantize_residual,
-    remove_stale_temporaries, shard_rows, write_manifest,
+    remove_stale_temporaries, shard_rows, size_spec, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,14 @@ class ExtractConfig:
     root: Path
     out: Path  # the data root; the dataset lands in out/<dataset>
     split: int = 1
-    size: tuple[int, int] = (128, 171)  # (H, W)
+    size: tuple[int, int] | int = (128, 171)  # (H, W), or a short side (aspect kept, per-video sizes)
+    subset: Path | None = None  # Kinetics: a class or video list restricting the set
+    unlabelled: bool = False  # Kinetics: also extract the unlabelled test CSV
     quality: int = 90  # JPEG quality of the RGB and residual streams
     subsampling: str = "420"  # JPEG chroma subsampling: 420 (as JPEG frame folders) or 444
     store_residuals: bool = False  # also store a residual stream (otherwise derived at read time)
     shard_size: int = 64  # videos per shard
+    shards_per_folder: int = 1000  # more shards than this: spread over frames/<NNN>/ folders of this many
     parallel: ParallelConfig = ParallelConfig()
     overwrite: bool = False
 
@@ -54,7 +57,7 @@ class ExtractConfig:
 
     def storage(self) -> dict:
         """Settings that change the stored bytes: a shard written with other settings is redone."""
-        return {"size": list(self.size), "quality": self.quality, "subsampling": self.subsampling,
+        return {"size": size_spec(self.size), "quality": self.quality, "subsampling": self.subsampling,
                 "store_residuals": self.store_residuals, "format_version": FORMAT_VERSION}
 
 
@@ -79,14 +82,18 @@ def encode_video(path: Path, cfg: ExtractConfig, threads: int = 1) -> tuple[list
     return rgb, res, "; ".join(notes)
 
 
-def shard_name(index: int) -> str:
-    return f"frames/shard-{index:05d}.h5"
+def shard_name(index: int, n_shards: int = 1, per_folder: int = 1000) -> str:
+    """``frames/shard-00042.h5``; a dataset of more than ``per_folder`` shards (Kinetics: ~10k at 64 videos a
+    shard) spreads them over folders of ``per_folder``: ``frames/012/shard-012345.h5``. The flat names of every
+    smaller dataset are those of earlier versions, so their shards are kept on a re-run."""
+    if n_shards <= per_folder:
+        return f"frames/shard-{index:05d}.h5"
+    return f"frames/{index // per_folder:03d}/shard-{index:06d}.h5"
 
 
 def extract_shard(shard: str, entries: list[VideoEntry], video_root: Path, cfg: ExtractConfig) -> TaskReport:
     """Write one shard with ``entries``; returns its manifest rows (failed videos included)."""
     cv2.setNumThreads(1)
-    av.logging.set_level(av.logging.PANIC)  # failures are reported per video, not as ffmpeg noise
     threads = threads_per_worker(cfg.parallel.workers)
     attrs = {"kind": "frames", "dataset": cfg.dataset, "codec": "jpeg", "settings": json.dumps(cfg.storage())}
     rows, frames, nbytes = [], 0, 0
@@ -120,9 +127,12 @@ def _complete_rows(path: Path, entries: list[VideoEntry], settings: dict) -> lis
     return rows
 
 
-def plan_shards(index: DatasetIndex, shard_size: int) -> list[tuple[str, list[VideoEntry]]]:
+def plan_shards(index: DatasetIndex, shard_size: int, per_folder: int = 1000) -> list[tuple[str, list[VideoEntry]]]:
+    """(shard name, its videos) in id order: ``shard_size`` consecutive videos a shard."""
     entries = list(index.entries)
-    return [(shard_name(i // shard_size), entries[i : i + shard_size]) for i in range(0, len(entries), shard_size)]
+    n_shards = -(-len(entries) // shard_size)
+    return [(shard_name(i // shard_size, n_shards, per_folder), entries[i : i + shard_size])
+            for i in range(0, len(entries), shard_size)]
 
 
 def _check_previous(cfg: ExtractConfig, index: DatasetIndex) -> None:
@@ -139,21 +149,24 @@ def _check_previous(cfg: ExtractConfig, index: DatasetIndex) -> None:
 
 def extract(cfg: ExtractConfig) -> StageSummary:
     """Run the frames stage; see the module docstring for the resume rules."""
-    index = load_index(cfg.dataset, cfg.root, cfg.split)
+    index = load_index(cfg.dataset, cfg.root, cfg.split, cfg.subset, cfg.unlabelled)
     with exclusive(cfg.data_dir, "iic-prep extract"):
         _check_previous(cfg, index)
         if cfg.overwrite:
-            for p in (cfg.data_dir / "frames").glob("shard-*.h5"):
+            for p in (cfg.data_dir / "frames").rglob("shard-*.h5"):
                 p.unlink()
         (cfg.data_dir / "frames").mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temporaries(cfg.data_dir / "frames")
         if stale:
             log.info("removed %d incomplete shard(s) of an earlier run", stale)
-        plan = plan_shards(index, cfg.shard_size)
+        plan = plan_shards(index, cfg.shard_size, cfg.shards_per_folder)
         planned = {name for name, _ in plan}
-        for p in (cfg.data_dir / "frames").glob("shard-*.h5"):
-            if f"frames/{p.name}" not in planned:
-                p.unlink()  # left by an earlier run with another list or shard size
+        for p in (cfg.data_dir / "frames").rglob("shard-*.h5"):
+            if f"frames/{p.relative_to(cfg.data_dir / 'frames').as_posix()}" not in planned:
+                p.unlink()  # left by an earlier run with another list, shard size or folder spread
+        for d in (cfg.data_dir / "frames").iterdir():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         settings = cfg.storage()
         rows: list[ManifestRow] = []
         todo = []
@@ -186,13 +199,17 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,
         "split": cfg.split,
-        "size": list(cfg.size),
+        "size": size_spec(cfg.size),
         "codec": "jpeg",
         "quality": cfg.quality,
         "subsampling": cfg.subsampling,
         "residual": "q = floor((x[t] - x[t-1]) / 2) + 128, in [0, 255]; frame 0 has residual 0 (q = 128)",
         "residual_source": "stored stream" if cfg.store_residuals else "derived from the stored RGB frames",
         "classes": list(index.classes),
+        # Kinetics options, only when used: the dataset.json of every other run stays as it was (its content is
+        # part of the data identity that --resume compares)
+        **({"subset": str(cfg.subset)} if cfg.subset is not None else {}),
+        **({"unlabelled": True} if cfg.unlabelled else {}),
         "shard_size": cfg.shard_size,
         "versions": {"av": av.__version__, "ffmpeg": _ffmpeg_version(), "h5py": h5py.__version__, "opencv": cv2.__version__},
     }
@@ -209,4 +226,4 @@ def _ffmpeg_version() -> str:
 
 
 def _du(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob("*.h5"))
+    return sum(p.stat().st_size for p in Path(folder).rglob("*.h5"))

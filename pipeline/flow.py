@@ -36,10 +36,11 @@ from .flowcalc import (
     rgb_to_gray, to_stored, torch_device,
 )
 from .lock import exclusive
+from . import orphans
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
 from .shards import (
     FORMAT_VERSION, FormatError, ManifestRow, ShardWriter, VideoStore, read_manifest, remove_stale_temporaries,
-    shard_rows, write_manifest,
+    shard_rows, stage_shard, write_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def video_flow(row: ManifestRow, data: Path, cfg: FlowConfig, processes: int = 1
 
 def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     """Compute one video's flow into its part file; the report's rows hold its flow-manifest row."""
-    shard = f"flow/{Path(row.shard).name}"
+    shard = stage_shard(row.shard, "flow")
     if not row.ok:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", f"no frames: {row.reason}")])
     try:
@@ -109,6 +110,7 @@ def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     tmp = part.with_name(f"{part.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, flow)
+    orphans.exit_if_orphaned()  # a worker whose run died publishes nothing
     os.replace(tmp, part)
     return TaskReport(shard, 1, len(flow), flow.nbytes, [flow_row(row, shard, len(flow), "ok")])
 
@@ -173,9 +175,9 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
         todo: list[ManifestRow] = []
         pending: dict[str, list[ManifestRow]] = {}
         kept = 0
-        attrs_of = {f"flow/{Path(s).name}": _shard_attrs(cfg, settings, r, device) for s, r in by_shard.items()}
+        attrs_of = {stage_shard(s, "flow"): _shard_attrs(cfg, settings, r, device) for s, r in by_shard.items()}
         for frames_shard, shard_frame_rows in sorted(by_shard.items()):
-            shard = f"flow/{Path(frames_shard).name}"
+            shard = stage_shard(frames_shard, "flow")
             done = _complete_shard(cfg.data / shard, attrs_of[shard])
             if done is not None:
                 # same videos and frames; the rows' other columns (splits, label) come from the frames now
@@ -192,8 +194,8 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
                     pending[shard].append(flow_row(r, shard, r.n_frames - 1, "ok"))
                 else:
                     todo.append(r)
-        _drop_orphan_shards(cfg.folder, {f"flow/{Path(s).name}" for s in by_shard})
-        expected = {shard: len(by_shard[f"frames/{Path(shard).name}"]) for shard in pending}
+        _drop_orphan_shards(cfg.folder, {stage_shard(s, "flow") for s in by_shard})
+        expected = {shard: len(by_shard[stage_shard(shard, "frames")]) for shard in pending}
         t0, written = time.perf_counter(), 0
         for shard in [s for s in pending if len(pending[s]) == expected[s]]:
             assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
@@ -213,7 +215,7 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
                 written += 1
         shutil.rmtree(cfg.folder / ".parts", ignore_errors=True)
         write_manifest(cfg.folder / "manifest.csv", rows)
-    return StageSummary.from_rows(rows, unit="flow pairs", bytes=sum(p.stat().st_size for p in cfg.folder.glob("shard-*.h5")),
+    return StageSummary.from_rows(rows, unit="flow pairs", bytes=sum(p.stat().st_size for p in cfg.folder.rglob("shard-*.h5")),
                                   seconds=time.perf_counter() - t0, shards_written=written, shards_kept=kept,
                                   folder=cfg.folder)
 
@@ -244,13 +246,18 @@ def stale_shards(data: Path) -> list[str]:
         by_shard[r.shard].append(r)
     stale = []
     for frames_shard, rows in sorted(by_shard.items()):
-        shard = f"flow/{Path(frames_shard).name}"
+        shard = stage_shard(frames_shard, "flow")
         try:
             with h5py.File(Path(data) / shard, "r") as f:
                 digest = f.attrs.get("frames_digest")
         except OSError:
             continue  # a missing flow shard is reported by its rows
-        if digest != _frames_digest(rows, _frames_settings(Path(data) / frames_shard)):
+        try:
+            with h5py.File(Path(data) / frames_shard, "r") as f:
+                settings = str(f.attrs.get("settings", ""))
+        except OSError:
+            continue  # a missing or damaged frames shard is reported by the frames check, not as re-extracted
+        if digest != _frames_digest(rows, settings):
             stale.append(shard)
     return stale
 
@@ -273,6 +280,6 @@ def _part_matches(part: Path, row: ManifestRow) -> bool:
 
 
 def _drop_orphan_shards(folder: Path, planned: set[str]) -> None:
-    for p in folder.glob("shard-*.h5"):
-        if f"flow/{p.name}" not in planned:
+    for p in folder.rglob("shard-*.h5"):
+        if f"flow/{p.relative_to(folder).as_posix()}" not in planned:
             p.unlink()

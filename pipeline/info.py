@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import collections
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from .datasets import KINETICS
+from .decode import FILE_NOT_FOUND
 from .flow import stale_shards
-from .shards import CRC_SUFFIX, FormatError, ManifestRow, VideoStore, bad_frames, bad_items, slot_name
+from .shards import CRC_SUFFIX, FormatError, ManifestRow, VideoStore, bad_frames, bad_items, slot_name, stage_shard
 
 
 def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
     ok = [r for r in rows if r.ok]
     n = np.array([r.n_frames for r in ok]) if ok else np.zeros(1, int)
-    size = sum(p.stat().st_size for p in folder.glob("shard-*.h5"))
+    size = sum(p.stat().st_size for p in folder.rglob("shard-*.h5"))
     lines = [
         f"{name}: {len(rows)} videos, {len(ok)} ok, {len(rows) - len(ok)} failed; {int(n.sum())} {unit} "
         f"(per video min {n.min()}, median {int(np.median(n))}, max {n.max()}); "
@@ -23,22 +26,57 @@ def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) ->
     ]
     reasons = collections.Counter(r.reason.split(":")[0] for r in rows if not r.ok)
     lines += [f"  failed ({count}): {reason}" for reason, count in reasons.most_common()]
+    warned = [r for r in ok if r.reason]
+    if warned:  # kept, but damaged: the decoder's notes (pipeline/decode.py), counted by kind
+        kinds = collections.Counter(_kind(note) for r in warned for note in r.reason.split("; "))
+        lines.append(f"  ok with warnings: {len(warned)} videos")
+        lines += [f"    {kind} ({count})" for kind, count in kinds.most_common()]
+    return lines
+
+
+def _kind(note: str) -> str:
+    """A warning without its numbers and details: 'decoded 19 of the 48 frames ...' -> 'decoded N of the N ...'."""
+    return re.sub(r"\d+", "N", note.split(":")[0]).removesuffix(", first")
+
+
+LIST_KINDS = ("train", "test", "unlabelled")
+KINETICS_LISTS = {"train": "train", "test": "validate", "unlabelled": "test (unlabelled)"}  # csv behind each list
+
+
+def list_lines(rows: list[ManifestRow], split: int, names: dict[str, str]) -> list[str]:
+    """Per list of ``split``: listed, ok, missing (no file) and broken (a file that does not decode), with shares:
+    several percent of a Kinetics download is normally missing."""
+    lines = []
+    for kind in LIST_KINDS:
+        listed = [r for r in rows if r.in_list(split, kind)]
+        if not listed:
+            continue
+        missing = sum(1 for r in listed if not r.ok and r.reason == FILE_NOT_FOUND)
+        broken = sum(1 for r in listed if not r.ok) - missing
+        n = len(listed)
+        lines.append(f"  split {split} {names.get(kind, kind)}: {n} listed, {n - missing - broken} ok, "
+                     f"{missing} missing ({100 * missing / n:.1f}%), {broken} broken ({100 * broken / n:.1f}%)")
     return lines
 
 
 def dataset_info(data_dir: Path) -> list[str]:
     store = VideoStore(data_dir)
     meta = store.meta
-    h, w = store.size
+    size = f"{store.size[0]}x{store.size[1]} (HxW)" if store.size else f"short side {store.short_side} (aspect kept)"
     lines = [
         f"{data_dir}: {meta['dataset']} split {meta['split']}, {len(store.classes)} classes, "
-        f"frames {h}x{w} (HxW) {meta['codec']} q{meta['quality']}",
+        f"frames {size} {meta['codec']} q{meta['quality']}",
     ]
     for split in (1, 2, 3):
         train, test = store.ok_rows(split, "train"), store.ok_rows(split, "test")
+        unlabelled = store.ok_rows(split, "unlabelled")
         if train or test:
-            lines.append(f"  split {split}: {len(train)} train, {len(test)} test videos (ok)")
+            lines.append(f"  split {split}: {len(train)} train, {len(test)} test videos (ok)"
+                         + (f", {len(unlabelled)} unlabelled" if unlabelled else ""))
     lines += _stage_lines("frames", store.rows, data_dir / "frames", "frames")
+    names = KINETICS_LISTS if meta["dataset"] in KINETICS else {}
+    for split in (1, 2, 3):
+        lines += list_lines(store.rows, split, names)
     if store.has_flow:
         fm = store.flow_meta
         lines += _stage_lines(f"flow ({fm['method']}, bound {fm['bound']})", list(store.flow_rows.values()),
@@ -77,7 +115,7 @@ def check_report(data_dir: Path) -> CheckReport:
     problems += _check_stage(store, store.rows, data_dir, True, report)
     if store.has_flow:
         problems += _check_stage(store, list(store.flow_rows.values()), data_dir, False, report)
-        problems += [f"{shard}: computed from other frames than frames/{Path(shard).name} (re-extracted since): "
+        problems += [f"{shard}: computed from other frames than {stage_shard(shard, 'frames')} (re-extracted since): "
                      "re-run `iic-prep flow`" for shard in stale_shards(data_dir)]
         for r in store.rows:
             fr = store.flow_rows.get(r.id)
@@ -116,10 +154,12 @@ def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, fra
 
 
 def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: bool, report: CheckReport) -> list[str]:
-    h, w = store.size
     stage = "frames" if frames else "flow"
     report.videos[stage] += 1
     try:
+        h, w = store.frame_size(r.id)
+        if store.short_side is not None and min(h, w) != store.short_side:
+            return [f"{r.id}: frames are {h}x{w}, the short side should be {store.short_side}"]
         if frames:
             streams = ["rgb"] + (["res"] if "res" in group else [])  # residuals are derived when not stored
             for m in streams:

@@ -18,6 +18,8 @@ from pathlib import Path
 from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 
+from . import orphans
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("loky", "dask")
@@ -72,11 +74,14 @@ class StageSummary:
     def exit_code(self) -> int:
         return EXIT_SOME_FAILED if self.failures else 0
 
-    def lines(self) -> list[str]:
+    def lines(self, show: int = 20) -> list[str]:
+        """The summary line, then the first ``show`` failures (all of them are in the manifest)."""
         head = (f"videos: {self.videos} ({self.ok} ok, {self.failed} failed)   {self.unit}: {self.units}   "
                 f"shards: {self.shards_written} written, {self.shards_kept} kept   "
                 f"on disk: {self.bytes / 2**20:.1f} MiB   time: {self.seconds:.1f} s   -> {self.folder}")
-        return [head] + [f"  failed {vid}: {reason}" for vid, reason in self.failures]
+        more = [f"  ... and {self.failed - show} more failed (reasons in {self.folder}/manifest.csv, "
+                f"shares in `iic-prep info`)"] if self.failed > show else []
+        return [head] + [f"  failed {vid}: {reason}" for vid, reason in self.failures[:show]] + more
 
 
 def threads_per_worker(workers: int) -> int:
@@ -110,6 +115,9 @@ def run_tasks(
         if n_jobs == 1 and cfg.backend == "loky":
             results = (fn(*t) for t in tasks)  # in-process: simpler tracebacks, no pickling
         else:
+            if cfg.backend == "loky":  # local worker processes end with this process (pipeline/orphans.py)
+                tasks = [(fn, os.getpid(), *t) for t in tasks]
+                fn = orphans.guarded
             results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(delayed(fn)(*t) for t in tasks)
         for report in results:
             units += report.units

@@ -73,7 +73,7 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
         flows = [from_stored(store.flow(video_id, t, 1), bound)[0] for t in idx]
         top = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows)
         rows.append((f"flow ({store.flow_meta['method']}, max {top:.1f} px)", [flow_to_colour(f, top) for f in flows]))
-    h, w = store.size
+    h, w = store.frame_size(video_id)
     cols = len(idx) + (1 if has_flow else 0)  # the last column holds the flow key
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols * w / h, 1.7 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows):

@@ -62,7 +62,7 @@ def test_flip_negates_flow_u_and_mirrors_everything():
     views = {"flow": torch.randint(0, 256, (1, 2, T, H, W), generator=g, dtype=torch.uint8),
              "rgb": torch.randint(0, 256, (1, 3, T, H, W), generator=g, dtype=torch.uint8)}
     views = {k: v.repeat(2, 1, 1, 1, 1) for k, v in views.items()}  # the same clip twice
-    p = AugmentParams(torch.tensor([[1, 3], [1, 3]]), torch.tensor([False, True]), torch.ones(2, 3))
+    p = AugmentParams(torch.tensor([[1, 3], [1, 3]]), torch.tensor([False, True]))
     out = apply(views, p, cfg)
     plain, flipped = out["flow"][0], out["flow"][1]
     assert torch.allclose(flipped[0], -plain[0].flip(-1))   # u: mirrored and negated
@@ -72,10 +72,10 @@ def test_flip_negates_flow_u_and_mirrors_everything():
 
 
 def test_eval_is_centre_crop_without_flip_or_jitter():
-    cfg = AugmentConfig(crop=CROP, flip=True, jitter=0.4, train=False)
+    cfg = AugmentConfig(crop=CROP, flip=True, train=False)
     p = sample_params(3, (H, W), cfg, torch.Generator().manual_seed(0))
     assert p.offsets.tolist() == [[(H - CROP) // 2, (W - CROP) // 2]] * 3
-    assert not p.flip.any() and torch.equal(p.jitter, torch.ones(3, 3))
+    assert not p.flip.any()
     q = decode(apply(coordinate_views(3), p, cfg))
     ar = torch.arange(CROP).expand(3, T, CROP)
     assert torch.equal(q["rgb"][:, 0, :, :, 0], (H - CROP) // 2 + ar)
@@ -83,7 +83,7 @@ def test_eval_is_centre_crop_without_flip_or_jitter():
 
 
 def test_determinism_for_a_seed():
-    cfg = AugmentConfig(crop=CROP, flip=True, jitter=0.4)
+    cfg = AugmentConfig(crop=CROP, flip=True)
     views = coordinate_views()
     runs = [apply(views, sample_params(B, (H, W), cfg, torch.Generator().manual_seed(s)), cfg)
             for s in (5, 5, 6)]
@@ -93,7 +93,7 @@ def test_determinism_for_a_seed():
 
 
 def test_dtypes_and_ranges():
-    cfg = AugmentConfig(crop=CROP, jitter=0.5)
+    cfg = AugmentConfig(crop=CROP)
     g = torch.Generator().manual_seed(3)
     views = {"rgb": torch.randint(0, 256, (B, 3, T, H, W), generator=g, dtype=torch.uint8),
              "res": torch.randint(0, 256, (B, 3, T, H, W), generator=g, dtype=torch.uint8),
@@ -112,19 +112,17 @@ def test_dtypes_and_ranges():
     assert torch.allclose(plain["rgb"], crop_flip(views["rgb"], p.offsets, p.flip, CROP).float() / 255)
 
 
-def test_jitter_is_rgb_only_and_same_for_all_frames():
-    cfg = AugmentConfig(crop=CROP, jitter=0.5)
+def test_colour_jitter_is_one_transform_per_clip():
+    """`colour_jitter` (DualVar's SimCLR augmentation) gives a still clip the same colours in every frame, and
+    factors of 1 are the identity."""
     g = torch.Generator().manual_seed(4)
-    frame = torch.randint(0, 256, (B, 3, 1, H, W), generator=g, dtype=torch.uint8)
-    views = {"rgb": frame.expand(B, 3, T, H, W).contiguous(), "res": frame.expand(B, 3, T, H, W).contiguous()}
-    p = sample_params(B, (H, W), cfg, g)
-    assert p.jitter.shape == (B, 3) and (p.jitter >= 0.5).all() and (p.jitter <= 1.5).all()
-    out = apply(views, p, cfg)
-    no_jit = apply(views, AugmentParams(p.offsets, p.flip, torch.ones(B, 3)), AugmentConfig(crop=CROP))
-    assert torch.equal(out["res"], no_jit["res"])
-    assert not torch.allclose(out["rgb"], no_jit["rgb"])
-    assert torch.equal(out["rgb"], out["rgb"][:, :, :1].expand_as(out["rgb"]))  # a still clip stays still
-    assert torch.allclose(colour_jitter(no_jit["rgb"], torch.ones(B, 3)), no_jit["rgb"])
+    frame = torch.rand(B, 3, 1, H, W, generator=g)
+    still = frame.expand(B, 3, T, H, W).contiguous()
+    factors = 0.5 + torch.rand(B, 3, generator=g)
+    out = colour_jitter(still.clone(), factors)
+    assert not torch.allclose(out, still)
+    assert torch.equal(out, out[:, :, :1].expand_as(out))  # a still clip stays still
+    assert torch.allclose(colour_jitter(still.clone(), torch.ones(B, 3)), still)
     bright = colour_jitter(torch.full((1, 3, 2, 2, 2), 0.4), torch.tensor([[2.0, 1.0, 1.0]]))
     assert torch.allclose(bright, torch.full_like(bright, 0.8))
 
@@ -165,3 +163,20 @@ def test_input_validation():
         apply({"rgb": torch.zeros(2, 3, T, H, W, dtype=torch.uint8)}, p, cfg)
     with pytest.raises(ValueError, match="larger"):
         sample_params(1, (4, 4), cfg, None)
+
+
+def test_per_sample_sizes():
+    """(B, 2) sizes: one size for all draws exactly what the (H, W) tuple draws; mixed sizes put every window
+    inside its own sample (all offsets reachable), the centre crop at each sample's centre."""
+    cfg = AugmentConfig(crop=CROP, flip=True)
+    same = torch.tensor([[H, W]] * B)
+    a = sample_params(B, (H, W), cfg, torch.Generator().manual_seed(3))
+    b = sample_params(B, same, cfg, torch.Generator().manual_seed(3))
+    assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("offsets", "flip"))
+    sizes = torch.tensor([[CROP, CROP + 3], [CROP + 5, CROP]] * 200)
+    p = sample_params(400, sizes, AugmentConfig(crop=CROP), torch.Generator().manual_seed(0))
+    top, left = p.offsets[:, 0], p.offsets[:, 1]
+    assert set(top[0::2].tolist()) == {0} and set(left[0::2].tolist()) == {0, 1, 2, 3}
+    assert set(top[1::2].tolist()) == set(range(6)) and set(left[1::2].tolist()) == {0}
+    centre = sample_params(2, torch.tensor([[20, 31], [9, 12]]), AugmentConfig(crop=CROP, train=False))
+    assert centre.offsets.tolist() == [[6, 11], [0, 2]]

@@ -195,3 +195,20 @@ def test_training_on_a_corrupt_frame_stops_in_one_line(data, tmp_path):
     errors = error_lines(r.output)
     assert len(errors) == 1 and "Traceback" not in r.output, r.output
     assert f"{shard} video {video!r} rgb frame 10: checksum mismatch" in errors[0] and str(data) in errors[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_frames_shard_is_named_and_not_called_re_extracted(data, damage):
+    """Truncating or deleting a frames shard is reported as that shard's problem, on stderr with the verdict;
+    its flow shard is not said to be "computed from other frames" (nothing was re-extracted)."""
+    shard = data / "frames" / "shard-00000.h5"
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        shard.unlink()
+    check = run_prep("check", "--data", data)
+    assert check.exit_code == 1, check.output
+    assert check.stdout == "", check.stdout  # nothing to say on stdout: every line is a problem
+    assert "frames/shard-00000.h5: cannot open" in check.stderr, check.stderr
+    assert "computed from other frames" not in check.stderr, check.stderr
+    assert error_lines(check.stderr) == [f"Error: 1 problem(s) in {data}"], check.stderr

@@ -71,7 +71,8 @@ def test_pair_sampling_two_times_of_one_video_with_stride(index_data):
             assert s["start"] == train_start(length, T, stride, np.random.default_rng(seed))
             assert max(s["start"], s["start_1"]) <= length - (T - 1) * stride - 1
             assert torch.equal(s["rgb"], single[(index, seed)]["rgb"])
-            assert set(single[(index, seed)]) == {"rgb", "index", "label", "clip", "video"}
+            assert set(single[(index, seed)]) == {"rgb", "index", "label", "clip", "video", "hw"}
+            assert single[(index, seed)]["hw"].tolist() == [24, 32]  # the video's own frame size
         else:  # a looping video: both starts over all of it
             assert 0 <= min(s["start"], s["start_1"]) and max(s["start"], s["start_1"]) < length
         differ += s["start"] != s["start_1"]

@@ -5,6 +5,7 @@ that does not exist, so extraction fails on it) and one 1-epoch tiny checkpoint 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ from click.testing import CliRunner
 from iic.cli import main
 from iic.model.backbones import build_backbone, preset
 from iic.model.checkpoint import load, save_atomic
-from iic.model.evaluate import LinearConfig, RetrievalConfig, knn_predict, logistic_regression
+from iic.model.evaluate import (LinearConfig, RetrievalConfig, SourceConfig, evaluate_retrieval, knn_predict,
+                                logistic_regression, prefetch_features)
 from iic.model.features import backbone_state
 from iic.model.retrieval import retrieval_topk
 from iic.pipeline.shards import VideoStore
@@ -114,8 +116,8 @@ def test_retrieval_every_query_matches_independent_features(world, tmp_path, fig
     # the features are the documented ones (computed here without the project's loader and augmentation) ...
     cached = {}
     for subset in ("train", "test"):
-        with np.load(next((tmp_path / "features").glob(f"features-{subset}-*.npz"))) as z:
-            cached[subset] = (z["f_res"], z["labels"])
+        with np.load(next((tmp_path / "features").glob(f"features-{subset}-res-conv5-*.npz"))) as z:
+            cached[subset] = (z["features"], z["labels"])
         mine, labels = independent_features(data, ckpt, subset, 2)
         np.testing.assert_array_equal(labels, cached[subset][1])
         np.testing.assert_allclose(cached[subset][0], mine, rtol=1e-4, atol=1e-5 * np.abs(mine).max())
@@ -152,6 +154,37 @@ def test_feature_cache_hit_and_invalidation(world, tmp_path):
         assert "features extracted" in retrieval(data, "--ckpt", ck, "--out", tmp_path, *option).output, option
 
 
+def test_feature_cache_follows_the_pixels_not_the_manifest(world, tmp_path):
+    """Re-extracting the same video list into the same folder with other pixels (--quality) leaves the
+    manifest as it was; the cache is keyed by what a reader gets (`VideoStore.identity`), so it is not read."""
+    data, ckpt = world
+    raw = data.parent.parent / "raw"
+    for quality, expect in ((90, "features extracted"), (90, "features read from cache"), (60, "features extracted")):
+        res = run_prep("extract", "--root", raw, "--out", tmp_path / "d", "--size", "40x52", "--workers", "1",
+                       "--quality", quality)
+        assert res.exit_code == 3, res.output
+        out = retrieval(tmp_path / "d" / "ucf101", "--ckpt", ckpt, "--out", tmp_path / "eval")
+        assert expect in out.output, (quality, out.output)
+
+
+def test_one_pass_fills_every_view_and_feature(world, tmp_path):
+    """`prefetch_features` decodes and encodes each clip once for two views x two features; each retrieval
+    after it reads its own cache file, and its numbers are those of a retrieval that extracted alone."""
+    data, ckpt = world
+    base = RetrievalConfig(data=data, source=SourceConfig(ckpt=ckpt), clips=2, workers=0, device="cpu",
+                           cache=tmp_path / "shared")
+    prefetch_features(base, ("rgb", "res"), ("conv5", "pool"))
+    files = sorted(p.name.split("-")[1:4] for p in (tmp_path / "shared").glob("features-*.npz"))
+    assert files == sorted([s, v, f] for s in ("train", "test") for v in ("rgb", "res") for f in ("conv5", "pool"))
+    for view in ("rgb", "res"):
+        for feature in ("conv5", "pool"):
+            cfg = dataclasses.replace(base, modality=view, feature=feature, out=tmp_path / view / feature)
+            shared = evaluate_retrieval(cfg)
+            alone = evaluate_retrieval(dataclasses.replace(cfg, cache=None, out=tmp_path / "alone" / view / feature))
+            assert shared["cached"] and not alone["cached"]
+            assert shared["topk"] == alone["topk"] and shared["queries"] == alone["queries"], (view, feature)
+
+
 def test_random_init_merge_center(world, tmp_path):
     data, ckpt = world
     run = ckpt.parent.parent  # the newest final.pt under --run sets the random-init config
@@ -159,6 +192,12 @@ def test_random_init_merge_center(world, tmp_path):
     a = json.loads((tmp_path / "a" / "retrieval.json").read_text())
     assert a["backbone"]["random_init"] and a["backbone"]["model"] == "r3d-tiny" and a["feature_dim"] == 64
     assert "random-init r3d-tiny" in single.output
+    # the config came from a run the user did not name: said on the first line, and in the JSON
+    assert single.stdout.splitlines()[0] == (f"backbone picked for you: random-init r3d-tiny (seed 0) (model, clip and "
+                                             f"crop of {ckpt}; --model to choose)"), single.output
+    assert a["chosen"] == f"model, clip and crop of {ckpt}; --model to choose"
+    named = retrieval(data, "--ckpt", ckpt, "--feature", "pool", "--out", tmp_path / "n")
+    assert "picked for you" not in named.output
     merged = retrieval(data, "--random-init", "--run", run, "--feature", "pool", "--merge", "--center", "--out", tmp_path / "b")
     b = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert b["feature_dim"] == 2 * a["feature_dim"] and b["center"] is True

@@ -1,10 +1,12 @@
 """`iic-prep extract` through the real CLI: bad input, exit codes, resume after SIGKILL, locking, dask."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import av
@@ -12,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from iic.pipeline.decode import iter_frames
 from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.lock import exclusive
 from iic.pipeline.shards import FormatError, VideoStore, read_manifest
@@ -115,6 +118,13 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
         with av.open(str(path)) as c:
             assert c.streams.video[0].frames == header
         assert 0 < rows[vid].n_frames == decode_count(path) < header, vid
+        # kept, with the damage in its reason (the issue's "a damaged stream recorded as clean")
+        assert rows[vid].ok and f"decoded {rows[vid].n_frames} of the {header} frames the container claims" in rows[vid].reason
+    for vid in expected_counts:  # clean files say nothing
+        assert rows[vid].reason == "", (vid, rows[vid].reason)
+    info = run_prep("info", "--data", data)
+    assert "ok with warnings: 2 videos" in info.output, info.output
+    assert "decoded N of the N frames the container claims (2)" in info.output, info.output
     for vid in expected_counts:
         got = store.frames(vid)
         ref = decode_resized(v / rows[vid].path, SIZE)
@@ -292,6 +302,74 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
     assert "1 written, 11 kept" in again.output
     assert not list(frames_dir.glob("*.tmp"))
     _assert_same_data(out / "ucf101", tmp_path / "ref" / "ucf101")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left unreaped by a PID 1 that does not reap is dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_stream_cut_inside_a_frame_notes_the_decoder_errors(tmp_path):
+    """An MPEG-4 AVI of noise cut at 40%, inside a frame: FFmpeg logs the damage (at ERROR level, captured per
+    video, not printed); the video is kept with the shortfall and the decoder's first error in its notes."""
+    noise = np.random.default_rng(0).integers(0, 256, (48, 96, 128, 3), dtype=np.uint8)
+    path = _truncate(write_video(tmp_path / "cut.avi", noise), 0.4)
+    notes: list[str] = []
+    n = sum(1 for _ in iter_frames(path, (48, 64), 1, notes))
+    assert 0 < n < 48
+    assert notes[0] == f"decoded {n} of the 48 frames the container claims", notes
+    assert notes[1].startswith("decoder reported ") and " error(s), first: " in notes[1], notes
+    clean: list[str] = []
+    assert sum(1 for _ in iter_frames(write_video(tmp_path / "whole.avi", noise), (48, 64), 1, clean)) == 48
+    assert clean == []
+
+
+def test_workers_end_with_a_killed_run(tmp_path):
+    """SIGKILL of the run's process alone (not its group): its 2 workers, one held at a gate inside a video and
+    one busy with the rest, end within seconds, publish no shard after the kill, and a new run resumes."""
+    raw = _resume_layout(tmp_path / "raw", n=24)
+    out = tmp_path / "out"
+    args = ["extract", "--root", str(raw), "--out", str(out), "--size", "64x80", "--shard-size", "1", "--workers", "2"]
+    held = sorted(p.name for p in (raw / "UCF-101").rglob("*.avi"))[1]
+    marker = tmp_path / "held"
+    proc = subprocess.Popen(prep_command() + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, env=gated_env("iic.pipeline.extract:encode_video", held, marker))
+    try:
+        wait_for(marker.exists, proc, "a worker held inside a video")
+        workers = _children(proc.pid)
+        assert int(marker.read_text()) in workers, (workers, marker.read_text())
+        killed = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [w for w in workers if _alive(w)], "workers outlived their run by 10 s"
+        frames_dir = out / "ucf101" / "frames"
+        late = [p.name for p in frames_dir.glob("shard-*.h5") if p.stat().st_mtime > killed + 1.0]
+        assert not late, f"shards published after the run was killed: {late}"
+        assert len(list(frames_dir.glob("shard-*.h5"))) < 24  # the run was stopped, not finished
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    again = run_prep(*args)
+    assert again.exit_code == 0, again.output
+    assert not list((out / "ucf101" / "frames").glob("*.tmp"))
 
 
 def test_changed_lists_redo_the_shards_they_touch(small_ucf, tmp_path):

@@ -1,6 +1,8 @@
 """Clip streaming and the IIC training loop, on a tiny synthetic dataset extracted through the real CLI."""
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 import shutil
@@ -103,11 +105,19 @@ def test_train_and_test_samples(data):
     assert torch.equal(first["rgb"], torch.from_numpy(store.frames(row.id, start, 16)).permute(3, 0, 1, 2))
 
 
-def test_short_videos_loop(data):
-    ds = ClipDataset(data, 1, "train", ClipConfig(frames=32), mode="train")
+def test_short_videos_loop_and_it_is_said_once(data, caplog):
+    with caplog.at_level(logging.WARNING, logger="iic.model.clips"):
+        ds = ClipDataset(data, 1, "train", ClipConfig(frames=32), mode="train")
     s = ds[(0, 1)]
     n = ds.rows[0].n_frames
     assert torch.equal(s["rgb"][:, n], s["rgb"][:, 0])
+    said = [r.getMessage() for r in caplog.records if "shorter than a clip" in r.getMessage()]
+    assert said == [f"all {ds.n_videos} train videos of split 1 are shorter than a clip (32 frames at stride 1 span 32 usable "
+                    f"frames; shortest {ds.lengths.min()}): their clips loop, frames repeat"], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="iic.model.clips"):
+        ClipDataset(data, 1, "train", ClipConfig(frames=4), mode="train")
+    assert not [r for r in caplog.records if "shorter than a clip" in r.getMessage()]
 
 
 def test_flow_needed_but_absent(data):
