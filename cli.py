@@ -171,27 +171,38 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 @prep.command()
 @click.option("--dataset", default="ucf101", help="Used for the default --data.")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
-@click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback"]), default="tvl1",
-              help="tvl1 = OpenCV DualTVL1 defaults (reference); tvl1-fast = epsilon 0.05 (~8x faster); dis, farneback.")
+@click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback", "tvl1-torch"]), default="tvl1",
+              help="tvl1 = OpenCV DualTVL1 defaults (reference); tvl1-fast = epsilon 0.05 (~8x faster); dis, farneback; "
+                   "tvl1-torch = the same TV-L1 in PyTorch, batched, on --device (CPU: --workers processes of one thread; "
+                   "CUDA: one process).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="tvl1-torch only: where to compute (auto = CUDA if available)  [default: auto]")
+@click.option("--batch", type=click.IntRange(1), default=None,
+              help="tvl1-torch only: most frame pairs per call (capped from the frame size and free memory) "
+                   "[default: 2 on the CPU, as many as fit on a GPU]")
 @click.option("--bound", type=click.FloatRange(0, min_open=True), default=20.0,
               help="Clip displacements to +-BOUND px before uint8 quantisation.")
 @_parallel_options
 @click.option("--overwrite", is_flag=True, help="Recompute all flow instead of resuming.")
 @click.option("--repair", is_flag=True,
               help="Also verify every kept flow shard's checksums (reads them all) and recompute the damaged ones.")
-def flow(dataset, data, method, bound, workers, backend, scheduler, overwrite, repair) -> None:
+def flow(dataset, data, method, device, batch, bound, workers, backend, scheduler, overwrite, repair) -> None:
     """Dense optical flow between consecutive stored frames into flow shards (N frames -> N-1 pairs)."""
     from .pipeline.flow import FlowStageConfig, compute
-    from .pipeline.flowcalc import FlowConfig
+    from .pipeline.flowcalc import TORCH_METHODS, FlowConfig, FlowDeviceError
     from .pipeline.lock import LockedError
     from .pipeline.shards import FormatError
 
+    if method not in TORCH_METHODS:
+        for name, value in (("--device", device), ("--batch", batch)):
+            if value is not None:
+                raise click.BadParameter(f"{name} is only used with --method tvl1-torch", param_hint=name)
     data = data or DEFAULT_DATA / dataset
-    cfg = FlowStageConfig(data=data, flow=FlowConfig(method, bound), parallel=_parallel_config(workers, backend, scheduler),
-                          overwrite=overwrite, repair=repair)
+    cfg = FlowStageConfig(data=data, flow=FlowConfig(method, bound, device=device or "auto", batch=batch),
+                          parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite, repair=repair)
     try:
         summary = compute(cfg)
-    except (FormatError, LockedError, OSError) as err:
+    except (FormatError, LockedError, FlowDeviceError, OSError) as err:
         _fail(str(err))
     for line in summary.lines():
         click.echo(line)

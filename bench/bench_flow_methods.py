@@ -27,7 +27,7 @@ import numpy as np
 
 from iic.pipeline.flowcalc import (
     FARNEBACK_PARAMS,
-    METHODS,
+    OPENCV_METHODS,
     TVL1_PARAMS,
     FlowConfig,
     compute_flow,
@@ -151,7 +151,7 @@ def main() -> None:
     bound = FlowConfig().bound
     quant_epe = epe(np.concatenate(ref), dequantize(quantize(np.concatenate(ref), bound), bound))
 
-    for method in METHODS:
+    for method in OPENCV_METHODS:
         # Interleaved runs of compute_flow and of a bare OpenCV loop on the same frames; medians, and the
         # overhead as the median of the per-repetition CPU-time ratios (the machine is shared: the min of
         # wall times was dominated by other processes). The reference tvl1 run is reused.

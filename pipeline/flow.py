@@ -9,6 +9,12 @@ TV-L1 takes seconds per video, so the unit of work is one video (progress, pairs
 kill loses at most the videos in flight): a worker writes the quantised flow of a video to
 ``flow/.parts/<shard>/<slot>.npy`` (atomically), and when every video of a frames shard is done the main
 process assembles ``flow/shard-N.h5`` (same slots, lossless gzip) under a temporary name and renames it.
+
+``tvl1-torch`` on the CPU runs like the OpenCV methods, ``--workers`` processes, each with one torch thread
+and a batch of its video's pairs at a time; on CUDA one process (here, with the loky backend) drives the GPU
+with large batches.  Why not torch threads: see ``pipeline/tvl1_torch.py``.  The device is not part of the
+settings that decide a redo (CPU and GPU results differ by float rounding only); each shard records the
+device and torch version it was computed with.
 """
 from __future__ import annotations
 
@@ -25,7 +31,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .flowcalc import FlowConfig, FlowError, compute_flow, flow_params, init_worker_threads, make_estimator, opencv_version, rgb_to_gray, to_stored
+from .flowcalc import (
+    TORCH_METHODS, FlowConfig, FlowError, compute_flow, flow_params, init_worker_threads, make_estimator, opencv_version,
+    rgb_to_gray, to_stored, torch_device,
+)
 from .lock import exclusive
 from . import orphans
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
@@ -57,12 +66,14 @@ class FlowStageConfig:
 _ESTIMATORS: dict = {}  # one estimator per worker process and config (TV-L1 setup is not free)
 
 
-def _estimator(cfg: FlowConfig):
-    key = (os.getpid(), cfg)
+def _estimator(cfg: FlowConfig, processes: int = 1):
+    """This process's estimator: one OpenCV thread, one torch thread on the CPU (the parallelism is the
+    processes); ``processes`` sharing the free memory cap a torch method's batch."""
+    key = (os.getpid(), cfg, processes)
     if key not in _ESTIMATORS:
         init_worker_threads(1)
         _ESTIMATORS.clear()
-        _ESTIMATORS[key] = make_estimator(cfg)
+        _ESTIMATORS[key] = make_estimator(cfg, threads=1, processes=processes)
     return _ESTIMATORS[key]
 
 
@@ -77,12 +88,13 @@ def flow_row(row: ManifestRow, shard: str, n_pairs: int, status: str, reason: st
 _STORES: dict[str, VideoStore] = {}  # one lazily opened reader per worker process and dataset
 
 
-def video_flow(row: ManifestRow, data: Path, cfg: FlowConfig) -> np.ndarray:
-    """Quantised flow ``(N-1, 2, H, W)`` uint8 of one extracted video (`FlowError` if N < 2)."""
+def video_flow(row: ManifestRow, data: Path, cfg: FlowConfig, processes: int = 1) -> np.ndarray:
+    """Quantised flow ``(N-1, 2, H, W)`` uint8 of one extracted video (`FlowError` if N < 2); ``processes``:
+    how many flow processes share this machine's memory (caps a torch method's batch)."""
     key = f"{data}@{(Path(data) / 'manifest.csv').stat().st_mtime_ns}"  # a re-extracted dataset is a new key
     store = _STORES.get(key) or _STORES.setdefault(key, VideoStore(data))
     frames = store.frames(row.id)
-    return to_stored(compute_flow(rgb_to_gray(frames), _estimator(cfg)), cfg.bound)
+    return to_stored(compute_flow(rgb_to_gray(frames), _estimator(cfg, processes)), cfg.bound)
 
 
 def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
@@ -91,7 +103,7 @@ def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     if not row.ok:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", f"no frames: {row.reason}")])
     try:
-        flow = video_flow(row, cfg.data, cfg.flow)
+        flow = video_flow(row, cfg.data, cfg.flow, cfg.parallel.workers if cfg.parallel.backend == "loky" else 1)
     except FlowError as err:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", str(err))])
     part = _part_path(cfg.folder, row)
@@ -151,6 +163,7 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
     if not (Path(cfg.data) / "dataset.json").exists():
         raise FormatError(f"no processed dataset at {cfg.data}: run `iic-prep extract` first")
     frame_rows = read_manifest(Path(cfg.data) / "manifest.csv")
+    device = torch_device(cfg.flow) if cfg.flow.method in TORCH_METHODS else None  # FlowDeviceError first
     settings = cfg.settings()
     by_shard: dict[str, list[ManifestRow]] = defaultdict(list)
     for r in frame_rows:
@@ -163,7 +176,7 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
         todo: list[ManifestRow] = []
         pending: dict[str, list[ManifestRow]] = {}
         kept = 0
-        attrs_of = {stage_shard(s, "flow"): _shard_attrs(cfg, settings, r) for s, r in by_shard.items()}
+        attrs_of = {stage_shard(s, "flow"): _shard_attrs(cfg, settings, r, device) for s, r in by_shard.items()}
         for frames_shard, shard_frame_rows in sorted(by_shard.items()):
             shard = stage_shard(frames_shard, "flow")
             done = _complete_shard(cfg.data / shard, attrs_of[shard])
@@ -192,8 +205,13 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
             assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
             rows += pending.pop(shard)
             written += 1
-        tasks = [(r, cfg) for r in todo]
-        for report in run_tasks(flow_task, tasks, cfg.parallel, len(tasks), "pairs", "flow"):
+        gpu_here = device is not None and device.startswith("cuda") and cfg.parallel.backend == "loky"
+        run_cfg = replace(cfg, parallel=replace(cfg.parallel, workers=1)) if gpu_here else cfg  # one process per GPU
+        if gpu_here and cfg.parallel.workers > 1:
+            log.info("tvl1-torch on %s: one process drives the GPU (--workers %d is not used for flow)", device,
+                     cfg.parallel.workers)
+        tasks = [(r, run_cfg) for r in todo]
+        for report in run_tasks(flow_task, tasks, run_cfg.parallel, len(tasks), "pairs", "flow"):
             pending[report.shard] += report.rows
             if len(pending[report.shard]) == expected[report.shard]:
                 assemble_shard(report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg, attrs_of[report.shard])
@@ -206,10 +224,13 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
                                   folder=cfg.folder)
 
 
-def _shard_attrs(cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow]) -> dict:
+def _shard_attrs(cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow], device: str | None) -> dict:
     frames_settings = _frames_settings(cfg.data / frame_rows[0].shard)
-    return {"kind": "flow", "settings": json.dumps(settings), "frames_digest": _frames_digest(frame_rows, frames_settings),
-            "method": cfg.flow.method, "bound": cfg.flow.bound, "opencv": opencv_version()}
+    attrs = {"kind": "flow", "settings": json.dumps(settings), "frames_digest": _frames_digest(frame_rows, frames_settings),
+             "method": cfg.flow.method, "bound": cfg.flow.bound, "opencv": opencv_version()}
+    if device is not None:  # torch methods: where and with what the flow was computed
+        attrs |= {"device": device, "torch": settings["params"]["torch"], "params": json.dumps(settings["params"])}
+    return attrs
 
 
 def _complete_shard(path: Path, attrs: dict) -> list[ManifestRow] | None:

@@ -17,6 +17,9 @@ Usage, once per worker process::
     estimator = make_estimator(FlowConfig("tvl1"))
     for video in videos:
         stored = to_stored(compute_flow(rgb_to_gray(rgb), estimator), cfg.bound)
+
+``tvl1-torch`` is the same TV-L1 in PyTorch (``pipeline/tvl1_torch.py``, imported only when that method is
+chosen, so nothing else here needs torch), batched over the pairs of a video on ``FlowConfig.device``.
 """
 
 from __future__ import annotations
@@ -29,15 +32,20 @@ import numpy as np
 
 __all__ = [
     "METHODS",
+    "OPENCV_METHODS",
     "TVL1_PARAMS",
     "TVL1_FAST_PARAMS",
     "FARNEBACK_PARAMS",
+    "TORCH_METHODS",
+    "DEVICES",
     "FlowError",
+    "FlowDeviceError",
     "FlowConfig",
     "FlowEstimator",
     "flow_params",
     "opencv_version",
     "make_estimator",
+    "torch_device",
     "compute_flow",
     "rgb_to_gray",
     "quantize",
@@ -47,7 +55,10 @@ __all__ = [
     "init_worker_threads",
 ]
 
-METHODS = ("tvl1", "tvl1-fast", "dis", "farneback")
+OPENCV_METHODS = ("tvl1", "tvl1-fast", "dis", "farneback")
+TORCH_METHODS = ("tvl1-torch",)  # computed by pipeline/tvl1_torch.py, with the parameters of TVL1_PARAMS
+METHODS = OPENCV_METHODS + TORCH_METHODS
+DEVICES = ("auto", "cpu", "cuda")  # for the torch methods; "cuda:N" picks a GPU
 
 # OpenCV's own defaults for cv::optflow::DualTVL1OpticalFlow::create (checked against the getters of a
 # default-created object in tests), under the C++ parameter names.
@@ -113,18 +124,32 @@ class FlowError(ValueError):
     """Input that flow cannot be computed for; the message is a one-line reason."""
 
 
+class FlowDeviceError(ValueError):
+    """A device the torch method cannot use (CUDA asked for and absent); the message is one line."""
+
+
 @dataclass(frozen=True)
 class FlowConfig:
-    """Which flow estimator, and the clipping bound ``B`` (px) used when storing it as uint8."""
+    """Which flow estimator, and the clipping bound ``B`` (px) used when storing it as uint8.
+
+    ``device`` and ``batch`` (most pairs per call; None = as many as the free memory allows) apply to the
+    torch methods only; the batch never changes the flow, only the speed and the memory used.
+    """
 
     method: str = "tvl1"
     bound: float = 20.0
+    device: str = "auto"
+    batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown flow method {self.method!r}; expected one of {', '.join(METHODS)}")
         if not (np.isfinite(self.bound) and self.bound > 0):
             raise ValueError(f"flow bound must be a positive number, got {self.bound!r}")
+        if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            raise ValueError(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)} or cuda:N")
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"batch must be at least 1, got {self.batch}")
 
 
 def opencv_version() -> str:
@@ -156,6 +181,10 @@ def flow_params(cfg: FlowConfig) -> dict[str, Any]:
     parameter of that function.
     """
     head: dict[str, Any] = {"method": cfg.method, "bound": float(cfg.bound), "opencv": opencv_version()}
+    if cfg.method in TORCH_METHODS:
+        import torch  # only for this method (see the module docstring)
+
+        return {**head, "estimator": "iic.pipeline.tvl1_torch.tvl1", "torch": str(torch.__version__), **TVL1_PARAMS}
     if cfg.method in ("tvl1", "tvl1-fast"):
         params = TVL1_PARAMS if cfg.method == "tvl1" else TVL1_FAST_PARAMS
         return {**head, "estimator": "cv2.optflow.DualTVL1OpticalFlow_create", **params}
@@ -199,16 +228,41 @@ class FlowEstimator:
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         return self._calc(prev, nxt)
 
+    def video_flow(self, frames: np.ndarray) -> np.ndarray:
+        """``(N, H, W)`` uint8 -> ``(N - 1, H, W, 2)`` float32, one OpenCV call per pair."""
+        n, h, w = frames.shape
+        flow = np.empty((n - 1, h, w, 2), dtype=np.float32)
+        for t in range(n - 1):
+            flow[t] = self._calc(frames[t], frames[t + 1])
+        return flow
+
     def __repr__(self) -> str:
         return f"FlowEstimator({self.cfg!r})"
 
 
-def make_estimator(cfg: FlowConfig) -> FlowEstimator:
-    """The estimator for ``cfg``; create it once per worker and reuse it (TV-L1 setup is not free)."""
+def make_estimator(cfg: FlowConfig, threads: int | None = None, processes: int = 1) -> Any:
+    """The estimator for ``cfg``; create it once per worker and reuse it (TV-L1 setup is not free).
+
+    A `FlowEstimator` for the OpenCV methods; for ``tvl1-torch`` a ``tvl1_torch.TorchTVL1`` on
+    ``cfg.device`` using ``threads`` torch threads on the CPU (None: torch's setting), its batch capped
+    from ``1 / processes`` of the free memory.  Both take ``(prev, next)`` and have ``video_flow(frames)``.
+    Raises `FlowDeviceError` for an unusable device.
+    """
+    if cfg.method in TORCH_METHODS:
+        from .tvl1_torch import TorchTVL1  # imports torch: only when this method is chosen
+
+        return TorchTVL1(TVL1_PARAMS, device=cfg.device, batch=cfg.batch, threads=threads, processes=processes)
     return FlowEstimator(cfg)
 
 
-def compute_flow(gray_frames: np.ndarray, estimator: FlowEstimator) -> np.ndarray:
+def torch_device(cfg: FlowConfig) -> str:
+    """The device the torch method of ``cfg`` runs on ("cpu", "cuda"...); `FlowDeviceError` if unusable."""
+    from .tvl1_torch import resolve_device
+
+    return str(resolve_device(cfg.device))
+
+
+def compute_flow(gray_frames: np.ndarray, estimator: Any) -> np.ndarray:
     """Flow between consecutive frames.
 
     gray_frames: ``(N, H, W)`` uint8, N >= 2.
@@ -223,11 +277,7 @@ def compute_flow(gray_frames: np.ndarray, estimator: FlowEstimator) -> np.ndarra
     n, h, w = frames.shape
     if n < 2:
         raise FlowError(f"needs at least 2 frames, got {n}")
-    frames = np.ascontiguousarray(frames)
-    flow = np.empty((n - 1, h, w, 2), dtype=np.float32)
-    for t in range(n - 1):
-        flow[t] = estimator(frames[t], frames[t + 1])
-    return flow
+    return estimator.video_flow(np.ascontiguousarray(frames))
 
 
 def rgb_to_gray(frames: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The rules of the house (ARCHITECTURE.md), checked on the source so that breaking one fails a test.
 
-- ``pipeline/`` never imports torch at module level (an optional torch backend would be its own module,
-  imported only when chosen);
+- ``pipeline/`` never imports torch at module level, except its torch backend ``pipeline/tvl1_torch.py``
+  (``--method tvl1-torch``), which no other module imports at module level: it is imported only when that
+  method is chosen, so extracting frames or OpenCV flow never loads torch;
 - nothing but ``cli.py`` imports click;
 - ``model/`` reads the data only through the reader (``VideoStore``): it imports nothing else of
   ``pipeline/`` (not the writers) and never opens HDF5 or manifest files itself;
@@ -10,6 +11,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,9 +39,29 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-@pytest.mark.parametrize("path", sorted(ROOT.glob("pipeline/*.py")), ids=rel)
+TORCH_BACKENDS = {"tvl1_torch"}  # pipeline modules that are torch code, imported only when chosen
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(ROOT.glob("pipeline/*.py")) if p.stem not in TORCH_BACKENDS], ids=rel)
 def test_pipeline_does_not_import_torch_at_module_level(path):
     assert not [m for m, _ in imports(path, top_level_only=True) if m.split(".")[0] == "torch"], rel(path)
+    backends = [(m, names) for m, names in imports(path, top_level_only=True)
+                if m.lstrip(".").split(".")[-1] in TORCH_BACKENDS or (m == "." and set(names) & TORCH_BACKENDS)]
+    assert not backends, f"{rel(path)} imports a torch backend at module level: {backends}"
+
+
+def test_the_torch_backend_is_torch_code():
+    for stem in TORCH_BACKENDS:
+        assert "torch" in {m.split(".")[0] for m, _ in imports(ROOT / "pipeline" / f"{stem}.py", top_level_only=True)}
+
+
+def test_the_offline_stage_runs_without_loading_torch():
+    """Importing every pipeline module but the backends, and the CLI, leaves torch unloaded."""
+    modules = [f"iic.pipeline.{p.stem}" for p in sorted(ROOT.glob("pipeline/*.py"))
+               if p.stem not in TORCH_BACKENDS | {"__init__"}] + ["iic.cli"]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", out
 
 
 @pytest.mark.parametrize("path", [p for p in SOURCES if p.name != "cli.py"], ids=rel)
