@@ -205,17 +205,26 @@ class FlowEstimator:
         self.cfg = cfg
         self.impl: Any = None
         self._calc: Callable[[np.ndarray, np.ndarray], np.ndarray]
+        self._create: Callable[[], Any] | None = None
         if cfg.method in ("tvl1", "tvl1-fast"):
-            self.impl = _tvl1_create(TVL1_PARAMS if cfg.method == "tvl1" else TVL1_FAST_PARAMS)
-            self._calc = self._calc_impl
+            self._create = lambda: _tvl1_create(TVL1_PARAMS if cfg.method == "tvl1" else TVL1_FAST_PARAMS)
         elif cfg.method == "dis":
-            self.impl = _dis_create()
+            self._create = _dis_create
+        if self._create is not None:
+            self.impl = self._create()
             self._calc = self._calc_impl
         else:
             self._calc = self._calc_farneback
+        self._by_size: dict[tuple[int, int], Any] = {}
 
     def _calc_impl(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        return self.impl.calc(prev, nxt, None)
+        # One OpenCV object per frame size: DualTVL1 lowers its own pyramid depth for good after a frame whose
+        # short side is under ~39 px, so a reused object would give every later, larger video fewer levels
+        # (videos of one dataset may differ in size: `extract --size S`).
+        size = prev.shape[:2]
+        if size not in self._by_size:
+            self._by_size[size] = self.impl if not self._by_size else self._create()
+        return self._by_size[size].calc(prev, nxt, None)
 
     @staticmethod
     def _calc_farneback(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:

@@ -298,3 +298,16 @@ def test_rotation_epe(estimators, method):
     assert np.abs(true[12:-12, 12:-12]).max() > 1.0  # the motion is not negligible
     flow = compute_flow(frames, estimators[method])[0]
     assert interior_epe(flow, true) < EPE_BOUNDS[method][1]
+
+
+@pytest.mark.parametrize("method", ["tvl1", "tvl1-fast"])
+def test_a_small_video_does_not_change_the_flow_of_the_next_one(method):
+    """OpenCV's DualTVL1 object lowers its pyramid depth for good after a frame with a short side under ~39 px;
+    an estimator reused across videos of different sizes (`extract --size S`) must give a larger video the flow
+    a fresh estimator gives it."""
+    small, _ = affine_pair(np.array([[1, 0, 1.0], [0, 1, 0.5]]), size=24)
+    big, _ = affine_pair(np.array([[1, 0, 1.5], [0, 1, -0.5]]), size=96)
+    fresh = compute_flow(big, make_estimator(FlowConfig(method)))
+    reused = make_estimator(FlowConfig(method))
+    compute_flow(small, reused)
+    np.testing.assert_array_equal(compute_flow(big, reused), fresh)
