@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from . import augment, checkpoint
 from .backbones import VideoBackbone
-from .resume import check_data, data_identity, file_digest, same_path
+from .resume import check_data, data_identity, file_digest, load_states, refuse_changes, refuse_existing, same_path
 from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_clips, worker_errors
 from .evaluate import SourceConfig, default_out, resolve_source
 from .distributed import resolve_device
 from .features import BackboneSource, check_dataset_size, data_record, load_backbone, modalities_for
 from .protocol import protocol_of_source
-from .runlog import Meter, RunLog, plot_curves
+from .runlog import Meter, RunLog, ensure_finite, plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +135,14 @@ def check_resumable(cfg: FinetuneConfig, ckpt: dict, path: Path, source_id: str)
     saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
     now = cfg.to_dict()
     free = {"workers", "device", "epochs", "out", "data", "source"}  # more epochs = continue the schedule
-    diff = sorted(k for k, v in now.items() if k not in free and saved.get(k) != v)
     old_source, new_source = saved.get("source") or {}, now["source"]
-    diff += [f"source.{k}" for k, v in new_source.items() if k not in ("ckpt", "runs") and old_source.get(k) != v]
+    source = [f"source.{k}" for k, v in new_source.items() if k not in ("ckpt", "runs") and old_source.get(k) != v]
     if "source_identity" in ckpt:
         if ckpt["source_identity"] != source_id:
-            diff.append("source (another backbone checkpoint)")
+            source.append("source (another backbone checkpoint)")
     elif not (same_path(old_source.get("ckpt"), new_source["ckpt"]) and same_path(old_source.get("runs"), new_source["runs"])):
-        diff.append("source")
-    if diff:
-        raise checkpoint.CheckpointError(f"--resume with a different config than {path} ({', '.join(diff[:3])} changed); "
-                                         "use the same flags or another --out")
+        source.append("source")
+    refuse_changes(saved, now, free, path, tuple(source))
     check_data(ckpt.get("data_identity") or {}, saved.get("data"), cfg.data, path)
 
 
@@ -176,15 +173,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic eval recognition` checkpoint")
         check_resumable(cfg, ckpt, last, source_id)
         checkpoint.load_state(net, ckpt["model"], "the classifier", last)
+        load_states(ckpt, last, optimizer=optimizer, scheduler=scheduler)
         try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
             epoch = int(ckpt["epoch"])
-        except Exception as err:  # a damaged or foreign optimiser / scheduler state
+        except (TypeError, ValueError) as err:
             raise checkpoint.CheckpointError(f"cannot resume from {last}: {checkpoint.describe_error(err)}") from None
         log.info("resumed from %s at epoch %d", last, epoch)
-    elif last.exists():
-        raise checkpoint.CheckpointError(f"{out} already holds a fine-tuning run: pass --resume or choose another --out")
+    else:
+        refuse_existing(last, "a fine-tuning run")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log.info("fine-tuning %s on %d videos (%d held out), %d classes, %s", src.describe(), len(tr_idx), len(val_idx),
@@ -206,8 +202,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
                 gen = torch.Generator().manual_seed(clip_seed(cfg.seed + 104729, epoch, i))
                 loss = F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)),
                                        batch["label"].to(device))
-                if not torch.isfinite(loss):
-                    raise FinetuneError(f"loss is {loss.item()} at epoch {epoch + 1}; last good checkpoint kept (lower --lr)")
+                ensure_finite(loss, f"epoch {epoch + 1} step {step}", FinetuneError)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from ..pipeline.shards import VideoStore
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, describe_error
 
 
 def data_identity(data: Path, flow: bool) -> dict:
@@ -22,6 +23,31 @@ def data_identity(data: Path, flow: bool) -> dict:
         return {"path": str(Path(data).resolve()), "identity": store.identity(flow), "flow": flow}
     finally:
         store.close()
+
+
+def refuse_existing(last: Path, what: str) -> None:
+    """A fresh run must not write over ``what`` that a ``last.pt`` there says is already in its folder."""
+    if last.exists():
+        raise CheckpointError(f"{last.parent} already holds {what}: pass --resume to continue it or choose another --out")
+
+
+def refuse_changes(saved: dict, now: dict, free: set[str], path: Path, extra: tuple[str, ...] = ()) -> None:
+    """``--resume`` needs the saved config: every key but the ``free`` ones (what may change between sessions,
+    and places, which are compared by meaning) must be equal; ``extra`` names other differences found."""
+    diff = [f"{k}: {saved.get(k)} -> {v}" for k, v in sorted(now.items()) if k not in free and saved.get(k) != v]
+    diff += list(extra)
+    if diff:
+        raise CheckpointError(f"--resume with a different config than {path} ({', '.join(diff[:3])}); "
+                              "use the same flags or a new --out")
+
+
+def load_states(ckpt: dict, path: Path, **objects: Any) -> None:
+    """``obj.load_state_dict(ckpt[name])`` for each ``name=obj``; a damaged or foreign state is one line."""
+    try:
+        for name, obj in objects.items():
+            obj.load_state_dict(ckpt[name])
+    except Exception as err:  # a damaged or foreign optimiser / scheduler / scaler state
+        raise CheckpointError(f"cannot resume from {path}: {describe_error(err)}") from None
 
 
 def same_path(a: str | Path | None, b: str | Path | None) -> bool:

@@ -13,6 +13,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def ensure_finite(loss, where: str, error: type[Exception]) -> None:
+    """Stop a training loop at a loss that is NaN or infinite, in one line (the last good checkpoint stays)."""
+    value = float(loss)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise error(f"loss is {value} at {where}; stopped, last good checkpoint kept (try a lower --lr)")
+
+
 class Meter:
     """Running average and the share of wall time spent waiting for data (MoCo's AverageMeter idea)."""
 

@@ -32,8 +32,8 @@ from .dualvar import build_dualvar
 from .iic import build_iic
 from .monitor import Monitor
 from .protocol import iic_chance_loss
-from .resume import check_data, data_identity
-from .runlog import Meter, RunLog, plot_curves
+from .resume import check_data, data_identity, load_states, refuse_changes, refuse_existing
+from .runlog import Meter, RunLog, ensure_finite, plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +171,13 @@ def restore(run: Run, ckpt: dict, path: Path) -> None:
             f"checkpoint {path} banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos")
     checkpoint.load_state(run.encoder, ckpt["model"], "the model", path)
     checkpoint.load_state(run.memory, ckpt["memory"], "the memory banks", path)
+    load_states(ckpt, path, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler)
     try:
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.scheduler.load_state_dict(ckpt["scheduler"])
-        run.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
-    except Exception as err:  # a damaged or foreign optimiser / scheduler / RNG state
+    except Exception as err:  # a damaged or foreign RNG state or counters
         raise checkpoint.CheckpointError(f"cannot resume from {path}: {checkpoint.describe_error(err)}") from None
     run.epoch, run.step = epoch, step
 
@@ -192,11 +190,7 @@ def check_resumable(cfg: TrainConfig, ckpt: dict, path: Path) -> None:
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{path} is not an `iic train` checkpoint: its config is a "
                                          f"{type(saved).__name__}, not a dict")
-    diff = sorted(k for k, v in cfg.to_dict().items() if k not in free and saved.get(k) != v)
-    if diff:
-        raise checkpoint.CheckpointError(
-            f"--resume with a different config than {path} ({', '.join(f'{k}: {saved.get(k)} -> {cfg.to_dict()[k]}' for k in diff[:3])}); "
-            "use the same flags or a new --out")
+    refuse_changes(saved, cfg.to_dict(), free, path)
     check_data(ckpt.get("data_identity") or {}, saved.get("data"), cfg.data, path)
 
 
@@ -221,10 +215,7 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
         gen = step_generator(cfg, run.epoch, i)
         with torch.autocast(device.type, dtype=torch.float16, enabled=run.scaler.is_enabled()):
             loss = run.step_fn(run.net, run.memory, batch, cfg, gen, device)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"loss is {loss.item()} at epoch {run.epoch + 1} step {run.step}; stopped, last good checkpoint kept "
-                "(try a lower --lr)")
+        ensure_finite(loss, f"epoch {run.epoch + 1} step {run.step}", TrainingError)
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
@@ -269,8 +260,8 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
         check_resumable(cfg, ckpt, last)
         restore(run, ckpt, last)
         log.info("resumed from %s at epoch %d", last, run.epoch)
-    elif last.exists() and main:
-        raise checkpoint.CheckpointError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+    elif main:
+        refuse_existing(last, "a run")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
