@@ -20,7 +20,7 @@ from iic.cli import main, prep
 from iic.model import checkpoint
 from iic.model.clips import ClipConfig, ClipDataset, DataError, EpochSampler, clip_indices, eval_starts, train_start
 from iic.model.config import ConfigError, TrainConfig, build_config
-from iic.model.train import train
+from iic.model.train import TrainingError, train
 from iic.pipeline.shards import VideoStore
 
 from conftest import gated_env, wait_for
@@ -378,3 +378,16 @@ def test_a_manifest_that_disagrees_with_the_shards_stops_training_in_one_line(da
         assert len(errors) == 1 and "Traceback" not in r.output, r.output
         assert f"holds {n} rgb frames of video '{video}', its manifest says {n + 2}" in errors[0], errors[0]
         assert str(copy) in errors[0] and "frames/shard-00000.h5" in errors[0]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_loss_stops_the_loop_in_one_line(value):
+    """One check for pretraining and fine-tuning (`runlog.ensure_finite`): NaN and +-inf stop, in one line that
+    says where; a finite loss passes."""
+    from iic.model.finetune import FinetuneError
+    from iic.model.runlog import ensure_finite
+
+    for error in (TrainingError, FinetuneError):
+        with pytest.raises(error, match=rf"^loss is {value} at epoch 2 step 7; stopped, last good checkpoint kept"):
+            ensure_finite(torch.tensor(value), "epoch 2 step 7", error)
+    ensure_finite(torch.tensor(1e30), "epoch 2 step 7", TrainingError)
