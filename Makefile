@@ -22,7 +22,7 @@ $(VENV)/.installed: $(BIN)/activate setup.cfg pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/iic demo --data $(DATA)
+	$(BIN)/iic demo --data-root $(DATA)
 
 test: setup lint
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -85,7 +85,11 @@ def _version_option(prog_name: str):
 @_version_option("iic-prep")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def prep(verbose: bool) -> None:
-    """Offline stage: synthetic data, frames, optical flow, checks."""
+    """Offline stage: synthetic data, frames, optical flow, checks.
+
+    Paths default under the data root: $IIC_DATA, else ./data. --data is a processed dataset folder
+    (<data root>/<dataset>), --data-root the data root, --out what a command writes; --workers are processes.
+    """
     _setup_logging(verbose)
 
 
@@ -123,9 +127,9 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 @click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder", "kinetics400", "kinetics600", "kinetics700"]),
               default="ucf101", help="Layout of --root (folder: one sub-folder per class; kinetics*: the official CSVs).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Folder the official archives were unpacked into [default: OUT/raw/<dataset>].")
-@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
-              help="Data root; output goes to OUT/<dataset>.")
+              help="Folder the official archives were unpacked into [default: <data root>/raw/<dataset>].")
+@click.option("--data-root", "--out", "out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
+              help="The data root (as everywhere: $IIC_DATA, else ./data); the dataset goes to <data root>/<dataset>.")
 @click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split whose train/test lists are read.")
 @click.option("--size", callback=_parse_frame_size, default="128x171",
               help="Frame size HxW, or a short side S: the shorter side becomes S, the other keeps the aspect (even).")
@@ -170,7 +174,7 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 
 @prep.command()
 @click.option("--dataset", default="ucf101", help="Used for the default --data.")
-@click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: <data root>/<dataset>].")
 @click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback", "tvl1-torch"]), default="tvl1",
               help="tvl1 = OpenCV DualTVL1 defaults (reference); tvl1-fast = epsilon 0.05 (~8x faster); dis, farneback; "
                    "tvl1-torch = the same TV-L1 in PyTorch, batched, on --device (CPU: --workers processes of one thread; "
@@ -269,13 +273,18 @@ def check(data: Path) -> None:
 @_version_option("iic")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
-    """Training and evaluation."""
+    """Training and evaluation.
+
+    Paths default under the data root: $IIC_DATA, else ./data. --data is a processed dataset folder
+    (<data root>/<dataset>), --data-root the data root, --out what a command writes (a run folder, an
+    evaluation folder); --workers are DataLoader worker processes.
+    """
     _setup_logging(verbose)
 
 
 @main.command("train")
-@click.option("--dataset", default="ucf101", help="Dataset name: the data folder is DATA/<dataset> unless --data is a dataset folder.")
-@click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")
+@click.option("--dataset", default="ucf101", help="Dataset name: the data folder is <data root>/<dataset> unless --data names it.")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: <data root>/<dataset>].")
 @click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split whose train list is used.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: data/runs/<preset or method>].")
 @click.option("--preset", default=None, help="A named configuration (see `iic presets`); flags override it.")
@@ -365,7 +374,8 @@ def presets() -> None:
 
 
 @main.command()
-@click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA, help="Data root.")
+@click.option("--data-root", "--data", "data", type=click.Path(path_type=Path), default=DEFAULT_DATA,
+              help="The data root (as everywhere: $IIC_DATA, else ./data): synthetic videos, dataset and runs go under it.")
 @click.option("--workers", type=click.IntRange(1), default=2, help="Preprocessing processes.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the presets' epochs.")
 @click.option("--seed", type=click.IntRange(0), default=0, help="Seed of the data and of every run.")
@@ -401,7 +411,7 @@ def _source_options(f):
     f = click.option("--model", default=None, help="Backbone preset [default: the checkpoint's; with --random-init the latest run's].")(f)
     f = click.option("--random-init", is_flag=True, help="An untrained backbone of the same config: the baseline.")(f)
     f = click.option("--run", type=click.Path(path_type=Path), default=None,
-                     help="Where to look for the newest final.pt when --ckpt is not given [default: DATA_ROOT/runs].")(f)
+                     help="Where to look for the newest final.pt when --ckpt is not given [default: <data root>/runs].")(f)
     f = click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Checkpoint [default: the newest final.pt under --run, named on the terminal].")(f)
     return f
 
@@ -413,8 +423,8 @@ def _data_options(f):
     f = click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: <run>/eval].")(f)
     f = click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split: train list = gallery / "
                      "training set, test list = queries / test set.")(f)
-    f = click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: data/<dataset>].")(f)
-    f = click.option("--dataset", default="ucf101", help="Dataset name (data folder DATA_ROOT/<dataset>).")(f)
+    f = click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: <data root>/<dataset>].")(f)
+    f = click.option("--dataset", default="ucf101", help="Dataset name (data folder <data root>/<dataset>).")(f)
     return f
 
 

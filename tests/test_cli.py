@@ -72,3 +72,19 @@ def test_presets_lists_every_preset_with_its_resolved_fields():
     assert "view2=flow-u neg=repeat" in next(line for line in lines if line.startswith("r3d-flowu-repeat "))
     assert "neg=none" in next(line for line in lines if line.startswith("cmc-r3d-res "))
     assert "method=dualvar model=r21d-10" in next(line for line in lines if line.startswith("dualvar-r21d "))
+
+
+def test_one_meaning_per_path_option():
+    """--data is a processed dataset folder, --data-root the data root (extract and demo still take their old
+    spelling), --out what a command writes; the groups' help says so and names $IIC_DATA."""
+    for path, cmd in ALL:
+        for param in cmd.params:
+            if isinstance(param, click.Option) and "--data" in param.opts and "--data-root" not in param.opts:
+                assert "Processed dataset folder" in param.help, (path, param.help)
+            if isinstance(param, click.Option) and "--data-root" in param.opts:
+                assert param.opts[0] == "--data-root" and "$IIC_DATA" in param.help, (path, param.opts)
+    roots = {path[-1]: cmd for path, cmd in ALL if any("--data-root" in p.opts for p in cmd.params)}
+    assert sorted(roots) == ["demo", "extract"]
+    for group in (prep, main):
+        text = CliRunner().invoke(group, ["--help"], terminal_width=200).output
+        assert "$IIC_DATA" in text and "--data-root the data root" in text, text

@@ -9,7 +9,7 @@ from iic.cli import main
 
 
 def test_demo_small(tmp_path):
-    args = ["demo", "--data", str(tmp_path), "--per-class", "4", "--frames", "32", "--epochs", "1", "--workers", "1"]
+    args = ["demo", "--data-root", str(tmp_path), "--per-class", "4", "--frames", "32", "--epochs", "1", "--workers", "1"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output + repr(first.exception)
     report = json.loads((tmp_path / "runs" / "demo.json").read_text())
