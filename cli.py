@@ -14,6 +14,9 @@ from pathlib import Path
 
 import click
 
+from .model.names import FEATURES, HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, SCHEDULES  # torch-free
+from .model.views import EVAL_VIEWS, VIEWS  # torch-free
+
 DEFAULT_DATA = Path(os.environ.get("IIC_DATA", "data"))
 
 
@@ -288,15 +291,15 @@ def main(verbose: bool) -> None:
 @click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split whose train list is used.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: data/runs/<preset or method>].")
 @click.option("--preset", default=None, help="A named configuration (see `iic presets`); flags override it.")
-@click.option("--method", type=click.Choice(["iic", "dualvar"]), default=None,
+@click.option("--method", type=click.Choice(METHODS), default=None,
               help="Objective: IIC (and CMC with --neg none) or DualVar.")
 @click.option("--model", default=None, help="Backbone preset: r3d-10, r21d-10, c3d, r3d-tiny, ...")
-@click.option("--view2", type=click.Choice(["res", "flow-u", "flow-v", "flow", "rgb"]), default=None,
+@click.option("--view2", type=click.Choice(VIEWS), default=None,
               help="The second view contrasted with RGB.")
-@click.option("--neg", type=click.Choice(["repeat", "shuffle", "none"]), default=None, help="Intra-negative (none = CMC).")
-@click.option("--head", type=click.Choice(["none", "mlp", "bn"]), default=None,
+@click.option("--neg", type=click.Choice(NEGATIVES), default=None, help="Intra-negative (none = CMC).")
+@click.option("--head", type=click.Choice(HEADS), default=None,
               help="none (paper), mlp (512-512-128 + L2, authors' v2 code) or bn (centring BatchNorm).")
-@click.option("--positive", type=click.Choice(["bank", "live"]), default=None,
+@click.option("--positive", type=click.Choice(POSITIVES), default=None,
               help="IIC positive: the other view's bank row (paper) or its feature of the same step.")
 @click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")
 @click.option("--batch-negatives/--no-batch-negatives", default=None,
@@ -310,8 +313,8 @@ def main(verbose: bool) -> None:
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs.")
 @click.option("--batch-size", type=click.IntRange(2), default=None, help="Videos per step (per process under DDP).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None, help="sgd (paper) or adam.")
-@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default=None,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="sgd (paper) or adam.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
               help="Learning-rate decay: the paper's steps or cosine to 0.")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=None, help="Linear learning-rate warm-up.")
 @click.option("--K", "K", type=click.IntRange(0), default=None,
@@ -466,10 +469,10 @@ def _eval_errors():
 @eval_group.command("retrieval")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default=None,
+@click.option("--modality", type=click.Choice(EVAL_VIEWS), default=None,
               help="View whose features are retrieved [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
 @click.option("--merge", is_flag=True, help="Concatenate RGB and --modality features (each L2-normalised first).")
-@click.option("--feature", type=click.Choice(["conv5", "pool"]), default=None,
+@click.option("--feature", type=click.Choice(FEATURES), default=None,
               help="[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar]")
 @click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
 @click.option("--center/--no-center", default=None,
@@ -496,9 +499,9 @@ def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt,
 @eval_group.command("linear")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default=None,
+@click.option("--modality", type=click.Choice(EVAL_VIEWS), default=None,
               help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
-@click.option("--feature", type=click.Choice(["conv5", "pool"]), default=None,
+@click.option("--feature", type=click.Choice(FEATURES), default=None,
               help="Backbone features: conv5 max-pooled (1, 2, 2) and flattened, or the pooled vector "
                    "[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar].")
 @click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
@@ -532,7 +535,7 @@ def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, ru
 @eval_group.command("recognition")
 @_data_options
 @_source_options
-@click.option("--modality", type=click.Choice(["rgb", "res", "flow-u", "flow-v"]), default=None,
+@click.option("--modality", type=click.Choice(EVAL_VIEWS), default=None,
               help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
 @click.option("--epochs", type=click.IntRange(1), default=150, help="Fine-tuning epochs.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate of the fine-tuning.")

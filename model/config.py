@@ -11,14 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .augment import SimCLRAugmentConfig
+from .names import HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, SCHEDULES
 from .backbones import PRESETS as BACKBONE_PRESETS
 from .views import VIEWS, modalities_for
 
-METHODS = ("iic", "dualvar")
-NEGATIVES = ("repeat", "shuffle", "none")
-HEADS = ("none", "mlp", "bn")
-POSITIVES = ("bank", "live")  # model/iic.py: IICMemory
-SCHEDULES = ("multistep", "cosine")
 
 
 class ConfigError(ValueError):
@@ -137,7 +133,7 @@ class TrainConfig:
         checks = [
             (self.method in METHODS, f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}"),
             (self.model in BACKBONE_PRESETS, f"unknown model {self.model!r}; choose one of {', '.join(BACKBONE_PRESETS)}"),
-            (self.optimizer in ("sgd", "adam"), f"unknown optimizer {self.optimizer!r}; choose sgd or adam"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"),
             (self.head in HEADS, f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}"),
             (self.positive in POSITIVES, f"unknown positive {self.positive!r}; choose one of {', '.join(POSITIVES)}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"),

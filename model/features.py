@@ -32,11 +32,11 @@ from . import augment, checkpoint
 from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
 from .clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
 from .config import TrainConfig
+from .names import FEATURES
 from .views import EVAL_VIEWS, modalities_for
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("conv5", "pool")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from . import augment
 from .backbones import build_backbone, preset as backbone_preset
-from .config import POSITIVES, TrainConfig
+from .config import TrainConfig
+from .names import POSITIVES
 from .distributed import gather_from_ranks, gather_with_grad
 
 

@@ -1,0 +1,12 @@
+"""The names the training core's options accept, in one torch-free place: the configs validate against them and
+cli.py offers them as choices without importing torch (the clip vocabulary, views and modalities, is
+model/views.py)."""
+from __future__ import annotations
+
+METHODS = ("iic", "dualvar")
+NEGATIVES = ("repeat", "shuffle", "none")  # IIC intra-negatives; none = the CMC baseline
+HEADS = ("none", "mlp", "bn")
+POSITIVES = ("bank", "live")  # model/iic.py: IICMemory
+SCHEDULES = ("multistep", "cosine")
+OPTIMIZERS = ("sgd", "adam")
+FEATURES = ("conv5", "pool")  # backbones.retrieval_feature
