@@ -35,7 +35,6 @@ class DemoConfig:
     size: tuple[int, int] = (96, 128)  # (H, W) of the generated and stored videos
     flow_method: str = "dis"  # the tiny presets train on residuals; DIS shows the flow stage in seconds
     workers: int = 2
-    batch_size: int = 64  # of the retrieval's feature extraction: on 2 CPU cores ~2x the clips/s of 16 (BENCHMARKS.md)
     seed: int = 0
     epochs: int | None = None  # None: the presets' own
     # Retrieval with the encoder's RGB input and with residual input (IIC's retrieval setting); each method
@@ -103,8 +102,7 @@ def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list
     """Each backbone's clips are decoded and encoded once (`prefetch_features`): every input view, and for the
     random init every protocol's feature, fills its cache in that pass; each retrieval then reads its own."""
     def base(source: SourceConfig, cache: Path) -> RetrievalConfig:
-        return RetrievalConfig(data=cfg.processed, source=source, workers=cfg.workers, batch_size=cfg.batch_size,
-                               cache=cache)
+        return RetrievalConfig(data=cfg.processed, source=source, workers=cfg.workers, cache=cache)
 
     def run(source: SourceConfig, method: str, out: Path, cache: Path) -> dict[str, dict]:
         return {m: evaluate_retrieval(dataclasses.replace(base(source, cache), modality=m, out=out / m).with_protocol(method))
