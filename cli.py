@@ -16,6 +16,8 @@ import click
 
 from .model.names import FEATURES, HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, SCHEDULES  # torch-free
 from .model.views import EVAL_VIEWS, VIEWS  # torch-free
+from .pipeline.datasets import DATASETS  # no OpenCV, h5py or joblib
+from .pipeline.names import BACKENDS, FLOW_METHODS  # no OpenCV, h5py or joblib
 
 DEFAULT_DATA = Path(os.environ.get("IIC_DATA", "data"))
 
@@ -54,7 +56,7 @@ def _parse_frame_size(ctx, param, value: str) -> tuple[int, int] | int:
 
 def _parallel_options(f):
     f = click.option("--scheduler", default=None, help="Dask scheduler address (with --backend dask).")(f)
-    f = click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky",
+    f = click.option("--backend", type=click.Choice(BACKENDS), default="loky",
                      help="joblib backend: local processes or a Dask cluster.")(f)
     f = click.option("--workers", type=click.IntRange(1), default=os.cpu_count() or 1,
                      help="Parallel shard writers (one process each).")(f)
@@ -127,7 +129,7 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 
 
 @prep.command()
-@click.option("--dataset", type=click.Choice(["ucf101", "hmdb51", "folder", "kinetics400", "kinetics600", "kinetics700"]),
+@click.option("--dataset", type=click.Choice(DATASETS),
               default="ucf101", help="Layout of --root (folder: one sub-folder per class; kinetics*: the official CSVs).")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder the official archives were unpacked into [default: <data root>/raw/<dataset>].")
@@ -178,7 +180,7 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 @prep.command()
 @click.option("--dataset", default="ucf101", help="Used for the default --data.")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: <data root>/<dataset>].")
-@click.option("--method", type=click.Choice(["tvl1", "tvl1-fast", "dis", "farneback", "tvl1-torch"]), default="tvl1",
+@click.option("--method", type=click.Choice(FLOW_METHODS), default="tvl1",
               help="tvl1 = OpenCV DualTVL1 defaults (reference); tvl1-fast = epsilon 0.05 (~8x faster); dis, farneback; "
                    "tvl1-torch = the same TV-L1 in PyTorch, batched, on --device (CPU: --workers processes of one thread; "
                    "CUDA: one process).")

@@ -30,6 +30,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from .names import FLOW_METHODS, OPENCV_FLOW_METHODS, TORCH_FLOW_METHODS
+
 __all__ = [
     "METHODS",
     "OPENCV_METHODS",
@@ -55,9 +57,7 @@ __all__ = [
     "init_worker_threads",
 ]
 
-OPENCV_METHODS = ("tvl1", "tvl1-fast", "dis", "farneback")
-TORCH_METHODS = ("tvl1-torch",)  # computed by pipeline/tvl1_torch.py, with the parameters of TVL1_PARAMS
-METHODS = OPENCV_METHODS + TORCH_METHODS
+OPENCV_METHODS, TORCH_METHODS, METHODS = OPENCV_FLOW_METHODS, TORCH_FLOW_METHODS, FLOW_METHODS
 DEVICES = ("auto", "cpu", "cuda")  # for the torch methods; "cuda:N" picks a GPU
 
 # OpenCV's own defaults for cv::optflow::DualTVL1OpticalFlow::create (checked against the getters of a

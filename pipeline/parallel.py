@@ -19,10 +19,10 @@ from joblib import Parallel, delayed, parallel_config
 from tqdm import tqdm
 
 from . import orphans
+from .names import BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("loky", "dask")
 EXIT_SOME_FAILED = 3  # documented exit status: the run finished but some listed videos failed
 
 
