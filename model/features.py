@@ -14,12 +14,11 @@ conv5 and pool protocols, decode and encode each clip once.
 """
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbon
 from .clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
 from .config import TrainConfig
 from .names import FEATURES
-from .resume import data_identity as resume_identity
 from .views import EVAL_VIEWS, modalities_for
 
 log = logging.getLogger(__name__)
@@ -153,18 +151,11 @@ def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int
 
 
 def data_identity(data: Path) -> str:
-    """Hash of what a reader gets from the dataset (`resume.data_identity`, with its flow): two extractions of
-    one video list with other pixels (another seed, --size, --quality) or another flow get other keys. It reads
-    every video's checksums, and an evaluation asks once per list and view: computed once per process for each
-    state of the manifests (every stage rewrites its manifest last)."""
-    data = Path(data).resolve()
-    stamps = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (data / "manifest.csv", data / "flow" / "manifest.csv"))
-    return _identity(str(data), stamps)
+    """Hash of what a reader gets from the dataset (`VideoStore.identity`, with its flow): two extractions of
+    one video list with other pixels (another seed, --size, --quality) or another flow get other keys."""
+    from ..pipeline.shards import VideoStore
 
-
-@functools.lru_cache(maxsize=16)
-def _identity(data: str, stamps: tuple[int, ...]) -> str:
-    return resume_identity(Path(data), True)["identity"]
+    return VideoStore(data).identity(flow=True)
 
 
 @dataclass(frozen=True)
