@@ -104,14 +104,17 @@ def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list
     def base(source: SourceConfig, cache: Path) -> RetrievalConfig:
         return RetrievalConfig(data=cfg.processed, source=source, workers=cfg.workers, cache=cache)
 
+    def inputs(method: str) -> tuple[str, ...]:  # the inputs the method's paper reports (DualVar: RGB only)
+        return tuple(m for m in cfg.retrieval_modalities if m in protocol_for(method).inputs)
+
     def run(source: SourceConfig, method: str, out: Path, cache: Path) -> dict[str, dict]:
         return {m: evaluate_retrieval(dataclasses.replace(base(source, cache), modality=m, out=out / m).with_protocol(method))
-                for m in cfg.retrieval_modalities}
+                for m in inputs(method)}
 
     rows = []
     for name, (method, final) in finals.items():
         source, cache = SourceConfig(ckpt=final, runs=cfg.runs), final.parent / "eval" / "features"
-        prefetch_features(base(source, cache), cfg.retrieval_modalities, (protocol_for(method).feature,))
+        prefetch_features(base(source, cache), inputs(method), (protocol_for(method).feature,))
         rows.append((name, method, run(source, method, final.parent / "eval", cache)))
     iic = build_config(RUNS[0][1])  # the baseline is read against IIC's backbone and clips
     baseline = SourceConfig(ckpt=None, random_init=True, runs=cfg.runs, seed=cfg.seed, model=iic.model, frames=iic.frames,
@@ -127,18 +130,21 @@ def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list
 
 
 def table(rows: list[Row], ks: tuple[int, ...] = (1, 5, 10)) -> list[str]:
-    modalities = list(rows[0][2])
+    """One line per row; ``-`` where a method's paper does not report that input (DualVar: RGB only)."""
+    modalities = list(dict.fromkeys(m for _, _, r in rows for m in r))
     width = max(len(name) for name, _, _ in rows)
     head = "  ".join(f"{m + ' top' + str(k):>10}" for m in modalities for k in ks)
     lines = [f"{'':{width}}  {head}  protocol"]
-    lines += [f"{name:{width}}  " + "  ".join(f"{r[m]['topk'][k]:10.1f}" for m in modalities for k in ks)
-              + f"  {r[modalities[0]]['config']['feature']}{', centred' if r[modalities[0]]['config']['center'] else ''}"
-              for name, _, r in rows]
-    r0 = rows[0][2][modalities[0]]
+    for name, _, r in rows:
+        cells = [f"{r[m]['topk'][k]:10.1f}" if m in r else f"{'-':>10}" for m in modalities for k in ks]
+        first = next(iter(r.values()))["config"]
+        lines.append(f"{name:{width}}  " + "  ".join(cells) + f"  {first['feature']}{', centred' if first['center'] else ''}")
+    r0 = next(iter(rows[0][2].values()))
     classes = len(set(q["label"] for q in r0["queries"]))
     lines.append(f"retrieval top-k (%) of {r0['counts']['queries']} test videos against {r0['counts']['gallery']} train "
                  f"videos ({classes} classes: chance top-1 {100 / classes:.1f}%), mean of {r0['config']['clips']} clips, "
-                 "features of the RGB / residual input, each method with its own protocol")
+                 "features of the RGB / residual input, each method with its own protocol (- = an input its paper "
+                 "does not report)")
     return lines
 
 
