@@ -387,13 +387,15 @@ def presets() -> None:
 @click.option("--per-class", type=click.IntRange(3, 99), default=45,
               help="Synthetic videos per class (45: the benchmark; fewer for a quick look).")
 @click.option("--frames", type=click.IntRange(16), default=40, help="Frames per synthetic video.")
-def demo(data, workers, epochs, seed, per_class, frames) -> None:
+@click.option("--jobs", type=click.IntRange(0), default=0,
+              help="Training runs side by side on CPU, one thread each (0 = one per core).")
+def demo(data, workers, epochs, seed, per_class, frames, jobs) -> None:
     """The main job on the synthetic dataset: data, flow, IIC/CMC/DualVar training, retrieval table."""
     from .demo import DemoConfig, run_demo
 
     try:
         lines = run_demo(DemoConfig(data=data, workers=workers, epochs=epochs, seed=seed, per_class=per_class,
-                                    frames=frames))
+                                    frames=frames, jobs=jobs))
     except (RuntimeError, ValueError, OSError) as err:
         _fail(str(err).splitlines()[0])
     for line in lines:

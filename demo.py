@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .pipeline.extract import ExtractConfig, extract
 from .pipeline.flow import FlowStageConfig, compute as compute_flow
 from .pipeline.flowcalc import FlowConfig
@@ -21,7 +23,8 @@ from .pipeline.synth import SynthConfig, generate
 from .model.config import build_config
 from .model.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval, prefetch_features
 from .model.protocol import protocol_for
-from .model.train import METHOD_BUILDERS, train
+from .model.sweep import cpu_cores, train_all
+from .model.train import METHOD_BUILDERS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class DemoConfig:
     size: tuple[int, int] = (96, 128)  # (H, W) of the generated and stored videos
     flow_method: str = "dis"  # the tiny presets train on residuals; DIS shows the flow stage in seconds
     workers: int = 2
+    jobs: int = 0  # training runs side by side on CPU (one thread each); 0 = one per core
     seed: int = 0
     epochs: int | None = None  # None: the presets' own
     # Retrieval with the encoder's RGB input and with residual input (IIC's retrieval setting); each method
@@ -79,20 +83,28 @@ def prepare_data(cfg: DemoConfig) -> None:
 
 
 def train_runs(cfg: DemoConfig) -> dict[str, tuple[str, Path]]:
-    """Train every demo configuration (skipping finished runs, resuming interrupted ones)."""
-    finals = {}
-    for name, preset, method in RUNS:
+    """Train every demo configuration (skipping finished runs, resuming interrupted ones). On CPU each run
+    trains with one thread, loading its own clips (no loader workers: the cores are busy training), and
+    ``cfg.jobs`` of them side by side (0: one per core; `model/sweep.py`), so the table is the same on any CPU
+    machine; on CUDA one after another."""
+    runs = [(name, preset, method) for name, preset, method in RUNS if method in METHOD_BUILDERS]
+    for name, _, method in RUNS:
         if method not in METHOD_BUILDERS:
             log.warning("demo: %s skipped (method %s not available)", name, method)
-            continue
-        out = cfg.runs / f"demo-{preset}"
-        tcfg = build_config(preset, data=cfg.processed, out=out, seed=cfg.seed, epochs=cfg.epochs)
-        final = out / "final.pt"
-        if not final.exists():
-            _step(f"training {name} ({preset}) -> {out}")
-            final = train(tcfg, resume=(out / "last.pt").exists())
-        finals[name] = (method, final)
-    return finals
+    cpu = not torch.cuda.is_available()
+    cfgs = [build_config(preset, data=cfg.processed, out=cfg.runs / f"demo-{preset}", seed=cfg.seed, epochs=cfg.epochs,
+                         **({"threads": 1, "workers": 0} if cpu else {})) for _, preset, _ in runs]
+    jobs = (cfg.jobs or cpu_cores()) if cpu else 1
+    pending = [name for (name, _, _), c in zip(runs, cfgs) if not (Path(c.out) / "final.pt").exists()]
+    if pending:
+        _step(f"training {', '.join(pending)}" + (f", {min(jobs, len(pending))} at a time, one CPU thread each"
+                                                 if cpu and jobs > 1 else ""))
+
+    def done(c, final: Path, seconds: float) -> None:
+        log.info("demo: %s trained in %.0f s -> %s", c.out, seconds, final)
+
+    finals = train_all(cfgs, jobs, done)
+    return {name: (method, final) for (name, _, method), final in zip(runs, finals)}
 
 
 Row = tuple[str, str, dict[str, dict]]  # (name, method whose protocol scored it, {modality: retrieval result})
@@ -104,14 +116,17 @@ def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list
     def base(source: SourceConfig, cache: Path) -> RetrievalConfig:
         return RetrievalConfig(data=cfg.processed, source=source, workers=cfg.workers, cache=cache)
 
+    def inputs(method: str) -> tuple[str, ...]:  # the inputs the method's paper reports (DualVar: RGB only)
+        return tuple(m for m in cfg.retrieval_modalities if m in protocol_for(method).inputs)
+
     def run(source: SourceConfig, method: str, out: Path, cache: Path) -> dict[str, dict]:
         return {m: evaluate_retrieval(dataclasses.replace(base(source, cache), modality=m, out=out / m).with_protocol(method))
-                for m in cfg.retrieval_modalities}
+                for m in inputs(method)}
 
     rows = []
     for name, (method, final) in finals.items():
         source, cache = SourceConfig(ckpt=final, runs=cfg.runs), final.parent / "eval" / "features"
-        prefetch_features(base(source, cache), cfg.retrieval_modalities, (protocol_for(method).feature,))
+        prefetch_features(base(source, cache), inputs(method), (protocol_for(method).feature,))
         rows.append((name, method, run(source, method, final.parent / "eval", cache)))
     iic = build_config(RUNS[0][1])  # the baseline is read against IIC's backbone and clips
     baseline = SourceConfig(ckpt=None, random_init=True, runs=cfg.runs, seed=cfg.seed, model=iic.model, frames=iic.frames,
@@ -127,18 +142,21 @@ def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list
 
 
 def table(rows: list[Row], ks: tuple[int, ...] = (1, 5, 10)) -> list[str]:
-    modalities = list(rows[0][2])
+    """One line per row; ``-`` where a method's paper does not report that input (DualVar: RGB only)."""
+    modalities = list(dict.fromkeys(m for _, _, r in rows for m in r))
     width = max(len(name) for name, _, _ in rows)
     head = "  ".join(f"{m + ' top' + str(k):>10}" for m in modalities for k in ks)
     lines = [f"{'':{width}}  {head}  protocol"]
-    lines += [f"{name:{width}}  " + "  ".join(f"{r[m]['topk'][k]:10.1f}" for m in modalities for k in ks)
-              + f"  {r[modalities[0]]['config']['feature']}{', centred' if r[modalities[0]]['config']['center'] else ''}"
-              for name, _, r in rows]
-    r0 = rows[0][2][modalities[0]]
+    for name, _, r in rows:
+        cells = [f"{r[m]['topk'][k]:10.1f}" if m in r else f"{'-':>10}" for m in modalities for k in ks]
+        first = next(iter(r.values()))["config"]
+        lines.append(f"{name:{width}}  " + "  ".join(cells) + f"  {first['feature']}{', centred' if first['center'] else ''}")
+    r0 = next(iter(rows[0][2].values()))
     classes = len(set(q["label"] for q in r0["queries"]))
     lines.append(f"retrieval top-k (%) of {r0['counts']['queries']} test videos against {r0['counts']['gallery']} train "
                  f"videos ({classes} classes: chance top-1 {100 / classes:.1f}%), mean of {r0['config']['clips']} clips, "
-                 "features of the RGB / residual input, each method with its own protocol")
+                 "features of the RGB / residual input, each method with its own protocol (- = an input its paper "
+                 "does not report)")
     return lines
 
 

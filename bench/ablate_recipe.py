@@ -14,7 +14,8 @@ the architecture learns from these clips in the same number of steps.
 Keys (defaults in ``OPTIONS``): epochs, bs, lr, opt (adam|sgd), K, tau, m, neg (repeat|shuffle|none),
 head (none|bn|mlp: bn = affine-free BatchNorm, the CenterHead), norm (L2-normalise features), sched
 (step = the paper's multi-step | cos; `model/train.py: lr_factor`), warm (warm-up epochs), pos (bank|live), fill (1: fill the banks with current features
-before epoch 1, 2: before every epoch), seed, crop, T, threads. Results: BENCHMARKS.md, "Learning signal".
+before epoch 1, 2: before every epoch), seed, crop, T, threads, clips (test clips per video: 1 = the centre clip, 10
+= the retrieval protocol's clips, features averaged). Results: BENCHMARKS.md, "Learning signal".
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from iic.model import augment
 from iic.model.backbones import build_backbone, preset, retrieval_feature
+from iic.model.clips import eval_starts
 from iic.model.config import TrainConfig
 from iic.model.iic import CenterHead, IICMemory, ProjectionHead, intra_negative, l2_normalize, nce_loss
 from iic.model.protocol import iic_chance_loss
@@ -38,7 +40,7 @@ from iic.pipeline.shards import VideoStore
 
 OPTIONS = dict(data="data/synth/ucf101", epochs=20, bs=8, lr=1e-3, opt="adam", K=16, tau=0.07, m=0.5, neg="repeat",
                head="none", norm=1, sched="step", warm=0, pos="bank", fill=0, seed=0, crop=64, T=16, wd=1e-4,
-               eval_every=5, model="r3d-tiny", threads=2, sup=0, bneg=0)
+               eval_every=5, model="r3d-tiny", threads=2, sup=0, bneg=0, clips=1)
 
 
 def parse(argv: list[str]) -> dict:
@@ -113,14 +115,18 @@ def main() -> None:
     def features(videos, modality, kind):
         backbone.eval()
         test_aug = augment.AugmentConfig(crop=o["crop"], train=False)
-        out = []
-        for i in range(0, len(videos), 32):
-            idx = list(range(i, min(i + 32, len(videos))))
-            raw = batch_of(videos, idx, [(videos[j]["rgb"].shape[0] - o["T"]) // 2 for j in idx], o["T"])
-            v = augment.apply(raw, augment.sample_params(len(idx), raw["rgb"].shape[-2:], test_aug), test_aug)
-            out.append(retrieval_feature(backbone(augment.view_input(v, modality)), kind))
+        per_clip = []
+        for c in range(o["clips"]):  # clips=1: the centre clip; else the retrieval protocol's clips, averaged
+            out = []
+            for i in range(0, len(videos), 32):
+                idx = list(range(i, min(i + 32, len(videos))))
+                starts = [int(eval_starts(videos[j]["rgb"].shape[0], o["T"], 1, o["clips"])[c]) for j in idx]
+                raw = batch_of(videos, idx, starts, o["T"])
+                v = augment.apply(raw, augment.sample_params(len(idx), raw["rgb"].shape[-2:], test_aug), test_aug)
+                out.append(retrieval_feature(backbone(augment.view_input(v, modality)), kind))
+            per_clip.append(torch.cat(out))
         backbone.train()
-        return torch.cat(out)
+        return torch.stack(per_clip).mean(0)
 
     def evaluate() -> dict[str, float]:
         return {f"{m}-{kind}{'c' if c else ''}": retrieval_topk(features(test_set, m, kind), y_test, features(train_set, m, kind),

@@ -2,13 +2,14 @@
 
 On the synthetic motion benchmark (`iic-prep synth` defaults: 8 classes in 4 time-reversal pairs, 45 videos
 each, one appearance per video; split 1 = 240 gallery and 120 independent query videos), each method is
-trained with its tiny CPU preset for every seed (`iic train --preset P --seed S`, a fresh process each) and
-scored with its own paper's retrieval protocol (model/protocol.py), RGB and residual input, 10 clips per
+trained with its tiny CPU preset for every seed (`iic train --preset P --seed S --threads T`), ``--jobs`` runs
+side by side in worker processes (`model/sweep.py`: one thread each by default, the weights do not depend on
+what trains beside them), and scored with its own paper's retrieval protocol (model/protocol.py), RGB and residual input, 10 clips per
 video. A random-init backbone of the same seed is scored with each protocol. For every model it also
 measures order sensitivity (model/sensitivity.py): mean cosine between a test clip's feature and its
 shuffled / reversed / repeated versions.
 
-    python bench/bench_learning.py [--seeds 0 1 2] [--root /tmp/iic-learning] [--methods tiny cmc-tiny ...]
+    python bench/bench_learning.py [--seeds 0 1 2] [--root /tmp/iic-learning] [--methods tiny cmc-tiny ...] [--jobs 2]
 
 Reports mean +- sd over seeds of top-1/5/10 and, per seed, a 95% bootstrap interval of top-1 over test
 groups (2,000 resamples of the query groups: one video per group here). Writes bench/out/learning-DATE.json.
@@ -32,8 +33,10 @@ from iic.model.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval
 from iic.model.features import BackboneSource, load_backbone, checkpoint_source
 from iic.model.protocol import protocol_for
 from iic.model.sensitivity import order_sensitivity
+from iic.model.sweep import cpu_cores, train_all
 
-METHODS = {"tiny": "IIC (repeat)", "tiny-shuffle": "IIC (shuffle)", "cmc-tiny": "CMC baseline", "dualvar-tiny": "DualVar"}
+METHODS = {"tiny": "IIC (repeat)", "tiny-shuffle": "IIC (shuffle)", "tiny-reverse": "IIC (reverse, not the paper's)",
+           "cmc-tiny": "CMC baseline", "dualvar-tiny": "DualVar"}
 MODALITIES = ("res", "rgb")
 
 
@@ -105,20 +108,20 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("/tmp/iic-learning"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="override the presets' epochs (smoke runs)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of each training run (the demo's: 1)")
+    ap.add_argument("--jobs", type=int, default=cpu_cores(), help="training runs side by side")
     args = ap.parse_args()
     t0 = time.perf_counter()
     data = prepare(args.root, args.workers)
     runs: dict[str, dict] = {}
     timings: dict[str, list[float]] = {}
+    cfgs = [build_config(preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed, epochs=args.epochs,
+                         threads=args.threads, workers=0) for seed in args.seeds for preset in args.methods]
+    train_all(cfgs, args.jobs, done=lambda c, final, sec: timings.setdefault(Path(c.out).name.rsplit("-s", 1)[0], []).append(sec))
     for seed in args.seeds:
         for preset in args.methods:
             cfg = build_config(preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed, epochs=args.epochs)
             final = Path(cfg.out) / "final.pt"
-            if not final.exists():
-                resume = ["--resume"] if (Path(cfg.out) / "last.pt").exists() else []
-                timings.setdefault(preset, []).append(run_cli(
-                    [cli("iic"), "train", "--preset", preset, "--data", str(data), "--out", str(cfg.out), "--seed",
-                     str(seed), "--epochs", str(cfg.epochs), "--threads", "2", *resume], quiet=True))
             src, state = checkpoint_source(final)
             net = load_backbone(src, state)
             name = f"{METHODS[preset]} ({cfg.method})"
@@ -138,6 +141,7 @@ def main() -> None:
     print("\n".join(lines))
     write_json(Path(__file__).parent / "out", "learning", {
         "date": dt.date.today().isoformat(), "machine": platform.platform(), "cpu_threads": torch.get_num_threads(),
+        "train_threads": args.threads, "jobs": args.jobs,
         "seeds": args.seeds, "train_seconds": timings, "total_seconds": time.perf_counter() - t0,
         "runs": runs, "table": lines})
 

@@ -224,6 +224,7 @@ PRESETS: dict[str, dict] = {
     # The tiny CPU presets (demo, tests, bench/bench_learning.py): see TINY_IIC below.
     "tiny": TINY_IIC,
     "tiny-shuffle": {**TINY_IIC, "neg": "shuffle"},
+    "tiny-reverse": {**TINY_IIC, "neg": "reverse"},  # not the paper's: the clip played backwards as intra-negative
     "cmc-tiny": {**TINY_IIC, "neg": "none"},
     # DualVar (REFERENCE.md section 2): R(2+1)D-10, 16 frames at stride 4, crop 112, SimCLR augmentation.
     # Batch, lr and schedule are not in REFERENCE.md; these are SimCLR/MoCo-style SGD values: 64 clips per

@@ -2,7 +2,7 @@
 
 Retrieval (REFERENCE.md section 1): gallery = the split's train videos, queries = its test videos, every
 extracted one (videos whose extraction failed are listed in the output, never silently dropped). A
-video's feature is the mean over its test clips (`features.video_features`); cosine similarity; top-k
+video's feature is the mean over its test clips (`features.feature_sets`); cosine similarity; top-k
 for k in 1, 5, 10, 20, 50 capped at the gallery size (`retrieval.retrieval_topk`).
 
 Linear probe: the same per-video features (``pool`` by default), standardised with the train mean/std,
@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from . import checkpoint
 from .config import TrainConfig
 from .distributed import resolve_device
-from .features import (BackboneSource, FeatureSpec, VideoFeatures, check_dataset_size, checkpoint_source, data_line,
-                       data_record, failed_videos, feature_sets, find_checkpoint, load_backbone, video_features)
+from .features import (BackboneSource, FeatureSets, FeatureSpec, VideoFeatures, as_video_features, check_dataset_size,
+                       checkpoint_source, data_line, data_record, failed_videos, feature_sets, find_checkpoint,
+                       load_backbone)
 from .protocol import protocol_of_source
 from .retrieval import DEFAULT_KS, retrieval_topk
 
@@ -133,13 +134,24 @@ def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: 
                         workers: int, skip_corrupt: bool = False) -> tuple[VideoFeatures, VideoFeatures]:
     """Per-video features of the train list (gallery) and test list (queries), extracted or cached; with
     ``skip_corrupt`` a video with a corrupt clip is left out of its list (`VideoFeatures.left_out`)."""
+    sets = list_features(cfg_data, split, src, state, views, (feature,), clips, cache, device, batch_size, workers,
+                         skip_corrupt)
+    return as_video_features(sets["train"], views, feature, cache), as_video_features(sets["test"], views, feature, cache)
+
+
+def list_features(data: Path, split: int, src: BackboneSource, state: dict | None, views: tuple[str, ...],
+                  features: tuple[str, ...], clips: int, cache: Path | None, device: str, batch_size: int, workers: int,
+                  skip_corrupt: bool = False) -> dict[str, FeatureSets]:
+    """`feature_sets` of the train and the test list: each (view, feature) read from ``cache`` or extracted in
+    one pass over the list's clips, with one backbone for both lists; refuses a checkpoint made for another
+    list size first (`check_dataset_size`)."""
     from ..pipeline.shards import VideoStore
 
-    check_dataset_size(src, len(VideoStore(cfg_data).ok_rows(split, "train")), cfg_data, split)
-    dev = resolve_device(device)
-    out = [video_features(src, FeatureSpec(cfg_data, split, subset, views, feature, clips), cache, dev, batch_size,
-                          workers, state=state, skip_corrupt=skip_corrupt) for subset in ("train", "test")]
-    return out[0], out[1]
+    check_dataset_size(src, len(VideoStore(data).ok_rows(split, "train")), data, split)
+    dev, backbone = resolve_device(device), load_backbone(src, state)
+    return {subset: feature_sets(src, FeatureSpec(data, split, subset, views, features[0], clips), features, cache, dev,
+                                 batch_size, workers, backbone=backbone, skip_corrupt=skip_corrupt)
+            for subset in ("train", "test")}
 
 
 def left_out(data: Path, split: int, features: dict[str, VideoFeatures]) -> dict[str, list[tuple[str, str]]]:
@@ -155,13 +167,8 @@ def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tu
     if cfg.cache is None:
         raise ValueError("prefetch_features needs a cache folder (RetrievalConfig.cache)")
     src, state = resolve_source(cfg.source)
-    from ..pipeline.shards import VideoStore
-
-    check_dataset_size(src, len(VideoStore(cfg.data).ok_rows(cfg.split, "train")), cfg.data, cfg.split)
-    dev, backbone = resolve_device(cfg.device), load_backbone(src, state)
-    for subset in ("train", "test"):
-        feature_sets(src, FeatureSpec(cfg.data, cfg.split, subset, views, features[0], cfg.clips), features,
-                     Path(cfg.cache), dev, cfg.batch_size, cfg.workers, backbone=backbone)
+    list_features(cfg.data, cfg.split, src, state, views, features, cfg.clips, Path(cfg.cache), cfg.device,
+                  cfg.batch_size, cfg.workers)
 
 
 def evaluate_retrieval(cfg: RetrievalConfig) -> dict:

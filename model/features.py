@@ -14,11 +14,11 @@ conv5 and pool protocols, decode and encode each clip once.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import augment, checkpoint
+from . import augment, checkpoint, resume
 from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
 from .clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
 from .config import TrainConfig
@@ -151,11 +151,9 @@ def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int
 
 
 def data_identity(data: Path) -> str:
-    """Hash of what a reader gets from the dataset (`VideoStore.identity`, with its flow): two extractions of
+    """Hash of what a reader gets from the dataset (`resume.data_identity`, with its flow): two extractions of
     one video list with other pixels (another seed, --size, --quality) or another flow get other keys."""
-    from ..pipeline.shards import VideoStore
-
-    return VideoStore(data).identity(flow=True)
+    return resume.data_identity(data, True)["identity"]
 
 
 @dataclass(frozen=True)
@@ -332,15 +330,11 @@ def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ..
     return FeatureSets(out, dataset, False, rate, {**left_out, **skipped})
 
 
-def video_features(src: BackboneSource, spec: FeatureSpec, cache_dir: Path | None, device: torch.device,
-                   batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
-                   state: dict | None = None, skip_corrupt: bool = False) -> VideoFeatures:
-    """``spec.feature`` of every view of ``spec.views`` for every extracted video of its list (`feature_sets`),
-    without the videos left out as corrupt (``left_out``)."""
-    sets = feature_sets(src, spec, (spec.feature,), cache_dir, device, batch_size, workers, backbone, state, skip_corrupt)
+def as_video_features(sets: FeatureSets, views: tuple[str, ...], feature: str, cache_dir: Path | None) -> VideoFeatures:
+    """One ``feature`` of ``views`` out of ``sets``, without the videos left out as corrupt."""
     ids = sets.dataset.video_ids
     keep = np.array([v not in sets.left_out for v in ids], bool)
-    return VideoFeatures({v: sets.values[v, spec.feature][keep] for v in spec.views},
+    return VideoFeatures({v: sets.values[v, feature][keep] for v in views},
                          sets.dataset.labels.astype(np.int64)[keep], [v for v, k in zip(ids, keep) if k],
                          cached=sets.cached, clips_per_s=sets.clips_per_s,
                          path=Path(cache_dir) if cache_dir else None, left_out=sets.left_out)

@@ -74,6 +74,8 @@ def intra_negative(clip: Tensor, kind: str, generator: torch.Generator | None = 
     repeat:  frame i ~ U{0..T-1} per sample, repeated T times (a still clip).
     shuffle: T split into 4 chunks of T/4 frames; two distinct chunks, chosen uniformly per sample,
              are swapped (never the identity).
+    reverse: the clip played backwards (not in the paper: its time is intact but its arrow is not, so only
+             a feature that knows the direction of motion tells it from the clip).
     """
     B, C, T, H, W = clip.shape
     if kind == "repeat":
@@ -92,7 +94,9 @@ def intra_negative(clip: Tensor, kind: str, generator: torch.Generator | None = 
         t = torch.arange(T, device=clip.device)
         src = perm[:, t // L] * L + t % L                         # B x T source frame of each frame
         return clip.gather(2, src.view(B, 1, T, 1, 1).expand_as(clip))
-    raise ValueError(f"unknown intra-negative kind {kind!r}; expected 'repeat' or 'shuffle'")
+    if kind == "reverse":
+        return clip.flip(2)
+    raise ValueError(f"unknown intra-negative kind {kind!r}; expected 'repeat', 'shuffle' or 'reverse'")
 
 
 class MemoryBank(nn.Module):

@@ -4,7 +4,7 @@ model/views.py)."""
 from __future__ import annotations
 
 METHODS = ("iic", "dualvar")
-NEGATIVES = ("repeat", "shuffle", "none")  # IIC intra-negatives; none = the CMC baseline
+NEGATIVES = ("repeat", "shuffle", "reverse", "none")  # IIC intra-negatives (reverse: not the paper's); none = CMC
 HEADS = ("none", "mlp", "bn")
 POSITIVES = ("bank", "live")  # model/iic.py: IICMemory
 SCHEDULES = ("multistep", "cosine")

@@ -1,8 +1,9 @@
 """Each method's own retrieval protocol, in one place (REFERENCE.md sections 1 and 2).
 
 IIC (and its CMC baseline) retrieve with conv5 features max-pooled (1, 2, 2), cosine similarity, no
-centring, and report retrieval and fine-tuning on residual input (REFERENCE.md: "repeat+res"); DualVar
-uses the pooled feature, each set centred by its own mean, on RGB input (it trains on RGB only).
+centring, and report retrieval with RGB and with residual input, fine-tuning on residual input (REFERENCE.md:
+"repeat+res"); DualVar uses the pooled feature, each set centred by its own mean, on RGB input only (it trains
+on RGB only).
 ``iic eval retrieval|linear|recognition``, the training monitor and the demo take their defaults from here,
 so a method is never scored with another's.
 """
@@ -17,7 +18,8 @@ class RetrievalProtocol:
     feature: str  # conv5 | pool (backbones.retrieval_feature)
     center: bool  # subtract each set's mean before the cosine similarity
     paper: str
-    modality: str = "res"  # the input view evaluated (views.EVAL_VIEWS)
+    modality: str = "res"  # the input view evaluated by default (views.EVAL_VIEWS)
+    inputs: tuple[str, ...] = ("rgb", "res")  # the inputs the paper reports retrieval with
 
     def describe(self) -> str:
         return (f"{self.modality} input, {self.feature} features, {'centred' if self.center else 'not centred'} "
@@ -25,8 +27,8 @@ class RetrievalProtocol:
 
 
 PROTOCOLS: dict[str, RetrievalProtocol] = {
-    "iic": RetrievalProtocol("conv5", False, "IIC's protocol", "res"),
-    "dualvar": RetrievalProtocol("pool", True, "DualVar's protocol", "rgb"),
+    "iic": RetrievalProtocol("conv5", False, "IIC's protocol", "res", ("rgb", "res")),
+    "dualvar": RetrievalProtocol("pool", True, "DualVar's protocol", "rgb", ("rgb",)),
 }
 
 

@@ -239,18 +239,19 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
     return meter
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train; returns the path of the final checkpoint. See the module docstring for determinism."""
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train; returns the path of the final checkpoint. See the module docstring for determinism.
+    ``progress=False``: no progress bar (runs side by side, `model/sweep.py`)."""
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, resume)
+        return _train(cfg, resume, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: TrainConfig, resume: bool) -> Path:
+def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
     run = build_run(cfg)
     run.data_identity = data_identity(cfg.data, "flow" in cfg.modalities)
     out, main = Path(cfg.out), run.dist.main
@@ -276,7 +277,7 @@ def _train(cfg: TrainConfig, resume: bool) -> Path:
     if monitor is not None and run.epoch == 0:  # the untrained network: the baseline the curve is read against
         runlog.write(0, epoch=0, **monitor(run.encoder.backbone))
     bar = tqdm(total=len(run.loader) * cfg.epochs, initial=len(run.loader) * run.epoch, unit="step",
-               dynamic_ncols=True, disable=not main)
+               dynamic_ncols=True, disable=not (main and progress))
     try:
         while run.epoch < cfg.epochs:
             meter = train_one_epoch(run, bar if main else None, runlog)

@@ -12,7 +12,7 @@ import numpy as np
 from .datasets import KINETICS
 from .decode import FILE_NOT_FOUND
 from .flow import stale_shards
-from .shards import CRC_SUFFIX, FormatError, ManifestRow, VideoStore, bad_frames, bad_items, slot_name, stage_shard
+from .shards import FormatError, ManifestRow, VideoStore, damaged_items, slot_name, stage_shard
 
 
 def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
@@ -166,12 +166,10 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
                 n = len(group[f"{m}_offsets"]) - 1
                 if n != r.n_frames:
                     return [f"{r.id}: {m} holds {n} frames, manifest says {r.n_frames}"]
-            corrupt = []
-            report.unverified[stage] += any(f"{m}{CRC_SUFFIX}" not in group for m in streams)
-            for m in (m for m in streams if f"{m}{CRC_SUFFIX}" in group):
-                bad = bad_frames(group[m][()].tobytes(), group[f"{m}_offsets"][()], group[f"{m}{CRC_SUFFIX}"][()])
-                if bad:
-                    corrupt.append(f"{r.id}: {m} {_positions('frame', bad)} of {r.shard}: checksum mismatch (corrupt bytes)")
+            damage = {m: damaged_items(group, m) for m in streams}
+            report.unverified[stage] += any(bad is None for bad in damage.values())
+            corrupt = [f"{r.id}: {m} {_positions('frame', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"
+                       for m, bad in damage.items() if bad]
             if corrupt:
                 return corrupt
             for t in sorted({0, r.n_frames // 2, r.n_frames - 1}):
@@ -183,12 +181,10 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
             shape = group["flow"].shape
             if shape != (r.n_frames, 2, h, w):
                 return [f"{r.id}: flow is {shape}, expected {(r.n_frames, 2, h, w)}"]
-            if f"flow{CRC_SUFFIX}" in group:
-                bad = bad_items(group["flow"][()], group[f"flow{CRC_SUFFIX}"][()])
-                if bad:
-                    return [f"{r.id}: flow {_positions('pair', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"]
-            else:
-                report.unverified[stage] += 1
+            bad = damaged_items(group, "flow")
+            if bad:
+                return [f"{r.id}: flow {_positions('pair', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"]
+            report.unverified[stage] += bad is None
             store.flow(r.id, r.n_frames - 1, 1)
     except (OSError, KeyError, ValueError, IndexError, FormatError) as err:
         return [f"{r.id}: {stage} of {r.shard} unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"]

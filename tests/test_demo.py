@@ -18,6 +18,9 @@ def test_demo_small(tmp_path):
                          "random init (dualvar protocol)": "dualvar", "random init (iic protocol)": "iic"}
     table = {line.split("  ")[0]: line for line in report["lines"] if line.startswith(("IIC", "CMC", "DualVar", "random"))}
     assert table["IIC (repeat)"].endswith("conv5") and table["DualVar"].endswith("pool, centred")
+    # DualVar's paper retrieves with RGB input only: its residual cells are "-", IIC's are numbers
+    assert [m for row in report["rows"] if row["name"] == "DualVar" for m in ("rgb", "res") if m in row] == ["rgb"]
+    assert table["DualVar"].split()[4:7] == ["-", "-", "-"] and "-" not in table["IIC (repeat)"].split()[2:8]
     assert "of 16 test videos against 16 train videos (8 classes: chance top-1 12.5%)" in first.output
     for run in ("demo-tiny", "demo-cmc-tiny", "demo-dualvar-tiny"):
         assert (tmp_path / "runs" / run / "final.pt").exists() and (tmp_path / "runs" / run / "curves.png").exists()

@@ -213,8 +213,17 @@ def test_shuffle_needs_t_divisible_by_4_and_kind_is_checked():
     with pytest.raises(ValueError, match="divisible by 4"):
         intra_negative(torch.zeros(1, 3, 6, 2, 2), "shuffle")
     assert intra_negative(torch.zeros(1, 3, 8, 2, 2), "shuffle").shape == (1, 3, 8, 2, 2)
-    with pytest.raises(ValueError):
-        intra_negative(torch.zeros(1, 3, 8, 2, 2), "reverse")
+    with pytest.raises(ValueError, match="unknown intra-negative"):
+        intra_negative(torch.zeros(1, 3, 8, 2, 2), "backwards")
+
+
+def test_reverse_plays_every_clip_backwards():
+    clip = distinct_clip(4)
+    neg = intra_negative(clip, "reverse")
+    for b in range(4):
+        frames = [int(neg[b, 0, t, 0, 0].item()) - 100 * b for t in range(16)]
+        assert frames == list(range(15, -1, -1))
+        assert torch.equal(neg[b, :, 3], clip[b, :, 12])
 
 
 def test_residual_first_frame_zero():

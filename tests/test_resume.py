@@ -69,6 +69,20 @@ def test_the_manifest_fingerprint_cannot_tell_the_two_datasets_apart(world):
     assert checkpoint.load(world["run"] / "last.pt")["data_identity"]["identity"] == a.identity()
 
 
+def test_the_identity_is_read_once_per_state_of_the_files(world, tmp_path):
+    """Every evaluation list and view asks for it (0.65 ms a video): a second store of an unchanged folder gets
+    it without opening a shard; rewriting a shard (same bytes, new mtime) makes the next ask read again."""
+    copy = tmp_path / "ucf101"
+    shutil.copytree(world["data"], copy)
+    first = VideoStore(copy).identity()
+    again = VideoStore(copy)
+    assert again.identity() == first and not again._files
+    shard = copy / again.rows[0].shard
+    shard.write_bytes(shard.read_bytes())
+    reread = VideoStore(copy)
+    assert reread.identity() == first and reread._files
+
+
 def test_a_moved_run_folder_resumes(world, tmp_path):
     moved = tmp_path / "elsewhere" / "run"
     moved.parent.mkdir()
