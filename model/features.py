@@ -213,7 +213,7 @@ def _autocast(device: torch.device):
 @torch.inference_mode()
 def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], features: tuple[str, ...], crop: int,
             device: torch.device, batch_size: int = 16, workers: int = 0,
-            desc: str = "features") -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
+            desc: str = "features", progress: bool = True) -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
     """Mean over each video's test clips of each of ``features`` of each view -> ``{(view, feature): (N, D)}``,
     clips/s, and the videos left out ``{id: reason}``. One decode per clip and one forward per view serve every
     feature. With ``dataset.cfg.skip_corrupt``, a video with a corrupt clip is left out: its rows are NaN.
@@ -228,7 +228,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     sums: dict[Key, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
     t0, n_clips, corrupt = time.perf_counter(), 0, CorruptTally()
-    with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False) as bar:
+    with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False, disable=not progress) as bar:
         for batch in worker_errors(loader):
             bar.update(len(batch.get("corrupt", ())))
             if not corrupt.add(batch):

@@ -24,8 +24,8 @@ def monitor_views(cfg: TrainConfig) -> tuple[str, ...]:
 
 
 class Monitor:
-    def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int = 32) -> None:
-        self.cfg, self.device, self.batch_size = cfg, device, batch_size
+    def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int = 32, progress: bool = True) -> None:
+        self.cfg, self.device, self.batch_size, self.progress = cfg, device, batch_size, progress
         self.protocol = protocol_for(cfg.method)
         self.views = monitor_views(cfg)
         clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=modalities_for(self.views), test_clips=1)
@@ -41,7 +41,7 @@ class Monitor:
         was_training = backbone.training
         f = self.protocol.feature
         feats = {s: extract(backbone, ds, self.views, (f,), self.cfg.crop, self.device,
-                            self.batch_size, desc=f"monitor {s}")[0] for s, ds in self.sets.items()}
+                            self.batch_size, desc=f"monitor {s}", progress=self.progress)[0] for s, ds in self.sets.items()}
         backbone.train(was_training)
         gallery, queries = self.sets["train"], self.sets["test"]
         return {f"monitor_top1_{v}": retrieval_topk(feats["test"][v, f], queries.labels, feats["train"][v, f],

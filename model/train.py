@@ -273,7 +273,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
     chance = (iic_chance_loss(cfg.K, cfg.neg != "none", cfg.live_negative,
                               cfg.batch_size * run.dist.world if cfg.batch_negatives else 0)
               if cfg.method == "iic" else None)
-    monitor = Monitor(cfg, run.device) if main and cfg.monitor_every > 0 else None
+    monitor = Monitor(cfg, run.device, progress=progress) if main and cfg.monitor_every > 0 else None
     if monitor is not None and run.epoch == 0:  # the untrained network: the baseline the curve is read against
         runlog.write(0, epoch=0, **monitor(run.encoder.backbone))
     bar = tqdm(total=len(run.loader) * cfg.epochs, initial=len(run.loader) * run.epoch, unit="step",

@@ -40,31 +40,32 @@ def _epochs(metrics: list[dict], key: str) -> dict[int, dict]:
     return {r["epoch"]: r for r in metrics if key in r}
 
 
-def test_tiny_run_leaves_chance_and_the_monitor_is_retrieval(motion_data, tmp_path):
-    """The tiny IIC recipe on the benchmark, fixed seed, 12 epochs: the epoch loss ends well below its chance
-    value 2 ln(2N) (live positive, N - 1 other clips and N intra-negatives of the batch) and is still
-    falling over the last half. The monitor's top-1 is the retrieval protocol with one centre clip: at epoch
-    0 it is the random-init baseline of the same seed, at the end the trained checkpoint's.
+def test_tiny_run_leaves_chance_and_the_monitor_beats_random_init(motion_data, tmp_path):
+    """The tiny IIC preset as it is (20 epochs) on the benchmark, fixed seed: the epoch loss ends below 70% of
+    its chance value 2 ln(2N) (live positive, N - 1 other clips and N intra-negatives of the batch) and keeps
+    falling over the second half; the monitor's top-1 (the retrieval protocol with one centre clip, residual
+    input: IIC's) is higher at the end than at epoch 0, the random-init network of the same seed, and equals
+    `iic eval retrieval` of the same checkpoint.
 
-    Measured (seed 0, 2 threads, 2026-12-03): loss 5.40 for epochs 1-7, then 4.90, 4.62, 4.33, 4.05, 3.89
-    (70% of chance 5.55); monitor top-1 residual 12.5 -> 14.2, RGB 19.2 -> 17.5. The bar is 85% of chance:
-    the plateau before the fall lasted 4 epochs in the ablation harness and 7 here, same seed, other random
-    draws (BENCHMARKS.md, "Learning signal"), and session 16 found that a bar at the edge of one machine's
-    measurement fails on another. That the features beat random init is measured over seeds in BENCHMARKS.md, not asserted."""
+    MEASURED_HERE. That the features beat random init by how much is measured over seeds, with 10 clips, in
+    BENCHMARKS.md ("Learning signal"); one centre clip of one seed is only a smoke test of it."""
     out = tmp_path / "run"
-    cfg = build_config("tiny", data=motion_data, out=out, epochs=12, workers=0, threads=2, monitor_every=6)
+    cfg = build_config("tiny", data=motion_data, out=out, workers=0, threads=2, monitor_every=10)
     train(cfg)
     metrics = read_metrics(out / "metrics.jsonl")
     losses = _epochs(metrics, "epoch_loss")
     chance = iic_chance_loss(cfg.K, True, batch=cfg.batch_size)
-    assert losses[12]["chance_loss"] == pytest.approx(chance)
+    last = cfg.epochs
+    assert losses[last]["chance_loss"] == pytest.approx(chance)
     curve = [round(r["epoch_loss"], 2) for r in losses.values()]
-    assert losses[12]["epoch_loss"] < 0.85 * chance, curve
-    assert losses[12]["epoch_loss"] == min(losses[e]["epoch_loss"] for e in range(6, 13)), curve  # still falling
+    assert losses[last]["epoch_loss"] < 0.7 * chance, curve
+    late, mid = (sum(losses[e]["epoch_loss"] for e in es) / 3 for es in ((last - 2, last - 1, last), (9, 10, 11)))
+    assert late < mid, curve  # still falling over the second half
     monitor = _epochs(metrics, "monitor_top1_res")
-    assert sorted(monitor) == [0, 6, 12]
+    assert sorted(monitor) == [0, 10, last]
+    assert monitor[last]["monitor_top1_res"] > monitor[0]["monitor_top1_res"], monitor
     assert (out / "curves.png").stat().st_size > 0
-    for epoch, source in ((12, ["--ckpt", str(out / "final.pt")]),
+    for epoch, source in ((last, ["--ckpt", str(out / "final.pt")]),
                           (0, ["--random-init", "--model", "r3d-tiny", "--frames", "16", "--crop", "64", "--seed", "0"])):
         for view in ("res", "rgb"):
             r = CliRunner().invoke(main, ["eval", "retrieval", "--data", str(motion_data), *source, "--modality", view,
