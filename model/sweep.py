@@ -1,8 +1,8 @@
 """Several training runs side by side on one CPU machine (the demo's methods, a benchmark's seeds).
 
 The tiny presets' convolutions scale poorly over intra-op threads: on 2 cores one run trains 1.54x faster
-with 2 threads than with 1, but two one-thread runs side by side do 1.39x the work of one two-thread run
-(BENCHMARKS.md, "Several runs at once"). So on CPU `train_all` trains each run with one thread, ``jobs`` at a
+with 2 threads than with 1, but two one-thread runs side by side do 1.39x the steps of one two-thread run
+(1.26x end to end; BENCHMARKS.md, "Several runs at once"). So on CPU `train_all` trains each run with one thread, ``jobs`` at a
 time, in joblib's (loky) worker processes. A run's weights depend on its own config only (its seed and its
 thread count, `model/train.py`), never on which runs train beside it, how many at a time, or in which order:
 the same runs give bit-identical checkpoints with ``jobs`` 1 or 2. Each worker process ends with the process
@@ -11,7 +11,6 @@ Hand the runs longest first: workers take them in order, so the long one does no
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,8 +21,6 @@ from joblib import Parallel, delayed
 from ..pipeline import orphans
 from .config import TrainConfig
 from .train import train
-
-log = logging.getLogger(__name__)
 
 
 def cpu_cores() -> int:
