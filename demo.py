@@ -7,6 +7,7 @@ Every step resumes: a second ``iic demo`` reuses what the first one finished.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -20,10 +21,11 @@ from .pipeline.flow import FlowStageConfig, compute as compute_flow
 from .pipeline.flowcalc import FlowConfig
 from .pipeline.parallel import ParallelConfig
 from .pipeline.synth import SynthConfig, generate
-from .model.config import build_config
+from .model.config import TrainConfig, build_config
+from .model.distributed import cpu_threads
 from .model.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval, prefetch_features
 from .model.protocol import protocol_for
-from .model.sweep import cpu_cores, train_all
+from .model.sweep import TrainTask, cpu_cores, side_by_side
 from .model.train import METHOD_BUILDERS
 
 log = logging.getLogger(__name__)
@@ -82,28 +84,75 @@ def prepare_data(cfg: DemoConfig) -> None:
         raise RuntimeError(f"{flow.failed} synthetic videos failed flow: {flow.failures[0]}")
 
 
+def _cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+def _inputs(cfg: DemoConfig, method: str) -> tuple[str, ...]:
+    """The inputs a method's paper reports (DualVar: RGB only), of those the demo retrieves with."""
+    return tuple(m for m in cfg.retrieval_modalities if m in protocol_for(method).inputs)
+
+
+def _retrieval(cfg: DemoConfig, source: SourceConfig, cache: Path) -> RetrievalConfig:
+    # on CPU the features are computed beside training (one thread, no loader workers: the cores are busy)
+    return RetrievalConfig(data=cfg.processed, source=source, workers=0 if _cpu() else cfg.workers, cache=cache)
+
+
+def _run_source(cfg: DemoConfig, final: Path) -> tuple[SourceConfig, Path]:
+    return SourceConfig(ckpt=final, runs=cfg.runs), final.parent / "eval" / "features"
+
+
+def _baseline(cfg: DemoConfig, methods: tuple[str, ...]) -> tuple[SourceConfig, Path, tuple[str, ...]]:
+    """The random-init backbone (IIC's backbone and clips), its feature cache and the features its rows need
+    (each method's protocol)."""
+    iic = build_config(RUNS[0][1])
+    source = SourceConfig(ckpt=None, random_init=True, runs=cfg.runs, seed=cfg.seed, model=iic.model,
+                          frames=iic.frames, crop=iic.crop)
+    return source, cfg.runs / "demo-random-init" / "features", tuple(dict.fromkeys(protocol_for(m).feature for m in methods))
+
+
+def prefetch_run(cfg: DemoConfig, method: str, progress: bool, run: TrainConfig, final: Path) -> None:
+    """A trained run's features for the table, computed in the worker that trained it (`sweep.TrainTask`)."""
+    source, cache = _run_source(cfg, final)
+    with cpu_threads(1 if _cpu() else 0):
+        prefetch_features(_retrieval(cfg, source, cache), _inputs(cfg, method), (protocol_for(method).feature,), progress)
+
+
+def prefetch_baseline(cfg: DemoConfig, methods: tuple[str, ...], progress: bool) -> None:
+    """The random-init backbone's features: no training needed, so they fill a worker beside the runs."""
+    source, cache, features = _baseline(cfg, methods)
+    with cpu_threads(1 if _cpu() else 0):
+        prefetch_features(_retrieval(cfg, source, cache), cfg.retrieval_modalities, features, progress)
+
+
 def train_runs(cfg: DemoConfig) -> dict[str, tuple[str, Path]]:
-    """Train every demo configuration (skipping finished runs, resuming interrupted ones). On CPU each run
-    trains with one thread, loading its own clips (no loader workers: the cores are busy training), and
-    ``cfg.jobs`` of them side by side (0: one per core; `model/sweep.py`), so the table is the same on any CPU
-    machine; on CUDA one after another."""
+    """Train every demo configuration (skipping finished runs, resuming interrupted ones) and compute the
+    features the table needs. On CPU each run trains with one thread, loading its own clips (no loader
+    workers: the cores are busy training), and ``cfg.jobs`` of them side by side (0: one per core;
+    `model/sweep.py`), so the table is the same on any CPU machine; each worker then computes its run's
+    features, and the random-init backbone's fill a worker too, so no core waits for the longest run. On CUDA
+    one after another."""
     runs = [(name, preset, method) for name, preset, method in RUNS if method in METHOD_BUILDERS]
     for name, _, method in RUNS:
         if method not in METHOD_BUILDERS:
             log.warning("demo: %s skipped (method %s not available)", name, method)
-    cpu = not torch.cuda.is_available()
     cfgs = [build_config(preset, data=cfg.processed, out=cfg.runs / f"demo-{preset}", seed=cfg.seed, epochs=cfg.epochs,
-                         **({"threads": 1, "workers": 0} if cpu else {})) for _, preset, _ in runs]
-    jobs = (cfg.jobs or cpu_cores()) if cpu else 1
+                         **({"threads": 1, "workers": 0} if _cpu() else {})) for _, preset, _ in runs]
+    jobs = (cfg.jobs or cpu_cores()) if _cpu() else 1
     pending = [name for (name, _, _), c in zip(runs, cfgs) if not (Path(c.out) / "final.pt").exists()]
     if pending:
         _step(f"training {', '.join(pending)}" + (f", {min(jobs, len(pending))} at a time, one CPU thread each"
-                                                 if cpu and jobs > 1 else ""))
-
-    def done(c, final: Path, seconds: float) -> None:
-        log.info("demo: %s trained in %.0f s -> %s", c.out, seconds, final)
-
-    finals = train_all(cfgs, jobs, done)
+                                                 if _cpu() and jobs > 1 else ""))
+    methods = tuple(sorted({method for _, _, method in runs}))
+    alone = jobs <= 1  # progress bars only when nothing runs beside
+    tasks = [TrainTask(c, then=functools.partial(prefetch_run, cfg, method, alone)) for (_, _, method), c in zip(runs, cfgs)]
+    finals: list[Path] = [Path()] * len(runs)
+    for i, result, seconds in side_by_side([*tasks, functools.partial(prefetch_baseline, cfg, methods, alone)], jobs):
+        if i < len(runs):
+            finals[i] = result
+            log.info("demo: %s trained and encoded in %.0f s -> %s", runs[i][0], seconds, result)
+        else:
+            log.info("demo: random-init features in %.0f s", seconds)
     return {name: (method, final) for (name, _, method), final in zip(runs, finals)}
 
 
@@ -111,33 +160,20 @@ Row = tuple[str, str, dict[str, dict]]  # (name, method whose protocol scored it
 
 
 def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list[Row]:
-    """Each backbone's clips are decoded and encoded once (`prefetch_features`): every input view, and for the
-    random init every protocol's feature, fills its cache in that pass; each retrieval then reads its own."""
-    def base(source: SourceConfig, cache: Path) -> RetrievalConfig:
-        return RetrievalConfig(data=cfg.processed, source=source, workers=cfg.workers, cache=cache)
+    """Each backbone's clips were decoded and encoded once (`train_runs`): every input view, and for the
+    random init every protocol's feature, filled its cache in that pass; each retrieval reads its own."""
+    def run(source: SourceConfig, cache: Path, method: str, out: Path) -> dict[str, dict]:
+        base = _retrieval(cfg, source, cache)
+        return {m: evaluate_retrieval(dataclasses.replace(base, modality=m, out=out / m).with_protocol(method))
+                for m in _inputs(cfg, method)}
 
-    def inputs(method: str) -> tuple[str, ...]:  # the inputs the method's paper reports (DualVar: RGB only)
-        return tuple(m for m in cfg.retrieval_modalities if m in protocol_for(method).inputs)
-
-    def run(source: SourceConfig, method: str, out: Path, cache: Path) -> dict[str, dict]:
-        return {m: evaluate_retrieval(dataclasses.replace(base(source, cache), modality=m, out=out / m).with_protocol(method))
-                for m in inputs(method)}
-
-    rows = []
-    for name, (method, final) in finals.items():
-        source, cache = SourceConfig(ckpt=final, runs=cfg.runs), final.parent / "eval" / "features"
-        prefetch_features(base(source, cache), inputs(method), (protocol_for(method).feature,))
-        rows.append((name, method, run(source, method, final.parent / "eval", cache)))
-    iic = build_config(RUNS[0][1])  # the baseline is read against IIC's backbone and clips
-    baseline = SourceConfig(ckpt=None, random_init=True, runs=cfg.runs, seed=cfg.seed, model=iic.model, frames=iic.frames,
-                            crop=iic.crop)
-    methods = sorted({method for method, _ in finals.values()})
-    cache = cfg.runs / "demo-random-init" / "features"
-    prefetch_features(base(baseline, cache), cfg.retrieval_modalities,
-                      tuple(dict.fromkeys(protocol_for(m).feature for m in methods)))
+    rows = [(name, method, run(*_run_source(cfg, final), method, final.parent / "eval"))
+            for name, (method, final) in finals.items()]
+    methods = tuple(sorted({method for method, _ in finals.values()}))
+    source, cache, _ = _baseline(cfg, methods)
     for method in methods:
         rows.append((f"random init ({method} protocol)", method,
-                     run(baseline, method, cfg.runs / "demo-random-init" / method / "eval", cache)))
+                     run(source, cache, method, cfg.runs / "demo-random-init" / method / "eval")))
     return rows
 
 

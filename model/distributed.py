@@ -1,7 +1,10 @@
-"""Distributed helpers configured from torchrun's environment; world size 1 when not launched by it."""
+"""Distributed helpers configured from torchrun's environment (world size 1 when not launched by it), and
+the CPU thread count a piece of work runs with."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +20,19 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (0: leave the setting), then restore it. CPU results are
+    bit-identical only for the same count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def init_distributed(device_type: str) -> Dist:

@@ -141,7 +141,7 @@ def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: 
 
 def list_features(data: Path, split: int, src: BackboneSource, state: dict | None, views: tuple[str, ...],
                   features: tuple[str, ...], clips: int, cache: Path | None, device: str, batch_size: int, workers: int,
-                  skip_corrupt: bool = False) -> dict[str, FeatureSets]:
+                  skip_corrupt: bool = False, progress: bool = True) -> dict[str, FeatureSets]:
     """`feature_sets` of the train and the test list: each (view, feature) read from ``cache`` or extracted in
     one pass over the list's clips, with one backbone for both lists; refuses a checkpoint made for another
     list size first (`check_dataset_size`)."""
@@ -150,7 +150,7 @@ def list_features(data: Path, split: int, src: BackboneSource, state: dict | Non
     check_dataset_size(src, len(VideoStore(data).ok_rows(split, "train")), data, split)
     dev, backbone = resolve_device(device), load_backbone(src, state)
     return {subset: feature_sets(src, FeatureSpec(data, split, subset, views, features[0], clips), features, cache, dev,
-                                 batch_size, workers, backbone=backbone, skip_corrupt=skip_corrupt)
+                                 batch_size, workers, backbone=backbone, skip_corrupt=skip_corrupt, progress=progress)
             for subset in ("train", "test")}
 
 
@@ -160,15 +160,17 @@ def left_out(data: Path, split: int, features: dict[str, VideoFeatures]) -> dict
             for s, vf in features.items()}
 
 
-def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tuple[str, ...]) -> None:
+def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tuple[str, ...],
+                      progress: bool = True) -> None:
     """Fill ``cfg.cache`` with every (view, feature) of ``cfg``'s backbone for both lists, one pass over each
     list's clips, so that retrievals of any of them that follow (one per view, or the conv5 and pool
-    protocols of a random init) read their features instead of decoding and encoding every clip again."""
+    protocols of a random init) read their features instead of decoding and encoding every clip again.
+    ``progress=False``: no progress bars (work side by side)."""
     if cfg.cache is None:
         raise ValueError("prefetch_features needs a cache folder (RetrievalConfig.cache)")
     src, state = resolve_source(cfg.source)
     list_features(cfg.data, cfg.split, src, state, views, features, cfg.clips, Path(cfg.cache), cfg.device,
-                  cfg.batch_size, cfg.workers)
+                  cfg.batch_size, cfg.workers, progress=progress)
 
 
 def evaluate_retrieval(cfg: RetrievalConfig) -> dict:

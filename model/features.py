@@ -294,10 +294,11 @@ class FeatureSets:
 
 def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ...], cache_dir: Path | None,
                  device: torch.device, batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
-                 state: dict | None = None, skip_corrupt: bool = False) -> FeatureSets:
+                 state: dict | None = None, skip_corrupt: bool = False, progress: bool = True) -> FeatureSets:
     """Every (view, feature) of ``spec.views`` x ``features`` for ``spec``'s list: those in ``cache_dir`` read,
     the others extracted together in one pass over the clips and cached. ``skip_corrupt``: a video with a
-    corrupt clip is left out (NaN rows, listed) instead of stopping the extraction."""
+    corrupt clip is left out (NaN rows, listed) instead of stopping the extraction. ``progress=False``: no
+    progress bar (work side by side, `model/sweep.py`)."""
     spec.validate()
     for feature in features:
         dataclasses.replace(spec, feature=feature).validate()
@@ -320,7 +321,7 @@ def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ..
     views = tuple(dict.fromkeys(v for v, _ in missing))
     feats = tuple(dict.fromkeys(f for _, f in missing))
     new, rate, skipped = extract(backbone, dataset, views, feats, src.crop, device, batch_size, workers,
-                                 desc=f"{spec.subset} features")
+                                 desc=f"{spec.subset} features", progress=progress)
     log.info("extracted %s features of %s for %d %s videos x %d clips at %.1f clips/s", "+".join(feats),
              "+".join(views), dataset.n_videos, spec.subset, spec.clips, rate)
     for k, f in new.items():

@@ -8,13 +8,19 @@ thread count, `model/train.py`), never on which runs train beside it, how many a
 the same runs give bit-identical checkpoints with ``jobs`` 1 or 2. Each worker process ends with the process
 that started it (`pipeline/orphans.py`); a killed sweep resumes every unfinished run from its ``last.pt``.
 Hand the runs longest first: workers take them in order, so the long one does not start last.
+`side_by_side` runs any picklable tasks this way; a `TrainTask` can carry work that needs its run's weights
+(`iic demo` computes each run's retrieval features in the worker that trained it, so no core idles while
+the longest run ends).
 """
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from joblib import Parallel, delayed
 
@@ -22,6 +28,7 @@ from ..pipeline import orphans
 from .config import TrainConfig
 from .train import train
 
+T = TypeVar("T")
 
 def cpu_cores() -> int:
     """Cores this process may run on."""
@@ -31,10 +38,44 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _train_one(i: int, cfg: TrainConfig) -> tuple[int, Path, float]:
+def side_by_side(tasks: Sequence[Callable[[], T]], jobs: int) -> Iterator[tuple[int, T, float]]:
+    """Run every task (a picklable callable without arguments), ``jobs`` at a time in worker processes that end
+    with this one (``jobs`` <= 1 or a single task: one after another here); yields ``(index, result,
+    seconds)`` as each task ends. Workers take the tasks in the order given."""
+    if jobs <= 1 or len(tasks) <= 1:
+        yield from (_timed(i, t) for i, t in enumerate(tasks))
+        return
+    calls = (delayed(orphans.guarded)(_timed, os.getpid(), i, t) for i, t in enumerate(tasks))
+    with warnings.catch_warnings():
+        # loky's leak guard replaces a worker whose memory grew by 300 MB since its first task, and warns if
+        # tasks are waiting. A training run grows that much by design; the task had ended and returned its
+        # result, and the replacement takes the next one: nothing is lost, so the warning would only alarm.
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
+        yield from Parallel(n_jobs=min(jobs, len(tasks)), return_as="generator_unordered")(calls)
+
+
+def _timed(i: int, task: Callable[[], T]) -> tuple[int, T, float]:
     t0 = time.perf_counter()
-    final = train(cfg, resume=(Path(cfg.out) / "last.pt").exists(), progress=False)
-    return i, final, time.perf_counter() - t0
+    result = task()
+    return i, result, time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Train (or resume) one run, then call ``then(cfg, final)`` in the same process if given: work that needs
+    the finished weights (e.g. the evaluation's features) runs beside the other runs' training instead of
+    after all of them. Returns the final checkpoint."""
+
+    cfg: TrainConfig
+    then: Callable[[TrainConfig, Path], object] | None = None
+
+    def __call__(self) -> Path:
+        final = Path(self.cfg.out) / "final.pt"
+        if not final.exists():
+            final = train(self.cfg, resume=(Path(self.cfg.out) / "last.pt").exists(), progress=False)
+        if self.then is not None:
+            self.then(self.cfg, final)
+        return final
 
 
 def train_all(cfgs: Sequence[TrainConfig], jobs: int,
@@ -44,13 +85,8 @@ def train_all(cfgs: Sequence[TrainConfig], jobs: int,
     checkpoint, in the order of ``cfgs``. ``done(cfg, final, seconds)`` is called as each run ends."""
     finals = [Path(c.out) / "final.pt" for c in cfgs]
     pending = [i for i, f in enumerate(finals) if not f.exists()]
-    if jobs <= 1 or len(pending) <= 1:
-        results: Iterator = (_train_one(i, cfgs[i]) for i in pending)
-    else:
-        tasks = (delayed(orphans.guarded)(_train_one, os.getpid(), i, cfgs[i]) for i in pending)
-        results = Parallel(n_jobs=min(jobs, len(pending)), return_as="generator_unordered")(tasks)
-    for i, final, seconds in results:
-        finals[i] = final
+    for j, final, seconds in side_by_side([TrainTask(cfgs[i]) for i in pending], jobs):
+        finals[pending[j]] = final
         if done is not None:
-            done(cfgs[i], final, seconds)
+            done(cfgs[pending[j]], final, seconds)
     return finals

@@ -27,7 +27,8 @@ from tqdm import tqdm
 from . import checkpoint
 from .clips import ClipConfig, ClipDataset, CorruptTally, EpochSampler, clip_seed, collate_clips, worker_errors
 from .config import ConfigError, TrainConfig
-from .distributed import Dist, all_reduce_mean, barrier, cleanup, init_distributed, max_divergence, resolve_device
+from .distributed import (Dist, all_reduce_mean, barrier, cleanup, cpu_threads, init_distributed, max_divergence,
+                          resolve_device)
 from .dualvar import build_dualvar
 from .iic import build_iic
 from .monitor import Monitor
@@ -242,13 +243,8 @@ def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train; returns the path of the final checkpoint. See the module docstring for determinism.
     ``progress=False``: no progress bar (runs side by side, `model/sweep.py`)."""
-    threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with cpu_threads(cfg.threads):
         return _train(cfg, resume, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
