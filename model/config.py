@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .augment import SimCLRAugmentConfig
-from .names import HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, SCHEDULES
+from .names import HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, SCHEDULES, VIEW2_TIMES
 from .backbones import PRESETS as BACKBONE_PRESETS
 from .views import VIEWS, modalities_for
 
@@ -80,7 +80,8 @@ class TrainConfig:
     model: str = "r3d-10"  # a backbone preset name (model/backbones.py)
     view2: str = "res"
     neg: str = "repeat"  # intra-negative; none = the CMC baseline
-    head: str = "none"  # none (IIC paper) | mlp (512-512-128 + L2 norm, the authors' v2 code) | bn (centring BN)
+    view2_time: str = "same"  # IIC view 2 from the same clip as view 1 (paper) | other (another random time of the video)
+    head: str = "none"  # none (IIC paper) | mlp (512-512-128 + L2 norm, the authors' v2 code) | mlp-bn (+ BN in its hidden layer) | bn (centring BN)
     live_negative: bool = False  # also feed the current intra-negative (with gradient) as a logit
     positive: str = "bank"  # bank (paper: M2[y].f1) | live (f2.f1 of the same step; model/iic.py)
     batch_negatives: bool = False  # also contrast with the batch's other clips and intra-negatives (live)
@@ -127,7 +128,7 @@ class TrainConfig:
     @property
     def clips_per_sample(self) -> int:
         """Clips the loader reads per video and step: DualVar contrasts two random times of a video."""
-        return 2 if self.method == "dualvar" else 1
+        return 2 if self.method == "dualvar" or self.view2_time == "other" else 1
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -142,6 +143,7 @@ class TrainConfig:
             (self.threads >= 0, "need --threads >= 0 (0 = torch's default)"),
             (self.view2 in VIEWS, f"unknown view2 {self.view2!r}; choose one of {', '.join(VIEWS)}"),
             (self.neg in NEGATIVES, f"unknown neg {self.neg!r}; choose one of {', '.join(NEGATIVES)}"),
+            (self.view2_time in VIEW2_TIMES, f"unknown view2 time {self.view2_time!r}; choose one of {', '.join(VIEW2_TIMES)}"),
             (self.neg != "shuffle" or self.frames % 4 == 0, f"--neg shuffle needs frames divisible by 4, got {self.frames}"),
             (not (self.live_negative and self.neg == "none"), "--live-negative needs an intra-negative (--neg repeat|shuffle)"),
             (self.epochs >= 1 and self.batch_size >= 2, "need epochs >= 1 and batch size >= 2"),
@@ -165,6 +167,7 @@ class TrainConfig:
             (self.neg == "none", f"--neg {self.neg}: intra-negatives are an IIC option; DualVar takes --neg none"),
             (not self.live_negative, "--live-negative is an IIC memory-bank option; DualVar has no banks"),
             (self.head == "none", "--head is IIC's projection head; DualVar always has its own clip and series heads"),
+            (self.view2_time == "same", "--view2-time is an IIC option; DualVar always contrasts two times of a video"),
             (self.positive == "bank", "--positive is an IIC memory-bank option; DualVar has no banks"),
             (not self.batch_negatives, "--batch-negatives is an IIC option; DualVar contrasts its batch already"),
         ]

@@ -235,11 +235,20 @@ class CenterHead(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Optional MLP head of the authors' v2 code: D_in -> hidden -> D_out with ReLU, then L2 norm."""
+    """Optional MLP head of the authors' v2 code: D_in -> hidden -> D_out with ReLU, then L2 norm.
 
-    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128):
+    ``batchnorm=True`` (``--head mlp-bn``, not the authors') puts a BatchNorm in the hidden layer, as SimCLR's
+    head has: a fresh ReLU network maps every clip to nearly one direction (cosine ~0.95), so every logit
+    starts equal and the loss sits at chance until that common part is unlearnt, a plateau whose length
+    depends on the last bits of the arithmetic (BENCHMARKS.md, "Learning signal"). Centring the hidden
+    layer per batch removes it from the first step. The encoder normalises view 1 and its intra-negatives
+    as one batch (:class:`Encoder`), so what the intra-negatives share ("still", "shuffled") is not
+    subtracted from them."""
+
+    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128, batchnorm: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
+        norm = [nn.BatchNorm1d(hidden_dim)] if batchnorm else []
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), *norm, nn.ReLU(inplace=True),
                                  nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -252,21 +261,28 @@ class ProjectionHead(nn.Module):
 
 class Encoder(nn.Module):
     """Backbone (+ optional projection head). ``forward`` encodes each view in its own pass (per-view
-    BatchNorm statistics, as the official code) inside one call, so DDP sees one forward per backward."""
+    BatchNorm statistics, as the official code) inside one call, so DDP sees one forward per backward.
+    With a head that has BatchNorm (``mlp-bn``), view 1 (index 0) and the intra-negatives (index 2, made
+    from view 1) go through the head as one batch."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.backbone = build_backbone(backbone_preset(cfg.model))
         d = self.backbone.out_dim
-        self.head = {"none": None, "mlp": ProjectionHead(d), "bn": CenterHead(d)}[cfg.head]
-        self.out_dim = 128 if cfg.head == "mlp" else d
-
-    def embed(self, x: Tensor) -> Tensor:
-        f = self.backbone(x)["pool"]
-        return self.head(f) if self.head is not None else f
+        heads = {"none": lambda: None, "mlp": lambda: ProjectionHead(d), "mlp-bn": lambda: ProjectionHead(d, batchnorm=True),
+                 "bn": lambda: CenterHead(d)}
+        self.head = heads[cfg.head]()
+        self.joint_head = cfg.head == "mlp-bn"
+        self.out_dim = 128 if cfg.head.startswith("mlp") else d
 
     def forward(self, views: list[Tensor]) -> list[Tensor]:
-        return [self.embed(x) for x in views]
+        f = [self.backbone(x)["pool"] for x in views]
+        if self.head is None:
+            return f
+        if self.joint_head and len(f) == 3:
+            f1, fn = self.head(torch.cat([f[0], f[2]])).split([len(f[0]), len(f[2])])
+            return [f1, self.head(f[1]), fn]
+        return [self.head(x) for x in f]
 
 
 def augment_config(cfg: TrainConfig, train: bool = True) -> augment.AugmentConfig:
@@ -282,7 +298,10 @@ def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, g
     aug_cfg = augment_config(cfg)
     views = augment.apply(raw, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
     x1 = augment.view_input(views, "rgb")
-    if cfg.view2 == "rgb":  # RGB against RGB: the second view is another crop of the same clip
+    if cfg.view2_time == "other":  # view 2 from the loader's second clip (another time), with its own crop
+        second = {m: batch[f"{m}_1"] for m in cfg.modalities}
+        x2 = augment.view_input(augment.apply(second, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg), cfg.view2)
+    elif cfg.view2 == "rgb":  # RGB against RGB: the second view is another crop of the same clip
         x2 = augment.apply({"rgb": raw["rgb"]}, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)["rgb"]
     else:
         x2 = augment.view_input(views, cfg.view2)

@@ -342,3 +342,58 @@ def test_logits_and_bank_update_stay_fp32_under_autocast():
     assert inside == torch.bfloat16  # autocast was on
     assert seen == [torch.float32, torch.float32]  # z1, z2
     assert loss.dtype == torch.float32 and mem.M1.memory.dtype == torch.float32
+
+
+def test_mlp_bn_head_normalises_view_1_and_its_intra_negatives_as_one_batch():
+    """``--head mlp-bn``: BatchNorm in the head's hidden layer, with view 1 and the intra-negatives made from it
+    in one batch (what they share, e.g. "still", is kept) and view 2 in its own. The plain MLP head has no
+    batch statistics: each clip's output is its own."""
+    from iic.model.config import build_config
+    from iic.model.iic import Encoder
+
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.rand(4, 3, 4, 16, 16, generator=g) for _ in range(3)]
+    other_negatives = torch.rand(4, 3, 4, 16, 16, generator=g)
+    for head, joint in (("mlp-bn", True), ("mlp", False)):
+        torch.manual_seed(0)
+        net = Encoder(build_config("tiny", crop=16, frames=4, head=head)).train()
+        assert [type(m).__name__ for m in net.head.mlp].count("BatchNorm1d") == int(joint)
+        with torch.no_grad():
+            f1, f2, fn = net(clips)
+            g1, g2, gn = net([clips[0], clips[1], other_negatives])
+        assert f1.shape == fn.shape == (4, 128) and torch.allclose(f1.norm(dim=1), torch.ones(4))
+        # only view 1 shares the intra-negatives' batch; view 2 never does
+        assert torch.equal(f2, g2) and torch.equal(f1, g1) != joint
+    # inputs that share one direction (a fresh ReLU network's features): the BN head's outputs differ at once
+    x = 5.0 + 0.3 * torch.randn(16, 512, generator=g)
+    torch.manual_seed(0)
+    plain, bn = ProjectionHead().train()(x), ProjectionHead(batchnorm=True).train()(x)
+    assert F.cosine_similarity(plain[:1], plain[1:]).min() > 0.9
+    assert F.cosine_similarity(bn[:1], bn[1:]).abs().mean() < 0.5
+
+
+def test_view2_from_another_time_reads_the_loaders_second_clip():
+    """``--view2-time other``: the loader reads two clips per video and view 2 is made from the second (its own
+    crop); view 1 is the paper's step's."""
+    from iic.model.config import build_config
+    from iic.model.iic import Encoder, iic_step
+
+    g = torch.Generator().manual_seed(0)
+    clip = lambda: torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8, generator=g)  # noqa: E731
+    first, second = clip(), clip()
+    batch = {"rgb": first, "res": first, "rgb_1": second, "res_1": second, "index": torch.tensor([0, 3])}
+    seen = {}
+    for time in ("same", "other"):
+        cfg = build_config("tiny", crop=16, frames=4, view2_time=time)
+        assert cfg.clips_per_sample == (2 if time == "other" else 1)
+        net = Encoder(cfg)
+        net.register_forward_pre_hook(lambda module, args, t=time: seen.__setitem__(t, [x.clone() for x in args[0]]))
+        iic_step(net, IICMemory(6, net.out_dim, K=0, positive="live", batch_negatives=True), batch, cfg,
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(seen["same"][0], seen["other"][0]) and not torch.equal(seen["same"][1], seen["other"][1])
+    without_second = {k: v for k, v in batch.items() if not k.endswith("_1")}
+    with pytest.raises(KeyError):
+        iic_step(net, IICMemory(6, net.out_dim, K=0, positive="live", batch_negatives=True), without_second, cfg,
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    with pytest.raises(ValueError, match="view2-time is an IIC option"):
+        build_config("dualvar-tiny", view2_time="other")
