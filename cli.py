@@ -303,7 +303,7 @@ def main(verbose: bool) -> None:
               help="IIC's view 2 from the frames of view 1 (same, the paper's) or another random time of the video.")
 @click.option("--head", type=click.Choice(HEADS), default=None,
               help="none (paper), mlp (512-512-128 + L2, authors' v2 code), mlp-bn (+ BatchNorm in its hidden "
-                   "layer) or bn (centring BatchNorm).")
+                   "layer), mlp-bn-out (+ also a centring one on its output) or bn (centring BatchNorm).")
 @click.option("--positive", type=click.Choice(POSITIVES), default=None,
               help="IIC positive: the other view's bank row (paper) or its feature of the same step.")
 @click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")

@@ -62,7 +62,7 @@ class DemoConfig:
 
 # (row name, preset, method); DualVar joins when its method is registered.
 # IIC with shuffle negatives (`tiny-shuffle`) is in bench/bench_learning.py, not here: the demo stays within
-# ~13 minutes on 2 cores.
+# ~11 minutes on 2 cores.
 RUNS = (("IIC (repeat)", "tiny", "iic"), ("CMC baseline", "cmc-tiny", "iic"), ("DualVar", "dualvar-tiny", "dualvar"))
 
 

@@ -81,7 +81,7 @@ class TrainConfig:
     view2: str = "res"
     neg: str = "repeat"  # intra-negative; none = the CMC baseline
     view2_time: str = "same"  # IIC view 2 from the same clip as view 1 (paper) | other (another random time of the video)
-    head: str = "none"  # none (IIC paper) | mlp (512-512-128 + L2 norm, the authors' v2 code) | mlp-bn (+ BN in its hidden layer) | bn (centring BN)
+    head: str = "none"  # none (IIC paper) | mlp (512-512-128 + L2 norm, the authors' v2 code) | mlp-bn (+ BN in its hidden layer) | mlp-bn-out (+ centring BN at the end) | bn (centring BN)
     live_negative: bool = False  # also feed the current intra-negative (with gradient) as a logit
     positive: str = "bank"  # bank (paper: M2[y].f1) | live (f2.f1 of the same step; model/iic.py)
     batch_negatives: bool = False  # also contrast with the batch's other clips and intra-negatives (live)

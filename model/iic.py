@@ -245,11 +245,15 @@ class ProjectionHead(nn.Module):
     as one batch (:class:`Encoder`), so what the intra-negatives share ("still", "shuffled") is not
     subtracted from them."""
 
-    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128, batchnorm: bool = False):
+    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128, batchnorm: bool = False,
+                 center_out: bool = False):
         super().__init__()
         norm = [nn.BatchNorm1d(hidden_dim)] if batchnorm else []
+        # center_out (``--head mlp-bn-out``): an affine-free BatchNorm on the output too, as SimCLR v2's head,
+        # so the head cannot map every clip to one point (the constant a bias could learn is removed)
+        out = [nn.BatchNorm1d(out_dim, affine=False)] if center_out else []
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), *norm, nn.ReLU(inplace=True),
-                                 nn.Linear(hidden_dim, out_dim))
+                                 nn.Linear(hidden_dim, out_dim), *out)
 
     def forward(self, x: Tensor) -> Tensor:
         return l2_normalize(self.mlp(x))
@@ -270,9 +274,9 @@ class Encoder(nn.Module):
         self.backbone = build_backbone(backbone_preset(cfg.model))
         d = self.backbone.out_dim
         heads = {"none": lambda: None, "mlp": lambda: ProjectionHead(d), "mlp-bn": lambda: ProjectionHead(d, batchnorm=True),
-                 "bn": lambda: CenterHead(d)}
+                 "mlp-bn-out": lambda: ProjectionHead(d, batchnorm=True, center_out=True), "bn": lambda: CenterHead(d)}
         self.head = heads[cfg.head]()
-        self.joint_head = cfg.head == "mlp-bn"
+        self.joint_head = cfg.head.startswith("mlp-bn")
         self.out_dim = 128 if cfg.head.startswith("mlp") else d
 
     def forward(self, views: list[Tensor]) -> list[Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 METHODS = ("iic", "dualvar")
 NEGATIVES = ("repeat", "shuffle", "reverse", "none")  # IIC intra-negatives (reverse: not the paper's); none = CMC
-HEADS = ("none", "mlp", "mlp-bn", "bn")  # model/iic.py: ProjectionHead, CenterHead
+HEADS = ("none", "mlp", "mlp-bn", "mlp-bn-out", "bn")  # model/iic.py: ProjectionHead, CenterHead
 VIEW2_TIMES = ("same", "other")  # IIC's view 2: the frames of view 1 (paper) or another random time of the video
 POSITIVES = ("bank", "live")  # model/iic.py: IICMemory
 SCHEDULES = ("multistep", "cosine")

@@ -345,19 +345,19 @@ def test_logits_and_bank_update_stay_fp32_under_autocast():
 
 
 def test_mlp_bn_head_normalises_view_1_and_its_intra_negatives_as_one_batch():
-    """``--head mlp-bn``: BatchNorm in the head's hidden layer, with view 1 and the intra-negatives made from it
-    in one batch (what they share, e.g. "still", is kept) and view 2 in its own. The plain MLP head has no
-    batch statistics: each clip's output is its own."""
+    """``--head mlp-bn``: BatchNorm in the head's hidden layer (``mlp-bn-out``: and a centring one at its end),
+    with view 1 and the intra-negatives made from it in one batch (what they share, e.g. "still", is kept) and
+    view 2 in its own. The plain MLP head has no batch statistics: each clip's output is its own."""
     from iic.model.config import build_config
     from iic.model.iic import Encoder
 
     g = torch.Generator().manual_seed(0)
     clips = [torch.rand(4, 3, 4, 16, 16, generator=g) for _ in range(3)]
     other_negatives = torch.rand(4, 3, 4, 16, 16, generator=g)
-    for head, joint in (("mlp-bn", True), ("mlp", False)):
+    for head, joint, norms in (("mlp-bn", True, 1), ("mlp-bn-out", True, 2), ("mlp", False, 0)):
         torch.manual_seed(0)
         net = Encoder(build_config("tiny", crop=16, frames=4, head=head)).train()
-        assert [type(m).__name__ for m in net.head.mlp].count("BatchNorm1d") == int(joint)
+        assert [type(m).__name__ for m in net.head.mlp].count("BatchNorm1d") == norms
         with torch.no_grad():
             f1, f2, fn = net(clips)
             g1, g2, gn = net([clips[0], clips[1], other_negatives])
