@@ -238,12 +238,11 @@ class ProjectionHead(nn.Module):
     """Optional MLP head of the authors' v2 code: D_in -> hidden -> D_out with ReLU, then L2 norm.
 
     ``batchnorm=True`` (``--head mlp-bn``, not the authors') puts a BatchNorm in the hidden layer, as SimCLR's
-    head has: a fresh ReLU network maps every clip to nearly one direction (cosine ~0.95), so every logit
-    starts equal and the loss sits at chance until that common part is unlearnt, a plateau whose length
-    depends on the last bits of the arithmetic (BENCHMARKS.md, "Learning signal"). Centring the hidden
-    layer per batch removes it from the first step. The encoder normalises view 1 and its intra-negatives
-    as one batch (:class:`Encoder`), so what the intra-negatives share ("still", "shuffled") is not
-    subtracted from them."""
+    head has: a fresh ReLU network maps every clip to nearly one direction (cosine ~0.95), and centring the
+    hidden layer per batch removes that from the first step. The encoder normalises view 1 and its
+    intra-negatives as one batch (:class:`Encoder`), so what the intra-negatives share ("still", "shuffled")
+    is not subtracted from them. Measured against the tiny recipe's chance plateau (BENCHMARKS.md, session
+    19): it does not shorten it and does not raise retrieval; an ablation option, in no preset."""
 
     def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128, batchnorm: bool = False,
                  center_out: bool = False):
@@ -279,14 +278,16 @@ class Encoder(nn.Module):
         self.joint_head = cfg.head.startswith("mlp-bn")
         self.out_dim = 128 if cfg.head.startswith("mlp") else d
 
+    def embed(self, x: Tensor) -> Tensor:
+        f = self.backbone(x)["pool"]
+        return self.head(f) if self.head is not None else f
+
     def forward(self, views: list[Tensor]) -> list[Tensor]:
+        if not (self.joint_head and len(views) == 3):
+            return [self.embed(x) for x in views]  # the order of operations of every earlier run, kept
         f = [self.backbone(x)["pool"] for x in views]
-        if self.head is None:
-            return f
-        if self.joint_head and len(f) == 3:
-            f1, fn = self.head(torch.cat([f[0], f[2]])).split([len(f[0]), len(f[2])])
-            return [f1, self.head(f[1]), fn]
-        return [self.head(x) for x in f]
+        f1, fn = self.head(torch.cat([f[0], f[2]])).split([len(f[0]), len(f[2])])
+        return [f1, self.head(f[1]), fn]
 
 
 def augment_config(cfg: TrainConfig, train: bool = True) -> augment.AugmentConfig:
