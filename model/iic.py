@@ -247,6 +247,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128, batchnorm: bool = False,
                  center_out: bool = False):
         super().__init__()
+        self.out_dim, self.batchnorm = out_dim, batchnorm
         norm = [nn.BatchNorm1d(hidden_dim)] if batchnorm else []
         # center_out (``--head mlp-bn-out``): an affine-free BatchNorm on the output too, as SimCLR v2's head,
         # so the head cannot map every clip to one point (the constant a bias could learn is removed)
@@ -262,6 +263,15 @@ class ProjectionHead(nn.Module):
 # the method for train.py's loop: network, step, build
 
 
+def make_head(name: str, dim: int) -> nn.Module | None:
+    """The projection head ``--head name`` on ``dim``-d pooled features (None: the paper's, no head)."""
+    if name == "none":
+        return None
+    if name == "bn":
+        return CenterHead(dim)
+    return ProjectionHead(dim, batchnorm=name in ("mlp-bn", "mlp-bn-out"), center_out=name == "mlp-bn-out")
+
+
 class Encoder(nn.Module):
     """Backbone (+ optional projection head). ``forward`` encodes each view in its own pass (per-view
     BatchNorm statistics, as the official code) inside one call, so DDP sees one forward per backward.
@@ -272,11 +282,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone = build_backbone(backbone_preset(cfg.model))
         d = self.backbone.out_dim
-        heads = {"none": lambda: None, "mlp": lambda: ProjectionHead(d), "mlp-bn": lambda: ProjectionHead(d, batchnorm=True),
-                 "mlp-bn-out": lambda: ProjectionHead(d, batchnorm=True, center_out=True), "bn": lambda: CenterHead(d)}
-        self.head = heads[cfg.head]()
-        self.joint_head = cfg.head.startswith("mlp-bn")
-        self.out_dim = 128 if cfg.head.startswith("mlp") else d
+        self.head = make_head(cfg.head, d)
+        self.joint_head = getattr(self.head, "batchnorm", False)  # batch statistics in the head: one batch for view 1 + negatives
+        self.out_dim = getattr(self.head, "out_dim", d)
 
     def embed(self, x: Tensor) -> Tensor:
         f = self.backbone(x)["pool"]
@@ -301,6 +309,8 @@ def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, g
     B = raw["rgb"].shape[0]
     hw = augment.batch_hw(batch)
     aug_cfg = augment_config(cfg)
+    if cfg.view2_time == "other":  # view 2 comes from the second clip: only RGB is needed of the first
+        raw = {"rgb": raw["rgb"]}
     views = augment.apply(raw, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
     x1 = augment.view_input(views, "rgb")
     if cfg.view2_time == "other":  # view 2 from the loader's second clip (another time), with its own crop

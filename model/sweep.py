@@ -30,6 +30,7 @@ from .train import train
 
 T = TypeVar("T")
 
+
 def cpu_cores() -> int:
     """Cores this process may run on."""
     try:
