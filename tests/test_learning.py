@@ -95,6 +95,16 @@ def _weights(path: Path) -> dict:
     return {**{f"model.{k}": v for k, v in ckpt["model"].items()}, **{f"memory.{k}": v for k, v in ckpt["memory"].items()}}
 
 
+def _divergence(run_a: Path, run_b: Path, a: dict, b: dict) -> str:
+    """What differs between two runs of one command: the logged losses (where the runs part) and the tensors."""
+    losses = [[(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r] for d in (run_a, run_b)]
+    parted = next((sa for (sa, la), (_, lb) in zip(*losses) if la != lb), None)
+    tensors = sorted(((float((a[k].double() - b[k].double()).abs().max()), k) for k in a if not torch.equal(a[k], b[k])),
+                     reverse=True)
+    return (f"losses first differ at logged step {parted} ({losses}); {len(tensors)} of {len(a)} tensors differ, "
+            f"largest: {tensors[:5]}")
+
+
 def test_same_command_same_weights_in_pytest_and_in_a_fresh_process(motion_data, tmp_path):
     """The in-pytest divergence seen before: a test module's fixture had set torch to 1 thread, and CPU
     convolutions sum in a thread-count-dependent order. ``--threads`` pins the count, so the run in this
@@ -115,7 +125,7 @@ def test_same_command_same_weights_in_pytest_and_in_a_fresh_process(motion_data,
     finally:
         torch.set_num_threads(before)
     fresh, here, one = (_weights(tmp_path / d / "final.pt") for d in ("fresh", "here", "one"))
-    assert all(torch.equal(fresh[k], here[k]) for k in fresh)
+    assert all(torch.equal(fresh[k], here[k]) for k in fresh), _divergence(tmp_path / "fresh", tmp_path / "here", fresh, here)
     assert checkpoint.load(tmp_path / "one" / "final.pt")["cpu_threads"] == 1
     # the cause: the same run on 1 thread instead of 2 ends with other weights
     assert not all(torch.equal(fresh[k], one[k]) for k in fresh)
