@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .model.names import FEATURES, HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, SCHEDULES, VIEW2_TIMES  # torch-free
+from .model.names import FEATURES, HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, RGB_AUGS, SCHEDULES, VIEW2_TIMES  # torch-free
 from .model.views import EVAL_VIEWS, VIEWS  # torch-free
 from .pipeline.datasets import DATASETS  # no OpenCV, h5py or joblib
 from .pipeline.names import BACKENDS, FLOW_METHODS  # no OpenCV, h5py or joblib
@@ -301,6 +301,8 @@ def main(verbose: bool) -> None:
 @click.option("--neg", type=click.Choice(NEGATIVES), default=None, help="Intra-negative (none = CMC).")
 @click.option("--view2-time", type=click.Choice(VIEW2_TIMES), default=None,
               help="IIC's view 2 from the frames of view 1 (same, the paper's) or another random time of the video.")
+@click.option("--rgb-aug", type=click.Choice(RGB_AUGS), default=None,
+              help="IIC's RGB views: random crop only (paper) or also SimCLR's colour jitter, grayscale and blur.")
 @click.option("--head", type=click.Choice(HEADS), default=None,
               help="none (paper), mlp (512-512-128 + L2, authors' v2 code), mlp-bn (+ BatchNorm in its hidden "
                    "layer), mlp-bn-out (+ also a centring one on its output) or bn (centring BatchNorm).")
@@ -338,7 +340,7 @@ def main(verbose: bool) -> None:
               help="Leave out clips whose stored bytes are damaged (each video said once, counted at the end) "
                    "instead of stopping at the first; one process only.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, view2_time, head, positive, live_negative, batch_negatives,
+def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, view2_time, rgb_aug, head, positive, live_negative, batch_negatives,
               frames, stride, dualvar_opts, crop, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, K, tau, m, monitor_every,
               workers, device, threads, amp, seed, skip_corrupt, resume) -> None:
     """Self-supervised pretraining (IIC; DualVar with --method dualvar).
@@ -357,7 +359,7 @@ def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, view
     out = out or DEFAULT_DATA / "runs" / (preset or method or "iic")
     try:
         cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
-                           view2_time=view2_time,
+                           view2_time=view2_time, rgb_aug=rgb_aug,
                            head=head, positive=positive, live_negative=live_negative,
                            batch_negatives=batch_negatives, frames=frames, stride=stride,
                            dualvar=parse_dualvar_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,

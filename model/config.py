@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .augment import SimCLRAugmentConfig
-from .names import HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, SCHEDULES, VIEW2_TIMES
+from .names import HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, RGB_AUGS, SCHEDULES, VIEW2_TIMES
 from .backbones import PRESETS as BACKBONE_PRESETS
 from .views import VIEWS, modalities_for
 
@@ -81,6 +81,7 @@ class TrainConfig:
     view2: str = "res"
     neg: str = "repeat"  # intra-negative; none = the CMC baseline
     view2_time: str = "same"  # IIC view 2 from the same clip as view 1 (paper) | other (another random time of the video)
+    rgb_aug: str = "none"  # IIC's RGB views: crop only (paper) | simclr (+ colour jitter, grayscale, blur: `simclr` below)
     head: str = "none"  # none (IIC paper) | mlp (512-512-128 + L2 norm, the authors' v2 code) | mlp-bn (+ BN in its hidden layer) | mlp-bn-out (+ centring BN at the end) | bn (centring BN)
     live_negative: bool = False  # also feed the current intra-negative (with gradient) as a logit
     positive: str = "bank"  # bank (paper: M2[y].f1) | live (f2.f1 of the same step; model/iic.py)
@@ -89,7 +90,7 @@ class TrainConfig:
     tau: float = 0.07
     m: float = 0.5
     # DualVar (used when method == "dualvar"): the objective, and SimCLR's augmentation (its crop and flip
-    # are always ``crop`` / ``flip`` above: __post_init__ makes them so)
+    # are always ``crop`` / ``flip`` above: __post_init__ makes them so; IIC uses it with --rgb-aug simclr)
     dualvar: DualVarConfig = DualVarConfig()
     simclr: SimCLRAugmentConfig = SimCLRAugmentConfig()
     # optimisation (IIC: SGD 0.01, momentum 0.9, wd 1e-4, batch 16, 240 epochs, x0.2 at 45/90/125/160)
@@ -143,6 +144,7 @@ class TrainConfig:
             (self.threads >= 0, "need --threads >= 0 (0 = torch's default)"),
             (self.view2 in VIEWS, f"unknown view2 {self.view2!r}; choose one of {', '.join(VIEWS)}"),
             (self.neg in NEGATIVES, f"unknown neg {self.neg!r}; choose one of {', '.join(NEGATIVES)}"),
+            (self.rgb_aug in RGB_AUGS, f"unknown RGB augmentation {self.rgb_aug!r}; choose one of {', '.join(RGB_AUGS)}"),
             (self.view2_time in VIEW2_TIMES, f"unknown view2 time {self.view2_time!r}; choose one of {', '.join(VIEW2_TIMES)}"),
             (self.neg != "shuffle" or self.frames % 4 == 0, f"--neg shuffle needs frames divisible by 4, got {self.frames}"),
             (not (self.live_negative and self.neg == "none"), "--live-negative needs an intra-negative (--neg repeat|shuffle)"),
@@ -168,6 +170,7 @@ class TrainConfig:
             (not self.live_negative, "--live-negative is an IIC memory-bank option; DualVar has no banks"),
             (self.head == "none", "--head is IIC's projection head; DualVar always has its own clip and series heads"),
             (self.view2_time == "same", "--view2-time is an IIC option; DualVar always contrasts two times of a video"),
+            (self.rgb_aug == "none", "--rgb-aug is an IIC option; DualVar always applies its SimCLR augmentation"),
             (self.positive == "bank", "--positive is an IIC memory-bank option; DualVar has no banks"),
             (not self.batch_negatives, "--batch-negatives is an IIC option; DualVar contrasts its batch already"),
         ]

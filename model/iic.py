@@ -302,22 +302,31 @@ def augment_config(cfg: TrainConfig, train: bool = True) -> augment.AugmentConfi
     return augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, train=train)
 
 
+def augment_views(clips: dict[str, Tensor], batch: dict, cfg: TrainConfig, gen: torch.Generator,
+                  device: torch.device) -> dict[str, Tensor]:
+    """Crop every modality of ``clips`` with one window per sample (the paper's augmentation); with
+    ``--rgb-aug simclr`` also SimCLR's colour jitter, grayscale and blur on the RGB clip (``cfg.simclr``)."""
+    B, hw = next(iter(clips.values())).shape[0], augment.batch_hw(batch)
+    if cfg.rgb_aug == "simclr":
+        return augment.apply_simclr(clips, augment.sample_simclr_params(B, hw, cfg.simclr, gen, device), cfg.simclr)
+    aug_cfg = augment_config(cfg)
+    return augment.apply(clips, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
+
+
 def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, gen: torch.Generator,
              device: torch.device) -> Tensor:
-    """One IIC loss on a batch of uint8 clips already on ``device``."""
+    """One IIC loss on a batch of uint8 clips already on ``device``. The intra-negative is made from view 1 as
+    augmented, so it keeps view 1's colours."""
     raw = {m: batch[m] for m in cfg.modalities}
-    B = raw["rgb"].shape[0]
-    hw = augment.batch_hw(batch)
-    aug_cfg = augment_config(cfg)
     if cfg.view2_time == "other":  # view 2 comes from the second clip: only RGB is needed of the first
         raw = {"rgb": raw["rgb"]}
-    views = augment.apply(raw, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)
+    views = augment_views(raw, batch, cfg, gen, device)
     x1 = augment.view_input(views, "rgb")
     if cfg.view2_time == "other":  # view 2 from the loader's second clip (another time), with its own crop
         second = {m: batch[f"{m}_1"] for m in cfg.modalities}
-        x2 = augment.view_input(augment.apply(second, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg), cfg.view2)
+        x2 = augment.view_input(augment_views(second, batch, cfg, gen, device), cfg.view2)
     elif cfg.view2 == "rgb":  # RGB against RGB: the second view is another crop of the same clip
-        x2 = augment.apply({"rgb": raw["rgb"]}, augment.sample_params(B, hw, aug_cfg, gen, device), aug_cfg)["rgb"]
+        x2 = augment_views({"rgb": raw["rgb"]}, batch, cfg, gen, device)["rgb"]
     else:
         x2 = augment.view_input(views, cfg.view2)
     xs = [x1, x2] + ([intra_negative(x1, cfg.neg, gen)] if cfg.neg != "none" else [])

@@ -7,6 +7,7 @@ METHODS = ("iic", "dualvar")
 NEGATIVES = ("repeat", "shuffle", "reverse", "none")  # IIC intra-negatives (reverse: not the paper's); none = CMC
 HEADS = ("none", "mlp", "mlp-bn", "mlp-bn-out", "bn")  # model/iic.py: ProjectionHead, CenterHead
 VIEW2_TIMES = ("same", "other")  # IIC's view 2: the frames of view 1 (paper) or another random time of the video
+RGB_AUGS = ("none", "simclr")  # IIC's RGB view: crop only (paper) | + SimCLR's colour jitter, grayscale, blur
 POSITIVES = ("bank", "live")  # model/iic.py: IICMemory
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd", "adam")

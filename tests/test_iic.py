@@ -397,3 +397,34 @@ def test_view2_from_another_time_reads_the_loaders_second_clip():
                  torch.Generator().manual_seed(0), torch.device("cpu"))
     with pytest.raises(ValueError, match="view2-time is an IIC option"):
         build_config("dualvar-tiny", view2_time="other")
+
+
+def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual():
+    """``--rgb-aug simclr``: SimCLR's colour jitter, grayscale and blur on the RGB view only. The crop window
+    is the paper step's (drawn first from the same generator), so the residual view is unchanged; the
+    intra-negative is made from the recoloured view 1."""
+    from iic.model.config import build_config
+    from iic.model.iic import Encoder, iic_step
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 255, (8, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
+    res = torch.randint(0, 255, (8, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
+    batch = {"rgb": rgb, "res": res, "index": torch.arange(8)}
+    seen = {}
+    for aug in ("none", "simclr"):
+        cfg = build_config("tiny", crop=16, frames=4, rgb_aug=aug)
+        net = Encoder(cfg)
+        net.register_forward_pre_hook(lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]]))
+        iic_step(net, IICMemory(8, net.out_dim, K=0, positive="live", batch_negatives=True), batch, cfg,
+                 torch.Generator().manual_seed(0), torch.device("cpu"))
+    (v1, v2, neg), (w1, w2, wneg) = seen["none"], seen["simclr"]
+    assert torch.equal(v2, w2)  # the residual view: same window, no colour change
+    changed = (v1 - w1).abs().flatten(1).amax(1) > 1e-3
+    assert bool(changed.any())  # recoloured samples (jitter p = 0.8, grey 0.2, blur 0.5)
+    # repeat negatives: one frame of the recoloured view 1, repeated
+    assert torch.equal(wneg, wneg[:, :, :1].expand_as(wneg))
+    assert all(any(torch.equal(wneg[b, :, 0], w1[b, :, t]) for t in range(4)) for b in range(8))
+    with pytest.raises(ValueError, match="rgb-aug is an IIC option"):
+        build_config("dualvar-tiny", rgb_aug="simclr")
+    with pytest.raises(ValueError, match="unknown RGB augmentation"):
+        build_config("tiny", rgb_aug="strong")
