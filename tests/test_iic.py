@@ -417,7 +417,7 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
         net.register_forward_pre_hook(lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]]))
         iic_step(net, IICMemory(8, net.out_dim, K=0, positive="live", batch_negatives=True), batch, cfg,
                  torch.Generator().manual_seed(0), torch.device("cpu"))
-    (v1, v2, neg), (w1, w2, wneg) = seen["none"], seen["simclr"]
+    (v1, v2, _), (w1, w2, wneg) = seen["none"], seen["simclr"]
     assert torch.equal(v2, w2)  # the residual view: same window, no colour change
     changed = (v1 - w1).abs().flatten(1).amax(1) > 1e-3
     assert bool(changed.any())  # recoloured samples (jitter p = 0.8, grey 0.2, blur 0.5)
