@@ -14,9 +14,10 @@ of the listed clips (the rest are "missing"), then times, in one process:
 Peak memory is the process's peak resident set (``ru_maxrss``) after each phase (it only grows).
 
 With ``--identity-shards N``, also ``identity``: N shards of 64 videos whose streams hold 300 one-byte "frames"
-(offsets and CRC32s as real ones), then `VideoStore.identity` (one read of the offsets and CRC32s per video:
-what ``iic train`` records for --resume and the feature cache keys on), timed per video; then asked again by
-a new store of the same unchanged folder (a stat of each file: the process keeps what it computed).
+(offsets and CRC32s as real ones), then `VideoStore.identity` (what ``iic train`` records for --resume and the
+feature cache keys on: one stored digest per shard), timed per video, beside `VideoStore.legacy_identity` (the
+form before: one read of the offsets and CRC32s per video); then asked again by a new store of the same
+unchanged folder (a stat of each file: the process keeps what it computed).
 
     python bench/bench_k400_plan.py --work /tmp/k400-plan                  # 650,000 rows, no files
     python bench/bench_k400_plan.py --work /tmp/k400-plan --files 0.95     # + 617,500 empty files
@@ -106,6 +107,9 @@ def identity(data: Path, n_shards: int) -> dict:
     write_manifest(data / "manifest.csv", rows)
     (data / "dataset.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "dataset": "kinetics700",
                                                    "size": {"short_side": 128}, "classes": ["c"]}))
+    t0 = time.perf_counter()  # the form before per-shard digests (every video's items read), for the ratio
+    VideoStore(data).legacy_identity()
+    legacy = time.perf_counter() - t0
     t0 = time.perf_counter()
     first = VideoStore(data).identity()
     seconds = time.perf_counter() - t0
@@ -113,8 +117,10 @@ def identity(data: Path, n_shards: int) -> dict:
     again = VideoStore(data)
     assert again.identity() == first
     repeat = time.perf_counter() - t0
-    return {"identity_videos": len(rows), "identity_s": round(seconds, 2),
-            "identity_ms_per_video": round(1000 * seconds / len(rows), 3),
+    return {"identity_videos": len(rows), "identity_s": round(seconds, 3),
+            "identity_ms_per_video": round(1000 * seconds / len(rows), 4),
+            "legacy_identity_s": round(legacy, 2), "legacy_ms_per_video": round(1000 * legacy / len(rows), 3),
+            "legacy_over_digests": round(legacy / seconds, 1),
             "identity_again_s": round(repeat, 3), "identity_again_ms_per_video": round(1000 * repeat / len(rows), 4)}
 
 

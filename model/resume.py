@@ -25,6 +25,16 @@ def data_identity(data: Path, flow: bool) -> dict:
         store.close()
 
 
+def legacy_identity(data: Path, flow: bool) -> str:
+    """The identity versions before per-shard digests recorded (`VideoStore.legacy_identity`: reads every
+    video), so that their checkpoints still resume; asked only when the current identity does not match."""
+    store = VideoStore(data)
+    try:
+        return store.legacy_identity(flow)
+    finally:
+        store.close()
+
+
 def refuse_existing(last: Path, what: str) -> None:
     """A fresh run must not write over ``what`` that a ``last.pt`` there says is already in its folder."""
     if last.exists():
@@ -67,7 +77,7 @@ def check_data(saved: dict, saved_data: str, data: Path, path: Path) -> None:
                                   "use the same --data or a new --out")
         return
     now = data_identity(data, bool(saved.get("flow")))
-    if now["identity"] != saved.get("identity"):
+    if now["identity"] != saved.get("identity") and saved.get("identity") != legacy_identity(data, bool(saved.get("flow"))):
         where = "changed since" if same_path(saved.get("path"), data) else "is not the dataset"
         raise CheckpointError(f"--resume: the data in {data} {where} {path} was trained on ({saved.get('path')}, "
                               f"identity {saved.get('identity')} -> {now['identity']}): use that data or a new --out")

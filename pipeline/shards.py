@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,23 @@ CRC_SUFFIX = "_crc32"
 def checksums(items: Iterable) -> np.ndarray:
     """uint32 CRC32 of each bytes-like item (encoded frames; C-contiguous arrays)."""
     return np.array([zlib.crc32(x) for x in items], np.uint32)
+
+
+# What `VideoStore.identity` hashes of each video: the byte offsets and CRC32s of its stored frame streams.
+IDENTITY_ITEMS = tuple(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX))
+
+
+def content_digest(videos: Iterable[tuple[str, dict[str, np.ndarray]]]) -> str:
+    """Digest of a shard's content from ``(video id, {item: array})`` in slot order: for each video, each of
+    its `IDENTITY_ITEMS` (the size and checksum of every compressed frame). `ShardWriter.commit` stores it as
+    the shard's ``content_digest`` attribute; `VideoStore.identity` recomputes it for shards without one."""
+    h = hashlib.sha256()
+    for video_id, arrays in videos:
+        for name in IDENTITY_ITEMS:
+            if name in arrays:
+                h.update(f"{video_id}/{name}".encode())
+                h.update(np.ascontiguousarray(arrays[name], np.int64).tobytes())
+    return h.hexdigest()
 
 
 def bad_frames(data: bytes | memoryview, offsets: np.ndarray, crcs: np.ndarray) -> list[int]:
@@ -249,6 +266,7 @@ class ShardWriter:
         self.file = h5py.File(self.tmp, "w", libver="latest")
         self.file.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **attrs})
         self.committed = False
+        self.items: dict[int, dict[str, np.ndarray]] = {}  # slot -> offsets and CRC32s, for the content digest
 
     def add_stream(self, slot: int, name: str, encoded: Sequence[bytes]) -> int:
         """Store a list of encoded frames (JPEG) as one byte dataset plus offsets; returns bytes written."""
@@ -256,8 +274,10 @@ class ShardWriter:
         offsets = np.zeros(len(encoded) + 1, np.int64)
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
         group.create_dataset(name, data=np.frombuffer(b"".join(encoded), np.uint8))
+        crcs = checksums(encoded)
         group.create_dataset(f"{name}_offsets", data=offsets)
-        group.create_dataset(f"{name}{CRC_SUFFIX}", data=checksums(encoded))
+        group.create_dataset(f"{name}{CRC_SUFFIX}", data=crcs)
+        self.items.setdefault(slot, {}).update({f"{name}_offsets": offsets, f"{name}{CRC_SUFFIX}": crcs})
         return int(offsets[-1])
 
     def add_array(self, slot: int, name: str, array: np.ndarray, compression: str | None = "gzip") -> int:
@@ -275,6 +295,8 @@ class ShardWriter:
 
     def commit(self, rows: Sequence[ManifestRow]) -> None:
         self.file.attrs["rows"] = rows_to_json(rows)
+        self.file.attrs["content_digest"] = content_digest(
+            (r.id, self.items[r.slot]) for r in sorted(rows, key=lambda r: r.slot) if r.slot in self.items)
         self.file.flush()
         self.file.close()
         fd = os.open(self.tmp, os.O_RDONLY)
@@ -391,20 +413,24 @@ class VideoStore:
     def identity(self, flow: bool = False) -> str:
         """Hash of what a reader gets from this dataset, wherever its folder is: the manifest, the content
         settings of dataset.json (not the library versions), the byte offsets and CRC32s of every stored JPEG
-        stream (the size and checksum of each compressed frame) and, with ``flow``, the flow manifest and
-        settings.
+        stream (the size and checksum of each compressed frame, through each shard's `content_digest`) and,
+        with ``flow``, the flow manifest and settings.
 
         `fingerprint` hashes the manifest files only: two extractions of the same video list with other
         pixels (another synthetic seed, --size or --quality) have the same manifest, and adding flow later
-        changes it. This tells them apart and ignores flow unless asked. Cost: one small read per video
-        (0.65 ms: ~6 min at Kinetics scale), so it is computed once per process for each state of the files
-        it reads (`_state_stamp`: a stat of each, no read); resuming and every cached evaluation list and view
-        ask for it again.
+        changes it. This tells them apart and ignores flow unless asked. Cost: one attribute read per shard
+        (shards written before the attribute existed: one small read per video, 0.65 ms), computed once per
+        process for each state of the files it reads (`_state_stamp`: a stat of each, no read).
         """
         key = (str(self.data_dir.resolve()), bool(flow and self.has_flow), self._state_stamp())
         if key not in _IDENTITIES:
-            _IDENTITIES[key] = self._compute_identity(flow)
+            _IDENTITIES[key] = self._compute_identity(flow, self._shard_digest)
         return _IDENTITIES[key]
+
+    def legacy_identity(self, flow: bool = False) -> str:
+        """`identity` as versions before per-shard digests computed it (one running hash over every video's
+        items): what checkpoints written by them recorded. Reads every video."""
+        return self._compute_identity(flow, None)
 
     def _state_stamp(self) -> tuple:
         """(name, size, mtime) of the manifests, dataset.json and every shard holding an extracted video: any
@@ -420,19 +446,33 @@ class VideoStore:
                 stamp.append((name, -1, -1))
         return tuple(stamp)
 
-    def _compute_identity(self, flow: bool) -> str:
+    def _items(self, row: ManifestRow) -> dict[str, np.ndarray]:
+        group = self._file(row.shard)[slot_name(row.slot)]
+        return {name: group[name][()] for name in IDENTITY_ITEMS if name in group}
+
+    def _shard_digest(self, shard: str, rows: list[ManifestRow]) -> str:
+        """The shard's stored `content_digest`, or the same digest computed from its videos (older shards)."""
+        stored = self._file(shard).attrs.get("content_digest")
+        return str(stored) if stored is not None else content_digest((r.id, self._items(r)) for r in rows)
+
+    def _compute_identity(self, flow: bool, shard_digest: Callable[[str, list[ManifestRow]], str] | None) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({k: v for k, v in self.meta.items() if k != "versions"}, sort_keys=True).encode())
         h.update((self.data_dir / "manifest.csv").read_bytes())
+        by_shard: dict[str, list[ManifestRow]] = {}
         for row in sorted((r for r in self.rows if r.ok), key=lambda r: (r.shard, r.slot)):
+            by_shard.setdefault(row.shard, []).append(row)
+        for shard, rows in by_shard.items():  # in shard order
             try:
-                group = self._file(row.shard)[slot_name(row.slot)]
-                for name in (f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)):
-                    if name in group:
+                if shard_digest is not None:
+                    h.update(f"{shard}:{shard_digest(shard, rows)}".encode())
+                    continue
+                for row in rows:  # the legacy form: every video's items in one running hash
+                    for name, array in self._items(row).items():
                         h.update(f"{row.id}/{name}".encode())
-                        h.update(np.ascontiguousarray(group[name][()], np.int64).tobytes())
+                        h.update(np.ascontiguousarray(array, np.int64).tobytes())
             except (OSError, KeyError) as err:
-                raise FormatError(f"{self.data_dir}: cannot read {row.shard} (video {row.id}): {err}") from None
+                raise FormatError(f"{self.data_dir}: cannot read {shard}: {err}") from None
         if flow and self.has_flow:
             h.update(self.flow_manifest_path.read_bytes())
             h.update(json.dumps(self.flow_meta.get("settings"), sort_keys=True).encode())

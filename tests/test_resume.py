@@ -83,6 +83,39 @@ def test_the_identity_is_read_once_per_state_of_the_files(world, tmp_path):
     assert reread.identity() == first and reread._files
 
 
+def test_the_identity_is_the_same_from_the_shards_digests_and_from_their_videos(world, tmp_path):
+    """Each shard stores the digest of its videos' offsets and CRC32s when it is written, so the identity reads
+    one attribute per shard; a shard without it (written by an earlier version) gets the same digest from its
+    videos. Another dataset with the same video list still differs."""
+    import h5py
+
+    copy = tmp_path / "ucf101"
+    shutil.copytree(world["data"], copy)
+    store = VideoStore(copy)
+    with_digests = store.identity()
+    shards = sorted({r.shard for r in store.rows if r.ok})
+    store.close()
+    for shard in shards:
+        with h5py.File(copy / shard, "a") as f:
+            assert len(f.attrs["content_digest"]) == 64
+            del f.attrs["content_digest"]
+    assert VideoStore(copy).identity() == with_digests
+    assert VideoStore(world["other"]).identity() != with_digests
+
+
+def test_a_checkpoint_with_the_legacy_identity_resumes_and_another_datasets_does_not(world, tmp_path):
+    """Checkpoints of versions before per-shard digests recorded the legacy identity (one running hash over every
+    video): they still resume on their data, and not on another dataset with the same video list."""
+    from iic.model.resume import check_data
+
+    legacy, other = VideoStore(world["data"]).legacy_identity(), VideoStore(world["other"]).legacy_identity()
+    assert legacy != VideoStore(world["data"]).identity() and legacy != other
+    saved = {"path": str(world["data"]), "identity": legacy, "flow": False}
+    check_data(saved, str(world["data"]), world["data"], tmp_path / "last.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="is not the dataset"):
+        check_data(saved, str(world["data"]), world["other"], tmp_path / "last.pt")
+
+
 def test_a_moved_run_folder_resumes(world, tmp_path):
     moved = tmp_path / "elsewhere" / "run"
     moved.parent.mkdir()
