@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,6 +346,8 @@ def _first_line(err: Exception) -> str:
 
 # VideoStore.identity per (resolved folder, flow, state stamp of its files), for this process.
 _IDENTITIES: dict[tuple, str] = {}
+# Shard files a VideoStore keeps open at once (per process: each loader worker has its own).
+MAX_OPEN_SHARDS = 256  # UCF101 or HMDB51 at 64 videos a shard: 210 shards, all kept open
 
 
 class VideoStore:
@@ -366,8 +369,9 @@ class VideoStore:
         self.by_id = {r.id: r for r in self.rows}
         self.flow_rows = {r.id: r for r in read_manifest(self.flow_manifest_path)} if self.has_flow else {}
         self.locking = locking
-        self._files: dict[str, h5py.File] = {}
-        self._streams: dict[tuple[str, str], tuple[h5py.Dataset, np.ndarray, np.ndarray | None] | None] = {}
+        # open shards, least recently used first, and per open shard its videos' streams (offsets, CRC32s)
+        self._files: OrderedDict[str, h5py.File] = OrderedDict()
+        self._streams: dict[str, dict[tuple[str, str], tuple[h5py.Dataset, np.ndarray, np.ndarray | None] | None]] = {}
         self._pid = os.getpid()
 
     @property
@@ -484,21 +488,30 @@ class VideoStore:
 
     # -- file handles ------------------------------------------------------------------------------------
     def _file(self, rel: str) -> h5py.File:
+        """The open shard ``rel``. At most `MAX_OPEN_SHARDS` stay open per process (least recently used closed
+        first, with the streams read from it): a Kinetics-size dataset has ~10,000 shards, and each open HDF5
+        file holds a descriptor and its metadata cache in every loader worker."""
         if self._pid != os.getpid():  # forked: never use the parent's handles
-            self._files, self._streams, self._pid = {}, {}, os.getpid()
+            self._files, self._streams, self._pid = OrderedDict(), {}, os.getpid()
         f = self._files.get(rel)
-        if f is None:
-            kwargs = {} if self.locking is None else {"locking": self.locking}
-            f = self._files[rel] = h5py.File(self.data_dir / rel, "r", **kwargs)
+        if f is not None:
+            self._files.move_to_end(rel)
+            return f
+        while len(self._files) >= max(2, MAX_OPEN_SHARDS):  # 2: a clip's frames and flow shards stay open together
+            old, handle = self._files.popitem(last=False)
+            self._streams.pop(old, None)
+            handle.close()
+        kwargs = {} if self.locking is None else {"locking": self.locking}
+        f = self._files[rel] = h5py.File(self.data_dir / rel, "r", **kwargs)
         return f
 
     def close(self) -> None:
         for f in self._files.values():
             f.close()
-        self._files, self._streams = {}, {}
+        self._files, self._streams = OrderedDict(), {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}, "_streams": {}}
+        return {**self.__dict__, "_files": OrderedDict(), "_streams": {}}
 
     def _row(self, video_id: str, flow: bool = False) -> ManifestRow:
         table = self.flow_rows if flow else self.by_id
@@ -562,10 +575,12 @@ class VideoStore:
         once per process. The shard's offsets are the truth: a manifest that counts other frames is refused
         (every read goes through here)."""
         key = (row.id, name)
-        if key not in self._streams:
-            group = self._group(row)
+        cached = self._streams.get(row.shard)
+        if cached is None or key not in cached:
+            group = self._group(row)  # opens the shard (and may close the least recently used one)
+            cached = self._streams.setdefault(row.shard, {})
             if name not in group:
-                self._streams[key] = None
+                cached[key] = None
             else:
                 offsets = group[f"{name}_offsets"][()]
                 self._check_count(row, f"{name} frames", len(offsets) - 1)
@@ -573,8 +588,8 @@ class VideoStore:
                 if crcs is not None and len(crcs) != len(offsets) - 1:
                     raise ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r}: {len(crcs)} {name} checksums "
                                         f"for {len(offsets) - 1} frames")
-                self._streams[key] = (group[name], offsets, crcs)
-        return self._streams[key]
+                cached[key] = (group[name], offsets, crcs)
+        return cached[key]
 
     def _corrupt(self, row: ManifestRow, what: str, index: int, stage: str) -> ChecksumError:
         return ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r} {what} {index}: checksum mismatch, the "

@@ -347,3 +347,40 @@ def test_stored_residual_stream_is_read_back(small_ucf, tmp_path):
         assert abs(means[0] - means[1]) < 0.5, report[-2:]
         assert not np.array_equal(res, derived.residuals(row.id)), "two different residual sources"
     print("\n" + "\n".join(report))
+
+
+def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, monkeypatch):
+    """A Kinetics-size dataset has ~10,000 shards: a store (one per loader worker) keeps the least recently used
+    ones closed, with the streams it read from them. Reading every video's frames and flow in a shuffled order
+    through a store that may keep 2 files open gives what an unlimited store gives, and never holds more."""
+    import random
+
+    from iic.pipeline import shards
+
+    assert run_prep("flow", "--data", small_data, "--method", "farneback", "--workers", "1").exit_code == 0
+    store = VideoStore(small_data)
+    ids = [r.id for r in store.ok_rows()]
+    files = {r.shard for r in store.ok_rows()} | {r.shard for r in store.flow_rows.values()}
+    assert len(files) >= 4  # frames and flow shards: more files than the limit below
+    order = ids * 2
+    random.Random(0).shuffle(order)
+
+    def reads(store):
+        out = []
+        for vid in order:
+            out.append(store.read_clip(vid, ("rgb", "res"), 1, 4))
+            out.append(store.flow(vid, 2, 3))
+            assert len(store._files) <= max(2, shards.MAX_OPEN_SHARDS)
+            assert set(store._streams) <= set(store._files)
+        return out
+
+    unlimited = reads(VideoStore(small_data))
+    monkeypatch.setattr(shards, "MAX_OPEN_SHARDS", 2)
+    limited_store = VideoStore(small_data)
+    limited = reads(limited_store)
+    assert len(limited_store._files) == 2
+    for a, b in zip(unlimited, limited):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        else:
+            assert np.array_equal(a, b)
