@@ -66,8 +66,9 @@ def checksums(items: Iterable) -> np.ndarray:
     return np.array([zlib.crc32(x) for x in items], np.uint32)
 
 
-# What `VideoStore.identity` hashes of each video: the byte offsets and CRC32s of its stored frame streams.
-IDENTITY_ITEMS = tuple(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX))
+# What a shard's content digest hashes of each video: the byte offsets and CRC32s of its stored frame streams
+# (what `VideoStore.identity` reads of a frames shard) and, in a flow shard, the CRC32s of its flow pairs.
+IDENTITY_ITEMS = (*(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)), f"flow{CRC_SUFFIX}")
 
 
 def content_digest(videos: Iterable[tuple[str, dict[str, np.ndarray]]]) -> str:
@@ -291,7 +292,9 @@ class ShardWriter:
             name, data=array, chunks=chunks, compression=compression if chunks else None,
             shuffle=bool(chunks and compression),
         )
-        group.create_dataset(f"{name}{CRC_SUFFIX}", data=checksums(array))
+        crcs = checksums(array)
+        group.create_dataset(f"{name}{CRC_SUFFIX}", data=crcs)
+        self.items.setdefault(slot, {})[f"{name}{CRC_SUFFIX}"] = crcs
         return int(array.nbytes)
 
     def commit(self, rows: Sequence[ManifestRow]) -> None:

@@ -17,6 +17,7 @@ the fresh decode (the only loss is the codec's).
 from __future__ import annotations
 
 import csv
+import hashlib
 import multiprocessing
 from pathlib import Path
 
@@ -362,6 +363,12 @@ def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, mo
     ids = [r.id for r in store.ok_rows()]
     files = {r.shard for r in store.ok_rows()} | {r.shard for r in store.flow_rows.values()}
     assert len(files) >= 4  # frames and flow shards: more files than the limit below
+    empty = hashlib.sha256().hexdigest()
+    digests = set()
+    for f in files:
+        with h5py.File(small_data / f, "r") as h:
+            digests.add(h.attrs["content_digest"])
+    assert len(digests | {empty}) == len(files) + 1  # each shard its own digest, flow shards too
     order = ids * 2
     random.Random(0).shuffle(order)
 
