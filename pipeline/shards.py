@@ -68,16 +68,16 @@ def checksums(items: Iterable) -> np.ndarray:
 
 # What a shard's content digest hashes of each video: the byte offsets and CRC32s of its stored frame streams
 # (what `VideoStore.identity` reads of a frames shard) and, in a flow shard, the CRC32s of its flow pairs.
-IDENTITY_ITEMS = (*(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)), f"flow{CRC_SUFFIX}")
+DIGEST_ITEMS = (*(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)), f"flow{CRC_SUFFIX}")
 
 
 def content_digest(videos: Iterable[tuple[str, dict[str, np.ndarray]]]) -> str:
     """Digest of a shard's content from ``(video id, {item: array})`` in slot order: for each video, each of
-    its `IDENTITY_ITEMS` (the size and checksum of every compressed frame). `ShardWriter.commit` stores it as
+    its `DIGEST_ITEMS` (the size and checksum of every compressed frame). `ShardWriter.commit` stores it as
     the shard's ``content_digest`` attribute; `VideoStore.identity` recomputes it for shards without one."""
     h = hashlib.sha256()
     for video_id, arrays in videos:
-        for name in IDENTITY_ITEMS:
+        for name in DIGEST_ITEMS:
             if name in arrays:
                 h.update(f"{video_id}/{name}".encode())
                 h.update(np.ascontiguousarray(arrays[name], np.int64).tobytes())
@@ -455,7 +455,7 @@ class VideoStore:
 
     def _items(self, row: ManifestRow) -> dict[str, np.ndarray]:
         group = self._file(row.shard)[slot_name(row.slot)]
-        return {name: group[name][()] for name in IDENTITY_ITEMS if name in group}
+        return {name: group[name][()] for name in DIGEST_ITEMS if name in group}
 
     def _shard_digest(self, shard: str, rows: list[ManifestRow]) -> str:
         """The shard's stored `content_digest`, or the same digest computed from its videos (older shards)."""
