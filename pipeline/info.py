@@ -12,7 +12,8 @@ import numpy as np
 from .datasets import KINETICS
 from .decode import FILE_NOT_FOUND
 from .flow import stale_shards
-from .shards import FormatError, ManifestRow, VideoStore, damaged_items, slot_name, stage_shard
+from .shards import (FormatError, ManifestRow, VideoStore, content_digest, damaged_items, digest_items, slot_name,
+                     stage_shard)
 
 
 def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
@@ -142,6 +143,7 @@ def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, fra
             problems.append(f"{shard}: cannot open ({err})")
             continue
         with f:
+            before = len(problems)
             for r in shard_rows:
                 if not r.ok:
                     continue
@@ -150,6 +152,13 @@ def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, fra
                     problems.append(f"{r.id}: missing from {shard}")
                     continue
                 problems += _check_video(store, f[name], r, frames, report)
+            stored = f.attrs.get("content_digest")
+            ok = sorted((r for r in shard_rows if r.ok), key=lambda r: r.slot)
+            if len(problems) == before and stored is not None and stored != content_digest(
+                    (r.id, digest_items(f[slot_name(r.slot)])) for r in ok):
+                problems.append(f"{shard}: its content_digest does not match its videos' offsets and checksums (the "
+                                f"shard changed after it was written, and the data identity would not see it): "
+                                f"`iic-prep {'extract' if frames else 'flow'} --overwrite` rewrites it")
     return problems
 
 

@@ -84,6 +84,11 @@ def content_digest(videos: Iterable[tuple[str, dict[str, np.ndarray]]]) -> str:
     return h.hexdigest()
 
 
+def digest_items(group: h5py.Group) -> dict[str, np.ndarray]:
+    """The `DIGEST_ITEMS` a stored video's group holds, read."""
+    return {name: group[name][()] for name in DIGEST_ITEMS if name in group}
+
+
 def bad_frames(data: bytes | memoryview, offsets: np.ndarray, crcs: np.ndarray) -> list[int]:
     """Positions ``i`` whose bytes ``data[offsets[i]:offsets[i+1]]`` do not have the CRC32 ``crcs[i]``."""
     view = memoryview(data)
@@ -454,8 +459,7 @@ class VideoStore:
         return tuple(stamp)
 
     def _items(self, row: ManifestRow) -> dict[str, np.ndarray]:
-        group = self._file(row.shard)[slot_name(row.slot)]
-        return {name: group[name][()] for name in DIGEST_ITEMS if name in group}
+        return digest_items(self._file(row.shard)[slot_name(row.slot)])
 
     def _shard_digest(self, shard: str, rows: list[ManifestRow]) -> str:
         """The shard's stored `content_digest`, or the same digest computed from its videos (older shards)."""

@@ -391,3 +391,26 @@ def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, mo
             assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         else:
             assert np.array_equal(a, b)
+
+
+def test_check_reports_a_shard_whose_content_digest_is_stale(small_data):
+    """The data identity trusts each shard's content_digest; `check` verifies it against the videos' offsets and
+    checksums (here: a video's offsets and CRC32s rewritten consistently, so no checksum fails)."""
+    with h5py.File(small_data / "frames" / "shard-00000.h5", "a") as f:
+        group = f[slot_name(0)]
+        for name in ("rgb_offsets", "rgb_crc32"):
+            values = group[name][()]
+            del group[name]
+            group.create_dataset(name, data=values[:-1])  # one frame fewer, its bytes left in place
+        n = len(values) - 1
+        blob = group["rgb"][()]
+        offsets = f[slot_name(0)]["rgb_offsets"][()]
+        del group["rgb"]
+        group.create_dataset("rgb", data=blob[: offsets[-1]])
+    rows = (small_data / "manifest.csv").read_text().splitlines()
+    edited = [line.replace(",20,ok,", f",{n},ok,", 1) if "v_ApplyEyeMakeup_g01_c01" in line else line for line in rows]
+    (small_data / "manifest.csv").write_text("\n".join(edited) + "\n")
+    result = run_prep("check", "--data", small_data)
+    assert result.exit_code == 1, result.output
+    assert "frames/shard-00000.h5: its content_digest does not match its videos' offsets and checksums" in result.output
+    assert error_lines(result.output) == [f"Error: 1 problem(s) in {small_data}"]
