@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TypeVar
 from joblib import Parallel, delayed
 
 from ..pipeline import orphans
+from ..pipeline.parallel import quiet_leak_guard
 from .config import TrainConfig
 from .train import train
 
@@ -47,11 +47,7 @@ def side_by_side(tasks: Sequence[Callable[[], T]], jobs: int) -> Iterator[tuple[
         yield from (_timed(i, t) for i, t in enumerate(tasks))
         return
     calls = (delayed(orphans.guarded)(_timed, os.getpid(), i, t) for i, t in enumerate(tasks))
-    with warnings.catch_warnings():
-        # loky's leak guard replaces a worker whose memory grew by 300 MB since its first task, and warns if
-        # tasks are waiting. A training run grows that much by design; the task had ended and returned its
-        # result, and the replacement takes the next one: nothing is lost, so the warning would only alarm.
-        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
+    with quiet_leak_guard():  # a training run grows its worker past loky's leak guard by design
         yield from Parallel(n_jobs=min(jobs, len(tasks)), return_as="generator_unordered")(calls)
 
 
