@@ -24,7 +24,6 @@ from typing import TypeVar
 from joblib import Parallel, delayed
 
 from ..pipeline import orphans
-from ..pipeline.parallel import quiet_leak_guard
 from .config import TrainConfig
 from .train import train
 
@@ -47,7 +46,7 @@ def side_by_side(tasks: Sequence[Callable[[], T]], jobs: int) -> Iterator[tuple[
         yield from (_timed(i, t) for i, t in enumerate(tasks))
         return
     calls = (delayed(orphans.guarded)(_timed, os.getpid(), i, t) for i, t in enumerate(tasks))
-    with quiet_leak_guard():  # a training run grows its worker past loky's leak guard by design
+    with orphans.quiet_leak_guard():  # a training run grows its worker past loky's leak guard by design
         yield from Parallel(n_jobs=min(jobs, len(tasks)), return_as="generator_unordered")(calls)
 
 

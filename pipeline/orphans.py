@@ -6,14 +6,17 @@ task sent to a local worker process is wrapped by `guarded`, which starts (once 
 that ends the process as soon as its parent is no longer the run's process, and `ShardWriter.commit` asks
 `exit_if_orphaned` right before it publishes a shard, so a worker cannot publish after its run is gone.
 Nothing happens in the run's own process (tasks run in-process with one worker) or on a Dask cluster (its
-workers belong to the cluster, not to the run).
+workers belong to the cluster, not to the run). `quiet_leak_guard` keeps loky's replacement of a worker that
+outgrew its leak guard from alarming a user: nothing is lost then.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 EXIT_ORPHANED = 70  # a worker whose run died exits with this status (EX_SOFTWARE); nobody is left to read it
@@ -55,3 +58,15 @@ def guarded(fn: Callable[..., Any], parent: int, *args: Any) -> Any:
     watch_parent(parent)
     exit_if_orphaned()
     return fn(*args)
+
+
+@contextmanager
+def quiet_leak_guard() -> Iterator[None]:
+    """Silence loky's leak-guard warning ("A worker stopped while some jobs were given to the executor") in the
+    block. loky replaces a worker whose memory grew by 300 MB since its first task and warns if tasks are
+    waiting; decoding an HD video or training a run grows a worker that much by design. The task had ended and
+    returned its result, and the replacement takes the next one: nothing is lost, so the warning would only
+    alarm."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
+        yield

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,18 +89,6 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-@contextmanager
-def quiet_leak_guard() -> Iterator[None]:
-    """Silence loky's leak-guard warning ("A worker stopped while some jobs were given to the executor") in the
-    block. loky replaces a worker whose memory grew by 300 MB since its first task and warns if tasks are
-    waiting; decoding an HD video or training a run grows a worker that much by design. The task had ended and
-    returned its result, and the replacement takes the next one: nothing is lost, so the warning would only
-    alarm."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
-        yield
-
-
 def run_tasks(
     fn: Callable[..., TaskReport],
     tasks: Sequence[tuple],
@@ -123,7 +110,7 @@ def run_tasks(
             n_jobs = cfg.workers
         else:
             raise ValueError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
-        stack.enter_context(quiet_leak_guard())
+        stack.enter_context(orphans.quiet_leak_guard())
         bar = stack.enter_context(tqdm(total=total_items, unit="video", desc=desc, smoothing=0.1, dynamic_ncols=True))
         start, units = time.perf_counter(), 0
         if n_jobs == 1 and cfg.backend == "loky":

@@ -465,7 +465,7 @@ def test_quiet_leak_guard_silences_lokys_leak_warning_and_nothing_else():
 
     from joblib.externals.loky import process_executor
 
-    from iic.pipeline.parallel import quiet_leak_guard
+    from iic.pipeline.orphans import quiet_leak_guard
 
     text = ("A worker stopped while some jobs were given to the executor. This can be caused by a too short worker "
             "timeout or by a memory leak.")
