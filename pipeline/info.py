@@ -12,8 +12,7 @@ import numpy as np
 from .datasets import KINETICS
 from .decode import FILE_NOT_FOUND
 from .flow import stale_shards
-from .shards import (FormatError, ManifestRow, VideoStore, content_digest, damaged_items, digest_items, slot_name,
-                     stage_shard)
+from .shards import FormatError, ManifestRow, VideoStore, damaged_items, slot_name, stage_shard
 
 
 def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
@@ -153,9 +152,8 @@ def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, fra
                     continue
                 problems += _check_video(store, f[name], r, frames, report)
             stored = f.attrs.get("content_digest")
-            ok = sorted((r for r in shard_rows if r.ok), key=lambda r: r.slot)
-            if len(problems) == before and stored is not None and stored != content_digest(
-                    (r.id, digest_items(f[slot_name(r.slot)])) for r in ok):
+            if len(problems) == before and stored is not None and stored != store.digest_from_videos(
+                    shard, [r for r in shard_rows if r.ok]):
                 problems.append(f"{shard}: its content_digest does not match its videos' offsets and checksums (the "
                                 f"shard changed after it was written, and the data identity would not see it): "
                                 f"`iic-prep {'extract' if frames else 'flow'} --overwrite` rewrites it")

@@ -84,11 +84,6 @@ def content_digest(videos: Iterable[tuple[str, dict[str, np.ndarray]]]) -> str:
     return h.hexdigest()
 
 
-def digest_items(group: h5py.Group) -> dict[str, np.ndarray]:
-    """The `DIGEST_ITEMS` a stored video's group holds, read."""
-    return {name: group[name][()] for name in DIGEST_ITEMS if name in group}
-
-
 def bad_frames(data: bytes | memoryview, offsets: np.ndarray, crcs: np.ndarray) -> list[int]:
     """Positions ``i`` whose bytes ``data[offsets[i]:offsets[i+1]]`` do not have the CRC32 ``crcs[i]``."""
     view = memoryview(data)
@@ -459,12 +454,19 @@ class VideoStore:
         return tuple(stamp)
 
     def _items(self, row: ManifestRow) -> dict[str, np.ndarray]:
-        return digest_items(self._file(row.shard)[slot_name(row.slot)])
+        """The `DIGEST_ITEMS` a stored video's group holds, read."""
+        group = self._file(row.shard)[slot_name(row.slot)]
+        return {name: group[name][()] for name in DIGEST_ITEMS if name in group}
+
+    def digest_from_videos(self, shard: str, rows: Iterable[ManifestRow]) -> str:
+        """`content_digest` of ``shard`` computed from the stored items of its videos ``rows`` (what
+        `ShardWriter.commit` stored, if nothing changed since)."""
+        return content_digest((r.id, self._items(r)) for r in sorted(rows, key=lambda r: r.slot))
 
     def _shard_digest(self, shard: str, rows: list[ManifestRow]) -> str:
         """The shard's stored `content_digest`, or the same digest computed from its videos (older shards)."""
         stored = self._file(shard).attrs.get("content_digest")
-        return str(stored) if stored is not None else content_digest((r.id, self._items(r)) for r in rows)
+        return str(stored) if stored is not None else self.digest_from_videos(shard, rows)
 
     def _compute_identity(self, flow: bool, shard_digest: Callable[[str, list[ManifestRow]], str] | None) -> str:
         h = hashlib.sha256()
@@ -477,11 +479,11 @@ class VideoStore:
             try:
                 if shard_digest is not None:
                     h.update(f"{shard}:{shard_digest(shard, rows)}".encode())
-                    continue
-                for row in rows:  # the legacy form: every video's items in one running hash
-                    for name, array in self._items(row).items():
-                        h.update(f"{row.id}/{name}".encode())
-                        h.update(np.ascontiguousarray(array, np.int64).tobytes())
+                else:  # the legacy form: every video's items in one running hash
+                    for row in rows:
+                        for name, array in self._items(row).items():
+                            h.update(f"{row.id}/{name}".encode())
+                            h.update(np.ascontiguousarray(array, np.int64).tobytes())
             except (OSError, KeyError) as err:
                 raise FormatError(f"{self.data_dir}: cannot read {shard}: {err}") from None
         if flow and self.has_flow:
@@ -498,8 +500,7 @@ class VideoStore:
         """The open shard ``rel``. At most `MAX_OPEN_SHARDS` stay open per process (least recently used closed
         first, with the streams read from it): a Kinetics-size dataset has ~10,000 shards, and each open HDF5
         file holds a descriptor and its metadata cache in every loader worker."""
-        if self._pid != os.getpid():  # forked: never use the parent's handles
-            self._files, self._streams, self._pid = OrderedDict(), {}, os.getpid()
+        self._own_handles()
         f = self._files.get(rel)
         if f is not None:
             self._files.move_to_end(rel)
@@ -511,6 +512,11 @@ class VideoStore:
         kwargs = {} if self.locking is None else {"locking": self.locking}
         f = self._files[rel] = h5py.File(self.data_dir / rel, "r", **kwargs)
         return f
+
+    def _own_handles(self) -> None:
+        """Forked: never use the parent's handles (nor the streams read through them)."""
+        if self._pid != os.getpid():
+            self._files, self._streams, self._pid = OrderedDict(), {}, os.getpid()
 
     def close(self) -> None:
         for f in self._files.values():
@@ -582,8 +588,11 @@ class VideoStore:
         once per process. The shard's offsets are the truth: a manifest that counts other frames is refused
         (every read goes through here)."""
         key = (row.id, name)
+        self._own_handles()
         cached = self._streams.get(row.shard)
-        if cached is None or key not in cached:
+        if cached is not None and key in cached:
+            self._files.move_to_end(row.shard)  # used: the last shard to close
+        else:
             group = self._group(row)  # opens the shard (and may close the least recently used one)
             cached = self._streams.setdefault(row.shard, {})
             if name not in group:
