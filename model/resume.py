@@ -9,6 +9,7 @@ under ``data_identity``. Checkpoints without it (older) fall back to the resolve
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,13 @@ from .checkpoint import CheckpointError, describe_error
 
 def data_identity(data: Path, flow: bool) -> dict:
     """What a checkpoint records about the data it was trained on."""
-    store = VideoStore(data)
-    try:
+    with closing(VideoStore(data)) as store:
         return {"path": str(Path(data).resolve()), "identity": store.identity(flow), "flow": flow}
-    finally:
-        store.close()
 
 
-def legacy_identity(data: Path, flow: bool) -> str:
-    """The identity versions before per-shard digests recorded (`VideoStore.legacy_identity`: reads every
-    video), so that their checkpoints still resume; asked only when the current identity does not match."""
-    store = VideoStore(data)
-    try:
+def _legacy_identity(data: Path, flow: bool) -> str:
+    with closing(VideoStore(data)) as store:
         return store.legacy_identity(flow)
-    finally:
-        store.close()
 
 
 def refuse_existing(last: Path, what: str) -> None:
@@ -77,7 +70,8 @@ def check_data(saved: dict, saved_data: str, data: Path, path: Path) -> None:
                                   "use the same --data or a new --out")
         return
     now = data_identity(data, bool(saved.get("flow")))
-    if now["identity"] != saved.get("identity") and saved.get("identity") != legacy_identity(data, bool(saved.get("flow"))):
+    # checkpoints of versions before per-shard digests recorded the legacy form (reads every video: asked last)
+    if now["identity"] != saved.get("identity") and saved.get("identity") != _legacy_identity(data, bool(saved.get("flow"))):
         where = "changed since" if same_path(saved.get("path"), data) else "is not the dataset"
         raise CheckpointError(f"--resume: the data in {data} {where} {path} was trained on ({saved.get('path')}, "
                               f"identity {saved.get('identity')} -> {now['identity']}): use that data or a new --out")
