@@ -1,8 +1,9 @@
 """Command line: ``iic-prep`` (offline stage) and ``iic`` (training core).
 
 Each command parses and validates its flags, builds one frozen config and calls one library function.
-Expected failures (bad input, missing data, a busy folder) end in a one-line message and a non-zero
-exit status, never a traceback. Exit status: 0 success, 1 error, 2 bad usage, 3 some videos failed.
+Expected failures (bad input, missing data, a busy folder) end in one ``Error:`` line on stderr and a non-zero
+exit status, never a traceback: 0 done, 1 a data or runtime error, 2 a usage error, 3 done with failures
+listed, 130 interrupted (`USER_ERRORS`, `Group`). Messages go to stderr, results to stdout.
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from pathlib import Path
 
 import click
 
-from .model.names import FEATURES, HEADS, METHODS, NEGATIVES, OPTIMIZERS, POSITIVES, RGB_AUGS, SCHEDULES, VIEW2_TIMES  # torch-free
-from .model.views import EVAL_VIEWS, VIEWS  # torch-free
+from .model.config import BACKBONES, EVAL_VIEWS, FEATURES, OPTIONS, OPTIONS_BY_NAME, Option, build_config  # torch-free
 from .pipeline.datasets import DATASETS  # no OpenCV, h5py or joblib
 from .pipeline.names import BACKENDS, FLOW_METHODS  # no OpenCV, h5py or joblib
 
@@ -29,6 +29,63 @@ def _setup_logging(verbose: bool) -> None:
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
+
+
+# The exit statuses of every command (README, "Exit statuses"): 0 done, 1 a data or runtime error, 2 a usage
+# error (click's own, and every validation of options), 3 done with failures listed, 130 interrupted. The
+# errors the library raises for a user to read, by module: they end in one `Error:` line on stderr with their
+# status; anything else is a bug and keeps its traceback. A module that was never imported raised nothing.
+USER_ERRORS: tuple[tuple[str, str, int], ...] = (
+    ("iic.model.config", "ConfigError", 2),
+    ("iic.model.evaluation.features", "AmbiguousRun", 2),
+    ("iic.model.checkpoint", "CheckpointError", 1),
+    ("iic.model.data.clips", "DataError", 1),
+    ("iic.model.distributed", "DeviceError", 1),
+    ("iic.model.run.loop", "TrainingError", 1),
+    ("iic.pipeline.format", "FormatError", 1),
+    ("builtins", "OSError", 1),
+)
+
+
+def exit_status(err: BaseException) -> int | None:
+    """The exit status of an error a user is meant to read (`USER_ERRORS`), None for a bug."""
+    for module, name, status in USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(err, cls):
+            return status
+    return None
+
+
+class Group(click.Group):
+    """A command group that keeps the exit-status contract for all of its commands: one `Error:` line and its
+    status for the library's user errors, and for Ctrl-C status 130 with one line saying how to resume (a
+    command puts that in ``ctx.meta["resume"]``)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            hint = ctx.meta.get("resume", "finished work is kept; the same command continues it")
+            click.echo(f"Interrupted: {hint}.", err=True)
+            ctx.exit(130)
+        except Exception as err:
+            status = exit_status(err)
+            if status is None:
+                raise
+            lines = [line for line in str(err).strip("'\"").splitlines() if line.strip()]
+            click.echo(f"Error: {lines[0] if lines else type(err).__name__}", err=True)
+            ctx.exit(status)
+
+
+def _dataset_folder(dataset: str | None) -> Path:
+    """``<data root>/<dataset>``; without a name, the data root's one processed dataset (a folder holding a
+    dataset.json), else ucf101 (whose absence the command then reports)."""
+    if dataset is not None:
+        return DEFAULT_DATA / dataset
+    found = sorted(p.parent.name for p in DEFAULT_DATA.glob("*/dataset.json"))
+    if len(found) > 1:
+        raise click.UsageError(f"several processed datasets under {DEFAULT_DATA} ({', '.join(found)}): pass --dataset")
+    return DEFAULT_DATA / (found[0] if found else "ucf101")
 
 
 def _parse_size(ctx, param, value: str) -> tuple[int, int]:
@@ -86,7 +143,7 @@ def _version_option(prog_name: str):
     return click.version_option(package_name="iic", prog_name=prog_name, help="Show the version and exit.")
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @_version_option("iic-prep")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def prep(verbose: bool) -> None:
@@ -112,20 +169,69 @@ def prep(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset made with other settings.")
 def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> None:
     """Generate the synthetic motion-class dataset (UCF101 layout, real AVI files)."""
-    from .pipeline.synth import SynthConfig, generate
+    from .pipeline.synth import SynthConfig, SynthConfigError, SynthExistsError, generate
 
+    given = {"classes": classes, "per_class": per_class, "groups": groups, "frames": frames,
+             "size": f"{size[0]}x{size[1]}", "seed": seed}
     try:
         cfg = SynthConfig(out=out, classes=classes, per_class=per_class, groups=groups, frames=frames,
                           height=size[0], width=size[1],
                           seed=seed, overwrite=overwrite)
-    except ValueError as err:  # flags SynthConfig refuses (odd size, too many classes): usage
-        _fail(str(err).splitlines()[0], 2)
+    except SynthConfigError as err:  # flags SynthConfig refuses (odd size, too many classes): usage
+        _fail(f"{_synth_options(err.fields, given)}: {err.reason}", 2)
     try:
         report = generate(cfg)
-    except (ValueError, FileExistsError, OSError) as err:
-        _fail(str(err).splitlines()[0])
+    except SynthExistsError as err:
+        _fail(f"{err.out} holds a dataset made with another config ({_synth_differences(err.differences)}): "
+              "pass --overwrite to replace it")
+    except (ValueError, OSError) as err:
+        _fail(_one_line(err))
+    # beside the real datasets, never in UCF101's place
     click.echo(f"{report.videos} videos of {len(report.class_names)} classes in {report.out} "
-               f"(extract with: iic-prep extract --dataset ucf101 --root {report.out})")
+               f"(extract with: iic-prep extract --dataset ucf101 --root {report.out} --name synth)")
+
+
+# SynthConfig fields -> the `iic-prep synth` option that sets them
+_SYNTH_OPTIONS = {"classes": "--classes", "per_class": "--per-class", "groups": "--groups",
+                  "frames": "--frames", "height": "--size", "width": "--size", "seed": "--seed"}
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (HDF5's messages span lines)."""
+    return " ".join(str(err).strip("'\"").split()) or type(err).__name__
+
+
+def _synth_options(fields: tuple[str, ...], given: dict) -> str:
+    """``--per-class 2`` for the options behind SynthConfig ``fields``: those the user passed, then those left
+    at their default in parentheses."""
+    ctx = click.get_current_context()
+    passed, default = [], []
+    for opt in dict.fromkeys(_SYNTH_OPTIONS.get(f, f) for f in fields):
+        name = opt.lstrip("-").replace("-", "_")
+        text = f"{opt} {given[name]}" if name in given else opt
+        source = ctx.get_parameter_source(name) if name in given else None
+        (default if source is click.core.ParameterSource.DEFAULT else passed).append(text)
+    head = " ".join(passed or default)
+    return head + (f" (with {' '.join(default)}, the default)" if passed and default else "")
+
+
+def _synth_differences(differences: dict[str, tuple]) -> str:
+    """``--frames 40, asked 20; --size 96x128, asked 64x64`` from SynthConfig field -> (found, asked)."""
+    ctx = click.get_current_context()
+    found = {k: a for k, (a, _) in differences.items()}
+    asked = {k: b for k, (_, b) in differences.items()}
+    if {"height", "width"} & set(differences):
+        size = [differences.get(k, (None, None)) for k in ("height", "width")]
+        found["size"] = "x".join(str(a) for a, _ in size if a is not None)
+        asked["size"] = "x".join(str(b) for _, b in size if b is not None)
+    groups_follow = ctx.get_parameter_source("groups") is click.core.ParameterSource.DEFAULT
+    out = []
+    for key in found:
+        if key in ("height", "width") or (key == "groups" and "per_class" in found and groups_follow):
+            continue  # shown as --size; groups that follow --per-class (one video each) are shown by it
+        name = "--size" if key == "size" else _SYNTH_OPTIONS.get(key, key)
+        out.append(f"{name} {found[key]}, asked {asked[key]}")
+    return "; ".join(out)
 
 
 @prep.command()
@@ -134,7 +240,12 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Folder the official archives were unpacked into [default: <data root>/raw/<dataset>].")
 @click.option("--data-root", "--out", "out", type=click.Path(path_type=Path), default=DEFAULT_DATA,
-              help="The data root (as everywhere: $IIC_DATA, else ./data); the dataset goes to <data root>/<dataset>.")
+              help="The data root (as everywhere: $IIC_DATA, else ./data); the dataset goes to "
+                   "<data root>/<name>.")
+@click.option("--name", default=None,
+              help="Folder of the dataset under the data root, e.g. synth for the synthetic videos "
+                   "[default: the --dataset layout]. Data extracted with other settings is never replaced "
+                   "without --overwrite: --name extracts beside it.")
 @click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split whose train/test lists are read.")
 @click.option("--size", callback=_parse_frame_size, default="128x171",
               help="Frame size HxW, or a short side S: the shorter side becomes S, the other keeps the aspect (even).")
@@ -144,36 +255,48 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
 @click.option("--store-residuals", is_flag=True,
               help="Also store a residual stream (default: residuals are derived from the stored frames when read).")
 @click.option("--shard-size", type=click.IntRange(1), default=64, help="Videos per shard.")
-@click.option("--subset", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--subset", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Kinetics: a file of class names or of videos (YouTube ids) restricting the set, e.g. Mini-Kinetics-200.")
 @click.option("--unlabelled", is_flag=True,
               help="Kinetics: also extract test.csv, as unlabelled videos (label -1, in neither the train nor the test list).")
 @_parallel_options
-@click.option("--overwrite", is_flag=True, help="Redo every shard instead of resuming.")
+@click.option("--overwrite", is_flag=True,
+              help="Redo every shard instead of resuming; replaces data extracted with other settings.")
 @click.option("--repair", is_flag=True,
               help="Also verify every kept shard's checksums (reads them all) and rewrite the damaged ones.")
-def extract(dataset, root, out, split, size, quality, subsampling, store_residuals, shard_size, subset, unlabelled,
-            workers, backend, scheduler, overwrite, repair) -> None:
+def extract(dataset, root, out, name, split, size, quality, subsampling, store_residuals, shard_size, subset,
+            unlabelled, workers, backend, scheduler, overwrite, repair) -> None:
     """Decode every video of the split's lists into HDF5 shards of JPEG RGB frames.
 
     Residual frames are derived from the stored RGB frames when read; --store-residuals also stores them.
     """
-    from .pipeline.datasets import DatasetLayoutError
+    from .pipeline.datasets import DatasetLayoutError, DatasetOptionError
     from .pipeline.extract import ExtractConfig, extract as run
     from .pipeline.lock import LockedError
 
-    cfg = ExtractConfig(
-        dataset=dataset, root=root or out / "raw" / dataset, out=out, split=split, size=size, quality=quality,
-        subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size, subset=subset,
-        unlabelled=unlabelled, parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite,
-        repair=repair,
-    )
+    try:
+        cfg = ExtractConfig(
+            dataset=dataset, root=root or out / "raw" / dataset, out=out, split=split, size=size,
+            quality=quality, subsampling=subsampling, store_residuals=store_residuals, shard_size=shard_size,
+            subset=subset, unlabelled=unlabelled, parallel=_parallel_config(workers, backend, scheduler),
+            overwrite=overwrite, repair=repair, name=name,
+        )
+    except ValueError as err:  # a --name that is not a folder name
+        _fail(_one_line(err), 2)
     try:
         summary = run(cfg)
-    except (DatasetLayoutError, LockedError, FileExistsError, OSError) as err:
-        _fail(str(err))
-    for line in summary.lines():
-        click.echo(line)
+    except DatasetOptionError as err:  # options the layout does not take
+        _fail(_one_line(err), 2)
+    except (DatasetLayoutError, LockedError, OSError) as err:  # also FileExistsError, StorageError
+        _fail(_one_line(err))
+    _stage_summary(summary)
+
+
+def _stage_summary(summary) -> None:
+    """A stage's summary on stdout, the videos that failed on stderr; exit 0, or 3 when some failed."""
+    click.echo(summary.head())
+    for line in summary.failure_lines():
+        click.echo(line, err=True)
     sys.exit(summary.exit_code)
 
 
@@ -192,15 +315,16 @@ def extract(dataset, root, out, split, size, quality, subsampling, store_residua
 @click.option("--bound", type=click.FloatRange(0, min_open=True), default=20.0,
               help="Clip displacements to +-BOUND px before uint8 quantisation.")
 @_parallel_options
-@click.option("--overwrite", is_flag=True, help="Recompute all flow instead of resuming.")
+@click.option("--overwrite", is_flag=True,
+              help="Recompute all flow instead of resuming; replaces flow computed with other settings.")
 @click.option("--repair", is_flag=True,
               help="Also verify every kept flow shard's checksums (reads them all) and recompute the damaged ones.")
 def flow(dataset, data, method, device, batch, bound, workers, backend, scheduler, overwrite, repair) -> None:
     """Dense optical flow between consecutive stored frames into flow shards (N frames -> N-1 pairs)."""
     from .pipeline.flow import FlowStageConfig, compute
     from .pipeline.flowcalc import TORCH_METHODS, FlowConfig, FlowDeviceError
+    from .pipeline.format import FormatError
     from .pipeline.lock import LockedError
-    from .pipeline.shards import FormatError
 
     if method not in TORCH_METHODS:
         for name, value in (("--device", device), ("--batch", batch)):
@@ -211,11 +335,9 @@ def flow(dataset, data, method, device, batch, bound, workers, backend, schedule
                           parallel=_parallel_config(workers, backend, scheduler), overwrite=overwrite, repair=repair)
     try:
         summary = compute(cfg)
-    except (FormatError, LockedError, FlowDeviceError, OSError) as err:
-        _fail(str(err))
-    for line in summary.lines():
-        click.echo(line)
-    sys.exit(summary.exit_code)
+    except (FormatError, LockedError, FlowDeviceError, OSError) as err:  # also FileExistsError, StorageError
+        _fail(_one_line(err))
+    _stage_summary(summary)
 
 
 @prep.command()
@@ -227,7 +349,7 @@ def flow(dataset, data, method, device, batch, bound, workers, backend, schedule
 @click.option("--columns", type=click.IntRange(1, 32), default=8, help="Frames shown.")
 def show(video_id, data, out, columns) -> None:
     """Picture of a stored video: RGB frames, residuals and flow (colour wheel), frame indices labelled."""
-    from .pipeline.shards import FormatError
+    from .pipeline.format import FormatError
     from .pipeline.show import picture_format, show_video
 
     try:
@@ -237,7 +359,9 @@ def show(video_id, data, out, columns) -> None:
     try:
         path = show_video(data, video_id, out, columns)
     except (FormatError, KeyError) as err:
-        _fail(str(err).strip("'\""))
+        _fail(_one_line(err))
+    except OSError as err:  # the picture cannot be written there
+        _fail(f"cannot write {out}: {err.strerror or _one_line(err)}")
     click.echo(f"wrote {path}")
 
 
@@ -245,16 +369,18 @@ def show(video_id, data, out, columns) -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=DEFAULT_DATA / "ucf101",
               help="Processed dataset folder.")
 def info(data: Path) -> None:
-    """Summary of a processed dataset."""
-    from .pipeline.info import dataset_info
-    from .pipeline.shards import FormatError
+    """Summary of a processed dataset (warnings about it, such as stale flow, on stderr)."""
+    from .pipeline.format import FormatError
+    from .pipeline.info import info_report
 
     try:
-        lines = dataset_info(data)
+        report = info_report(data)
     except FormatError as err:
-        _fail(str(err))
-    for line in lines:
+        _fail(_one_line(err))
+    for line in report.lines:
         click.echo(line)
+    for line in report.warnings:
+        click.echo(f"Warning: {line}", err=True)
 
 
 @prep.command()
@@ -265,16 +391,14 @@ def check(data: Path) -> None:
     from .pipeline.info import check_report
 
     report = check_report(data)
-    for line in report.problems:  # the problems on stderr with the verdict, what was not verifiable on stdout
+    for line in report.problems + report.notes():  # problems and what could not be verified, with the verdict
         click.echo(line, err=True)
-    for line in report.notes():
-        click.echo(line)
     if report.problems:
         _fail(f"{len(report.problems)} problem(s) in {data}")
     click.echo(f"{data}: ok")
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 @_version_option("iic")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
@@ -287,101 +411,146 @@ def main(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
+# --------------------------------------------------------------------------------------------------------
+# iic train: its options are generated from the config's declarations (model/config.py)
+
+
+class _Floats(click.ParamType):
+    name = "FLOATS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,0.75", param, ctx)
+
+
+def _click_type(opt: Option) -> click.ParamType | type:
+    if opt.choices is not None:
+        return click.Choice(opt.choices)
+    if opt.kind in (int, float) and (opt.low is not None or opt.high is not None):
+        kind = click.IntRange if opt.kind is int else click.FloatRange
+        return kind(opt.low, opt.high, min_open=opt.low_open, max_open=opt.high_open)
+    return {tuple: _Floats(), Path: click.Path(path_type=Path)}.get(opt.kind, opt.kind)
+
+
+def _shown(value) -> str:
+    return ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value).lower() if isinstance(
+        value, bool) else str(value)
+
+
+def _config_options(f):
+    """One click option per declared config option (`config.OPTIONS`): type, choices, range, help and the
+    shown default all come from the declaration. The click default is None, so that what the user gave is
+    told from what the preset or config file sets."""
+    for opt in reversed([o for o in OPTIONS if o.cli]):
+        decls = [f"{opt.flag}/--no-{opt.flag[2:]}"] if opt.kind is bool else [opt.flag]
+        help_text = f"{opt.help} [default: {_shown(opt.default)}]"
+        f = click.option(*decls, opt.name, type=None if opt.kind is bool else _click_type(opt), default=None,
+                         help=help_text, show_default=False)(f)
+    return f
+
+
+def _new_run_folder(runs: Path, name: str) -> Path:
+    """``<runs>/<name>-<date>-<time>``, with a counter when that exists: a new run never shares a folder."""
+    stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = runs / stem, 1
+    while out.exists():
+        n += 1
+        out = runs / f"{stem}-{n}"
+    return out
+
+
+def _resume_config(run: Path, recipe: dict, given: dict, data: Path | None, out: Path | None):
+    """The config to continue the run in ``run`` with: its own, with what may change (where and how it runs, more
+    --epochs) taken from ``given``. A recipe asked for (``recipe``: --preset, --config, --dualvar; and the options
+    given) must be the run's own: every difference is refused, named."""
+    from .model.config import RESUME_EXTEND, RESUME_FREE, ConfigError, recipe_changes
+    from .model.run.resume import saved_run
+
+    run = run.parent if run.is_file() else run
+    if out is not None and out.resolve() != run.resolve():
+        raise ConfigError(f"--out {out} and --resume {run} name different runs: pass only --resume")
+    saved, finished = saved_run(run)  # finished: its epochs when it has a final.pt
+    where = {"data": saved.data, "out": saved.out}
+    asked = build_config(**recipe, **where, **given) if recipe else build_config(**{**saved.to_dict(), **where, **given})
+    changed = recipe_changes(saved, asked)
+    if changed:
+        raise ConfigError(f"--resume continues {run} with its own recipe, which cannot change: {'; '.join(changed)}. "
+                          "Only where and how it runs, and --epochs, may; start a new run for another recipe")
+    if given.get("epochs", saved.epochs) < saved.epochs:
+        raise ConfigError(f"--resume {run}: --epochs {given['epochs']} is fewer than the run's {saved.epochs}; "
+                          "a run can be extended, not shortened")
+    if finished is not None and given.get("epochs", saved.epochs) == finished:
+        click.echo(f"{run} finished all {finished} epochs (--epochs N extends it)", err=True)
+    kept = {k: v for k, v in given.items() if OPTIONS_BY_NAME[k].resume in (RESUME_FREE, RESUME_EXTEND)}
+    return build_config(**{**saved.to_dict(), **kept, "out": run, "data": data or saved.data})
+
+
 @main.command("train")
-@click.option("--dataset", default="ucf101", help="Dataset name: the data folder is <data root>/<dataset> unless --data names it.")
-@click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: <data root>/<dataset>].")
-@click.option("--split", type=click.IntRange(1, 3), default=None, help="Official split whose train list is used.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: data/runs/<preset or method>].")
-@click.option("--preset", default=None, help="A named configuration (see `iic presets`); flags override it.")
-@click.option("--method", type=click.Choice(METHODS), default=None,
-              help="Objective: IIC (and CMC with --neg none) or DualVar.")
-@click.option("--model", default=None, help="Backbone preset: r3d-10, r21d-10, c3d, r3d-tiny, ...")
-@click.option("--view2", type=click.Choice(VIEWS), default=None,
-              help="The second view contrasted with RGB.")
-@click.option("--neg", type=click.Choice(NEGATIVES), default=None, help="Intra-negative (none = CMC).")
-@click.option("--view2-time", type=click.Choice(VIEW2_TIMES), default=None,
-              help="IIC's view 2 from the frames of view 1 (same, the paper's) or another random time of the video.")
-@click.option("--rgb-aug", type=click.Choice(RGB_AUGS), default=None,
-              help="IIC's RGB views: random crop only (paper) or also SimCLR's colour jitter, grayscale and blur.")
-@click.option("--head", type=click.Choice(HEADS), default=None,
-              help="none (paper), mlp (512-512-128 + L2, authors' v2 code), mlp-bn (+ BatchNorm in its hidden "
-                   "layer), mlp-bn-out (+ also a centring one on its output) or bn (centring BatchNorm).")
-@click.option("--positive", type=click.Choice(POSITIVES), default=None,
-              help="IIC positive: the other view's bank row (paper) or its feature of the same step.")
-@click.option("--live-negative/--no-live-negative", default=None, help="Also use the current intra-negative as a logit.")
-@click.option("--batch-negatives/--no-batch-negatives", default=None,
-              help="IIC: also contrast with the batch's other clips and intra-negatives (live, with gradient).")
-@click.option("--frames", type=click.IntRange(2), default=None, help="Frames per clip (T).")
-@click.option("--stride", type=click.IntRange(1), default=None, help="Frame stride within a clip (DualVar: 4).")
-@click.option("--dualvar", "dualvar_opts", multiple=True, metavar="KEY=VALUE",
-              help="A DualVar option, repeatable: tau_clip, tau_tc, theta, w_clip, w_tc, clip_loss=moco, moco_k, "
-                   "jitter_p, blur_p, grayscale_p, ... (model/dualvar.py).")
-@click.option("--crop", type=click.IntRange(8), default=None, help="Square random crop of the stored frames, px.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Training epochs.")
-@click.option("--batch-size", type=click.IntRange(2), default=None, help="Videos per step (per process under DDP).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=None, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="sgd (paper) or adam.")
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
-              help="Learning-rate decay: the paper's steps or cosine to 0.")
-@click.option("--warmup-epochs", type=click.IntRange(0), default=None, help="Linear learning-rate warm-up.")
-@click.option("--K", "K", type=click.IntRange(0), default=None,
-              help="Negatives per sample drawn from the banks (0: none, with --batch-negatives).")
-@click.option("--tau", type=click.FloatRange(0, min_open=True), default=None, help="IIC temperature.")
-@click.option("--m", "m", type=click.FloatRange(0, 1, max_open=True), default=None, help="IIC bank momentum.")
-@click.option("--monitor-every", type=click.IntRange(0), default=None,
-              help="Epochs between test-split retrieval top-1 checks (0 = off).")
-@click.option("--workers", type=click.IntRange(0), default=None, help="DataLoader worker processes.")
-@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N")
-@click.option("--threads", type=click.IntRange(0), default=None,
-              help="CPU threads for the run (0 = torch's default). CPU results are bit-identical for the same count.")
-@click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA (ignored on CPU).")
-@click.option("--seed", type=int, default=None, help="Seed of initialisation, sampling and augmentation.")
-@click.option("--skip-corrupt", is_flag=True, default=None,
-              help="Leave out clips whose stored bytes are damaged (each video said once, counted at the end) "
-                   "instead of stopping at the first; one process only.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train_cmd(dataset, data, split, out, preset, method, model, view2, neg, view2_time, rgb_aug, head, positive, live_negative, batch_negatives,
-              frames, stride, dualvar_opts, crop, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, K, tau, m, monitor_every,
-              workers, device, threads, amp, seed, skip_corrupt, resume) -> None:
-    """Self-supervised pretraining (IIC; DualVar with --method dualvar).
+@click.option("--preset", default=None, help="A named recipe (`iic presets`); options given override it.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A TOML recipe file (the format of `iic presets --show NAME`); options given override it.")
+@click.option("--dataset", default=None, help="Dataset name: the data folder is <data root>/<dataset> unless --data "
+              "names it [default: the one processed dataset under the data root, else ucf101].")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Processed dataset folder [default: <data root>/<dataset>; with --resume the run's].")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder [default: a new <data root>/runs/<preset or method>-<date>-<time>].")
+@click.option("--dualvar", "key_values", multiple=True, metavar="KEY=VALUE",
+              help="A DualVar or SimCLR option, repeatable: tau_clip, tau_tc, theta, w_clip, w_tc, clip_loss=moco, "
+                   "moco_k, jitter_p, blur_p, grayscale_p, ... (model/config.py: DualVarConfig, SimCLRAugmentConfig).")
+@click.option("--resume", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Continue the run in this folder from its last checkpoint, with its own recipe (options that "
+                   "would change it are refused); --epochs N extends it (docs/method.md, schedules).")
+@click.option("--print-config", is_flag=True, help="Print the resolved config (TOML, for --config) and exit.")
+@_config_options
+def train_cmd(preset, config_file, dataset, data, out, key_values, resume, print_config, **options) -> None:
+    """Self-supervised pretraining (IIC and its CMC baseline; DualVar with --method dualvar).
 
-    An option left out takes the value of --preset, else the default in model/config.py (TrainConfig).
+    The recipe is the defaults shown, then --preset or --config, then the options given.
     """
-    from .model.checkpoint import CheckpointError
-    from .model.clips import DataError
-    from .model.config import ConfigError, build_config
-    from .model.distributed import DeviceError
-    from .model.config import parse_dualvar_options
-    from .model.train import TrainingError, train
-    from .pipeline.shards import FormatError
+    from .model.config import parse_key_values, to_toml
 
-    data = data or DEFAULT_DATA / dataset
-    out = out or DEFAULT_DATA / "runs" / (preset or method or "iic")
-    try:
-        cfg = build_config(preset, data=data, split=split, out=out, method=method, model=model, view2=view2, neg=neg,
-                           view2_time=view2_time, rgb_aug=rgb_aug,
-                           head=head, positive=positive, live_negative=live_negative,
-                           batch_negatives=batch_negatives, frames=frames, stride=stride,
-                           dualvar=parse_dualvar_options(dualvar_opts) if dualvar_opts else None, crop=crop, epochs=epochs,
-                           batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule,
-                           warmup_epochs=warmup_epochs, K=K, tau=tau, m=m, monitor_every=monitor_every,
-                           workers=workers, device=device, threads=threads, amp=amp, seed=seed,
-                           skip_corrupt=skip_corrupt or None)
-        final = train(cfg, resume=resume)
-    except ConfigError as err:  # bad flags or preset: usage
-        _fail(str(err).splitlines()[0], 2)
-    except (DataError, FormatError, CheckpointError, TrainingError, DeviceError) as err:
-        _fail(str(err).splitlines()[0])
+    given = {name: value for name, value in options.items() if value is not None}
+    if out is not None and out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} is a file, not a run folder", param_hint="--out")
+    if resume is not None:
+        recipe = {"preset": preset, "config_file": config_file, **parse_key_values(key_values)} if (
+            preset or config_file or key_values) else {}
+        cfg = _resume_config(resume, recipe, given, data or (_dataset_folder(dataset) if dataset else None), out)
+    else:
+        name = preset or (config_file.stem if config_file else given.get("method", "iic"))
+        cfg = build_config(preset, config_file, data=data or _dataset_folder(dataset),
+                           out=out or _new_run_folder(DEFAULT_DATA / "runs", name),
+                           **parse_key_values(key_values), **given)
+    if print_config:
+        click.echo(to_toml(cfg.to_dict()), nl=False)
+        return
+    from .model.run.train import train
+
+    click.get_current_context().meta["resume"] = f"`iic train --resume {cfg.out}` continues it"
+    if out is None and resume is None:
+        click.echo(f"run folder: {cfg.out}", err=True)
+    final = train(cfg, resume=resume is not None)
     click.echo(f"final checkpoint: {final}")
 
 
 @main.command()
-def presets() -> None:
-    """List the named training configurations (`iic train --preset NAME`)."""
-    from .model.config import PRESETS
+@click.option("--show", "show_name", default=None, metavar="NAME",
+              help="Print this preset's full resolved config (TOML, for `iic train --config`).")
+def presets(show_name: str | None) -> None:
+    """The named recipes (`iic train --preset NAME`), each a TOML file of model/presets/."""
+    from .model.config import describe_file, preset_names, preset_path, to_toml
 
-    for name, values in PRESETS.items():
-        click.echo(f"{name:18} " + " ".join(f"{k}={v}" for k, v in values.items()))
+    if show_name is not None:
+        cfg = build_config(show_name)
+        click.echo(to_toml(cfg.to_dict(), comment=f"{show_name}: {describe_file(preset_path(show_name))}"), nl=False)
+        return
+    for name in preset_names():
+        click.echo(f"{name:18} {describe_file(preset_path(name))}")
 
 
 @main.command()
@@ -399,11 +568,9 @@ def demo(data, workers, epochs, seed, per_class, frames, jobs) -> None:
     """The main job on the synthetic dataset: data, flow, IIC/CMC/DualVar training, retrieval table."""
     from .demo import DemoConfig, run_demo
 
-    try:
-        lines = run_demo(DemoConfig(data=data, workers=workers, epochs=epochs, seed=seed, per_class=per_class,
-                                    frames=frames, jobs=jobs))
-    except (RuntimeError, ValueError, OSError) as err:
-        _fail(str(err).splitlines()[0])
+    click.get_current_context().meta["resume"] = "`iic demo` with the same options continues it"
+    lines = run_demo(DemoConfig(data=data, workers=workers, epochs=epochs, seed=seed, per_class=per_class,
+                                frames=frames, jobs=jobs), progress=lambda line: click.echo(f"demo: {line}", err=True))
     for line in lines:
         click.echo(line)
 
@@ -414,73 +581,98 @@ def demo(data, workers, epochs, seed, per_class, frames, jobs) -> None:
 
 @main.group("eval")
 def eval_group() -> None:
-    """Evaluate a trained backbone: retrieval, fine-tuned recognition, linear / kNN probe."""
+    """Evaluate a trained backbone: retrieval, fine-tuned recognition, linear / kNN probe.
+
+    Each evaluation writes its own folder, named by what it evaluates (<run>/eval/<kind>-<data>-s<split>-...);
+    --json prints the result as JSON on stdout instead of the table.
+    """
 
 
 def _source_options(f):
-    f = click.option("--seed", type=int, default=0, help="Seed of --random-init (and of the probe).")(f)
+    f = click.option("--seed", type=click.IntRange(0), default=0, help="Seed of --random-init (and of the probe).")(f)
     f = click.option("--crop", type=click.IntRange(8), default=None, help="Centre crop [default: the checkpoint's].")(f)
     f = click.option("--frames", type=click.IntRange(2), default=None, help="Frames per clip [default: the checkpoint's].")(f)
-    f = click.option("--model", default=None, help="Backbone preset [default: the checkpoint's; with --random-init the latest run's].")(f)
+    f = click.option("--model", type=click.Choice(tuple(BACKBONES)), default=None,
+                     help="Backbone [default: the checkpoint's; with --random-init the run's].")(f)
     f = click.option("--random-init", is_flag=True, help="An untrained backbone of the same config: the baseline.")(f)
     f = click.option("--run", type=click.Path(path_type=Path), default=None,
-                     help="Where to look for the newest final.pt when --ckpt is not given [default: <data root>/runs].")(f)
-    f = click.option("--ckpt", type=click.Path(path_type=Path), default=None, help="Checkpoint [default: the newest final.pt under --run, named on the terminal].")(f)
+                     help="Where to look for the run when --ckpt is not given [default: <data root>/runs].")(f)
+    f = click.option("--ckpt", type=click.Path(path_type=Path), default=None,
+                     help="Checkpoint [default: the final.pt of the only run under --run].")(f)
     return f
 
 
 def _data_options(f):
-    f = click.option("--device", default="auto", help="auto | cpu | cuda | cuda:N")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")(f)
+    f = click.option("--device", callback=_check_device, default="auto", help="auto | cpu | cuda | cuda:N")(f)
     f = click.option("--workers", type=click.IntRange(0), default=2, help="DataLoader worker processes.")(f)
     f = click.option("--batch-size", type=click.IntRange(1), default=16, help="Clips per batch.")(f)
-    f = click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder [default: <run>/eval].")(f)
+    f = click.option("--out", type=click.Path(path_type=Path), default=None,
+                     help="Output folder [default: <run>/eval/<kind>-<data>-s<split>-<input>...].")(f)
     f = click.option("--split", type=click.IntRange(1, 3), default=1, help="Official split: train list = gallery / "
                      "training set, test list = queries / test set.")(f)
-    f = click.option("--data", type=click.Path(path_type=Path), default=None, help="Processed dataset folder [default: <data root>/<dataset>].")(f)
-    f = click.option("--dataset", default="ucf101", help="Dataset name (data folder <data root>/<dataset>).")(f)
+    f = click.option("--data", type=click.Path(path_type=Path), default=None,
+                     help="Processed dataset folder [default: <data root>/<dataset>, else the run's own data].")(f)
+    f = click.option("--dataset", default=None, help="Dataset name (data folder <data root>/<dataset>) "
+                     "[default: the data the run was trained on].")(f)
     return f
 
 
+def _check_device(ctx, param, value: str) -> str:
+    from .model.config import ConfigError, check_device
+
+    try:
+        return check_device(value)
+    except ConfigError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 def _source_config(ckpt, run, random_init, model, frames, crop, seed):
-    from .model.evaluate import SourceConfig
+    from .model.evaluation.evaluate import SourceConfig
 
     if ckpt is not None and random_init:
         raise click.UsageError("--ckpt and --random-init exclude each other")
-    runs = run or DEFAULT_DATA / "runs"
-    if ckpt is None and not random_init:
-        ckpt = _newest_checkpoint(runs)
-    return SourceConfig(ckpt=ckpt, runs=runs, random_init=random_init, model=model, frames=frames, crop=crop, seed=seed)
+    return SourceConfig(ckpt=ckpt, runs=run or DEFAULT_DATA / "runs", random_init=random_init, model=model,
+                        frames=frames, crop=crop, seed=seed)
 
 
-def _newest_checkpoint(runs: Path) -> Path:
-    """The newest final.pt under ``runs``, said on the terminal before any work: it is a guess."""
-    from .model.checkpoint import CheckpointError
-    from .model.features import find_checkpoint
+def _eval_data(dataset: str | None, data: Path | None, source) -> Path:
+    """--data, else <data root>/<--dataset>, else the data the evaluated run was trained on, else the data
+    root's one processed dataset."""
+    if data is not None:
+        return data
+    if dataset is not None:
+        return DEFAULT_DATA / dataset
+    from .model.evaluation.evaluate import trained_on
 
-    try:
-        ckpt = find_checkpoint(runs)
-    except CheckpointError as err:
-        _fail(str(err))
-    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(ckpt.stat().st_mtime))
-    click.secho(f"No --ckpt given: evaluating the newest checkpoint under {runs}: {ckpt} (written {written})",
-                bold=True)
-    return ckpt
+    return trained_on(source) or _dataset_folder(None)
 
 
-def _eval_errors():
-    from .model.checkpoint import CheckpointError
-    from .model.clips import DataError
-    from .model.config import ConfigError
-    from .pipeline.shards import FormatError
+def _announce(source) -> None:
+    """Say which backbone is evaluated, first and on stderr, when the user did not name it."""
+    from .model.evaluation.evaluate import picked_for_you
 
-    return (CheckpointError, DataError, ConfigError, FormatError, ValueError, KeyError, OSError)
+    line = picked_for_you(source)
+    if line:
+        click.echo(line, err=True)
+
+
+def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
 
 
 @eval_group.command("retrieval")
 @_data_options
 @_source_options
 @click.option("--modality", type=click.Choice(EVAL_VIEWS), default=None,
-              help="View whose features are retrieved [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
+              help="View whose features are retrieved [default: the method's protocol: res for IIC/CMC, rgb for "
+                   "DualVar, the trained view for a flow run].")
 @click.option("--merge", is_flag=True, help="Concatenate RGB and --modality features (each L2-normalised first).")
 @click.option("--feature", type=click.Choice(FEATURES), default=None,
               help="[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar]")
@@ -489,28 +681,26 @@ def _eval_errors():
               help="Subtract each set's mean [default: the method's protocol: no for IIC/CMC, yes for DualVar].")
 @click.option("--skip-corrupt", is_flag=True,
               help="Leave out (and list) videos with a damaged clip instead of stopping at the first.")
-def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
-                   seed, modality, merge, feature, clips, center, skip_corrupt) -> None:
+def eval_retrieval(dataset, data, split, out, batch_size, workers, device, as_json, ckpt, run, random_init, model,
+                   frames, crop, seed, modality, merge, feature, clips, center, skip_corrupt) -> None:
     """Nearest-neighbour video retrieval: test videos query the train videos (top-1/5/10/20/50)."""
-    from .model.evaluate import RetrievalConfig, evaluate_retrieval, table_lines
+    from .model.evaluation.evaluate import RetrievalConfig, evaluate_retrieval, table_lines
 
-    cfg = RetrievalConfig(data=data or DEFAULT_DATA / dataset, split=split,
-                          source=_source_config(ckpt, run, random_init, model, frames, crop, seed),
-                          modality=modality, merge=merge, feature=feature, clips=clips, center=center,
-                          batch_size=batch_size, workers=workers, device=device, out=out, skip_corrupt=skip_corrupt)
-    try:
-        result = evaluate_retrieval(cfg)
-    except _eval_errors() as err:
-        _fail(str(err).strip("'\"").splitlines()[0])
-    for line in table_lines(result):
-        click.echo(line)
+    source = _source_config(ckpt, run, random_init, model, frames, crop, seed)
+    _announce(source)
+    cfg = RetrievalConfig(data=_eval_data(dataset, data, source), split=split, source=source, modality=modality,
+                          merge=merge, feature=feature, clips=clips, center=center, batch_size=batch_size,
+                          workers=workers, device=device, out=out, skip_corrupt=skip_corrupt)
+    result = evaluate_retrieval(cfg)
+    _emit(result, as_json, table_lines(result))
 
 
 @eval_group.command("linear")
 @_data_options
 @_source_options
 @click.option("--modality", type=click.Choice(EVAL_VIEWS), default=None,
-              help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
+              help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar, "
+                   "the trained view for a flow run].")
 @click.option("--feature", type=click.Choice(FEATURES), default=None,
               help="Backbone features: conv5 max-pooled (1, 2, 2) and flattened, or the pooled vector "
                    "[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar].")
@@ -519,58 +709,51 @@ def eval_retrieval(dataset, data, split, out, batch_size, workers, device, ckpt,
 @click.option("--weight-decay", type=click.FloatRange(0), default=1e-3, help="L2 penalty of the classifier.")
 @click.option("--skip-corrupt", is_flag=True,
               help="Leave out (and list) videos with a damaged clip instead of stopping at the first.")
-def eval_linear(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames, crop,
-                seed, modality, feature, clips, knn, weight_decay, skip_corrupt) -> None:
+def eval_linear(dataset, data, split, out, batch_size, workers, device, as_json, ckpt, run, random_init, model,
+                frames, crop, seed, modality, feature, clips, knn, weight_decay, skip_corrupt) -> None:
     """Frozen features -> logistic regression (or kNN) on the train list; top-1 on the test list."""
-    from .model.evaluate import LinearConfig, evaluate_linear
+    from .model.evaluation.evaluate import LinearConfig, evaluate_linear
+    from .model.evaluation.features import data_line
 
-    cfg = LinearConfig(data=data or DEFAULT_DATA / dataset, split=split,
-                       source=_source_config(ckpt, run, random_init, model, frames, crop, seed), modality=modality,
+    source = _source_config(ckpt, run, random_init, model, frames, crop, seed)
+    _announce(source)
+    cfg = LinearConfig(data=_eval_data(dataset, data, source), split=split, source=source, modality=modality,
                        feature=feature, clips=clips, knn=knn, weight_decay=weight_decay, batch_size=batch_size,
                        workers=workers, device=device, out=out, skip_corrupt=skip_corrupt)
-    try:
-        result = evaluate_linear(cfg)
-    except _eval_errors() as err:
-        _fail(str(err).strip("'\"").splitlines()[0])
-    from .model.features import data_line
-
-    if result["chosen"]:
-        click.echo(f"backbone picked for you: {result['checkpoint']} ({result['chosen']})")
-    click.echo(f"{result['method']}: top-1 {result['top1']:.1f}% on {result['counts']['test']} test videos "
-               f"({result['counts']['train']} train; {result['counts']['failed_test']} failed) — {result['checkpoint']}")
-    click.echo(data_line(result["data"]))
-    click.echo(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
+    r = evaluate_linear(cfg)
+    _emit(r, as_json, [
+        f"{r['method']}: top-1 {r['top1']:.1f}% on {r['counts']['test']} test videos ({r['counts']['train']} train; "
+        f"{r['counts']['failed_test']} failed) — {r['checkpoint']}",
+        data_line(r["data"]),
+        f"features {'read from cache' if r['cached'] else 'extracted'}; results in {r['out']}"])
 
 
 @eval_group.command("recognition")
 @_data_options
 @_source_options
 @click.option("--modality", type=click.Choice(EVAL_VIEWS), default=None,
-              help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar].")
+              help="Input view of the backbone [default: the method's protocol: res for IIC/CMC, rgb for DualVar, "
+                   "the trained view for a flow run].")
 @click.option("--epochs", type=click.IntRange(1), default=150, help="Fine-tuning epochs.")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, help="Learning rate of the fine-tuning.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9, max_open=False), default=0.1,
               help="Share of the train list held out for validation (deterministic by --seed).")
 @click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
 @click.option("--resume", is_flag=True, help="Continue the fine-tuning run in --out from its last checkpoint.")
-def eval_recognition(dataset, data, split, out, batch_size, workers, device, ckpt, run, random_init, model, frames,
-                     crop, seed, modality, epochs, lr, val_fraction, clips, resume) -> None:
+def eval_recognition(dataset, data, split, out, batch_size, workers, device, as_json, ckpt, run, random_init, model,
+                     frames, crop, seed, modality, epochs, lr, val_fraction, clips, resume) -> None:
     """Fine-tune backbone + linear classifier on the train list; top-1/top-5 per test video."""
-    from .model.finetune import FinetuneConfig, FinetuneError, finetune
+    from .model.evaluation.features import data_line
+    from .model.run.finetune import FinetuneConfig, finetune
 
-    cfg = FinetuneConfig(data=data or DEFAULT_DATA / dataset, split=split,
-                         source=_source_config(ckpt, run, random_init, model, frames, crop, seed), modality=modality,
+    source = _source_config(ckpt, run, random_init, model, frames, crop, seed)
+    _announce(source)
+    cfg = FinetuneConfig(data=_eval_data(dataset, data, source), split=split, source=source, modality=modality,
                          epochs=epochs, lr=lr, val_fraction=val_fraction, clips=clips, batch_size=batch_size,
                          workers=workers, device=device, out=out, seed=seed)
-    try:
-        result = finetune(cfg, resume=resume)
-    except (*_eval_errors(), FinetuneError) as err:
-        _fail(str(err).strip("'\"").splitlines()[0])
-    from .model.features import data_line
-
-    if result["chosen"]:
-        click.echo(f"backbone picked for you: {result['checkpoint']} ({result['chosen']})")
-    click.echo(f"recognition: top-1 {result['top1']:.1f}%  top-5 {result['top5']:.1f}% on {result['counts']['test']} "
-               f"test videos ({result['counts']['train']} train, {result['counts']['val']} val) — {result['checkpoint']}")
-    click.echo(data_line(result["data"]))
-    click.echo(f"results in {result['out']}")
+    click.get_current_context().meta["resume"] = "the same command with --resume continues the fine-tuning"
+    r = finetune(cfg, resume=resume)
+    _emit(r, as_json, [
+        f"recognition: top-1 {r['top1']:.1f}%  top-5 {r['top5']:.1f}% on {r['counts']['test']} test videos "
+        f"({r['counts']['train']} train, {r['counts']['val']} val) — {r['checkpoint']}",
+        data_line(r["data"]), *r.get("warnings", []), f"results in {r['out']}"])

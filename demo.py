@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,9 @@ from .pipeline.parallel import ParallelConfig
 from .pipeline.synth import SynthConfig, generate
 from .model.config import TrainConfig, build_config
 from .model.distributed import cpu_threads
-from .model.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval, prefetch_features
-from .model.protocol import protocol_for
-from .model.sweep import TrainTask, cpu_cores, side_by_side
-from .model.train import METHOD_BUILDERS
+from .model.evaluation.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval, prefetch_features
+from .model.evaluation.protocol import protocol_for
+from .model.run.sweep import TrainTask, cpu_cores, side_by_side
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +53,28 @@ class DemoConfig:
 
     @property
     def processed(self) -> Path:
-        return Path(self.data) / "synth" / "ucf101"
+        """The processed dataset, named ``synth`` under the data root (where every default finds it)."""
+        return Path(self.data) / "synth"
 
     @property
     def runs(self) -> Path:
         return Path(self.data) / "runs"
 
 
-# (row name, preset, method); DualVar joins when its method is registered.
-# IIC with shuffle negatives (`tiny-shuffle`) is in bench/bench_learning.py, not here: the demo stays within
+# (row name, preset, method). IIC with shuffle negatives (`tiny-shuffle`) is in bench/bench_learning.py, not here: the demo stays within
 # ~11 minutes on 2 cores.
 RUNS = (("IIC (repeat)", "tiny", "iic"), ("CMC baseline", "cmc-tiny", "iic"), ("DualVar", "dualvar-tiny", "dualvar"))
 
 
-def _step(name: str) -> float:
-    log.info("demo: %s", name)
-    return time.perf_counter()
+Progress = Callable[[str], None]  # one line per stage and run (``iic demo`` prints them on stderr)
 
 
 def prepare_data(cfg: DemoConfig) -> None:
     parallel = ParallelConfig(workers=cfg.workers)
     generate(SynthConfig(out=cfg.raw, classes=cfg.classes, per_class=cfg.per_class, frames=cfg.frames,
                          height=cfg.size[0], width=cfg.size[1], seed=cfg.seed))
-    summary = extract(ExtractConfig(dataset="ucf101", root=cfg.raw, out=cfg.processed.parent, size=cfg.size,
-                                    parallel=parallel))
+    summary = extract(ExtractConfig(dataset="ucf101", root=cfg.raw, out=cfg.processed.parent, name=cfg.processed.name,
+                                    size=cfg.size, parallel=parallel))
     if summary.failed:
         raise RuntimeError(f"{summary.failed} synthetic videos failed extraction: {summary.failures[0]}")
     flow = compute_flow(FlowStageConfig(data=cfg.processed, flow=FlowConfig(cfg.flow_method), parallel=parallel))
@@ -125,24 +123,21 @@ def prefetch_baseline(cfg: DemoConfig, methods: tuple[str, ...], progress: bool)
         prefetch_features(_retrieval(cfg, source, cache), cfg.retrieval_modalities, features, progress)
 
 
-def train_runs(cfg: DemoConfig) -> dict[str, tuple[str, Path]]:
+def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tuple[str, Path]]:
     """Train every demo configuration (skipping finished runs, resuming interrupted ones) and compute the
     features the table needs. On CPU each run trains with one thread, loading its own clips (no loader
     workers: the cores are busy training), and ``cfg.jobs`` of them side by side (0: one per core;
     `model/sweep.py`), so the table is the same on any CPU machine; each worker then computes its run's
     features, and the random-init backbone's fill a worker too, so no core waits for the longest run. On CUDA
     one after another."""
-    runs = [(name, preset, method) for name, preset, method in RUNS if method in METHOD_BUILDERS]
-    for name, _, method in RUNS:
-        if method not in METHOD_BUILDERS:
-            log.warning("demo: %s skipped (method %s not available)", name, method)
+    runs = list(RUNS)
     cfgs = [build_config(preset, data=cfg.processed, out=cfg.runs / f"demo-{preset}", seed=cfg.seed, epochs=cfg.epochs,
                          **({"threads": 1, "workers": 0} if _cpu() else {})) for _, preset, _ in runs]
     jobs = (cfg.jobs or cpu_cores()) if _cpu() else 1
     pending = [name for (name, _, _), c in zip(runs, cfgs) if not (Path(c.out) / "final.pt").exists()]
     if pending:
-        _step(f"training {', '.join(pending)}" + (f", {min(jobs, len(pending))} at a time, one CPU thread each"
-                                                 if _cpu() and jobs > 1 else ""))
+        progress(f"training {', '.join(pending)}" + (f", {min(jobs, len(pending))} at a time, one CPU thread each"
+                                                    if _cpu() and jobs > 1 else "") + " (several minutes on a CPU)")
     methods = tuple(sorted({method for _, _, method in runs}))
     alone = jobs <= 1  # progress bars only when nothing runs beside
     tasks = [TrainTask(c, then=functools.partial(prefetch_run, cfg, method, alone)) for (_, _, method), c in zip(runs, cfgs)]
@@ -150,9 +145,9 @@ def train_runs(cfg: DemoConfig) -> dict[str, tuple[str, Path]]:
     for i, result, seconds in side_by_side([*tasks, functools.partial(prefetch_baseline, cfg, methods, alone)], jobs):
         if i < len(runs):
             finals[i] = result
-            log.info("demo: %s trained and encoded in %.0f s -> %s", runs[i][0], seconds, result)
+            progress(f"{runs[i][0]}: trained and encoded in {seconds:.0f} s -> {result}")
         else:
-            log.info("demo: random-init features in %.0f s", seconds)
+            progress(f"random-init features in {seconds:.0f} s")
     return {name: (method, final) for (name, _, method), final in zip(runs, finals)}
 
 
@@ -196,12 +191,15 @@ def table(rows: list[Row], ks: tuple[int, ...] = (1, 5, 10)) -> list[str]:
     return lines
 
 
-def run_demo(cfg: DemoConfig) -> list[str]:
-    """Run everything; returns the lines of the final report (also saved as ``<runs>/demo.json``)."""
-    t0 = _step("preparing the synthetic dataset (generate, extract, flow)")
+def run_demo(cfg: DemoConfig, progress: Progress = log.info) -> list[str]:
+    """Run everything, saying each stage and each run as it ends (``progress``); returns the lines of the final
+    report (also saved as ``<runs>/demo.json``)."""
+    t0 = time.perf_counter()
+    progress(f"preparing the synthetic dataset in {cfg.processed} (generate, extract, flow)")
     prepare_data(cfg)
-    finals = train_runs(cfg)
-    _step("retrieval")
+    progress(f"dataset ready in {time.perf_counter() - t0:.0f} s")
+    finals = train_runs(cfg, progress)
+    progress("retrieval")
     rows = retrieval_rows(cfg, finals)
     lines = table(rows)
     lines += [f"curves: {final.parent / 'curves.png'}" for _, final in finals.values()]

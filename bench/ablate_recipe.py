@@ -28,15 +28,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iic.model import augment
-from iic.model.backbones import build_backbone, preset, retrieval_feature
-from iic.model.clips import eval_starts
+from iic.model.data import augment
+from iic.model.config import backbone_config
+from iic.model.nets.backbones import build_backbone, retrieval_feature
+from iic.model.data.clips import eval_starts
 from iic.model.config import TrainConfig
-from iic.model.iic import CenterHead, IICMemory, ProjectionHead, intra_negative, l2_normalize, nce_loss
-from iic.model.protocol import iic_chance_loss
-from iic.model.retrieval import retrieval_topk
-from iic.model.train import lr_factor
-from iic.pipeline.shards import VideoStore
+from iic.model.methods.iic import intra_negative, nce_loss
+from iic.model.methods.variants import LiveMemory
+from iic.model.nets.heads import CenterHead, ProjectionHead, l2_normalize
+from iic.model.evaluation.protocol import iic_chance_loss
+from iic.model.evaluation.retrieval import retrieval_topk
+from iic.model.run.train import lr_factor
+from iic.pipeline.reader import VideoStore
 
 OPTIONS = dict(data="data/synth/ucf101", epochs=20, bs=8, lr=1e-3, opt="adam", K=16, tau=0.07, m=0.5, neg="repeat",
                head="none", norm=1, sched="step", warm=0, pos="bank", fill=0, seed=0, crop=64, T=16, wd=1e-4,
@@ -70,13 +73,13 @@ def main() -> None:
     store = VideoStore(o["data"])
     train_set, y_train = load(store, "train")
     test_set, y_test = load(store, "test")
-    backbone = build_backbone(preset(o["model"]))
+    backbone = build_backbone(backbone_config(o["model"]))
     d = backbone.out_dim
     head = {"none": None, "bn": CenterHead(d), "mlp": ProjectionHead(d)}[o["head"]]
     dim = 128 if o["head"] == "mlp" else d
     classifier = nn.Linear(d, len(store.classes)) if o["sup"] else None
     params = [*backbone.parameters(), *(head.parameters() if head else []), *(classifier.parameters() if classifier else [])]
-    memory = IICMemory(len(train_set), dim, K=o["K"], tau=o["tau"], m=o["m"], intra_neg=o["neg"] != "none",
+    memory = LiveMemory(len(train_set), dim, K=o["K"], tau=o["tau"], m=o["m"], intra_neg=o["neg"] != "none",
                        normalize=bool(o["norm"]), positive=o["pos"],
                        batch_negatives=bool(o["bneg"]), generator=torch.Generator().manual_seed(o["seed"]))
     opt = (torch.optim.Adam(params, lr=o["lr"], weight_decay=o["wd"]) if o["opt"] == "adam"

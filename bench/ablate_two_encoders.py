@@ -1,6 +1,6 @@
 """Ablation: IIC and CMC with one encoder per modality (CMC's design) instead of IIC's one shared encoder.
 
-`iic train`'s loop and step as they are, with `iic.model.iic.Encoder` replaced for this process by one that
+`iic train`'s loop and step as they are, with `iic.model.methods.iic.Encoder` replaced for this process by one that
 sends view 1 (RGB) and its intra-negatives through ``backbone``/``head`` and view 2 through its own
 ``backbone2``/``head2``. The finished checkpoint is written again as ``final-res.pt`` (view 2's encoder under the
 ``backbone.`` keys) and ``final-rgb.pt`` (view 1's), so that `iic eval retrieval --modality res|rgb` scores each
@@ -18,10 +18,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from iic.model import checkpoint, iic
-from iic.model.backbones import build_backbone, preset as backbone_preset
+from iic.model import checkpoint
+
+from iic.model.methods import iic
+from iic.model.nets.backbones import build_backbone
+from iic.model.nets.heads import make_head
 from iic.model.config import TrainConfig, build_config
-from iic.model.train import train
+from iic.model.run.train import train
 
 
 class TwoEncoders(nn.Module):
@@ -29,9 +32,9 @@ class TwoEncoders(nn.Module):
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
-        self.backbone, self.backbone2 = (build_backbone(backbone_preset(cfg.model)) for _ in range(2))
+        self.backbone, self.backbone2 = (build_backbone(cfg.model) for _ in range(2))
         d = self.backbone.out_dim
-        self.head, self.head2 = iic.make_head(cfg.head, d), iic.make_head(cfg.head, d)
+        self.head, self.head2 = make_head(cfg.iic.head, d), make_head(cfg.iic.head, d)
         self.out_dim = getattr(self.head, "out_dim", d)
 
     @staticmethod
@@ -51,7 +54,7 @@ def main() -> None:
     ap.add_argument("preset", nargs="?", default="tiny", choices=("tiny", "cmc-tiny"))
     ap.add_argument("--data", type=Path, default=Path("/tmp/iic-learning/data/ucf101"))
     args = ap.parse_args()
-    iic.Encoder = TwoEncoders  # what build_iic constructs, for this process only
+    iic.Encoder = TwoEncoders  # what the IIC builders construct, for this process only
     cfg = build_config(args.preset, data=args.data, out=args.out, seed=args.seed, threads=1, workers=0, monitor_every=0)
     final = train(cfg, progress=False)  # the monitor would score view 2 with view 1's encoder: off
     ckpt = checkpoint.load(final)

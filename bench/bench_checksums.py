@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import torch
 
-from iic.model.clips import ClipConfig, ClipDataset
-from iic.pipeline.shards import CRC_SUFFIX
+from iic.model.data.clips import ClipConfig, ClipDataset
+from iic.pipeline.format import CRC_SUFFIX
 
 
 def strip_checksums(data: Path, dest: Path) -> Path:

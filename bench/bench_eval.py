@@ -22,8 +22,8 @@ import torch
 from click.testing import CliRunner
 
 from iic.cli import main, prep
-from iic.model.clips import ClipConfig, ClipDataset
-from iic.model.features import extract, load_backbone, BackboneSource
+from iic.model.data.clips import ClipConfig, ClipDataset
+from iic.model.evaluation.features import extract, load_backbone, BackboneSource
 from iic.pipeline.synth import SynthConfig, generate
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from iic.pipeline.decode import iter_frames
 from iic.pipeline.flowcalc import METHODS, FlowConfig, dequantize, init_worker_threads, opencv_version
-from iic.pipeline.shards import VideoStore
+from iic.pipeline.reader import VideoStore
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -176,7 +176,8 @@ def main() -> None:
         methods: dict[str, dict] = {}
         flows: dict[str, dict] = {}
         for method in METHODS:
-            run = run_cli("flow", "--data", data, "--method", method, "--workers", "1")
+            # each method replaces the flow of the one before (refused without --overwrite)
+            run = run_cli("flow", "--data", data, "--method", method, "--workers", "1", "--overwrite")
             flows[method] = stored_flow(data)
             methods[method] = {"stage_wall_s": round(run["wall_s"], 3), "stage_cpu_s": round(run["cpu_s"], 3),
                                "stage_reported_s": run["stage_s"], "pairs": run["pairs"],

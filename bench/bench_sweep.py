@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchutil import write_json
 from iic.model.config import build_config
-from iic.model.sweep import cpu_cores, train_all
+from iic.model.run.sweep import cpu_cores, train_all
 
 
 def timed(data: Path, out: Path, epochs: int, threads: int, jobs: int) -> float:

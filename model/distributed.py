@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -80,21 +81,30 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def max_divergence(tensors: list[torch.Tensor]) -> float:
-    """Largest absolute difference between this rank's tensors and rank 0's (0.0 at world size 1, or when
-    there is nothing to compare: DualVar with SimCLR keeps no state, and every rank skips alike).
+def ranks_disagree(tensors: list[torch.Tensor]) -> str:
+    """Whether every process holds the same ``tensors`` as rank 0 ("" when they do, or at world size 1), in
+    the same words on every rank. Cheap enough for every epoch: each rank reduces each tensor to its sum and
+    its sum of squares (float64) and compares those with rank 0's. Collectives run on the tensors' own
+    device (NCCL refuses CPU tensors)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not tensors:
+        return ""
+    mine = torch.stack([torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
+                        for t in tensors])  # (n, 2)
+    ref = mine.clone()
+    dist.broadcast(ref, src=0)
+    differ = (ref != mine).any(dim=1).sum()
+    dist.all_reduce(differ, op=dist.ReduceOp.MAX)
+    n = int(differ.item())
+    return f"{n} of {len(tensors)} tensors differ from rank 0's" if n else ""
 
-    Used after training to prove that every rank holds the same memory banks. Collectives run on the
-    tensors' own device, never a CPU tensor of its own: NCCL refuses CPU tensors."""
-    if not (dist.is_available() and dist.is_initialized()) or not tensors:
-        return 0.0
-    worst = torch.zeros((), dtype=torch.float64, device=tensors[0].device)
-    for t in tensors:
-        ref = t.clone()
-        dist.broadcast(ref, src=0)
-        worst = torch.maximum(worst, (ref - t).abs().max().double())
-    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-    return worst.item()
+
+def sum_over_ranks(x: np.ndarray, device: torch.device) -> np.ndarray:
+    """The sum of ``x`` over every process (the array itself at world size 1), through ``device``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    dist.all_reduce(t)
+    return t.cpu().numpy()
 
 
 def gather_from_ranks(t: torch.Tensor) -> torch.Tensor:

@@ -18,43 +18,14 @@ Layouts (``root`` is the folder the official archives were unpacked into):
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from .entries import VIDEO_SUFFIXES, DatasetIndex, DatasetLayoutError, DatasetOptionError, VideoEntry
+from .kinetics import kinetics_entries
 
 KINETICS = ("kinetics400", "kinetics600", "kinetics700")  # one format, other files (pipeline/kinetics.py)
 DATASETS = ("ucf101", "hmdb51", "folder", *KINETICS)
 SPLITS = (1, 2, 3)
-VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v")
-
-
-class DatasetLayoutError(ValueError):
-    """The root does not hold the documented layout (message is one line)."""
-
-
-@dataclass(frozen=True, slots=True)
-class VideoEntry:
-    """One video named by the split lists.
-
-    ``id`` is the relative path without its suffix (``ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01``);
-    ``splits`` maps split number -> ``"train"`` or ``"test"`` for every split that names the video
-    (``"unlabelled"``: listed without a label, ``label`` -1; in neither list).
-    """
-
-    id: str
-    path: str  # relative to the video folder
-    class_name: str
-    label: int  # 0-based
-    splits: dict[int, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DatasetIndex:
-    """What an adapter found: the class names (label order) and the videos of the chosen split."""
-
-    name: str
-    video_root: Path
-    classes: tuple[str, ...]
-    entries: tuple[VideoEntry, ...]
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -144,9 +115,9 @@ def folder_entries(root: Path, split: int, test_fraction: float = 0.3) -> Datase
     """``<root>/<class>/<video>``; ``train.txt``/``test.txt`` (relative paths) when present, otherwise a
     video is in test when the SHA-1 of its relative path maps below ``test_fraction`` (0.3): deterministic,
     independent of the other files. Only split 1 exists."""
-    _require_dir(root, "video folder")
     if split != 1:
-        raise DatasetLayoutError("the folder layout has a single split: use --split 1")
+        raise DatasetOptionError("the folder layout has a single split: use --split 1")
+    _require_dir(root, "video folder")
     videos = sorted(
         str(p.relative_to(root)).replace("\\", "/")
         for p in root.glob("*/*")
@@ -177,15 +148,13 @@ def load_index(dataset: str, root: Path, split: int = 1, subset: Path | None = N
                unlabelled: bool = False) -> DatasetIndex:
     """The videos that split ``split``'s train and test lists name, sorted by id. ``subset`` (a class or
     video list) and ``unlabelled`` (also the unlabelled test CSV) exist for the Kinetics datasets only."""
+    adapters = {"ucf101": ucf101_entries, "hmdb51": hmdb51_entries, "folder": folder_entries}
+    if dataset not in adapters and dataset not in KINETICS:
+        raise DatasetOptionError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if dataset not in KINETICS and (subset is not None or unlabelled):
+        raise DatasetOptionError(f"--subset and --unlabelled apply to the Kinetics datasets, not {dataset}")
     if not Path(root).is_dir():
         raise DatasetLayoutError(f"dataset root not found: {root}")
     if dataset in KINETICS:
-        from .kinetics import kinetics_entries
-
         return kinetics_entries(dataset, Path(root), split, subset, unlabelled)
-    if subset is not None or unlabelled:
-        raise DatasetLayoutError(f"--subset and --unlabelled apply to the Kinetics datasets, not {dataset}")
-    adapters = {"ucf101": ucf101_entries, "hmdb51": hmdb51_entries, "folder": folder_entries}
-    if dataset not in adapters:
-        raise DatasetLayoutError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     return adapters[dataset](Path(root), split)

@@ -15,9 +15,14 @@ and a batch of its video's pairs at a time; on CUDA one process (here, with the 
 with large batches.  Why not torch threads: see ``pipeline/tvl1_torch.py``.  The device is not part of the
 settings that decide a redo (CPU and GPU results differ by float rounding only); each shard records the
 device and torch version it was computed with.
+
+Re-running resumes. Flow computed with other settings (method, bound, estimator parameters, OpenCV version)
+is refused unless ``--overwrite``; a flow shard computed from frames re-extracted since (stale: its
+``frames_digest`` no longer matches its frames shard) is recomputed, with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,12 +43,19 @@ from .flowcalc import (
 from .lock import exclusive
 from . import orphans
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
-from .shards import (
-    FORMAT_VERSION, FormatError, ManifestRow, ShardWriter, VideoStore, read_manifest, remove_stale_temporaries,
-    shard_damage, shard_rows, stage_shard, write_manifest,
+from .format import (
+    FORMAT_VERSION, FormatError, ManifestRow, read_manifest, shard_damage, stage_shard, write_manifest,
+)
+from .reader import VideoStore
+from .writer import (
+    ShardWriter, StorageError, remove_stale_temporaries, shard_estimate, shard_rows, storage_errors,
 )
 
 log = logging.getLogger(__name__)
+
+
+class FlowExistsError(FileExistsError):
+    """The flow folder holds flow computed with other settings (one-line message naming them)."""
 
 @dataclass(frozen=True)
 class FlowStageConfig:
@@ -107,18 +119,23 @@ def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     except FlowError as err:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", str(err))])
     part = _part_path(cfg.folder, row)
-    part.parent.mkdir(parents=True, exist_ok=True)
     tmp = part.with_name(f"{part.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, flow)
-    orphans.exit_if_orphaned()  # a worker whose run died publishes nothing
-    os.replace(tmp, part)
+    try:
+        with storage_errors(cfg.folder, lambda: shard_estimate(cfg.folder, flow.nbytes)):
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, flow)
+            orphans.exit_if_orphaned()  # a worker whose run died publishes nothing
+            os.replace(tmp, part)
+    except StorageError:
+        tmp.unlink(missing_ok=True)
+        raise
     return TaskReport(shard, 1, len(flow), flow.nbytes, [flow_row(row, shard, len(flow), "ok")])
 
 
 def assemble_shard(shard: str, rows: list[ManifestRow], cfg: FlowStageConfig, attrs: dict) -> int:
     """Write ``flow/shard-N.h5`` from the parts of its videos; returns its size in bytes."""
-    with ShardWriter(cfg.data / shard, attrs) as writer:
+    with ShardWriter(cfg.data / shard, attrs, planned=sum(r.ok for r in rows)) as writer:
         for r in rows:
             if r.ok:
                 writer.add_array(r.slot, "flow", np.load(_part_path(cfg.folder, r)))
@@ -142,12 +159,38 @@ def _frames_settings(path: Path) -> str:
         return ""
 
 
+def settings_differences(found: dict, wanted: dict) -> list[str]:
+    """``"method tvl1, asked dis"`` for each flow setting (`FlowStageConfig.settings`) that differs; for the
+    estimator's parameters, the first one that differs."""
+    first = ["method", "bound", "opencv", "source", "format_version"]
+    out = []
+    for key in first + sorted((set(found) | set(wanted)) - set(first)):
+        a, b = found.get(key, "unrecorded"), wanted.get(key, "unrecorded")
+        if a == b:
+            continue
+        if key != "params":
+            out.append(f"{key} {a}, asked {b}")
+        elif isinstance(a, dict) and isinstance(b, dict) and found.get("method") == wanted.get("method"):
+            # the parameters repeat the method, bound and OpenCV version: name the first other one
+            name = next((k for k in sorted(set(a) | set(b)) if k not in first and a.get(k) != b.get(k)), None)
+            if name is not None:
+                out.append(f"estimator parameter {name} {a.get(name, 'unset')}, asked {b.get(name, 'unset')}")
+    return out
+
+
 def _prepare(cfg: FlowStageConfig, settings: dict) -> None:
-    """Start from scratch on --overwrite or when the stored settings differ; drop stale temporaries."""
+    """Start from scratch on --overwrite; refuse to replace flow computed with other settings; drop stale
+    temporaries."""
     meta = cfg.folder / "flow.json"
+    if not cfg.overwrite and meta.exists():
+        found = json.loads(meta.read_text()).get("settings") or {}
+        computed = any(cfg.folder.rglob("shard-*.h5")) or any((cfg.folder / ".parts").rglob("*.npy"))
+        if found != settings and computed:
+            differences = settings_differences(found, settings) or ["other settings"]
+            raise FlowExistsError(f"{cfg.folder} was computed with {'; '.join(differences)}: pass "
+                                  "--overwrite to recompute it")
     if cfg.overwrite or (meta.exists() and json.loads(meta.read_text()).get("settings") != settings):
-        if meta.exists() and not cfg.overwrite:
-            log.info("flow settings changed: recomputing all flow")
+        # --overwrite, or the flow.json of a run that computed nothing
         shutil.rmtree(cfg.folder, ignore_errors=True)
     cfg.folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(cfg.folder)
@@ -168,57 +211,81 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
     by_shard: dict[str, list[ManifestRow]] = defaultdict(list)
     for r in frame_rows:
         by_shard[r.shard].append(r)
-    with exclusive(cfg.data, "iic-prep flow"):
-        _prepare(cfg, settings)
-        # until this run completes there is no flow manifest: readers never pair it with changed shards
-        (cfg.folder / "manifest.csv").unlink(missing_ok=True)
-        rows: list[ManifestRow] = []
-        todo: list[ManifestRow] = []
-        pending: dict[str, list[ManifestRow]] = {}
-        kept = 0
-        attrs_of = {stage_shard(s, "flow"): _shard_attrs(cfg, settings, r, device) for s, r in by_shard.items()}
-        for frames_shard, shard_frame_rows in sorted(by_shard.items()):
-            shard = stage_shard(frames_shard, "flow")
-            done = _complete_shard(cfg.data / shard, attrs_of[shard])
-            if done is not None and cfg.repair and (damage := shard_damage(cfg.data / shard)):
-                log.warning("repairing %s: %s", shard, damage)
-                done = None
-            if done is not None:
-                # same videos and frames; the rows' other columns (splits, label) come from the frames now
-                stored = {r.id: r for r in done}
-                rows += [flow_row(r, shard, stored[r.id].n_frames, stored[r.id].status, stored[r.id].reason)
-                         for r in shard_frame_rows]
-                kept += 1
-                continue
-            pending[shard] = []
-            _reset_parts(cfg.folder / ".parts" / Path(shard).stem, attrs_of[shard]["frames_digest"])
-            for r in shard_frame_rows:
-                part = _part_path(cfg.folder, r)
-                if r.ok and part.exists() and _part_matches(part, r):
-                    pending[shard].append(flow_row(r, shard, r.n_frames - 1, "ok"))
-                else:
-                    todo.append(r)
-        _drop_orphan_shards(cfg.folder, {stage_shard(s, "flow") for s in by_shard})
-        expected = {shard: len(by_shard[stage_shard(shard, "frames")]) for shard in pending}
-        t0, written = time.perf_counter(), 0
-        for shard in [s for s in pending if len(pending[s]) == expected[s]]:
-            assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
-            rows += pending.pop(shard)
+    # a write refused for want of space or permission under the dataset folder ends in one line
+    with storage_errors(cfg.folder, lambda: shard_estimate(cfg.folder), within=cfg.data), \
+            exclusive(cfg.data, "iic-prep flow"):
+        try:
+            return _compute(cfg, settings, by_shard, device)
+        except StorageError:
+            # the parts and shards in flight in other workers (joblib killed them); a folder that cannot be
+            # written holds none
+            with contextlib.suppress(OSError):
+                remove_stale_temporaries(cfg.folder)
+            raise
+
+
+def _compute(cfg: FlowStageConfig, settings: dict, by_shard: dict[str, list[ManifestRow]],
+             device: str | None) -> StageSummary:
+    """The flow stage in the dataset folder locked by `compute`."""
+    _prepare(cfg, settings)
+    # until this run completes there is no flow manifest: readers never pair it with changed shards
+    (cfg.folder / "manifest.csv").unlink(missing_ok=True)
+    rows: list[ManifestRow] = []
+    todo: list[ManifestRow] = []
+    pending: dict[str, list[ManifestRow]] = {}
+    kept = 0
+    attrs_of = {stage_shard(s, "flow"): _shard_attrs(cfg, settings, r, device) for s, r in by_shard.items()}
+    for frames_shard, shard_frame_rows in sorted(by_shard.items()):
+        shard = stage_shard(frames_shard, "flow")
+        done = _complete_shard(cfg.data / shard, attrs_of[shard])
+        if done is None and _stale(cfg.data / shard, attrs_of[shard]):
+            # Recomputed rather than refused: stale flow describes frames that are no longer stored (the
+            # user re-extracted them), so nothing anyone chose is lost, while keeping it would pair flow with
+            # frames it was not computed from. Refusing would only ask for --overwrite, which also
+            # recomputes the shards that are still valid.
+            log.warning("%s: computed from other frames than %s (re-extracted since): recomputing it", shard,
+                        frames_shard)
+        if done is not None and cfg.repair and (damage := shard_damage(cfg.data / shard)):
+            log.warning("repairing %s: %s", shard, damage)
+            done = None
+        if done is not None:
+            # same videos and frames; the rows' other columns (splits, label) come from the frames now
+            stored = {r.id: r for r in done}
+            rows += [flow_row(r, shard, stored[r.id].n_frames, stored[r.id].status, stored[r.id].reason)
+                     for r in shard_frame_rows]
+            kept += 1
+            continue
+        pending[shard] = []
+        _reset_parts(cfg.folder / ".parts" / Path(shard).stem, attrs_of[shard]["frames_digest"])
+        for r in shard_frame_rows:
+            part = _part_path(cfg.folder, r)
+            if r.ok and part.exists() and _part_matches(part, r):
+                pending[shard].append(flow_row(r, shard, r.n_frames - 1, "ok"))
+            else:
+                todo.append(r)
+    _drop_orphan_shards(cfg.folder, {stage_shard(s, "flow") for s in by_shard})
+    expected = {shard: len(by_shard[stage_shard(shard, "frames")]) for shard in pending}
+    t0, written = time.perf_counter(), 0
+    for shard in [s for s in pending if len(pending[s]) == expected[s]]:
+        assemble_shard(shard, sorted(pending[shard], key=lambda r: r.slot), cfg, attrs_of[shard])
+        rows += pending.pop(shard)
+        written += 1
+    gpu_here = device is not None and device.startswith("cuda") and cfg.parallel.backend == "loky"
+    # one process per GPU
+    run_cfg = replace(cfg, parallel=replace(cfg.parallel, workers=1)) if gpu_here else cfg
+    if gpu_here and cfg.parallel.workers > 1:
+        log.info("tvl1-torch on %s: one process drives the GPU (--workers %d is not used for flow)", device,
+                 cfg.parallel.workers)
+    tasks = [(r, run_cfg) for r in todo]
+    for report in run_tasks(flow_task, tasks, run_cfg.parallel, len(tasks), "pairs", "flow"):
+        pending[report.shard] += report.rows
+        if len(pending[report.shard]) == expected[report.shard]:
+            assemble_shard(report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg,
+                           attrs_of[report.shard])
+            rows += pending.pop(report.shard)
             written += 1
-        gpu_here = device is not None and device.startswith("cuda") and cfg.parallel.backend == "loky"
-        run_cfg = replace(cfg, parallel=replace(cfg.parallel, workers=1)) if gpu_here else cfg  # one process per GPU
-        if gpu_here and cfg.parallel.workers > 1:
-            log.info("tvl1-torch on %s: one process drives the GPU (--workers %d is not used for flow)", device,
-                     cfg.parallel.workers)
-        tasks = [(r, run_cfg) for r in todo]
-        for report in run_tasks(flow_task, tasks, run_cfg.parallel, len(tasks), "pairs", "flow"):
-            pending[report.shard] += report.rows
-            if len(pending[report.shard]) == expected[report.shard]:
-                assemble_shard(report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg, attrs_of[report.shard])
-                rows += pending.pop(report.shard)
-                written += 1
-        shutil.rmtree(cfg.folder / ".parts", ignore_errors=True)
-        write_manifest(cfg.folder / "manifest.csv", rows)
+    shutil.rmtree(cfg.folder / ".parts", ignore_errors=True)
+    write_manifest(cfg.folder / "manifest.csv", rows)
     return StageSummary.from_rows(rows, unit="flow pairs", bytes=sum(p.stat().st_size for p in cfg.folder.rglob("shard-*.h5")),
                                   seconds=time.perf_counter() - t0, shards_written=written, shards_kept=kept,
                                   folder=cfg.folder)
@@ -241,6 +308,16 @@ def _complete_shard(path: Path, attrs: dict) -> list[ManifestRow] | None:
     with h5py.File(path, "r") as f:
         same = all(f.attrs.get(k) == v for k, v in attrs.items() if k in ("settings", "frames_digest"))
     return rows if same else None
+
+
+def _stale(path: Path, attrs: dict) -> bool:
+    """``path`` is a flow shard made from other frames than those ``attrs`` (`_shard_attrs`) describe."""
+    try:
+        with h5py.File(path, "r") as f:
+            digest = f.attrs.get("frames_digest")
+    except OSError:  # missing or unreadable: redone as such, not as stale
+        return False
+    return digest is not None and digest != attrs["frames_digest"]
 
 
 def stale_shards(data: Path) -> list[str]:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from .flowerrors import FlowDeviceError, FlowError
 from .names import FLOW_METHODS, OPENCV_FLOW_METHODS, TORCH_FLOW_METHODS
 
 __all__ = [
@@ -118,14 +119,6 @@ _DIS_GETTERS = (
     "UseMeanNormalization",
     "UseSpatialPropagation",
 )
-
-
-class FlowError(ValueError):
-    """Input that flow cannot be computed for; the message is a one-line reason."""
-
-
-class FlowDeviceError(ValueError):
-    """A device the torch method cannot use (CUDA asked for and absent); the message is one line."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import numpy as np
 from .datasets import KINETICS
 from .decode import FILE_NOT_FOUND
 from .flow import stale_shards
-from .shards import FormatError, ManifestRow, VideoStore, damaged_items, slot_name, stage_shard
+from .format import FormatError, ManifestRow, damaged_items, slot_name, stage_shard
+from .reader import VideoStore
 
 
 def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) -> list[str]:
@@ -57,6 +58,26 @@ def list_lines(rows: list[ManifestRow], split: int, names: dict[str, str]) -> li
         lines.append(f"  split {split} {names.get(kind, kind)}: {n} listed, {n - missing - broken} ok, "
                      f"{missing} missing ({100 * missing / n:.1f}%), {broken} broken ({100 * broken / n:.1f}%)")
     return lines
+
+
+@dataclass
+class InfoReport:
+    lines: list[str]  # the summary
+    warnings: list[str]  # what is wrong with the data, in `check`'s words (flow computed from older frames)
+
+
+def info_report(data_dir: Path) -> InfoReport:
+    """The summary of a processed dataset and the warnings about it (`stale_flow`)."""
+    lines = dataset_info(data_dir)
+    has_flow = (Path(data_dir) / "flow" / "manifest.csv").exists()
+    return InfoReport(lines, stale_flow(data_dir) if has_flow else [])
+
+
+def stale_flow(data_dir: Path) -> list[str]:
+    """One line per flow shard computed from other frames than the stored ones (the frames shard was
+    re-extracted since): `iic-prep check` reports them as problems, `iic-prep info` as warnings."""
+    return [f"{shard}: computed from other frames than {stage_shard(shard, 'frames')} (re-extracted since): "
+            "re-run `iic-prep flow`" for shard in stale_shards(data_dir)]
 
 
 def dataset_info(data_dir: Path) -> list[str]:
@@ -115,8 +136,7 @@ def check_report(data_dir: Path) -> CheckReport:
     problems += _check_stage(store, store.rows, data_dir, True, report)
     if store.has_flow:
         problems += _check_stage(store, list(store.flow_rows.values()), data_dir, False, report)
-        problems += [f"{shard}: computed from other frames than {stage_shard(shard, 'frames')} (re-extracted since): "
-                     "re-run `iic-prep flow`" for shard in stale_shards(data_dir)]
+        problems += stale_flow(data_dir)
         for r in store.rows:
             fr = store.flow_rows.get(r.id)
             if r.ok and fr is not None and fr.ok and fr.n_frames != r.n_frames - 1:

@@ -29,7 +29,7 @@ import logging
 import os
 from pathlib import Path
 
-from .datasets import VIDEO_SUFFIXES, DatasetIndex, DatasetLayoutError, VideoEntry
+from .entries import VIDEO_SUFFIXES, DatasetIndex, DatasetLayoutError, DatasetOptionError, VideoEntry
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def kinetics_entries(dataset: str, root: Path, split: int, subset: Path | None =
     """Entries of train.csv (train list) and validate.csv (test list), plus test.csv as unlabelled videos
     when ``unlabelled``; ids are ``<list>/<video name>`` (``train/abc_000010_000020``) in either layout."""
     if split != 1:
-        raise DatasetLayoutError(f"{dataset} has a single split (train / validate): use --split 1")
+        raise DatasetOptionError(f"{dataset} has a single split (train / validate): use --split 1")
     ann = annotation_dir(root, dataset)
     rows: list[tuple] = []  # label, youtube_id, name, list, splits, path
     for canon, names, splits in LISTS:

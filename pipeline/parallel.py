@@ -74,14 +74,21 @@ class StageSummary:
     def exit_code(self) -> int:
         return EXIT_SOME_FAILED if self.failures else 0
 
-    def lines(self, show: int = 20) -> list[str]:
-        """The summary line, then the first ``show`` failures (all of them are in the manifest)."""
-        head = (f"videos: {self.videos} ({self.ok} ok, {self.failed} failed)   {self.unit}: {self.units}   "
+    def head(self) -> str:
+        """The summary line (what the run did)."""
+        return (f"videos: {self.videos} ({self.ok} ok, {self.failed} failed)   {self.unit}: {self.units}   "
                 f"shards: {self.shards_written} written, {self.shards_kept} kept   "
                 f"on disk: {self.bytes / 2**20:.1f} MiB   time: {self.seconds:.1f} s   -> {self.folder}")
+
+    def failure_lines(self, show: int = 20) -> list[str]:
+        """The first ``show`` failures, one line each (all of them are in the manifest)."""
         more = [f"  ... and {self.failed - show} more failed (reasons in {self.folder}/manifest.csv, "
                 f"shares in `iic-prep info`)"] if self.failed > show else []
-        return [head] + [f"  failed {vid}: {reason}" for vid, reason in self.failures[:show]] + more
+        return [f"  failed {vid}: {reason}" for vid, reason in self.failures[:show]] + more
+
+    def lines(self, show: int = 20) -> list[str]:
+        """The summary line, then the first ``show`` failures."""
+        return [self.head()] + self.failure_lines(show)
 
 
 def threads_per_worker(workers: int) -> int:
@@ -111,6 +118,8 @@ def run_tasks(
         else:
             raise ValueError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
         stack.enter_context(orphans.quiet_leak_guard())
+        log.debug("%s: %d task(s) of %d video(s) on %s with %s worker(s)", desc or fn.__name__, len(tasks),
+                  total_items, cfg.backend, "the cluster's" if n_jobs == -1 else n_jobs)
         bar = stack.enter_context(tqdm(total=total_items, unit="video", desc=desc, smoothing=0.1, dynamic_ncols=True))
         start, units = time.perf_counter(), 0
         if n_jobs == 1 and cfg.backend == "loky":

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 
 from .flowcalc import from_stored
-from .shards import VideoStore, dequantize_residual
+from .format import dequantize_residual
+from .reader import VideoStore
 
 # suffix -> matplotlib format; anything else is refused rather than guessed
 PICTURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".pdf": "pdf", ".svg": "svg"}

@@ -89,6 +89,24 @@ _OSC_PERIOD = (10.0, 20.0)  # frames
 _QSCALE_CODECS = frozenset({"mpeg4", "mjpeg", "mpeg1video", "mpeg2video", "msmpeg4", "msmpeg4v2"})
 
 
+class SynthConfigError(ValueError):
+    """A refused setting: ``fields`` are the `SynthConfig` fields at fault, ``reason`` says why (one line)."""
+
+    def __init__(self, fields: tuple[str, ...], reason: str) -> None:
+        super().__init__(f"SynthConfig: {', '.join(fields)}: {reason}")
+        self.fields, self.reason = fields, reason
+
+
+class SynthExistsError(FileExistsError):
+    """The output folder holds a dataset made with another config; ``differences`` maps each content field
+    (`SynthConfig.to_dict`) that differs to (found, wanted)."""
+
+    def __init__(self, out: Path, differences: dict[str, tuple]) -> None:
+        shown = "; ".join(f"{k} {a}, asked {b}" for k, (a, b) in differences.items())
+        super().__init__(f"{out} holds a dataset made with another config ({shown}); use overwrite")
+        self.out, self.differences = out, differences
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Synthetic dataset parameters.
@@ -113,24 +131,38 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-        if self.groups is None:
+        size = ("height", "width")
+        if self.groups is None:  # one video per group: what is refused is the number of videos
             object.__setattr__(self, "groups", self.per_class)
+            groups = [(self.per_class >= NUM_SPLITS, ("per_class",),
+                       f"need at least {NUM_SPLITS} videos per class (each video is its own group, and each "
+                       "split tests a third of the groups)"),
+                      (self.per_class <= 99, ("per_class",),
+                       "at most 99 videos per class when each video is its own group (give fewer groups: the "
+                       "videos of a group share their appearance)")]
+        else:
+            groups = [(NUM_SPLITS <= self.groups <= 99, ("groups",),
+                       f"must be in {NUM_SPLITS}..99 (each split tests a third of the groups)"),
+                      (self.per_class >= self.groups, ("per_class", "groups"),
+                       "need at least as many videos per class as groups (no empty group)"),
+                      (math.ceil(self.per_class / self.groups) <= 99, ("per_class", "groups"),
+                       "at most 99 videos per group")]
         checks = [
-            (1 <= self.classes <= len(CLASS_NAMES), f"classes must be in 1..{len(CLASS_NAMES)}"),
-            (NUM_SPLITS <= self.groups <= 99, f"groups must be in {NUM_SPLITS}..99"),
-            (self.per_class >= self.groups, "per_class must be >= groups (no empty group)"),
-            (math.ceil(self.per_class / self.groups) <= 99, "at most 99 clips per group"),
-            (self.frames >= 1, "frames must be >= 1"),
-            (self.height >= 16 and self.width >= 16, "height and width must be >= 16"),
-            (self.height % 2 == 0 and self.width % 2 == 0, "height and width must be even (yuv420p)"),
-            (self.fps >= 1, "fps must be >= 1"),
-            (self.max_objects >= 1, "max_objects must be >= 1"),
-            (1 <= self.quality <= 31, "quality must be in 1..31"),
-            (self.seed >= 0, "seed must be >= 0"),
+            (1 <= self.classes <= len(CLASS_NAMES), ("classes",),
+             f"must be in 1..{len(CLASS_NAMES)} (there are {len(CLASS_NAMES)} motion classes)"),
+            *groups,
+            (self.frames >= 1, ("frames",), "must be >= 1"),
+            (self.height >= 16 and self.width >= 16, size, "height and width must be >= 16"),
+            (self.height % 2 == 0 and self.width % 2 == 0, size,
+             "height and width must be even (yuv420p halves the chroma planes)"),
+            (self.fps >= 1, ("fps",), "must be >= 1"),
+            (self.max_objects >= 1, ("max_objects",), "must be >= 1"),
+            (1 <= self.quality <= 31, ("quality",), "must be in 1..31"),
+            (self.seed >= 0, ("seed",), "must be >= 0"),
         ]
-        for ok, message in checks:
+        for ok, fields, reason in checks:
             if not ok:
-                raise ValueError(f"SynthConfig: {message}")
+                raise SynthConfigError(fields, reason)
 
     def class_names(self) -> tuple[str, ...]:
         """Chosen class names in label order (label = position + 1)."""
@@ -516,7 +548,9 @@ def _check_marker(cfg: SynthConfig) -> bool:
         if found == wanted:
             return not cfg.overwrite
         if not cfg.overwrite:
-            raise FileExistsError(f"{cfg.out} holds a dataset made with another config ({found}); use overwrite")
+            keys = sorted(set(found) | set(wanted))
+            raise SynthExistsError(cfg.out, {k: (found.get(k), wanted.get(k)) for k in keys
+                                             if found.get(k) != wanted.get(k)})
     cfg.out.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(marker.name + ".part")
     tmp.write_text(json.dumps(wanted, indent=2, sort_keys=True))

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .flowcalc import FlowDeviceError
+from .flowerrors import FlowDeviceError
 
 log = logging.getLogger(__name__)
 

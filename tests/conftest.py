@@ -271,6 +271,24 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("Error")]
 
 
+def failing_writes(monkeypatch, shard: str, error, after: int = 0) -> None:
+    """HDF5 datasets created in ``shard`` (its temporary file) raise ``error(filename)`` from the ``after``-th
+    one on: what a full disk, a read-only or a forbidden folder does to the writer."""
+    import h5py
+
+    real = h5py.Group.create_dataset
+    seen = []
+
+    def create_dataset(self, name, *args, **kwargs):
+        if shard in self.file.filename:
+            seen.append(name)
+            if len(seen) > after:
+                raise error(self.file.filename)
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_dataset)
+
+
 @pytest.fixture
 def figures(monkeypatch) -> list[dict]:
     """What every saved matplotlib figure showed (the figure itself, its title, grid shape, row labels,

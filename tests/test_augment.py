@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from iic.model.augment import (AugmentConfig, AugmentParams, apply, colour_jitter, crop_flip, residual_input,
-                               sample_params, view_input)
+from iic.model.data.augment import AugmentConfig, AugmentParams, apply, colour_jitter, crop_flip, sample_params
+from iic.model.data.views import residual_input, view_input
 
 B, T, H, W, CROP = 6, 4, 12, 14, 8
 

@@ -7,16 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from iic.model.backbones import (
-    ARCHS,
-    PRESETS,
-    BackboneConfig,
-    Conv2Plus1d,
-    build_backbone,
-    preset,
-    r21d_mid_channels,
-    retrieval_feature,
-)
+from iic.model.config import ARCHS, BACKBONES, BackboneConfig, backbone_config
+from iic.model.nets.backbones import Conv2Plus1d, build_backbone, r21d_mid_channels, retrieval_feature
 
 TINY = {"r3d": "r3d-tiny", "r21d": "r21d-tiny", "c3d": "c3d-tiny"}
 
@@ -35,7 +27,7 @@ def clip(b: int = 2, t: int = 8, h: int = 32, w: int = 32) -> torch.Tensor:
     [("r3d-10", 14.36e6), ("r21d-10", 14.37e6), ("c3d", 27.66e6)],
 )
 def test_parameter_count_matches_reference(name, reference):
-    count = n_params(build_backbone(preset(name)))
+    count = n_params(build_backbone(backbone_config(name)))
     assert abs(count - reference) / reference < 0.01
     # Tighter than the spec: the layouts reproduce the reference to its printed precision.
     assert round(count / 1e6, 2) == pytest.approx(reference / 1e6)
@@ -68,7 +60,7 @@ def test_conv2plus1d_is_spatial_then_temporal_with_3d_conv_shapes():
 def test_full_model_shapes_at_16x112x112(name):
     # Shape inference on the meta device: the full models at the real clip size, without compute.
     with torch.device("meta"):
-        model = build_backbone(preset(name))
+        model = build_backbone(backbone_config(name))
         features = model(torch.empty(2, 3, 16, 112, 112))
     assert model.out_dim == 512
     assert features["conv5"].shape == (2, 512, 2, 7, 7)
@@ -79,7 +71,7 @@ def test_full_model_shapes_at_16x112x112(name):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_tiny_forward_returns_named_features(arch):
-    cfg = preset(TINY[arch])
+    cfg = backbone_config(TINY[arch])
     model = build_backbone(cfg).eval()
     with torch.no_grad():
         features = model(clip(t=8, h=32, w=32))
@@ -107,7 +99,7 @@ def test_retrieval_feature_is_conv5_maxpooled_over_2x2_then_flattened():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gradient_reaches_first_conv(arch):
-    model = build_backbone(preset(TINY[arch])).train()
+    model = build_backbone(backbone_config(TINY[arch])).train()
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv3d))
     assert first_conv.in_channels == 3
     features = model(clip(t=8, h=32, w=32))
@@ -120,14 +112,14 @@ def test_eighteen_layer_variant_and_in_channels():
     cfg = BackboneConfig("r21d", width=8, blocks=(2, 2, 2, 2), in_channels=1)
     model = build_backbone(cfg)
     assert [len(getattr(model.features, f"conv{i}")) for i in range(2, 6)] == [2, 2, 2, 2]
-    assert n_params(build_backbone(preset("r3d-18"))) > 2 * n_params(build_backbone(preset("r3d-10")))
+    assert n_params(build_backbone(backbone_config("r3d-18"))) > 2 * n_params(build_backbone(backbone_config("r3d-10")))
     with torch.no_grad():
         features = model.eval()(torch.randn(1, 1, 8, 32, 32))
     assert features["conv5"].shape == (1, 64, 1, 2, 2)
 
 
 def test_c3d_layout():
-    model = build_backbone(preset("c3d"))
+    model = build_backbone(backbone_config("c3d"))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
     assert [c.out_channels for c in convs] == [64, 128, 256, 256, 512, 512, 512, 512]
     assert all(c.kernel_size == (3, 3, 3) and c.bias is not None for c in convs)
@@ -136,7 +128,7 @@ def test_c3d_layout():
 
 
 def test_resnet_convs_have_no_bias_and_only_downsampling_blocks_have_shortcuts():
-    model = build_backbone(preset("r3d-10"))
+    model = build_backbone(backbone_config("r3d-10"))
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv3d))
     first_blocks = [getattr(model.features, f"conv{i}")[0] for i in range(2, 6)]
     assert [block.shortcut is not None for block in first_blocks] == [False, True, True, True]
@@ -146,7 +138,7 @@ def test_resnet_convs_have_no_bias_and_only_downsampling_blocks_have_shortcuts()
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_init_bn_is_identity_and_convs_are_kaiming(arch):
-    model = build_backbone(preset(TINY[arch]))
+    model = build_backbone(backbone_config(TINY[arch]))
     for m in model.modules():
         if isinstance(m, nn.BatchNorm3d):
             assert torch.equal(m.weight, torch.ones_like(m.weight))
@@ -154,7 +146,7 @@ def test_init_bn_is_identity_and_convs_are_kaiming(arch):
         elif isinstance(m, nn.Conv3d) and m.bias is not None:
             assert torch.equal(m.bias, torch.zeros_like(m.bias))
     # fan_out Kaiming normal: std = sqrt(2 / (out_channels * kernel volume)).
-    conv = build_backbone(preset("r3d-10")).features.conv5[0].conv2
+    conv = build_backbone(backbone_config("r3d-10")).features.conv5[0].conv2
     expected_std = (2.0 / (512 * 27)) ** 0.5
     assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.02)
 
@@ -175,23 +167,23 @@ def test_invalid_config_is_rejected(kwargs):
 
 def test_unknown_preset_is_rejected():
     with pytest.raises(ValueError, match="unknown backbone preset"):
-        preset("r3d-50")
+        backbone_config("r3d-50")
 
 
 def test_config_resolves_default_blocks_and_round_trips_through_json():
-    assert preset("r3d-10").blocks == (1, 1, 1, 1)
-    assert preset("c3d").blocks == (1, 2, 2, 2)
-    assert preset("r3d-10").stage_channels == (64, 64, 128, 256, 512)
-    assert preset("c3d").stage_channels == (64, 128, 256, 512, 512)
-    for cfg in PRESETS.values():
+    assert backbone_config("r3d-10").blocks == (1, 1, 1, 1)
+    assert backbone_config("c3d").blocks == (1, 2, 2, 2)
+    assert backbone_config("r3d-10").stage_channels == (64, 64, 128, 256, 512)
+    assert backbone_config("c3d").stage_channels == (64, 128, 256, 512, 512)
+    for cfg in BACKBONES.values():
         restored = BackboneConfig(**json.loads(json.dumps(dataclasses.asdict(cfg))))
         assert restored == cfg and isinstance(restored.blocks, tuple)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        preset("tiny").width = 16  # type: ignore[misc]
+        backbone_config("tiny").width = 16  # type: ignore[misc]
 
 
 def test_channels_last_3d_gives_the_same_features():
-    model = build_backbone(preset("r3d-tiny")).eval()
+    model = build_backbone(backbone_config("r3d-tiny")).eval()
     x = clip(t=4, h=32, w=32)
     with torch.no_grad():
         expected = retrieval_feature(model(x))

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from iic.cli import main, prep
 from iic.model import checkpoint
-from iic.model.backbones import build_backbone, preset
+from iic.model.config import backbone_config
+from iic.model.nets.backbones import build_backbone
 
 TINY = ["--preset", "tiny", "--crop", "32", "--frames", "8", "--batch-size", "4", "--K", "16", "--epochs", "1",
         "--workers", "0", "--device", "cpu", "--seed", "0", "--monitor-every", "0"]
@@ -66,7 +67,7 @@ def _edited(run: Path, path: Path, **changes) -> Path:
 
 def _other_architecture_weights() -> dict:
     """An encoder state of another backbone (R(2+1)D-tiny) under the same keys' prefix."""
-    return {f"backbone.{k}": v for k, v in build_backbone(preset("r21d-tiny")).state_dict().items()}
+    return {f"backbone.{k}": v for k, v in build_backbone(backbone_config("r21d-tiny")).state_dict().items()}
 
 
 # name -> (writer of the bad file, words the one line must contain)
@@ -101,8 +102,9 @@ def _eval(data: Path, ckpt: Path, out: Path):
                                      "--workers", "0", "--device", "cpu", "--clips", "1"])
 
 
-def _resume(data: Path, out: Path):
-    return CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), *TINY, "--resume"])
+def _resume(data: Path, out: Path, *flags: str):
+    """``iic train --resume``, giving the run's own options again (allowed: they do not change it)."""
+    return CliRunner().invoke(main, ["train", "--resume", str(out), "--data", str(data), *TINY[2:], *flags])
 
 
 @pytest.mark.parametrize("kind", sorted(BAD))
@@ -142,9 +144,10 @@ def test_checkpoint_of_another_architecture(world, tmp_path):
     out.mkdir()
     _edited(run, out / "last.pt", model=_other_architecture_weights())
     assert "does not match" in _one_error_line(_resume(data, out), out / "last.pt")
-    # resume: a run of another architecture is another config
+    # resume: another architecture is another recipe: a usage error that names the difference
     _edited(run, out / "last.pt", config_model="r21d-tiny")
-    assert "different config" in _one_error_line(_resume(data, out), out / "last.pt")
+    r = _resume(data, out, "--model", "r3d-tiny")
+    assert r.exit_code == 2 and "--model r3d-tiny (the run's: r21d-tiny)" in r.output, r.output
 
 
 def test_damaged_optimizer_state_is_one_line(world, tmp_path):

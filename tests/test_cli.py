@@ -52,26 +52,33 @@ def help_entry(text: str, opt: str) -> str:
     return " ".join(line.strip() for line in lines[at:end])
 
 
-def test_presets_lists_every_preset_with_its_resolved_fields():
-    """`iic presets`: one line per preset, in order, naming every field the preset sets with the value that
-    `iic train --preset NAME` then trains with (build_config resolves method defaults under the preset)."""
-    from iic.model.config import PRESETS, build_config
+def test_presets_are_files_listed_and_shown_as_train_resolves_them(tmp_path):
+    """`iic presets`: one line per preset file with its description; `--show NAME` prints the full resolved config
+    as TOML, which `iic train --config` reads back to the same config, and which `iic train --preset NAME
+    --print-config` prints too."""
+    from iic.model.config import build_config, preset_names
 
     result = CliRunner().invoke(main, ["presets"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert [line.split()[0] for line in lines] == list(PRESETS)
-    for line in lines:
-        name, fields = line.split(maxsplit=1)
-        shown = dict(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", fields))  # "milestones=(0.5, 0.75)" is one value
-        assert list(shown) == list(PRESETS[name]), name  # every field of the preset, none invented
-        cfg = build_config(name)
-        for key, text in shown.items():
-            assert text == str(getattr(cfg, key)), (name, key)
-    # spot checks against the paper's table (REFERENCE.md section 1), independent of the code's spelling
-    assert "view2=flow-u neg=repeat" in next(line for line in lines if line.startswith("r3d-flowu-repeat "))
-    assert "neg=none" in next(line for line in lines if line.startswith("cmc-r3d-res "))
-    assert "method=dualvar model=r21d-10" in next(line for line in lines if line.startswith("dualvar-r21d "))
+    assert [line.split()[0] for line in lines] == preset_names() and len(lines) >= 13
+    assert all(len(line.split(maxsplit=1)) == 2 for line in lines)  # every preset describes itself
+    shown = {}
+    for name in preset_names():
+        r = CliRunner().invoke(main, ["presets", "--show", name])
+        assert r.exit_code == 0, r.output
+        shown[name] = r.output
+        path = tmp_path / f"{name}.toml"
+        path.write_text(r.output)
+        assert build_config(config_file=path) == build_config(name), name
+        printed = CliRunner().invoke(main, ["train", "--preset", name, "--data", "data/ucf101", "--out", "data/runs/iic",
+                                            "--print-config"])
+        assert printed.exit_code == 0 and printed.stdout == "".join(r.output.splitlines(True)[1:]), name
+    # spot checks against the paper's table (docs/method.md), independent of the code's spelling
+    assert 'view2 = "flow-u"' in shown["r3d-flowu-repeat"] and 'neg = "repeat"' in shown["r3d-flowu-repeat"]
+    assert 'neg = "none"' in shown["cmc-r3d-res"] and "K = 1024" in shown["cmc-r3d-res"]
+    assert 'method = "dualvar"' in shown["dualvar-r21d"] and 'model = "r21d-10"' in shown["dualvar-r21d"]
+    assert "[iic]" not in shown["dualvar-r21d"] and "[dualvar]" in shown["dualvar-r21d"]
 
 
 def test_one_meaning_per_path_option():

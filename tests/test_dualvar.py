@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from iic.model.config import DualVarConfig
-from iic.model.dualvar import (
-    ClipHead,
+from iic.model.nets.heads import ProjectionHead
+from iic.model.methods.dualvar import (
     MoCoQueue,
-    SeriesHead,
     dualvar_loss,
     moco_logits,
     moco_tc_logits,
@@ -66,13 +65,13 @@ def rank_loops(ref, res, theta, clamp):
 def test_heads_output_unit_norm_and_shapes():
     torch.manual_seed(0)
     x = torch.randn(5, 32)
-    z = ClipHead(in_dim=32)(x)
+    z = ProjectionHead(32, 32, 128)(x)  # the clip head
     assert z.shape == (5, 128)
     torch.testing.assert_close(z.norm(dim=1), torch.ones(5))
-    slots = SeriesHead(in_dim=32, n_segments=3, slot_dim=8)(x.view(5, 32, 1, 1, 1))
+    slots = ProjectionHead(32, 32, 8, slots=3)(x)  # the series head
     assert slots.shape == (5, 3, 8)
     torch.testing.assert_close(slots.norm(dim=2), torch.ones(5, 3))
-    head = ClipHead(in_dim=32)
+    head = ProjectionHead(32, 32, 128)
     assert [type(m).__name__ for m in head.mlp] == ["Linear", "ReLU", "Linear"]
     assert head.mlp[0].out_features == 32
 
@@ -312,7 +311,7 @@ def test_config_defaults_and_validation():
     assert (cfg.tau_clip, cfg.tau_tc, cfg.theta, cfg.rank_clamp) == (0.07, 0.07, 0.05, 5.0)
     assert (cfg.w_clip, cfg.w_tc, cfg.w_rank_v0, cfg.w_rank_v2) == (1.0, 1.0, 0.5, 0.5)
     assert (cfg.moco_k, cfg.moco_m, cfg.n_segments, cfg.slot_dim, cfg.clip_dim) == (16384, 0.999, 2, 64, 128)
-    assert cfg.to_dict()["clip_loss"] == "simclr"
+    assert cfg.clip_loss == "simclr"
     with pytest.raises(ValueError):
         DualVarConfig(clip_loss="byol")
     with pytest.raises(Exception):
@@ -347,7 +346,7 @@ def test_dualvar_loss_combines_parts():
 def test_end_to_end_gradients_reach_both_heads():
     torch.manual_seed(0)
     feats = torch.randn(3, 4, 16, requires_grad=True)  # (views, B, in_dim) pooled backbone features
-    clip_head, series_head = ClipHead(16), SeriesHead(16)
+    clip_head, series_head = ProjectionHead(16, 16, 128), ProjectionHead(16, 16, 64, slots=2)
     perm = torch.tensor([[1, 0], [0, 1], [1, 0], [1, 0]])
     restored = restore_order(series_head(feats[2] + 0.1), perm)
     total, _ = dualvar_loss(

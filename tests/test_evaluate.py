@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from iic.cli import main
-from iic.model.backbones import build_backbone, preset
+from iic.model.config import backbone_config
+from iic.model.nets.backbones import build_backbone
 from iic.model.checkpoint import load, save_atomic
-from iic.model.evaluate import (LinearConfig, RetrievalConfig, SourceConfig, evaluate_retrieval, knn_predict,
+from iic.model.evaluation.evaluate import (LinearConfig, RetrievalConfig, SourceConfig, evaluate_retrieval, knn_predict,
                                 logistic_regression, prefetch_features)
-from iic.model.features import backbone_state
-from iic.model.retrieval import retrieval_topk
-from iic.pipeline.shards import VideoStore
+from iic.model.evaluation.features import backbone_state
+from iic.model.evaluation.retrieval import retrieval_topk
+from iic.pipeline.reader import VideoStore
 from iic.pipeline.synth import SynthConfig, generate
 
 from conftest import run_prep
@@ -77,7 +78,7 @@ def error_line(result) -> str:
 def independent_features(data: Path, ckpt: Path, split_kind: str, clips: int) -> tuple[np.ndarray, np.ndarray]:
     state = load(ckpt)
     cfg = state["config"]
-    net = build_backbone(preset(cfg["model"])).eval()
+    net = build_backbone(backbone_config(cfg["model"])).eval()
     net.load_state_dict(backbone_state(state["model"])[0])
     store = VideoStore(data)
     T, crop = cfg["frames"], cfg["crop"]
@@ -101,7 +102,10 @@ def independent_features(data: Path, ckpt: Path, split_kind: str, clips: int) ->
 
 
 def test_retrieval_every_query_matches_independent_features(world, tmp_path, figures):
-    data, ckpt = world
+    data, trained = world
+    ckpt = tmp_path / "run" / "final.pt"  # a run of its own: its feature cache (run/eval/features) is this test's
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(trained.read_bytes())
     res = retrieval(data, "--ckpt", ckpt, "--out", tmp_path, "--batch-size", "5")
     assert figures[-1]["path"] == tmp_path / "retrieval.png"  # the picture names the run and the view
     assert figures[-1]["title"].startswith(f"run {ckpt.parent.name}: retrieval on res features")
@@ -116,7 +120,7 @@ def test_retrieval_every_query_matches_independent_features(world, tmp_path, fig
     # the features are the documented ones (computed here without the project's loader and augmentation) ...
     cached = {}
     for subset in ("train", "test"):
-        with np.load(next((tmp_path / "features").glob(f"features-{subset}-res-conv5-*.npz"))) as z:
+        with np.load(next((ckpt.parent / "eval" / "features").glob(f"features-{subset}-res-conv5-*.npz"))) as z:
             cached[subset] = (z["features"], z["labels"])
         mine, labels = independent_features(data, ckpt, subset, 2)
         np.testing.assert_array_equal(labels, cached[subset][1])
@@ -161,7 +165,7 @@ def test_feature_cache_follows_the_pixels_not_the_manifest(world, tmp_path):
     raw = data.parent.parent / "raw"
     for quality, expect in ((90, "features extracted"), (90, "features read from cache"), (60, "features extracted")):
         res = run_prep("extract", "--root", raw, "--out", tmp_path / "d", "--size", "40x52", "--workers", "1",
-                       "--quality", quality)
+                       "--quality", quality, *(["--overwrite"] if quality == 60 else []))
         assert res.exit_code == 3, res.output
         out = retrieval(tmp_path / "d" / "ucf101", "--ckpt", ckpt, "--out", tmp_path / "eval")
         assert expect in out.output, (quality, out.output)
@@ -180,7 +184,8 @@ def test_one_pass_fills_every_view_and_feature(world, tmp_path):
         for feature in ("conv5", "pool"):
             cfg = dataclasses.replace(base, modality=view, feature=feature, out=tmp_path / view / feature)
             shared = evaluate_retrieval(cfg)
-            alone = evaluate_retrieval(dataclasses.replace(cfg, cache=None, out=tmp_path / "alone" / view / feature))
+            alone = evaluate_retrieval(dataclasses.replace(cfg, cache=tmp_path / "alone" / view / feature / "cache",
+                                                           out=tmp_path / "alone" / view / feature))
             assert shared["cached"] and not alone["cached"]
             assert shared["topk"] == alone["topk"] and shared["queries"] == alone["queries"], (view, feature)
 
@@ -192,8 +197,8 @@ def test_random_init_merge_center(world, tmp_path):
     a = json.loads((tmp_path / "a" / "retrieval.json").read_text())
     assert a["backbone"]["random_init"] and a["backbone"]["model"] == "r3d-tiny" and a["feature_dim"] == 64
     assert "random-init r3d-tiny" in single.output
-    # the config came from a run the user did not name: said on the first line, and in the JSON
-    assert single.stdout.splitlines()[0] == (f"backbone picked for you: random-init r3d-tiny (seed 0) (model, clip and "
+    # the config came from a run the user did not name: said on the first line of stderr, and in the JSON
+    assert single.stderr.splitlines()[0] == (f"backbone picked for you: random-init r3d-tiny (seed 0) (model, clip and "
                                              f"crop of {ckpt}; --model to choose)"), single.output
     assert a["chosen"] == f"model, clip and crop of {ckpt}; --model to choose"
     named = retrieval(data, "--ckpt", ckpt, "--feature", "pool", "--out", tmp_path / "n")
@@ -202,29 +207,35 @@ def test_random_init_merge_center(world, tmp_path):
     b = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert b["feature_dim"] == 2 * a["feature_dim"] and b["center"] is True
     assert "each L2-normalised" in merged.output
-    # the default checkpoint is the newest final.pt under --run
+    # the default checkpoint is the only final.pt under --run
     c = retrieval(data, "--run", run, "--out", tmp_path / "c")
     assert str(ckpt) in c.output
 
 
 
-def test_without_ckpt_the_newest_checkpoint_is_named_first(world, tmp_path):
+def test_without_ckpt_one_run_is_taken_and_named_and_several_are_refused(world, tmp_path):
+    """No --ckpt: the one run under --run is evaluated and named first on stderr; when several runs could be
+    meant, none is guessed: a usage error names them, newest first."""
     data, ckpt = world
     runs = tmp_path / "runs"
     now = ckpt.stat().st_mtime_ns
+    only = runs / "b-older" / "final.pt"
+    only.parent.mkdir(parents=True)
+    only.write_bytes(ckpt.read_bytes())
+    res = retrieval(data, "--run", runs, "--out", tmp_path / "out", "--clips", "1")
+    assert res.stderr.splitlines()[0] == f"backbone picked for you: {only} (the only final.pt under {runs}; --ckpt to choose)"
+    assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["checkpoint"] == str(only)
     for name, age_s in (("b-older", 3600), ("a-newer", 60), ("c-oldest", 7200)):  # names do not sort by age
         path = runs / name / "final.pt"
-        path.parent.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(ckpt.read_bytes())
         os.utime(path, ns=(now, now - age_s * 10**9))
-    newest = runs / "a-newer" / "final.pt"
-    res = retrieval(data, "--run", runs, "--out", tmp_path / "out", "--clips", "1")
-    first = res.stdout.splitlines()[0]  # before any progress or result line
-    assert first.startswith("No --ckpt given: evaluating the newest checkpoint") and first.endswith(")")
-    assert f"under {runs}: {newest} (written " in first
-    assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["checkpoint"] == str(newest)
-    given = retrieval(data, "--ckpt", newest, "--out", tmp_path / "out", "--clips", "1")
-    assert "No --ckpt given" not in given.output
+    res = retrieval(data, "--run", runs, "--out", tmp_path / "out2", "--clips", "1", ok=False)
+    assert res.exit_code == 2 and not (tmp_path / "out2").exists()
+    line = error_line(res)
+    assert f"3 runs under {runs} could be meant ({runs / 'a-newer' / 'final.pt'}, {runs / 'b-older' / 'final.pt'}" in line
+    given = retrieval(data, "--ckpt", runs / "a-newer" / "final.pt", "--out", tmp_path / "out", "--clips", "1")
+    assert "picked for you" not in given.output
 
 
 def _is_share_of(percent: float, n: int) -> bool:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,11 +19,14 @@ import pytest
 from iic.pipeline.decode import iter_frames
 from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.lock import exclusive
-from iic.pipeline.shards import FormatError, VideoStore, read_manifest
+from iic.pipeline.format import FormatError, read_manifest
+from iic.pipeline.reader import VideoStore
+from iic.pipeline.writer import size_text
 
 from conftest import (
-    build_hmdb51, build_ucf101, decode_count, decode_resized, error_lines, gated_env, jpeg_roundtrip, prep_command,
-    release_gate, run_prep, synth_frames, wait_for, write_audio_only, write_video,
+    build_hmdb51, build_ucf101, decode_count, decode_resized, error_lines, failing_writes, gated_env,
+    jpeg_roundtrip, prep_command, release_gate, run_prep, synth_frames, wait_for, write_audio_only,
+    write_video,
 )
 
 SIZE = (45, 61)  # odd on purpose: JPEG and the resize must cope with any HxW
@@ -99,10 +104,11 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
     assert failed["v_Broken_trunc_c01"].startswith("cannot open")
     assert failed["v_Broken_garbage_c01"].startswith(("cannot open", "no decodable frames"))
     assert all(reason and "\n" not in reason for reason in failed.values())
-    # the summary names every failure on one line each
+    # the summary on stdout; every failure on one line each on stderr
     for vid, reason in failed.items():
-        assert any(line.strip().startswith("failed") and vid in line and reason in line for line in result.output.splitlines())
-    assert "videos: 14 (9 ok, 5 failed)" in result.output
+        assert any(line.strip().startswith("failed") and vid in line and reason in line
+                   for line in result.stderr.splitlines())
+    assert result.stdout.startswith("videos: 14 (9 ok, 5 failed)") and len(result.stdout.splitlines()) == 1
 
     store = VideoStore(data)
     v = raw / "UCF-101"
@@ -192,8 +198,14 @@ def test_all_ok_exits_0_and_rerun_keeps_shards(small_ucf, tmp_path):
     second = run_prep(*args)
     assert second.exit_code == 0 and "shards: 0 written, 2 kept" in second.output
     assert {p: p.stat().st_mtime_ns for p in (data / "frames").iterdir()} == mtimes
-    # a setting that changes the stored bytes redoes the shards
-    third = run_prep(*args, "--quality", "70")
+    # a setting that changes the stored bytes is refused: the data is never replaced without --overwrite
+    refused = run_prep(*args, "--quality", "70")
+    assert refused.exit_code == 1 and error_lines(refused.output) == [
+        f"Error: {data} was extracted with quality 90, asked 70: pass --overwrite to replace it, or --name "
+        "to extract beside it"], refused.output
+    assert {p: p.stat().st_mtime_ns for p in (data / "frames").iterdir()} == mtimes
+    assert (data / "manifest.csv").exists()  # still a dataset
+    third = run_prep(*args, "--quality", "70", "--overwrite")
     assert "shards: 2 written, 0 kept" in third.output
     with h5py.File(data / "frames" / "shard-00000.h5") as f:
         assert '"quality": 70' in f.attrs["settings"]
@@ -282,8 +294,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
                     done.append(p)
         return done
 
-    proc = subprocess.Popen(prep_command() + args + ["--out", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True, env=env)
+    # at another size: --overwrite (refused without)
+    proc = subprocess.Popen(prep_command() + args + ["--out", str(out), "--overwrite"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     wait_for(lambda: marker.exists() and len(rewritten()) == 11, proc, "11 shards written and the 12th held")
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, mid-run
     proc.wait()
@@ -427,6 +440,239 @@ def test_second_live_run_is_refused(tmp_path):
     assert first.returncode == 0, first_err.decode()
     assert b"videos: 12 (12 ok, 0 failed)" in first_out
     assert run_prep("check", "--data", out / "ucf101").exit_code == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what the options store, and data never replaced without --overwrite
+
+
+def _stored_jpeg(data: Path, row) -> bytes:
+    """The first stored JPEG file of a video, as bytes."""
+    with h5py.File(data / row.shard) as f:
+        group = f[f"videos/{row.slot:05d}"]
+        offsets = group["rgb_offsets"][()]
+        return group["rgb"][offsets[0]:offsets[1]].tobytes()
+
+
+@pytest.mark.parametrize("flags, quality, subsampling", [
+    ([], 90, "420"), (["--subsampling", "444"], 90, "444"), (["--quality", "60"], 60, "420")])
+def test_quality_and_subsampling_are_what_is_stored(small_ucf, tmp_path, flags, quality, subsampling):
+    import simplejpeg
+
+    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--workers", "1",
+                      *flags)
+    assert result.exit_code == 0, result.output
+    data = tmp_path / "ucf101"
+    store = VideoStore(data)
+    assert (store.meta["quality"], store.meta["subsampling"]) == (quality, subsampling)
+    for row in store.ok_rows():
+        assert simplejpeg.decode_jpeg_header(_stored_jpeg(data, row))[3] == subsampling
+        ref = decode_resized(small_ucf / "UCF-101" / row.path, (32, 40))
+        np.testing.assert_array_equal(store.frames(row.id), jpeg_roundtrip(ref, quality, subsampling))
+
+
+def test_split_reads_that_splits_lists(small_ucf, tmp_path):
+    lists = small_ucf / "ucfTrainTestlist"
+    (lists / "trainlist02.txt").write_bytes(b"HandstandPushups/v_HandStandPushups_g02_c01.avi 2\r\n")
+    (lists / "testlist02.txt").write_bytes(b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\n")
+    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--workers", "1",
+                      "--split", "2")
+    assert result.exit_code == 0, result.output
+    store = VideoStore(tmp_path / "ucf101")
+    assert store.meta["split"] == 2
+    assert {r.id: r.splits for r in store.rows} == {
+        "HandstandPushups/v_HandStandPushups_g02_c01": "1:test 2:train",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01": "1:train 2:test"}
+    assert [r.id for r in store.ok_rows(2, "train")] == ["HandstandPushups/v_HandStandPushups_g02_c01"]
+
+
+def test_other_settings_are_refused_and_name_extracts_beside(small_ucf, tmp_path):
+    args = ["extract", "--root", small_ucf, "--data-root", tmp_path, "--size", "32x40", "--shard-size", "2",
+            "--workers", "1"]
+    assert run_prep(*args).exit_code == 0
+    data = tmp_path / "ucf101"
+    before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"}
+    tail = ": pass --overwrite to replace it, or --name to extract beside it"
+    folder_layout = ["--dataset", "folder", "--root", small_ucf / "UCF-101"]
+    for flags, differences in [
+        (["--size", "24x32"], "size 32x40, asked 24x32"),
+        (["--size", "24"], "size 32x40, asked short side 24"),
+        (["--quality", "60"], "quality 90, asked 60"),
+        (["--subsampling", "444"], "subsampling 420, asked 444"),
+        (["--store-residuals"], "residuals derived, asked stored"),
+        (["--quality", "60", "--subsampling", "444"], "quality 90, asked 60; subsampling 420, asked 444"),
+        ([*folder_layout, "--name", "ucf101"], "layout ucf101, asked folder"),
+    ]:
+        result = run_prep(*args, *flags)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (flags, result.output)
+        assert result.stderr.splitlines() == [f"Error: {data} was extracted with {differences}{tail}"], flags
+        assert result.stdout == ""
+    assert {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"} == before
+    # the same settings resume; another shard size re-shards the same frames (no setting of the data changes)
+    assert "shards: 0 written, 2 kept" in run_prep(*args).stdout
+    resharded = run_prep(*args[:-4], "--shard-size", "3", "--workers", "1")
+    assert resharded.exit_code == 0 and "shards: 2 written, 0 kept" in resharded.stdout
+    # --name: beside it, with other settings
+    beside = run_prep(*args, "--size", "24x32", "--name", "small")
+    assert beside.exit_code == 0, beside.output
+    assert beside.stdout.rstrip().endswith(f"-> {tmp_path / 'small'}")
+    assert VideoStore(tmp_path / "small").size == (24, 32) and VideoStore(data).size == (32, 40)
+    # --dataset folder writes <data root>/folder unless --name says otherwise
+    folder = run_prep(*args, *folder_layout)
+    assert folder.exit_code == 0 and VideoStore(tmp_path / "folder").meta["dataset"] == "folder"
+    replaced = run_prep(*args, "--size", "24x32", "--overwrite")
+    assert replaced.exit_code == 0 and VideoStore(data).size == (24, 32)
+    assert run_prep("check", "--data", data).exit_code == 0
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", ""])
+def test_name_must_be_a_folder_name(small_ucf, tmp_path, name):
+    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path / "out", "--name", name)
+    assert result.exit_code == 2 and result.stderr.splitlines() == [
+        f"Error: --name {name!r}: a folder name is needed, not a path (the dataset goes to "
+        "<data root>/<name>)"]
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a full disk, a read-only folder, permission denied: one line, complete shards kept, a rerun resumes
+
+# HDF5's own wording of a write that the filesystem refused (h5py 3.16: the time holds a line break)
+H5_WRITE_FAILED = ("Can't synchronously write data (file write failed: time = Sun Dec  6 05:30:06 2026\n, "
+                   "filename = '{name}', file descriptor = 5, errno = {errno}, error message = '{text}', "
+                   "buf = 0x55c7c8a94268, total write size = 4096, bytes this sub-write = 4096, offset = 0)")
+H5_CREATE_FAILED = ("Unable to synchronously create file (unable to open file: name = '{name}', "
+                    "errno = {errno}, error message = '{text}', flags = 13, o_flags = 242)")
+
+
+def _failing_creation(monkeypatch, shard: str, error) -> None:
+    """Creating ``shard``'s temporary file raises ``error(filename)`` (or, for ``"/dev/full"``, writes it on a
+    device that is always full: HDF5's real error)."""
+    real = h5py.File
+
+    def file(name, mode="r", *args, **kwargs):
+        if mode == "w" and shard in str(name):
+            if error == "/dev/full":
+                os.symlink("/dev/full", name)
+            else:
+                raise error(str(name))
+        return real(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", file)
+
+
+def _no_space(name: str) -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+def _hdf5_no_space(name: str) -> OSError:
+    return OSError(H5_WRITE_FAILED.format(name=name, errno=errno.ENOSPC, text="No space left on device"))
+
+
+def _read_only(name: str) -> OSError:
+    return OSError(errno.EROFS, "Read-only file system", name)
+
+
+def _hdf5_read_only(name: str) -> OSError:
+    return OSError(H5_CREATE_FAILED.format(name=name, errno=errno.EROFS, text="Read-only file system"))
+
+
+def _denied(name: str) -> OSError:
+    return PermissionError(errno.EACCES, "Permission denied")
+
+
+NO_SPACE_TAIL = "needed for the next shard (shards so far are kept; free space and rerun to resume)"
+READ_ONLY = ("read-only file system (shards so far are kept; make it writable or choose another data folder, "
+             "and rerun to resume)")
+DENIED = ("permission denied (shards so far are kept; give this user write access or choose another data "
+          "folder, and rerun to resume)")
+
+STORAGE_CASES = {  # where the write fails, the error, the message after "Error: cannot write to <folder>: "
+    "ENOSPC": ("write", _no_space, "no space"),
+    "hdf5 ENOSPC": ("write", _hdf5_no_space, "no space"),
+    "/dev/full": ("create", "/dev/full", "no space"),
+    "EROFS": ("create", _read_only, READ_ONLY),
+    "hdf5 EROFS": ("create", _hdf5_read_only, READ_ONLY),
+    "EACCES": ("write", _denied, DENIED),
+}
+
+
+@pytest.mark.parametrize("case", STORAGE_CASES)
+def test_a_full_or_read_only_disk_ends_in_one_line_and_a_rerun_resumes(small_ucf, tmp_path, monkeypatch,
+                                                                       case):
+    where, error, expected = STORAGE_CASES[case]
+    if error == "/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    args = ["extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--shard-size", "2",
+            "--workers", "1"]
+    frames = tmp_path / "ucf101" / "frames"
+    with monkeypatch.context() as patch:
+        if where == "write":  # the second shard's second video
+            failing_writes(patch, "shard-00001.h5", error, after=3)
+        else:
+            _failing_creation(patch, "shard-00001.h5", error)
+        result = run_prep(*args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.stdout == ""
+    errors = error_lines(result.stderr)
+    kept = frames / "shard-00000.h5"
+    if expected == "no space":
+        needed = size_text(kept.stat().st_size)  # the next shard is estimated from the complete one
+        assert re.fullmatch(rf"Error: no space left on {re.escape(str(frames))}: [\d.]+ [kMG]B free, "
+                            rf"~{needed} {re.escape(NO_SPACE_TAIL)}", errors[0]), errors
+    else:
+        assert errors[0] == f"Error: cannot write to {frames}: {expected}", errors
+    assert len(errors) == 1 and "buf =" not in result.output and "errno" not in result.output
+    assert sorted(p.name for p in frames.rglob("*")) == ["shard-00000.h5"]  # no partial shard, the first kept
+    assert not (tmp_path / "ucf101" / "manifest.csv").exists()
+    again = run_prep(*args)
+    assert again.exit_code == 0 and "shards: 1 written, 1 kept" in again.stdout, again.output
+    assert run_prep("check", "--data", tmp_path / "ucf101").exit_code == 0
+
+
+def test_a_full_disk_in_the_first_shard_estimates_from_the_shard_so_far(small_ucf, tmp_path, monkeypatch):
+    """No shard is complete yet: the space needed is the first shard's bytes so far, scaled to its videos."""
+    from iic.pipeline import writer
+
+    attempted = []
+    real = writer.ShardWriter.add_stream
+
+    def add_stream(self, slot, name, encoded):
+        attempted.append(sum(len(b) for b in encoded))
+        return real(self, slot, name, encoded)
+
+    monkeypatch.setattr(writer.ShardWriter, "add_stream", add_stream)
+    failing_writes(monkeypatch, "shard-00000.h5", _no_space, after=3)
+    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--shard-size",
+                      "4", "--workers", "1")
+    assert result.exit_code == 1 and len(attempted) == 2  # the second video's frames could not be written
+    needed = sum(attempted) * 4 // 2  # 2 videos attempted of the shard's 4
+    assert f"~{size_text(needed)} {NO_SPACE_TAIL}" in error_lines(result.stderr)[0], result.stderr
+    assert not list((tmp_path / "ucf101" / "frames").rglob("*"))
+
+
+def test_a_storage_error_crosses_the_worker_processes_as_one_line(tmp_path):
+    """With loky workers the error is raised in a worker and re-raised in the run's process by joblib: the
+    same type and the same one line (the writer's translation happens where the write failed)."""
+    from iic.pipeline.parallel import ParallelConfig, run_tasks
+    from iic.pipeline.writer import StorageError, storage_error
+
+    expected = storage_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path, 40_000_000)
+    assert isinstance(expected, StorageError) and str(expected).startswith(f"no space left on {tmp_path}: ")
+    code = ("from iic.pipeline.writer import storage_error; import errno; "
+            f"raise storage_error(OSError(errno.ENOSPC, 'full'), {str(tmp_path)!r}, 40_000_000)")
+    with pytest.raises(StorageError) as caught:
+        list(run_tasks(exec, [(code,)], ParallelConfig(workers=2), 1))
+    assert type(caught.value) is StorageError and "\n" not in str(caught.value)
+    assert str(caught.value).split(" free, ")[1] == str(expected).split(" free, ")[1]  # free space may move
+    assert "~40 MB needed for the next shard" in str(caught.value)
+
+
+@pytest.mark.parametrize("n, text", [
+    (0, "0 kB"), (850_000, "850 kB"), (999_499, "999 kB"), (1_000_000, "1.0 MB"), (4_240_000, "4.2 MB"),
+    (37_400_000, "37 MB"), (9_990_000_000, "9990 MB"), (12_300_000_000, "12 GB")])
+def test_size_text(n, text):
+    assert size_text(n) == text
 
 
 # ----------------------------------------------------------------------------------------------------------

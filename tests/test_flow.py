@@ -3,7 +3,9 @@ resume after SIGKILL, settings changes, dask, info/check, the picture, and flow 
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,13 +16,17 @@ import h5py
 import numpy as np
 import pytest
 
-from iic.model.clips import ClipConfig, ClipDataset, eval_starts, train_start
+from iic.model.data.clips import ClipConfig, ClipDataset, eval_starts, train_start
 from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.flowcalc import dequantize
 from iic.pipeline.lock import exclusive
-from iic.pipeline.shards import VideoStore
+from iic.pipeline.reader import VideoStore
+from iic.pipeline.writer import size_text
 
-from conftest import build_ucf101, error_lines, gated_env, prep_command, run_prep, synth_frames, wait_for, write_video
+from conftest import (
+    build_ucf101, error_lines, failing_writes, gated_env, prep_command, run_prep, synth_frames, wait_for,
+    write_video,
+)
 
 SIZE = "32x40"
 B = 20.0
@@ -112,9 +118,21 @@ def test_stored_tvl1_equals_opencv_on_the_stored_frames(flowdata):
 
 
 def test_method_change_recomputes_and_dis_equals_opencv(flowdata, tmp_path):
-    """--method dis (with a small bound, so clipping is exercised) replaces the tvl1 flow everywhere."""
+    """--method dis (with a small bound, so clipping is exercised) is refused over tvl1 flow, then with
+    --overwrite replaces it everywhere."""
     data = _copy(flowdata[1], tmp_path)
-    result = run_prep("flow", "--data", data, "--method", "dis", "--bound", "2.5", "--workers", "1")
+    before = {p: p.read_bytes() for p in sorted((data / "flow").rglob("*")) if p.is_file()}
+    refused = run_prep("flow", "--data", data, "--method", "dis", "--bound", "2.5", "--workers", "1")
+    assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit)
+    assert error_lines(refused.output) == [
+        f"Error: {data / 'flow'} was computed with method tvl1, asked dis; bound 20.0, asked 2.5: pass "
+        "--overwrite to recompute it"], refused.output
+    assert {p: p.read_bytes() for p in sorted((data / "flow").rglob("*")) if p.is_file()} == before
+    bound = run_prep("flow", "--data", data, "--bound", "10", "--workers", "1")
+    assert bound.exit_code == 1 and error_lines(bound.output) == [
+        f"Error: {data / 'flow'} was computed with bound 20.0, asked 10.0: pass --overwrite to recompute it"]
+    result = run_prep("flow", "--data", data, "--method", "dis", "--bound", "2.5", "--workers", "1",
+                      "--overwrite")
     assert result.exit_code == EXIT_SOME_FAILED, result.output
     assert f"shards: {SHARDS} written, 0 kept" in result.output
     store = VideoStore(data)
@@ -307,16 +325,28 @@ def test_concurrent_run_is_refused_without_damage(flowdata, tmp_path):
     assert {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"} == before
 
 
-def test_reextracted_frames_invalidate_their_flow(flowdata, tmp_path):
+def test_reextracted_frames_invalidate_their_flow(flowdata, tmp_path, caplog):
     raw = tmp_path / "raw"
     shutil.copytree(flowdata[0], raw)
     data = _copy(flowdata[1], tmp_path / "out")
     # other JPEG quality: every frames shard changes (same rows), so every flow shard is stale
-    _extract(raw, data.parent, "--quality", "70")
+    _extract(raw, data.parent, "--quality", "70", "--overwrite")
     check = run_prep("check", "--data", data)
-    assert check.exit_code == 1 and "flow/shard-00000.h5: computed from other frames" in check.output
+    stale = [f"flow/shard-{i:05d}.h5: computed from other frames than frames/shard-{i:05d}.h5 (re-extracted "
+             "since): re-run `iic-prep flow`" for i in range(SHARDS)]
+    assert check.exit_code == 1
+    assert check.stderr.splitlines() == stale + [f"Error: {SHARDS} problem(s) in {data}"]
+    # info reports the same shards in the same words, as warnings beside its summary
+    info = run_prep("info", "--data", data)
+    assert info.exit_code == 0 and info.stderr.splitlines() == [f"Warning: {line}" for line in stale]
+    assert info.stdout.startswith(f"{data}: ucf101 split 1")
+    assert "computed from other frames" not in info.stdout
     result = run_prep("flow", "--data", data, "--workers", "1")
     assert result.exit_code == EXIT_SOME_FAILED and f"shards: {SHARDS} written, 0 kept" in result.output
+    recomputed = [r.getMessage() for r in caplog.records
+                  if r.name == "iic.pipeline.flow" and r.levelname == "WARNING"]
+    assert recomputed == [line.replace("re-run `iic-prep flow`", "recomputing it") for line in stale]
+    assert run_prep("info", "--data", data).stderr == ""
     store = VideoStore(data)
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
     assert _assert_within_one_level(store, lambda a, b: tvl1.calc(a, b, None), B) == 26  # from the new frames
@@ -330,6 +360,43 @@ def test_reextracted_frames_invalidate_their_flow(flowdata, tmp_path):
     assert result.exit_code == EXIT_SOME_FAILED and "shards: 1 written, 2 kept" in result.output
     assert VideoStore(data).n_flow("Walk/v_Walk_g03_c01") == 14
     assert run_prep("check", "--data", data).exit_code == 0
+
+
+@pytest.mark.parametrize("where", ["part", "shard"])
+def test_a_full_disk_during_flow_ends_in_one_line_and_a_rerun_resumes(flowdata, tmp_path, monkeypatch, where):
+    """No space for a video's flow (written by a worker) or for a flow shard (assembled by the run): one line,
+    the complete flow shard kept, nothing partial left, and a rerun resumes to the same flow."""
+    data = _copy(flowdata[1], tmp_path)
+    shutil.rmtree(data / "flow")
+
+    def full(name=None):
+        return OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        if where == "part":  # the third video with flow: the first of the second shard
+            real, saved = np.save, []
+
+            def save(f, array, *args, **kwargs):
+                saved.append(array.shape)
+                if len(saved) > 2:
+                    raise full()
+                return real(f, array, *args, **kwargs)
+
+            patch.setattr(np, "save", save)
+        else:
+            failing_writes(patch, "flow/shard-00001.h5", full)
+        result = run_prep("flow", "--data", data, "--workers", "1")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit) and result.stdout == ""
+    needed = size_text((data / "flow" / "shard-00000.h5").stat().st_size)
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and re.fullmatch(
+        rf"Error: no space left on {re.escape(str(data / 'flow'))}: [\d.]+ [kMG]B free, ~{needed} needed for "
+        r"the next shard \(shards so far are kept; free space and rerun to resume\)", errors[0]), errors
+    assert sorted(p.name for p in (data / "flow").glob("shard-*")) == ["shard-00000.h5"]
+    assert not list((data / "flow").rglob("*.tmp")) and not (data / "flow" / "manifest.csv").exists()
+    again = run_prep("flow", "--data", data, "--workers", "1")
+    assert again.exit_code == EXIT_SOME_FAILED and f"shards: {SHARDS - 1} written, 1 kept" in again.stdout
+    _assert_same_flow(data, flowdata[1])
 
 
 # ----------------------------------------------------------------------------------------------------------

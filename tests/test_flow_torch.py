@@ -19,7 +19,7 @@ from iic.pipeline.flowcalc import (
     TVL1_PARAMS, FlowConfig, FlowDeviceError, compute_flow, from_stored, make_estimator, rgb_to_gray, to_stored,
 )
 from iic.pipeline.parallel import EXIT_SOME_FAILED
-from iic.pipeline.shards import VideoStore
+from iic.pipeline.reader import VideoStore
 
 from conftest import build_ucf101, decode_resized, error_lines, run_prep, synth_frames, trimmed_clip
 from test_flowcalc import affine_pair, interior_epe

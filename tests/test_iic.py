@@ -1,4 +1,4 @@
-"""IIC objective: logits and loss against the formula, memory banks, intra-negatives, residuals."""
+"""IIC objective: logits and loss against the formula, memory banks, intra-negatives, the variants' columns."""
 import math
 
 import numpy as np
@@ -8,9 +8,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from iic.model.distributed import gather_from_ranks
-from iic.model.protocol import iic_chance_loss
-from iic.model.iic import (CenterHead, IICMemory, MemoryBank, ProjectionHead, draw_negatives, intra_negative,
-                           l2_normalize, nce_loss, residual)
+from iic.model.evaluation.protocol import iic_chance_loss
+from iic.model.methods import build
+from iic.model.methods.iic import IICMemory, MemoryBank, draw_negatives, intra_negative, nce_loss
+from iic.model.methods.variants import LiveMemory
+from iic.model.nets.heads import CenterHead, ProjectionHead, l2_normalize
 
 N, D, K, BATCH, TAU, M = 10, 4, 5, 3, 0.07, 0.5
 
@@ -41,7 +43,9 @@ def reference_loss(z):
 
 
 def make_memory(**kw):
-    return IICMemory(N, D, K, TAU, M, generator=torch.Generator().manual_seed(7), **kw).double()
+    """The paper's banks, or with the variants' live columns when ``kw`` asks for them."""
+    cls = LiveMemory if {"positive", "live_negative", "batch_negatives"} & set(kw) else IICMemory
+    return cls(N, D, K, TAU, M, generator=torch.Generator().manual_seed(7), **kw).double()
 
 
 def test_logits_and_loss_match_formula():
@@ -226,16 +230,6 @@ def test_reverse_plays_every_clip_backwards():
         assert torch.equal(neg[b, :, 3], clip[b, :, 12])
 
 
-def test_residual_first_frame_zero():
-    clip = torch.tensor([0.2, 0.5, 0.1, 0.9]).view(1, 1, 4, 1, 1).expand(2, 3, 4, 2, 2)
-    r = residual(clip)
-    expected = torch.tensor([0.0, 0.3, -0.4, 0.8]).view(1, 1, 4, 1, 1).expand(2, 3, 4, 2, 2)
-    assert torch.allclose(r, expected)
-    assert torch.allclose(residual(clip[0]), expected[0])  # a single (C, T, H, W) clip
-    with pytest.raises(ValueError):
-        residual(torch.zeros(3, 4, 2, 2, dtype=torch.uint8))
-
-
 def test_projection_head():
     head = ProjectionHead()
     z = head(torch.randn(5, 512, generator=torch.Generator().manual_seed(0)))
@@ -298,7 +292,7 @@ def test_no_bank_negatives_leaves_the_positive_and_the_batch():
     """K = 0: no bank columns at all, the positive f1.f2 and the batch's live negatives (brute force); the
     chance loss is 2 ln(2N) with intra-negatives, 2 ln(N) for CMC; K = 0 without them is refused."""
     for intra in (True, False):
-        mem = IICMemory(N, D, 0, TAU, M, intra_neg=intra, positive="live", batch_negatives=True).double()
+        mem = LiveMemory(N, D, 0, TAU, M, intra_neg=intra, positive="live", batch_negatives=True).double()
         f1, f2, fn = features(4, batch=4)
         z1, _ = mem(f1, f2, fn if intra else None, torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(0))
         u1, u2, un = (unit(f.numpy()) for f in (f1, f2, fn))
@@ -309,7 +303,7 @@ def test_no_bank_negatives_leaves_the_positive_and_the_batch():
         assert iic_chance_loss(0, intra, batch=4) == pytest.approx(2 * math.log(8 if intra else 4))
     for bad in (dict(positive="bank", batch_negatives=True), dict(positive="live", batch_negatives=False)):
         with pytest.raises(ValueError, match="K = 0"):
-            IICMemory(N, D, 0, TAU, M, **bad)
+            LiveMemory(N, D, 0, TAU, M, **bad)
 
 
 def test_center_head_removes_the_common_direction():
@@ -327,7 +321,7 @@ def test_logits_and_bank_update_stay_fp32_under_autocast():
     """On CUDA the step runs under fp16 autocast; the same construction on CPU (bfloat16) must leave the
     contrastive logits, the loss and the banks in float32 (model/iic.py: iic_step)."""
     from iic.model.config import build_config
-    from iic.model.iic import Encoder, iic_step
+    from iic.model.methods.iic import Encoder, iic_step
 
     cfg = build_config("tiny", crop=16, frames=4, K=4)
     net = Encoder(cfg)
@@ -349,14 +343,12 @@ def test_mlp_bn_head_normalises_view_1_and_its_intra_negatives_as_one_batch():
     with view 1 and the intra-negatives made from it in one batch (what they share, e.g. "still", is kept) and
     view 2 in its own. The plain MLP head has no batch statistics: each clip's output is its own."""
     from iic.model.config import build_config
-    from iic.model.iic import Encoder
-
     g = torch.Generator().manual_seed(0)
     clips = [torch.rand(4, 3, 4, 16, 16, generator=g) for _ in range(3)]
     other_negatives = torch.rand(4, 3, 4, 16, 16, generator=g)
     for head, joint, norms in (("mlp-bn", True, 1), ("mlp-bn-out", True, 2), ("mlp", False, 0)):
         torch.manual_seed(0)
-        net = Encoder(build_config("tiny", crop=16, frames=4, head=head)).train()
+        net = build(build_config("tiny", crop=16, frames=4, head=head), 4)[0].train()
         assert [type(m).__name__ for m in net.head.mlp].count("BatchNorm1d") == norms
         with torch.no_grad():
             f1, f2, fn = net(clips)
@@ -376,7 +368,6 @@ def test_view2_from_another_time_reads_the_loaders_second_clip():
     """``--view2-time other``: the loader reads two clips per video and view 2 is made from the second (its own
     crop); view 1 is the paper's step's."""
     from iic.model.config import build_config
-    from iic.model.iic import Encoder, iic_step
 
     g = torch.Generator().manual_seed(0)
     clip = lambda: torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8, generator=g)  # noqa: E731
@@ -386,15 +377,13 @@ def test_view2_from_another_time_reads_the_loaders_second_clip():
     for time in ("same", "other"):
         cfg = build_config("tiny", crop=16, frames=4, view2_time=time)
         assert cfg.clips_per_sample == (2 if time == "other" else 1)
-        net = Encoder(cfg)
+        net, mem, step = build(cfg, 6)
         net.register_forward_pre_hook(lambda module, args, t=time: seen.__setitem__(t, [x.clone() for x in args[0]]))
-        iic_step(net, IICMemory(6, net.out_dim, K=0, positive="live", batch_negatives=True), batch, cfg,
-                 torch.Generator().manual_seed(0), torch.device("cpu"))
+        step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert torch.equal(seen["same"][0], seen["other"][0]) and not torch.equal(seen["same"][1], seen["other"][1])
     without_second = {k: v for k, v in batch.items() if not k.endswith("_1")}
     with pytest.raises(KeyError):
-        iic_step(net, IICMemory(6, net.out_dim, K=0, positive="live", batch_negatives=True), without_second, cfg,
-                 torch.Generator().manual_seed(0), torch.device("cpu"))
+        step(net, mem, without_second, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
     with pytest.raises(ValueError, match="view2-time is an IIC option"):
         build_config("dualvar-tiny", view2_time="other")
 
@@ -404,7 +393,6 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
     is the paper step's (drawn first from the same generator), so the residual view is unchanged; the
     intra-negative is made from the recoloured view 1."""
     from iic.model.config import build_config
-    from iic.model.iic import Encoder, iic_step
 
     g = torch.Generator().manual_seed(0)
     rgb = torch.randint(0, 255, (8, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
@@ -413,10 +401,9 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
     seen = {}
     for aug in ("none", "simclr"):
         cfg = build_config("tiny", crop=16, frames=4, rgb_aug=aug)
-        net = Encoder(cfg)
+        net, mem, step = build(cfg, 8)
         net.register_forward_pre_hook(lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]]))
-        iic_step(net, IICMemory(8, net.out_dim, K=0, positive="live", batch_negatives=True), batch, cfg,
-                 torch.Generator().manual_seed(0), torch.device("cpu"))
+        step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
     (v1, v2, _), (w1, w2, wneg) = seen["none"], seen["simclr"]
     assert torch.equal(v2, w2)  # the residual view: same window, no colour change
     changed = (v1 - w1).abs().flatten(1).amax(1) > 1e-3
@@ -426,5 +413,5 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
     assert all(any(torch.equal(wneg[b, :, 0], w1[b, :, t]) for t in range(4)) for b in range(8))
     with pytest.raises(ValueError, match="rgb-aug is an IIC option"):
         build_config("dualvar-tiny", rgb_aug="simclr")
-    with pytest.raises(ValueError, match="unknown RGB augmentation"):
+    with pytest.raises(ValueError, match="--rgb-aug 'strong' is unknown"):
         build_config("tiny", rgb_aug="strong")

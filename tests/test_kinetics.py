@@ -190,7 +190,7 @@ def k400(tmp_path_factory) -> Path:
 
 
 def test_extract_records_missing_and_broken_and_keeps_aspect(k400):
-    from iic.pipeline.shards import VideoStore
+    from iic.pipeline.reader import VideoStore
 
     store = VideoStore(k400)
     assert store.meta["size"] == {"short_side": 128} and store.size is None and store.short_side == 128
@@ -237,8 +237,8 @@ def test_rerun_keeps_every_shard(k400):
 
 def test_batch_of_mixed_sizes_gives_the_requested_crop(k400):
     """A 16:9, a portrait and a 4:3 video in one batch: every clip is cropped inside its own frames."""
-    from iic.model import augment
-    from iic.model.clips import ClipConfig, ClipDataset, collate_clips
+    from iic.model.data import augment
+    from iic.model.data.clips import ClipConfig, ClipDataset, collate_clips
 
     ds = ClipDataset(k400, 1, "train", ClipConfig(frames=4, modalities=("rgb", "res")), mode="train")
     assert ds.n_videos == 4 and len({ds.store.frame_size(v) for v in ds.video_ids}) == 3
@@ -264,7 +264,7 @@ def test_batch_of_mixed_sizes_gives_the_requested_crop(k400):
 
 
 def test_unlabelled_videos_are_in_no_list(k400):
-    from iic.model.clips import ClipConfig, ClipDataset
+    from iic.model.data.clips import ClipConfig, ClipDataset
 
     test = ClipDataset(k400, 1, "test", ClipConfig(frames=4), mode="test")
     train = ClipDataset(k400, 1, "train", ClipConfig(frames=4), mode="train")
@@ -294,7 +294,7 @@ def test_shards_in_subfolders_read_resume_and_flow(k400, tmp_path):
     """Spread shards (forced small: 2 a folder) are read, checked, kept on a re-run and get aligned flow; going
     back to the flat layout replaces them."""
     from iic.pipeline.extract import ExtractConfig, extract
-    from iic.pipeline.shards import VideoStore
+    from iic.pipeline.reader import VideoStore
 
     raw = k400.parent.parent / "raw"
     cfg = ExtractConfig(dataset="kinetics400", root=raw, out=tmp_path, size=128, unlabelled=True, shard_size=1,
@@ -370,13 +370,13 @@ def test_cli_subset_restricts_and_is_recorded(k400, tmp_path):
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "kinetics400" / "dataset.json").read_text())
     assert meta["classes"] == [ODD] and meta["subset"] == str(tmp_path / "classes.txt") and "unlabelled" not in meta
-    from iic.pipeline.shards import read_manifest
+    from iic.pipeline.format import read_manifest
 
     rows = read_manifest(tmp_path / "kinetics400" / "manifest.csv")
     assert sorted(r.id.split("/")[1][:11] for r in rows) == ["portrait916", "valwide1691", "wide169wide"]
     assert {r.label for r in rows} == {0}
     bad = run_prep("extract", "--dataset", "ucf101", "--root", raw, "--out", tmp_path / "u", "--unlabelled")
-    assert bad.exit_code == 1 and bad.output.strip().splitlines()[-1] == (
+    assert bad.exit_code == 2 and bad.output.strip().splitlines()[-1] == (
         "Error: --subset and --unlabelled apply to the Kinetics datasets, not ucf101")
 
 
@@ -407,7 +407,7 @@ def test_existing_datasets_keep_their_shards_and_identity(small_ucf, tmp_path):
 
 def test_show_a_portrait_video_and_long_failure_lists(k400, tmp_path, figures):
     from iic.pipeline.parallel import StageSummary
-    from iic.pipeline.shards import ManifestRow
+    from iic.pipeline.format import ManifestRow
 
     vid = "train/portrait916_000000_000010"
     res = run_prep("show", "--data", k400, "--video", vid, "--out", tmp_path / "p.png")

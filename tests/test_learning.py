@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from iic.cli import main, prep
 from iic.model import checkpoint
 from iic.model.config import build_config
-from iic.model.protocol import iic_chance_loss
-from iic.model.runlog import read_metrics
-from iic.model.train import lr_factor, train
+from iic.model.evaluation.protocol import iic_chance_loss
+from iic.model.run.runlog import read_metrics
+from iic.model.run.train import lr_factor, train
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_tiny_run_leaves_chance_and_the_monitor_beats_random_init(motion_data, t
     train(cfg)
     metrics = read_metrics(out / "metrics.jsonl")
     losses = _epochs(metrics, "epoch_loss")
-    chance = iic_chance_loss(cfg.K, True, batch=cfg.batch_size)
+    chance = iic_chance_loss(cfg.iic.K, True, batch=cfg.batch_size)
     last = cfg.epochs
     assert losses[last]["chance_loss"] == pytest.approx(chance)
     curve = [round(r["epoch_loss"], 2) for r in losses.values()]
@@ -151,6 +151,7 @@ def test_train_cli_flags_of_the_recipe(motion_data, tmp_path):
                                   "--monitor-every", "0", "--threads", "1"])
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    saved = {**saved, **saved["iic"]}  # IIC's options are its section's
     assert {k: saved[k] for k in ("head", "positive", "batch_negatives", "schedule", "warmup_epochs", "tau", "m", "K",
                                   "monitor_every", "threads")} == dict(
         head="bn", positive="bank", batch_negatives=False, schedule="multistep", warmup_epochs=0, tau=0.1, m=0.9, K=8,
@@ -171,14 +172,15 @@ class OrderBlind(torch.nn.Module):
 
 
 def test_order_sensitivity_against_an_order_blind_model(motion_data):
-    from iic.model.backbones import build_backbone, preset
-    from iic.model.sensitivity import order_sensitivity
+    from iic.model.config import backbone_config
+    from iic.model.nets.backbones import build_backbone
+    from iic.model.evaluation.sensitivity import order_sensitivity
 
     blind = order_sensitivity(OrderBlind(), motion_data, 1, frames=16, stride=1, crop=64, feature="pool")
     assert blind["shuffled"] == pytest.approx(1.0, abs=1e-6) and blind["reversed"] == pytest.approx(1.0, abs=1e-6)
     assert blind["repeated"] < 0.999  # holding one frame changes the time average
     torch.manual_seed(0)
-    conv = order_sensitivity(build_backbone(preset("r3d-tiny")), motion_data, 1, frames=16, stride=1, crop=64,
+    conv = order_sensitivity(build_backbone(backbone_config("r3d-tiny")), motion_data, 1, frames=16, stride=1, crop=64,
                              feature="conv5")
     assert all(-1.0 <= v < 1.0 for v in conv.values()), conv  # a 3D CNN sees the order
     again = order_sensitivity(OrderBlind(), motion_data, 1, frames=16, stride=1, crop=64, feature="pool")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from iic.model.report import BORDERS, retrieval_figure
-from iic.model.runlog import plot_curves
+from iic.model.evaluation.report import BORDERS, retrieval_figure
+from iic.model.run.runlog import plot_curves
 from iic.pipeline.flowcalc import from_stored
-from iic.pipeline.shards import VideoStore
+from iic.pipeline.reader import VideoStore
 from iic.pipeline.show import PICTURE_FORMATS, colour_wheel, flow_to_colour, show_video
 
 from conftest import build_ucf101, error_lines, run_prep, synth_frames

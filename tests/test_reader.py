@@ -27,7 +27,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from iic.pipeline.shards import FormatError, VideoStore, dequantize_residual, quantize_residual, slot_name
+from iic.pipeline.format import FormatError, dequantize_residual, quantize_residual, slot_name
+from iic.pipeline.reader import VideoStore
 
 from conftest import (
     decode_count, decode_resized, error_lines, jpeg_roundtrip, run_prep, synth_frames, trimmed_clip, write_video,
@@ -132,7 +133,7 @@ def test_frames_match_a_fresh_decode_within_codec_loss(real_data):
 
 def test_residual_quantisation_before_the_codec():
     """Without JPEG in between the residual is exact to one grey level, and zero maps to zero."""
-    from iic.pipeline.shards import quantize_residual
+    from iic.pipeline.format import quantize_residual
 
     a = np.random.default_rng(0).integers(0, 256, (8, 9, 3), dtype=np.uint8)
     b = np.random.default_rng(1).integers(0, 256, (8, 9, 3), dtype=np.uint8)
@@ -356,7 +357,7 @@ def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, mo
     through a store that may keep 2 files open gives what an unlimited store gives, and never holds more."""
     import random
 
-    from iic.pipeline import shards
+    from iic.pipeline import reader
 
     assert run_prep("flow", "--data", small_data, "--method", "farneback", "--workers", "1").exit_code == 0
     store = VideoStore(small_data)
@@ -377,12 +378,12 @@ def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, mo
         for vid in order:
             out.append(store.read_clip(vid, ("rgb", "res"), 1, 4))
             out.append(store.flow(vid, 2, 3))
-            assert len(store._files) <= max(2, shards.MAX_OPEN_SHARDS)
+            assert len(store._files) <= max(2, reader.MAX_OPEN_SHARDS)
             assert set(store._streams) <= set(store._files)
         return out
 
     unlimited = reads(VideoStore(small_data))
-    monkeypatch.setattr(shards, "MAX_OPEN_SHARDS", 2)
+    monkeypatch.setattr(reader, "MAX_OPEN_SHARDS", 2)
     limited_store = VideoStore(small_data)
     limited = reads(limited_store)
     assert len(limited_store._files) == 2

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from iic.cli import main, prep
 from iic.model import checkpoint
-from iic.pipeline.shards import VideoStore
+from iic.pipeline.reader import VideoStore
 
 TINY = ["--preset", "tiny", "--crop", "32", "--frames", "8", "--batch-size", "4", "--K", "16", "--epochs", "1",
         "--workers", "0", "--device", "cpu", "--seed", "0", "--monitor-every", "0"]
@@ -42,6 +42,8 @@ def world(tmp_path_factory, one_thread) -> dict[str, Path]:
 
 
 def _train(data, out, *extra, ok: bool | None = None):
+    """``iic train`` into ``out``; ``"--resume"`` in ``extra`` continues the run there (its options given again)."""
+    extra = [x for e in extra for x in ((e, str(out)) if e == "--resume" else (e,))]
     r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), *TINY, *extra])
     if ok is not None:
         assert (r.exit_code == 0) == ok, r.output
@@ -106,7 +108,7 @@ def test_the_identity_is_the_same_from_the_shards_digests_and_from_their_videos(
 def test_a_checkpoint_with_the_legacy_identity_resumes_and_another_datasets_does_not(world, tmp_path):
     """Checkpoints of versions before per-shard digests recorded the legacy identity (one running hash over every
     video): they still resume on their data, and not on another dataset with the same video list."""
-    from iic.model.resume import check_data
+    from iic.model.run.resume import check_data
 
     legacy, other = VideoStore(world["data"]).legacy_identity(), VideoStore(world["other"]).legacy_identity()
     assert legacy != VideoStore(world["data"]).identity() and legacy != other
@@ -182,9 +184,9 @@ def test_recognition_resumes_in_a_moved_folder_and_refuses_another_source(world,
     shutil.move(str(root), moved)  # the run and its recognition folder
     r = CliRunner().invoke(main, [*args, "--ckpt", str(moved / "run" / "final.pt"), "--epochs", "2", "--resume"])
     assert r.exit_code == 0, r.output
-    assert checkpoint.load(moved / "run" / "recognition" / "final.pt")["epoch"] == 2
+    assert checkpoint.load(moved / "run" / "eval" / "recognition-ucf101-s1-res" / "final.pt")["epoch"] == 2
     # another backbone checkpoint (trained on the other dataset) for the same folder is refused
     _train(world["other"], tmp_path / "other-run", ok=True)
     r = CliRunner().invoke(main, [*args, "--ckpt", str(tmp_path / "other-run" / "final.pt"), "--out",
-                                  str(moved / "run" / "recognition"), "--epochs", "3", "--resume"])
+                                  str(moved / "run" / "eval" / "recognition-ucf101-s1-res"), "--epochs", "3", "--resume"])
     _refused(r, "another backbone checkpoint")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from iic.model.retrieval import RetrievalResult, retrieval_topk
+from iic.model.evaluation.retrieval import RetrievalResult, retrieval_topk
 
 KS = (1, 5, 10, 20, 50)
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from iic.cli import prep
 from iic.model import checkpoint
 from iic.model.config import build_config
-from iic.model.sweep import train_all
+from iic.model.run.sweep import train_all
 
 
 @pytest.fixture(scope="module")

@@ -513,3 +513,55 @@ def test_shared_appearance_reuses_a_group_look_across_classes(tmp_path: Path) ->
 
     # the background crop still differs per video (measured, seed 0: shared 3.6-23.5, own 39-108)
     assert max(colour_gaps(shared)) < 30.0 < min(colour_gaps(own))
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def test_cli_writes_what_its_options_say_and_refuses_another_config(tmp_path: Path) -> None:
+    import json
+
+    from conftest import error_lines, run_prep
+
+    out = tmp_path / "synth"
+    args = ["synth", "--out", out, "--classes", "2", "--per-class", "6", "--groups", "3", "--frames", "3",
+            "--size", "32x48"]
+    first = run_prep(*args, "--seed", "1")
+    assert first.exit_code == 0, first.output
+    cfg = json.loads((out / "synth_config.json").read_text())
+    fields = ("classes", "per_class", "groups", "frames", "height", "width", "seed")
+    assert {k: cfg[k] for k in fields} == dict(classes=2, per_class=6, groups=3, frames=3, height=32,
+                                               width=48, seed=1)
+    videos = sorted((out / "UCF-101").rglob("*.avi"))
+    assert len(videos) == 12 and {NAME_RE.match(p.name)["g"] for p in videos} == {"01", "02", "03"}
+    assert all(decode(p).shape == (3, 32, 48, 3) for p in videos)
+    before = {p: p.read_bytes() for p in videos}
+    refused = run_prep(*args, "--seed", "2")
+    assert refused.exit_code == 1 and error_lines(refused.stderr) == [
+        f"Error: {out} holds a dataset made with another config (--seed 1, asked 2): pass --overwrite to "
+        "replace it"]
+    assert {p: p.read_bytes() for p in videos} == before
+    replaced = run_prep(*args, "--seed", "2", "--overwrite")
+    assert replaced.exit_code == 0 and json.loads((out / "synth_config.json").read_text())["seed"] == 2
+    assert any(p.read_bytes() != before[p] for p in videos)  # another seed draws other videos
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--per-class", "2"], "--per-class 2: need at least 3 videos per class (each video is its own group, "
+                           "and each split tests a third of the groups)"),
+    (["--per-class", "100"], "--per-class 100: at most 99 videos per class when each video is its own group "
+                             "(give fewer groups: the videos of a group share their appearance)"),
+    (["--groups", "3", "--per-class", "400"], "--per-class 400 --groups 3: at most 99 videos per group"),
+    (["--groups", "60"], "--groups 60 (with --per-class 45, the default): need at least as many videos per "
+                         "class as groups (no empty group)"),
+    (["--groups", "100", "--per-class", "200"],
+     "--groups 100: must be in 3..99 (each split tests a third of the groups)"),
+    (["--size", "30x31"], "--size 30x31: height and width must be even (yuv420p halves the chroma planes)"),
+    (["--classes", "11"], "--classes 11: must be in 1..10 (there are 10 motion classes)"),
+])
+def test_cli_refusals_name_the_options_given(tmp_path: Path, args: list[str], message: str) -> None:
+    from conftest import run_prep
+
+    result = run_prep("synth", "--out", tmp_path / "synth", *args)
+    assert result.exit_code == 2 and result.stderr == f"Error: {message}\n" and result.stdout == ""
+    assert not (tmp_path / "synth").exists()

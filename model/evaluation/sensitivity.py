@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import augment
-from .backbones import retrieval_feature
-from .clips import ClipConfig, ClipDataset, collate_clips
-from .iic import intra_negative
+from ..data import augment
+from ..data.clips import ClipConfig, ClipDataset, collate_clips
+from ..methods.iic import intra_negative
+from ..nets.backbones import retrieval_feature
 
 BROKEN = ("shuffled", "reversed", "repeated")
 

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
-from .config import TrainConfig
-from .distributed import resolve_device
-from .features import (BackboneSource, FeatureSets, FeatureSpec, VideoFeatures, as_video_features, check_dataset_size,
+from ...pipeline.reader import VideoStore
+from .. import checkpoint
+from ..config import ConfigError, TrainConfig
+from ..distributed import resolve_device
+from .features import (AmbiguousRun, BackboneSource, FeatureSets, FeatureSpec, VideoFeatures, as_video_features, check_dataset_size,
                        checkpoint_source, data_line, data_record, failed_videos, feature_sets, find_checkpoint,
                        load_backbone)
-from .protocol import protocol_of_source
+from .protocol import default_input, protocol_of_source
 from .retrieval import DEFAULT_KS, retrieval_topk
 
 log = logging.getLogger(__name__)
@@ -51,26 +52,28 @@ class SourceConfig:
 def resolve_source(cfg: SourceConfig) -> tuple[BackboneSource, dict | None]:
     """The backbone to evaluate and, for a checkpoint, its loaded state."""
     if cfg.random_init and cfg.ckpt is not None:
-        raise ValueError("--ckpt and --random-init exclude each other")
+        raise ConfigError("--ckpt and --random-init exclude each other")
     if not cfg.random_init:
         newest = cfg.ckpt is None
         src, state = checkpoint_source(find_checkpoint(cfg.runs) if newest else cfg.ckpt)
         if cfg.model not in (None, src.model):
-            raise ValueError(f"--model {cfg.model} differs from the checkpoint's model {src.model}")
-        chosen = f"newest final.pt under {cfg.runs}; --ckpt to choose" if newest else ""
+            raise ConfigError(f"--model {cfg.model} differs from the checkpoint's model {src.model}")
+        chosen = f"the only final.pt under {cfg.runs}; --ckpt to choose" if newest else ""
         if newest:
-            log.warning("no --ckpt: evaluating %s, the newest final.pt under %s", src.ckpt, cfg.runs)
+            log.warning("no --ckpt: evaluating %s, the only final.pt under %s", src.ckpt, cfg.runs)
         return dataclasses.replace(src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop, chosen=chosen), state
     base, chosen = TrainConfig(), ""
-    if cfg.model is None:  # the same config as the latest run, when there is one: the baseline it is read against
+    if cfg.model is None:  # the same config as the run, when there is one: the baseline it is read against
         try:
             newest = find_checkpoint(cfg.runs)
             trained, _ = checkpoint_source(newest)
             base = dataclasses.replace(base, model=trained.model, frames=trained.frames, stride=trained.stride,
                                        crop=trained.crop)
             chosen = f"model, clip and crop of {newest}; --model to choose"
-            log.warning("--random-init without --model: the %s backbone, %d-frame clips and %d crop of the newest "
+            log.warning("--random-init without --model: the %s backbone, %d-frame clips and %d crop of the "
                         "run %s", trained.model, trained.frames, trained.crop, newest)
+        except AmbiguousRun as err:
+            raise AmbiguousRun(f"--random-init without --model: {err} (or pass --model)") from None
         except checkpoint.CheckpointError:
             chosen = "TrainConfig defaults: no run found; --model to choose"
     return BackboneSource(None, cfg.model or base.model, cfg.frames or base.frames, base.stride, cfg.crop or base.crop,
@@ -91,8 +94,8 @@ class RetrievalConfig:
     batch_size: int = 16
     workers: int = 0
     device: str = "auto"
-    out: Path | None = None  # default: <run folder>/eval (or data/runs/random-init/eval)
-    cache: Path | None = None  # feature cache folder; default: <out>/features
+    out: Path | None = None  # default: <run folder>/eval/retrieval-<data>-s<split>-<views>-<feature> (`eval_dir`)
+    cache: Path | None = None  # feature cache folder; default: <run folder>/eval/features (`eval_base`)
     skip_corrupt: bool = False  # leave out (and list) videos with a corrupt clip instead of stopping
     n_show: int = 6  # queries drawn in the PNG
 
@@ -102,16 +105,21 @@ class RetrievalConfig:
 
     def validate(self) -> RetrievalConfig:
         if self.merge and self.modality == "rgb":
-            raise ValueError("--merge concatenates RGB with another modality: choose --modality res, flow-u or flow-v")
+            raise ConfigError("--merge concatenates RGB with another modality: choose --modality res, flow-u or flow-v")
         FeatureSpec(self.data, self.split, "train", self.views, self.feature or "conv5", self.clips).validate()
         return self
 
-    def with_protocol(self, method: str) -> RetrievalConfig:
+    def with_protocol(self, method: str, view2: str | None = None) -> RetrievalConfig:
         """Fill the modality / feature / centring left open (None) with ``method``'s protocol; random init: IIC's."""
         proto = protocol_of_source(method)
         return dataclasses.replace(self, feature=proto.feature if self.feature is None else self.feature,
                                    center=proto.center if self.center is None else self.center,
-                                   modality=proto.modality if self.modality is None else self.modality)
+                                   modality=default_input(method, view2) if self.modality is None else self.modality)
+
+    def name_parts(self) -> list[str]:
+        """What tells this retrieval from others of the same backbone (its folder's name, `eval_dir`)."""
+        return ["+".join(self.views), self.feature, *(["centred"] if self.center else []),
+                *([f"{self.clips}clips"] if self.clips != 10 else [])]
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -125,8 +133,39 @@ def combine(vf: VideoFeatures, views: tuple[str, ...]) -> np.ndarray:
     return np.concatenate([F.normalize(torch.from_numpy(vf.features[v]), dim=1).numpy() for v in views], axis=1)
 
 
-def default_out(src: BackboneSource, runs: Path) -> Path:
-    return src.ckpt.parent / "eval" if src.ckpt is not None else Path(runs) / "random-init" / "eval"
+def picked_for_you(source: SourceConfig) -> str:
+    """``backbone picked for you: <backbone> (<how>)`` when the user did not name the backbone, else ""."""
+    if source.ckpt is not None or (source.random_init and source.model is not None):
+        return ""
+    src, _ = resolve_source(source)
+    return f"backbone picked for you: {src.describe()} ({src.chosen})" if src.chosen else ""
+
+
+def trained_on(source: SourceConfig) -> Path | None:
+    """The data the backbone of ``source`` was trained on, when that folder is there (None for a random
+    init, or when it moved)."""
+    if source.random_init:
+        return None
+    try:
+        src, _ = checkpoint_source(source.ckpt or find_checkpoint(source.runs))
+    except checkpoint.CheckpointError:
+        return None  # the evaluation itself says what is wrong with the checkpoint
+    path = Path(src.pretrain_path) if src.pretrain_path else None
+    return path if path is not None and (path / "dataset.json").exists() else None
+
+
+def eval_base(src: BackboneSource, runs: Path) -> Path:
+    """Where a backbone's evaluations go: ``<run folder>/eval``, or a folder of its own under ``runs`` for a
+    random initialisation. Its ``features`` folder caches the features of every evaluation of it."""
+    if src.ckpt is not None:
+        return src.ckpt.parent / "eval"
+    return Path(runs) / f"random-init-{src.model}-seed{src.seed}" / "eval"
+
+
+def eval_dir(src: BackboneSource, runs: Path, kind: str, data: Path, split: int, *parts: str) -> Path:
+    """One evaluation's own folder, named by what it evaluates, so that evaluations never overwrite each
+    other: ``<eval base>/<kind>-<dataset folder>-s<split>-<parts...>``, e.g. ``retrieval-ucf101-s1-res-conv5``."""
+    return eval_base(src, runs) / "-".join([kind, Path(data).name, f"s{split}", *parts])
 
 
 def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: dict | None, views: tuple[str, ...],
@@ -145,8 +184,6 @@ def list_features(data: Path, split: int, src: BackboneSource, state: dict | Non
     """`feature_sets` of the train and the test list: each (view, feature) read from ``cache`` or extracted in
     one pass over the list's clips, with one backbone for both lists; refuses a checkpoint made for another
     list size first (`check_dataset_size`)."""
-    from ..pipeline.shards import VideoStore
-
     check_dataset_size(src, len(VideoStore(data).ok_rows(split, "train")), data, split)
     dev, backbone = resolve_device(device), load_backbone(src, state)
     return {subset: feature_sets(src, FeatureSpec(data, split, subset, views, features[0], clips), features, cache, dev,
@@ -177,10 +214,11 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     """Run the retrieval protocol; writes ``retrieval.json`` and ``retrieval.png`` in the output folder and
     returns the JSON dict (plus ``cached``: whether both feature sets came from the cache)."""
     src, state = resolve_source(cfg.source)
-    cfg = cfg.with_protocol(src.method).validate()
-    out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
+    cfg = cfg.with_protocol(src.method, src.view2).validate()
+    out = Path(cfg.out) if cfg.out else eval_dir(src, cfg.source.runs, "retrieval", cfg.data, cfg.split,
+                                                 *cfg.name_parts())
     gallery, queries = gallery_and_queries(cfg.data, cfg.split, src, state, cfg.views, cfg.feature, cfg.clips,
-                                           Path(cfg.cache) if cfg.cache else out / "features", cfg.device,
+                                           Path(cfg.cache) if cfg.cache else eval_base(src, cfg.source.runs) / "features", cfg.device,
                                            cfg.batch_size, cfg.workers, cfg.skip_corrupt)
     g, q = combine(gallery, cfg.views), combine(queries, cfg.views)
     res = retrieval_topk(q, queries.labels, g, gallery.labels, ks=cfg.ks, center=cfg.center)
@@ -305,17 +343,19 @@ def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Ten
 def evaluate_linear(cfg: LinearConfig) -> dict:
     """Linear (or kNN) read-out of frozen per-video features; writes ``linear.json`` and returns it."""
     if cfg.knn is not None and cfg.knn < 1:
-        raise ValueError(f"--knn must be >= 1, got {cfg.knn}")
+        raise ConfigError(f"--knn must be >= 1, got {cfg.knn}")
     src, state = resolve_source(cfg.source)
     proto = protocol_of_source(src.method)
-    cfg = dataclasses.replace(cfg, modality=cfg.modality or proto.modality, feature=cfg.feature or proto.feature)
+    cfg = dataclasses.replace(cfg, modality=cfg.modality or default_input(src.method, src.view2),
+                              feature=cfg.feature or proto.feature)
     FeatureSpec(cfg.data, cfg.split, "train", (cfg.modality,), cfg.feature, cfg.clips).validate()
-    out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs)
+    kind = "linear" if cfg.knn is None else f"knn{cfg.knn}"
+    out = Path(cfg.out) if cfg.out else eval_dir(src, cfg.source.runs, kind, cfg.data, cfg.split, cfg.modality,
+                                                 cfg.feature, *([f"{cfg.clips}clips"] if cfg.clips != 10 else []))
     views = (cfg.modality,)
     train, test = gallery_and_queries(cfg.data, cfg.split, src, state, views, cfg.feature, cfg.clips,
-                                      out / "features", cfg.device, cfg.batch_size, cfg.workers, cfg.skip_corrupt)
-    from ..pipeline.shards import VideoStore
-
+                                      eval_base(src, cfg.source.runs) / "features", cfg.device, cfg.batch_size,
+                                      cfg.workers, cfg.skip_corrupt)
     n_classes = len(VideoStore(cfg.data).classes)
     xtr, xte = torch.from_numpy(train.features[cfg.modality]).double(), torch.from_numpy(test.features[cfg.modality]).double()
     ytr, yte = torch.from_numpy(train.labels), torch.from_numpy(test.labels)

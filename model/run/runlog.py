@@ -10,6 +10,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 
@@ -21,16 +23,20 @@ def ensure_finite(loss, where: str, error: type[Exception]) -> None:
 
 
 class Meter:
-    """Running average and the share of wall time spent waiting for data (MoCo's AverageMeter idea)."""
+    """Running average of the loss and the share of wall time spent waiting for data (MoCo's AverageMeter
+    idea). The loss is summed where it was computed (float64) and read only when asked: on a GPU, reading it
+    every step would make the host wait for the device every step."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = self.n = self.data_time = self.step_time = 0.0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.n = self.data_time = self.step_time = 0.0
         self.clips = 0
 
-    def update(self, loss: float, clips: int, data_time: float, step_time: float) -> None:
+    def update(self, loss: torch.Tensor | float, clips: int, data_time: float, step_time: float) -> None:
         self.loss_sum += loss
         self.n += 1
         self.clips += clips
@@ -39,7 +45,7 @@ class Meter:
 
     @property
     def loss(self) -> float:
-        return self.loss_sum / max(self.n, 1)
+        return self.loss_sum.item() / max(self.n, 1)
 
     @property
     def clips_per_s(self) -> float:

@@ -19,24 +19,26 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from . import augment, checkpoint, resume
-from .backbones import PRESETS as BACKBONE_PRESETS, VideoBackbone, build_backbone, preset as backbone_preset, retrieval_feature
-from .clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
-from .config import TrainConfig
-from .names import FEATURES
-from .views import EVAL_VIEWS, modalities_for
+from ...pipeline.reader import FormatError, VideoStore
+from .. import checkpoint
+from ..config import BACKBONES, EVAL_VIEWS, FEATURES, ConfigError, TrainConfig, modalities_for
+from ..data import augment
+from ..data.clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
+from ..data.views import view_input
+from ..nets.backbones import VideoBackbone, build_backbone, retrieval_feature
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class BackboneSource:
     seed: int = 0
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
+    view2: str | None = None  # the second view it was trained with (None: random init)
     pretrain_dataset: str | None = None  # dataset.json name of the data it was trained on (older checkpoints: None)
     pretrain_path: str | None = None  # where that data was
     chosen: str = ""  # how it was picked when the user did not name it (printed with it)
@@ -66,13 +69,22 @@ class BackboneSource:
         return f"random-init {self.model} (seed {self.seed})" if self.ckpt is None else str(self.ckpt)
 
 
+class AmbiguousRun(checkpoint.CheckpointError):
+    """Several runs could be meant (one-line message naming them)."""
+
+
 def find_checkpoint(runs: Path) -> Path:
-    """The most recently modified ``final.pt`` under ``runs`` (a run folder or a folder of runs)."""
+    """The one ``final.pt`` under ``runs`` (a run folder or a folder of runs); more than one is refused, naming
+    them: which run an evaluation is for is the user's to say."""
     runs = Path(runs)
     found = sorted(runs.rglob("final.pt"), key=lambda p: p.stat().st_mtime_ns) if runs.is_dir() else []
     if not found:
         raise checkpoint.CheckpointError(f"no checkpoint found: no final.pt under {runs} (train first, or pass --ckpt)")
-    return found[-1]
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found[::-1][:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise AmbiguousRun(f"{len(found)} runs under {runs} could be meant ({names}, newest first): "
+                                         "pass --ckpt RUN/final.pt")
+    return found[0]
 
 
 def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
@@ -86,12 +98,12 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
     except Exception as err:  # a config of another program or version
         raise checkpoint.CheckpointError(f"{ckpt} is not an `iic train` checkpoint: its config does not read "
                                          f"({checkpoint.describe_error(err)})") from None
-    if cfg.model not in BACKBONE_PRESETS:
+    if cfg.model not in BACKBONES:
         raise checkpoint.CheckpointError(f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
-                                         f"(it has {', '.join(BACKBONE_PRESETS)})")
+                                         f"(it has {', '.join(BACKBONES)})")
     trained_on = state.get("data_identity") or {}
     src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, n_data=state.get("n_data"),
-                         method=cfg.method, pretrain_dataset=state.get("dataset"),
+                         method=cfg.method, view2=cfg.view2, pretrain_dataset=state.get("dataset"),
                          pretrain_path=trained_on.get("path") or str(cfg.data))
     return src, state
 
@@ -109,9 +121,9 @@ def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbo
     if src.ckpt is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(src.seed)
-            return build_backbone(backbone_preset(src.model))
+            return build_backbone(src.model)
     state = state if state is not None else checkpoint.load(src.ckpt)
-    net = build_backbone(backbone_preset(src.model))
+    net = build_backbone(src.model)
     if not isinstance(state["model"], dict):
         raise checkpoint.CheckpointError(f"{src.ckpt} holds no backbone.* weights (its model is a "
                                          f"{type(state['model']).__name__})")
@@ -127,8 +139,6 @@ def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbo
 
 def dataset_name(data: Path) -> str:
     """The ``dataset`` of a processed dataset's dataset.json (``ucf101``, ``kinetics400``, ...)."""
-    from ..pipeline.shards import FormatError
-
     try:
         return str(json.loads((Path(data) / "dataset.json").read_text())["dataset"])
     except (OSError, ValueError, KeyError):
@@ -151,9 +161,10 @@ def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int
 
 
 def data_identity(data: Path) -> str:
-    """Hash of what a reader gets from the dataset (`resume.data_identity`, with its flow): two extractions of
+    """Hash of what a reader gets from the dataset (`VideoStore.identity`, with its flow): two extractions of
     one video list with other pixels (another seed, --size, --quality) or another flow get other keys."""
-    return resume.data_identity(data, True)["identity"]
+    with closing(VideoStore(data)) as store:
+        return store.identity(True)
 
 
 @dataclass(frozen=True)
@@ -169,12 +180,12 @@ class FeatureSpec:
 
     def validate(self) -> FeatureSpec:
         if self.feature not in FEATURES:
-            raise ValueError(f"unknown feature {self.feature!r}; choose conv5 or pool")
+            raise ConfigError(f"unknown feature {self.feature!r}; choose conv5 or pool")
         bad = [v for v in self.views if v not in EVAL_VIEWS]
         if bad:
-            raise ValueError(f"unknown view {bad[0]!r}; choose one of {', '.join(EVAL_VIEWS)}")
+            raise ConfigError(f"unknown view {bad[0]!r}; choose one of {', '.join(EVAL_VIEWS)}")
         if self.clips < 1:
-            raise ValueError(f"need at least 1 clip per video, got {self.clips}")
+            raise ConfigError(f"need at least 1 clip per video, got {self.clips}")
         return self
 
 
@@ -212,23 +223,26 @@ def _autocast(device: torch.device):
 
 @torch.inference_mode()
 def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], features: tuple[str, ...], crop: int,
-            device: torch.device, batch_size: int = 16, workers: int = 0,
-            desc: str = "features", progress: bool = True) -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
+            device: torch.device, batch_size: int = 16, workers: int = 0, desc: str = "features",
+            progress: bool = True, items: Sequence[int] | None = None) -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
     """Mean over each video's test clips of each of ``features`` of each view -> ``{(view, feature): (N, D)}``,
     clips/s, and the videos left out ``{id: reason}``. One decode per clip and one forward per view serve every
     feature. With ``dataset.cfg.skip_corrupt``, a video with a corrupt clip is left out: its rows are NaN.
 
     ``dataset`` must be in test mode; clips are centre-cropped to ``crop`` (`augment.AugmentConfig`
-    with ``train=False``), mapped to the encoder input by `augment.view_input`.
+    with ``train=False``), mapped to the encoder input by `views.view_input`. ``items``: only these items of
+    the dataset (clip ``video * test_clips + clip``; one process's share of a distributed evaluation): the
+    rows of the videos none of them belongs to are 0.
     """
     backbone = backbone.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+    items = range(len(dataset)) if items is None else items
+    loader = DataLoader(Subset(dataset, items), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", collate_fn=collate_clips)
     aug = augment.AugmentConfig(crop=crop, train=False)
     sums: dict[Key, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
     t0, n_clips, corrupt = time.perf_counter(), 0, CorruptTally()
-    with tqdm(total=len(dataset), unit="clip", desc=desc, dynamic_ncols=True, leave=False, disable=not progress) as bar:
+    with tqdm(total=len(items), unit="clip", desc=desc, dynamic_ncols=True, leave=False, disable=not progress) as bar:
         for batch in worker_errors(loader):
             bar.update(len(batch.get("corrupt", ())))
             if not corrupt.add(batch):
@@ -240,7 +254,7 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
             index = batch["index"].long()
             for view in views:
                 with _autocast(device):
-                    out = backbone(augment.view_input(x, view))
+                    out = backbone(view_input(x, view))
                 for feature in features:
                     f = retrieval_feature(out, feature).double().cpu()
                     if (view, feature) not in sums:
@@ -251,7 +265,9 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
             bar.update(B)
             bar.set_postfix_str(f"{n_clips / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
     ids = dataset.video_ids
-    short = {ids[i] for i in torch.nonzero(counts != dataset.cfg.test_clips).flatten().tolist()}
+    expected = torch.bincount(torch.as_tensor(list(items), dtype=torch.long) // dataset.cfg.test_clips,
+                              minlength=dataset.n_videos).double()
+    short = {ids[i] for i in torch.nonzero(counts != expected).flatten().tolist()}
     if short != set(corrupt.videos):
         raise RuntimeError("feature extraction did not see every clip of every video")  # a bug, not user error
     rate = n_clips / max(time.perf_counter() - t0, 1e-9)
@@ -343,8 +359,6 @@ def as_video_features(sets: FeatureSets, views: tuple[str, ...], feature: str, c
 
 def data_record(src: BackboneSource, data: Path, split: int) -> dict:
     """Both datasets of an evaluation: what the backbone was pretrained on and what it is evaluated on."""
-    from ..pipeline.shards import VideoStore
-
     store = VideoStore(data)
     pretrained = None if src.ckpt is None else {"dataset": src.pretrain_dataset, "path": src.pretrain_path,
                                                 "videos": src.n_data}
@@ -369,7 +383,5 @@ def data_line(record: dict) -> str:
 
 def failed_videos(data: Path, split: int, subset: str) -> list[tuple[str, str]]:
     """Listed videos of ``split``'s ``subset`` list that extraction failed on: (id, reason)."""
-    from ..pipeline.shards import VideoStore
-
     store = VideoStore(data)
     return [(r.id, r.reason) for r in store.rows if r.in_list(split, subset) and not r.ok]

@@ -14,7 +14,7 @@ Value ranges returned by :func:`apply` (float32):
 * ``flow``: ``q / 127.5 - 1`` in [-1, 1] per component (u, v); multiply by the quantisation bound
   (e.g. 20) for pixels. A horizontal flip negates u: mirroring an image reverses horizontal motion.
 
-:func:`view_input` then maps a view to the 3-channel encoder input (see there).
+:func:`view_input` (model/data/views.py) then maps a view to the 3-channel encoder input.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .views import MODALITIES, VIEWS
+from ..config import MODALITIES, SimCLRAugmentConfig
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Augmentation settings. IIC's recipe is a random 112 crop only (no flip, no colour jitter; DualVar's
-    SimCLR-style colour augmentation is `SimCLRAugment`).
+    SimCLR-style colour augmentation is `apply_simclr`).
 
     crop:   side of the square crop in pixels.
     flip:   random horizontal flip with p = 0.5 (train only; off in IIC).
@@ -152,90 +152,14 @@ def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -
     return out
 
 
-def residual_input(res: Tensor) -> Tensor:
-    """Map a residual in [-1, 1] to the encoder's [0, 1] input: ``(res + 1) / 2``.
-
-    This is the official IIC input, ``(x - roll(x) + 1) / 2`` on [0, 1] clips, minus its wrap-around
-    first frame (ours is 0.5 = no change).
-    """
-    return (res + 1.0) / 2.0
-
-
-def view_input(views: dict[str, Tensor], view: str) -> Tensor:
-    """3-channel encoder input ``(B, 3, T, h, w)`` in [0, 1] for one view, so one shared encoder
-    handles every view (the official code fed all views as [0, 1] images, no mean/std normalisation).
-
-    * ``rgb``: unchanged.  ``res``: :func:`residual_input`.
-    * ``flow-u`` / ``flow-v``: that component mapped by ``(f + 1) / 2`` and replicated to 3 channels
-      (IIC's flow view; 0.5 = no motion).
-    * ``flow``: ``(u + 1) / 2``, ``(v + 1) / 2`` and the magnitude ``sqrt(u^2 + v^2) / sqrt(2)`` as third
-      channel: unlike a zero channel it carries signal, and it is flip-invariant.
-    """
-    if view == "rgb":
-        return views["rgb"]
-    if view == "res":
-        return residual_input(views["res"])
-    if view == "flow-u" or view == "flow-v":
-        f = views["flow"][:, 0 if view == "flow-u" else 1]
-        return ((f + 1.0) / 2.0).unsqueeze(1).expand(-1, 3, -1, -1, -1)
-    if view == "flow":
-        f = views["flow"]
-        mag = f.pow(2).sum(1, keepdim=True).sqrt() / 2 ** 0.5
-        return torch.cat([(f + 1.0) / 2.0, mag], dim=1)
-    raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # SimCLR-style clip augmentation (DualVar). Every view is its own clip with its own parameters, drawn per
 # clip and applied to all of its frames (no flicker); the random crop/flip is the one above.
 
 
-@dataclass(frozen=True)
-class SimCLRAugmentConfig:
-    """SimCLR's recipe for clips (Chen et al. 2020, appendix A; DualVar uses it with crop 112).
-
-    crop, flip:        random square crop, horizontal flip with p = 0.5.
-    jitter_p:          probability of colour jitter; then brightness/contrast/saturation factors are drawn
-                       from [1 - s, 1 + s] (s = ``brightness``, ``contrast``, ``saturation``) and a hue shift
-                       from [-hue, hue] turns (order b, c, s, h; SimCLR's strength 0.5: 0.4, 0.4, 0.4, 0.1).
-    grayscale_p:       probability of converting the clip to grey (0 = off).
-    blur_p:            probability of a Gaussian blur with sigma ~ U[blur_sigma]; kernel ~10 % of the crop.
-    train:             False = centre crop and nothing else (the deterministic view).
-    """
-
-    crop: int = 112
-    flip: bool = True
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    train: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("jitter_p", "grayscale_p", "blur_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-        lo, hi = self.blur_sigma
-        if not 0 < lo <= hi:
-            raise ValueError(f"blur_sigma must be 0 < low <= high, got {self.blur_sigma}")
-        object.__setattr__(self, "blur_sigma", (float(lo), float(hi)))  # a list read back from JSON
-
-    @property
-    def blur_kernel(self) -> int:
-        """Odd kernel side, about 10 % of the crop (SimCLR: 23 for 224)."""
-        return max(3, (self.crop // 10) | 1)
-
-    def geometry(self) -> AugmentConfig:
-        return AugmentConfig(crop=self.crop, flip=self.flip, train=self.train)
+def simclr_geometry(cfg: SimCLRAugmentConfig) -> AugmentConfig:
+    """The crop and flip of SimCLR's augmentation."""
+    return AugmentConfig(crop=cfg.crop, flip=cfg.flip, train=cfg.train)
 
 
 @dataclass(frozen=True)
@@ -259,7 +183,7 @@ def sample_simclr_params(batch_size: int, in_hw: tuple[int, int], cfg: SimCLRAug
     shift the random stream of the other augmentations.
     """
     B = batch_size
-    geometry = sample_params(B, in_hw, cfg.geometry(), generator, device)
+    geometry = sample_params(B, in_hw, simclr_geometry(cfg), generator, device)
     gdev = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(B, 8, generator=generator, device=gdev)  # jitter?, b, c, s, h, grey?, blur?, sigma
     if not cfg.train:
@@ -326,7 +250,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
 def apply_simclr(views: dict[str, Tensor], params: SimCLRParams, cfg: SimCLRAugmentConfig) -> dict[str, Tensor]:
     """Crop/flip every view with the clip's window (as :func:`apply`), then on ``rgb`` only: colour jitter
     (b, c, s, then hue), grayscale, Gaussian blur. Returns float32 ``(B, C, T, crop, crop)`` views."""
-    out = apply(views, params.geometry, cfg.geometry())
+    out = apply(views, params.geometry, simclr_geometry(cfg))
     if "rgb" in out and cfg.train:
         x = colour_jitter(out["rgb"], params.colour)
         if cfg.hue > 0:

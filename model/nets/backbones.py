@@ -14,113 +14,24 @@ Shapes at a 16x112x112 clip, full width (64): every arch gives ``conv5`` = ``(B,
 ``pool`` = ``(B, 512)``, and the IIC retrieval feature (conv5 max-pooled (1,2,2), flattened)
 = 512 x 2 x 3 x 3 = 9,216 values.
 
+The configurations (`BackboneConfig`, the named ones in ``BACKBONES``) are in model/config.py.
 Parameter counts of the full models (no classifier): R3D-10 14.36M, R(2+1)D-10 14.37M, C3D-BN 27.66M.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = [
-    "ARCHS",
-    "PRESETS",
-    "BackboneConfig",
-    "BasicBlock",
-    "Conv2Plus1d",
-    "VideoBackbone",
-    "build_backbone",
-    "preset",
-    "r21d_mid_channels",
-    "retrieval_feature",
-]
-
-ARCHS = ("r3d", "r21d", "c3d")
-
-# Units per stage conv2..conv5: residual blocks for r3d/r21d, conv+BN+ReLU units for c3d.
-_DEFAULT_BLOCKS: dict[str, tuple[int, int, int, int]] = {
-    "r3d": (1, 1, 1, 1),
-    "r21d": (1, 1, 1, 1),
-    "c3d": (1, 2, 2, 2),
-}
-# Output channels of conv1..conv5 as multiples of `width`.
-_WIDTH_MULTIPLIERS: dict[str, tuple[int, ...]] = {
-    "r3d": (1, 1, 2, 4, 8),
-    "r21d": (1, 1, 2, 4, 8),
-    "c3d": (1, 2, 4, 8, 8),
-}
+from ..config import ARCHS, BackboneConfig, backbone_config
 
 Triple = tuple[int, int, int]
 # conv(in_channels, out_channels, kernel, stride, padding) -> module
 ConvFactory = Callable[[int, int, Triple, Triple, Triple], nn.Module]
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """Backbone architecture.
-
-    arch: ``"r3d"`` | ``"r21d"`` | ``"c3d"``.
-    width: channels of conv1; conv1..conv5 have width x (1, 1, 2, 4, 8) for the ResNets and
-        width x (1, 2, 4, 8, 8) for C3D, so ``out_dim = 8 * width``.
-    blocks: units in each of the stages conv2..conv5 (residual blocks, or C3D conv units).
-        ``None`` means the arch's standard layout: (1, 1, 1, 1) for the 10-layer ResNets,
-        (1, 2, 2, 2) for C3D; (2, 2, 2, 2) gives an 18-layer ResNet.
-    in_channels: channels of the input clip (3 for RGB, residual frames and replicated flow).
-    """
-
-    arch: str = "r3d"
-    width: int = 64
-    blocks: tuple[int, ...] | None = None
-    in_channels: int = 3
-
-    def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown backbone arch {self.arch!r}; expected one of {', '.join(ARCHS)}")
-        blocks = _DEFAULT_BLOCKS[self.arch] if self.blocks is None else tuple(int(b) for b in self.blocks)
-        if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"blocks must be 4 positive ints (stages conv2..conv5), got {self.blocks!r}")
-        if self.width < 1 or self.in_channels < 1:
-            raise ValueError(f"width and in_channels must be positive, got {self.width}, {self.in_channels}")
-        # Stored resolved (and as a tuple even when read back from JSON) so the saved dict is explicit.
-        object.__setattr__(self, "blocks", blocks)
-
-    @property
-    def stage_channels(self) -> tuple[int, ...]:
-        """Output channels of conv1..conv5."""
-        return tuple(self.width * m for m in _WIDTH_MULTIPLIERS[self.arch])
-
-    @property
-    def out_dim(self) -> int:
-        """Channels of conv5, i.e. the size of the pooled feature."""
-        return self.stage_channels[-1]
-
-
-PRESETS: dict[str, BackboneConfig] = {
-    "r3d-10": BackboneConfig("r3d"),
-    "r3d-18": BackboneConfig("r3d", blocks=(2, 2, 2, 2)),
-    "r21d-10": BackboneConfig("r21d"),
-    "r21d-18": BackboneConfig("r21d", blocks=(2, 2, 2, 2)),
-    "c3d": BackboneConfig("c3d"),
-    # Tiny variants (out_dim 64) for tests and CPU smoke runs; "tiny" is the R3D one.
-    "tiny": BackboneConfig("r3d", width=8),
-    "r3d-tiny": BackboneConfig("r3d", width=8),
-    "r21d-tiny": BackboneConfig("r21d", width=8),
-    "c3d-tiny": BackboneConfig("c3d", width=8),
-    # Twice the tiny width (out_dim 128, ~4x the compute): the CPU ablation's "wider backbone".
-    "r3d-small": BackboneConfig("r3d", width=16),
-}
-
-
-def preset(name: str) -> BackboneConfig:
-    """The named preset config (see ``PRESETS``); adjust with ``dataclasses.replace``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown backbone preset {name!r}; expected one of {', '.join(PRESETS)}")
-    return PRESETS[name]
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,8 +181,10 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_backbone(cfg: BackboneConfig) -> VideoBackbone:
-    """Build the backbone ``cfg`` describes, with Kaiming-initialised convs and BN at (1, 0)."""
+def build_backbone(cfg: BackboneConfig | str) -> VideoBackbone:
+    """Build the backbone ``cfg`` describes (or the one named so in ``BACKBONES``), with Kaiming-initialised
+    convs and BN at (1, 0)."""
+    cfg = backbone_config(cfg) if isinstance(cfg, str) else cfg
     if cfg.arch == "r3d":
         layers = _resnet_layers(cfg, _conv3d)
     elif cfg.arch == "r21d":

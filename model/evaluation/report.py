@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pipeline.shards import FormatError, VideoStore
+from ...pipeline.reader import FormatError, VideoStore
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..config import FLOW_COMPONENTS
+
 
 @dataclass(frozen=True)
 class RetrievalProtocol:
@@ -35,6 +37,14 @@ PROTOCOLS: dict[str, RetrievalProtocol] = {
 def protocol_of_source(method: str) -> RetrievalProtocol:
     """The protocol of a backbone trained with ``method``; a random init (or another method) is read with IIC's."""
     return PROTOCOLS.get(method, PROTOCOLS["iic"])
+
+
+def default_input(method: str, view2: str | None = None) -> str:
+    """The input a backbone is scored on by default: its method's protocol's, except for an IIC run whose second
+    view was a flow component, which is scored on that view (it never saw residuals)."""
+    if method == "iic" and view2 in FLOW_COMPONENTS:
+        return view2
+    return protocol_of_source(method).modality
 
 
 def protocol_for(method: str) -> RetrievalProtocol:

@@ -18,17 +18,17 @@ the losses are pure functions. Choices follow the official code, lzhangbj/DualVa
 * shuffling draws a uniform permutation per sample, identity included (official
   ``np.random.permutation``); ``allow_identity=False`` excludes it.
 
-In the training framework (``iic train --method dualvar``): :func:`build_dualvar` gives train.py's loop a
-:class:`DualVarNet` (backbone + both heads), a :class:`DualVarState` (the MoCo variant's key encoder and
-queues; checkpointed with the run) and :func:`dualvar_step`. The loader yields two clips per video
-(``rgb``, ``rgb_1``; model/clips.py), each view gets its own SimCLR augmentation (model/augment.py), and
-``TrainConfig.dualvar`` (:class:`DualVarConfig`, in model/config.py) and ``TrainConfig.simclr`` hold the options.
+The module reads top to bottom as the method: its config (`DualVarConfig` and SimCLR's augmentation, in
+model/config.py), its state (the network with both heads; the MoCo variant's key encoder and queues,
+checkpointed with the run), the losses (pure functions), one training step, and `build` for the training
+loop (``iic train --method dualvar``). The loader yields two clips per video (``rgb``, ``rgb_1``;
+model/data/clips.py); each view gets its own SimCLR augmentation (model/data/augment.py).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -36,63 +36,108 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from . import augment
-from .backbones import build_backbone, preset as backbone_preset
-from .config import DualVarConfig, TrainConfig
-from .distributed import gather_from_ranks, gather_with_grad
-from .views import MODALITIES
+from ..config import MODALITIES, DualVarConfig, SimCLRAugmentConfig, TrainConfig
+from ..data import augment
+from ..data.views import view_input
+from ..distributed import gather_from_ranks, gather_with_grad
+from ..nets.backbones import build_backbone
+from ..nets.heads import ProjectionHead
+
+__all__ = ["DualVarConfig", "DualVarState", "MoCoQueue", "nt_xent", "temporal_coherent_loss", "rank_loss",
+           "dualvar_loss", "dualvar_step", "build"]
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
+# -------------------------------------------------------------------------------------------- config
+# `DualVarConfig` (model/config.py, torch-free): heads, temperatures, weights, the MoCo variant; and
+# `SimCLRAugmentConfig`, the augmentation of every view.
 
-class ClipHead(nn.Module):
-    """SimCLR projection: (B, in_dim) pooled feature -> (B, out_dim) unit vectors (Linear-ReLU-Linear)."""
 
-    def __init__(self, in_dim: int = 512, out_dim: int = 128, hidden_dim: Optional[int] = None):
+# -------------------------------------------------------------------------------------------- state
+
+
+class DualVarNet(nn.Module):
+    """Backbone + clip head + series head. ``forward(x)`` with x (N, 3, T, h, w) returns the clip
+    embeddings (N, clip_dim) and the segment slots (N, S, slot_dim). The heads read ``backbone.out_dim``
+    (512 for the paper's backbones, 64 for the tiny ones); hidden width = in_dim as in the paper."""
+
+    def __init__(self, model: str, cfg: DualVarConfig) -> None:
         super().__init__()
-        hidden_dim = hidden_dim or in_dim
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
-        )
+        self.backbone = build_backbone(model)
+        d = self.backbone.out_dim
+        self.clip_head = ProjectionHead(d, d, cfg.clip_dim)  # (N, clip_dim) unit vectors
+        self.series_head = ProjectionHead(d, d, cfg.slot_dim, slots=cfg.n_segments)  # (N, S, slot_dim), unit slots
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.mlp(x.flatten(1)), dim=1)  # (B, out_dim); flatten accepts (B, C, 1, 1, 1)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)["pool"]  # (N, out_dim)
+        return self.clip_head(f), self.series_head(f)
 
 
-class SeriesHead(nn.Module):
-    """Segment slots: (B, in_dim) -> (B, S, slot_dim), each slot a unit vector."""
+class DualVarState(nn.Module):
+    """What DualVar keeps besides the trained network: for the MoCo variant the momentum (key) encoder
+    and the two key queues (module state, so checkpoints save and restore it); nothing for SimCLR."""
 
-    def __init__(
-        self, in_dim: int = 512, n_segments: int = 2, slot_dim: int = 64, hidden_dim: Optional[int] = None
-    ):
+    def __init__(self, net: DualVarNet, cfg: DualVarConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        hidden_dim = hidden_dim or in_dim
-        self.n_segments, self.slot_dim = n_segments, slot_dim
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, n_segments * slot_dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        slots = self.mlp(x.flatten(1)).view(-1, self.n_segments, self.slot_dim)
-        return F.normalize(slots, dim=2)
+        self.key_net: DualVarNet | None = None
+        if cfg.clip_loss == "moco":
+            self.key_net = copy.deepcopy(net)  # starts equal to the query network, as MoCo
+            for p in self.key_net.parameters():
+                p.requires_grad_(False)
+            self.clip_queue = MoCoQueue(cfg.clip_dim, cfg.moco_k, generator)
+            self.slot_queue = MoCoQueue(cfg.n_segments * cfg.slot_dim, cfg.moco_k, generator)
 
 
-def _resolve_rank(rank: Optional[int]) -> int:
+class MoCoQueue(nn.Module):
+    """FIFO queue of K momentum-encoder keys (K, D), rows unit norm; state lives in buffers."""
+
+    def __init__(self, dim: int, k: int = 16384, generator: torch.Generator | None = None):
+        super().__init__()
+        self.register_buffer("queue", F.normalize(torch.randn(k, dim, generator=generator), dim=1))
+        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Replace the oldest rows with ``keys`` (N, D), gathered from every rank so all ranks agree."""
+        k = self.queue.shape[0]
+        keys = keys.detach().to(self.queue.dtype)[-k:]
+        n = keys.shape[0]
+        ptr = int(self.ptr)
+        rows = (ptr + torch.arange(n, device=self.queue.device)) % k  # wraps around: no K % N requirement
+        self.queue[rows] = keys
+        self.ptr[0] = (ptr + n) % k
+
+
+@torch.no_grad()
+def momentum_update(model_q: nn.Module, model_k: nn.Module, m: float = 0.999) -> None:
+    """theta_k <- m theta_k + (1 - m) theta_q for every parameter (buffers untouched, as in MoCo)."""
+    params_q, params_k = list(model_q.parameters()), list(model_k.parameters())
+    if len(params_q) != len(params_k):
+        raise ValueError("query and key models have different parameter lists")
+    for p_q, p_k in zip(params_q, params_k):
+        if p_q.shape != p_k.shape:
+            raise ValueError(f"parameter shape mismatch {tuple(p_q.shape)} vs {tuple(p_k.shape)}")
+        p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
+
+
+# -------------------------------------------------------------------------------------------- loss
+
+
+def _resolve_rank(rank: int | None) -> int:
     if rank is not None:
         return rank
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-# ------------------------------------------------------------------------------------ losses
 def nt_xent(
     a: torch.Tensor,
     b: torch.Tensor,
     tau: float = 0.07,
     *,
-    a_all: Optional[torch.Tensor] = None,
-    b_all: Optional[torch.Tensor] = None,
-    gather: Optional[Gather] = None,
-    rank: Optional[int] = None,
+    a_all: torch.Tensor | None = None,
+    b_all: torch.Tensor | None = None,
+    gather: Gather | None = None,
+    rank: int | None = None,
 ) -> torch.Tensor:
     """SimCLR NT-Xent over 2N samples; positives are (i, i+N); self-similarity excluded.
 
@@ -139,19 +184,109 @@ def temporal_coherent_loss(
     slots_b: torch.Tensor,
     tau: float = 0.07,
     *,
-    gather: Optional[Gather] = None,
-    rank: Optional[int] = None,
+    gather: Gather | None = None,
+    rank: int | None = None,
 ) -> torch.Tensor:
     """L_tc: NT-Xent on the (un-normalised) mean of each clip's segment slots, (B, S, d) x 2 -> scalar."""
     return nt_xent(segment_mean(slots_a), segment_mean(slots_b), tau, gather=gather, rank=rank)
 
 
+def rank_loss(
+    ref_slots: torch.Tensor, restored_slots: torch.Tensor, theta: float = 0.05, clamp: float = 5.0
+) -> torch.Tensor:
+    """Shuffle-rank loss of (reference, restored) slot pairs, (B, S, d) x 2 -> scalar.
+
+    Per pair the 2S slot vectors [ref_0..ref_{S-1}, res_0..res_{S-1}] give a (2S, 2S) cosine matrix; for
+    anchor i the positive is the same segment in the other member (i +- S), the negatives are the 2S-2
+    remaining off-diagonal entries of row i. Loss = mean softplus(min((s_neg - s_pos) / theta, clamp)):
+    beyond the clamp the gradient is zero (official SimCLR_TimeSeriesV4.calc_ranking_loss).
+    """
+    if ref_slots.shape != restored_slots.shape or ref_slots.ndim != 3:
+        raise ValueError("ref_slots and restored_slots must both be (B, S, d)")
+    bsz, s, _ = ref_slots.shape
+    v = F.normalize(torch.cat([ref_slots, restored_slots], dim=1), dim=2)  # (B, 2S, d)
+    sim = v @ v.transpose(1, 2)  # (B, 2S, 2S)
+    idx = torch.arange(2 * s, device=v.device)
+    pos_col = (idx + s) % (2 * s)
+    s_pos = sim[:, idx, pos_col].unsqueeze(2)  # (B, 2S, 1)
+    neg_mask = (idx[None, :] != idx[:, None]) & (idx[None, :] != pos_col[:, None])  # (2S, 2S)
+    s_neg = sim[:, neg_mask].view(bsz, 2 * s, 2 * s - 2)  # row-major: row i's negatives together
+    return F.softplus(((s_neg - s_pos) / theta).clamp(max=clamp)).mean()
+
+
+def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    """(B, 1+K) logits, target 0: [q.k, q.queue_1..K] / tau. q, k: (B, D) unit; queue: (K, D), no gradient."""
+    pos = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
+    neg = q @ queue.detach().T  # (B, K)
+    return torch.cat([pos, neg], dim=1) / tau
+
+
+def moco_tc_logits(
+    q_slots: torch.Tensor, k_slots: torch.Tensor, slot_queue: torch.Tensor, tau: float = 0.07
+) -> torch.Tensor:
+    """MoCo form of L_tc (official MoCo_TimeSeriesV4): (B, 1+K) logits on mean slots, target 0.
+
+    q_slots, k_slots: (B, S, d); slot_queue: (K, S*d) flattened key slots.
+    """
+    s, d = q_slots.shape[1:]
+    queue_means = slot_queue.view(-1, s, d).mean(dim=1)  # (K, d)
+    return moco_logits(segment_mean(q_slots), segment_mean(k_slots), queue_means, tau)
+
+
+def dualvar_loss(
+    clip0: torch.Tensor,
+    clip1: torch.Tensor,
+    slots0: torch.Tensor,
+    slots1: torch.Tensor,
+    slots2: torch.Tensor,
+    restored2: torch.Tensor,
+    cfg: DualVarConfig,
+    *,
+    clip_queue: torch.Tensor | None = None,
+    slot_queue: torch.Tensor | None = None,
+    gather: Gather | None = None,
+    rank: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total DualVar loss and its parts {"clip", "tc", "rank_v0", "rank_v2"} (unweighted).
+
+    clip0, clip1: (B, clip_dim) clip-head outputs of views 0 and 1 (for cfg.clip_loss == "moco", clip1 and
+    slots1 are the momentum encoder's keys and clip_queue (K, clip_dim), slot_queue (K, S*d) the queues).
+    slots0, slots1, slots2: (B, S, d) series-head outputs of views 0, 1 and the unshuffled view 2.
+    restored2: (B, S, d) slots of the shuffled view 2 after :func:`restore_order`.
+    """
+    if cfg.clip_loss == "moco":
+        if clip_queue is None or slot_queue is None:
+            raise ValueError("the moco variant needs clip_queue and slot_queue")
+        target = torch.zeros(clip0.shape[0], dtype=torch.long, device=clip0.device)
+        l_clip = F.cross_entropy(moco_logits(clip0, clip1, clip_queue, cfg.tau_clip), target)
+        l_tc = F.cross_entropy(moco_tc_logits(slots0, slots1, slot_queue, cfg.tau_tc), target)
+    else:
+        l_clip = nt_xent(clip0, clip1, cfg.tau_clip, gather=gather, rank=rank)
+        l_tc = temporal_coherent_loss(slots0, slots1, cfg.tau_tc, gather=gather, rank=rank)
+    parts = {
+        "clip": l_clip,
+        "tc": l_tc,
+        "rank_v0": rank_loss(slots0, restored2, cfg.theta, cfg.rank_clamp),
+        "rank_v2": rank_loss(slots2, restored2, cfg.theta, cfg.rank_clamp),
+    }
+    total = (
+        cfg.w_clip * parts["clip"]
+        + cfg.w_tc * parts["tc"]
+        + cfg.w_rank_v0 * parts["rank_v0"]
+        + cfg.w_rank_v2 * parts["rank_v2"]
+    )
+    return total, parts
+
+
+# -------------------------------------------------------------------------------------------- step
+
+
 def random_permutations(
     batch: int,
     n_segments: int,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     allow_identity: bool = True,
-    device: Optional[torch.device] = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """(batch, S) int64: an independent uniform permutation of range(S) per row.
 
@@ -173,10 +308,10 @@ def random_permutations(
 def shuffle_segments(
     clip: torch.Tensor,
     n_segments: int = 2,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     allow_identity: bool = True,
-    perm: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    perm: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split T into S equal segments and permute them per sample.
 
     clip: (B, C, T, H, W), T divisible by S. Returns (shuffled (B, C, T, H, W), perm (B, S)) where segment j
@@ -206,160 +341,6 @@ def restore_order(slots: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(slots).scatter(1, index, slots)
 
 
-def rank_loss(
-    ref_slots: torch.Tensor, restored_slots: torch.Tensor, theta: float = 0.05, clamp: float = 5.0
-) -> torch.Tensor:
-    """Shuffle-rank loss of (reference, restored) slot pairs, (B, S, d) x 2 -> scalar.
-
-    Per pair the 2S slot vectors [ref_0..ref_{S-1}, res_0..res_{S-1}] give a (2S, 2S) cosine matrix; for
-    anchor i the positive is the same segment in the other member (i +- S), the negatives are the 2S-2
-    remaining off-diagonal entries of row i. Loss = mean softplus(min((s_neg - s_pos) / theta, clamp)):
-    beyond the clamp the gradient is zero (official SimCLR_TimeSeriesV4.calc_ranking_loss).
-    """
-    if ref_slots.shape != restored_slots.shape or ref_slots.ndim != 3:
-        raise ValueError("ref_slots and restored_slots must both be (B, S, d)")
-    bsz, s, _ = ref_slots.shape
-    v = F.normalize(torch.cat([ref_slots, restored_slots], dim=1), dim=2)  # (B, 2S, d)
-    sim = v @ v.transpose(1, 2)  # (B, 2S, 2S)
-    idx = torch.arange(2 * s, device=v.device)
-    pos_col = (idx + s) % (2 * s)
-    s_pos = sim[:, idx, pos_col].unsqueeze(2)  # (B, 2S, 1)
-    neg_mask = (idx[None, :] != idx[:, None]) & (idx[None, :] != pos_col[:, None])  # (2S, 2S)
-    s_neg = sim[:, neg_mask].view(bsz, 2 * s, 2 * s - 2)  # row-major: row i's negatives together
-    return F.softplus(((s_neg - s_pos) / theta).clamp(max=clamp)).mean()
-
-
-# ---------------------------------------------------------------------------------------- MoCo
-class MoCoQueue(nn.Module):
-    """FIFO queue of K momentum-encoder keys (K, D), rows unit norm; state lives in buffers."""
-
-    def __init__(self, dim: int, k: int = 16384, generator: Optional[torch.Generator] = None):
-        super().__init__()
-        self.register_buffer("queue", F.normalize(torch.randn(k, dim, generator=generator), dim=1))
-        self.register_buffer("ptr", torch.zeros(1, dtype=torch.long))
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Replace the oldest rows with ``keys`` (N, D), gathered from every rank so all ranks agree."""
-        k = self.queue.shape[0]
-        keys = keys.detach().to(self.queue.dtype)[-k:]
-        n = keys.shape[0]
-        ptr = int(self.ptr)
-        rows = (ptr + torch.arange(n, device=self.queue.device)) % k  # wraps around: no K % N requirement
-        self.queue[rows] = keys
-        self.ptr[0] = (ptr + n) % k
-
-
-def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
-    """(B, 1+K) logits, target 0: [q.k, q.queue_1..K] / tau. q, k: (B, D) unit; queue: (K, D), no gradient."""
-    pos = (q * k).sum(dim=1, keepdim=True)  # (B, 1)
-    neg = q @ queue.detach().T  # (B, K)
-    return torch.cat([pos, neg], dim=1) / tau
-
-
-def moco_tc_logits(
-    q_slots: torch.Tensor, k_slots: torch.Tensor, slot_queue: torch.Tensor, tau: float = 0.07
-) -> torch.Tensor:
-    """MoCo form of L_tc (official MoCo_TimeSeriesV4): (B, 1+K) logits on mean slots, target 0.
-
-    q_slots, k_slots: (B, S, d); slot_queue: (K, S*d) flattened key slots.
-    """
-    s, d = q_slots.shape[1:]
-    queue_means = slot_queue.view(-1, s, d).mean(dim=1)  # (K, d)
-    return moco_logits(segment_mean(q_slots), segment_mean(k_slots), queue_means, tau)
-
-
-@torch.no_grad()
-def momentum_update(model_q: nn.Module, model_k: nn.Module, m: float = 0.999) -> None:
-    """theta_k <- m theta_k + (1 - m) theta_q for every parameter (buffers untouched, as in MoCo)."""
-    params_q, params_k = list(model_q.parameters()), list(model_k.parameters())
-    if len(params_q) != len(params_k):
-        raise ValueError("query and key models have different parameter lists")
-    for p_q, p_k in zip(params_q, params_k):
-        if p_q.shape != p_k.shape:
-            raise ValueError(f"parameter shape mismatch {tuple(p_q.shape)} vs {tuple(p_k.shape)}")
-        p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
-
-
-# ----------------------------------------------------------------------------------- objective
-def dualvar_loss(
-    clip0: torch.Tensor,
-    clip1: torch.Tensor,
-    slots0: torch.Tensor,
-    slots1: torch.Tensor,
-    slots2: torch.Tensor,
-    restored2: torch.Tensor,
-    cfg: DualVarConfig,
-    *,
-    clip_queue: Optional[torch.Tensor] = None,
-    slot_queue: Optional[torch.Tensor] = None,
-    gather: Optional[Gather] = None,
-    rank: Optional[int] = None,
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Total DualVar loss and its parts {"clip", "tc", "rank_v0", "rank_v2"} (unweighted).
-
-    clip0, clip1: (B, clip_dim) ClipHead outputs of views 0 and 1 (for cfg.clip_loss == "moco", clip1 and
-    slots1 are the momentum encoder's keys and clip_queue (K, clip_dim), slot_queue (K, S*d) the queues).
-    slots0, slots1, slots2: (B, S, d) SeriesHead outputs of views 0, 1 and the unshuffled view 2.
-    restored2: (B, S, d) slots of the shuffled view 2 after :func:`restore_order`.
-    """
-    if cfg.clip_loss == "moco":
-        if clip_queue is None or slot_queue is None:
-            raise ValueError("the moco variant needs clip_queue and slot_queue")
-        target = torch.zeros(clip0.shape[0], dtype=torch.long, device=clip0.device)
-        l_clip = F.cross_entropy(moco_logits(clip0, clip1, clip_queue, cfg.tau_clip), target)
-        l_tc = F.cross_entropy(moco_tc_logits(slots0, slots1, slot_queue, cfg.tau_tc), target)
-    else:
-        l_clip = nt_xent(clip0, clip1, cfg.tau_clip, gather=gather, rank=rank)
-        l_tc = temporal_coherent_loss(slots0, slots1, cfg.tau_tc, gather=gather, rank=rank)
-    parts = {
-        "clip": l_clip,
-        "tc": l_tc,
-        "rank_v0": rank_loss(slots0, restored2, cfg.theta, cfg.rank_clamp),
-        "rank_v2": rank_loss(slots2, restored2, cfg.theta, cfg.rank_clamp),
-    }
-    total = (
-        cfg.w_clip * parts["clip"]
-        + cfg.w_tc * parts["tc"]
-        + cfg.w_rank_v0 * parts["rank_v0"]
-        + cfg.w_rank_v2 * parts["rank_v2"]
-    )
-    return total, parts
-
-
-# ----------------------------------------------------------------------------------- the network
-class DualVarNet(nn.Module):
-    """Backbone + clip head + series head. ``forward(x)`` with x (N, 3, T, h, w) returns the clip
-    embeddings (N, clip_dim) and the segment slots (N, S, slot_dim). The heads read ``backbone.out_dim``
-    (512 for the paper's backbones, 64 for the tiny ones); hidden width = in_dim as in the paper."""
-
-    def __init__(self, model: str, cfg: DualVarConfig) -> None:
-        super().__init__()
-        self.backbone = build_backbone(backbone_preset(model))
-        d = self.backbone.out_dim
-        self.clip_head = ClipHead(d, cfg.clip_dim)
-        self.series_head = SeriesHead(d, cfg.n_segments, cfg.slot_dim)
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        f = self.backbone(x)["pool"]  # (N, out_dim)
-        return self.clip_head(f), self.series_head(f)
-
-
-class DualVarState(nn.Module):
-    """What DualVar keeps besides the trained network: for the MoCo variant the momentum (key) encoder
-    and the two key queues (module state, so checkpoints save and restore it); nothing for SimCLR."""
-
-    def __init__(self, net: DualVarNet, cfg: DualVarConfig, generator: Optional[torch.Generator] = None) -> None:
-        super().__init__()
-        self.key_net: Optional[DualVarNet] = None
-        if cfg.clip_loss == "moco":
-            self.key_net = copy.deepcopy(net)  # starts equal to the query network, as MoCo
-            for p in self.key_net.parameters():
-                p.requires_grad_(False)
-            self.clip_queue = MoCoQueue(cfg.clip_dim, cfg.moco_k, generator)
-            self.slot_queue = MoCoQueue(cfg.n_segments * cfg.slot_dim, cfg.moco_k, generator)
-
-
 def _unwrap(net: nn.Module) -> nn.Module:
     return net.module if isinstance(net, DistributedDataParallel) else net
 
@@ -372,11 +353,10 @@ def _sync_buffers(module: nn.Module) -> None:
             dist.broadcast(b, 0)
 
 
-# ------------------------------------------------------------------------------------- one step
 def make_views(
-    batch: dict, aug: augment.SimCLRAugmentConfig, view2: str, n_segments: int, generator: torch.Generator,
+    batch: dict, aug: SimCLRAugmentConfig, view2: str, n_segments: int, generator: torch.Generator,
     device: torch.device, allow_identity: bool = True,
-) -> Dict[str, torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """The encoder inputs of a pair batch (uint8 clips on ``device``): x0 = clip 0, x1 = clip 1 as
     ``view2`` (rgb = the paper; res/flow = IIC's cross-modal view of clip 1), x2 = clip 0 again with its
     own augmentation, x2s = x2 with its S segments permuted by ``perm`` (B, S). Each view draws its own
@@ -389,7 +369,7 @@ def make_views(
     def view(raw: dict, kind: str) -> torch.Tensor:
         need = {"rgb": ["rgb"], "res": ["res"]}.get(kind, ["flow"])
         params = augment.sample_simclr_params(B, hw, aug, generator, device)
-        return augment.view_input(augment.apply_simclr({m: raw[m] for m in need}, params, aug), kind)
+        return view_input(augment.apply_simclr({m: raw[m] for m in need}, params, aug), kind)
 
     x0, x1, x2 = view(clip0, "rgb"), view(clip1, view2), view(clip0, "rgb")
     x2s, perm = shuffle_segments(x2, n_segments, generator, allow_identity)
@@ -402,7 +382,9 @@ def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainCon
 
     All views go through the encoder as ONE batch (SimCLR's BatchNorm over every view, so batch statistics
     cannot tell the views apart; one forward per backward for DDP). MoCo variant: view 1 is encoded by the
-    momentum encoder (updated first, as MoCo), and its keys are enqueued after the loss.
+    momentum encoder (updated first, as MoCo), and its keys are enqueued after the loss. The losses run in
+    fp32 even under autocast: unit vectors divided by tau = 0.07 in fp16 lose the differences the losses
+    are made of (the networks' forward stays in mixed precision).
     """
     dv, aug = cfg.dualvar, cfg.simclr
     v = make_views(batch, aug, cfg.view2, dv.n_segments, gen, device, dv.allow_identity_shuffle)
@@ -415,9 +397,11 @@ def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainCon
             momentum_update(_unwrap(net), state.key_net, dv.moco_m)
             k1, ks1 = (t.float() for t in state.key_net(v["x1"]))
             _sync_buffers(state.key_net)
-        # clones: the enqueue below writes the queues in place before the loop's backward reads them
-        loss, _ = dualvar_loss(z0, k1, s0, ks1, s2, restore_order(s2s, v["perm"]), dv,
-                               clip_queue=state.clip_queue.queue.clone(), slot_queue=state.slot_queue.queue.clone())
+        with torch.autocast(device.type, enabled=False):
+            # clones: the enqueue below writes the queues in place before the loop's backward reads them
+            loss, _ = dualvar_loss(z0, k1, s0, ks1, s2, restore_order(s2s, v["perm"]), dv,
+                                   clip_queue=state.clip_queue.queue.clone(),
+                                   slot_queue=state.slot_queue.queue.clone())
         state.clip_queue.enqueue(gather_from_ranks(k1))
         state.slot_queue.enqueue(gather_from_ranks(ks1.flatten(1)))
         return loss
@@ -425,12 +409,16 @@ def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainCon
     z, slots = z.float(), slots.float()
     z0, z1 = z[:B], z[B:2 * B]
     s0, s1, s2, s2s = slots.split(B)
-    loss, _ = dualvar_loss(z0, z1, s0, s1, s2, restore_order(s2s, v["perm"]), dv, gather=gather_with_grad)
+    with torch.autocast(device.type, enabled=False):
+        loss, _ = dualvar_loss(z0, z1, s0, s1, s2, restore_order(s2s, v["perm"]), dv, gather=gather_with_grad)
     return loss
 
 
-def build_dualvar(cfg: TrainConfig, n_data: int) -> Tuple[nn.Module, nn.Module, Callable]:
-    """DualVar for train.py's loop: (DualVarNet with ``.backbone``, DualVarState, :func:`dualvar_step`).
+# -------------------------------------------------------------------------------------------- build
+
+
+def build(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable]:
+    """DualVar for the training loop: (DualVarNet with ``.backbone``, DualVarState, :func:`dualvar_step`).
     ``n_data`` is unused (no memory banks)."""
     dv = cfg.dualvar
     net = DualVarNet(cfg.model, dv)

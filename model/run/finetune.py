@@ -1,18 +1,17 @@
-"""``iic eval recognition``: fine-tune backbone + Linear(out_dim, classes) on the split's train list.
+"""``iic eval recognition``: fine-tune backbone + Linear(out_dim, classes) on the split's train list, a
+`loop.Loop` like every training run.
 
-Protocol (REFERENCE.md section 1, "Recognition protocol"): a seeded held-out part of the train list for
-validation, supervised cross-entropy, SGD lr 1e-3 momentum 0.9 wd 5e-4, batch 16, ReduceLROnPlateau on
-the validation loss (x0.1, patience scaled with the epoch count: 10 at 150 epochs), random-crop training
-clips; test = ``clips`` uniform clips per video, centre crop, mean of the clip softmax scores, top-1 and
-top-5 per video. Checkpoints every epoch (atomic), ``--resume``, ``metrics.jsonl`` + ``curves.png`` as in
-``iic train``.
+Protocol (docs/method.md, "Recognition"): a seeded held-out part of the train list for validation,
+supervised cross-entropy, SGD lr 1e-3 momentum 0.9 wd 5e-4, batch 16, ReduceLROnPlateau on the validation
+loss (x0.1, patience scaled with the epoch count: 10 at 150 epochs), random-crop training clips; test =
+``clips`` uniform clips per video, centre crop, mean of the clip softmax scores, top-1 and top-5 per video.
+Checkpoints every epoch (atomic), ``--resume``, ``metrics.jsonl`` + ``curves.png`` as in ``iic train``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,21 +22,23 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from . import augment, checkpoint
-from .backbones import VideoBackbone
-from .resume import check_data, data_identity, file_digest, load_states, refuse_changes, refuse_existing, same_path
-from .clips import ClipConfig, ClipDataset, EpochSampler, clip_seed, collate_clips, worker_errors
-from .evaluate import SourceConfig, default_out, resolve_source
-from .distributed import resolve_device
-from .features import BackboneSource, check_dataset_size, data_record, load_backbone, modalities_for
-from .protocol import protocol_of_source
-from .runlog import Meter, RunLog, ensure_finite, plot_curves
+from .. import checkpoint
+from ..config import modalities_for
+from ..data import augment
+from ..data.clips import ClipConfig, ClipDataset, EpochSampler, collate_clips, worker_errors
+from ..data.views import view_input
+from ..distributed import resolve_device
+from ..evaluation.evaluate import SourceConfig, eval_dir, resolve_source
+from ..evaluation.features import BackboneSource, check_dataset_size, data_record, load_backbone
+from ..evaluation.protocol import default_input
+from ..nets.backbones import VideoBackbone
+from .loop import Loop, TrainingError
+from .resume import check_resumable, data_identity, file_digest, refuse_existing, same_path
+from .runlog import RunLog, plot_curves
 
 log = logging.getLogger(__name__)
 
-
-class FinetuneError(RuntimeError):
-    """Fine-tuning cannot go on (one-line message)."""
+STEP_SEED = 104729  # added to the seed for the step generators (as train.STEP_SEED for pretraining)
 
 
 RESUME_KEYS = ("config", "epoch", "model", "optimizer", "scheduler")  # of the per-epoch last.pt
@@ -58,7 +59,7 @@ class FinetuneConfig:
     clips: int = 10
     workers: int = 2
     device: str = "auto"
-    out: Path | None = None  # default: <run folder>/recognition
+    out: Path | None = None  # default: <run folder>/eval/recognition-<data>-s<split>-<modality> (`eval_dir`)
     seed: int = 0
 
     @property
@@ -96,7 +97,7 @@ def _inputs(batch: dict, modality: str, crop: int, train: bool, gen: torch.Gener
     B, hw = batch["index"].shape[0], augment.batch_hw(batch, next(iter(raw)))
     aug = augment.AugmentConfig(crop=crop, train=train)
     views = augment.apply(raw, augment.sample_params(B, hw, aug, gen, device), aug)
-    return augment.view_input(views, modality)
+    return view_input(views, modality)
 
 
 @torch.no_grad()
@@ -128,13 +129,9 @@ def source_identity(src: BackboneSource) -> str:
     return src.describe() if src.ckpt is None else file_digest(src.ckpt)
 
 
-def check_resumable(cfg: FinetuneConfig, ckpt: dict, path: Path, source_id: str) -> None:
-    """The saved config must match but for the session's settings and more epochs; places are compared by
-    meaning (model/resume.py): the run folder is where ``path`` is, the data by identity, the backbone source
-    by content (older checkpoints: by resolved path)."""
-    saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-    now = cfg.to_dict()
-    free = {"workers", "device", "epochs", "out", "data", "source"}  # more epochs = continue the schedule
+def source_changes(saved: dict, now: dict, ckpt: dict, source_id: str) -> tuple[str, ...]:
+    """How the backbone a fine-tuning starts from differs from the saved run's: by content (older
+    checkpoints: by resolved path), and in the options that pick it."""
     old_source, new_source = saved.get("source") or {}, now["source"]
     source = [f"source.{k}" for k, v in new_source.items() if k not in ("ckpt", "runs") and old_source.get(k) != v]
     if "source_identity" in ckpt:
@@ -142,15 +139,19 @@ def check_resumable(cfg: FinetuneConfig, ckpt: dict, path: Path, source_id: str)
             source.append("source (another backbone checkpoint)")
     elif not (same_path(old_source.get("ckpt"), new_source["ckpt"]) and same_path(old_source.get("runs"), new_source["runs"])):
         source.append("source")
-    refuse_changes(saved, now, free, path, tuple(source))
-    check_data(ckpt.get("data_identity") or {}, saved.get("data"), cfg.data, path)
+    return tuple(source)
+
+
+# what may change when a fine-tuning resumes: where and how it runs, places, more epochs (the plateau
+# schedule just goes on), and the source, compared by `source_changes`
+RESUME_FREE = {"workers", "device", "epochs", "out", "data", "source"}
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune and test; returns (and writes to ``recognition.json``) top-1/top-5 and the counts."""
     src, state = resolve_source(cfg.source)
-    cfg = dataclasses.replace(cfg, modality=cfg.modality or protocol_of_source(src.method).modality)
-    out = Path(cfg.out) if cfg.out else default_out(src, cfg.source.runs).parent / "recognition"
+    cfg = dataclasses.replace(cfg, modality=cfg.modality or default_input(src.method, src.view2))
+    out = Path(cfg.out) if cfg.out else eval_dir(src, cfg.source.runs, "recognition", cfg.data, cfg.split, cfg.modality)
     device = resolve_device(cfg.device)
     mods = modalities_for((cfg.modality,))
     train_set = ClipDataset(cfg.data, cfg.split, "train", ClipConfig(src.frames, src.stride, mods), mode="train")
@@ -160,57 +161,41 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     n_classes = len(train_set.store.classes)
     tr_idx, val_idx = split_train_val(train_set.n_videos, cfg.val_fraction, cfg.seed)
     if len(tr_idx) < cfg.batch_size:
-        raise FinetuneError(f"{len(tr_idx)} fine-tuning videos is fewer than a batch of {cfg.batch_size}; lower --batch-size")
+        raise TrainingError(f"{len(tr_idx)} fine-tuning videos is fewer than a batch of {cfg.batch_size}; lower --batch-size")
 
     torch.manual_seed(cfg.seed)
     net = Classifier(load_backbone(src, state), n_classes).to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cfg.patience)
-    epoch = 0
+    sampler = EpochSampler(len(tr_idx), cfg.seed, indices=tr_idx)
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
+                        collate_fn=collate_clips)
+
+    def step(batch: dict, gen: torch.Generator) -> Tensor:
+        return F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)), batch["label"])
+
+    loop = Loop(net, net, optimizer, loader, sampler, device, cfg.seed + STEP_SEED, step)
     last, final = out / "last.pt", out / "final.pt"
     data_id, source_id = data_identity(cfg.data, "flow" in mods), source_identity(src)
     if resume:
         ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic eval recognition` checkpoint")
-        check_resumable(cfg, ckpt, last, source_id)
-        checkpoint.load_state(net, ckpt["model"], "the classifier", last)
-        load_states(ckpt, last, optimizer=optimizer, scheduler=scheduler)
-        try:
-            epoch = int(ckpt["epoch"])
-        except (TypeError, ValueError) as err:
-            raise checkpoint.CheckpointError(f"cannot resume from {last}: {checkpoint.describe_error(err)}") from None
-        log.info("resumed from %s at epoch %d", last, epoch)
+        saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
+        check_resumable(ckpt, last, cfg.to_dict(), RESUME_FREE, cfg.data, source_changes(saved, cfg.to_dict(), ckpt, source_id))
+        loop.load_state_dict(ckpt, last, scheduler=scheduler)
+        log.info("resumed from %s at epoch %d", last, loop.epoch)
     else:
         refuse_existing(last, "a fine-tuning run")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log.info("fine-tuning %s on %d videos (%d held out), %d classes, %s", src.describe(), len(tr_idx), len(val_idx),
              n_classes, device)
-
-    sampler = EpochSampler(len(tr_idx), cfg.seed, indices=tr_idx)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                        collate_fn=collate_clips)
     runlog = RunLog(out)
-    step = epoch * len(loader)
     try:
-        while epoch < cfg.epochs:
-            net.train()
-            sampler.set_epoch(epoch)
-            meter, t_end = Meter(), time.perf_counter()
-            for i, batch in enumerate(tqdm(worker_errors(loader), total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                                           unit="step", leave=False)):
-                t_data = time.perf_counter()
-                gen = torch.Generator().manual_seed(clip_seed(cfg.seed + 104729, epoch, i))
-                loss = F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)),
-                                       batch["label"].to(device))
-                ensure_finite(loss, f"epoch {epoch + 1} step {step}", FinetuneError)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                meter.update(loss.item(), batch["index"].shape[0], t_data - t_end, time.perf_counter() - t_data)
-                t_end = time.perf_counter()
-            epoch += 1
-            metrics = {"epoch": epoch, "loss": meter.loss, "lr": optimizer.param_groups[0]["lr"],
+        while loop.epoch < cfg.epochs:
+            with tqdm(total=len(loader), desc=f"epoch {loop.epoch + 1}/{cfg.epochs}", unit="step", leave=False) as bar:
+                meter = loop.train_epoch(bar)
+            loop.epoch += 1
+            metrics = {"epoch": loop.epoch, "loss": meter.loss, "lr": optimizer.param_groups[0]["lr"],
                        "clips_per_s": meter.clips_per_s}
             if len(val_idx):
                 scores, labels = clip_scores(net, Subset(val_set, val_idx.tolist()), cfg.modality, src.crop, device,
@@ -218,10 +203,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
                 metrics["val_loss"] = float(F.nll_loss(scores.clamp_min(1e-12).log(), labels))
                 metrics["val_top1"] = topk_accuracy(scores, labels, 1)
             scheduler.step(metrics.get("val_loss", meter.loss))
-            runlog.write(step, **metrics)
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
-            checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            runlog.write(loop.step, **metrics)
+            log.info("epoch %d: %s", loop.epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            checkpoint.save_atomic({"config": cfg.to_dict(), **loop.state_dict(), "scheduler": scheduler.state_dict(),
                                     "n_data": train_set.n_videos, "source": src.describe(),
                                     "source_identity": source_id, "data_identity": data_id}, last)
     finally:
@@ -233,7 +217,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
               "top1": topk_accuracy(scores, labels, 1),
               "top5": topk_accuracy(scores, labels, 5), "classes": n_classes,
               "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])}, "out": str(out)}
-    checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": epoch, "model": net.state_dict(),
+    checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": loop.epoch, "model": net.state_dict(),
                             "n_data": train_set.n_videos, "result": {k: result[k] for k in ("top1", "top5")}}, final)
     (out / "recognition.json").write_text(json.dumps(result, indent=1))
     run = src.ckpt.parent.name if src.ckpt is not None else src.describe()

@@ -13,8 +13,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.shards import VideoStore
-from .checkpoint import CheckpointError, describe_error
+from ...pipeline.reader import VideoStore
+from .. import checkpoint
+from ..checkpoint import CheckpointError, describe_error
+from ..config import ConfigError, TrainConfig, flat_dict
 
 
 def data_identity(data: Path, flow: bool) -> dict:
@@ -28,6 +30,28 @@ def _legacy_identity(data: Path, flow: bool) -> str:
         return store.legacy_identity(flow)
 
 
+def saved_run(run: Path) -> tuple[TrainConfig, int | None]:
+    """The config of the training run in folder ``run`` (from its last checkpoint) and, when it has finished,
+    the epochs it trained (None while it has not)."""
+    last, final = Path(run) / "last.pt", Path(run) / "final.pt"
+    if not last.exists():
+        raise CheckpointError(f"--resume {run}: no last.pt there, so no `iic train` run to continue")
+    ckpt = checkpoint.load(last, ("config", "epoch"), "an `iic train` checkpoint")
+    return saved_config(ckpt, last), int(ckpt["epoch"]) if final.exists() else None
+
+
+def saved_config(ckpt: dict, path: Path) -> TrainConfig:
+    """The config a training checkpoint was written with (older layouts read as today's)."""
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{path} is not an `iic train` checkpoint: its config is a "
+                              f"{type(ckpt['config']).__name__}, not a dict")
+    try:
+        return TrainConfig.from_dict(ckpt["config"])
+    except (ConfigError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path} is not an `iic train` checkpoint this version reads: "
+                              f"{str(err).splitlines()[0]}") from None
+
+
 def refuse_existing(last: Path, what: str) -> None:
     """A fresh run must not write over ``what`` that a ``last.pt`` there says is already in its folder."""
     if last.exists():
@@ -35,13 +59,27 @@ def refuse_existing(last: Path, what: str) -> None:
 
 
 def refuse_changes(saved: dict, now: dict, free: set[str], path: Path, extra: tuple[str, ...] = ()) -> None:
-    """``--resume`` needs the saved config: every key but the ``free`` ones (what may change between sessions,
-    and places, which are compared by meaning) must be equal; ``extra`` names other differences found."""
-    diff = [f"{k}: {saved.get(k)} -> {v}" for k, v in sorted(now.items()) if k not in free and saved.get(k) != v]
+    """``--resume`` continues a run with its own recipe: every option but the ``free`` ones (dotted names:
+    where and how it runs, places, which are compared by meaning, and what may be extended) must be equal;
+    ``extra`` names other differences found."""
+    old, new = flat_dict(saved), flat_dict(now)
+    diff = [f"{k}: {old.get(k)} -> {v}" for k, v in sorted(new.items())
+            if k not in free and k.split(".")[0] not in free and old.get(k) != v]
     diff += list(extra)
     if diff:
-        raise CheckpointError(f"--resume with a different config than {path} ({', '.join(diff[:3])}); "
-                              "use the same flags or a new --out")
+        raise CheckpointError(f"cannot resume {path} with another recipe ({', '.join(diff[:3])}"
+                              f"{f' and {len(diff) - 3} more' if len(diff) > 3 else ''}); start a new run for it")
+
+
+def check_resumable(ckpt: dict, path: Path, now: dict, free: set[str], data: Path, extra: tuple[str, ...] = ()) -> None:
+    """Whether the checkpoint ``ckpt`` (loaded from ``path``) may continue as the config ``now``: its saved
+    config equal but for ``free`` (`refuse_changes`), and the data the same dataset (`check_data`)."""
+    saved = ckpt["config"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} is not a checkpoint of this program: its config is a "
+                              f"{type(saved).__name__}, not a dict")
+    refuse_changes(saved, now, free, path, extra)
+    check_data(ckpt.get("data_identity") or {}, saved.get("data"), data, path)
 
 
 def load_states(ckpt: dict, path: Path, **objects: Any) -> None:

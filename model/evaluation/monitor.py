@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .clips import ClipConfig, ClipDataset
-from .config import TrainConfig
+from ..config import EVAL_VIEWS, TrainConfig, modalities_for
+from ..data.clips import ClipConfig, ClipDataset
+from ..distributed import sum_over_ranks
 from .features import extract
-from .views import EVAL_VIEWS, modalities_for
 from .protocol import protocol_for
 from .retrieval import retrieval_topk
 
@@ -24,8 +24,13 @@ def monitor_views(cfg: TrainConfig) -> tuple[str, ...]:
 
 
 class Monitor:
-    def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int = 32, progress: bool = True) -> None:
+    """Called on every process of a distributed run at once: each encodes its share of the videos and the
+    features are summed over the processes, so no process waits in a collective while another evaluates."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int = 32, progress: bool = True,
+                 rank: int = 0, world: int = 1) -> None:
         self.cfg, self.device, self.batch_size, self.progress = cfg, device, batch_size, progress
+        self.rank, self.world = rank, world
         self.protocol = protocol_for(cfg.method)
         self.views = monitor_views(cfg)
         clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=modalities_for(self.views), test_clips=1)
@@ -40,10 +45,19 @@ class Monitor:
         """{``monitor_top1_<view>``: top-1 (%)} of the backbone as it is now (left in training mode)."""
         was_training = backbone.training
         f = self.protocol.feature
-        feats = {s: extract(backbone, ds, self.views, (f,), self.cfg.crop, self.device,
-                            self.batch_size, desc=f"monitor {s}", progress=self.progress)[0] for s, ds in self.sets.items()}
+        feats = {s: self._features(backbone, ds, f, s) for s, ds in self.sets.items()}
         backbone.train(was_training)
         gallery, queries = self.sets["train"], self.sets["test"]
         return {f"monitor_top1_{v}": retrieval_topk(feats["test"][v, f], queries.labels, feats["train"][v, f],
                                                     gallery.labels, ks=(1,), center=self.protocol.center).topk[1]
                 for v in self.views}
+
+    def _features(self, backbone: nn.Module, dataset: ClipDataset, feature: str, name: str) -> dict:
+        """This process's share of the videos (all of them at world size 1), summed over the processes."""
+        share = range(self.rank, len(dataset), self.world) if len(dataset) >= self.world else None
+        feats = extract(backbone, dataset, self.views, (feature,), self.cfg.crop, self.device, self.batch_size,
+                        desc=f"monitor {name}", progress=self.progress and self.rank == 0,
+                        items=share if self.world > 1 else None)[0]
+        if self.world == 1 or share is None:
+            return feats
+        return {k: sum_over_ranks(v, self.device) for k, v in feats.items()}

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from ..pipeline.shards import FormatError, ManifestRow, VideoStore
-
-from .views import MODALITIES
+from ...pipeline.reader import FormatError, ManifestRow, VideoStore
+from ..config import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +52,11 @@ class ClipConfig:
     skip_corrupt: bool = False  # a clip whose stored bytes are damaged is left out (`collate_clips`), not an error
 
 
-def clip_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample of one epoch, independent of worker count and order."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+def clip_seed(seed: int, epoch: int, index: int, rank: int = 0) -> int:
+    """A 63-bit seed for one sample (or step) of one epoch, independent of worker count and order; ``rank``
+    > 0: another stream for each process of a distributed run (rank 0's is the single process's)."""
+    key = f"{seed}/{epoch}/{index}" + (f"/{rank}" if rank else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 

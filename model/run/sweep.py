@@ -23,8 +23,8 @@ from typing import TypeVar
 
 from joblib import Parallel, delayed
 
-from ..pipeline import orphans
-from .config import TrainConfig
+from ...pipeline import orphans
+from ..config import TrainConfig
 from .train import train
 
 T = TypeVar("T")
