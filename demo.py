@@ -4,6 +4,7 @@ generate the motion-class dataset -> extract frames and residuals -> optical flo
 the CMC baseline and DualVar -> retrieval for each and for a random-init backbone -> one table side by side.
 Every step resumes: a second ``iic demo`` reuses what the first one finished.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,16 +18,17 @@ from pathlib import Path
 
 import torch
 
-from .pipeline.extract import ExtractConfig, extract
-from .pipeline.flow import FlowStageConfig, compute as compute_flow
-from .pipeline.flowcalc import FlowConfig
-from .pipeline.parallel import ParallelConfig
-from .pipeline.synth import SynthConfig, generate
 from .model.config import TrainConfig, build_config
 from .model.distributed import cpu_threads
 from .model.evaluation.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval, prefetch_features
 from .model.evaluation.protocol import protocol_for
 from .model.run.sweep import TrainTask, cpu_cores, side_by_side
+from .pipeline.extract import ExtractConfig, extract
+from .pipeline.flow import FlowStageConfig
+from .pipeline.flow import compute as compute_flow
+from .pipeline.flowcalc import FlowConfig
+from .pipeline.parallel import ParallelConfig
+from .pipeline.synth import SynthConfig, generate
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,11 @@ class DemoConfig:
 
 # (row name, preset, method). IIC with shuffle negatives (`tiny-shuffle`) is in bench/bench_learning.py, not here: the demo stays within
 # ~11 minutes on 2 cores.
-RUNS = (("IIC (repeat)", "tiny", "iic"), ("CMC baseline", "cmc-tiny", "iic"), ("DualVar", "dualvar-tiny", "dualvar"))
+RUNS = (
+    ("IIC (repeat)", "tiny", "iic"),
+    ("CMC baseline", "cmc-tiny", "iic"),
+    ("DualVar", "dualvar-tiny", "dualvar"),
+)
 
 
 Progress = Callable[[str], None]  # one line per stage and run (``iic demo`` prints them on stderr)
@@ -71,13 +77,32 @@ Progress = Callable[[str], None]  # one line per stage and run (``iic demo`` pri
 
 def prepare_data(cfg: DemoConfig) -> None:
     parallel = ParallelConfig(workers=cfg.workers)
-    generate(SynthConfig(out=cfg.raw, classes=cfg.classes, per_class=cfg.per_class, frames=cfg.frames,
-                         height=cfg.size[0], width=cfg.size[1], seed=cfg.seed))
-    summary = extract(ExtractConfig(dataset="ucf101", root=cfg.raw, out=cfg.processed.parent, name=cfg.processed.name,
-                                    size=cfg.size, parallel=parallel))
+    generate(
+        SynthConfig(
+            out=cfg.raw,
+            classes=cfg.classes,
+            per_class=cfg.per_class,
+            frames=cfg.frames,
+            height=cfg.size[0],
+            width=cfg.size[1],
+            seed=cfg.seed,
+        )
+    )
+    summary = extract(
+        ExtractConfig(
+            dataset="ucf101",
+            root=cfg.raw,
+            out=cfg.processed.parent,
+            name=cfg.processed.name,
+            size=cfg.size,
+            parallel=parallel,
+        )
+    )
     if summary.failed:
         raise RuntimeError(f"{summary.failed} synthetic videos failed extraction: {summary.failures[0]}")
-    flow = compute_flow(FlowStageConfig(data=cfg.processed, flow=FlowConfig(cfg.flow_method), parallel=parallel))
+    flow = compute_flow(
+        FlowStageConfig(data=cfg.processed, flow=FlowConfig(cfg.flow_method), parallel=parallel)
+    )
     if flow.failed:
         raise RuntimeError(f"{flow.failed} synthetic videos failed flow: {flow.failures[0]}")
 
@@ -93,7 +118,9 @@ def _inputs(cfg: DemoConfig, method: str) -> tuple[str, ...]:
 
 def _retrieval(cfg: DemoConfig, source: SourceConfig, cache: Path) -> RetrievalConfig:
     # on CPU the features are computed beside training (one thread, no loader workers: the cores are busy)
-    return RetrievalConfig(data=cfg.processed, source=source, workers=0 if _cpu() else cfg.workers, cache=cache)
+    return RetrievalConfig(
+        data=cfg.processed, source=source, workers=0 if _cpu() else cfg.workers, cache=cache
+    )
 
 
 def _run_source(cfg: DemoConfig, final: Path) -> tuple[SourceConfig, Path]:
@@ -104,16 +131,29 @@ def _baseline(cfg: DemoConfig, methods: tuple[str, ...]) -> tuple[SourceConfig, 
     """The random-init backbone (IIC's backbone and clips), its feature cache and the features its rows need
     (each method's protocol)."""
     iic = build_config(RUNS[0][1])
-    source = SourceConfig(ckpt=None, random_init=True, runs=cfg.runs, seed=cfg.seed, model=iic.model,
-                          frames=iic.frames, crop=iic.crop)
-    return source, cfg.runs / "demo-random-init" / "features", tuple(dict.fromkeys(protocol_for(m).feature for m in methods))
+    source = SourceConfig(
+        ckpt=None,
+        random_init=True,
+        runs=cfg.runs,
+        seed=cfg.seed,
+        model=iic.model,
+        frames=iic.frames,
+        crop=iic.crop,
+    )
+    return (
+        source,
+        cfg.runs / "demo-random-init" / "features",
+        tuple(dict.fromkeys(protocol_for(m).feature for m in methods)),
+    )
 
 
 def prefetch_run(cfg: DemoConfig, method: str, progress: bool, run: TrainConfig, final: Path) -> None:
     """A trained run's features for the table, computed in the worker that trained it (`sweep.TrainTask`)."""
     source, cache = _run_source(cfg, final)
     with cpu_threads(1 if _cpu() else 0):
-        prefetch_features(_retrieval(cfg, source, cache), _inputs(cfg, method), (protocol_for(method).feature,), progress)
+        prefetch_features(
+            _retrieval(cfg, source, cache), _inputs(cfg, method), (protocol_for(method).feature,), progress
+        )
 
 
 def prefetch_baseline(cfg: DemoConfig, methods: tuple[str, ...], progress: bool) -> None:
@@ -131,18 +171,35 @@ def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tupl
     features, and the random-init backbone's fill a worker too, so no core waits for the longest run. On CUDA
     one after another."""
     runs = list(RUNS)
-    cfgs = [build_config(preset, data=cfg.processed, out=cfg.runs / f"demo-{preset}", seed=cfg.seed, epochs=cfg.epochs,
-                         **({"threads": 1, "workers": 0} if _cpu() else {})) for _, preset, _ in runs]
+    cfgs = [
+        build_config(
+            preset,
+            data=cfg.processed,
+            out=cfg.runs / f"demo-{preset}",
+            seed=cfg.seed,
+            epochs=cfg.epochs,
+            **({"threads": 1, "workers": 0} if _cpu() else {}),
+        )
+        for _, preset, _ in runs
+    ]
     jobs = (cfg.jobs or cpu_cores()) if _cpu() else 1
     pending = [name for (name, _, _), c in zip(runs, cfgs) if not (Path(c.out) / "final.pt").exists()]
     if pending:
-        progress(f"training {', '.join(pending)}" + (f", {min(jobs, len(pending))} at a time, one CPU thread each"
-                                                    if _cpu() and jobs > 1 else "") + " (several minutes on a CPU)")
+        progress(
+            f"training {', '.join(pending)}"
+            + (f", {min(jobs, len(pending))} at a time, one CPU thread each" if _cpu() and jobs > 1 else "")
+            + " (several minutes on a CPU)"
+        )
     methods = tuple(sorted({method for _, _, method in runs}))
     alone = jobs <= 1  # progress bars only when nothing runs beside
-    tasks = [TrainTask(c, then=functools.partial(prefetch_run, cfg, method, alone)) for (_, _, method), c in zip(runs, cfgs)]
+    tasks = [
+        TrainTask(c, then=functools.partial(prefetch_run, cfg, method, alone))
+        for (_, _, method), c in zip(runs, cfgs)
+    ]
     finals: list[Path] = [Path()] * len(runs)
-    for i, result, seconds in side_by_side([*tasks, functools.partial(prefetch_baseline, cfg, methods, alone)], jobs):
+    for i, result, seconds in side_by_side(
+        [*tasks, functools.partial(prefetch_baseline, cfg, methods, alone)], jobs
+    ):
         if i < len(runs):
             finals[i] = result
             progress(f"{runs[i][0]}: trained and encoded in {seconds:.0f} s -> {result}")
@@ -151,24 +208,36 @@ def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tupl
     return {name: (method, final) for (name, _, method), final in zip(runs, finals)}
 
 
-Row = tuple[str, str, dict[str, dict]]  # (name, method whose protocol scored it, {modality: retrieval result})
+Row = tuple[
+    str, str, dict[str, dict]
+]  # (name, method whose protocol scored it, {modality: retrieval result})
 
 
 def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list[Row]:
     """Each backbone's clips were decoded and encoded once (`train_runs`): every input view, and for the
     random init every protocol's feature, filled its cache in that pass; each retrieval reads its own."""
+
     def run(source: SourceConfig, cache: Path, method: str, out: Path) -> dict[str, dict]:
         base = _retrieval(cfg, source, cache)
-        return {m: evaluate_retrieval(dataclasses.replace(base, modality=m, out=out / m).with_protocol(method))
-                for m in _inputs(cfg, method)}
+        return {
+            m: evaluate_retrieval(dataclasses.replace(base, modality=m, out=out / m).with_protocol(method))
+            for m in _inputs(cfg, method)
+        }
 
-    rows = [(name, method, run(*_run_source(cfg, final), method, final.parent / "eval"))
-            for name, (method, final) in finals.items()]
+    rows = [
+        (name, method, run(*_run_source(cfg, final), method, final.parent / "eval"))
+        for name, (method, final) in finals.items()
+    ]
     methods = tuple(sorted({method for method, _ in finals.values()}))
     source, cache, _ = _baseline(cfg, methods)
     for method in methods:
-        rows.append((f"random init ({method} protocol)", method,
-                     run(source, cache, method, cfg.runs / "demo-random-init" / method / "eval")))
+        rows.append(
+            (
+                f"random init ({method} protocol)",
+                method,
+                run(source, cache, method, cfg.runs / "demo-random-init" / method / "eval"),
+            )
+        )
     return rows
 
 
@@ -181,13 +250,19 @@ def table(rows: list[Row], ks: tuple[int, ...] = (1, 5, 10)) -> list[str]:
     for name, _, r in rows:
         cells = [f"{r[m]['topk'][k]:10.1f}" if m in r else f"{'-':>10}" for m in modalities for k in ks]
         first = next(iter(r.values()))["config"]
-        lines.append(f"{name:{width}}  " + "  ".join(cells) + f"  {first['feature']}{', centred' if first['center'] else ''}")
+        lines.append(
+            f"{name:{width}}  "
+            + "  ".join(cells)
+            + f"  {first['feature']}{', centred' if first['center'] else ''}"
+        )
     r0 = next(iter(rows[0][2].values()))
     classes = len(set(q["label"] for q in r0["queries"]))
-    lines.append(f"retrieval top-k (%) of {r0['counts']['queries']} test videos against {r0['counts']['gallery']} train "
-                 f"videos ({classes} classes: chance top-1 {100 / classes:.1f}%), mean of {r0['config']['clips']} clips, "
-                 "features of the RGB / residual input, each method with its own protocol (- = an input its paper "
-                 "does not report)")
+    lines.append(
+        f"retrieval top-k (%) of {r0['counts']['queries']} test videos against {r0['counts']['gallery']} train "
+        f"videos ({classes} classes: chance top-1 {100 / classes:.1f}%), mean of {r0['config']['clips']} clips, "
+        "features of the RGB / residual input, each method with its own protocol (- = an input its paper "
+        "does not report)"
+    )
     return lines
 
 
@@ -203,12 +278,24 @@ def run_demo(cfg: DemoConfig, progress: Progress = log.info) -> list[str]:
     rows = retrieval_rows(cfg, finals)
     lines = table(rows)
     lines += [f"curves: {final.parent / 'curves.png'}" for _, final in finals.values()]
-    lines += [f"retrieval picture: {Path(r['out']) / 'retrieval.png'}" for _, _, by_mod in rows for r in by_mod.values()]
+    lines += [
+        f"retrieval picture: {Path(r['out']) / 'retrieval.png'}"
+        for _, _, by_mod in rows
+        for r in by_mod.values()
+    ]
     lines.append(f"demo time: {time.perf_counter() - t0:.0f} s")
-    report = {"config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
-              "rows": [{"name": n, "protocol": method,
-                        **{m: {"topk": r["topk"], "checkpoint": r["checkpoint"]} for m, r in by_mod.items()}}
-                       for n, method, by_mod in rows], "lines": lines}
+    report = {
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+        "rows": [
+            {
+                "name": n,
+                "protocol": method,
+                **{m: {"topk": r["topk"], "checkpoint": r["checkpoint"]} for m, r in by_mod.items()},
+            }
+            for n, method, by_mod in rows
+        ],
+        "lines": lines,
+    }
     cfg.runs.mkdir(parents=True, exist_ok=True)
     (cfg.runs / "demo.json").write_text(json.dumps(report, indent=2))
     return lines

@@ -17,6 +17,7 @@ head (none|bn|mlp: bn = affine-free BatchNorm, the CenterHead), norm (L2-normali
 before epoch 1, 2: before every epoch), seed, crop, T, threads, clips (test clips per video: 1 = the centre clip, 10
 = the retrieval protocol's clips, features averaged). Results: BENCHMARKS.md, "Learning signal".
 """
+
 from __future__ import annotations
 
 import json
@@ -28,22 +29,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from iic.model.config import TrainConfig, backbone_config
 from iic.model.data import augment
-from iic.model.config import backbone_config
-from iic.model.nets.backbones import build_backbone, retrieval_feature
 from iic.model.data.clips import eval_starts
-from iic.model.config import TrainConfig
-from iic.model.methods.iic import intra_negative, nce_loss
-from iic.model.methods.variants import LiveMemory
-from iic.model.nets.heads import CenterHead, ProjectionHead, l2_normalize
 from iic.model.evaluation.protocol import iic_chance_loss
 from iic.model.evaluation.retrieval import retrieval_topk
+from iic.model.methods.iic import intra_negative, nce_loss
+from iic.model.methods.variants import LiveMemory
+from iic.model.nets.backbones import build_backbone, retrieval_feature
+from iic.model.nets.heads import CenterHead, ProjectionHead, l2_normalize
 from iic.model.run.train import lr_factor
 from iic.pipeline.reader import VideoStore
 
-OPTIONS = dict(data="data/synth/ucf101", epochs=20, bs=8, lr=1e-3, opt="adam", K=16, tau=0.07, m=0.5, neg="repeat",
-               head="none", norm=1, sched="step", warm=0, pos="bank", fill=0, seed=0, crop=64, T=16, wd=1e-4,
-               eval_every=5, model="r3d-tiny", threads=2, sup=0, bneg=0, clips=1)
+OPTIONS = dict(
+    data="data/synth/ucf101",
+    epochs=20,
+    bs=8,
+    lr=1e-3,
+    opt="adam",
+    K=16,
+    tau=0.07,
+    m=0.5,
+    neg="repeat",
+    head="none",
+    norm=1,
+    sched="step",
+    warm=0,
+    pos="bank",
+    fill=0,
+    seed=0,
+    crop=64,
+    T=16,
+    wd=1e-4,
+    eval_every=5,
+    model="r3d-tiny",
+    threads=2,
+    sup=0,
+    bneg=0,
+    clips=1,
+)
 
 
 def parse(argv: list[str]) -> dict:
@@ -58,12 +82,18 @@ def parse(argv: list[str]) -> dict:
 
 def load(store: VideoStore, kind: str) -> tuple[list[dict], np.ndarray]:
     rows = store.ok_rows(1, kind)
-    return [store.read_clip(r.id, ["rgb", "res"], 0, r.n_frames) for r in rows], np.array([r.label for r in rows])
+    return [store.read_clip(r.id, ["rgb", "res"], 0, r.n_frames) for r in rows], np.array(
+        [r.label for r in rows]
+    )
 
 
 def batch_of(videos: list[dict], idx, starts, T: int) -> dict[str, torch.Tensor]:
-    return {m: torch.stack([torch.from_numpy(videos[i][m][s:s + T]).permute(3, 0, 1, 2) for i, s in zip(idx, starts)])
-            for m in ("rgb", "res")}
+    return {
+        m: torch.stack(
+            [torch.from_numpy(videos[i][m][s : s + T]).permute(3, 0, 1, 2) for i, s in zip(idx, starts)]
+        )
+        for m in ("rgb", "res")
+    }
 
 
 def main() -> None:
@@ -78,15 +108,34 @@ def main() -> None:
     head = {"none": None, "bn": CenterHead(d), "mlp": ProjectionHead(d)}[o["head"]]
     dim = 128 if o["head"] == "mlp" else d
     classifier = nn.Linear(d, len(store.classes)) if o["sup"] else None
-    params = [*backbone.parameters(), *(head.parameters() if head else []), *(classifier.parameters() if classifier else [])]
-    memory = LiveMemory(len(train_set), dim, K=o["K"], tau=o["tau"], m=o["m"], intra_neg=o["neg"] != "none",
-                       normalize=bool(o["norm"]), positive=o["pos"],
-                       batch_negatives=bool(o["bneg"]), generator=torch.Generator().manual_seed(o["seed"]))
-    opt = (torch.optim.Adam(params, lr=o["lr"], weight_decay=o["wd"]) if o["opt"] == "adam"
-           else torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["wd"]))
+    params = [
+        *backbone.parameters(),
+        *(head.parameters() if head else []),
+        *(classifier.parameters() if classifier else []),
+    ]
+    memory = LiveMemory(
+        len(train_set),
+        dim,
+        K=o["K"],
+        tau=o["tau"],
+        m=o["m"],
+        intra_neg=o["neg"] != "none",
+        normalize=bool(o["norm"]),
+        positive=o["pos"],
+        batch_negatives=bool(o["bneg"]),
+        generator=torch.Generator().manual_seed(o["seed"]),
+    )
+    opt = (
+        torch.optim.Adam(params, lr=o["lr"], weight_decay=o["wd"])
+        if o["opt"] == "adam"
+        else torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["wd"])
+    )
     steps_per_epoch = len(train_set) // o["bs"]
-    schedule = TrainConfig(epochs=o["epochs"], warmup_epochs=o["warm"],
-                           schedule={"step": "multistep", "cos": "cosine"}[o["sched"]])  # iic train's own schedule
+    schedule = TrainConfig(
+        epochs=o["epochs"],
+        warmup_epochs=o["warm"],
+        schedule={"step": "multistep", "cos": "cosine"}[o["sched"]],
+    )  # iic train's own schedule
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule, steps_per_epoch))
     aug = augment.AugmentConfig(crop=o["crop"])
 
@@ -125,16 +174,22 @@ def main() -> None:
                 idx = list(range(i, min(i + 32, len(videos))))
                 starts = [int(eval_starts(videos[j]["rgb"].shape[0], o["T"], 1, o["clips"])[c]) for j in idx]
                 raw = batch_of(videos, idx, starts, o["T"])
-                v = augment.apply(raw, augment.sample_params(len(idx), raw["rgb"].shape[-2:], test_aug), test_aug)
+                v = augment.apply(
+                    raw, augment.sample_params(len(idx), raw["rgb"].shape[-2:], test_aug), test_aug
+                )
                 out.append(retrieval_feature(backbone(augment.view_input(v, modality)), kind))
             per_clip.append(torch.cat(out))
         backbone.train()
         return torch.stack(per_clip).mean(0)
 
     def evaluate() -> dict[str, float]:
-        return {f"{m}-{kind}{'c' if c else ''}": retrieval_topk(features(test_set, m, kind), y_test, features(train_set, m, kind),
-                                                                y_train, ks=(1,), center=c).topk[1]
-                for m in ("res", "rgb") for kind, c in (("conv5", False), ("pool", True))}
+        return {
+            f"{m}-{kind}{'c' if c else ''}": retrieval_topk(
+                features(test_set, m, kind), y_test, features(train_set, m, kind), y_train, ks=(1,), center=c
+            ).topk[1]
+            for m in ("res", "rgb")
+            for kind, c in (("conv5", False), ("pool", True))
+        }
 
     print("init", json.dumps(evaluate()), flush=True)
     for epoch in range(o["epochs"]):
@@ -144,18 +199,27 @@ def main() -> None:
         perm = rng.permutation(len(train_set))
         losses, t0 = [], time.time()
         for b in range(steps_per_epoch):
-            idx = perm[b * o["bs"]:(b + 1) * o["bs"]]
+            idx = perm[b * o["bs"] : (b + 1) * o["bs"]]
             x1, x2, xn = views(train_set, idx, rng)
             if classifier is not None:
                 loss = F.cross_entropy(classifier(backbone(x2)["pool"]), torch.as_tensor(y_train[idx]))
             else:
                 f = [embed(x) for x in (x1, x2, xn) if x is not None]
-                z1, z2 = memory(f[0], f[1], f[2] if len(f) > 2 else None, torch.as_tensor(idx), torch.Generator().manual_seed(b))
+                z1, z2 = memory(
+                    f[0],
+                    f[1],
+                    f[2] if len(f) > 2 else None,
+                    torch.as_tensor(idx),
+                    torch.Generator().manual_seed(b),
+                )
                 loss = nce_loss(z1, z2)
                 if b == 0:
                     own = z1[:, o["K"] + 1].mean() * o["tau"] if o["neg"] != "none" else float("nan")
-                    print(f"   cosines: positive {z1[:, 0].mean() * o['tau']:.3f}  bank negatives "
-                          f"{z1[:, 1:o['K'] + 1].mean() * o['tau']:.3f}  own intra-negative {own:.3f}", flush=True)
+                    print(
+                        f"   cosines: positive {z1[:, 0].mean() * o['tau']:.3f}  bank negatives "
+                        f"{z1[:, 1 : o['K'] + 1].mean() * o['tau']:.3f}  own intra-negative {own:.3f}",
+                        flush=True,
+                    )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -166,7 +230,10 @@ def main() -> None:
             line += " " + json.dumps(evaluate())
         print(line, flush=True)
     if not o["sup"]:
-        print(f"chance loss {iic_chance_loss(o['K'], o['neg'] != 'none', batch=o['bs'] if o['bneg'] else 0):.3f}", json.dumps(o))
+        print(
+            f"chance loss {iic_chance_loss(o['K'], o['neg'] != 'none', batch=o['bs'] if o['bneg'] else 0):.3f}",
+            json.dumps(o),
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ modality with the encoder that saw it. An ablation harness, not an option of `ii
     python bench/ablate_two_encoders.py OUT SEED [PRESET]      # PRESET tiny (default) or cmc-tiny
     iic eval retrieval --data DATA --ckpt OUT/final-res.pt --modality res --workers 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,10 @@ import torch
 from torch import nn
 
 from iic.model import checkpoint
-
+from iic.model.config import TrainConfig, build_config
 from iic.model.methods import iic
 from iic.model.nets.backbones import build_backbone
 from iic.model.nets.heads import make_head
-from iic.model.config import TrainConfig, build_config
 from iic.model.run.train import train
 
 
@@ -43,7 +43,10 @@ class TwoEncoders(nn.Module):
         return head(f) if head is not None else f
 
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        first = [self._embed(self.backbone, self.head, views[0]), self._embed(self.backbone2, self.head2, views[1])]
+        first = [
+            self._embed(self.backbone, self.head, views[0]),
+            self._embed(self.backbone2, self.head2, views[1]),
+        ]
         return first + [self._embed(self.backbone, self.head, v) for v in views[2:]]
 
 
@@ -55,12 +58,14 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/tmp/iic-learning/data/ucf101"))
     args = ap.parse_args()
     iic.Encoder = TwoEncoders  # what the IIC builders construct, for this process only
-    cfg = build_config(args.preset, data=args.data, out=args.out, seed=args.seed, threads=1, workers=0, monitor_every=0)
+    cfg = build_config(
+        args.preset, data=args.data, out=args.out, seed=args.seed, threads=1, workers=0, monitor_every=0
+    )
     final = train(cfg, progress=False)  # the monitor would score view 2 with view 1's encoder: off
     ckpt = checkpoint.load(final)
     model = ckpt["model"]
     for view, prefix in (("res", "backbone2."), ("rgb", "backbone.")):
-        ckpt["model"] = {"backbone." + k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)}
+        ckpt["model"] = {"backbone." + k[len(prefix) :]: v for k, v in model.items() if k.startswith(prefix)}
         torch.save(ckpt, args.out / f"final-{view}.pt")
     print(f"wrote {args.out / 'final-res.pt'} and {args.out / 'final-rgb.pt'}")
 

@@ -7,6 +7,7 @@ both alike. Reports clips/s per worker and the ratio with / without, for rgb + r
 
     python bench/bench_checksums.py --data /tmp/iic-bench-loader/ucf101   # e.g. bench_loader.py's --work
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="iic-bench-crc-") as tmp:
         bare = strip_checksums(args.data, Path(tmp) / args.data.name)
         for mods in (("rgb", "res"), ("rgb",), ("rgb", "flow")):
-            ds = {name: ClipDataset(path, 1, "train", ClipConfig(frames=16, modalities=mods))
-                  for name, path in (("without", bare), ("with", args.data))}
+            ds = {
+                name: ClipDataset(path, 1, "train", ClipConfig(frames=16, modalities=mods))
+                for name, path in (("without", bare), ("with", args.data))
+            }
             rng = np.random.default_rng(0)
-            items = [(int(rng.integers(ds["with"].n_videos)), int(rng.integers(2**62)))
-                     for _ in range(args.rounds * args.per_round)]
+            items = [
+                (int(rng.integers(ds["with"].n_videos)), int(rng.integers(2**62)))
+                for _ in range(args.rounds * args.per_round)
+            ]
             for d in ds.values():  # warm-up: open files, fill the page cache
                 for item in items[:10]:
                     d[item]
@@ -55,7 +60,7 @@ def main() -> None:
             for r in range(args.rounds):
                 chunk = items[r * args.per_round : (r + 1) * args.per_round]
                 took = {}
-                for name in (list(ds) if r % 2 == 0 else list(ds)[::-1]):
+                for name in list(ds) if r % 2 == 0 else list(ds)[::-1]:
                     t0 = time.perf_counter()
                     for item in chunk:
                         ds[name][item]
@@ -63,9 +68,11 @@ def main() -> None:
                     total[name] += took[name]
                 ratios.append(took["without"] / took["with"])
             cps = {k: len(items) / v for k, v in total.items()}
-            print(f"{' + '.join(mods):10} clips/s per worker: without checksums {cps['without']:.1f}, with "
-                  f"{cps['with']:.1f}: x{cps['with'] / cps['without']:.3f} (rounds: median x{np.median(ratios):.3f}, "
-                  f"range {min(ratios):.3f}-{max(ratios):.3f})")
+            print(
+                f"{' + '.join(mods):10} clips/s per worker: without checksums {cps['without']:.1f}, with "
+                f"{cps['with']:.1f}: x{cps['with'] / cps['without']:.3f} (rounds: median x{np.median(ratios):.3f}, "
+                f"range {min(ratios):.3f}-{max(ratios):.3f})"
+            )
 
 
 if __name__ == "__main__":

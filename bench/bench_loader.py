@@ -28,6 +28,7 @@ Also: bytes on disk and file counts of the shards vs the JPEG folders, and a cPr
 
 Writes ``bench/out/bench_loader-<date>.json`` and prints markdown tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,10 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from benchutil import cli, run_cli, write_json
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from benchutil import cli, run_cli, write_json
 from iic.model.data.clips import ClipConfig, ClipDataset, train_start
 
 T = 16
@@ -65,11 +66,41 @@ def build_dataset(work: Path, classes: int, per_class: int, frames: int) -> dict
     raw, data = work / "raw" / "synth", work / "ucf101"
     times = {}
     if not (data / "flow" / "manifest.csv").exists():
-        times["synth"] = run_cli([cli("iic-prep"), "synth", "--out", str(raw), "--classes", str(classes),
-                                  "--per-class", str(per_class), "--frames", str(frames), "--size", "240x320"])
-        times["extract"] = run_cli([cli("iic-prep"), "extract", "--dataset", "ucf101", "--root", str(raw),
-                                    "--out", str(work), "--size", f"{SIZE[0]}x{SIZE[1]}", "--workers", "2"])
-        times["flow"] = run_cli([cli("iic-prep"), "flow", "--data", str(data), "--method", "dis", "--workers", "2"])
+        times["synth"] = run_cli(
+            [
+                cli("iic-prep"),
+                "synth",
+                "--out",
+                str(raw),
+                "--classes",
+                str(classes),
+                "--per-class",
+                str(per_class),
+                "--frames",
+                str(frames),
+                "--size",
+                "240x320",
+            ]
+        )
+        times["extract"] = run_cli(
+            [
+                cli("iic-prep"),
+                "extract",
+                "--dataset",
+                "ucf101",
+                "--root",
+                str(raw),
+                "--out",
+                str(work),
+                "--size",
+                f"{SIZE[0]}x{SIZE[1]}",
+                "--workers",
+                "2",
+            ]
+        )
+        times["flow"] = run_cli(
+            [cli("iic-prep"), "flow", "--data", str(data), "--method", "dis", "--workers", "2"]
+        )
     gop = work / "raw" / "gop300"
     if not (gop / ".complete").exists():
         t0 = time.perf_counter()
@@ -123,9 +154,11 @@ def residual_from_rgb(x: np.ndarray) -> np.ndarray:
 
 
 def to_sample(x: np.ndarray, index: int) -> dict:
-    return {"rgb": torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2))),
-            "res": torch.from_numpy(np.ascontiguousarray(residual_from_rgb(x).transpose(3, 0, 1, 2))),
-            "index": index}
+    return {
+        "rgb": torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2))),
+        "res": torch.from_numpy(np.ascontiguousarray(residual_from_rgb(x).transpose(3, 0, 1, 2))),
+        "index": index,
+    }
 
 
 class JpegFolderClips(Dataset):
@@ -204,7 +237,9 @@ def time_loop(dataset: Dataset, items: list[tuple[int, int]]) -> float:
     return time.perf_counter() - t0
 
 
-def time_loader(dataset: Dataset, items: list[tuple[int, int]], workers: int, batch: int) -> tuple[float, int]:
+def time_loader(
+    dataset: Dataset, items: list[tuple[int, int]], workers: int, batch: int
+) -> tuple[float, int]:
     """Seconds and clips after the first batch (worker start-up and the first fill excluded)."""
     loader = DataLoader(dataset, batch_size=batch, sampler=items, num_workers=workers, drop_last=True)
     it = iter(loader)
@@ -229,8 +264,9 @@ def profile_shards(dataset: ClipDataset, items: list[tuple[int, int]]) -> tuple[
             groups["jpeg_decode"] += tottime
         elif "h5py" in file or "h5py" in name or name.startswith("<method 'read'") or "_selector" in file:
             groups["hdf5"] += tottime
-        elif any(k in name for k in ("ascontiguousarray", "tobytes", "from_numpy", "numpy.empty")) \
-                or (name == "_read" and file.endswith("clips.py")):
+        elif any(k in name for k in ("ascontiguousarray", "tobytes", "from_numpy", "numpy.empty")) or (
+            name == "_read" and file.endswith("clips.py")
+        ):
             groups["copies_transposes"] += tottime  # _read's self time = the fancy-index copy
         else:
             groups["other"] += tottime
@@ -261,7 +297,12 @@ def breakdown_shards(dataset: ClipDataset, items: list[tuple[int, int]]) -> dict
             blob = group[m][offsets[0] : offsets[-1]].tobytes()
             t1 = time.perf_counter()
             offsets = offsets - offsets[0]
-            x = np.stack([simplejpeg.decode_jpeg(blob[offsets[i] : offsets[i + 1]], colorspace="RGB") for i in range(T)])
+            x = np.stack(
+                [
+                    simplejpeg.decode_jpeg(blob[offsets[i] : offsets[i + 1]], colorspace="RGB")
+                    for i in range(T)
+                ]
+            )
             t2 = time.perf_counter()
             x = x[frames - start]
             t3 = time.perf_counter()
@@ -274,15 +315,31 @@ def breakdown_shards(dataset: ClipDataset, items: list[tuple[int, int]]) -> dict
 
 def disk_usage(folder: Path) -> dict:
     files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    return {"allocated_bytes": sum(p.stat().st_blocks * 512 for p in files),
-            "apparent_bytes": sum(p.stat().st_size for p in files), "files": len(files)}
+    return {
+        "allocated_bytes": sum(p.stat().st_blocks * 512 for p in files),
+        "apparent_bytes": sum(p.stat().st_size for p in files),
+        "files": len(files),
+    }
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = next((line.split(":", 1)[1].strip() for line in open("/proc/meminfo") if line.startswith("MemTotal")), "?")
-    return {"cpu": cpu, "nproc": os.cpu_count(), "mem": mem, "load": os.getloadavg(), "python": platform.python_version(),
-            "torch": torch.__version__, "pyav": av.__version__, "pillow": Image.__version__}
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        "?",
+    )
+    mem = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/meminfo") if line.startswith("MemTotal")), "?"
+    )
+    return {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "mem": mem,
+        "load": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyav": av.__version__,
+        "pillow": Image.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -297,7 +354,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds the samples are split over")
     ap.add_argument("--loader-samples", type=int, default=400, help="samples per 2-worker DataLoader run")
     ap.add_argument("--profile-samples", type=int, default=200)
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder to keep/reuse [default: temporary]")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="scratch folder to keep/reuse [default: temporary]"
+    )
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -313,7 +372,9 @@ def main() -> None:
         lengths = res_ds.lengths - 1  # the flow view's usable length: every loader draws the same starts
         res_ds.lengths = flow_ds.lengths = lengths
         raw_root = work / "raw" / "synth"
-        paths = [Path(r.path) if Path(r.path).is_absolute() else raw_root / "UCF-101" / r.path for r in res_ds.rows]
+        paths = [
+            Path(r.path) if Path(r.path).is_absolute() else raw_root / "UCF-101" / r.path for r in res_ds.rows
+        ]
         if not paths[0].exists():
             paths = [next(raw_root.rglob(Path(r.id).name + ".*")) for r in res_ds.rows]
         rgb_ds = ClipDataset(data, 1, "train", ClipConfig(frames=T, modalities=("rgb",)))
@@ -324,12 +385,16 @@ def main() -> None:
             "shards-flow": flow_ds,
             "jpeg-folder": JpegFolderClips(work / "jpeg", ids, lengths),
             "pyav-decode": VideoDecodeClips(paths, lengths),
-            "pyav-decode-gop300": VideoDecodeClips([work / "raw" / "gop300" / p.relative_to(raw_root / "UCF-101")
-                                                    for p in paths], lengths),
+            "pyav-decode-gop300": VideoDecodeClips(
+                [work / "raw" / "gop300" / p.relative_to(raw_root / "UCF-101") for p in paths], lengths
+            ),
         }
         rng = np.random.default_rng(0)
         n_per = {k: args.samples // (3 if k.startswith("pyav") else 1) for k in loaders}
-        items = {k: [(int(rng.integers(len(ids))), int(rng.integers(2**62))) for _ in range(n)] for k, n in n_per.items()}
+        items = {
+            k: [(int(rng.integers(len(ids))), int(rng.integers(2**62))) for _ in range(n)]
+            for k, n in n_per.items()
+        }
 
         # the loaders agree: same frames (JPEG folders are the shard frames re-encoded; PyAV re-decodes)
         check = {}
@@ -349,7 +414,9 @@ def main() -> None:
         per_worker = {k: sum(n for n, _ in v) / sum(s for _, s in v) for k, v in seconds.items()}
         rounds = {k: [round(n / s, 1) for n, s in v] for k, v in seconds.items()}
 
-        loader_items = [(int(rng.integers(len(ids))), int(rng.integers(2**62))) for _ in range(args.loader_samples)]
+        loader_items = [
+            (int(rng.integers(len(ids))), int(rng.integers(2**62))) for _ in range(args.loader_samples)
+        ]
         two_workers = {}
         for name in ("shards-res", "jpeg-folder"):
             s, clips = time_loader(loaders[name], loader_items, workers=2, batch=8)
@@ -357,8 +424,11 @@ def main() -> None:
 
         text, groups = profile_shards(res_ds, items["shards-res"][: args.profile_samples])
         stages = breakdown_shards(res_ds, items["shards-res"][: args.profile_samples])
-        disk = {"shards_frames": disk_usage(data / "frames"), "shards_flow": disk_usage(data / "flow"),
-                "jpeg_folders": disk_usage(work / "jpeg")}
+        disk = {
+            "shards_frames": disk_usage(data / "frames"),
+            "shards_flow": disk_usage(data / "flow"),
+            "jpeg_folders": disk_usage(work / "jpeg"),
+        }
         n_frames = int(sum(r.n_frames for r in res_ds.store.ok_rows()))
         gop = keyframe_interval(paths[0])
         gop_long = keyframe_interval(loaders["pyav-decode-gop300"].paths[0])
@@ -367,36 +437,59 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     ratio = {k: per_worker["shards-res"] / v for k, v in per_worker.items()}
-    print(f"\n{len(ids)} training videos x ~{args.frames} frames, 320x240 mpeg4 AVI (keyframe every {gop:.0f} frames; "
-          f"gop300 copies: every {gop_long:.0f}), "
-          f"stored {SIZE[1]}x{SIZE[0]}; clips of {T} frames at random starts; load {os.getloadavg()[0]:.2f}\n")
-    print("| loader | samples | clips/s per worker | per round | shards-res / this | clips/s, DataLoader 2 workers |")
+    print(
+        f"\n{len(ids)} training videos x ~{args.frames} frames, 320x240 mpeg4 AVI (keyframe every {gop:.0f} frames; "
+        f"gop300 copies: every {gop_long:.0f}), "
+        f"stored {SIZE[1]}x{SIZE[0]}; clips of {T} frames at random starts; load {os.getloadavg()[0]:.2f}\n"
+    )
+    print(
+        "| loader | samples | clips/s per worker | per round | shards-res / this | clips/s, DataLoader 2 workers |"
+    )
     print("|---|---|---|---|---|---|")
     for k in loaders:
         dl = f"{two_workers[k]:.1f}" if k in two_workers else "-"
         print(f"| {k} | {n_per[k]} | {per_worker[k]:.1f} | {rounds[k]} | {ratio[k]:.2f}x | {dl} |")
-    print(f"\ntargets: shards-res >= 2x jpeg-folder: {ratio['jpeg-folder']:.2f}x "
-          f"({'met' if ratio['jpeg-folder'] >= 2 else 'missed'}); shards-res >= 10x pyav-decode: "
-          f"{ratio['pyav-decode']:.1f}x ({'met' if ratio['pyav-decode'] >= 10 else 'missed'}), gop300 copies: "
-          f"{ratio['pyav-decode-gop300']:.1f}x ({'met' if ratio['pyav-decode-gop300'] >= 10 else 'missed'})")
+    print(
+        f"\ntargets: shards-res >= 2x jpeg-folder: {ratio['jpeg-folder']:.2f}x "
+        f"({'met' if ratio['jpeg-folder'] >= 2 else 'missed'}); shards-res >= 10x pyav-decode: "
+        f"{ratio['pyav-decode']:.1f}x ({'met' if ratio['pyav-decode'] >= 10 else 'missed'}), gop300 copies: "
+        f"{ratio['pyav-decode-gop300']:.1f}x ({'met' if ratio['pyav-decode-gop300'] >= 10 else 'missed'})"
+    )
     print("\n| storage | files | allocated MB | apparent MB | KB/frame |")
     print("|---|---|---|---|---|")
     for k, d in disk.items():
-        print(f"| {k} | {d['files']} | {d['allocated_bytes'] / 1e6:.1f} | {d['apparent_bytes'] / 1e6:.1f} | "
-              f"{d['apparent_bytes'] / 1e3 / n_frames:.1f} |")
-    print(f"\nshards-res, ms per clip by stage (manual timing, {args.profile_samples} clips, both modalities):",
-          {k: round(v, 2) for k, v in stages.items()})
+        print(
+            f"| {k} | {d['files']} | {d['allocated_bytes'] / 1e6:.1f} | {d['apparent_bytes'] / 1e6:.1f} | "
+            f"{d['apparent_bytes'] / 1e3 / n_frames:.1f} |"
+        )
+    print(
+        f"\nshards-res, ms per clip by stage (manual timing, {args.profile_samples} clips, both modalities):",
+        {k: round(v, 2) for k, v in stages.items()},
+    )
     total = sum(groups.values())
     print("cProfile self time shares:", {k: f"{100 * v / total:.0f}%" for k, v in groups.items()})
     print(text)
 
     result = {
-        "date": datetime.date.today().isoformat(), "machine": machine(), "build_seconds": build_times,
-        "videos": len(ids), "frames_per_video": args.frames, "clip": [T, *SIZE], "keyframe_interval": gop, "keyframe_interval_gop300": gop_long,
-        "per_worker_clips_per_s": per_worker, "per_round_clips_per_s": rounds, "samples": n_per,
-        "dataloader_2_workers_clips_per_s": two_workers, "ratio_shards_res_over": ratio, "agreement_mean_abs": check,
-        "disk": disk, "stored_frames": n_frames, "stage_ms_per_clip": stages,
-        "profile_self_seconds": groups, "profile_top": text,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "build_seconds": build_times,
+        "videos": len(ids),
+        "frames_per_video": args.frames,
+        "clip": [T, *SIZE],
+        "keyframe_interval": gop,
+        "keyframe_interval_gop300": gop_long,
+        "per_worker_clips_per_s": per_worker,
+        "per_round_clips_per_s": rounds,
+        "samples": n_per,
+        "dataloader_2_workers_clips_per_s": two_workers,
+        "ratio_shards_res_over": ratio,
+        "agreement_mean_abs": check,
+        "disk": disk,
+        "stored_frames": n_frames,
+        "stage_ms_per_clip": stages,
+        "profile_self_seconds": groups,
+        "profile_top": text,
     }
     write_json(args.json, "bench_loader", result)
 

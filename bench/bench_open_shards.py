@@ -11,6 +11,7 @@ process on a processed dataset:
 
     python bench/bench_open_shards.py --data /tmp/iic-learning/data/ucf101 [--rounds 6] [--per-round 200]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,14 @@ def footprint(data: Path) -> dict:
         store.close()
     finally:
         reader.MAX_OPEN_SHARDS = limit
-    return {"shards": len(names), "videos": len(rows),
-            "kib_per_open_shard": round(1024 * (r1 - r0) / len(names)), "ms_per_open": round(1000 * (t1 - t0) / len(names), 2),
-            "kib_per_cached_stream": round(1024 * (r2 - r1) / len(rows), 1),
-            "ms_per_stream_lookup": round(1000 * (t2 - t1) / len(rows), 2)}
+    return {
+        "shards": len(names),
+        "videos": len(rows),
+        "kib_per_open_shard": round(1024 * (r1 - r0) / len(names)),
+        "ms_per_open": round(1000 * (t1 - t0) / len(names), 2),
+        "kib_per_cached_stream": round(1024 * (r2 - r1) / len(rows), 1),
+        "ms_per_stream_lookup": round(1000 * (t2 - t1) / len(rows), 2),
+    }
 
 
 class Loader:
@@ -94,12 +99,14 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in loaders}
     for r in range(args.rounds):
         items = rng.integers(n, size=args.per_round).tolist()
-        for name in (list(loaders) if r % 2 == 0 else list(loaders)[::-1]):
+        for name in list(loaders) if r % 2 == 0 else list(loaders)[::-1]:
             rates[name].append(loaders[name].clips_per_s(items))
     reads = args.rounds * args.per_round
     result["clips_per_s"] = {k: round(float(np.median(v)), 1) for k, v in rates.items()}
     result["shard_opens_per_read"] = {k: round(loaders[k].opens / reads, 3) for k in loaders}
-    result["ratio_2_open_over_default"] = round(result["clips_per_s"]["2 open"] / result["clips_per_s"]["default"], 3)
+    result["ratio_2_open_over_default"] = round(
+        result["clips_per_s"]["2 open"] / result["clips_per_s"]["default"], 3
+    )
     print(json.dumps(result, indent=1))
 
 

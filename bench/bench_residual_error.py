@@ -13,6 +13,7 @@ grey levels of d), and the bytes per frame of each stream.
 
     python bench/bench_residual_error.py [DIR] [--frames 60] [--size 128x171]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ def main() -> None:
         derived = np.stack(residuals(jpeg_frames)).astype(np.int16)
         stored, res_bytes = jpeg_roundtrip(list(truth.astype(np.uint8)))
         stored = np.stack(stored).astype(np.int16)
-        print(f"{clip.name:26} {np.abs(derived - truth).mean():12.2f} {np.abs(stored - truth).mean():11.2f} "
-              f"{rgb_bytes:12.0f} {res_bytes:12.0f}")
+        print(
+            f"{clip.name:26} {np.abs(derived - truth).mean():12.2f} {np.abs(stored - truth).mean():11.2f} "
+            f"{rgb_bytes:12.0f} {res_bytes:12.0f}"
+        )
 
 
 if __name__ == "__main__":

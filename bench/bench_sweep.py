@@ -8,6 +8,7 @@ as a difference between the two (a) timings. Reports wall seconds and the ratio 
 
     python bench/bench_sweep.py --data /tmp/iic-learning/data/ucf101 --work /tmp/iic-bench-sweep [--epochs 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,14 +19,26 @@ import time
 from pathlib import Path
 
 from benchutil import write_json
+
 from iic.model.config import build_config
 from iic.model.run.sweep import cpu_cores, train_all
 
 
 def timed(data: Path, out: Path, epochs: int, threads: int, jobs: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
-    cfgs = [build_config("tiny", data=data, out=out / f"s{seed}", seed=seed, epochs=epochs, threads=threads, workers=0,
-                         monitor_every=0) for seed in (0, 1)]
+    cfgs = [
+        build_config(
+            "tiny",
+            data=data,
+            out=out / f"s{seed}",
+            seed=seed,
+            epochs=epochs,
+            threads=threads,
+            workers=0,
+            monitor_every=0,
+        )
+        for seed in (0, 1)
+    ]
     t0 = time.perf_counter()
     train_all(cfgs, jobs)
     return time.perf_counter() - t0
@@ -41,10 +54,16 @@ def main() -> None:
     seq1 = timed(args.data, args.work / "a1", args.epochs, args.threads, jobs=1)
     side = timed(args.data, args.work / "b", args.epochs, 1, jobs=2)
     seq2 = timed(args.data, args.work / "a2", args.epochs, args.threads, jobs=1)
-    result = {"date": dt.date.today().isoformat(), "machine": platform.platform(), "cores": cpu_cores(),
-              "epochs_per_run": args.epochs, "runs": 2,
-              f"one_after_another_{args.threads}_threads_s": [round(seq1, 1), round(seq2, 1)],
-              "side_by_side_1_thread_s": round(side, 1), "speedup": round(min(seq1, seq2) / side, 2)}
+    result = {
+        "date": dt.date.today().isoformat(),
+        "machine": platform.platform(),
+        "cores": cpu_cores(),
+        "epochs_per_run": args.epochs,
+        "runs": 2,
+        f"one_after_another_{args.threads}_threads_s": [round(seq1, 1), round(seq2, 1)],
+        "side_by_side_1_thread_s": round(side, 1),
+        "speedup": round(min(seq1, seq2) / side, 2),
+    }
     print(result)
     write_json(Path(__file__).parent / "out", "sweep", result)
 

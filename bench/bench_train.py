@@ -12,6 +12,7 @@ of epochs 2..E are reported.
 
 Writes ``bench/out/bench_train-<date>.json`` and prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from benchutil import cli, run_cli, write_json
+
 from iic.model.config import build_config
 
 TINY = build_config("tiny")
@@ -37,8 +39,22 @@ def build_dataset(work: Path) -> Path:
     raw, data = work / "raw" / "synth", work / "ucf101"
     if not (data / "manifest.csv").exists():
         run_quiet([cli("iic-prep"), "synth", "--out", str(raw)])
-        run_quiet([cli("iic-prep"), "extract", "--dataset", "ucf101", "--root", str(raw), "--out", str(work),
-                 "--size", "96x128", "--workers", "2"])
+        run_quiet(
+            [
+                cli("iic-prep"),
+                "extract",
+                "--dataset",
+                "ucf101",
+                "--root",
+                str(raw),
+                "--out",
+                str(work),
+                "--size",
+                "96x128",
+                "--workers",
+                "2",
+            ]
+        )
     return data
 
 
@@ -50,27 +66,57 @@ def epoch_lines(run: Path) -> list[dict]:
 def bench(data: Path, work: Path, workers: int, epochs: int, seed: int) -> dict:
     out = work / "runs" / f"workers{workers}"
     shutil.rmtree(out, ignore_errors=True)
-    wall = run_quiet([cli("iic"), "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
-                    "--device", "cpu", "--epochs", str(epochs), "--workers", str(workers), "--seed", str(seed)])
+    wall = run_quiet(
+        [
+            cli("iic"),
+            "train",
+            "--preset",
+            "tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--epochs",
+            str(epochs),
+            "--workers",
+            str(workers),
+            "--seed",
+            str(seed),
+        ]
+    )
     ep = epoch_lines(out)
     later = ep[1:] or ep
     mean = lambda key: sum(m[key] for m in later) / len(later)  # noqa: E731
     return {
-        "workers": workers, "wall_seconds": wall, "steps_per_epoch": ep[0]["step"],
-        "last_epoch": {"clips_per_s": ep[-1]["clips_per_s"], "steps_per_s": ep[-1]["clips_per_s"] / BATCH,
-                       "data_share": ep[-1]["data_share"]},
-        "epochs_2_on": {"clips_per_s": mean("clips_per_s"), "steps_per_s": mean("clips_per_s") / BATCH,
-                        "data_share": mean("data_share")},
+        "workers": workers,
+        "wall_seconds": wall,
+        "steps_per_epoch": ep[0]["step"],
+        "last_epoch": {
+            "clips_per_s": ep[-1]["clips_per_s"],
+            "steps_per_s": ep[-1]["clips_per_s"] / BATCH,
+            "data_share": ep[-1]["data_share"],
+        },
+        "epochs_2_on": {
+            "clips_per_s": mean("clips_per_s"),
+            "steps_per_s": mean("clips_per_s") / BATCH,
+            "data_share": mean("data_share"),
+        },
         "epochs": ep,
     }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts (tiny default: 2)")
+    ap.add_argument(
+        "--workers", default="0,1,2", help="comma-separated DataLoader worker counts (tiny default: 2)"
+    )
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder to keep/reuse [default: temporary]")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="scratch folder to keep/reuse [default: temporary]"
+    )
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args()
 
@@ -85,17 +131,30 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     load_after = os.getloadavg()
 
-    print(f"\ntiny preset (r3d-tiny, 16x64x64 crops, batch {BATCH}, rgb+res, K {TINY.K}, {TINY.optimizer}), CPU, {results[0]['steps_per_epoch']} "
-          f"steps/epoch, {args.epochs} epochs; load {load_before[0]:.2f} before, {load_after[0]:.2f} after\n")
-    print("| workers | steps/s (last epoch) | clips/s | data wait (last epoch) | steps/s (epochs 2+) | "
-          "data wait (epochs 2+) | wall s |")
+    print(
+        f"\ntiny preset (r3d-tiny, 16x64x64 crops, batch {BATCH}, rgb+res, K {TINY.K}, {TINY.optimizer}), CPU, {results[0]['steps_per_epoch']} "
+        f"steps/epoch, {args.epochs} epochs; load {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
+    )
+    print(
+        "| workers | steps/s (last epoch) | clips/s | data wait (last epoch) | steps/s (epochs 2+) | "
+        "data wait (epochs 2+) | wall s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
         a, b = r["last_epoch"], r["epochs_2_on"]
-        print(f"| {r['workers']} | {a['steps_per_s']:.2f} | {a['clips_per_s']:.1f} | {100 * a['data_share']:.1f}% | "
-              f"{b['steps_per_s']:.2f} | {100 * b['data_share']:.1f}% | {r['wall_seconds']:.0f} |")
-    result = {"date": datetime.date.today().isoformat(), "cpu_count": os.cpu_count(), "load_before": load_before,
-              "load_after": load_after, "epochs": args.epochs, "batch": BATCH, "results": results}
+        print(
+            f"| {r['workers']} | {a['steps_per_s']:.2f} | {a['clips_per_s']:.1f} | {100 * a['data_share']:.1f}% | "
+            f"{b['steps_per_s']:.2f} | {100 * b['data_share']:.1f}% | {r['wall_seconds']:.0f} |"
+        )
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "cpu_count": os.cpu_count(),
+        "load_before": load_before,
+        "load_after": load_after,
+        "epochs": args.epochs,
+        "batch": BATCH,
+        "results": results,
+    }
     write_json(args.json, "bench_train", result)
 
 

@@ -5,6 +5,7 @@ newer one and reads files without the key (written before it existed) as format 
 ``weights_only=True`` (tensors and plain containers only): a pickle that would import and call anything
 else is refused as unsafe, never run.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,12 +61,16 @@ def load(path: Path, required: Iterable[str] = (), what: str = "an iic checkpoin
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise CheckpointError(f"{path} is not {what}: its format key is {version!r}, not a version number")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} is checkpoint format {version}, newer than this iic reads "
-                              f"({FORMAT_VERSION}): update iic to use it")
+        raise CheckpointError(
+            f"{path} is checkpoint format {version}, newer than this iic reads "
+            f"({FORMAT_VERSION}): update iic to use it"
+        )
     missing = [k for k in required if k not in obj]
     if missing:
-        raise CheckpointError(f"{path} is not {what}: no {_few([repr(k) for k in missing])} "
-                              f"(it holds {_few([repr(k) for k in obj]) or 'nothing'})")
+        raise CheckpointError(
+            f"{path} is not {what}: no {_few([repr(k) for k in missing])} "
+            f"(it holds {_few([repr(k) for k in obj]) or 'nothing'})"
+        )
     return obj
 
 
@@ -73,7 +78,9 @@ def load_state(module: nn.Module, state: dict, what: str, path: Path | None = No
     """``load_state_dict`` that refuses any missing or unexpected key, naming them (and the file)."""
     where = f"checkpoint {path}" if path is not None else "the checkpoint"
     if not isinstance(state, dict):
-        raise CheckpointError(f"{what} does not match {where}: it holds a {type(state).__name__}, not weights")
+        raise CheckpointError(
+            f"{what} does not match {where}: it holds a {type(state).__name__}, not weights"
+        )
     try:
         result = module.load_state_dict(state, strict=False)
     except Exception as err:  # shape mismatches are raised even with strict=False
@@ -126,7 +133,15 @@ def _pickle_bytes(path: Path, head: bytes, limit: int = 1 << 26) -> bytes | None
 
 
 _SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode")
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_STRING_OPS = {
+    "SHORT_BINUNICODE",
+    "BINUNICODE",
+    "BINUNICODE8",
+    "UNICODE",
+    "SHORT_BINSTRING",
+    "BINSTRING",
+    "STRING",
+}
 
 
 def _imports(data: bytes) -> list[str] | None:

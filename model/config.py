@@ -8,6 +8,7 @@ names. A run's config is resolved once (defaults, the method's defaults, the pre
 flags: `build_config`), validated, printed at start and saved as a plain dict with every checkpoint
 (`TrainConfig.to_dict`, `TrainConfig.from_dict`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,9 +27,17 @@ else:  # the same parser, from PyPI (setup.cfg)
 # ------------------------------------------------------------------------------------------ vocabulary
 
 METHODS = ("iic", "dualvar")
-NEGATIVES = ("repeat", "shuffle", "reverse", "none")  # IIC intra-negatives (reverse: not the paper's); none = CMC
+NEGATIVES = (
+    "repeat",
+    "shuffle",
+    "reverse",
+    "none",
+)  # IIC intra-negatives (reverse: not the paper's); none = CMC
 HEADS = ("none", "mlp", "mlp-bn", "mlp-bn-out", "bn")  # model/nets/heads.py
-VIEW2_TIMES = ("same", "other")  # IIC's view 2: the frames of view 1 (paper) or another random time of the video
+VIEW2_TIMES = (
+    "same",
+    "other",
+)  # IIC's view 2: the frames of view 1 (paper) or another random time of the video
 RGB_AUGS = ("none", "simclr")  # IIC's RGB view: crop only (paper) | + SimCLR's colour jitter, grayscale, blur
 POSITIVES = ("bank", "live")  # model/methods/iic.py, model/methods/variants.py
 SCHEDULES = ("multistep", "cosine")
@@ -75,16 +84,35 @@ def check_device(name: str) -> str:
 RESUME_FIXED, RESUME_FREE, RESUME_EXTEND = "fixed", "free", "extend"
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, low: float | None = None,
-           high: float | None = None, low_open: bool = False, high_open: bool = False, flag: str | None = None,
-           cli: bool = True, resume: str = RESUME_FIXED) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    flag: str | None = None,
+    cli: bool = True,
+    resume: str = RESUME_FIXED,
+) -> Any:
     """A config field with everything the command line needs: ``help``, ``choices`` or a range
     [``low``, ``high``] (``low_open``/``high_open``: that bound excluded), its ``flag`` (default: ``--`` + the
     name with dashes), ``cli=False`` for the places that cli.py sets itself. ``resume``: what ``iic train
     --resume`` allows: fixed (the run's recipe), free (where and how it runs) or extend (``epochs``: more of
     them continue the run)."""
-    meta = dict(help=help, choices=choices, low=low, high=high, low_open=low_open, high_open=high_open, flag=flag,
-                cli=cli, resume=resume)
+    meta = dict(
+        help=help,
+        choices=choices,
+        low=low,
+        high=high,
+        low_open=low_open,
+        high_open=high_open,
+        flag=flag,
+        cli=cli,
+        resume=resume,
+    )
     return field(default=default, metadata=meta)
 
 
@@ -131,9 +159,23 @@ def options_of(cls: type, prefix: str = "") -> list[Option]:
             continue
         m = f.metadata
         flag = m["flag"] or "--" + f.name.replace("_", "-")
-        out.append(Option(prefix + f.name, flag.lstrip("-").replace("-", "_"), flag, _kind(hints[f.name]),
-                          f.default, m["help"], m["choices"], m["low"], m["high"], m["low_open"], m["high_open"],
-                          m["resume"], m["cli"]))
+        out.append(
+            Option(
+                prefix + f.name,
+                flag.lstrip("-").replace("-", "_"),
+                flag,
+                _kind(hints[f.name]),
+                f.default,
+                m["help"],
+                m["choices"],
+                m["low"],
+                m["high"],
+                m["low_open"],
+                m["high_open"],
+                m["resume"],
+                m["cli"],
+            )
+        )
     return out
 
 
@@ -159,9 +201,17 @@ def range_text(opt: Option) -> str:
 
 ARCHS = ("r3d", "r21d", "c3d")
 # Units per stage conv2..conv5: residual blocks for r3d/r21d, conv+BN+ReLU units for c3d.
-DEFAULT_BLOCKS: dict[str, tuple[int, int, int, int]] = {"r3d": (1, 1, 1, 1), "r21d": (1, 1, 1, 1), "c3d": (1, 2, 2, 2)}
+DEFAULT_BLOCKS: dict[str, tuple[int, int, int, int]] = {
+    "r3d": (1, 1, 1, 1),
+    "r21d": (1, 1, 1, 1),
+    "c3d": (1, 2, 2, 2),
+}
 # Output channels of conv1..conv5 as multiples of `width`.
-WIDTH_MULTIPLIERS: dict[str, tuple[int, ...]] = {"r3d": (1, 1, 2, 4, 8), "r21d": (1, 1, 2, 4, 8), "c3d": (1, 2, 4, 8, 8)}
+WIDTH_MULTIPLIERS: dict[str, tuple[int, ...]] = {
+    "r3d": (1, 1, 2, 4, 8),
+    "r21d": (1, 1, 2, 4, 8),
+    "c3d": (1, 2, 4, 8, 8),
+}
 
 
 @dataclass(frozen=True)
@@ -281,28 +331,64 @@ class IICConfig:
     """IIC's options (model/methods/iic.py; docs/method.md). The paper's are ``neg``, ``K``, ``tau``, ``m``;
     the others select the variants of model/methods/variants.py (the CPU recipe and the ablations)."""
 
-    neg: str = option("repeat", "Intra-negative: repeat (one frame held), shuffle (two of four chunks swapped), "
-                      "reverse (played backwards; not the paper's) or none (the CMC baseline).", choices=NEGATIVES)
-    K: int = option(1024, "Negatives per sample drawn from each memory bank (0: none; needs --positive live "
-                    "--batch-negatives).", low=0)
+    neg: str = option(
+        "repeat",
+        "Intra-negative: repeat (one frame held), shuffle (two of four chunks swapped), "
+        "reverse (played backwards; not the paper's) or none (the CMC baseline).",
+        choices=NEGATIVES,
+    )
+    K: int = option(
+        1024,
+        "Negatives per sample drawn from each memory bank (0: none; needs --positive live "
+        "--batch-negatives).",
+        low=0,
+    )
     tau: float = option(0.07, "Temperature of the logits.", low=0, low_open=True)
-    m: float = option(0.5, "Momentum of the memory-bank update M[y] <- normalize(m M[y] + (1 - m) f).", low=0,
-                      high=1, high_open=True)
-    normalize: bool = option(True, "L2-normalise f1, f2 and the intra-negative before the dot products (the "
-                             "authors' code feeds the raw features; docs/method.md).")
-    positive: str = option("bank", "The positive: the other view's bank row (paper) or its feature of the same "
-                           "step (live; the CPU recipe).", choices=POSITIVES)
-    live_negative: bool = option(False, "Also contrast with the current intra-negative (with gradient), not only "
-                                 "its bank row.")
-    batch_negatives: bool = option(False, "Also contrast with the batch's other clips and intra-negatives (live, "
-                                   "with gradient; the CPU recipe).")
-    head: str = option("none", "Projection head: none (paper), mlp (512-512-128 + L2, the authors' v2 code), "
-                       "mlp-bn (+ BatchNorm in its hidden layer), mlp-bn-out (+ a centring one on its output) or "
-                       "bn (a centring BatchNorm).", choices=HEADS)
-    view2_time: str = option("same", "View 2 from the frames of view 1 (same, the paper's) or from another random "
-                             "time of the video (other).", choices=VIEW2_TIMES)
-    rgb_aug: str = option("none", "The RGB view's augmentation: random crop only (none, the paper's) or also "
-                          "SimCLR's colour jitter, grayscale and blur (simclr).", choices=RGB_AUGS)
+    m: float = option(
+        0.5,
+        "Momentum of the memory-bank update M[y] <- normalize(m M[y] + (1 - m) f).",
+        low=0,
+        high=1,
+        high_open=True,
+    )
+    normalize: bool = option(
+        True,
+        "L2-normalise f1, f2 and the intra-negative before the dot products (the "
+        "authors' code feeds the raw features; docs/method.md).",
+    )
+    positive: str = option(
+        "bank",
+        "The positive: the other view's bank row (paper) or its feature of the same "
+        "step (live; the CPU recipe).",
+        choices=POSITIVES,
+    )
+    live_negative: bool = option(
+        False, "Also contrast with the current intra-negative (with gradient), not only its bank row."
+    )
+    batch_negatives: bool = option(
+        False,
+        "Also contrast with the batch's other clips and intra-negatives (live, "
+        "with gradient; the CPU recipe).",
+    )
+    head: str = option(
+        "none",
+        "Projection head: none (paper), mlp (512-512-128 + L2, the authors' v2 code), "
+        "mlp-bn (+ BatchNorm in its hidden layer), mlp-bn-out (+ a centring one on its output) or "
+        "bn (a centring BatchNorm).",
+        choices=HEADS,
+    )
+    view2_time: str = option(
+        "same",
+        "View 2 from the frames of view 1 (same, the paper's) or from another random "
+        "time of the video (other).",
+        choices=VIEW2_TIMES,
+    )
+    rgb_aug: str = option(
+        "none",
+        "The RGB view's augmentation: random crop only (none, the paper's) or also "
+        "SimCLR's colour jitter, grayscale and blur (simclr).",
+        choices=RGB_AUGS,
+    )
 
 
 @dataclass(frozen=True)
@@ -357,9 +443,12 @@ class TrainConfig:
     crop: int = option(112, "Side of the square random crop of the stored frames, px.", low=8)
     flip: bool = option(False, "Random horizontal flip (IIC: off; DualVar: on).")
     workers: int = option(4, "DataLoader worker processes.", low=0, resume=RESUME_FREE)
-    skip_corrupt: bool = option(False, "Leave out clips whose stored bytes are damaged (each video said once, "
-                                "counted at the end) instead of stopping at the first; one process only.",
-                                resume=RESUME_FREE)
+    skip_corrupt: bool = option(
+        False,
+        "Leave out clips whose stored bytes are damaged (each video said once, "
+        "counted at the end) instead of stopping at the first; one process only.",
+        resume=RESUME_FREE,
+    )
     # the method
     method: str = option("iic", "Objective: IIC (CMC with --neg none) or DualVar.", choices=METHODS)
     model: str = option("r3d-10", "Backbone.", choices=tuple(BACKBONES))
@@ -368,39 +457,66 @@ class TrainConfig:
     dualvar: DualVarConfig = DualVarConfig()
     simclr: SimCLRAugmentConfig = SimCLRAugmentConfig()
     # optimisation (IIC: SGD 0.01, momentum 0.9, wd 1e-4, batch 16, 240 epochs, x0.2 at 45/90/125/160)
-    epochs: int = option(240, "Training epochs (on --resume: more extend the run; docs/method.md, schedules).",
-                         low=1, resume=RESUME_EXTEND)
-    batch_size: int = option(16, "Clips per optimiser step, over all processes (under torchrun each of N "
-                             "processes takes batch-size / N).", low=2)
-    lr: float = option(0.01, "Peak learning rate (for the whole --batch-size: no scaling with processes).", low=0,
-                       low_open=True)
+    epochs: int = option(
+        240,
+        "Training epochs (on --resume: more extend the run; docs/method.md, schedules).",
+        low=1,
+        resume=RESUME_EXTEND,
+    )
+    batch_size: int = option(
+        16,
+        "Clips per optimiser step, over all processes (under torchrun each of N "
+        "processes takes batch-size / N).",
+        low=2,
+    )
+    lr: float = option(
+        0.01,
+        "Peak learning rate (for the whole --batch-size: no scaling with processes).",
+        low=0,
+        low_open=True,
+    )
     optimizer: str = option("sgd", "sgd (the paper's) or adam (the tiny CPU presets).", choices=OPTIMIZERS)
     momentum: float = option(0.9, "SGD momentum.", low=0, high=1, high_open=True)
     weight_decay: float = option(1e-4, "L2 weight decay.", low=0)
-    schedule: str = option("multistep", "Learning-rate decay: the paper's steps (multistep) or cosine to 0.",
-                           choices=SCHEDULES)
-    milestones: tuple[float, ...] = option((45 / 240, 90 / 240, 125 / 240, 160 / 240),
-                                           "multistep: where the rate is multiplied by --gamma, as fractions of "
-                                           "the run (comma-separated).")
+    schedule: str = option(
+        "multistep", "Learning-rate decay: the paper's steps (multistep) or cosine to 0.", choices=SCHEDULES
+    )
+    milestones: tuple[float, ...] = option(
+        (45 / 240, 90 / 240, 125 / 240, 160 / 240),
+        "multistep: where the rate is multiplied by --gamma, as fractions of the run (comma-separated).",
+    )
     gamma: float = option(0.2, "multistep: the factor at each milestone.", low=0, low_open=True)
     warmup_epochs: int = option(0, "Linear learning-rate warm-up, then the schedule.", low=0)
     # where and how it runs
     device: str = option("auto", "auto (CUDA when available) | cpu | cuda | cuda:N.", resume=RESUME_FREE)
-    threads: int = option(0, "CPU threads for the run (0 = torch's default); CPU results are bit-identical for "
-                          "the same count.", low=0, resume=RESUME_FREE)
-    amp: bool = option(True, "Mixed precision on CUDA (fp16 autocast; ignored on the CPU).", resume=RESUME_FREE)
+    threads: int = option(
+        0,
+        "CPU threads for the run (0 = torch's default); CPU results are bit-identical for the same count.",
+        low=0,
+        resume=RESUME_FREE,
+    )
+    amp: bool = option(
+        True, "Mixed precision on CUDA (fp16 autocast; ignored on the CPU).", resume=RESUME_FREE
+    )
     seed: int = option(0, "Seed of initialisation, sampling and augmentation.", low=0)
-    log_every: int = option(10, "Optimiser steps between metric lines of metrics.jsonl.", low=1, resume=RESUME_FREE)
-    monitor_every: int = option(10, "Epochs between the test-split retrieval top-1 checks (0 = off).", low=0,
-                                resume=RESUME_FREE)
+    log_every: int = option(
+        10, "Optimiser steps between metric lines of metrics.jsonl.", low=1, resume=RESUME_FREE
+    )
+    monitor_every: int = option(
+        10, "Epochs between the test-split retrieval top-1 checks (0 = off).", low=0, resume=RESUME_FREE
+    )
 
     def __post_init__(self) -> None:
         if (self.simclr.crop, self.simclr.flip) != (self.crop, self.flip):
-            object.__setattr__(self, "simclr", dataclasses.replace(self.simclr, crop=self.crop, flip=self.flip))
+            object.__setattr__(
+                self, "simclr", dataclasses.replace(self.simclr, crop=self.crop, flip=self.flip)
+            )
 
     def milestone_epochs(self) -> list[int]:
         """The decay epochs: ``milestones`` (fractions) of ``epochs`` (the paper's 45/90/125/160 of 240)."""
-        return sorted({max(1, round(f * self.epochs)) for f in self.milestones if round(f * self.epochs) < self.epochs})
+        return sorted(
+            {max(1, round(f * self.epochs)) for f in self.milestones if round(f * self.epochs) < self.epochs}
+        )
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -426,16 +542,30 @@ class TrainConfig:
         check_device(self.device)
         iic = self.iic
         checks = [
-            (self.method != "iic" or iic.neg != "shuffle" or self.frames % 4 == 0,
-             f"--neg shuffle splits a clip into 4 chunks: --frames {self.frames} is not divisible by 4"),
-            (not (iic.live_negative and iic.neg == "none"), "--live-negative needs an intra-negative (--neg repeat|shuffle)"),
-            (iic.K > 0 or (iic.positive == "live" and iic.batch_negatives and not iic.live_negative),
-             "--K 0 (no bank negatives) needs --positive live --batch-negatives, without --live-negative"),
-            (self.warmup_epochs <= self.epochs,
-             f"--warmup-epochs {self.warmup_epochs}: the warm-up must fit in the run (--epochs {self.epochs})"),
-            (all(0 < f < 1 for f in self.milestones), f"--milestones {self.milestones}: fractions of the run in (0, 1)"),
-            (self.method != "dualvar" or self.frames % self.dualvar.n_segments == 0,
-             f"DualVar splits a clip into {self.dualvar.n_segments} segments: --frames {self.frames} is not divisible"),
+            (
+                self.method != "iic" or iic.neg != "shuffle" or self.frames % 4 == 0,
+                f"--neg shuffle splits a clip into 4 chunks: --frames {self.frames} is not divisible by 4",
+            ),
+            (
+                not (iic.live_negative and iic.neg == "none"),
+                "--live-negative needs an intra-negative (--neg repeat|shuffle)",
+            ),
+            (
+                iic.K > 0 or (iic.positive == "live" and iic.batch_negatives and not iic.live_negative),
+                "--K 0 (no bank negatives) needs --positive live --batch-negatives, without --live-negative",
+            ),
+            (
+                self.warmup_epochs <= self.epochs,
+                f"--warmup-epochs {self.warmup_epochs}: the warm-up must fit in the run (--epochs {self.epochs})",
+            ),
+            (
+                all(0 < f < 1 for f in self.milestones),
+                f"--milestones {self.milestones}: fractions of the run in (0, 1)",
+            ),
+            (
+                self.method != "dualvar" or self.frames % self.dualvar.n_segments == 0,
+                f"DualVar splits a clip into {self.dualvar.n_segments} segments: --frames {self.frames} is not divisible",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -487,8 +617,10 @@ _NOT_DUALVAR = {
     "view2_time": "is an IIC option; DualVar always contrasts two times of a video",
     "rgb_aug": "is an IIC option; DualVar always applies its SimCLR augmentation",
 }
-_BANKS = ("is an IIC memory-bank option; DualVar has no memory banks (its MoCo queue: --dualvar clip_loss=moco "
-          "--dualvar moco_k=N)")
+_BANKS = (
+    "is an IIC memory-bank option; DualVar has no memory banks (its MoCo queue: --dualvar clip_loss=moco "
+    "--dualvar moco_k=N)"
+)
 
 
 def unused_option(section: str, name: str) -> ConfigError:
@@ -497,7 +629,9 @@ def unused_option(section: str, name: str) -> ConfigError:
         return ConfigError(f"{OPTIONS_BY_PATH[f'iic.{name}'].flag} {_NOT_DUALVAR.get(name, _BANKS)}")
     if section == "dualvar":
         return ConfigError(f"DualVar options (--dualvar {name}=...) need --method dualvar")
-    return ConfigError(f"SimCLR augmentation options (--dualvar {name}=...) need --method dualvar or --rgb-aug simclr")
+    return ConfigError(
+        f"SimCLR augmentation options (--dualvar {name}=...) need --method dualvar or --rgb-aug simclr"
+    )
 
 
 OPTIONS: tuple[Option, ...] = tuple(options_of(TrainConfig))
@@ -515,8 +649,11 @@ def get_path(cfg: Any, path: str) -> Any:
 def _changed(section: Any) -> list[str]:
     """Fields of a section that differ from its defaults (crop and flip of SimCLR's follow the run's)."""
     default = type(section)()
-    return [f.name for f in fields(section) if f.name not in _SHARED_AUG
-            and getattr(section, f.name) != getattr(default, f.name)]
+    return [
+        f.name
+        for f in fields(section)
+        if f.name not in _SHARED_AUG and getattr(section, f.name) != getattr(default, f.name)
+    ]
 
 
 def _section(cls: type, values: Mapping, name: str) -> Any:
@@ -556,8 +693,10 @@ def _upgrade(d: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ KEY=VALUE
 
-_KV_OPTIONS = {"dualvar": tuple(f.name for f in fields(DualVarConfig)),
-               "simclr": tuple(f.name for f in fields(SimCLRAugmentConfig) if f.name not in _SHARED_AUG)}
+_KV_OPTIONS = {
+    "dualvar": tuple(f.name for f in fields(DualVarConfig)),
+    "simclr": tuple(f.name for f in fields(SimCLRAugmentConfig) if f.name not in _SHARED_AUG),
+}
 _KV_ALL = ", ".join(_KV_OPTIONS["dualvar"] + _KV_OPTIONS["simclr"])
 
 
@@ -566,8 +705,10 @@ def split_key_values(options: Mapping) -> tuple[dict, dict]:
     unknown = sorted(set(options) - set(_KV_OPTIONS["dualvar"]) - set(_KV_OPTIONS["simclr"]))
     if unknown:
         raise ConfigError(f"unknown DualVar option {unknown[0]!r}; choose from {_KV_ALL}")
-    return ({k: v for k, v in options.items() if k in _KV_OPTIONS["dualvar"]},
-            {k: v for k, v in options.items() if k in _KV_OPTIONS["simclr"]})
+    return (
+        {k: v for k, v in options.items() if k in _KV_OPTIONS["dualvar"]},
+        {k: v for k, v in options.items() if k in _KV_OPTIONS["simclr"]},
+    )
 
 
 def parse_key_values(items: Iterable[str]) -> dict:
@@ -672,7 +813,11 @@ def build_config(preset: str | None = None, config_file: Path | None = None, **o
     dicts, e.g. ``dualvar={"tau_clip": 0.1}``); validated."""
     if preset is not None and config_file is not None:
         raise ConfigError("--preset and --config exclude each other (a config file may name a base preset)")
-    base = read_config_file(preset_path(preset) if preset is not None else config_file) if (preset or config_file) else {}
+    base = (
+        read_config_file(preset_path(preset) if preset is not None else config_file)
+        if (preset or config_file)
+        else {}
+    )
     given = _nest({k: v for k, v in overrides.items() if v is not None})
     method = given.get("method", base.get("method", "iic"))
     values = merge(merge(METHOD_DEFAULTS.get(method, {}), base), given)

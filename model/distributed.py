@@ -1,5 +1,6 @@
 """Distributed helpers configured from torchrun's environment (world size 1 when not launched by it), and
 the CPU thread count a piece of work runs with."""
+
 from __future__ import annotations
 
 import os
@@ -88,8 +89,9 @@ def ranks_disagree(tensors: list[torch.Tensor]) -> str:
     device (NCCL refuses CPU tensors)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not tensors:
         return ""
-    mine = torch.stack([torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
-                        for t in tensors])  # (n, 2)
+    mine = torch.stack(
+        [torch.stack([t.detach().double().sum(), t.detach().double().square().sum()]) for t in tensors]
+    )  # (n, 2)
     ref = mine.clone()
     dist.broadcast(ref, src=0)
     differ = (ref != mine).any(dim=1).sum()

@@ -15,6 +15,7 @@ Layouts (``root`` is the folder the official archives were unpacked into):
 * ``kinetics400`` / ``kinetics600`` / ``kinetics700``: the official annotation CSVs (see pipeline/kinetics.py);
   ``train`` -> the train list, ``validate`` -> the test list, ``test`` -> unlabelled videos (label -1).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -144,8 +145,9 @@ def folder_entries(root: Path, split: int, test_fraction: float = 0.3) -> Datase
     return DatasetIndex("folder", root, tuple(class_names), tuple(sorted(entries, key=lambda e: e.id)))
 
 
-def load_index(dataset: str, root: Path, split: int = 1, subset: Path | None = None,
-               unlabelled: bool = False) -> DatasetIndex:
+def load_index(
+    dataset: str, root: Path, split: int = 1, subset: Path | None = None, unlabelled: bool = False
+) -> DatasetIndex:
     """The videos that split ``split``'s train and test lists name, sorted by id. ``subset`` (a class or
     video list) and ``unlabelled`` (also the unlabelled test CSV) exist for the Kinetics datasets only."""
     adapters = {"ucf101": ucf101_entries, "hmdb51": hmdb51_entries, "folder": folder_entries}

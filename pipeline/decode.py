@@ -5,6 +5,7 @@ a shortfall against the header is kept as a warning in the video's manifest ``re
 Colour conversion and scaling happen in one swscale call (``VideoFrame.reformat``), area interpolation,
 which costs about as much as a separate cv2.resize but avoids a full-size copy.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,7 +81,9 @@ def iter_frames(
                         continue
                     for frame in frames:
                         decoded += 1
-                        if target is None and size is not None:  # one size for the whole video, from its first frame
+                        if (
+                            target is None and size is not None
+                        ):  # one size for the whole video, from its first frame
                             target = output_size(size, frame.height, frame.width)
                         yield _to_rgb(frame, *(target or (None, None)))
             except av.error.FFmpegError as err:
@@ -98,4 +101,3 @@ def _to_rgb(frame: av.VideoFrame, height: int | None, width: int | None) -> np.n
     if height is None:
         return frame.to_ndarray(format="rgb24")
     return frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
-

@@ -1,6 +1,7 @@
 """What a split adapter (``datasets.py``, ``kinetics.py``) returns: the videos of a split as `VideoEntry`
 rows of a `DatasetIndex`, or a `DatasetLayoutError`; shared by the adapters, which import it, not each other.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -14,6 +14,7 @@ moment therefore resumes to the same data as an uninterrupted run. Data extracte
 ``overwrite``: the dataset folder ``<out>/<name>`` may hold another extraction beside it. A write refused
 for want of space or permission ends the run in a `StorageError` (one line), complete shards kept.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,14 +31,25 @@ import h5py
 
 from .datasets import DatasetIndex, VideoEntry, load_index
 from .decode import DecodeError, iter_frames
-from .lock import exclusive
-from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks, threads_per_worker
 from .format import (
-    FORMAT_VERSION, ManifestRow, encode_jpeg, format_splits, quantize_residual, shard_damage, size_spec,
+    FORMAT_VERSION,
+    ManifestRow,
+    encode_jpeg,
+    format_splits,
+    quantize_residual,
+    shard_damage,
+    size_spec,
     write_manifest,
 )
+from .lock import exclusive
+from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks, threads_per_worker
 from .writer import (
-    ShardWriter, StorageError, remove_stale_temporaries, shard_estimate, shard_rows, storage_errors,
+    ShardWriter,
+    StorageError,
+    remove_stale_temporaries,
+    shard_estimate,
+    shard_rows,
+    storage_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -72,8 +84,10 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         name = self.name
         if name is not None and (name in ("", ".", "..") or "/" in name or os.sep in name):
-            raise ValueError(f"--name {name!r}: a folder name is needed, not a path (the dataset goes to "
-                             "<data root>/<name>)")
+            raise ValueError(
+                f"--name {name!r}: a folder name is needed, not a path (the dataset goes to "
+                "<data root>/<name>)"
+            )
 
     @property
     def data_dir(self) -> Path:
@@ -81,8 +95,13 @@ class ExtractConfig:
 
     def storage(self) -> dict:
         """Settings that change the stored bytes: a shard written with other settings is redone."""
-        return {"size": size_spec(self.size), "quality": self.quality, "subsampling": self.subsampling,
-                "store_residuals": self.store_residuals, "format_version": FORMAT_VERSION}
+        return {
+            "size": size_spec(self.size),
+            "quality": self.quality,
+            "subsampling": self.subsampling,
+            "store_residuals": self.store_residuals,
+            "format_version": FORMAT_VERSION,
+        }
 
 
 def encode_video(path: Path, cfg: ExtractConfig, threads: int = 1) -> tuple[list[bytes], list[bytes], str]:
@@ -123,14 +142,23 @@ def extract_shard(shard: str, entries: list[VideoEntry], video_root: Path, cfg: 
     rows, frames, nbytes = [], 0, 0
     with ShardWriter(cfg.data_dir / shard, attrs, planned=len(entries)) as writer:
         for slot, e in enumerate(entries):
-            base = dict(id=e.id, path=e.path, class_name=e.class_name, label=e.label,
-                        splits=format_splits(e.splits), shard=shard, slot=slot)
+            base = dict(
+                id=e.id,
+                path=e.path,
+                class_name=e.class_name,
+                label=e.label,
+                splits=format_splits(e.splits),
+                shard=shard,
+                slot=slot,
+            )
             try:
                 rgb, res, note = encode_video(video_root / e.path, cfg, threads)
             except DecodeError as err:
                 rows.append(ManifestRow(**base, n_frames=0, status="failed", reason=str(err)))
                 continue
-            nbytes += writer.add_stream(slot, "rgb", rgb) + (writer.add_stream(slot, "res", res) if res else 0)
+            nbytes += writer.add_stream(slot, "rgb", rgb) + (
+                writer.add_stream(slot, "res", res) if res else 0
+            )
             frames += len(rgb)
             rows.append(ManifestRow(**base, n_frames=len(rgb), status="ok", reason=note))
         writer.commit(rows)
@@ -151,27 +179,45 @@ def _complete_rows(path: Path, entries: list[VideoEntry], settings: dict) -> lis
     return rows
 
 
-def plan_shards(index: DatasetIndex, shard_size: int, per_folder: int = 1000) -> list[tuple[str, list[VideoEntry]]]:
+def plan_shards(
+    index: DatasetIndex, shard_size: int, per_folder: int = 1000
+) -> list[tuple[str, list[VideoEntry]]]:
     """(shard name, its videos) in id order: ``shard_size`` consecutive videos a shard."""
     entries = list(index.entries)
     n_shards = -(-len(entries) // shard_size)
-    return [(shard_name(i // shard_size, n_shards, per_folder), entries[i : i + shard_size])
-            for i in range(0, len(entries), shard_size)]
+    return [
+        (shard_name(i // shard_size, n_shards, per_folder), entries[i : i + shard_size])
+        for i in range(0, len(entries), shard_size)
+    ]
 
 
 # What dataset.json records of a run that another run would replace rather than resume: key -> how a message
 # names it. Kinetics' subset and unlabelled are recorded only when used (absent = not used).
-RECORDED = {"dataset": "layout", "split": "split", "size": "size", "quality": "quality",
-            "subsampling": "subsampling", "residual_source": "residuals", "subset": "subset",
-            "unlabelled": "unlabelled videos"}
+RECORDED = {
+    "dataset": "layout",
+    "split": "split",
+    "size": "size",
+    "quality": "quality",
+    "subsampling": "subsampling",
+    "residual_source": "residuals",
+    "subset": "subset",
+    "unlabelled": "unlabelled videos",
+}
 UNRECORDED = object()  # a key that an older dataset.json does not have
 
 
 def _recorded(cfg: ExtractConfig) -> dict:
     """The `RECORDED` values of ``cfg``, as `_write_meta` writes them."""
-    return {"dataset": cfg.dataset, "split": cfg.split, "size": size_spec(cfg.size), "quality": cfg.quality,
-            "subsampling": cfg.subsampling, "residual_source": RESIDUAL_SOURCES[cfg.store_residuals],
-            "subset": None if cfg.subset is None else str(cfg.subset), "unlabelled": cfg.unlabelled}
+    return {
+        "dataset": cfg.dataset,
+        "split": cfg.split,
+        "size": size_spec(cfg.size),
+        "quality": cfg.quality,
+        "subsampling": cfg.subsampling,
+        "residual_source": RESIDUAL_SOURCES[cfg.store_residuals],
+        "subset": None if cfg.subset is None else str(cfg.subset),
+        "unlabelled": cfg.unlabelled,
+    }
 
 
 def _shown(key: str, value) -> str:
@@ -180,8 +226,14 @@ def _shown(key: str, value) -> str:
     if key == "size":
         return f"{value[0]}x{value[1]}" if isinstance(value, list) else f"short side {value['short_side']}"
     if key == "residual_source":
-        return next((("stored" if stored else "derived") for stored, text in RESIDUAL_SOURCES.items()
-                     if text == value), str(value))
+        return next(
+            (
+                ("stored" if stored else "derived")
+                for stored, text in RESIDUAL_SOURCES.items()
+                if text == value
+            ),
+            str(value),
+        )
     if key == "unlabelled":
         return "included" if value else "left out"
     return "none" if value is None else str(value)
@@ -207,8 +259,10 @@ def _check_previous(cfg: ExtractConfig) -> None:
         return
     differences = settings_differences(json.loads(meta_path.read_text()), cfg)
     if differences:
-        raise DatasetExistsError(f"{cfg.data_dir} was extracted with {'; '.join(differences)}: pass "
-                                 "--overwrite to replace it, or --name to extract beside it")
+        raise DatasetExistsError(
+            f"{cfg.data_dir} was extracted with {'; '.join(differences)}: pass "
+            "--overwrite to replace it, or --name to extract beside it"
+        )
 
 
 def extract(cfg: ExtractConfig) -> StageSummary:
@@ -216,8 +270,10 @@ def extract(cfg: ExtractConfig) -> StageSummary:
     index = load_index(cfg.dataset, cfg.root, cfg.split, cfg.subset, cfg.unlabelled)
     frames = cfg.data_dir / "frames"
     # a write refused for want of space or permission anywhere under the data root ends in one line
-    with storage_errors(frames, lambda: shard_estimate(frames), within=cfg.out), \
-            exclusive(cfg.data_dir, "iic-prep extract"):
+    with (
+        storage_errors(frames, lambda: shard_estimate(frames), within=cfg.out),
+        exclusive(cfg.data_dir, "iic-prep extract"),
+    ):
         _check_previous(cfg)
         try:
             return _extract(cfg, index)
@@ -271,9 +327,15 @@ def _extract(cfg: ExtractConfig, index: DatasetIndex) -> StageSummary:
     for report in run_tasks(extract_shard, todo, cfg.parallel, videos, "frames", "extract"):
         rows += report.rows
     write_manifest(cfg.data_dir / "manifest.csv", rows)
-    return StageSummary.from_rows(rows, unit="frames", bytes=_du(cfg.data_dir / "frames"),
-                                  seconds=time.perf_counter() - t0, shards_written=len(todo), shards_kept=kept,
-                                  folder=cfg.data_dir)
+    return StageSummary.from_rows(
+        rows,
+        unit="frames",
+        bytes=_du(cfg.data_dir / "frames"),
+        seconds=time.perf_counter() - t0,
+        shards_written=len(todo),
+        shards_kept=kept,
+        folder=cfg.data_dir,
+    )
 
 
 def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
@@ -294,7 +356,12 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         **({"subset": str(cfg.subset)} if cfg.subset is not None else {}),
         **({"unlabelled": True} if cfg.unlabelled else {}),
         "shard_size": cfg.shard_size,
-        "versions": {"av": av.__version__, "ffmpeg": _ffmpeg_version(), "h5py": h5py.__version__, "opencv": cv2.__version__},
+        "versions": {
+            "av": av.__version__,
+            "ffmpeg": _ffmpeg_version(),
+            "h5py": h5py.__version__,
+            "opencv": cv2.__version__,
+        },
     }
     tmp = cfg.data_dir / ".dataset.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))

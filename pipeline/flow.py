@@ -20,6 +20,7 @@ Re-running resumes. Flow computed with other settings (method, bound, estimator 
 is refused unless ``--overwrite``; a flow shard computed from frames re-extracted since (stale: its
 ``frames_digest`` no longer matches its frames shard) is recomputed, with a warning.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,19 +37,39 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import orphans
 from .flowcalc import (
-    TORCH_METHODS, FlowConfig, FlowError, compute_flow, flow_params, init_worker_threads, make_estimator, opencv_version,
-    rgb_to_gray, to_stored, torch_device,
+    TORCH_METHODS,
+    FlowConfig,
+    FlowError,
+    compute_flow,
+    flow_params,
+    init_worker_threads,
+    make_estimator,
+    opencv_version,
+    rgb_to_gray,
+    to_stored,
+    torch_device,
+)
+from .format import (
+    FORMAT_VERSION,
+    FormatError,
+    ManifestRow,
+    read_manifest,
+    shard_damage,
+    stage_shard,
+    write_manifest,
 )
 from .lock import exclusive
-from . import orphans
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
-from .format import (
-    FORMAT_VERSION, FormatError, ManifestRow, read_manifest, shard_damage, stage_shard, write_manifest,
-)
 from .reader import VideoStore
 from .writer import (
-    ShardWriter, StorageError, remove_stale_temporaries, shard_estimate, shard_rows, storage_errors,
+    ShardWriter,
+    StorageError,
+    remove_stale_temporaries,
+    shard_estimate,
+    shard_rows,
+    storage_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +77,7 @@ log = logging.getLogger(__name__)
 
 class FlowExistsError(FileExistsError):
     """The flow folder holds flow computed with other settings (one-line message naming them)."""
+
 
 @dataclass(frozen=True)
 class FlowStageConfig:
@@ -71,8 +93,14 @@ class FlowStageConfig:
 
     def settings(self) -> dict:
         """What changes the stored flow: a part or shard made with other settings is redone."""
-        return {"method": self.flow.method, "bound": self.flow.bound, "params": flow_params(self.flow),
-                "opencv": opencv_version(), "source": "stored frames", "format_version": FORMAT_VERSION}
+        return {
+            "method": self.flow.method,
+            "bound": self.flow.bound,
+            "params": flow_params(self.flow),
+            "opencv": opencv_version(),
+            "source": "stored frames",
+            "format_version": FORMAT_VERSION,
+        }
 
 
 _ESTIMATORS: dict = {}  # one estimator per worker process and config (TV-L1 setup is not free)
@@ -115,7 +143,9 @@ def flow_task(row: ManifestRow, cfg: FlowStageConfig) -> TaskReport:
     if not row.ok:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", f"no frames: {row.reason}")])
     try:
-        flow = video_flow(row, cfg.data, cfg.flow, cfg.parallel.workers if cfg.parallel.backend == "loky" else 1)
+        flow = video_flow(
+            row, cfg.data, cfg.flow, cfg.parallel.workers if cfg.parallel.backend == "loky" else 1
+        )
     except FlowError as err:
         return TaskReport(shard, 1, 0, 0, [flow_row(row, shard, 0, "failed", str(err))])
     part = _part_path(cfg.folder, row)
@@ -187,8 +217,9 @@ def _prepare(cfg: FlowStageConfig, settings: dict) -> None:
         computed = any(cfg.folder.rglob("shard-*.h5")) or any((cfg.folder / ".parts").rglob("*.npy"))
         if found != settings and computed:
             differences = settings_differences(found, settings) or ["other settings"]
-            raise FlowExistsError(f"{cfg.folder} was computed with {'; '.join(differences)}: pass "
-                                  "--overwrite to recompute it")
+            raise FlowExistsError(
+                f"{cfg.folder} was computed with {'; '.join(differences)}: pass --overwrite to recompute it"
+            )
     if cfg.overwrite or (meta.exists() and json.loads(meta.read_text()).get("settings") != settings):
         # --overwrite, or the flow.json of a run that computed nothing
         shutil.rmtree(cfg.folder, ignore_errors=True)
@@ -197,7 +228,11 @@ def _prepare(cfg: FlowStageConfig, settings: dict) -> None:
     for tmp in (cfg.folder / ".parts").glob("*/*.tmp"):
         tmp.unlink()
     meta_tmp = cfg.folder / ".flow.json.tmp"
-    meta_tmp.write_text(json.dumps({"settings": settings, **settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+    meta_tmp.write_text(
+        json.dumps(
+            {"settings": settings, **settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2
+        )
+    )
     meta_tmp.replace(meta)
 
 
@@ -212,8 +247,10 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
     for r in frame_rows:
         by_shard[r.shard].append(r)
     # a write refused for want of space or permission under the dataset folder ends in one line
-    with storage_errors(cfg.folder, lambda: shard_estimate(cfg.folder), within=cfg.data), \
-            exclusive(cfg.data, "iic-prep flow"):
+    with (
+        storage_errors(cfg.folder, lambda: shard_estimate(cfg.folder), within=cfg.data),
+        exclusive(cfg.data, "iic-prep flow"),
+    ):
         try:
             return _compute(cfg, settings, by_shard, device)
         except StorageError:
@@ -224,8 +261,9 @@ def compute(cfg: FlowStageConfig) -> StageSummary:
             raise
 
 
-def _compute(cfg: FlowStageConfig, settings: dict, by_shard: dict[str, list[ManifestRow]],
-             device: str | None) -> StageSummary:
+def _compute(
+    cfg: FlowStageConfig, settings: dict, by_shard: dict[str, list[ManifestRow]], device: str | None
+) -> StageSummary:
     """The flow stage in the dataset folder locked by `compute`."""
     _prepare(cfg, settings)
     # until this run completes there is no flow manifest: readers never pair it with changed shards
@@ -243,16 +281,21 @@ def _compute(cfg: FlowStageConfig, settings: dict, by_shard: dict[str, list[Mani
             # user re-extracted them), so nothing anyone chose is lost, while keeping it would pair flow with
             # frames it was not computed from. Refusing would only ask for --overwrite, which also
             # recomputes the shards that are still valid.
-            log.warning("%s: computed from other frames than %s (re-extracted since): recomputing it", shard,
-                        frames_shard)
+            log.warning(
+                "%s: computed from other frames than %s (re-extracted since): recomputing it",
+                shard,
+                frames_shard,
+            )
         if done is not None and cfg.repair and (damage := shard_damage(cfg.data / shard)):
             log.warning("repairing %s: %s", shard, damage)
             done = None
         if done is not None:
             # same videos and frames; the rows' other columns (splits, label) come from the frames now
             stored = {r.id: r for r in done}
-            rows += [flow_row(r, shard, stored[r.id].n_frames, stored[r.id].status, stored[r.id].reason)
-                     for r in shard_frame_rows]
+            rows += [
+                flow_row(r, shard, stored[r.id].n_frames, stored[r.id].status, stored[r.id].reason)
+                for r in shard_frame_rows
+            ]
             kept += 1
             continue
         pending[shard] = []
@@ -274,29 +317,51 @@ def _compute(cfg: FlowStageConfig, settings: dict, by_shard: dict[str, list[Mani
     # one process per GPU
     run_cfg = replace(cfg, parallel=replace(cfg.parallel, workers=1)) if gpu_here else cfg
     if gpu_here and cfg.parallel.workers > 1:
-        log.info("tvl1-torch on %s: one process drives the GPU (--workers %d is not used for flow)", device,
-                 cfg.parallel.workers)
+        log.info(
+            "tvl1-torch on %s: one process drives the GPU (--workers %d is not used for flow)",
+            device,
+            cfg.parallel.workers,
+        )
     tasks = [(r, run_cfg) for r in todo]
     for report in run_tasks(flow_task, tasks, run_cfg.parallel, len(tasks), "pairs", "flow"):
         pending[report.shard] += report.rows
         if len(pending[report.shard]) == expected[report.shard]:
-            assemble_shard(report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg,
-                           attrs_of[report.shard])
+            assemble_shard(
+                report.shard, sorted(pending[report.shard], key=lambda r: r.slot), cfg, attrs_of[report.shard]
+            )
             rows += pending.pop(report.shard)
             written += 1
     shutil.rmtree(cfg.folder / ".parts", ignore_errors=True)
     write_manifest(cfg.folder / "manifest.csv", rows)
-    return StageSummary.from_rows(rows, unit="flow pairs", bytes=sum(p.stat().st_size for p in cfg.folder.rglob("shard-*.h5")),
-                                  seconds=time.perf_counter() - t0, shards_written=written, shards_kept=kept,
-                                  folder=cfg.folder)
+    return StageSummary.from_rows(
+        rows,
+        unit="flow pairs",
+        bytes=sum(p.stat().st_size for p in cfg.folder.rglob("shard-*.h5")),
+        seconds=time.perf_counter() - t0,
+        shards_written=written,
+        shards_kept=kept,
+        folder=cfg.folder,
+    )
 
 
-def _shard_attrs(cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow], device: str | None) -> dict:
+def _shard_attrs(
+    cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow], device: str | None
+) -> dict:
     frames_settings = _frames_settings(cfg.data / frame_rows[0].shard)
-    attrs = {"kind": "flow", "settings": json.dumps(settings), "frames_digest": _frames_digest(frame_rows, frames_settings),
-             "method": cfg.flow.method, "bound": cfg.flow.bound, "opencv": opencv_version()}
+    attrs = {
+        "kind": "flow",
+        "settings": json.dumps(settings),
+        "frames_digest": _frames_digest(frame_rows, frames_settings),
+        "method": cfg.flow.method,
+        "bound": cfg.flow.bound,
+        "opencv": opencv_version(),
+    }
     if device is not None:  # torch methods: where and with what the flow was computed
-        attrs |= {"device": device, "torch": settings["params"]["torch"], "params": json.dumps(settings["params"])}
+        attrs |= {
+            "device": device,
+            "torch": settings["params"]["torch"],
+            "params": json.dumps(settings["params"]),
+        }
     return attrs
 
 

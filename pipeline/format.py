@@ -19,6 +19,7 @@ reads them.
 
 This module never imports torch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -63,8 +64,10 @@ def checksums(items: Iterable) -> np.ndarray:
 
 # What a shard's content digest hashes of each video: the byte offsets and CRC32s of its stored frame streams
 # (what `VideoStore.identity` reads of a frames shard) and, in a flow shard, the CRC32s of its flow pairs.
-DIGEST_ITEMS = (*(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)),
-                f"flow{CRC_SUFFIX}")
+DIGEST_ITEMS = (
+    *(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)),
+    f"flow{CRC_SUFFIX}",
+)
 
 
 def content_digest(videos: Iterable[tuple[str, dict[str, np.ndarray]]]) -> str:
@@ -148,8 +151,9 @@ def dequantize_residual(q: np.ndarray) -> np.ndarray:
 
 def encode_jpeg(frame: np.ndarray, quality: int, subsampling: str = "420") -> bytes:
     """(H, W, 3) uint8 RGB -> JPEG bytes; chroma ``420`` (as JPEG frame folders) or ``444``."""
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(frame), quality=quality, colorspace="RGB",
-                                  colorsubsampling=subsampling)
+    return simplejpeg.encode_jpeg(
+        np.ascontiguousarray(frame), quality=quality, colorspace="RGB", colorsubsampling=subsampling
+    )
 
 
 def decode_jpegs(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -216,8 +220,9 @@ def write_manifest(path: Path, rows: Iterable[ManifestRow]) -> None:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_FIELDS)
         # attribute by attribute: dataclasses.astuple deep-copies every field (10x slower on 650k rows)
-        writer.writerows([getattr(row, f) for f in MANIFEST_FIELDS]
-                         for row in sorted(rows, key=lambda r: r.id))
+        writer.writerows(
+            [getattr(row, f) for f in MANIFEST_FIELDS] for row in sorted(rows, key=lambda r: r.id)
+        )
     os.replace(tmp, path)
 
 
@@ -230,8 +235,10 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         if tuple(header) != MANIFEST_FIELDS:
             raise FormatError(f"{path} has columns {header}, expected {list(MANIFEST_FIELDS)}")
         try:
-            return [ManifestRow(vid, rel, cls, int(label), splits, shard, int(slot), int(n), status, reason)
-                    for vid, rel, cls, label, splits, shard, slot, n, status, reason in reader]
+            return [
+                ManifestRow(vid, rel, cls, int(label), splits, shard, int(slot), int(n), status, reason)
+                for vid, rel, cls, label, splits, shard, slot, n, status, reason in reader
+            ]
         except ValueError as err:
             raise FormatError(f"{path} line {reader.line_num}: {err}") from None
 
@@ -242,7 +249,6 @@ def rows_to_json(rows: Sequence[ManifestRow]) -> str:
 
 def rows_from_json(text: str) -> list[ManifestRow]:
     return [ManifestRow(**r) for r in json.loads(text)]
-
 
 
 def slot_name(slot: int) -> str:

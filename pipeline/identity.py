@@ -4,6 +4,7 @@ Resume and the feature caches of the training core compare them (through `VideoS
 `VideoStore.fingerprint`); `iic-prep check` recomputes each shard's content digest from its videos
 (`VideoStore.digest_from_videos`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -82,8 +83,9 @@ class DataIdentity:
         stored = self._file(shard).attrs.get("content_digest")
         return str(stored) if stored is not None else self.digest_from_videos(shard, rows)
 
-    def _compute_identity(self, flow: bool,
-                          shard_digest: Callable[[str, list[ManifestRow]], str] | None) -> str:
+    def _compute_identity(
+        self, flow: bool, shard_digest: Callable[[str, list[ManifestRow]], str] | None
+    ) -> str:
         h = hashlib.sha256()
         h.update(json.dumps({k: v for k, v in self.meta.items() if k != "versions"}, sort_keys=True).encode())
         h.update((self.data_dir / "manifest.csv").read_bytes())

@@ -1,4 +1,5 @@
 """``iic-prep info`` and ``iic-prep check``: summarise and verify a processed dataset."""
+
 from __future__ import annotations
 
 import collections
@@ -41,7 +42,11 @@ def _kind(note: str) -> str:
 
 
 LIST_KINDS = ("train", "test", "unlabelled")
-KINETICS_LISTS = {"train": "train", "test": "validate", "unlabelled": "test (unlabelled)"}  # csv behind each list
+KINETICS_LISTS = {
+    "train": "train",
+    "test": "validate",
+    "unlabelled": "test (unlabelled)",
+}  # csv behind each list
 
 
 def list_lines(rows: list[ManifestRow], split: int, names: dict[str, str]) -> list[str]:
@@ -55,8 +60,10 @@ def list_lines(rows: list[ManifestRow], split: int, names: dict[str, str]) -> li
         missing = sum(1 for r in listed if not r.ok and r.reason == FILE_NOT_FOUND)
         broken = sum(1 for r in listed if not r.ok) - missing
         n = len(listed)
-        lines.append(f"  split {split} {names.get(kind, kind)}: {n} listed, {n - missing - broken} ok, "
-                     f"{missing} missing ({100 * missing / n:.1f}%), {broken} broken ({100 * broken / n:.1f}%)")
+        lines.append(
+            f"  split {split} {names.get(kind, kind)}: {n} listed, {n - missing - broken} ok, "
+            f"{missing} missing ({100 * missing / n:.1f}%), {broken} broken ({100 * broken / n:.1f}%)"
+        )
     return lines
 
 
@@ -76,14 +83,21 @@ def info_report(data_dir: Path) -> InfoReport:
 def stale_flow(data_dir: Path) -> list[str]:
     """One line per flow shard computed from other frames than the stored ones (the frames shard was
     re-extracted since): `iic-prep check` reports them as problems, `iic-prep info` as warnings."""
-    return [f"{shard}: computed from other frames than {stage_shard(shard, 'frames')} (re-extracted since): "
-            "re-run `iic-prep flow`" for shard in stale_shards(data_dir)]
+    return [
+        f"{shard}: computed from other frames than {stage_shard(shard, 'frames')} (re-extracted since): "
+        "re-run `iic-prep flow`"
+        for shard in stale_shards(data_dir)
+    ]
 
 
 def dataset_info(data_dir: Path) -> list[str]:
     store = VideoStore(data_dir)
     meta = store.meta
-    size = f"{store.size[0]}x{store.size[1]} (HxW)" if store.size else f"short side {store.short_side} (aspect kept)"
+    size = (
+        f"{store.size[0]}x{store.size[1]} (HxW)"
+        if store.size
+        else f"short side {store.short_side} (aspect kept)"
+    )
     lines = [
         f"{data_dir}: {meta['dataset']} split {meta['split']}, {len(store.classes)} classes, "
         f"frames {size} {meta['codec']} q{meta['quality']}",
@@ -92,16 +106,22 @@ def dataset_info(data_dir: Path) -> list[str]:
         train, test = store.ok_rows(split, "train"), store.ok_rows(split, "test")
         unlabelled = store.ok_rows(split, "unlabelled")
         if train or test:
-            lines.append(f"  split {split}: {len(train)} train, {len(test)} test videos (ok)"
-                         + (f", {len(unlabelled)} unlabelled" if unlabelled else ""))
+            lines.append(
+                f"  split {split}: {len(train)} train, {len(test)} test videos (ok)"
+                + (f", {len(unlabelled)} unlabelled" if unlabelled else "")
+            )
     lines += _stage_lines("frames", store.rows, data_dir / "frames", "frames")
     names = KINETICS_LISTS if meta["dataset"] in KINETICS else {}
     for split in (1, 2, 3):
         lines += list_lines(store.rows, split, names)
     if store.has_flow:
         fm = store.flow_meta
-        lines += _stage_lines(f"flow ({fm['method']}, bound {fm['bound']})", list(store.flow_rows.values()),
-                              data_dir / "flow", "pairs")
+        lines += _stage_lines(
+            f"flow ({fm['method']}, bound {fm['bound']})",
+            list(store.flow_rows.values()),
+            data_dir / "flow",
+            "pairs",
+        )
     return lines
 
 
@@ -109,13 +129,18 @@ def dataset_info(data_dir: Path) -> list[str]:
 class CheckReport:
     problems: list[str] = field(default_factory=list)  # one line each; empty = consistent
     videos: collections.Counter = field(default_factory=collections.Counter)  # stage -> videos looked at
-    unverified: collections.Counter = field(default_factory=collections.Counter)  # stage -> ... without checksums
+    unverified: collections.Counter = field(
+        default_factory=collections.Counter
+    )  # stage -> ... without checksums
 
     def notes(self) -> list[str]:
         """What the check could not verify: videos of shards written before checksums existed."""
-        return [f"{stage}: no checksums for {n} of {self.videos[stage]} videos (shards written before checksums: "
-                f"bytes not verified; `iic-prep {'extract' if stage == 'frames' else 'flow'} --overwrite` adds them)"
-                for stage, n in sorted(self.unverified.items()) if n]
+        return [
+            f"{stage}: no checksums for {n} of {self.videos[stage]} videos (shards written before checksums: "
+            f"bytes not verified; `iic-prep {'extract' if stage == 'frames' else 'flow'} --overwrite` adds them)"
+            for stage, n in sorted(self.unverified.items())
+            if n
+        ]
 
 
 def check(data_dir: Path) -> list[str]:
@@ -143,13 +168,16 @@ def check_report(data_dir: Path) -> CheckReport:
                 problems.append(f"{r.id}: {fr.n_frames} flow pairs for {r.n_frames} frames (expected N-1)")
         missing = [r.id for r in store.rows if r.ok and r.n_frames >= 2 and r.id not in store.flow_rows]
         if missing:
-            problems.append(f"{len(missing)} extracted videos have no flow row (e.g. {missing[0]}): re-run `iic-prep flow`")
+            problems.append(
+                f"{len(missing)} extracted videos have no flow row (e.g. {missing[0]}): re-run `iic-prep flow`"
+            )
     store.close()
     return report
 
 
-def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, frames: bool,
-                 report: CheckReport) -> list[str]:
+def _check_stage(
+    store: VideoStore, rows: list[ManifestRow], data_dir: Path, frames: bool, report: CheckReport
+) -> list[str]:
     problems = []
     by_shard: dict[str, list[ManifestRow]] = collections.defaultdict(list)
     for r in rows:
@@ -172,15 +200,22 @@ def _check_stage(store: VideoStore, rows: list[ManifestRow], data_dir: Path, fra
                     continue
                 problems += _check_video(store, f[name], r, frames, report)
             stored = f.attrs.get("content_digest")
-            if len(problems) == before and stored is not None and stored != store.digest_from_videos(
-                    shard, [r for r in shard_rows if r.ok]):
-                problems.append(f"{shard}: its content_digest does not match its videos' offsets and checksums (the "
-                                f"shard changed after it was written, and the data identity would not see it): "
-                                f"`iic-prep {'extract' if frames else 'flow'} --overwrite` rewrites it")
+            if (
+                len(problems) == before
+                and stored is not None
+                and stored != store.digest_from_videos(shard, [r for r in shard_rows if r.ok])
+            ):
+                problems.append(
+                    f"{shard}: its content_digest does not match its videos' offsets and checksums (the "
+                    f"shard changed after it was written, and the data identity would not see it): "
+                    f"`iic-prep {'extract' if frames else 'flow'} --overwrite` rewrites it"
+                )
     return problems
 
 
-def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: bool, report: CheckReport) -> list[str]:
+def _check_video(
+    store: VideoStore, group: h5py.Group, r: ManifestRow, frames: bool, report: CheckReport
+) -> list[str]:
     stage = "frames" if frames else "flow"
     report.videos[stage] += 1
     try:
@@ -195,8 +230,11 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
                     return [f"{r.id}: {m} holds {n} frames, manifest says {r.n_frames}"]
             damage = {m: damaged_items(group, m) for m in streams}
             report.unverified[stage] += any(bad is None for bad in damage.values())
-            corrupt = [f"{r.id}: {m} {_positions('frame', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"
-                       for m, bad in damage.items() if bad]
+            corrupt = [
+                f"{r.id}: {m} {_positions('frame', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"
+                for m, bad in damage.items()
+                if bad
+            ]
             if corrupt:
                 return corrupt
             for t in sorted({0, r.n_frames // 2, r.n_frames - 1}):
@@ -210,15 +248,21 @@ def _check_video(store: VideoStore, group: h5py.Group, r: ManifestRow, frames: b
                 return [f"{r.id}: flow is {shape}, expected {(r.n_frames, 2, h, w)}"]
             bad = damaged_items(group, "flow")
             if bad:
-                return [f"{r.id}: flow {_positions('pair', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"]
+                return [
+                    f"{r.id}: flow {_positions('pair', bad)} of {r.shard}: checksum mismatch (corrupt bytes)"
+                ]
             report.unverified[stage] += bad is None
             store.flow(r.id, r.n_frames - 1, 1)
     except (OSError, KeyError, ValueError, IndexError, FormatError) as err:
-        return [f"{r.id}: {stage} of {r.shard} unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"]
+        return [
+            f"{r.id}: {stage} of {r.shard} unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ]
     return []
 
 
 def _positions(unit: str, positions: list[int], n: int = 6) -> str:
     """``frame 3`` / ``frames 0, 1, 2 (+15 more)``."""
-    shown = ", ".join(map(str, positions[:n])) + (f" (+{len(positions) - n} more)" if len(positions) > n else "")
+    shown = ", ".join(map(str, positions[:n])) + (
+        f" (+{len(positions) - n} more)" if len(positions) > n else ""
+    )
     return f"{unit}{'s' if len(positions) > 1 else ''} {shown}"

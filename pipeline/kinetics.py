@@ -22,6 +22,7 @@ A subset file (one entry a line, ``#`` comments) restricts the set: either class
 of Mini-Kinetics-200; label ids are then the sorted listed classes, unlabelled videos are left out) or videos
 (YouTube ids or ``<youtube_id>_<start>_<end>`` names; label ids from the labelled videos kept).
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,11 @@ from .entries import VIDEO_SUFFIXES, DatasetIndex, DatasetLayoutError, DatasetOp
 log = logging.getLogger(__name__)
 
 # (canonical list name, accepted file / folder names, project list kind); shared dicts: 650k entries, 3 objects
-LISTS = (("train", ("train",), {1: "train"}), ("validate", ("validate", "val"), {1: "test"}),
-         ("test", ("test",), {1: "unlabelled"}))
+LISTS = (
+    ("train", ("train",), {1: "train"}),
+    ("validate", ("validate", "val"), {1: "test"}),
+    ("test", ("test",), {1: "unlabelled"}),
+)
 UNLABELLED = -1
 REQUIRED = ("youtube_id", "time_start", "time_end")
 
@@ -52,7 +56,9 @@ def _find(candidates: list[Path], is_ok) -> Path | None:
 def annotation_dir(root: Path, dataset: str) -> Path:
     found = _find([root / dataset, root / "annotations", root], lambda p: (p / "train.csv").is_file())
     if found is None:
-        raise DatasetLayoutError(f"no {dataset} annotations: expected {root / dataset / 'train.csv'} (or train.csv in {root})")
+        raise DatasetLayoutError(
+            f"no {dataset} annotations: expected {root / dataset / 'train.csv'} (or train.csv in {root})"
+        )
     return found
 
 
@@ -77,7 +83,9 @@ def scan_split_folder(folder: Path, root: Path) -> tuple[dict[str, str], str]:
                 if suffix.lower() in VIDEO_SUFFIXES and e.is_file():
                     found.setdefault(stem, f"{prefix}/{sub}/{e.name}")
                     labelled += 1
-    layout = {(True, False): "flat", (False, True): "label folders", (True, True): "mixed"}.get((flat > 0, labelled > 0), "empty")
+    layout = {(True, False): "flat", (False, True): "label folders", (True, True): "mixed"}.get(
+        (flat > 0, labelled > 0), "empty"
+    )
     return found, layout
 
 
@@ -91,7 +99,9 @@ def read_annotations(path: Path) -> list[tuple[str, str, str]]:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
         if missing:
-            raise DatasetLayoutError(f"{path} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})")
+            raise DatasetLayoutError(
+                f"{path} has no column {missing[0]!r} (columns: {', '.join(reader.fieldnames or [])})"
+            )
         rows = []
         for n, r in enumerate(reader, start=2):
             try:
@@ -120,13 +130,16 @@ def _restrict(rows: list[tuple], subset: Path) -> tuple[list[tuple], set[str] | 
     listed = [w for w in wanted if w in videos]
     unknown = [w for w in wanted if w not in labels and w not in videos]
     if unknown:
-        raise DatasetLayoutError(f"subset list {subset}: {len(unknown)} of {len(wanted)} entries are neither a label nor a "
-                                 f"video of the annotations (first: {unknown[0]!r})")
+        raise DatasetLayoutError(
+            f"subset list {subset}: {len(unknown)} of {len(wanted)} entries are neither a label nor a "
+            f"video of the annotations (first: {unknown[0]!r})"
+        )
     if not wanted:
         raise DatasetLayoutError(f"subset list {subset} is empty")
     if classes and listed:
-        raise DatasetLayoutError(f"subset list {subset} mixes labels ({classes[0]!r}) and videos ({listed[0]!r}): "
-                                 "give one kind")
+        raise DatasetLayoutError(
+            f"subset list {subset} mixes labels ({classes[0]!r}) and videos ({listed[0]!r}): give one kind"
+        )
     if classes:
         keep = set(classes)
         return [r for r in rows if r[0] in keep], keep
@@ -134,8 +147,9 @@ def _restrict(rows: list[tuple], subset: Path) -> tuple[list[tuple], set[str] | 
     return [r for r in rows if r[1] in keep or r[2] in keep], None
 
 
-def kinetics_entries(dataset: str, root: Path, split: int, subset: Path | None = None,
-                     unlabelled: bool = False) -> DatasetIndex:
+def kinetics_entries(
+    dataset: str, root: Path, split: int, subset: Path | None = None, unlabelled: bool = False
+) -> DatasetIndex:
     """Entries of train.csv (train list) and validate.csv (test list), plus test.csv as unlabelled videos
     when ``unlabelled``; ids are ``<list>/<video name>`` (``train/abc_000010_000020``) in either layout."""
     if split != 1:
@@ -150,7 +164,9 @@ def kinetics_entries(dataset: str, root: Path, split: int, subset: Path | None =
             raise DatasetLayoutError(f"annotation file missing: {ann / f'{canon}.csv'}")
         folder = _find([base / n for base in dict.fromkeys((root, ann)) for n in names], Path.is_dir)
         if folder is None:
-            raise DatasetLayoutError(f"{dataset} video folder not found: {root / canon} (for {csv_path.name})")
+            raise DatasetLayoutError(
+                f"{dataset} video folder not found: {root / canon} (for {csv_path.name})"
+            )
         files, layout = scan_split_folder(folder, root)
         listed = read_annotations(csv_path)
         if canon == "test":
@@ -162,7 +178,11 @@ def kinetics_entries(dataset: str, root: Path, split: int, subset: Path | None =
         log.info("%s: %d listed, %d found, layout %s (%s)", csv_path.name, len(listed), found, layout, folder)
         prefix = folder.relative_to(root).as_posix()
         for label, yid, name in listed:
-            expected = f"{prefix}/{label}/{name}.mp4" if layout == "label folders" and label else f"{prefix}/{name}.mp4"
+            expected = (
+                f"{prefix}/{label}/{name}.mp4"
+                if layout == "label folders" and label
+                else f"{prefix}/{name}.mp4"
+            )
             rows.append((label, yid, name, canon, splits, files.get(name, expected)))
     classes_listed = None
     if subset is not None:
@@ -175,8 +195,12 @@ def kinetics_entries(dataset: str, root: Path, split: int, subset: Path | None =
         if vid in entries:
             continue  # a CSV that lists a clip twice: the first row counts
         entries[vid] = VideoEntry(vid, path, label, labels[label] if label else UNLABELLED, splits)
-    log.info("%d videos, %d classes%s", len(entries), len(class_names), f" (subset {subset})" if subset else "")
+    log.info(
+        "%d videos, %d classes%s", len(entries), len(class_names), f" (subset {subset})" if subset else ""
+    )
     if not entries:
-        raise DatasetLayoutError(f"no videos listed in {ann}" + (f" after the subset {subset}" if subset else ""))
+        raise DatasetLayoutError(
+            f"no videos listed in {ann}" + (f" after the subset {subset}" if subset else "")
+        )
     ordered = tuple(entries[k] for k in sorted(entries))
     return DatasetIndex(dataset, Path(root), tuple(class_names), ordered)

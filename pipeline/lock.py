@@ -2,13 +2,14 @@
 
 The kernel drops the lock when the holder dies (even by SIGKILL), so a killed run never blocks the next.
 """
+
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 class LockedError(RuntimeError):
@@ -26,7 +27,9 @@ def exclusive(folder: Path, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise LockedError(f"{folder} is in use by {holder}; wait for it to finish (refusing to run {what} concurrently)") from None
+            raise LockedError(
+                f"{folder} is in use by {holder}; wait for it to finish (refusing to run {what} concurrently)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
         yield

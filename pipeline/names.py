@@ -1,5 +1,6 @@
 """The names the offline stage's options accept, importable without OpenCV, h5py or joblib (cli.py offers them
 as choices; the modules that implement them import them from here)."""
+
 from __future__ import annotations
 
 OPENCV_FLOW_METHODS = ("tvl1", "tvl1-fast", "dis", "farneback")

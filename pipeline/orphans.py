@@ -9,6 +9,7 @@ Nothing happens in the run's own process (tasks run in-process with one worker) 
 workers belong to the cluster, not to the run). `quiet_leak_guard` keeps loky's replacement of a worker that
 outgrew its leak guard from alarming a user: nothing is lost then.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,5 +69,7 @@ def quiet_leak_guard() -> Iterator[None]:
     returned its result, and the replacement takes the next one: nothing is lost, so the warning would only
     alarm."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="A worker stopped while some jobs were given", category=UserWarning
+        )
         yield

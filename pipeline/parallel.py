@@ -5,6 +5,7 @@ locally or on a cluster: ``--backend dask --scheduler ADDR`` only swaps joblib's
 (``joblib.parallel_config(backend="dask")`` with a ``dask.distributed.Client``); the shard files must
 then live on a filesystem every worker sees.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,8 +64,13 @@ class StageSummary:
     def from_rows(cls, rows: list, **kw) -> StageSummary:
         """Counts from the stage's manifest rows (``n_frames`` holds the units)."""
         failures = tuple((r.id, r.reason) for r in sorted(rows, key=lambda r: r.id) if not r.ok)
-        return cls(videos=len(rows), ok=len(rows) - len(failures), units=sum(r.n_frames for r in rows),
-                   failures=failures, **kw)
+        return cls(
+            videos=len(rows),
+            ok=len(rows) - len(failures),
+            units=sum(r.n_frames for r in rows),
+            failures=failures,
+            **kw,
+        )
 
     @property
     def failed(self) -> int:
@@ -76,14 +82,22 @@ class StageSummary:
 
     def head(self) -> str:
         """The summary line (what the run did)."""
-        return (f"videos: {self.videos} ({self.ok} ok, {self.failed} failed)   {self.unit}: {self.units}   "
-                f"shards: {self.shards_written} written, {self.shards_kept} kept   "
-                f"on disk: {self.bytes / 2**20:.1f} MiB   time: {self.seconds:.1f} s   -> {self.folder}")
+        return (
+            f"videos: {self.videos} ({self.ok} ok, {self.failed} failed)   {self.unit}: {self.units}   "
+            f"shards: {self.shards_written} written, {self.shards_kept} kept   "
+            f"on disk: {self.bytes / 2**20:.1f} MiB   time: {self.seconds:.1f} s   -> {self.folder}"
+        )
 
     def failure_lines(self, show: int = 20) -> list[str]:
         """The first ``show`` failures, one line each (all of them are in the manifest)."""
-        more = [f"  ... and {self.failed - show} more failed (reasons in {self.folder}/manifest.csv, "
-                f"shares in `iic-prep info`)"] if self.failed > show else []
+        more = (
+            [
+                f"  ... and {self.failed - show} more failed (reasons in {self.folder}/manifest.csv, "
+                f"shares in `iic-prep info`)"
+            ]
+            if self.failed > show
+            else []
+        )
         return [f"  failed {vid}: {reason}" for vid, reason in self.failures[:show]] + more
 
     def lines(self, show: int = 20) -> list[str]:
@@ -110,7 +124,9 @@ def run_tasks(
             from dask.distributed import Client  # optional dependency, imported only when asked for
 
             client = stack.enter_context(Client(cfg.scheduler, set_as_default=True))
-            log.info("dask cluster %s with %d workers", cfg.scheduler, len(client.scheduler_info()["workers"]))
+            log.info(
+                "dask cluster %s with %d workers", cfg.scheduler, len(client.scheduler_info()["workers"])
+            )
             stack.enter_context(parallel_config(backend="dask"))
             n_jobs = -1
         elif cfg.backend == "loky":
@@ -118,9 +134,17 @@ def run_tasks(
         else:
             raise ValueError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
         stack.enter_context(orphans.quiet_leak_guard())
-        log.debug("%s: %d task(s) of %d video(s) on %s with %s worker(s)", desc or fn.__name__, len(tasks),
-                  total_items, cfg.backend, "the cluster's" if n_jobs == -1 else n_jobs)
-        bar = stack.enter_context(tqdm(total=total_items, unit="video", desc=desc, smoothing=0.1, dynamic_ncols=True))
+        log.debug(
+            "%s: %d task(s) of %d video(s) on %s with %s worker(s)",
+            desc or fn.__name__,
+            len(tasks),
+            total_items,
+            cfg.backend,
+            "the cluster's" if n_jobs == -1 else n_jobs,
+        )
+        bar = stack.enter_context(
+            tqdm(total=total_items, unit="video", desc=desc, smoothing=0.1, dynamic_ncols=True)
+        )
         start, units = time.perf_counter(), 0
         if n_jobs == 1 and cfg.backend == "loky":
             results = (fn(*t) for t in tasks)  # in-process: simpler tracebacks, no pickling
@@ -132,5 +156,7 @@ def run_tasks(
         for report in results:
             units += report.units
             bar.update(report.items)
-            bar.set_postfix_str(f"{units / max(time.perf_counter() - start, 1e-9):.0f} {unit}/s", refresh=False)
+            bar.set_postfix_str(
+                f"{units / max(time.perf_counter() - start, 1e-9):.0f} {unit}/s", refresh=False
+            )
             yield report

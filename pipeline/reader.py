@@ -2,6 +2,7 @@
 
 The training core reads the data only through it. This module never imports torch.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,18 @@ import numpy as np
 import simplejpeg
 
 from .format import (
-    CRC_SUFFIX, FORMAT_VERSION, MODALITIES, ChecksumError, FormatError, ManifestRow, bad_frames, bad_items,
-    decode_jpegs, quantize_residual, read_manifest, slot_name,
+    CRC_SUFFIX,
+    FORMAT_VERSION,
+    MODALITIES,
+    ChecksumError,
+    FormatError,
+    ManifestRow,
+    bad_frames,
+    bad_items,
+    decode_jpegs,
+    quantize_residual,
+    read_manifest,
+    slot_name,
 )
 from .identity import DataIdentity
 
@@ -45,12 +56,15 @@ class VideoStore(DataIdentity):
         self.data_dir = Path(data_dir)
         meta = self.data_dir / "dataset.json"
         if not meta.exists():
-            raise FormatError(f"no processed dataset at {self.data_dir} (dataset.json missing): "
-                              "run `iic-prep extract`")
+            raise FormatError(
+                f"no processed dataset at {self.data_dir} (dataset.json missing): run `iic-prep extract`"
+            )
         self.meta = json.loads(meta.read_text())
         if self.meta.get("format_version") != FORMAT_VERSION:
-            raise FormatError(f"{meta} is format version {self.meta.get('format_version')}, "
-                              f"this reader reads {FORMAT_VERSION}")
+            raise FormatError(
+                f"{meta} is format version {self.meta.get('format_version')}, "
+                f"this reader reads {FORMAT_VERSION}"
+            )
         self.rows = read_manifest(self.data_dir / "manifest.csv")
         self.by_id = {r.id: r for r in self.rows}
         self.flow_rows = {r.id: r for r in read_manifest(self.flow_manifest_path)} if self.has_flow else {}
@@ -132,8 +146,9 @@ class VideoStore(DataIdentity):
         table = self.flow_rows if flow else self.by_id
         row = table.get(video_id)
         if row is None:
-            raise KeyError(f"video {video_id!r} is not in the {'flow ' if flow else ''}manifest of "
-                           f"{self.data_dir}")
+            raise KeyError(
+                f"video {video_id!r} is not in the {'flow ' if flow else ''}manifest of {self.data_dir}"
+            )
         if not row.ok:
             raise KeyError(f"video {video_id!r} failed {'flow' if flow else 'extraction'}: {row.reason}")
         return row
@@ -153,20 +168,23 @@ class VideoStore(DataIdentity):
         length = row.n_frames - start if length is None else length
         return self._read(row, (modality,), start, length)[modality]
 
-    def read_clip(self, video_id: str, modalities: Sequence[str], start: int,
-                  length: int) -> dict[str, np.ndarray]:
+    def read_clip(
+        self, video_id: str, modalities: Sequence[str], start: int, length: int
+    ) -> dict[str, np.ndarray]:
         """`read` for several of ``rgb``/``res`` at once: a derived residual reuses the RGB frames decoded for
         ``rgb`` (one JPEG decode per frame instead of two)."""
         return self._read(self._row(video_id), tuple(modalities), start, length)
 
-    def _read(self, row: ManifestRow, modalities: tuple[str, ...], start: int,
-              length: int) -> dict[str, np.ndarray]:
+    def _read(
+        self, row: ManifestRow, modalities: tuple[str, ...], start: int, length: int
+    ) -> dict[str, np.ndarray]:
         unknown = set(modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown modality {sorted(unknown)}; stored are {MODALITIES}")
         if start < 0 or length < 1 or start + length > row.n_frames:
-            raise IndexError(f"frames [{start}, {start + length}) outside video {row.id!r} of "
-                             f"{row.n_frames} frames")
+            raise IndexError(
+                f"frames [{start}, {start + length}) outside video {row.id!r} of {row.n_frames} frames"
+            )
         out: dict[str, np.ndarray] = {}
         if "res" in modalities and self._stream(row, "res") is None:  # derive residuals from the frames
             first = max(start - 1, 0)
@@ -187,8 +205,10 @@ class VideoStore(DataIdentity):
         try:
             return self._file(row.shard)[slot_name(row.slot)]
         except (OSError, KeyError) as err:
-            raise FormatError(f"{self.data_dir}: cannot read video {row.id!r} from {row.shard} "
-                              f"slot {row.slot}: {_first_line(err)}") from None
+            raise FormatError(
+                f"{self.data_dir}: cannot read video {row.id!r} from {row.shard} "
+                f"slot {row.slot}: {_first_line(err)}"
+            ) from None
 
     def _stream(self, row: ManifestRow, name: str) -> _Stream | None:
         """(byte dataset, offsets, CRC32s or None) of a video's JPEG stream, the last two in memory, looked up
@@ -209,22 +229,28 @@ class VideoStore(DataIdentity):
                 self._check_count(row, f"{name} frames", len(offsets) - 1)
                 crcs = group[f"{name}{CRC_SUFFIX}"][()] if f"{name}{CRC_SUFFIX}" in group else None
                 if crcs is not None and len(crcs) != len(offsets) - 1:
-                    raise ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r}: {len(crcs)} {name} "
-                                        f"checksums for {len(offsets) - 1} frames")
+                    raise ChecksumError(
+                        f"{self.data_dir}: {row.shard} video {row.id!r}: {len(crcs)} {name} "
+                        f"checksums for {len(offsets) - 1} frames"
+                    )
                 cached[key] = (group[name], offsets, crcs)
         return cached[key]
 
     def _corrupt(self, row: ManifestRow, what: str, index: int, stage: str) -> ChecksumError:
-        return ChecksumError(f"{self.data_dir}: {row.shard} video {row.id!r} {what} {index}: checksum "
-                             f"mismatch, the stored bytes are corrupt (`iic-prep {stage} --repair` rewrites "
-                             "the shard)")
+        return ChecksumError(
+            f"{self.data_dir}: {row.shard} video {row.id!r} {what} {index}: checksum "
+            f"mismatch, the stored bytes are corrupt (`iic-prep {stage} --repair` rewrites "
+            "the shard)"
+        )
 
     def _check_count(self, row: ManifestRow, what: str, stored: int) -> None:
         if stored != row.n_frames:
             manifest = "flow manifest" if what == "flow pairs" else "manifest"
-            raise FormatError(f"{self.data_dir}: {row.shard} holds {stored} {what} of video {row.id!r}, "
-                              f"its {manifest} says {row.n_frames}: the {manifest} does not belong to these "
-                              "shards (`iic-prep check`; re-run the stage to rebuild it)")
+            raise FormatError(
+                f"{self.data_dir}: {row.shard} holds {stored} {what} of video {row.id!r}, "
+                f"its {manifest} says {row.n_frames}: the {manifest} does not belong to these "
+                "shards (`iic-prep check`; re-run the stage to rebuild it)"
+            )
 
     def _decode(self, row: ManifestRow, name: str, start: int, length: int) -> np.ndarray:
         """Frames ``start .. start+length-1`` of a stream, each checked against its CRC32 before decoding."""
@@ -255,8 +281,9 @@ class VideoStore(DataIdentity):
         row = self._row(video_id, flow=True)
         length = row.n_frames - start if length is None else length
         if start < 0 or length < 1 or start + length > row.n_frames:
-            raise IndexError(f"flow pairs [{start}, {start + length}) outside video {video_id!r} of "
-                             f"{row.n_frames} pairs")
+            raise IndexError(
+                f"flow pairs [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} pairs"
+            )
         group = self._group(row)
         self._check_count(row, "flow pairs", group["flow"].shape[0])
         try:
@@ -266,9 +293,11 @@ class VideoStore(DataIdentity):
                 try:
                     group["flow"][t]
                 except OSError:
-                    raise FormatError(f"{self.data_dir}: {row.shard} video {row.id!r} flow pair {t}: "
-                                      f"unreadable, the stored bytes are corrupt ({_first_line(err)}; "
-                                      "`iic-prep flow --repair` rewrites the shard)") from None
+                    raise FormatError(
+                        f"{self.data_dir}: {row.shard} video {row.id!r} flow pair {t}: "
+                        f"unreadable, the stored bytes are corrupt ({_first_line(err)}; "
+                        "`iic-prep flow --repair` rewrites the shard)"
+                    ) from None
             raise
         if f"flow{CRC_SUFFIX}" in group:
             bad = bad_items(pairs, group[f"flow{CRC_SUFFIX}"][start : start + length])

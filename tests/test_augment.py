@@ -1,8 +1,16 @@
 """Batched augmentation: one crop/flip per sample for every frame and every view."""
+
 import pytest
 import torch
 
-from iic.model.data.augment import AugmentConfig, AugmentParams, apply, colour_jitter, crop_flip, sample_params
+from iic.model.data.augment import (
+    AugmentConfig,
+    AugmentParams,
+    apply,
+    colour_jitter,
+    crop_flip,
+    sample_params,
+)
 from iic.model.data.views import residual_input, view_input
 
 B, T, H, W, CROP = 6, 4, 12, 14, 8
@@ -23,9 +31,11 @@ def coordinate_views(batch: int = B) -> dict[str, torch.Tensor]:
 
 def decode(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Back to the uint8 codes (exact for these formulas)."""
-    return {"rgb": (out["rgb"] * 255).round().long(),
-            "res": (out["res"] * 127.5 + 128).round().long(),
-            "flow": ((out["flow"] + 1) * 127.5).round().long()}
+    return {
+        "rgb": (out["rgb"] * 255).round().long(),
+        "res": (out["res"] * 127.5 + 128).round().long(),
+        "flow": ((out["flow"] + 1) * 127.5).round().long(),
+    }
 
 
 def test_same_window_for_every_frame_and_view():
@@ -59,14 +69,16 @@ def test_samples_get_different_windows_and_flips():
 def test_flip_negates_flow_u_and_mirrors_everything():
     cfg = AugmentConfig(crop=CROP, flip=True)
     g = torch.Generator().manual_seed(2)
-    views = {"flow": torch.randint(0, 256, (1, 2, T, H, W), generator=g, dtype=torch.uint8),
-             "rgb": torch.randint(0, 256, (1, 3, T, H, W), generator=g, dtype=torch.uint8)}
+    views = {
+        "flow": torch.randint(0, 256, (1, 2, T, H, W), generator=g, dtype=torch.uint8),
+        "rgb": torch.randint(0, 256, (1, 3, T, H, W), generator=g, dtype=torch.uint8),
+    }
     views = {k: v.repeat(2, 1, 1, 1, 1) for k, v in views.items()}  # the same clip twice
     p = AugmentParams(torch.tensor([[1, 3], [1, 3]]), torch.tensor([False, True]))
     out = apply(views, p, cfg)
     plain, flipped = out["flow"][0], out["flow"][1]
-    assert torch.allclose(flipped[0], -plain[0].flip(-1))   # u: mirrored and negated
-    assert torch.allclose(flipped[1], plain[1].flip(-1))    # v: mirrored only
+    assert torch.allclose(flipped[0], -plain[0].flip(-1))  # u: mirrored and negated
+    assert torch.allclose(flipped[1], plain[1].flip(-1))  # v: mirrored only
     assert torch.allclose(out["rgb"][1], out["rgb"][0].flip(-1))
     assert not torch.allclose(flipped[0], plain[0].flip(-1))
 
@@ -85,8 +97,9 @@ def test_eval_is_centre_crop_without_flip_or_jitter():
 def test_determinism_for_a_seed():
     cfg = AugmentConfig(crop=CROP, flip=True)
     views = coordinate_views()
-    runs = [apply(views, sample_params(B, (H, W), cfg, torch.Generator().manual_seed(s)), cfg)
-            for s in (5, 5, 6)]
+    runs = [
+        apply(views, sample_params(B, (H, W), cfg, torch.Generator().manual_seed(s)), cfg) for s in (5, 5, 6)
+    ]
     for k in views:
         assert torch.equal(runs[0][k], runs[1][k])
     assert not torch.equal(runs[0]["rgb"], runs[2]["rgb"])
@@ -95,9 +108,11 @@ def test_determinism_for_a_seed():
 def test_dtypes_and_ranges():
     cfg = AugmentConfig(crop=CROP)
     g = torch.Generator().manual_seed(3)
-    views = {"rgb": torch.randint(0, 256, (B, 3, T, H, W), generator=g, dtype=torch.uint8),
-             "res": torch.randint(0, 256, (B, 3, T, H, W), generator=g, dtype=torch.uint8),
-             "flow": torch.randint(0, 256, (B, 2, T, H, W), generator=g, dtype=torch.uint8)}
+    views = {
+        "rgb": torch.randint(0, 256, (B, 3, T, H, W), generator=g, dtype=torch.uint8),
+        "res": torch.randint(0, 256, (B, 3, T, H, W), generator=g, dtype=torch.uint8),
+        "flow": torch.randint(0, 256, (B, 2, T, H, W), generator=g, dtype=torch.uint8),
+    }
     views["res"][:, :, :, :, :] = 0
     views["res"][0] = 255
     views["flow"][:, 0], views["flow"][:, 1] = 0, 255
@@ -105,7 +120,9 @@ def test_dtypes_and_ranges():
     for k, c in (("rgb", 3), ("res", 3), ("flow", 2)):
         assert out[k].dtype == torch.float32 and out[k].shape == (B, c, T, CROP, CROP)
     assert out["rgb"].min() >= 0 and out["rgb"].max() <= 1
-    assert torch.allclose(out["res"][0], torch.tensor(127 / 127.5)) and torch.allclose(out["res"][1:], torch.tensor(-128 / 127.5))
+    assert torch.allclose(out["res"][0], torch.tensor(127 / 127.5)) and torch.allclose(
+        out["res"][1:], torch.tensor(-128 / 127.5)
+    )
     assert torch.all(out["flow"][:, 0] == -1) and torch.all(out["flow"][:, 1] == 1)
     p = sample_params(B, (H, W), AugmentConfig(crop=CROP), g)
     plain = apply({"rgb": views["rgb"]}, p, AugmentConfig(crop=CROP))
@@ -129,9 +146,11 @@ def test_colour_jitter_is_one_transform_per_clip():
 
 def test_view_input_channels():
     g = torch.Generator().manual_seed(5)
-    views = {"rgb": torch.rand(2, 3, T, 4, 4, generator=g),
-             "res": torch.rand(2, 3, T, 4, 4, generator=g) * 2 - 1,
-             "flow": torch.rand(2, 2, T, 4, 4, generator=g) * 2 - 1}
+    views = {
+        "rgb": torch.rand(2, 3, T, 4, 4, generator=g),
+        "res": torch.rand(2, 3, T, 4, 4, generator=g) * 2 - 1,
+        "flow": torch.rand(2, 2, T, 4, 4, generator=g) * 2 - 1,
+    }
     assert view_input(views, "rgb") is views["rgb"]
     assert torch.allclose(view_input(views, "res"), (views["res"] + 1) / 2)
     assert torch.allclose(residual_input(torch.tensor([-1.0, 0.0, 1.0])), torch.tensor([0.0, 0.5, 1.0]))
@@ -143,7 +162,7 @@ def test_view_input_channels():
     x = view_input(views, "flow")
     u, v = views["flow"][:, 0], views["flow"][:, 1]
     assert x.shape == (2, 3, T, 4, 4)
-    assert torch.allclose(x[:, 2], torch.sqrt(u ** 2 + v ** 2) / 2 ** 0.5)
+    assert torch.allclose(x[:, 2], torch.sqrt(u**2 + v**2) / 2**0.5)
     assert x.min() >= 0 and x.max() <= 1
     with pytest.raises(ValueError):
         view_input(views, "depth")
@@ -153,8 +172,14 @@ def test_input_validation():
     cfg = AugmentConfig(crop=CROP)
     p = sample_params(1, (H, W), cfg, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="spatial size"):
-        apply({"rgb": torch.zeros(1, 3, T, H, W, dtype=torch.uint8),
-               "res": torch.zeros(1, 3, T, H + 2, W, dtype=torch.uint8)}, p, cfg)
+        apply(
+            {
+                "rgb": torch.zeros(1, 3, T, H, W, dtype=torch.uint8),
+                "res": torch.zeros(1, 3, T, H + 2, W, dtype=torch.uint8),
+            },
+            p,
+            cfg,
+        )
     with pytest.raises(ValueError, match="uint8"):
         apply({"rgb": torch.zeros(1, 3, T, H, W)}, p, cfg)
     with pytest.raises(ValueError, match="unknown"):

@@ -112,7 +112,9 @@ def test_eighteen_layer_variant_and_in_channels():
     cfg = BackboneConfig("r21d", width=8, blocks=(2, 2, 2, 2), in_channels=1)
     model = build_backbone(cfg)
     assert [len(getattr(model.features, f"conv{i}")) for i in range(2, 6)] == [2, 2, 2, 2]
-    assert n_params(build_backbone(backbone_config("r3d-18"))) > 2 * n_params(build_backbone(backbone_config("r3d-10")))
+    assert n_params(build_backbone(backbone_config("r3d-18"))) > 2 * n_params(
+        build_backbone(backbone_config("r3d-10"))
+    )
     with torch.no_grad():
         features = model.eval()(torch.randn(1, 1, 8, 32, 32))
     assert features["conv5"].shape == (1, 64, 1, 2, 2)

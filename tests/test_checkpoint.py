@@ -1,5 +1,6 @@
 """Every bad checkpoint is one line: real damaged, foreign and hostile files given to `iic eval --ckpt` and
 to `iic train --resume` end with exit 1 and one ``Error:`` line naming the file and the cause."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,28 @@ from iic.model import checkpoint
 from iic.model.config import backbone_config
 from iic.model.nets.backbones import build_backbone
 
-TINY = ["--preset", "tiny", "--crop", "32", "--frames", "8", "--batch-size", "4", "--K", "16", "--epochs", "1",
-        "--workers", "0", "--device", "cpu", "--seed", "0", "--monitor-every", "0"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--crop",
+    "32",
+    "--frames",
+    "8",
+    "--batch-size",
+    "4",
+    "--K",
+    "16",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
+    "--monitor-every",
+    "0",
+]
 MARKER = "iic-test-code-ran"
 
 
@@ -37,11 +58,37 @@ def world(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     """(data folder, run folder of a real 1-epoch tiny run with last.pt and final.pt)."""
     root = tmp_path_factory.mktemp("ckpt")
     runner = CliRunner()
-    r = runner.invoke(prep, ["synth", "--out", str(root / "raw"), "--classes", "3", "--per-class", "6", "--frames", "20",
-                             "--size", "48x64"])
+    r = runner.invoke(
+        prep,
+        [
+            "synth",
+            "--out",
+            str(root / "raw"),
+            "--classes",
+            "3",
+            "--per-class",
+            "6",
+            "--frames",
+            "20",
+            "--size",
+            "48x64",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(prep, ["extract", "--root", str(root / "raw"), "--out", str(root / "data"), "--size", "40x52",
-                             "--workers", "1"])
+    r = runner.invoke(
+        prep,
+        [
+            "extract",
+            "--root",
+            str(root / "raw"),
+            "--out",
+            str(root / "data"),
+            "--size",
+            "40x52",
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = root / "data" / "ucf101"
     r = runner.invoke(main, ["train", "--data", str(data), "--out", str(root / "run"), *TINY])
@@ -72,16 +119,27 @@ def _other_architecture_weights() -> dict:
 
 # name -> (writer of the bad file, words the one line must contain)
 BAD = {
-    "garbage": (lambda run, p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "not a PyTorch checkpoint"),
+    "garbage": (
+        lambda run, p: p.write_bytes(np.random.default_rng(0).bytes(5000)),
+        "not a PyTorch checkpoint",
+    ),
     "empty": (lambda run, p: p.write_bytes(b""), "empty (0 bytes)"),
-    "truncated": (lambda run, p: p.write_bytes((run / "last.pt").read_bytes()[:20000]), "truncated or corrupt"),
+    "truncated": (
+        lambda run, p: p.write_bytes((run / "last.pt").read_bytes()[:20000]),
+        "truncated or corrupt",
+    ),
     "text": (lambda run, p: p.write_text("epoch 3 loss 1.25\nthis is a log, not weights\n"), "a text file"),
     "list": (lambda run, p: _save([1, 2, 3], p), "holds a list"),
     "no-keys": (lambda run, p: _save({"101": torch.zeros(2), "data": 1}, p), "no 'config'"),
     "unsafe": (lambda run, p: _save({"config": {}, "model": RunsCode()}, p), "unsafe: it would run code"),
-    "unsafe-raw-pickle": (lambda run, p: p.write_bytes(pickle.dumps({"model": RunsCode()}, protocol=4)),
-                          "unsafe: it would run code"),
-    "newer-format": (lambda run, p: _edited(run, p, format=checkpoint.FORMAT_VERSION + 1), "newer than this iic"),
+    "unsafe-raw-pickle": (
+        lambda run, p: p.write_bytes(pickle.dumps({"model": RunsCode()}, protocol=4)),
+        "unsafe: it would run code",
+    ),
+    "newer-format": (
+        lambda run, p: _edited(run, p, format=checkpoint.FORMAT_VERSION + 1),
+        "newer than this iic",
+    ),
     "bad-format-key": (lambda run, p: _edited(run, p, format="v2"), "format key"),
     "config-not-a-dict": (lambda run, p: _edited(run, p, config="r3d-tiny"), "config"),
     "model-not-weights": (lambda run, p: _edited(run, p, model=[1, 2]), "list"),
@@ -98,8 +156,25 @@ def _one_error_line(result, path: Path) -> str:
 
 
 def _eval(data: Path, ckpt: Path, out: Path):
-    return CliRunner().invoke(main, ["eval", "retrieval", "--data", str(data), "--ckpt", str(ckpt), "--out", str(out),
-                                     "--workers", "0", "--device", "cpu", "--clips", "1"])
+    return CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "retrieval",
+            "--data",
+            str(data),
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--clips",
+            "1",
+        ],
+    )
 
 
 def _resume(data: Path, out: Path, *flags: str):

@@ -1,6 +1,7 @@
 """Per-frame CRC32 checksums in the shards: written by the stages, verified on every read and by `iic-prep check`;
 a seeded fault injection flips bytes of a real shard file and every flip must be caught. Shards without
 checksums (written before them) still read, and `check` says they are unverified."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,11 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import error_lines, run_prep
 
 from iic.cli import main
 from iic.pipeline.format import CRC_SUFFIX, ChecksumError, FormatError, slot_name
 from iic.pipeline.reader import VideoStore
-
-from conftest import error_lines, run_prep
 
 FLIPS = 240  # seeded random byte flips inside stored frame bytes (at least 200)
 
@@ -35,8 +35,20 @@ def pristine(tmp_path_factory) -> Path:
         "HandstandPushups/v_HandStandPushups_g02_c01.avi": synth_frames(17, seed=4),
     }
     raw = build_ucf101(root / "raw", videos, train={k for k in videos if "_g01_" in k})
-    r = run_prep("extract", "--root", raw, "--out", root / "out", "--size", "32x40", "--shard-size", "2",
-                 "--workers", "1", "--store-residuals")
+    r = run_prep(
+        "extract",
+        "--root",
+        raw,
+        "--out",
+        root / "out",
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+        "--store-residuals",
+    )
     assert r.exit_code == 0, r.output
     data = root / "out" / "ucf101"
     assert run_prep("flow", "--data", data, "--method", "farneback", "--workers", "1").exit_code == 0
@@ -63,7 +75,11 @@ def test_stages_write_a_checksum_per_frame_and_pair(pristine):
         with h5py.File(pristine / row.shard) as f, h5py.File(pristine / "flow" / Path(row.shard).name) as g:
             group, flow = f[slot_name(row.slot)], g[slot_name(row.slot)]
             for m in ("rgb", "res"):
-                blob, offsets, crcs = group[m][()].tobytes(), group[f"{m}_offsets"][()], group[f"{m}{CRC_SUFFIX}"][()]
+                blob, offsets, crcs = (
+                    group[m][()].tobytes(),
+                    group[f"{m}_offsets"][()],
+                    group[f"{m}{CRC_SUFFIX}"][()],
+                )
                 assert crcs.dtype == np.uint32 and len(crcs) == row.n_frames
                 assert [zlib.crc32(blob[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == crcs.tolist()
             pairs = flow["flow"][()]
@@ -87,7 +103,10 @@ def test_shards_without_checksums_still_read_and_check_says_so(data):
     assert check.exit_code == 0, check.output
     lines = check.stderr.splitlines()  # what could not be verified: warnings, beside the verdict on stdout
     assert len(lines) == 2, check.stderr
-    assert "frames: no checksums for 4 of 4 videos" in lines[1] and "flow: no checksums for 4 of 4 videos" in lines[0]
+    assert (
+        "frames: no checksums for 4 of 4 videos" in lines[1]
+        and "flow: no checksums for 4 of 4 videos" in lines[0]
+    )
     assert check.stdout == f"{data}: ok\n"
 
 
@@ -156,8 +175,13 @@ def test_corrupt_flow_chunks_are_never_returned(data):
     rng = np.random.default_rng(7)
     shard = data / "flow" / "shard-00000.h5"
     with h5py.File(shard) as f:
-        chunks = [(int(slot), i, info.byte_offset, info.size) for slot, group in f["videos"].items()
-                  for i, info in ((i, group["flow"].id.get_chunk_info(i)) for i in range(group["flow"].id.get_num_chunks()))]
+        chunks = [
+            (int(slot), i, info.byte_offset, info.size)
+            for slot, group in f["videos"].items()
+            for i, info in (
+                (i, group["flow"].id.get_chunk_info(i)) for i in range(group["flow"].id.get_num_chunks())
+            )
+        ]
     rows = {r.slot: r for r in VideoStore(data).ok_rows() if r.shard == "frames/shard-00000.h5"}
     kinds = set()
     with open(shard, "r+b") as f:
@@ -173,7 +197,11 @@ def test_corrupt_flow_chunks_are_never_returned(data):
                 with pytest.raises(FormatError) as info:
                     VideoStore(data).flow(rows[slot].id)
                 message = str(info.value)
-                assert str(data) in message and "flow/shard-00000.h5" in message and repr(rows[slot].id) in message
+                assert (
+                    str(data) in message
+                    and "flow/shard-00000.h5" in message
+                    and repr(rows[slot].id) in message
+                )
                 assert f"flow pair {pair}" in message, message
                 kinds.add(type(info.value).__name__)
             finally:
@@ -192,9 +220,32 @@ def test_training_on_a_corrupt_frame_stops_in_one_line(data, tmp_path):
         f.seek(base + int(offsets[10]) + 5)
         f.write(bytes([b ^ 0x5A]))
     video = next(r.id for r in VideoStore(data).ok_rows() if r.shard == shard and r.slot == int(slot))
-    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny",
-                                  "--crop", "16", "--frames", "16", "--batch-size", "2", "--K", "2", "--epochs", "1",
-                                  "--workers", "2", "--monitor-every", "0"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--preset",
+            "tiny",
+            "--crop",
+            "16",
+            "--frames",
+            "16",
+            "--batch-size",
+            "2",
+            "--K",
+            "2",
+            "--epochs",
+            "1",
+            "--workers",
+            "2",
+            "--monitor-every",
+            "0",
+        ],
+    )
     assert r.exit_code == 1, r.output
     errors = error_lines(r.output)
     assert len(errors) == 1 and "Traceback" not in r.output, r.output
@@ -239,8 +290,20 @@ def test_repair_rewrites_exactly_the_damaged_shards(pristine, data):
     _flip(data / "frames" / "shard-00000.h5", frames_at)
     _flip(data / "flow" / "shard-00001.h5", flow_at)
     raw = pristine.parent.parent / "raw"
-    extract = ["extract", "--root", raw, "--out", data.parent, "--size", "32x40", "--shard-size", "2", "--workers", "1",
-               "--store-residuals"]
+    extract = [
+        "extract",
+        "--root",
+        raw,
+        "--out",
+        data.parent,
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+        "--store-residuals",
+    ]
     flow = ["flow", "--data", data, "--method", "farneback", "--workers", "1"]
     assert "0 written, 2 kept" in run_prep(*extract).output
     assert run_prep("check", "--data", data).exit_code == 1
@@ -255,7 +318,9 @@ def test_repair_rewrites_exactly_the_damaged_shards(pristine, data):
     a, b = VideoStore(data), VideoStore(pristine)
     for row in b.ok_rows():
         for read in ("frames", "residuals", "flow"):
-            np.testing.assert_array_equal(getattr(a, read)(row.id), getattr(b, read)(row.id), err_msg=f"{row.id} {read}")
+            np.testing.assert_array_equal(
+                getattr(a, read)(row.id), getattr(b, read)(row.id), err_msg=f"{row.id} {read}"
+            )
     assert "2 kept" in run_prep(*extract, "--repair").output  # nothing left to repair
 
 
@@ -276,8 +341,27 @@ def test_skip_corrupt_leaves_out_the_damaged_video_in_training_and_retrieval(dat
     query_id = store.ok_rows(1, "test")[0].id
     _corrupt_every_frame(data, train_id)
     _corrupt_every_frame(data, query_id)
-    run = ["train", "--preset", "tiny", "--data", data, "--frames", "8", "--crop", "24", "--batch-size", "2",
-           "--epochs", "2", "--workers", "0", "--device", "cpu", "--monitor-every", "0"]
+    run = [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        data,
+        "--frames",
+        "8",
+        "--crop",
+        "24",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--monitor-every",
+        "0",
+    ]
 
     def iic(*args):
         return CliRunner().invoke(main, [str(a) for a in args])
@@ -289,11 +373,28 @@ def test_skip_corrupt_leaves_out_the_damaged_video_in_training_and_retrieval(dat
     went_on = iic(*run, "--out", tmp_path / "b", "--skip-corrupt")
     assert went_on.exit_code == 0, went_on.output
     said = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
-    assert len([m for m in said if m.startswith(f"skipping a corrupt clip of {train_id}: ")]) == 1, said  # once
-    assert any(m.startswith(f"2 clip(s) of 1 corrupt video(s) left out ({train_id})") for m in said), said  # 2 epochs
+    assert len([m for m in said if m.startswith(f"skipping a corrupt clip of {train_id}: ")]) == 1, (
+        said
+    )  # once
+    assert any(m.startswith(f"2 clip(s) of 1 corrupt video(s) left out ({train_id})") for m in said), (
+        said
+    )  # 2 epochs
     ckpt = tmp_path / "b" / "final.pt"
     assert ckpt.exists()
-    retrieval = ["eval", "retrieval", "--data", data, "--ckpt", ckpt, "--clips", "2", "--workers", "0", "--device", "cpu"]
+    retrieval = [
+        "eval",
+        "retrieval",
+        "--data",
+        data,
+        "--ckpt",
+        ckpt,
+        "--clips",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     stopped = iic(*retrieval, "--out", tmp_path / "e1")
     assert stopped.exit_code == 1 and "checksum mismatch" in error_lines(stopped.output)[0], stopped.output
     for _ in range(2):  # extracted, then read from the cache: the same videos left out
@@ -303,4 +404,7 @@ def test_skip_corrupt_leaves_out_the_damaged_video_in_training_and_retrieval(dat
         assert result["counts"]["queries"] == 1 and result["counts"]["gallery"] == 1
         left = {r["id"]: r["reason"] for s in ("train", "test") for r in result["failed"][s]}
         assert set(left) == {train_id, query_id}
-        assert all(reason.startswith("corrupt, left out: ") and "checksum mismatch" in reason for reason in left.values())
+        assert all(
+            reason.startswith("corrupt, left out: ") and "checksum mismatch" in reason
+            for reason in left.values()
+        )

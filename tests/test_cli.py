@@ -1,8 +1,8 @@
 """The command-line surface itself: --version, and help text with defaults for every option."""
+
 from __future__ import annotations
 
 import importlib.metadata
-import re
 
 import click
 import pytest
@@ -47,8 +47,10 @@ def help_entry(text: str, opt: str) -> str:
     """The --help lines of option ``opt`` (its first line and the indented continuation lines), joined."""
     lines = text.splitlines()
     at = next(i for i, line in enumerate(lines) if line.lstrip().split(" ")[0].rstrip(",") == opt)
-    end = next((j for j in range(at + 1, len(lines)) if lines[j].lstrip().startswith("-") or not lines[j].strip()),
-               len(lines))
+    end = next(
+        (j for j in range(at + 1, len(lines)) if lines[j].lstrip().startswith("-") or not lines[j].strip()),
+        len(lines),
+    )
     return " ".join(line.strip() for line in lines[at:end])
 
 
@@ -71,8 +73,10 @@ def test_presets_are_files_listed_and_shown_as_train_resolves_them(tmp_path):
         path = tmp_path / f"{name}.toml"
         path.write_text(r.output)
         assert build_config(config_file=path) == build_config(name), name
-        printed = CliRunner().invoke(main, ["train", "--preset", name, "--data", "data/ucf101", "--out", "data/runs/iic",
-                                            "--print-config"])
+        printed = CliRunner().invoke(
+            main,
+            ["train", "--preset", name, "--data", "data/ucf101", "--out", "data/runs/iic", "--print-config"],
+        )
         assert printed.exit_code == 0 and printed.stdout == "".join(r.output.splitlines(True)[1:]), name
     # spot checks against the paper's table (docs/method.md), independent of the code's spelling
     assert 'view2 = "flow-u"' in shown["r3d-flowu-repeat"] and 'neg = "repeat"' in shown["r3d-flowu-repeat"]

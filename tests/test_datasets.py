@@ -1,13 +1,13 @@
 """Split adapters on tiny copies of the official layouts (the list files are the truth)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from conftest import error_lines, run_prep
 
 from iic.pipeline.datasets import DatasetLayoutError, load_index
-
-from conftest import error_lines, run_prep
 
 
 def _ucf_lists(root: Path) -> Path:
@@ -42,8 +42,10 @@ def test_ucf101_paths_labels_and_membership(tmp_path):
     by_id = {e.id: e for e in index.entries}
     assert list(by_id) == sorted(by_id)
     assert set(by_id) == {
-        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01",
-        "HandstandPushups/v_HandStandPushups_g01_c01", "HandstandPushups/v_HandStandPushups_g08_c01",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01",
+        "HandstandPushups/v_HandStandPushups_g01_c01",
+        "HandstandPushups/v_HandStandPushups_g08_c01",
         "YoYo/v_YoYo_g08_c01",
     }
     hs = by_id["HandstandPushups/v_HandStandPushups_g01_c01"]
@@ -59,8 +61,10 @@ def test_ucf101_paths_labels_and_membership(tmp_path):
 def test_ucf101_split_2_names_only_its_videos(tmp_path):
     index = load_index("ucf101", _ucf_lists(tmp_path), split=2)
     assert [e.id for e in index.entries] == [
-        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01", "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01",
-        "HandstandPushups/v_HandStandPushups_g01_c01", "HandstandPushups/v_HandStandPushups_g08_c01",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01",
+        "HandstandPushups/v_HandStandPushups_g01_c01",
+        "HandstandPushups/v_HandStandPushups_g08_c01",
     ]
     # split 3 has no list files: a one-line error naming the missing file
     with pytest.raises(DatasetLayoutError, match="trainlist03.txt"):
@@ -123,7 +127,10 @@ def test_folder_with_lists_uses_them(tmp_path):
     index = load_index("folder", _folder(tmp_path, with_lists=True), split=1)
     assert index.classes == ("cats", "dogs")
     assert {e.path: e.splits for e in index.entries} == {
-        "cats/a.mp4": {1: "train"}, "dogs/c.mkv": {1: "train"}, "dogs/e.mov": {1: "train"}, "cats/b.avi": {1: "test"},
+        "cats/a.mp4": {1: "train"},
+        "dogs/c.mkv": {1: "train"},
+        "dogs/e.mov": {1: "train"},
+        "cats/b.avi": {1: "test"},
     }
     with pytest.raises(DatasetLayoutError, match="single split"):
         load_index("folder", tmp_path, split=2)
@@ -131,7 +138,13 @@ def test_folder_with_lists_uses_them(tmp_path):
 
 def test_folder_without_lists_is_deterministic(tmp_path):
     a = load_index("folder", _folder(tmp_path / "a", with_lists=False), split=1)
-    assert [e.path for e in a.entries] == ["cats/a.mp4", "cats/b.avi", "dogs/c.mkv", "dogs/d.webm", "dogs/e.mov"]
+    assert [e.path for e in a.entries] == [
+        "cats/a.mp4",
+        "cats/b.avi",
+        "dogs/c.mkv",
+        "dogs/d.webm",
+        "dogs/e.mov",
+    ]
     assert all(set(e.splits) == {1} and e.splits[1] in ("train", "test") for e in a.entries)
     assert [e.label for e in a.entries] == [0, 0, 1, 1, 1]
     # same files elsewhere -> same split; an extra file does not move the others

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from iic.model.config import DualVarConfig
-from iic.model.nets.heads import ProjectionHead
 from iic.model.methods.dualvar import (
     MoCoQueue,
     dualvar_loss,
@@ -22,6 +21,7 @@ from iic.model.methods.dualvar import (
     shuffle_segments,
     temporal_coherent_loss,
 )
+from iic.model.nets.heads import ProjectionHead
 
 
 def unit(*shape, seed=0):
@@ -96,7 +96,9 @@ def test_nt_xent_sharded_equals_full_batch():
     # Two simulated ranks: local anchors + gathered candidates; the mean over ranks is the full loss.
     a, b = unit(6, 5, seed=6), unit(6, 5, seed=7)
     full = nt_xent(a, b, tau=0.2)
-    shards = [nt_xent(a[3 * r:3 * r + 3], b[3 * r:3 * r + 3], 0.2, a_all=a, b_all=b, rank=r) for r in (0, 1)]
+    shards = [
+        nt_xent(a[3 * r : 3 * r + 3], b[3 * r : 3 * r + 3], 0.2, a_all=a, b_all=b, rank=r) for r in (0, 1)
+    ]
     torch.testing.assert_close((shards[0] + shards[1]) / 2, full)
     # gather callable form, and the world-size-1 fallback of the real gather helper
     from iic.model.distributed import gather_with_grad
@@ -155,8 +157,10 @@ def test_restore_order_inverts_the_shuffle():
     # "slots" read off each segment directly (segment mean): restoring must give the unshuffled slots.
     g = torch.Generator().manual_seed(0)
     clip = torch.randn(6, 2, 12, 3, 3, generator=g)
+
     def slots_of(x, s):
         return x.view(6, 2, s, 12 // s, 3, 3).mean(dim=(3, 4, 5)).transpose(1, 2)  # (B, S, C)
+
     for s in (2, 3, 4):
         shuffled, perm = shuffle_segments(clip, s, generator=g)
         torch.testing.assert_close(restore_order(slots_of(shuffled, s), perm), slots_of(clip, s))
@@ -286,6 +290,7 @@ def test_moco_tc_logits_uses_mean_slots():
     bank = unit(3, 2, 4, seed=54)
     logits = moco_tc_logits(qs, ks, bank.reshape(3, 8), tau=1.0)
     for i in range(2):
+
         def slot_mean_dot(x, y):  # official form: mean of the S x S slot dot products
             return np.mean([(x[p] @ y[r]).item() for p in range(2) for r in range(2)])
 
@@ -350,8 +355,13 @@ def test_end_to_end_gradients_reach_both_heads():
     perm = torch.tensor([[1, 0], [0, 1], [1, 0], [1, 0]])
     restored = restore_order(series_head(feats[2] + 0.1), perm)
     total, _ = dualvar_loss(
-        clip_head(feats[0]), clip_head(feats[1]), series_head(feats[0]), series_head(feats[1]),
-        series_head(feats[2]), restored, DualVarConfig(),
+        clip_head(feats[0]),
+        clip_head(feats[1]),
+        series_head(feats[0]),
+        series_head(feats[1]),
+        series_head(feats[2]),
+        restored,
+        DualVarConfig(),
     )
     total.backward()
     assert torch.isfinite(total)

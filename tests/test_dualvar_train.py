@@ -1,4 +1,5 @@
 """DualVar in the training framework: pair sampling, views, the network, `iic train --method dualvar`."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,19 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import build_ucf101, run_prep, synth_frames, write_video
+
 from iic.cli import main
+from iic.model.config import (
+    ConfigError,
+    DualVarConfig,
+    SimCLRAugmentConfig,
+    TrainConfig,
+    build_config,
+    parse_key_values,
+)
 from iic.model.data import augment
 from iic.model.data.clips import ClipConfig, ClipDataset, EpochSampler, clip_indices, clip_seed, train_start
-from iic.model.config import (ConfigError, DualVarConfig, SimCLRAugmentConfig, TrainConfig, build_config,
-                              parse_key_values)
 from iic.model.data.views import residual_input
 from iic.model.methods.dualvar import DualVarNet, make_views, restore_order, shuffle_segments
 
@@ -24,12 +31,29 @@ N_FRAMES = 70  # index videos: frame t is flat grey 10 + 3 t (lossless FFV1, so 
 @pytest.fixture(scope="module")
 def index_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dv_index")
-    flat = (10 + 3 * np.arange(N_FRAMES)).astype(np.uint8)[:, None, None, None] * np.ones((1, 24, 32, 3), np.uint8)
+    flat = (10 + 3 * np.arange(N_FRAMES)).astype(np.uint8)[:, None, None, None] * np.ones(
+        (1, 24, 32, 3), np.uint8
+    )
     videos = {f"Flat/v_Flat_g{g:02d}_c01.avi": flat for g in range(1, 4)}
     short = {"Flat/v_Flat_g04_c01.avi": flat[:20]}  # shorter than one clip: loops
-    build_ucf101(root / "raw", {**videos, **short}, writer=lambda p, f: write_video(p, f, codec="ffv1", pix_fmt="yuv444p"))
-    result = run_prep("extract", "--dataset", "ucf101", "--root", root / "raw", "--out", root, "--size", "24x32",
-                      "--workers", "1")
+    build_ucf101(
+        root / "raw",
+        {**videos, **short},
+        writer=lambda p, f: write_video(p, f, codec="ffv1", pix_fmt="yuv444p"),
+    )
+    result = run_prep(
+        "extract",
+        "--dataset",
+        "ucf101",
+        "--root",
+        root / "raw",
+        "--out",
+        root,
+        "--size",
+        "24x32",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     return root / "ucf101"
 
@@ -38,11 +62,25 @@ def index_data(tmp_path_factory) -> Path:
 def motion_data(tmp_path_factory) -> Path:
     """4 train + 2 test videos of moving discs, 40x52, 36 frames."""
     root = tmp_path_factory.mktemp("dv_motion")
-    videos = {f"{cls}/v_{cls}_g{g:02d}_c01.avi": synth_frames(36, seed=10 * c + g)
-              for c, cls in enumerate(["Alpha", "Beta"]) for g in range(1, 4)}
+    videos = {
+        f"{cls}/v_{cls}_g{g:02d}_c01.avi": synth_frames(36, seed=10 * c + g)
+        for c, cls in enumerate(["Alpha", "Beta"])
+        for g in range(1, 4)
+    }
     build_ucf101(root / "raw", videos, train={k for k in videos if "_g03_" not in k})
-    result = run_prep("extract", "--dataset", "ucf101", "--root", root / "raw", "--out", root, "--size", "40x52",
-                      "--workers", "1")
+    result = run_prep(
+        "extract",
+        "--dataset",
+        "ucf101",
+        "--root",
+        root / "raw",
+        "--out",
+        root,
+        "--size",
+        "40x52",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     return root / "ucf101"
 
@@ -57,7 +95,9 @@ def frame_index(clip: torch.Tensor) -> np.ndarray:
 
 def test_pair_sampling_two_times_of_one_video_with_stride(index_data):
     T, stride = 8, 4
-    pair = ClipDataset(index_data, 1, "train", ClipConfig(frames=T, stride=stride, modalities=("rgb",), clips_per_sample=2))
+    pair = ClipDataset(
+        index_data, 1, "train", ClipConfig(frames=T, stride=stride, modalities=("rgb",), clips_per_sample=2)
+    )
     single = ClipDataset(index_data, 1, "train", ClipConfig(frames=T, stride=stride, modalities=("rgb",)))
     long_rows = [i for i in range(pair.n_videos) if pair.lengths[i] == N_FRAMES]
     assert len(long_rows) == 3
@@ -82,7 +122,9 @@ def test_pair_sampling_two_times_of_one_video_with_stride(index_data):
 
 
 def test_views_third_is_clip_0_and_shuffle_is_its_permutation(index_data):
-    pair = ClipDataset(index_data, 1, "train", ClipConfig(frames=8, stride=2, modalities=("rgb",), clips_per_sample=2))
+    pair = ClipDataset(
+        index_data, 1, "train", ClipConfig(frames=8, stride=2, modalities=("rgb",), clips_per_sample=2)
+    )
     items = [pair[(i, clip_seed(0, 0, i))] for i in range(3)]
     batch = {k: torch.stack([s[k] for s in items]) for k in ("rgb", "rgb_1")}
     plain = SimCLRAugmentConfig(crop=16, train=False)  # centre crop only: views comparable exactly
@@ -99,7 +141,9 @@ def test_views_third_is_clip_0_and_shuffle_is_its_permutation(index_data):
     assert all(torch.equal(v[k], again[k]) for k in v)
     assert v["x0"].shape == v["x1"].shape == v["x2s"].shape == (3, 3, 8, 16, 16)
     # residual frames as the clip view: view 1 = clip 1's residual, views 0 and 2 stay RGB
-    pair = ClipDataset(index_data, 1, "train", ClipConfig(frames=8, stride=2, modalities=("rgb", "res"), clips_per_sample=2))
+    pair = ClipDataset(
+        index_data, 1, "train", ClipConfig(frames=8, stride=2, modalities=("rgb", "res"), clips_per_sample=2)
+    )
     items = [pair[(i, clip_seed(0, 0, i))] for i in range(3)]
     batch = {k: torch.stack([s[k] for s in items]) for k in ("rgb", "rgb_1", "res", "res_1")}
     v = make_views(batch, plain, "res", 2, torch.Generator().manual_seed(0), torch.device("cpu"))
@@ -117,7 +161,9 @@ def test_simclr_augmentation_per_clip():
     grey = p.grey & (p.sigma == 0)
     assert untouched.any() and grey.any() and (~untouched).any()
     assert torch.equal(out[untouched], geo[untouched])  # no coin came up: exactly the crop
-    assert torch.allclose(out[grey][:, 0], out[grey][:, 1]) and torch.allclose(out[grey][:, 1], out[grey][:, 2])
+    assert torch.allclose(out[grey][:, 0], out[grey][:, 1]) and torch.allclose(
+        out[grey][:, 1], out[grey][:, 2]
+    )
     assert out.min() >= 0 and out.max() <= 1
     # blur keeps a constant clip constant, and smooths noise
     flat = torch.full((1, 3, 2, 16, 16), 0.3)
@@ -150,22 +196,36 @@ def test_unpermuted_shuffle_gives_the_same_slots_through_the_net():
 
 
 def test_parse_options_and_configs():
-    sections = parse_key_values(["clip_loss=moco", "moco-k=32", "tau_clip=0.1", "blur_sigma=0.2,1",
-                                 "allow_identity_shuffle=0"])
+    sections = parse_key_values(
+        ["clip_loss=moco", "moco-k=32", "tau_clip=0.1", "blur_sigma=0.2,1", "allow_identity_shuffle=0"]
+    )
     opts = {**sections["dualvar"], **sections["simclr"]}
-    assert opts == {"clip_loss": "moco", "moco_k": 32, "tau_clip": 0.1, "blur_sigma": (0.2, 1.0),
-                    "allow_identity_shuffle": False}
+    assert opts == {
+        "clip_loss": "moco",
+        "moco_k": 32,
+        "tau_clip": 0.1,
+        "blur_sigma": (0.2, 1.0),
+        "allow_identity_shuffle": False,
+    }
     cfg = build_config("dualvar-tiny", **sections)
     dv, aug = cfg.dualvar, cfg.simclr
     assert (dv.clip_loss, dv.moco_k, aug.blur_sigma, aug.crop, aug.flip) == ("moco", 32, (0.2, 1.0), 64, True)
-    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # typed options survive a checkpoint
+    assert (
+        TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    )  # typed options survive a checkpoint
     old = {**cfg.to_dict(), "dualvar": opts}  # checkpoints written before the options were typed: one dict
     del old["simclr"]
     assert TrainConfig.from_dict(old) == cfg
     with pytest.raises(ConfigError, match="need --method dualvar"):
         build_config("tiny", dualvar={"tau_clip": 0.1})
     paper = build_config("dualvar-r21d")
-    assert (paper.model, paper.stride, paper.frames, paper.crop, paper.clips_per_sample) == ("r21d-10", 4, 16, 112, 2)
+    assert (paper.model, paper.stride, paper.frames, paper.crop, paper.clips_per_sample) == (
+        "r21d-10",
+        4,
+        16,
+        112,
+        2,
+    )
     plain = build_config(method="dualvar")  # the method alone means DualVar's recipe
     assert (plain.view2, plain.stride, plain.flip) == ("rgb", 4, True) and "iic" not in plain.to_dict()
     assert build_config(method="dualvar", view2="res").modalities == ("rgb", "res")  # residual clip view
@@ -190,25 +250,46 @@ REFUSED = [
 
 @pytest.mark.parametrize("flags,words", REFUSED)
 def test_refused_combinations_are_one_line_errors(tmp_path, flags, words):
-    result = CliRunner().invoke(main, ["train", "--method", "dualvar", "--data", str(tmp_path), "--out",
-                                       str(tmp_path / "run"), *flags])
+    result = CliRunner().invoke(
+        main,
+        ["train", "--method", "dualvar", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *flags],
+    )
     assert result.exit_code == 2  # a refused combination of flags is a usage error
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], result.output
     # IIC refuses DualVar options
-    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "--data", str(tmp_path), "--dualvar", "w_tc=2"])
+    result = CliRunner().invoke(
+        main, ["train", "--preset", "tiny", "--data", str(tmp_path), "--dualvar", "w_tc=2"]
+    )
     assert result.exit_code == 2 and "need --method dualvar" in result.output
 
 
 # --------------------------------------------------------------------------------------------- training
 
-TINY = ["--frames", "8", "--stride", "2", "--crop", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
-        "--seed", "0"]
+TINY = [
+    "--frames",
+    "8",
+    "--stride",
+    "2",
+    "--crop",
+    "32",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
+]
 
 
 def train_cli(data: Path, out: Path, *flags: str):
-    result = CliRunner().invoke(main, ["train", "--preset", "dualvar-tiny", "--data", str(data), "--out", str(out),
-                                       *TINY, *flags], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        ["train", "--preset", "dualvar-tiny", "--data", str(data), "--out", str(out), *TINY, *flags],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     return result
 
@@ -222,13 +303,24 @@ def fixed_batch_loss(net, state, cfg, draws: int = 4) -> float:
     """The DualVar loss of every training video at fixed times, averaged over ``draws`` fixed view draws."""
     from iic.model.methods.dualvar import dualvar_step
 
-    ds = ClipDataset(cfg.data, 1, "train", ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=("rgb",),
-                                                      clips_per_sample=2))
+    ds = ClipDataset(
+        cfg.data,
+        1,
+        "train",
+        ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=("rgb",), clips_per_sample=2),
+    )
     items = [ds[(i, clip_seed(123, 0, i))] for i in range(ds.n_videos)]
     batch = {k: torch.stack([s[k] for s in items]) for k in ("rgb", "rgb_1")}
     with torch.no_grad():
-        return sum(dualvar_step(net.train(), state, batch, cfg, torch.Generator().manual_seed(g), torch.device("cpu")).item()
-                   for g in range(draws)) / draws
+        return (
+            sum(
+                dualvar_step(
+                    net.train(), state, batch, cfg, torch.Generator().manual_seed(g), torch.device("cpu")
+                ).item()
+                for g in range(draws)
+            )
+            / draws
+        )
 
 
 def test_short_cpu_run_lowers_the_loss(motion_data, tmp_path):
@@ -258,9 +350,20 @@ def test_resume_equals_uninterrupted_moco(motion_data, tmp_path, monkeypatch):
     from iic.model import checkpoint
     from iic.model.run import train as train_mod
 
-    cfg = lambda out: build_config("dualvar-tiny", data=motion_data, out=out, frames=8, stride=2, crop=32, batch_size=4,
-                                   workers=0, device="cpu", seed=0, epochs=2,
-                                   dualvar={"clip_loss": "moco", "moco_k": 8, "moco_m": 0.9})
+    cfg = lambda out: build_config(
+        "dualvar-tiny",
+        data=motion_data,
+        out=out,
+        frames=8,
+        stride=2,
+        crop=32,
+        batch_size=4,
+        workers=0,
+        device="cpu",
+        seed=0,
+        epochs=2,
+        dualvar={"clip_loss": "moco", "moco_k": 8, "moco_m": 0.9},
+    )
     full = checkpoint.load(train_mod.train(cfg(tmp_path / "full")))
 
     real = train_mod.train_one_epoch
@@ -286,7 +389,9 @@ def test_resume_equals_uninterrupted_moco(motion_data, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [[], ["--dualvar", "clip_loss=moco", "--dualvar", "moco_k=8"]], ids=["simclr", "moco"])
+@pytest.mark.parametrize(
+    "variant", [[], ["--dualvar", "clip_loss=moco", "--dualvar", "moco_k=8"]], ids=["simclr", "moco"]
+)
 def test_ddp_two_processes_gloo(motion_data, tmp_path, variant):
     """torchrun, 2 CPU ranks: NT-Xent negatives gathered across ranks; MoCo key encoder and queues stay equal
     on both ranks (the loop checks the state buffers after training)."""
@@ -300,9 +405,29 @@ def test_ddp_two_processes_gloo(motion_data, tmp_path, variant):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
     out = tmp_path / "ddp"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", iic, "train", "--preset", "dualvar-tiny", "--data",
-           str(motion_data), "--out", str(out), "--epochs", "2", *TINY[:-4], "--batch-size", "2", *variant]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        iic,
+        "train",
+        "--preset",
+        "dualvar-tiny",
+        "--data",
+        str(motion_data),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        *TINY[:-4],
+        "--batch-size",
+        "2",
+        *variant,
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "world 2" in r.stderr
     ckpt = checkpoint.load(out / "final.pt")

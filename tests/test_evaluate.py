@@ -3,6 +3,7 @@
 One module-scoped dataset (3 motion classes x 6 videos, 24 frames at 40x52, plus one listed test video
 that does not exist, so extraction fails on it) and one 1-epoch tiny checkpoint serve every test.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,19 +16,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from conftest import run_prep
 
 from iic.cli import main
-from iic.model.config import backbone_config
-from iic.model.nets.backbones import build_backbone
 from iic.model.checkpoint import load, save_atomic
-from iic.model.evaluation.evaluate import (LinearConfig, RetrievalConfig, SourceConfig, evaluate_retrieval, knn_predict,
-                                logistic_regression, prefetch_features)
+from iic.model.config import backbone_config
+from iic.model.evaluation.evaluate import (
+    LinearConfig,
+    RetrievalConfig,
+    SourceConfig,
+    evaluate_retrieval,
+    knn_predict,
+    logistic_regression,
+    prefetch_features,
+)
 from iic.model.evaluation.features import backbone_state
 from iic.model.evaluation.retrieval import retrieval_topk
+from iic.model.nets.backbones import build_backbone
 from iic.pipeline.reader import VideoStore
 from iic.pipeline.synth import SynthConfig, generate
-
-from conftest import run_prep
 
 MISSING = "MoveLeft/v_MoveLeft_g99_c01"
 FAST = ["--workers", "0", "--device", "cpu", "--clips", "2"]
@@ -54,8 +61,27 @@ def world(tmp_path_factory, one_thread):
     res = run_prep("extract", "--root", raw, "--out", root / "data", "--size", "40x52", "--workers", "1")
     assert res.exit_code == 3, res.output  # 3 = some videos failed (the missing one)
     data = root / "data" / "ucf101"
-    run_iic("train", "--preset", "tiny", "--data", data, "--out", root / "runs" / "a", "--crop", "32", "--frames", "8",
-            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu")
+    run_iic(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        data,
+        "--out",
+        root / "runs" / "a",
+        "--crop",
+        "32",
+        "--frames",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     return data, root / "runs" / "a" / "final.pt"
 
 
@@ -75,7 +101,9 @@ def error_line(result) -> str:
 # an independent feature computation: numpy crops and the documented input mapping, no project loader
 
 
-def independent_features(data: Path, ckpt: Path, split_kind: str, clips: int) -> tuple[np.ndarray, np.ndarray]:
+def independent_features(
+    data: Path, ckpt: Path, split_kind: str, clips: int
+) -> tuple[np.ndarray, np.ndarray]:
     state = load(ckpt)
     cfg = state["config"]
     net = build_backbone(backbone_config(cfg["model"])).eval()
@@ -92,7 +120,9 @@ def independent_features(data: Path, ckpt: Path, split_kind: str, clips: int) ->
             H, W = q.shape[1:3]
             top, left = (H - crop) // 2, (W - crop) // 2
             x = ((q - 128.0) / 127.5 + 1.0) / 2.0  # residual -> [0, 1] encoder input
-            x = torch.from_numpy(x[:, top:top + crop, left:left + crop].transpose(3, 0, 1, 2).copy())[None]
+            x = torch.from_numpy(x[:, top : top + crop, left : left + crop].transpose(3, 0, 1, 2).copy())[
+                None
+            ]
             with torch.no_grad():
                 conv5 = net(x)["conv5"]
             clip_feats.append(F.max_pool3d(conv5, (1, 2, 2), (1, 2, 2)).flatten(1)[0].double().numpy())
@@ -103,7 +133,9 @@ def independent_features(data: Path, ckpt: Path, split_kind: str, clips: int) ->
 
 def test_retrieval_every_query_matches_independent_features(world, tmp_path, figures):
     data, trained = world
-    ckpt = tmp_path / "run" / "final.pt"  # a run of its own: its feature cache (run/eval/features) is this test's
+    ckpt = (
+        tmp_path / "run" / "final.pt"
+    )  # a run of its own: its feature cache (run/eval/features) is this test's
     ckpt.parent.mkdir()
     ckpt.write_bytes(trained.read_bytes())
     res = retrieval(data, "--ckpt", ckpt, "--out", tmp_path, "--batch-size", "5")
@@ -112,7 +144,9 @@ def test_retrieval_every_query_matches_independent_features(world, tmp_path, fig
     out = json.loads((tmp_path / "retrieval.json").read_text())
     store = VideoStore(data)
     listed_test = [r for r in store.rows if r.in_list(1, "test")]
-    assert out["counts"]["queries"] == len(listed_test) - 1 == len(out["queries"])  # every query but the failed one
+    assert (
+        out["counts"]["queries"] == len(listed_test) - 1 == len(out["queries"])
+    )  # every query but the failed one
     assert out["counts"]["failed_queries"] == 1 and out["failed"]["test"][0]["id"] == MISSING
     assert MISSING in res.output  # the failed video is reported on the terminal
     assert out["counts"]["gallery"] == len(store.ok_rows(1, "train"))
@@ -120,7 +154,9 @@ def test_retrieval_every_query_matches_independent_features(world, tmp_path, fig
     # the features are the documented ones (computed here without the project's loader and augmentation) ...
     cached = {}
     for subset in ("train", "test"):
-        with np.load(next((ckpt.parent / "eval" / "features").glob(f"features-{subset}-res-conv5-*.npz"))) as z:
+        with np.load(
+            next((ckpt.parent / "eval" / "features").glob(f"features-{subset}-res-conv5-*.npz"))
+        ) as z:
             cached[subset] = (z["features"], z["labels"])
         mine, labels = independent_features(data, ckpt, subset, 2)
         np.testing.assert_array_equal(labels, cached[subset][1])
@@ -137,7 +173,9 @@ def test_retrieval_every_query_matches_independent_features(world, tmp_path, fig
     at = next(i for i, line in enumerate(lines) if "retrieval of 6 queries against 12 gallery" in line)
     header, values = lines[at + 1], lines[at + 2]
     assert header.split() == ["top1", "top5", "top10", "top20", "top50"]
-    assert [float(v) for v in values.split()] == pytest.approx([out["topk"][k] for k in ("1", "5", "10", "20", "50")], abs=0.05)
+    assert [float(v) for v in values.split()] == pytest.approx(
+        [out["topk"][k] for k in ("1", "5", "10", "20", "50")], abs=0.05
+    )
 
 
 def test_feature_cache_hit_and_invalidation(world, tmp_path):
@@ -155,7 +193,9 @@ def test_feature_cache_hit_and_invalidation(world, tmp_path):
     assert "features extracted" in retrieval(data, "--ckpt", ck, "--out", tmp_path).output
     assert "features read from cache" in retrieval(data, "--ckpt", ck, "--out", tmp_path).output
     for option in (["--modality", "rgb", "--clips", "1"], ["--crop", "24", "--clips", "1"]):
-        assert "features extracted" in retrieval(data, "--ckpt", ck, "--out", tmp_path, *option).output, option
+        assert "features extracted" in retrieval(data, "--ckpt", ck, "--out", tmp_path, *option).output, (
+            option
+        )
 
 
 def test_feature_cache_follows_the_pixels_not_the_manifest(world, tmp_path):
@@ -163,9 +203,25 @@ def test_feature_cache_follows_the_pixels_not_the_manifest(world, tmp_path):
     manifest as it was; the cache is keyed by what a reader gets (`VideoStore.identity`), so it is not read."""
     data, ckpt = world
     raw = data.parent.parent / "raw"
-    for quality, expect in ((90, "features extracted"), (90, "features read from cache"), (60, "features extracted")):
-        res = run_prep("extract", "--root", raw, "--out", tmp_path / "d", "--size", "40x52", "--workers", "1",
-                       "--quality", quality, *(["--overwrite"] if quality == 60 else []))
+    for quality, expect in (
+        (90, "features extracted"),
+        (90, "features read from cache"),
+        (60, "features extracted"),
+    ):
+        res = run_prep(
+            "extract",
+            "--root",
+            raw,
+            "--out",
+            tmp_path / "d",
+            "--size",
+            "40x52",
+            "--workers",
+            "1",
+            "--quality",
+            quality,
+            *(["--overwrite"] if quality == 60 else []),
+        )
         assert res.exit_code == 3, res.output
         out = retrieval(tmp_path / "d" / "ucf101", "--ckpt", ckpt, "--out", tmp_path / "eval")
         assert expect in out.output, (quality, out.output)
@@ -175,17 +231,25 @@ def test_one_pass_fills_every_view_and_feature(world, tmp_path):
     """`prefetch_features` decodes and encodes each clip once for two views x two features; each retrieval
     after it reads its own cache file, and its numbers are those of a retrieval that extracted alone."""
     data, ckpt = world
-    base = RetrievalConfig(data=data, source=SourceConfig(ckpt=ckpt), clips=2, workers=0, device="cpu",
-                           cache=tmp_path / "shared")
+    base = RetrievalConfig(
+        data=data, source=SourceConfig(ckpt=ckpt), clips=2, workers=0, device="cpu", cache=tmp_path / "shared"
+    )
     prefetch_features(base, ("rgb", "res"), ("conv5", "pool"))
     files = sorted(p.name.split("-")[1:4] for p in (tmp_path / "shared").glob("features-*.npz"))
-    assert files == sorted([s, v, f] for s in ("train", "test") for v in ("rgb", "res") for f in ("conv5", "pool"))
+    assert files == sorted(
+        [s, v, f] for s in ("train", "test") for v in ("rgb", "res") for f in ("conv5", "pool")
+    )
     for view in ("rgb", "res"):
         for feature in ("conv5", "pool"):
             cfg = dataclasses.replace(base, modality=view, feature=feature, out=tmp_path / view / feature)
             shared = evaluate_retrieval(cfg)
-            alone = evaluate_retrieval(dataclasses.replace(cfg, cache=tmp_path / "alone" / view / feature / "cache",
-                                                           out=tmp_path / "alone" / view / feature))
+            alone = evaluate_retrieval(
+                dataclasses.replace(
+                    cfg,
+                    cache=tmp_path / "alone" / view / feature / "cache",
+                    out=tmp_path / "alone" / view / feature,
+                )
+            )
             assert shared["cached"] and not alone["cached"]
             assert shared["topk"] == alone["topk"] and shared["queries"] == alone["queries"], (view, feature)
 
@@ -198,19 +262,31 @@ def test_random_init_merge_center(world, tmp_path):
     assert a["backbone"]["random_init"] and a["backbone"]["model"] == "r3d-tiny" and a["feature_dim"] == 64
     assert "random-init r3d-tiny" in single.output
     # the config came from a run the user did not name: said on the first line of stderr, and in the JSON
-    assert single.stderr.splitlines()[0] == (f"backbone picked for you: random-init r3d-tiny (seed 0) (model, clip and "
-                                             f"crop of {ckpt}; --model to choose)"), single.output
+    assert single.stderr.splitlines()[0] == (
+        f"backbone picked for you: random-init r3d-tiny (seed 0) (model, clip and "
+        f"crop of {ckpt}; --model to choose)"
+    ), single.output
     assert a["chosen"] == f"model, clip and crop of {ckpt}; --model to choose"
     named = retrieval(data, "--ckpt", ckpt, "--feature", "pool", "--out", tmp_path / "n")
     assert "picked for you" not in named.output
-    merged = retrieval(data, "--random-init", "--run", run, "--feature", "pool", "--merge", "--center", "--out", tmp_path / "b")
+    merged = retrieval(
+        data,
+        "--random-init",
+        "--run",
+        run,
+        "--feature",
+        "pool",
+        "--merge",
+        "--center",
+        "--out",
+        tmp_path / "b",
+    )
     b = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert b["feature_dim"] == 2 * a["feature_dim"] and b["center"] is True
     assert "each L2-normalised" in merged.output
     # the default checkpoint is the only final.pt under --run
     c = retrieval(data, "--run", run, "--out", tmp_path / "c")
     assert str(ckpt) in c.output
-
 
 
 def test_without_ckpt_one_run_is_taken_and_named_and_several_are_refused(world, tmp_path):
@@ -223,7 +299,10 @@ def test_without_ckpt_one_run_is_taken_and_named_and_several_are_refused(world, 
     only.parent.mkdir(parents=True)
     only.write_bytes(ckpt.read_bytes())
     res = retrieval(data, "--run", runs, "--out", tmp_path / "out", "--clips", "1")
-    assert res.stderr.splitlines()[0] == f"backbone picked for you: {only} (the only final.pt under {runs}; --ckpt to choose)"
+    assert (
+        res.stderr.splitlines()[0]
+        == f"backbone picked for you: {only} (the only final.pt under {runs}; --ckpt to choose)"
+    )
     assert json.loads((tmp_path / "out" / "retrieval.json").read_text())["checkpoint"] == str(only)
     for name, age_s in (("b-older", 3600), ("a-newer", 60), ("c-oldest", 7200)):  # names do not sort by age
         path = runs / name / "final.pt"
@@ -233,8 +312,13 @@ def test_without_ckpt_one_run_is_taken_and_named_and_several_are_refused(world, 
     res = retrieval(data, "--run", runs, "--out", tmp_path / "out2", "--clips", "1", ok=False)
     assert res.exit_code == 2 and not (tmp_path / "out2").exists()
     line = error_line(res)
-    assert f"3 runs under {runs} could be meant ({runs / 'a-newer' / 'final.pt'}, {runs / 'b-older' / 'final.pt'}" in line
-    given = retrieval(data, "--ckpt", runs / "a-newer" / "final.pt", "--out", tmp_path / "out", "--clips", "1")
+    assert (
+        f"3 runs under {runs} could be meant ({runs / 'a-newer' / 'final.pt'}, {runs / 'b-older' / 'final.pt'}"
+        in line
+    )
+    given = retrieval(
+        data, "--ckpt", runs / "a-newer" / "final.pt", "--out", tmp_path / "out", "--clips", "1"
+    )
     assert "picked for you" not in given.output
 
 
@@ -246,7 +330,9 @@ def _is_share_of(percent: float, n: int) -> bool:
 
 def test_linear_and_knn(world, tmp_path):
     data, ckpt = world
-    lin = run_iic("eval", "linear", "--data", data, "--ckpt", ckpt, "--out", tmp_path, *FAST, "--weight-decay", "0.01")
+    lin = run_iic(
+        "eval", "linear", "--data", data, "--ckpt", ckpt, "--out", tmp_path, *FAST, "--weight-decay", "0.01"
+    )
     out = json.loads((tmp_path / "linear.json").read_text())
     assert out["counts"] == {"train": 12, "test": 6, "failed_test": 1}
     assert _is_share_of(out["top1"], 6)  # a share of the 6 scored test videos, not of all 7 listed
@@ -261,9 +347,13 @@ def _probe_accuracy(xtr, ytr, xte, yte, n_classes: int) -> tuple[float, float]:
     cfg = LinearConfig()
     xtr, xte = torch.from_numpy(xtr), torch.from_numpy(xte)
     mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
-    clf = logistic_regression((xtr - mean) / std, torch.from_numpy(ytr), n_classes, cfg.weight_decay, cfg.steps)
+    clf = logistic_regression(
+        (xtr - mean) / std, torch.from_numpy(ytr), n_classes, cfg.weight_decay, cfg.steps
+    )
     with torch.no_grad():
-        acc = [float((clf((x - mean) / std).argmax(1).numpy() == y).mean()) for x, y in ((xtr, ytr), (xte, yte))]
+        acc = [
+            float((clf((x - mean) / std).argmax(1).numpy() == y).mean()) for x, y in ((xtr, ytr), (xte, yte))
+        ]
     return acc[0], acc[1]
 
 
@@ -304,8 +394,30 @@ def test_knn_vote_by_hand():
 
 def test_recognition_one_epoch_and_resume(world, tmp_path):
     data, ckpt = world
-    args = ["eval", "recognition", "--data", data, "--ckpt", ckpt, "--out", tmp_path, "--workers", "0", "--device",
-            "cpu", "--clips", "2", "--batch-size", "4", "--lr", "0.01", "--val-fraction", "0.2", "--seed", "1"]
+    args = [
+        "eval",
+        "recognition",
+        "--data",
+        data,
+        "--ckpt",
+        ckpt,
+        "--out",
+        tmp_path,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--clips",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.01",
+        "--val-fraction",
+        "0.2",
+        "--seed",
+        "1",
+    ]
     first = run_iic(*args, "--epochs", "1")
     assert "top-1" in first.output and "top-5" in first.output and "(10 train, 2 val)" in first.output
     assert (tmp_path / "last.pt").exists() and (tmp_path / "final.pt").exists()
@@ -323,9 +435,35 @@ def test_recognition_one_epoch_and_resume(world, tmp_path):
 
 def test_recognition_from_scratch_rgb(world, tmp_path):
     data, _ = world
-    res = run_iic("eval", "recognition", "--data", data, "--random-init", "--model", "r3d-tiny", "--frames", "8",
-                  "--crop", "32", "--modality", "res", "--out", tmp_path, "--workers", "0", "--device", "cpu",
-                  "--clips", "1", "--batch-size", "4", "--epochs", "1", "--val-fraction", "0")
+    res = run_iic(
+        "eval",
+        "recognition",
+        "--data",
+        data,
+        "--random-init",
+        "--model",
+        "r3d-tiny",
+        "--frames",
+        "8",
+        "--crop",
+        "32",
+        "--modality",
+        "res",
+        "--out",
+        tmp_path,
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--clips",
+        "1",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--val-fraction",
+        "0",
+    )
     assert "random-init r3d-tiny" in res.output and "0 val" in res.output
 
 
@@ -339,8 +477,12 @@ def test_one_line_errors(world, tmp_path):
     other = tmp_path / "other.pt"
     save_atomic(state, other)
     assert "another dataset" in error_line(retrieval(data, "--ckpt", other, "--out", tmp_path, ok=False))
-    assert "another dataset" in error_line(run_iic("eval", "linear", "--data", data, "--ckpt", other, ok=False))
-    assert "flow" in error_line(retrieval(data, "--ckpt", ckpt, "--modality", "flow-u", "--out", tmp_path, ok=False))
+    assert "another dataset" in error_line(
+        run_iic("eval", "linear", "--data", data, "--ckpt", other, ok=False)
+    )
+    assert "flow" in error_line(
+        retrieval(data, "--ckpt", ckpt, "--modality", "flow-u", "--out", tmp_path, ok=False)
+    )
     assert "exclude" in error_line(retrieval(data, "--ckpt", ckpt, "--random-init", ok=False))
     assert "--merge" in error_line(retrieval(data, "--ckpt", ckpt, "--modality", "rgb", "--merge", ok=False))
     assert "checkpoint not found" in error_line(retrieval(data, "--ckpt", tmp_path / "nope.pt", ok=False))

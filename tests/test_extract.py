@@ -1,4 +1,5 @@
 """`iic-prep extract` through the real CLI: bad input, exit codes, resume after SIGKILL, locking, dask."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,19 +16,30 @@ import av
 import h5py
 import numpy as np
 import pytest
-
-from iic.pipeline.decode import iter_frames
-from iic.pipeline.parallel import EXIT_SOME_FAILED
-from iic.pipeline.lock import exclusive
-from iic.pipeline.format import FormatError, read_manifest
-from iic.pipeline.reader import VideoStore
-from iic.pipeline.writer import size_text
-
 from conftest import (
-    build_hmdb51, build_ucf101, decode_count, decode_resized, error_lines, failing_writes, gated_env,
-    jpeg_roundtrip, prep_command, release_gate, run_prep, synth_frames, wait_for, write_audio_only,
+    build_hmdb51,
+    build_ucf101,
+    decode_count,
+    decode_resized,
+    error_lines,
+    failing_writes,
+    gated_env,
+    jpeg_roundtrip,
+    prep_command,
+    release_gate,
+    run_prep,
+    synth_frames,
+    wait_for,
+    write_audio_only,
     write_video,
 )
+
+from iic.pipeline.decode import iter_frames
+from iic.pipeline.format import FormatError, read_manifest
+from iic.pipeline.lock import exclusive
+from iic.pipeline.parallel import EXIT_SOME_FAILED
+from iic.pipeline.reader import VideoStore
+from iic.pipeline.writer import size_text
 
 SIZE = (45, 61)  # odd on purpose: JPEG and the resize must cope with any HxW
 SIZE_ARG = f"{SIZE[0]}x{SIZE[1]}"
@@ -71,14 +83,20 @@ def _bad_input_layout(raw: Path) -> dict[str, str]:
     _truncate(v / "Broken/v_Broken_trunc_c01.mp4", 0.5)
     write_video(v / "Broken/v_Broken_lying_c01.avi", synth_frames(60, seed=4))
     _truncate(v / "Broken/v_Broken_lying_c01.avi", 0.7)
-    write_video(v / "Broken/v_Broken_lying_c02.mp4", synth_frames(40, seed=5), container_options={"movflags": "faststart"})
+    write_video(
+        v / "Broken/v_Broken_lying_c02.mp4",
+        synth_frames(40, seed=5),
+        container_options={"movflags": "faststart"},
+    )
     _truncate(v / "Broken/v_Broken_lying_c02.mp4", 0.9)
     (v / "Broken/v_Broken_empty_c01.avi").write_bytes(b"")
     write_audio_only(v / "Broken/v_Broken_audio_c01.avi")
     (v / "Broken/v_Broken_garbage_c01.avi").write_bytes(np.random.default_rng(0).bytes(5000))
     write_video(v / "Odd/v_Odd_short_c01.avi", synth_frames(10, seed=6))
     write_video(v / "Odd/v_Odd_single_c01.avi", synth_frames(1, seed=7))
-    write_video(v / "Odd/v_Odd_size_c01.mkv", synth_frames(12, 239, 321, seed=8), codec="ffv1", pix_fmt="yuv444p")
+    write_video(
+        v / "Odd/v_Odd_size_c01.mkv", synth_frames(12, 239, 321, seed=8), codec="ffv1", pix_fmt="yuv444p"
+    )
     write_video(v / "Odd/v_Odd_gray_c01.mkv", synth_frames(12, seed=9), codec="ffv1", pix_fmt="gray")
     write_video(v / "Odd/v_Odd_pal8_c01.avi", synth_frames(12, seed=10), codec="png", pix_fmt="pal8")
     return cases
@@ -87,7 +105,9 @@ def _bad_input_layout(raw: Path) -> dict[str, str]:
 def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     cases = _bad_input_layout(raw)
-    result = run_prep("extract", "--root", raw, "--out", out, "--size", SIZE_ARG, "--shard-size", "3", "--workers", "2")
+    result = run_prep(
+        "extract", "--root", raw, "--out", out, "--size", SIZE_ARG, "--shard-size", "3", "--workers", "2"
+    )
     assert "Traceback" not in result.output
     assert result.exit_code == EXIT_SOME_FAILED == 3, result.output
     data = out / "ucf101"
@@ -95,7 +115,10 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
     assert sorted(r.path for r in rows.values()) == sorted(cases)  # every listed video has a row
     failed = {r.id.split("/")[1]: r.reason for r in rows.values() if not r.ok}
     assert set(failed) == {
-        "v_Broken_trunc_c01", "v_Broken_empty_c01", "v_Broken_missing_c01", "v_Broken_audio_c01",
+        "v_Broken_trunc_c01",
+        "v_Broken_empty_c01",
+        "v_Broken_missing_c01",
+        "v_Broken_audio_c01",
         "v_Broken_garbage_c01",
     }
     assert failed["v_Broken_empty_c01"] == "empty file (0 bytes)"
@@ -106,15 +129,22 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
     assert all(reason and "\n" not in reason for reason in failed.values())
     # the summary on stdout; every failure on one line each on stderr
     for vid, reason in failed.items():
-        assert any(line.strip().startswith("failed") and vid in line and reason in line
-                   for line in result.stderr.splitlines())
+        assert any(
+            line.strip().startswith("failed") and vid in line and reason in line
+            for line in result.stderr.splitlines()
+        )
     assert result.stdout.startswith("videos: 14 (9 ok, 5 failed)") and len(result.stdout.splitlines()) == 1
 
     store = VideoStore(data)
     v = raw / "UCF-101"
     expected_counts = {
-        "Good/v_Good_g01_c01": 20, "Good/v_Good_g02_c01": 24, "Odd/v_Odd_short_c01": 10, "Odd/v_Odd_single_c01": 1,
-        "Odd/v_Odd_size_c01": 12, "Odd/v_Odd_gray_c01": 12, "Odd/v_Odd_pal8_c01": 12,
+        "Good/v_Good_g01_c01": 20,
+        "Good/v_Good_g02_c01": 24,
+        "Odd/v_Odd_short_c01": 10,
+        "Odd/v_Odd_single_c01": 1,
+        "Odd/v_Odd_size_c01": 12,
+        "Odd/v_Odd_gray_c01": 12,
+        "Odd/v_Odd_pal8_c01": 12,
     }
     for vid, n in expected_counts.items():
         assert rows[vid].n_frames == n, vid
@@ -125,7 +155,11 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
             assert c.streams.video[0].frames == header
         assert 0 < rows[vid].n_frames == decode_count(path) < header, vid
         # kept, with the damage in its reason (the issue's "a damaged stream recorded as clean")
-        assert rows[vid].ok and f"decoded {rows[vid].n_frames} of the {header} frames the container claims" in rows[vid].reason
+        assert (
+            rows[vid].ok
+            and f"decoded {rows[vid].n_frames} of the {header} frames the container claims"
+            in rows[vid].reason
+        )
     for vid in expected_counts:  # clean files say nothing
         assert rows[vid].reason == "", (vid, rows[vid].reason)
     info = run_prep("info", "--data", data)
@@ -137,7 +171,9 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
         assert got.shape == ref.shape == (rows[vid].n_frames, *SIZE, 3)
         # exactly the codec's round trip of a fresh decode + resize: the only loss is the documented JPEG q90
         np.testing.assert_array_equal(got, jpeg_roundtrip(ref, 90), err_msg=vid)
-        assert np.abs(got.astype(np.int16) - ref).mean() < 8, vid  # 4:2:0 chroma; pal8 (saturated colours) 6.7
+        assert np.abs(got.astype(np.int16) - ref).mean() < 8, (
+            vid
+        )  # 4:2:0 chroma; pal8 (saturated colours) 6.7
     gray = store.frames("Odd/v_Odd_gray_c01").astype(np.int16)
     assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 2 and np.abs(gray[..., 0] - gray[..., 2]).max() <= 2
     single = store.residuals("Odd/v_Odd_single_c01")
@@ -163,7 +199,9 @@ def test_hmdb_special_names_through_the_cli(tmp_path):
     flags = ["1", "2", "1", "0"]
     lines = {"cartwheel": [f"{n} {f} " for n, f in zip(names, flags)]}
     build_hmdb51(raw, lines, {f"cartwheel/{n}": synth_frames(16 + i, seed=i) for i, n in enumerate(names)})
-    result = run_prep("extract", "--dataset", "hmdb51", "--root", raw, "--out", out, "--workers", "1", "--size", "32x40")
+    result = run_prep(
+        "extract", "--dataset", "hmdb51", "--root", raw, "--out", out, "--workers", "1", "--size", "32x40"
+    )
     assert result.exit_code == 0, result.output
     rows = {r.path: r for r in read_manifest(out / "hmdb51" / "manifest.csv")}
     assert sorted(rows) == sorted(f"cartwheel/{n}" for n in names[:3])  # flag 0 is not listed
@@ -179,15 +217,34 @@ def test_folder_layout_mixed_containers(tmp_path):
     write_video(raw / "a/two.mp4", synth_frames(17, seed=2))
     write_video(raw / "b/three.mkv", synth_frames(18, seed=3), codec="ffv1", pix_fmt="yuv420p")
     write_video(raw / "b/four.mov", synth_frames(19, seed=4), codec="mjpeg", pix_fmt="yuvj420p")
-    result = run_prep("extract", "--dataset", "folder", "--root", raw, "--out", out, "--workers", "1", "--size", "32x40")
+    result = run_prep(
+        "extract", "--dataset", "folder", "--root", raw, "--out", out, "--workers", "1", "--size", "32x40"
+    )
     assert result.exit_code == 0, result.output
     rows = {r.id: (r.class_name, r.label, r.n_frames) for r in read_manifest(out / "folder" / "manifest.csv")}
-    assert rows == {"a/one": ("a", 0, 16), "a/two": ("a", 0, 17), "b/three": ("b", 1, 18), "b/four": ("b", 1, 19)}
+    assert rows == {
+        "a/one": ("a", 0, 16),
+        "a/two": ("a", 0, 17),
+        "b/three": ("b", 1, 18),
+        "b/four": ("b", 1, 19),
+    }
 
 
 def test_all_ok_exits_0_and_rerun_keeps_shards(small_ucf, tmp_path):
     out = tmp_path / "out"
-    args = ["extract", "--root", small_ucf, "--out", out, "--size", "32x40", "--shard-size", "2", "--workers", "1"]
+    args = [
+        "extract",
+        "--root",
+        small_ucf,
+        "--out",
+        out,
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    ]
     first = run_prep(*args)
     assert first.exit_code == 0, first.output
     assert "videos: 4 (4 ok, 0 failed)   frames: 75" in first.output
@@ -202,7 +259,8 @@ def test_all_ok_exits_0_and_rerun_keeps_shards(small_ucf, tmp_path):
     refused = run_prep(*args, "--quality", "70")
     assert refused.exit_code == 1 and error_lines(refused.output) == [
         f"Error: {data} was extracted with quality 90, asked 70: pass --overwrite to replace it, or --name "
-        "to extract beside it"], refused.output
+        "to extract beside it"
+    ], refused.output
     assert {p: p.stat().st_mtime_ns for p in (data / "frames").iterdir()} == mtimes
     assert (data / "manifest.csv").exists()  # still a dataset
     third = run_prep(*args, "--quality", "70", "--overwrite")
@@ -216,7 +274,9 @@ def test_all_ok_exits_0_and_rerun_keeps_shards(small_ucf, tmp_path):
     fifth = run_prep(*args[:-4], "--shard-size", "3", "--workers", "1", "--quality", "70")
     assert fifth.exit_code == 0
     assert sorted(p.name for p in (data / "frames").iterdir()) == ["shard-00000.h5", "shard-00001.h5"]
-    assert [r.shard for r in read_manifest(data / "manifest.csv")] == ["frames/shard-00000.h5"] * 3 + ["frames/shard-00001.h5"]
+    assert [r.shard for r in read_manifest(data / "manifest.csv")] == ["frames/shard-00000.h5"] * 3 + [
+        "frames/shard-00001.h5"
+    ]
     assert run_prep("check", "--data", data).exit_code == 0
 
 
@@ -295,8 +355,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
         return done
 
     # at another size: --overwrite (refused without)
-    proc = subprocess.Popen(prep_command() + args + ["--out", str(out), "--overwrite"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        prep_command() + args + ["--out", str(out), "--overwrite"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     wait_for(lambda: marker.exists() and len(rewritten()) == 11, proc, "11 shards written and the 12th held")
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, mid-run
     proc.wait()
@@ -357,11 +422,28 @@ def test_workers_end_with_a_killed_run(tmp_path):
     one busy with the rest, end within seconds, publish no shard after the kill, and a new run resumes."""
     raw = _resume_layout(tmp_path / "raw", n=24)
     out = tmp_path / "out"
-    args = ["extract", "--root", str(raw), "--out", str(out), "--size", "64x80", "--shard-size", "1", "--workers", "2"]
+    args = [
+        "extract",
+        "--root",
+        str(raw),
+        "--out",
+        str(out),
+        "--size",
+        "64x80",
+        "--shard-size",
+        "1",
+        "--workers",
+        "2",
+    ]
     held = sorted(p.name for p in (raw / "UCF-101").rglob("*.avi"))[1]
     marker = tmp_path / "held"
-    proc = subprocess.Popen(prep_command() + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, env=gated_env("iic.pipeline.extract:encode_video", held, marker))
+    proc = subprocess.Popen(
+        prep_command() + args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=gated_env("iic.pipeline.extract:encode_video", held, marker),
+    )
     try:
         wait_for(marker.exists, proc, "a worker held inside a video")
         workers = _children(proc.pid)
@@ -403,7 +485,19 @@ def test_changed_lists_redo_the_shards_they_touch(small_ucf, tmp_path):
 
 def test_concurrent_run_is_refused_without_damage(small_ucf, tmp_path):
     out = tmp_path / "out"
-    args = ["extract", "--root", small_ucf, "--out", out, "--size", "32x40", "--shard-size", "2", "--workers", "1"]
+    args = [
+        "extract",
+        "--root",
+        small_ucf,
+        "--out",
+        out,
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    ]
     assert run_prep(*args).exit_code == 0
     data = out / "ucf101"
     before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"}
@@ -423,11 +517,27 @@ def test_second_live_run_is_refused(tmp_path):
     first, let go, completes intact."""
     raw = _resume_layout(tmp_path / "raw")
     out = tmp_path / "out"
-    args = ["extract", "--root", str(raw), "--out", str(out), "--size", "64x80", "--shard-size", "1", "--workers", "1"]
+    args = [
+        "extract",
+        "--root",
+        str(raw),
+        "--out",
+        str(out),
+        "--size",
+        "64x80",
+        "--shard-size",
+        "1",
+        "--workers",
+        "1",
+    ]
     marker = tmp_path / "held"
     last = sorted(p.name for p in (raw / "UCF-101").rglob("*.avi"))[-1]
-    first = subprocess.Popen(prep_command() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=gated_env("iic.pipeline.extract:encode_video", last, marker))
+    first = subprocess.Popen(
+        prep_command() + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=gated_env("iic.pipeline.extract:encode_video", last, marker),
+    )
     try:
         wait_for(marker.exists, first, "the first run at its last video")
         second = subprocess.run(prep_command() + args, capture_output=True, text=True, timeout=120)
@@ -436,7 +546,9 @@ def test_second_live_run_is_refused(tmp_path):
     first_out, first_err = first.communicate(timeout=300)
     assert second.returncode == 1, second.stderr
     assert "Traceback" not in second.stderr
-    assert error_lines(second.stderr)[0].startswith(f"Error: {out / 'ucf101'} is in use by iic-prep extract (pid {first.pid})")
+    assert error_lines(second.stderr)[0].startswith(
+        f"Error: {out / 'ucf101'} is in use by iic-prep extract (pid {first.pid})"
+    )
     assert first.returncode == 0, first_err.decode()
     assert b"videos: 12 (12 ok, 0 failed)" in first_out
     assert run_prep("check", "--data", out / "ucf101").exit_code == 0
@@ -451,16 +563,19 @@ def _stored_jpeg(data: Path, row) -> bytes:
     with h5py.File(data / row.shard) as f:
         group = f[f"videos/{row.slot:05d}"]
         offsets = group["rgb_offsets"][()]
-        return group["rgb"][offsets[0]:offsets[1]].tobytes()
+        return group["rgb"][offsets[0] : offsets[1]].tobytes()
 
 
-@pytest.mark.parametrize("flags, quality, subsampling", [
-    ([], 90, "420"), (["--subsampling", "444"], 90, "444"), (["--quality", "60"], 60, "420")])
+@pytest.mark.parametrize(
+    "flags, quality, subsampling",
+    [([], 90, "420"), (["--subsampling", "444"], 90, "444"), (["--quality", "60"], 60, "420")],
+)
 def test_quality_and_subsampling_are_what_is_stored(small_ucf, tmp_path, flags, quality, subsampling):
     import simplejpeg
 
-    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--workers", "1",
-                      *flags)
+    result = run_prep(
+        "extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--workers", "1", *flags
+    )
     assert result.exit_code == 0, result.output
     data = tmp_path / "ucf101"
     store = VideoStore(data)
@@ -475,20 +590,33 @@ def test_split_reads_that_splits_lists(small_ucf, tmp_path):
     lists = small_ucf / "ucfTrainTestlist"
     (lists / "trainlist02.txt").write_bytes(b"HandstandPushups/v_HandStandPushups_g02_c01.avi 2\r\n")
     (lists / "testlist02.txt").write_bytes(b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\n")
-    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--workers", "1",
-                      "--split", "2")
+    result = run_prep(
+        "extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--workers", "1", "--split", "2"
+    )
     assert result.exit_code == 0, result.output
     store = VideoStore(tmp_path / "ucf101")
     assert store.meta["split"] == 2
     assert {r.id: r.splits for r in store.rows} == {
         "HandstandPushups/v_HandStandPushups_g02_c01": "1:test 2:train",
-        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01": "1:train 2:test"}
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01": "1:train 2:test",
+    }
     assert [r.id for r in store.ok_rows(2, "train")] == ["HandstandPushups/v_HandStandPushups_g02_c01"]
 
 
 def test_other_settings_are_refused_and_name_extracts_beside(small_ucf, tmp_path):
-    args = ["extract", "--root", small_ucf, "--data-root", tmp_path, "--size", "32x40", "--shard-size", "2",
-            "--workers", "1"]
+    args = [
+        "extract",
+        "--root",
+        small_ucf,
+        "--data-root",
+        tmp_path,
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    ]
     assert run_prep(*args).exit_code == 0
     data = tmp_path / "ucf101"
     before = {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"}
@@ -530,7 +658,8 @@ def test_name_must_be_a_folder_name(small_ucf, tmp_path, name):
     result = run_prep("extract", "--root", small_ucf, "--out", tmp_path / "out", "--name", name)
     assert result.exit_code == 2 and result.stderr.splitlines() == [
         f"Error: --name {name!r}: a folder name is needed, not a path (the dataset goes to "
-        "<data root>/<name>)"]
+        "<data root>/<name>)"
+    ]
     assert not (tmp_path / "out").exists()
 
 
@@ -538,11 +667,15 @@ def test_name_must_be_a_folder_name(small_ucf, tmp_path, name):
 # a full disk, a read-only folder, permission denied: one line, complete shards kept, a rerun resumes
 
 # HDF5's own wording of a write that the filesystem refused (h5py 3.16: the time holds a line break)
-H5_WRITE_FAILED = ("Can't synchronously write data (file write failed: time = Sun Dec  6 05:30:06 2026\n, "
-                   "filename = '{name}', file descriptor = 5, errno = {errno}, error message = '{text}', "
-                   "buf = 0x55c7c8a94268, total write size = 4096, bytes this sub-write = 4096, offset = 0)")
-H5_CREATE_FAILED = ("Unable to synchronously create file (unable to open file: name = '{name}', "
-                    "errno = {errno}, error message = '{text}', flags = 13, o_flags = 242)")
+H5_WRITE_FAILED = (
+    "Can't synchronously write data (file write failed: time = Sun Dec  6 05:30:06 2026\n, "
+    "filename = '{name}', file descriptor = 5, errno = {errno}, error message = '{text}', "
+    "buf = 0x55c7c8a94268, total write size = 4096, bytes this sub-write = 4096, offset = 0)"
+)
+H5_CREATE_FAILED = (
+    "Unable to synchronously create file (unable to open file: name = '{name}', "
+    "errno = {errno}, error message = '{text}', flags = 13, o_flags = 242)"
+)
 
 
 def _failing_creation(monkeypatch, shard: str, error) -> None:
@@ -582,10 +715,14 @@ def _denied(name: str) -> OSError:
 
 
 NO_SPACE_TAIL = "needed for the next shard (shards so far are kept; free space and rerun to resume)"
-READ_ONLY = ("read-only file system (shards so far are kept; make it writable or choose another data folder, "
-             "and rerun to resume)")
-DENIED = ("permission denied (shards so far are kept; give this user write access or choose another data "
-          "folder, and rerun to resume)")
+READ_ONLY = (
+    "read-only file system (shards so far are kept; make it writable or choose another data folder, "
+    "and rerun to resume)"
+)
+DENIED = (
+    "permission denied (shards so far are kept; give this user write access or choose another data "
+    "folder, and rerun to resume)"
+)
 
 STORAGE_CASES = {  # where the write fails, the error, the message after "Error: cannot write to <folder>: "
     "ENOSPC": ("write", _no_space, "no space"),
@@ -598,13 +735,25 @@ STORAGE_CASES = {  # where the write fails, the error, the message after "Error:
 
 
 @pytest.mark.parametrize("case", STORAGE_CASES)
-def test_a_full_or_read_only_disk_ends_in_one_line_and_a_rerun_resumes(small_ucf, tmp_path, monkeypatch,
-                                                                       case):
+def test_a_full_or_read_only_disk_ends_in_one_line_and_a_rerun_resumes(
+    small_ucf, tmp_path, monkeypatch, case
+):
     where, error, expected = STORAGE_CASES[case]
     if error == "/dev/full" and not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full")
-    args = ["extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--shard-size", "2",
-            "--workers", "1"]
+    args = [
+        "extract",
+        "--root",
+        small_ucf,
+        "--out",
+        tmp_path,
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    ]
     frames = tmp_path / "ucf101" / "frames"
     with monkeypatch.context() as patch:
         if where == "write":  # the second shard's second video
@@ -618,8 +767,11 @@ def test_a_full_or_read_only_disk_ends_in_one_line_and_a_rerun_resumes(small_ucf
     kept = frames / "shard-00000.h5"
     if expected == "no space":
         needed = size_text(kept.stat().st_size)  # the next shard is estimated from the complete one
-        assert re.fullmatch(rf"Error: no space left on {re.escape(str(frames))}: [\d.]+ [kMG]B free, "
-                            rf"~{needed} {re.escape(NO_SPACE_TAIL)}", errors[0]), errors
+        assert re.fullmatch(
+            rf"Error: no space left on {re.escape(str(frames))}: [\d.]+ [kMG]B free, "
+            rf"~{needed} {re.escape(NO_SPACE_TAIL)}",
+            errors[0],
+        ), errors
     else:
         assert errors[0] == f"Error: cannot write to {frames}: {expected}", errors
     assert len(errors) == 1 and "buf =" not in result.output and "errno" not in result.output
@@ -643,8 +795,19 @@ def test_a_full_disk_in_the_first_shard_estimates_from_the_shard_so_far(small_uc
 
     monkeypatch.setattr(writer.ShardWriter, "add_stream", add_stream)
     failing_writes(monkeypatch, "shard-00000.h5", _no_space, after=3)
-    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--shard-size",
-                      "4", "--workers", "1")
+    result = run_prep(
+        "extract",
+        "--root",
+        small_ucf,
+        "--out",
+        tmp_path,
+        "--size",
+        "32x40",
+        "--shard-size",
+        "4",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 1 and len(attempted) == 2  # the second video's frames could not be written
     needed = sum(attempted) * 4 // 2  # 2 videos attempted of the shard's 4
     assert f"~{size_text(needed)} {NO_SPACE_TAIL}" in error_lines(result.stderr)[0], result.stderr
@@ -659,8 +822,10 @@ def test_a_storage_error_crosses_the_worker_processes_as_one_line(tmp_path):
 
     expected = storage_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path, 40_000_000)
     assert isinstance(expected, StorageError) and str(expected).startswith(f"no space left on {tmp_path}: ")
-    code = ("from iic.pipeline.writer import storage_error; import errno; "
-            f"raise storage_error(OSError(errno.ENOSPC, 'full'), {str(tmp_path)!r}, 40_000_000)")
+    code = (
+        "from iic.pipeline.writer import storage_error; import errno; "
+        f"raise storage_error(OSError(errno.ENOSPC, 'full'), {str(tmp_path)!r}, 40_000_000)"
+    )
     with pytest.raises(StorageError) as caught:
         list(run_tasks(exec, [(code,)], ParallelConfig(workers=2), 1))
     assert type(caught.value) is StorageError and "\n" not in str(caught.value)
@@ -668,9 +833,19 @@ def test_a_storage_error_crosses_the_worker_processes_as_one_line(tmp_path):
     assert "~40 MB needed for the next shard" in str(caught.value)
 
 
-@pytest.mark.parametrize("n, text", [
-    (0, "0 kB"), (850_000, "850 kB"), (999_499, "999 kB"), (1_000_000, "1.0 MB"), (4_240_000, "4.2 MB"),
-    (37_400_000, "37 MB"), (9_990_000_000, "9990 MB"), (12_300_000_000, "12 GB")])
+@pytest.mark.parametrize(
+    "n, text",
+    [
+        (0, "0 kB"),
+        (850_000, "850 kB"),
+        (999_499, "999 kB"),
+        (1_000_000, "1.0 MB"),
+        (4_240_000, "4.2 MB"),
+        (37_400_000, "37 MB"),
+        (9_990_000_000, "9990 MB"),
+        (12_300_000_000, "12 GB"),
+    ],
+)
 def test_size_text(n, text):
     assert size_text(n) == text
 
@@ -682,14 +857,21 @@ def test_size_text(n, text):
 def test_dask_backend_equals_loky(tmp_path):
     distributed = pytest.importorskip("dask.distributed")
     raw = build_ucf101(
-        tmp_path / "raw", {f"C{i % 2}/v_C{i % 2}_g{i:02d}_c01.avi": synth_frames(18, seed=i) for i in range(6)}
+        tmp_path / "raw",
+        {f"C{i % 2}/v_C{i % 2}_g{i:02d}_c01.avi": synth_frames(18, seed=i) for i in range(6)},
     )
-    (raw / "UCF-101" / "C0/v_C0_g00_c01.avi").write_bytes(b"")  # a failure travels back from a dask worker too
+    (raw / "UCF-101" / "C0/v_C0_g00_c01.avi").write_bytes(
+        b""
+    )  # a failure travels back from a dask worker too
     common = ["extract", "--root", raw, "--size", "32x40", "--shard-size", "2"]
     loky = run_prep(*common, "--out", tmp_path / "loky", "--workers", "2")
     assert loky.exit_code == 3, loky.output
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        result = run_prep(*common, "--out", tmp_path / "dask", "--backend", "dask", "--scheduler", cluster.scheduler_address)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        result = run_prep(
+            *common, "--out", tmp_path / "dask", "--backend", "dask", "--scheduler", cluster.scheduler_address
+        )
     assert result.exit_code == 3, result.output
     assert "videos: 6 (5 ok, 1 failed)" in result.output
     _assert_same_data_allow_failed(tmp_path / "dask" / "ucf101", tmp_path / "loky" / "ucf101")
@@ -713,8 +895,10 @@ def test_quiet_leak_guard_silences_lokys_leak_warning_and_nothing_else():
 
     from iic.pipeline.orphans import quiet_leak_guard
 
-    text = ("A worker stopped while some jobs were given to the executor. This can be caused by a too short worker "
-            "timeout or by a memory leak.")
+    text = (
+        "A worker stopped while some jobs were given to the executor. This can be caused by a too short worker "
+        "timeout or by a memory leak."
+    )
     assert '"A worker stopped while some jobs were given to the "' in inspect.getsource(process_executor)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

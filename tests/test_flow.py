@@ -1,5 +1,6 @@
 """`iic-prep flow` and `iic-prep show` through the real CLI: values against OpenCV, known motion, counts,
 resume after SIGKILL, settings changes, dask, info/check, the picture, and flow clips in ClipDataset."""
+
 from __future__ import annotations
 
 import csv
@@ -15,18 +16,24 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-
-from iic.model.data.clips import ClipConfig, ClipDataset, eval_starts, train_start
-from iic.pipeline.parallel import EXIT_SOME_FAILED
-from iic.pipeline.flowcalc import dequantize
-from iic.pipeline.lock import exclusive
-from iic.pipeline.reader import VideoStore
-from iic.pipeline.writer import size_text
-
 from conftest import (
-    build_ucf101, error_lines, failing_writes, gated_env, prep_command, run_prep, synth_frames, wait_for,
+    build_ucf101,
+    error_lines,
+    failing_writes,
+    gated_env,
+    prep_command,
+    run_prep,
+    synth_frames,
+    wait_for,
     write_video,
 )
+
+from iic.model.data.clips import ClipConfig, ClipDataset, eval_starts, train_start
+from iic.pipeline.flowcalc import dequantize
+from iic.pipeline.lock import exclusive
+from iic.pipeline.parallel import EXIT_SOME_FAILED
+from iic.pipeline.reader import VideoStore
+from iic.pipeline.writer import size_text
 
 SIZE = "32x40"
 B = 20.0
@@ -53,7 +60,9 @@ def _id(rel: str) -> str:
 
 
 def _extract(raw: Path, out: Path, *extra: str) -> Path:
-    result = run_prep("extract", "--root", raw, "--out", out, "--size", SIZE, "--shard-size", "2", "--workers", "1", *extra)
+    result = run_prep(
+        "extract", "--root", raw, "--out", out, "--size", SIZE, "--shard-size", "2", "--workers", "1", *extra
+    )
     assert result.exit_code == EXIT_SOME_FAILED, result.output  # the missing video
     return out / "ucf101"
 
@@ -62,7 +71,9 @@ def _extract(raw: Path, out: Path, *extra: str) -> Path:
 def flowdata(tmp_path_factory) -> tuple[Path, Path, str]:
     """(raw layout, processed dataset with tvl1 flow, output of the flow run). Read-only: copy to change."""
     root = tmp_path_factory.mktemp("flow")
-    videos = {rel: None if n is None else synth_frames(n, seed=i) for i, (rel, n) in enumerate(VIDEOS.items())}
+    videos = {
+        rel: None if n is None else synth_frames(n, seed=i) for i, (rel, n) in enumerate(VIDEOS.items())
+    }
     # the 1-frame video is a test video: a flow ClipDataset of the train list then has flow for every video
     raw = build_ucf101(root / "raw", videos, train={rel for rel in VIDEOS if _id(rel) != ONE_FRAME})
     data = _extract(raw, root / "out")
@@ -97,7 +108,11 @@ def _assert_within_one_level(store: VideoStore, calc, bound: float) -> int:
             ref = np.clip(calc(gray[t], gray[t + 1]), -bound, bound).transpose(2, 0, 1)
             err = np.abs(stored[t] - ref)
             assert err.max() <= 2 * bound / 255 + 1e-5, (vid, t, err.max())
-            assert err.mean() <= bound / 255, (vid, t, err.mean())  # rounding: half a level on average at most
+            assert err.mean() <= bound / 255, (
+                vid,
+                t,
+                err.mean(),
+            )  # rounding: half a level on average at most
             pairs += 1
     return pairs
 
@@ -126,13 +141,16 @@ def test_method_change_recomputes_and_dis_equals_opencv(flowdata, tmp_path):
     assert refused.exit_code == 1 and isinstance(refused.exception, SystemExit)
     assert error_lines(refused.output) == [
         f"Error: {data / 'flow'} was computed with method tvl1, asked dis; bound 20.0, asked 2.5: pass "
-        "--overwrite to recompute it"], refused.output
+        "--overwrite to recompute it"
+    ], refused.output
     assert {p: p.read_bytes() for p in sorted((data / "flow").rglob("*")) if p.is_file()} == before
     bound = run_prep("flow", "--data", data, "--bound", "10", "--workers", "1")
     assert bound.exit_code == 1 and error_lines(bound.output) == [
-        f"Error: {data / 'flow'} was computed with bound 20.0, asked 10.0: pass --overwrite to recompute it"]
-    result = run_prep("flow", "--data", data, "--method", "dis", "--bound", "2.5", "--workers", "1",
-                      "--overwrite")
+        f"Error: {data / 'flow'} was computed with bound 20.0, asked 10.0: pass --overwrite to recompute it"
+    ]
+    result = run_prep(
+        "flow", "--data", data, "--method", "dis", "--bound", "2.5", "--workers", "1", "--overwrite"
+    )
     assert result.exit_code == EXIT_SOME_FAILED, result.output
     assert f"shards: {SHARDS} written, 0 kept" in result.output
     store = VideoStore(data)
@@ -197,14 +215,24 @@ def test_known_translation_and_rotation(tmp_path):
     Farneback measure 0.07-0.08 on it too). Asserted: translation < 0.05 px, rotation < 0.15 px; a zero field
     would score 0.81 and 0.32 px, a sign-flipped one 1.6 and 0.65 px.
     """
-    videos = {"Move/v_Move_g01_c01.mkv": _moving("translate", 5), "Move/v_Move_g02_c01.mkv": _moving("rotate", 5)}
-    raw = build_ucf101(tmp_path / "raw", videos, writer=lambda p, f: write_video(p, f, codec="ffv1", pix_fmt="gray"))
-    assert run_prep("extract", "--root", raw, "--out", tmp_path / "out", "--size", f"{H}x{W}", "--workers", "1").exit_code == 0
+    videos = {
+        "Move/v_Move_g01_c01.mkv": _moving("translate", 5),
+        "Move/v_Move_g02_c01.mkv": _moving("rotate", 5),
+    }
+    raw = build_ucf101(
+        tmp_path / "raw", videos, writer=lambda p, f: write_video(p, f, codec="ffv1", pix_fmt="gray")
+    )
+    assert (
+        run_prep(
+            "extract", "--root", raw, "--out", tmp_path / "out", "--size", f"{H}x{W}", "--workers", "1"
+        ).exit_code
+        == 0
+    )
     data = tmp_path / "out" / "ucf101"
     result = run_prep("flow", "--data", data, "--workers", "1")
     assert result.exit_code == 0, result.output
     store = VideoStore(data)
-    inner = np.s_[MARGIN:H - MARGIN, MARGIN:W - MARGIN]
+    inner = np.s_[MARGIN : H - MARGIN, MARGIN : W - MARGIN]
     for vid, kind in (("Move/v_Move_g01_c01", "translate"), ("Move/v_Move_g02_c01", "rotate")):
         flow = dequantize(store.flow(vid), B).transpose(0, 2, 3, 1)  # (4, H, W, 2)
         assert flow.shape == (4, H, W, 2)
@@ -230,11 +258,16 @@ def test_counts_and_failed_videos(flowdata):
     for rel, n in VIDEOS.items():
         vid, r = _id(rel), rows[_id(rel)]
         if n is None or n < 2:
-            assert r["status"] == "failed" and r["n_frames"] == "0" and "\n" not in r["reason"] and r["reason"]
+            assert (
+                r["status"] == "failed" and r["n_frames"] == "0" and "\n" not in r["reason"] and r["reason"]
+            )
             with pytest.raises(KeyError, match="failed flow"):
                 store.n_flow(vid)
             continue
-        assert r["status"] == "ok" and int(r["n_frames"]) == n - 1 == store.n_flow(vid) == store.n_frames(vid) - 1
+        assert (
+            r["status"] == "ok"
+            and int(r["n_frames"]) == n - 1 == store.n_flow(vid) == store.n_frames(vid) - 1
+        )
         with h5py.File(data / r["shard"]) as f:
             assert f[f"videos/{int(r['slot']):05d}/flow"].shape == (n - 1, 2, h, w)
             assert f[f"videos/{int(r['slot']):05d}/flow"].dtype == np.uint8
@@ -265,8 +298,22 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
     videos = {f"C{i % 2}/v_C{i % 2}_g{i:02d}_c01.avi": synth_frames(12, seed=i) for i in range(8)}
     raw = build_ucf101(tmp_path / "raw", videos)
     extracted = tmp_path / "extracted" / "ucf101"
-    assert run_prep("extract", "--root", raw, "--out", extracted.parent, "--size", SIZE, "--shard-size", "2",
-                    "--workers", "1").exit_code == 0
+    assert (
+        run_prep(
+            "extract",
+            "--root",
+            raw,
+            "--out",
+            extracted.parent,
+            "--size",
+            SIZE,
+            "--shard-size",
+            "2",
+            "--workers",
+            "1",
+        ).exit_code
+        == 0
+    )
     ref = _copy(extracted, tmp_path / "ref")
     assert run_prep("flow", "--data", ref, "--workers", "1").exit_code == 0
 
@@ -277,10 +324,18 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, workers):
     # with the batching of tasks, so it is counted, not assumed)
     last = sorted(_id(rel) for rel in videos)[-1]
     marker = tmp_path / "held"
-    proc = subprocess.Popen(prep_command() + ["flow", "--data", str(data), "--workers", workers],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            env=gated_env("iic.pipeline.flow:flow_task", f"id='{last}'", tmp_path / "held"))
-    wait_for(lambda: marker.exists() and list(flow_dir.glob("shard-*.h5")), proc, "a flow shard and the last video held")
+    proc = subprocess.Popen(
+        prep_command() + ["flow", "--data", str(data), "--workers", workers],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=gated_env("iic.pipeline.flow:flow_task", f"id='{last}'", tmp_path / "held"),
+    )
+    wait_for(
+        lambda: marker.exists() and list(flow_dir.glob("shard-*.h5")),
+        proc,
+        "a flow shard and the last video held",
+    )
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its worker processes, mid-run
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
@@ -321,7 +376,9 @@ def test_concurrent_run_is_refused_without_damage(flowdata, tmp_path):
             result = run_prep("flow", "--data", data, "--workers", "1", "--overwrite")
         assert result.exit_code == 1 and "Traceback" not in result.output
         errors = error_lines(result.output)
-        assert len(errors) == 1 and f"in use by {holder} (pid" in errors[0] and "concurrently" in errors[0], result.output
+        assert len(errors) == 1 and f"in use by {holder} (pid" in errors[0] and "concurrently" in errors[0], (
+            result.output
+        )
     assert {p: p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file() and p.name != ".lock"} == before
 
 
@@ -332,8 +389,11 @@ def test_reextracted_frames_invalidate_their_flow(flowdata, tmp_path, caplog):
     # other JPEG quality: every frames shard changes (same rows), so every flow shard is stale
     _extract(raw, data.parent, "--quality", "70", "--overwrite")
     check = run_prep("check", "--data", data)
-    stale = [f"flow/shard-{i:05d}.h5: computed from other frames than frames/shard-{i:05d}.h5 (re-extracted "
-             "since): re-run `iic-prep flow`" for i in range(SHARDS)]
+    stale = [
+        f"flow/shard-{i:05d}.h5: computed from other frames than frames/shard-{i:05d}.h5 (re-extracted "
+        "since): re-run `iic-prep flow`"
+        for i in range(SHARDS)
+    ]
     assert check.exit_code == 1
     assert check.stderr.splitlines() == stale + [f"Error: {SHARDS} problem(s) in {data}"]
     # info reports the same shards in the same words, as warnings beside its summary
@@ -343,8 +403,9 @@ def test_reextracted_frames_invalidate_their_flow(flowdata, tmp_path, caplog):
     assert "computed from other frames" not in info.stdout
     result = run_prep("flow", "--data", data, "--workers", "1")
     assert result.exit_code == EXIT_SOME_FAILED and f"shards: {SHARDS} written, 0 kept" in result.output
-    recomputed = [r.getMessage() for r in caplog.records
-                  if r.name == "iic.pipeline.flow" and r.levelname == "WARNING"]
+    recomputed = [
+        r.getMessage() for r in caplog.records if r.name == "iic.pipeline.flow" and r.levelname == "WARNING"
+    ]
     assert recomputed == [line.replace("re-run `iic-prep flow`", "recomputing it") for line in stale]
     assert run_prep("info", "--data", data).stderr == ""
     store = VideoStore(data)
@@ -391,7 +452,9 @@ def test_a_full_disk_during_flow_ends_in_one_line_and_a_rerun_resumes(flowdata, 
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and re.fullmatch(
         rf"Error: no space left on {re.escape(str(data / 'flow'))}: [\d.]+ [kMG]B free, ~{needed} needed for "
-        r"the next shard \(shards so far are kept; free space and rerun to resume\)", errors[0]), errors
+        r"the next shard \(shards so far are kept; free space and rerun to resume\)",
+        errors[0],
+    ), errors
     assert sorted(p.name for p in (data / "flow").glob("shard-*")) == ["shard-00000.h5"]
     assert not list((data / "flow").rglob("*.tmp")) and not (data / "flow" / "manifest.csv").exists()
     again = run_prep("flow", "--data", data, "--workers", "1")
@@ -409,10 +472,24 @@ def test_dask_backend_equals_loky(flowdata, tmp_path):
     dask_data = _copy(flowdata[1], tmp_path / "dask")
     loky = run_prep("flow", "--data", loky_data, "--workers", "2", "--overwrite")
     assert loky.exit_code == EXIT_SOME_FAILED, loky.output
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        result = run_prep("flow", "--data", dask_data, "--overwrite", "--backend", "dask", "--scheduler", cluster.scheduler_address)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        result = run_prep(
+            "flow",
+            "--data",
+            dask_data,
+            "--overwrite",
+            "--backend",
+            "dask",
+            "--scheduler",
+            cluster.scheduler_address,
+        )
     assert result.exit_code == EXIT_SOME_FAILED, result.output
-    assert "videos: 6 (4 ok, 2 failed)" in result.output and f"failed {ONE_FRAME}: needs at least 2 frames" in result.output
+    assert (
+        "videos: 6 (4 ok, 2 failed)" in result.output
+        and f"failed {ONE_FRAME}: needs at least 2 frames" in result.output
+    )
     _assert_same_flow(dask_data, loky_data)
     _assert_same_flow(dask_data, flowdata[1])
 
@@ -424,8 +501,10 @@ def test_dask_backend_equals_loky(flowdata, tmp_path):
 def test_info_and_check_cover_flow(flowdata, tmp_path):
     info = run_prep("info", "--data", flowdata[1])
     assert info.exit_code == 0, info.output
-    assert ("flow (tvl1, bound 20.0): 6 videos, 4 ok, 2 failed; 26 pairs (per video min 1, median 7, max 11); "
-            f"{SHARDS} shards") in info.output
+    assert (
+        "flow (tvl1, bound 20.0): 6 videos, 4 ok, 2 failed; 26 pairs (per video min 1, median 7, max 11); "
+        f"{SHARDS} shards"
+    ) in info.output
     assert "failed (1): needs at least 2 frames, got 1" in info.output
     check = run_prep("check", "--data", flowdata[1])
     assert check.exit_code == 0 and check.output.strip().endswith(": ok"), check.output
@@ -447,13 +526,21 @@ def test_info_and_check_cover_flow(flowdata, tmp_path):
 def test_show_writes_a_picture_with_flow_row(flowdata, tmp_path, figures):
     data = flowdata[1]
     out = tmp_path / "pics" / "walk.png"
-    result = run_prep("show", "--data", data, "--video", "Walk/v_Walk_g03_c01", "--out", out, "--columns", "4")
+    result = run_prep(
+        "show", "--data", data, "--video", "Walk/v_Walk_g03_c01", "--out", out, "--columns", "4"
+    )
     assert result.exit_code == 0 and result.output.strip() == f"wrote {out}", result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = figures[-1]
     assert fig["shape"] == (3, 5)  # 4 frames and the flow key
     assert fig["rows"][:2] == ["RGB", "residual"] and fig["rows"][2].startswith("flow (tvl1")
-    assert fig["titles"][10:] == ["0->1", "3->4", "7->8", "10->11", "flow key"]  # the last pair of 12 frames is 10->11
+    assert fig["titles"][10:] == [
+        "0->1",
+        "3->4",
+        "7->8",
+        "10->11",
+        "flow key",
+    ]  # the last pair of 12 frames is 10->11
     assert fig["titles"][:4] == ["0", "3", "7", "10"]
 
     # no flow for this video (1 frame), or no flow at all: two rows
@@ -462,11 +549,15 @@ def test_show_writes_a_picture_with_flow_row(flowdata, tmp_path, figures):
     bare = _copy(data, tmp_path / "noflow")
     shutil.rmtree(bare / "flow")
     none = run_prep("show", "--data", bare, "--video", "Walk/v_Walk_g03_c01", "--out", tmp_path / "none.png")
-    assert none.exit_code == 0 and figures[-1]["shape"] == (2, 8) and figures[-1]["rows"] == ["RGB", "residual"]
+    assert (
+        none.exit_code == 0 and figures[-1]["shape"] == (2, 8) and figures[-1]["rows"] == ["RGB", "residual"]
+    )
 
 
-@pytest.mark.parametrize("video, needle", [("Nope/v_Nope_g01_c01", "is not in the manifest"),
-                                           (MISSING, "failed extraction: file not found")])
+@pytest.mark.parametrize(
+    "video, needle",
+    [("Nope/v_Nope_g01_c01", "is not in the manifest"), (MISSING, "failed extraction: file not found")],
+)
 def test_show_unusable_video_is_a_one_line_error(flowdata, tmp_path, video, needle):
     result = run_prep("show", "--data", flowdata[1], "--video", video, "--out", tmp_path / "x.png")
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -513,7 +604,12 @@ def test_clip_dataset_flow_lines_up_with_frames(flowdata):
     cfg = ClipConfig(frames=T, modalities=("rgb", "flow"), test_clips=3)
     test = ClipDataset(data, 1, "train", cfg, mode="test")
     store = VideoStore(data)
-    assert test.video_ids == ["Jump/v_Jump_g01_c01", "Jump/v_Jump_g02_c01", "Walk/v_Walk_g01_c01", "Walk/v_Walk_g03_c01"]
+    assert test.video_ids == [
+        "Jump/v_Jump_g01_c01",
+        "Jump/v_Jump_g02_c01",
+        "Walk/v_Walk_g01_c01",
+        "Walk/v_Walk_g03_c01",
+    ]
     assert list(test.lengths) == [8, 1, 6, 11]  # usable length L - 1
     h, w = store.size
     for index, vid in enumerate(test.video_ids):
@@ -523,13 +619,21 @@ def test_clip_dataset_flow_lines_up_with_frames(flowdata):
             s = test[index * 3 + clip]
             assert s["flow"].shape == (2, T, h, w) and s["rgb"].shape == (3, T, h, w)
             if L - 1 >= T:
-                np.testing.assert_array_equal(s["flow"].numpy(), store.flow(vid, int(start), T).transpose(1, 0, 2, 3))
-                np.testing.assert_array_equal(s["rgb"].numpy(), store.frames(vid, int(start), T).transpose(3, 0, 1, 2))
+                np.testing.assert_array_equal(
+                    s["flow"].numpy(), store.flow(vid, int(start), T).transpose(1, 0, 2, 3)
+                )
+                np.testing.assert_array_equal(
+                    s["rgb"].numpy(), store.frames(vid, int(start), T).transpose(3, 0, 1, 2)
+                )
         if L - 1 >= T:
             assert starts[-1] == L - 1 - T  # the last clip ends on the last pair (N-2 -> N-1) and frame N-2
         else:  # 2 frames, 1 pair: the clip loops over pair 0 and frame 0 (frame 1 has no pair)
-            np.testing.assert_array_equal(s["flow"].numpy(), np.repeat(store.flow(vid, 0, 1).transpose(1, 0, 2, 3), T, 1))
-            np.testing.assert_array_equal(s["rgb"].numpy(), np.repeat(store.frames(vid, 0, 1).transpose(3, 0, 1, 2), T, 1))
+            np.testing.assert_array_equal(
+                s["flow"].numpy(), np.repeat(store.flow(vid, 0, 1).transpose(1, 0, 2, 3), T, 1)
+            )
+            np.testing.assert_array_equal(
+                s["rgb"].numpy(), np.repeat(store.frames(vid, 0, 1).transpose(3, 0, 1, 2), T, 1)
+            )
     train = ClipDataset(data, 1, "train", cfg, mode="train")
     index, vid = 3, "Walk/v_Walk_g03_c01"
     last = []

@@ -56,8 +56,9 @@ def smooth_texture(h: int, w: int, seed: int = 0, sigma: float = 2.5) -> np.ndar
 
 def warp(tex: np.ndarray, m: np.ndarray) -> np.ndarray:
     """dst(p) = tex(M^-1 p): content at p in tex moves to M p."""
-    out = cv2.warpAffine(tex, m, (tex.shape[1], tex.shape[0]), flags=cv2.INTER_CUBIC,
-                         borderMode=cv2.BORDER_REFLECT)
+    out = cv2.warpAffine(
+        tex, m, (tex.shape[1], tex.shape[0]), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT
+    )
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -67,8 +68,9 @@ def affine_pair(m: np.ndarray, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
     prev = np.clip(np.rint(tex), 0, 255).astype(np.uint8)
     nxt = warp(tex, m)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    true = np.stack([m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs,
-                     m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys], axis=-1)
+    true = np.stack(
+        [m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs, m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys], axis=-1
+    )
     return np.stack([prev, nxt]), true
 
 
@@ -78,6 +80,7 @@ def interior_epe(flow: np.ndarray, true: np.ndarray, margin: int = 12) -> float:
 
 
 # ---------------------------------------------------------------- config and parameters
+
 
 def test_config_is_frozen_and_validated():
     cfg = FlowConfig()
@@ -93,11 +96,17 @@ def test_config_is_frozen_and_validated():
 def test_tvl1_params_are_opencv_defaults():
     default = cv2.optflow.DualTVL1OpticalFlow_create()
     got = {
-        "tau": default.getTau(), "lambda": default.getLambda(), "theta": default.getTheta(),
-        "nscales": default.getScalesNumber(), "warps": default.getWarpingsNumber(),
-        "epsilon": default.getEpsilon(), "innerIterations": default.getInnerIterations(),
-        "outerIterations": default.getOuterIterations(), "scaleStep": default.getScaleStep(),
-        "gamma": default.getGamma(), "medianFiltering": default.getMedianFiltering(),
+        "tau": default.getTau(),
+        "lambda": default.getLambda(),
+        "theta": default.getTheta(),
+        "nscales": default.getScalesNumber(),
+        "warps": default.getWarpingsNumber(),
+        "epsilon": default.getEpsilon(),
+        "innerIterations": default.getInnerIterations(),
+        "outerIterations": default.getOuterIterations(),
+        "scaleStep": default.getScaleStep(),
+        "gamma": default.getGamma(),
+        "medianFiltering": default.getMedianFiltering(),
         "useInitialFlow": default.getUseInitialFlow(),
     }
     assert got == TVL1_PARAMS
@@ -134,14 +143,28 @@ def test_flow_params_are_flat_scalars_with_version():
 
 # ---------------------------------------------------------------- quantisation
 
-@pytest.mark.parametrize("v, q", [
-    (-1000.0, 0), (-20.0001, 0), (-20.0, 0), (-19.99, 0),       # 0.06 levels -> 0
-    (-20 + LEVEL * 0.49, 0), (-20 + LEVEL * 0.51, 1),
-    (-20 + LEVEL, 1), (-0.1, 127), (0.0, 128),                  # 127.5 rounds half up
-    (LEVEL / 2 - 1e-9, 128), (-LEVEL / 2, 127),                 # 127.0 exactly
-    (19.99, 255), (20.0, 255), (20.0001, 255), (1e6, 255),
-    (20 - LEVEL, 254),
-])
+
+@pytest.mark.parametrize(
+    "v, q",
+    [
+        (-1000.0, 0),
+        (-20.0001, 0),
+        (-20.0, 0),
+        (-19.99, 0),  # 0.06 levels -> 0
+        (-20 + LEVEL * 0.49, 0),
+        (-20 + LEVEL * 0.51, 1),
+        (-20 + LEVEL, 1),
+        (-0.1, 127),
+        (0.0, 128),  # 127.5 rounds half up
+        (LEVEL / 2 - 1e-9, 128),
+        (-LEVEL / 2, 127),  # 127.0 exactly
+        (19.99, 255),
+        (20.0, 255),
+        (20.0001, 255),
+        (1e6, 255),
+        (20 - LEVEL, 254),
+    ],
+)
 def test_quantize_table(v, q):
     assert quantize(np.array([v], dtype=np.float64), B)[0] == q
     assert quantize(np.array([v], dtype=np.float32), B).dtype == np.uint8
@@ -156,8 +179,9 @@ def test_quantize_ties_round_half_up():
 
 def test_quantize_matches_formula_elementwise():
     v = np.random.default_rng(1).uniform(-30, 30, size=(3, 5, 7, 2)).astype(np.float32)
-    expected = np.where(v > B, 255, np.where(v < -B, 0,
-                        np.floor(255 * (v.astype(np.float64) + B) / (2 * B) + 0.5)))
+    expected = np.where(
+        v > B, 255, np.where(v < -B, 0, np.floor(255 * (v.astype(np.float64) + B) / (2 * B) + 0.5))
+    )
     q = quantize(v, B)
     assert q.shape == v.shape and q.dtype == np.uint8
     np.testing.assert_array_equal(q, expected.astype(np.uint8))
@@ -182,7 +206,7 @@ def test_dequantize_formula_and_roundtrip():
 
 def test_stored_layout_channel_first():
     flow = np.zeros((3, 4, 5, 2), dtype=np.float32)
-    flow[1, 2, 3, 0] = 5.0   # u
+    flow[1, 2, 3, 0] = 5.0  # u
     flow[2, 0, 4, 1] = -7.0  # v
     stored = to_stored(flow, B)
     assert stored.shape == (3, 2, 4, 5) and stored.dtype == np.uint8 and stored.flags.c_contiguous
@@ -199,6 +223,7 @@ def test_stored_layout_channel_first():
 
 
 # ---------------------------------------------------------------- gray and flow
+
 
 def test_rgb_to_gray_equals_per_frame_cvtcolor():
     rgb = np.random.default_rng(3).integers(0, 256, size=(3, 6, 7, 3), dtype=np.uint8)
@@ -225,13 +250,23 @@ def test_compute_flow_equals_direct_opencv(estimators, method, n):
         if method in ("tvl1", "tvl1-fast"):
             params = TVL1_PARAMS if method == "tvl1" else TVL1_FAST_PARAMS
             direct = cv2.optflow.DualTVL1OpticalFlow_create(
-                params["tau"], params["lambda"], params["theta"], params["nscales"], params["warps"],
-                params["epsilon"], params["innerIterations"], params["outerIterations"],
-                params["scaleStep"], params["gamma"], params["medianFiltering"], params["useInitialFlow"],
+                params["tau"],
+                params["lambda"],
+                params["theta"],
+                params["nscales"],
+                params["warps"],
+                params["epsilon"],
+                params["innerIterations"],
+                params["outerIterations"],
+                params["scaleStep"],
+                params["gamma"],
+                params["medianFiltering"],
+                params["useInitialFlow"],
             ).calc(frames[t], frames[t + 1], None)
         elif method == "dis":
             direct = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(
-                frames[t], frames[t + 1], None)
+                frames[t], frames[t + 1], None
+            )
         else:
             direct = cv2.calcOpticalFlowFarneback(frames[t], frames[t + 1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
         np.testing.assert_array_equal(flow[t], direct)  # same parameters, fresh object: bit-identical

@@ -1,4 +1,5 @@
 """IIC objective: logits and loss against the formula, memory banks, intra-negatives, the variants' columns."""
+
 import math
 
 import numpy as np
@@ -188,7 +189,7 @@ def test_repeat_gives_a_still_clip_of_one_source_frame():
     for b in range(8):
         i = int(neg[b, 0, 0, 0, 0].item()) - 100 * b
         assert 0 <= i < 16
-        assert torch.equal(neg[b], clip[b, :, i:i + 1].expand(2, 16, 3, 3))
+        assert torch.equal(neg[b], clip[b, :, i : i + 1].expand(2, 16, 3, 3))
         sources.add(i)
     assert len(sources) > 1
     again = intra_negative(clip, "repeat", torch.Generator().manual_seed(0))
@@ -206,7 +207,7 @@ def test_shuffle_swaps_exactly_two_distinct_chunks():
         perm = [o // 4 for o in order]
         assert sorted(perm) == [0, 1, 2, 3] and all(o % 4 == 0 for o in order)
         for c in range(4):  # chunk c of the negative is source chunk perm[c], frames in order
-            assert torch.equal(neg[b, :, 4 * c:4 * c + 4], clip[b, :, 4 * perm[c]:4 * perm[c] + 4])
+            assert torch.equal(neg[b, :, 4 * c : 4 * c + 4], clip[b, :, 4 * perm[c] : 4 * perm[c] + 4])
         moved = [c for c in range(4) if perm[c] != c]
         assert len(moved) == 2 and perm[moved[0]] == moved[1] and perm[moved[1]] == moved[0]
         pairs.add(tuple(moved))
@@ -276,10 +277,12 @@ def test_batch_negatives_add_the_other_clips_and_every_intra_negative():
         u1, u2, un = (unit(f.detach().numpy()) for f in (f1, f2, fn))
         for z, p, a, other in ((z1, p1, u1, u2), (z2, p2, u2, u1)):
             assert z.shape[1] == p.shape[1] + 3 + (4 if intra else 0)
-            assert torch.allclose(z[:, :p.shape[1]], p)
+            assert torch.allclose(z[:, : p.shape[1]], p)
             for b in range(4):
-                expected = [a[b] @ other[c] for c in range(4) if c != b] + ([a[b] @ un[c] for c in range(4)] if intra else [])
-                assert np.allclose(z[b, p.shape[1]:].detach().numpy(), np.array(expected) / TAU)
+                expected = [a[b] @ other[c] for c in range(4) if c != b] + (
+                    [a[b] @ un[c] for c in range(4)] if intra else []
+                )
+                assert np.allclose(z[b, p.shape[1] :].detach().numpy(), np.array(expected) / TAU)
         loss = nce_loss(z1, z2)
         loss.backward()
         assert f1.grad.abs().sum() > 0 and f2.grad.abs().sum() > 0
@@ -294,11 +297,16 @@ def test_no_bank_negatives_leaves_the_positive_and_the_batch():
     for intra in (True, False):
         mem = LiveMemory(N, D, 0, TAU, M, intra_neg=intra, positive="live", batch_negatives=True).double()
         f1, f2, fn = features(4, batch=4)
-        z1, _ = mem(f1, f2, fn if intra else None, torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(0))
+        z1, _ = mem(
+            f1, f2, fn if intra else None, torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(0)
+        )
         u1, u2, un = (unit(f.numpy()) for f in (f1, f2, fn))
         for b in range(4):
-            expected = [u1[b] @ u2[b]] + [u1[b] @ u2[c] for c in range(4) if c != b] + (
-                [u1[b] @ un[c] for c in range(4)] if intra else [])
+            expected = (
+                [u1[b] @ u2[b]]
+                + [u1[b] @ u2[c] for c in range(4) if c != b]
+                + ([u1[b] @ un[c] for c in range(4)] if intra else [])
+            )
             assert np.allclose(z1[b].numpy(), np.array(expected) / TAU)
         assert iic_chance_loss(0, intra, batch=4) == pytest.approx(2 * math.log(8 if intra else 4))
     for bad in (dict(positive="bank", batch_negatives=True), dict(positive="live", batch_negatives=False)):
@@ -326,8 +334,11 @@ def test_logits_and_bank_update_stay_fp32_under_autocast():
     cfg = build_config("tiny", crop=16, frames=4, K=4)
     net = Encoder(cfg)
     mem = IICMemory(6, net.out_dim, K=4)  # bank positive: every logit is an einsum
-    batch = {"rgb": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8),
-             "res": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8), "index": torch.tensor([0, 3])}
+    batch = {
+        "rgb": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8),
+        "res": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8),
+        "index": torch.tensor([0, 3]),
+    }
     seen = []
     mem.register_forward_hook(lambda module, args, out: seen.extend(z.dtype for z in out))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -343,6 +354,7 @@ def test_mlp_bn_head_normalises_view_1_and_its_intra_negatives_as_one_batch():
     with view 1 and the intra-negatives made from it in one batch (what they share, e.g. "still", is kept) and
     view 2 in its own. The plain MLP head has no batch statistics: each clip's output is its own."""
     from iic.model.config import build_config
+
     g = torch.Generator().manual_seed(0)
     clips = [torch.rand(4, 3, 4, 16, 16, generator=g) for _ in range(3)]
     other_negatives = torch.rand(4, 3, 4, 16, 16, generator=g)
@@ -378,9 +390,13 @@ def test_view2_from_another_time_reads_the_loaders_second_clip():
         cfg = build_config("tiny", crop=16, frames=4, view2_time=time)
         assert cfg.clips_per_sample == (2 if time == "other" else 1)
         net, mem, step = build(cfg, 6)
-        net.register_forward_pre_hook(lambda module, args, t=time: seen.__setitem__(t, [x.clone() for x in args[0]]))
+        net.register_forward_pre_hook(
+            lambda module, args, t=time: seen.__setitem__(t, [x.clone() for x in args[0]])
+        )
         step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
-    assert torch.equal(seen["same"][0], seen["other"][0]) and not torch.equal(seen["same"][1], seen["other"][1])
+    assert torch.equal(seen["same"][0], seen["other"][0]) and not torch.equal(
+        seen["same"][1], seen["other"][1]
+    )
     without_second = {k: v for k, v in batch.items() if not k.endswith("_1")}
     with pytest.raises(KeyError):
         step(net, mem, without_second, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
@@ -402,7 +418,9 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
     for aug in ("none", "simclr"):
         cfg = build_config("tiny", crop=16, frames=4, rgb_aug=aug)
         net, mem, step = build(cfg, 8)
-        net.register_forward_pre_hook(lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]]))
+        net.register_forward_pre_hook(
+            lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]])
+        )
         step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
     (v1, v2, _), (w1, w2, wneg) = seen["none"], seen["simclr"]
     assert torch.equal(v2, w2)  # the residual view: same window, no colour change

@@ -1,5 +1,6 @@
 """Kinetics: the adapter on a generated annotation tree (both layouts, odd labels, subsets, an unlabelled test
 CSV), then real encoded videos of different aspect ratios through the real CLI."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,20 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_prep, synth_frames, write_video
 from torch.utils.data import DataLoader
 
 from iic.pipeline.datasets import DatasetLayoutError, load_index
 from iic.pipeline.kinetics import video_name
-
-from conftest import run_prep, synth_frames, write_video
 
 ODD = "passing American football (in game)"
 APOS = "tying bow tie's knot"
 PLAIN = "abseiling"
 
 # (label, youtube_id, start, end) of train.csv and validate.csv
-TRAIN = [(ODD, "aaaaaaaaaaa", 10, 20), (APOS, "bbbbbbbbbbb", 0, 10), (PLAIN, "ccccccccccc", 5, 15),
-         (PLAIN, "missing-one", 1, 11)]
+TRAIN = [
+    (ODD, "aaaaaaaaaaa", 10, 20),
+    (APOS, "bbbbbbbbbbb", 0, 10),
+    (PLAIN, "ccccccccccc", 5, 15),
+    (PLAIN, "missing-one", 1, 11),
+]
 VALIDATE = [(ODD, "ddddddddddd", 30, 40), (PLAIN, "eeeeeeeeeee", 7, 17)]
 TEST = [("fffffffffff", 3, 13)]
 
@@ -33,7 +37,9 @@ def write_csvs(ann: Path, train=TRAIN, validate=VALIDATE, test=TEST, is_cc: bool
     for name, rows in (("train", train), ("validate", validate)):
         with open(ann / f"{name}.csv", "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["label", "youtube_id", "time_start", "time_end", "split"] + (["is_cc"] if is_cc else []))
+            w.writerow(
+                ["label", "youtube_id", "time_start", "time_end", "split"] + (["is_cc"] if is_cc else [])
+            )
             for label, yid, a, b in rows:
                 w.writerow([label, yid, a, b, name] + ([0] if is_cc else []))
     with open(ann / "test.csv", "w", newline="") as f:
@@ -77,7 +83,10 @@ def test_adapter_lists_labels_and_paths(tmp_path, layout):
     assert val.splits == {1: "test"} and val.label == 1  # validate = the evaluation (test) list
     # a listed clip without a file keeps its expected path (extraction records it as missing)
     missing = by_id["train/missing-one_000001_000011"]
-    assert missing.path == video_rel("train", PLAIN, "missing-one", 1, 11, layout) and not (root / missing.path).exists()
+    assert (
+        missing.path == video_rel("train", PLAIN, "missing-one", 1, 11, layout)
+        and not (root / missing.path).exists()
+    )
     assert not any(e.id.startswith("test/") for e in index.entries)  # unlabelled only when asked for
     assert len(index.entries) == len(TRAIN) + len(VALIDATE)
 
@@ -86,7 +95,8 @@ def test_unlabelled_test_split(tmp_path):
     index = load_index("kinetics400", placeholder_tree(tmp_path, "flat"), unlabelled=True)
     test = [e for e in index.entries if e.id.startswith("test/")]
     assert [(e.id, e.label, e.class_name, e.splits) for e in test] == [
-        ("test/fffffffffff_000003_000013", -1, "", {1: "unlabelled"})]
+        ("test/fffffffffff_000003_000013", -1, "", {1: "unlabelled"})
+    ]
     assert index.classes == (PLAIN, ODD, APOS)  # unlabelled videos add no class
 
 
@@ -95,19 +105,28 @@ def test_subset_of_classes_and_of_videos(tmp_path):
     (tmp_path / "classes.txt").write_text(f"# two classes\n{ODD}\n{PLAIN}\n\n")
     index = load_index("kinetics400", root, subset=tmp_path / "classes.txt", unlabelled=True)
     assert index.classes == (PLAIN, ODD)
-    assert {e.class_name for e in index.entries} == {PLAIN, ODD}  # the unlabelled video cannot belong to a class
+    assert {e.class_name for e in index.entries} == {
+        PLAIN,
+        ODD,
+    }  # the unlabelled video cannot belong to a class
     assert [e.label for e in index.entries if e.class_name == ODD] == [1, 1]
     (tmp_path / "videos.txt").write_text("bbbbbbbbbbb\neeeeeeeeeee_000007_000017\n")
     index = load_index("kinetics400", root, subset=tmp_path / "videos.txt")
-    assert [e.id for e in index.entries] == ["train/bbbbbbbbbbb_000000_000010", "validate/eeeeeeeeeee_000007_000017"]
+    assert [e.id for e in index.entries] == [
+        "train/bbbbbbbbbbb_000000_000010",
+        "validate/eeeeeeeeeee_000007_000017",
+    ]
     assert index.classes == (PLAIN, APOS) and [e.label for e in index.entries] == [1, 0]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("abseiling\nno such class\n", "1 of 2 entries are neither a label nor a video"),
-    ("abseiling\naaaaaaaaaaa\n", "mixes labels"),
-    ("# nothing\n", "is empty"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("abseiling\nno such class\n", "1 of 2 entries are neither a label nor a video"),
+        ("abseiling\naaaaaaaaaaa\n", "mixes labels"),
+        ("# nothing\n", "is empty"),
+    ],
+)
 def test_subset_errors_are_one_line(tmp_path, text, message):
     root = placeholder_tree(tmp_path, "flat")
     (tmp_path / "s.txt").write_text(text)
@@ -159,16 +178,24 @@ FRAMES = 20
 
 
 def real_tree(root: Path) -> Path:
-    rows = {s: [(lab, yid, a, b) for s_, lab, yid, a, b, _ in VIDEOS if s_ == s] for s in ("train", "validate")}
-    write_csvs(root / "kinetics400", rows["train"], rows["validate"],
-               [(yid, a, b) for s, _, yid, a, b, _ in VIDEOS if s == "test"])
+    rows = {
+        s: [(lab, yid, a, b) for s_, lab, yid, a, b, _ in VIDEOS if s_ == s] for s in ("train", "validate")
+    }
+    write_csvs(
+        root / "kinetics400",
+        rows["train"],
+        rows["validate"],
+        [(yid, a, b) for s, _, yid, a, b, _ in VIDEOS if s == "test"],
+    )
     for i, (split, label, yid, a, b, what) in enumerate(VIDEOS):
         rel = video_rel(split, label, yid, a, b, "labels" if split == "train" else "flat")
         if what is None:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
         elif what == "corrupt":
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+            (root / rel).write_bytes(
+                np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+            )
         else:
             write_video(root / rel, synth_frames(FRAMES, *what, seed=i))
     return root
@@ -182,8 +209,22 @@ def source_size(yid: str) -> tuple[int, int]:
 def k400(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("k400")
     root = real_tree(base / "raw")
-    result = run_prep("extract", "--dataset", "kinetics400", "--root", root, "--out", base / "out", "--size", "128",
-                      "--unlabelled", "--shard-size", "3", "--workers", "1")
+    result = run_prep(
+        "extract",
+        "--dataset",
+        "kinetics400",
+        "--root",
+        root,
+        "--out",
+        base / "out",
+        "--size",
+        "128",
+        "--unlabelled",
+        "--shard-size",
+        "3",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 3, result.output  # 3 = finished, some listed videos failed
     assert "videos: 9 (7 ok, 2 failed)" in result.output
     return base / "out" / "kinetics400"
@@ -230,8 +271,22 @@ def test_info_reports_missing_share_per_list(k400):
 
 def test_rerun_keeps_every_shard(k400):
     root = k400.parent.parent / "raw"
-    result = run_prep("extract", "--dataset", "kinetics400", "--root", root, "--out", k400.parent, "--size", "128",
-                      "--unlabelled", "--shard-size", "3", "--workers", "1")
+    result = run_prep(
+        "extract",
+        "--dataset",
+        "kinetics400",
+        "--root",
+        root,
+        "--out",
+        k400.parent,
+        "--size",
+        "128",
+        "--unlabelled",
+        "--shard-size",
+        "3",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 3 and "shards: 0 written, 3 kept" in result.output, result.output
 
 
@@ -256,7 +311,7 @@ def test_batch_of_mixed_sizes_gives_the_requested_crop(k400):
             assert 0 <= top <= h - 112 and 0 <= left <= w - 112
             if not train:
                 assert (top, left) == ((h - 112) // 2, (w - 112) // 2)
-            own = ds[items[b]]["rgb"][:, :, top:top + 112, left:left + 112]  # the unpadded clip
+            own = ds[items[b]]["rgb"][:, :, top : top + 112, left : left + 112]  # the unpadded clip
             assert torch.equal(out["rgb"][b], own.float() / 255)
     too_big = augment.AugmentConfig(crop=130, train=True)
     with pytest.raises(ValueError, match="crop 130 larger than input 128x"):
@@ -277,13 +332,25 @@ def test_shard_names_flat_below_the_threshold_and_spread_above():
     from iic.pipeline.extract import plan_shards
 
     def index(n):
-        return DatasetIndex("x", Path("."), ("a",), tuple(VideoEntry(f"a/{i:07d}", f"a/{i:07d}.mp4", "a", 0, {1: "train"})
-                                                          for i in range(n)))
+        return DatasetIndex(
+            "x",
+            Path("."),
+            ("a",),
+            tuple(VideoEntry(f"a/{i:07d}", f"a/{i:07d}.mp4", "a", 0, {1: "train"}) for i in range(n)),
+        )
 
-    flat = [name for name, _ in plan_shards(index(150 * 64), 64)]  # UCF101-sized: the names of every earlier version
-    assert flat[:2] == ["frames/shard-00000.h5", "frames/shard-00001.h5"] and flat[-1] == "frames/shard-00149.h5"
+    flat = [
+        name for name, _ in plan_shards(index(150 * 64), 64)
+    ]  # UCF101-sized: the names of every earlier version
+    assert (
+        flat[:2] == ["frames/shard-00000.h5", "frames/shard-00001.h5"] and flat[-1] == "frames/shard-00149.h5"
+    )
     spread = [name for name, _ in plan_shards(index(2500 * 4), 4)]
-    assert len(set(spread)) == 2500 and spread[0] == "frames/000/shard-000000.h5" and spread[-1] == "frames/002/shard-002499.h5"
+    assert (
+        len(set(spread)) == 2500
+        and spread[0] == "frames/000/shard-000000.h5"
+        and spread[-1] == "frames/002/shard-002499.h5"
+    )
     per_folder = {}
     for name in spread:
         per_folder[name.rsplit("/", 1)[0]] = per_folder.get(name.rsplit("/", 1)[0], 0) + 1
@@ -297,12 +364,23 @@ def test_shards_in_subfolders_read_resume_and_flow(k400, tmp_path):
     from iic.pipeline.reader import VideoStore
 
     raw = k400.parent.parent / "raw"
-    cfg = ExtractConfig(dataset="kinetics400", root=raw, out=tmp_path, size=128, unlabelled=True, shard_size=1,
-                        shards_per_folder=2)
+    cfg = ExtractConfig(
+        dataset="kinetics400",
+        root=raw,
+        out=tmp_path,
+        size=128,
+        unlabelled=True,
+        shard_size=1,
+        shards_per_folder=2,
+    )
     first = extract(cfg)
     data = tmp_path / "kinetics400"
     shards = sorted(p.relative_to(data).as_posix() for p in data.rglob("shard-*.h5"))
-    assert shards[:3] == ["frames/000/shard-000000.h5", "frames/000/shard-000001.h5", "frames/001/shard-000002.h5"]
+    assert shards[:3] == [
+        "frames/000/shard-000000.h5",
+        "frames/000/shard-000001.h5",
+        "frames/001/shard-000002.h5",
+    ]
     assert len(shards) == 9 and first.shards_written == 9 and first.failed == 2
     store = VideoStore(data)
     ok = [r for r in store.rows if r.ok]
@@ -317,10 +395,13 @@ def test_shards_in_subfolders_read_resume_and_flow(k400, tmp_path):
     r = ok[0]
     assert fstore.flow(r.id, 0, 2).shape == (2, 2, *fstore.frame_size(r.id))
     assert run_prep("check", "--data", data).exit_code == 0
-    flat = extract(ExtractConfig(dataset="kinetics400", root=raw, out=tmp_path, size=128, unlabelled=True, shard_size=1))
+    flat = extract(
+        ExtractConfig(dataset="kinetics400", root=raw, out=tmp_path, size=128, unlabelled=True, shard_size=1)
+    )
     assert flat.shards_written == 9
-    assert sorted(p.relative_to(data / "frames").as_posix() for p in (data / "frames").rglob("shard-*.h5")) == [
-        f"shard-{i:05d}.h5" for i in range(9)]
+    assert sorted(
+        p.relative_to(data / "frames").as_posix() for p in (data / "frames").rglob("shard-*.h5")
+    ) == [f"shard-{i:05d}.h5" for i in range(9)]
 
 
 def test_pretrain_on_kinetics_evaluate_on_ucf101(k400, small_ucf, tmp_path, one_thread):
@@ -337,10 +418,31 @@ def test_pretrain_on_kinetics_evaluate_on_ucf101(k400, small_ucf, tmp_path, one_
         assert result.exit_code == 0, result.output + repr(result.exception)
         return result
 
-    run_iic("train", "--preset", "tiny", "--data", k400, "--out", tmp_path / "run", "--crop", "32", "--frames", "8",
-            "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu")
+    run_iic(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        k400,
+        "--out",
+        tmp_path / "run",
+        "--crop",
+        "32",
+        "--frames",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     ckpt = tmp_path / "run" / "final.pt"
-    ext = run_prep("extract", "--root", small_ucf, "--out", tmp_path / "data", "--size", "40x52", "--workers", "1")
+    ext = run_prep(
+        "extract", "--root", small_ucf, "--out", tmp_path / "data", "--size", "40x52", "--workers", "1"
+    )
     assert ext.exit_code == 0, ext.output
     ucf = tmp_path / "data" / "ucf101"
     fast = ["--workers", "0", "--device", "cpu", "--clips", "1", "--ckpt", ckpt]
@@ -350,10 +452,26 @@ def test_pretrain_on_kinetics_evaluate_on_ucf101(k400, small_ucf, tmp_path, one_
     result = json.loads((tmp_path / "eval" / "retrieval.json").read_text())
     assert result["data"]["pretrained_on"]["dataset"] == "kinetics400" and result["data"]["transfer"] is True
     assert result["counts"] == {"queries": 2, "gallery": 2, "failed_queries": 0, "failed_gallery": 0}
-    rec = run_iic("eval", "recognition", "--data", ucf, "--out", tmp_path / "rec", "--epochs", "1", "--batch-size", "2",
-                  "--val-fraction", "0", *fast)
+    rec = run_iic(
+        "eval",
+        "recognition",
+        "--data",
+        ucf,
+        "--out",
+        tmp_path / "rec",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--val-fraction",
+        "0",
+        *fast,
+    )
     assert named in rec.output.splitlines()
-    assert json.loads((tmp_path / "rec" / "recognition.json").read_text())["data"]["evaluated_on"]["dataset"] == "ucf101"
+    assert (
+        json.loads((tmp_path / "rec" / "recognition.json").read_text())["data"]["evaluated_on"]["dataset"]
+        == "ucf101"
+    )
     # on Kinetics itself: validate queries train; the unlabelled test video is said to be left out
     own = run_iic("eval", "retrieval", "--data", k400, "--out", tmp_path / "own", *fast)
     assert "retrieval of 2 queries against 4 gallery videos" in own.output
@@ -365,11 +483,28 @@ def test_cli_subset_restricts_and_is_recorded(k400, tmp_path):
 
     raw = k400.parent.parent / "raw"
     (tmp_path / "classes.txt").write_text(f"{ODD}\n")
-    res = run_prep("extract", "--dataset", "kinetics400", "--root", raw, "--out", tmp_path, "--size", "64",
-                   "--subset", tmp_path / "classes.txt", "--workers", "1")
+    res = run_prep(
+        "extract",
+        "--dataset",
+        "kinetics400",
+        "--root",
+        raw,
+        "--out",
+        tmp_path,
+        "--size",
+        "64",
+        "--subset",
+        tmp_path / "classes.txt",
+        "--workers",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "kinetics400" / "dataset.json").read_text())
-    assert meta["classes"] == [ODD] and meta["subset"] == str(tmp_path / "classes.txt") and "unlabelled" not in meta
+    assert (
+        meta["classes"] == [ODD]
+        and meta["subset"] == str(tmp_path / "classes.txt")
+        and "unlabelled" not in meta
+    )
     from iic.pipeline.format import read_manifest
 
     rows = read_manifest(tmp_path / "kinetics400" / "manifest.csv")
@@ -377,7 +512,8 @@ def test_cli_subset_restricts_and_is_recorded(k400, tmp_path):
     assert {r.label for r in rows} == {0}
     bad = run_prep("extract", "--dataset", "ucf101", "--root", raw, "--out", tmp_path / "u", "--unlabelled")
     assert bad.exit_code == 2 and bad.output.strip().splitlines()[-1] == (
-        "Error: --subset and --unlabelled apply to the Kinetics datasets, not ucf101")
+        "Error: --subset and --unlabelled apply to the Kinetics datasets, not ucf101"
+    )
 
 
 def test_existing_datasets_keep_their_shards_and_identity(small_ucf, tmp_path):
@@ -391,23 +527,53 @@ def test_existing_datasets_keep_their_shards_and_identity(small_ucf, tmp_path):
     from iic.pipeline.extract import ExtractConfig
 
     assert ExtractConfig("ucf101", small_ucf, tmp_path).storage() == {
-        "size": [128, 171], "quality": 90, "subsampling": "420", "store_residuals": False, "format_version": 1}
-    res = run_prep("extract", "--root", small_ucf, "--out", tmp_path, "--size", "32x40", "--shard-size", "2",
-                   "--workers", "1")
+        "size": [128, 171],
+        "quality": 90,
+        "subsampling": "420",
+        "store_residuals": False,
+        "format_version": 1,
+    }
+    res = run_prep(
+        "extract",
+        "--root",
+        small_ucf,
+        "--out",
+        tmp_path,
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     data = tmp_path / "ucf101"
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.h5")) == [
-        "frames/shard-00000.h5", "frames/shard-00001.h5"]
+        "frames/shard-00000.h5",
+        "frames/shard-00001.h5",
+    ]
     with h5py.File(data / "frames" / "shard-00000.h5") as f:
         assert json.loads(f.attrs["settings"])["size"] == [32, 40]
     assert set(json.loads((data / "dataset.json").read_text())) == {
-        "format", "format_version", "dataset", "split", "size", "codec", "quality", "subsampling", "residual",
-        "residual_source", "classes", "shard_size", "versions"}
+        "format",
+        "format_version",
+        "dataset",
+        "split",
+        "size",
+        "codec",
+        "quality",
+        "subsampling",
+        "residual",
+        "residual_source",
+        "classes",
+        "shard_size",
+        "versions",
+    }
 
 
 def test_show_a_portrait_video_and_long_failure_lists(k400, tmp_path, figures):
-    from iic.pipeline.parallel import StageSummary
     from iic.pipeline.format import ManifestRow
+    from iic.pipeline.parallel import StageSummary
 
     vid = "train/portrait916_000000_000010"
     res = run_prep("show", "--data", k400, "--video", vid, "--out", tmp_path / "p.png")
@@ -415,24 +581,50 @@ def test_show_a_portrait_video_and_long_failure_lists(k400, tmp_path, figures):
     assert figures[-1]["title"] == f"{vid}  ({ODD}, {FRAMES} frames, 228x128)"
     w, h = figures[-1]["figure"].get_size_inches()
     assert w < 8 * 1.6 * 128 / 228 + 1  # laid out for a portrait frame, not a landscape one
-    rows = [ManifestRow(f"train/v{i:02d}", f"train/v{i:02d}.mp4", "a", 0, "1:train", "frames/shard-00000.h5", i, 0,
-                        "failed", "file not found") for i in range(25)]
-    lines = StageSummary.from_rows(rows, unit="frames", bytes=0, seconds=1.0, shards_written=1, shards_kept=0,
-                                   folder=Path("d")).lines()
+    rows = [
+        ManifestRow(
+            f"train/v{i:02d}",
+            f"train/v{i:02d}.mp4",
+            "a",
+            0,
+            "1:train",
+            "frames/shard-00000.h5",
+            i,
+            0,
+            "failed",
+            "file not found",
+        )
+        for i in range(25)
+    ]
+    lines = StageSummary.from_rows(
+        rows, unit="frames", bytes=0, seconds=1.0, shards_written=1, shards_kept=0, folder=Path("d")
+    ).lines()
     assert len(lines) == 22 and lines[20] == "  failed train/v19: file not found"
     assert lines[21] == "  ... and 5 more failed (reasons in d/manifest.csv, shares in `iic-prep info`)"
 
 
-@pytest.mark.parametrize("size, message", [("8", "neither HxW"), ("abc", "neither HxW"), ("12x300", "at least 16")])
+@pytest.mark.parametrize(
+    "size, message", [("8", "neither HxW"), ("abc", "neither HxW"), ("12x300", "at least 16")]
+)
 def test_cli_size_refuses_bad_values_as_usage(tmp_path, size, message):
-    res = run_prep("extract", "--dataset", "kinetics400", "--root", tmp_path, "--out", tmp_path, "--size", size)
+    res = run_prep(
+        "extract", "--dataset", "kinetics400", "--root", tmp_path, "--out", tmp_path, "--size", size
+    )
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("short, h, w, out", [
-    (128, 1080, 1920, (128, 228)), (128, 1920, 1080, (228, 128)), (128, 480, 640, (128, 170)),
-    (128, 256, 340, (128, 170)), (128, 100, 100, (128, 128)), (112, 720, 1280, (112, 200)), (128, 272, 640, (128, 302)),
-])
+@pytest.mark.parametrize(
+    "short, h, w, out",
+    [
+        (128, 1080, 1920, (128, 228)),
+        (128, 1920, 1080, (228, 128)),
+        (128, 480, 640, (128, 170)),
+        (128, 256, 340, (128, 170)),
+        (128, 100, 100, (128, 128)),
+        (112, 720, 1280, (112, 200)),
+        (128, 272, 640, (128, 302)),
+    ],
+)
 def test_short_side_table(short, h, w, out):
     from iic.pipeline.decode import output_size
 

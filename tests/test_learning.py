@@ -2,6 +2,7 @@
 
 The full measurement over seeds and methods is bench/bench_learning.py (BENCHMARKS.md, "Learning signal").
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,20 @@ def motion_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("learning")
     r = CliRunner().invoke(prep, ["synth", "--out", str(root / "raw"), "--frames", "24"])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(prep, ["extract", "--root", str(root / "raw"), "--out", str(root / "data"), "--size", "96x128",
-                                  "--workers", "1"])
+    r = CliRunner().invoke(
+        prep,
+        [
+            "extract",
+            "--root",
+            str(root / "raw"),
+            "--out",
+            str(root / "data"),
+            "--size",
+            "96x128",
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root / "data" / "ucf101"
 
@@ -63,17 +76,37 @@ def test_tiny_run_leaves_chance_and_the_monitor_beats_random_init(motion_data, t
     assert losses[last]["chance_loss"] == pytest.approx(chance)
     curve = [round(r["epoch_loss"], 2) for r in losses.values()]
     assert losses[last]["epoch_loss"] < 0.7 * chance, curve
-    late, mid = (sum(losses[e]["epoch_loss"] for e in es) / 3 for es in ((last - 2, last - 1, last), (9, 10, 11)))
+    late, mid = (
+        sum(losses[e]["epoch_loss"] for e in es) / 3 for es in ((last - 2, last - 1, last), (9, 10, 11))
+    )
     assert late < mid, curve  # still falling over the second half
     monitor = _epochs(metrics, "monitor_top1_res")
     assert sorted(monitor) == [0, 10, last]
     assert monitor[last]["monitor_top1_res"] > monitor[0]["monitor_top1_res"], monitor
     assert (out / "curves.png").stat().st_size > 0
-    for epoch, source in ((last, ["--ckpt", str(out / "final.pt")]),
-                          (0, ["--random-init", "--model", "r3d-tiny", "--frames", "16", "--crop", "64", "--seed", "0"])):
+    for epoch, source in (
+        (last, ["--ckpt", str(out / "final.pt")]),
+        (0, ["--random-init", "--model", "r3d-tiny", "--frames", "16", "--crop", "64", "--seed", "0"]),
+    ):
         for view in ("res", "rgb"):
-            r = CliRunner().invoke(main, ["eval", "retrieval", "--data", str(motion_data), *source, "--modality", view,
-                                          "--clips", "1", "--workers", "0", "--out", str(tmp_path / f"{epoch}{view}")])
+            r = CliRunner().invoke(
+                main,
+                [
+                    "eval",
+                    "retrieval",
+                    "--data",
+                    str(motion_data),
+                    *source,
+                    "--modality",
+                    view,
+                    "--clips",
+                    "1",
+                    "--workers",
+                    "0",
+                    "--out",
+                    str(tmp_path / f"{epoch}{view}"),
+                ],
+            )
             assert r.exit_code == 0, r.output
             top1 = json.loads((tmp_path / f"{epoch}{view}" / "retrieval.json").read_text())["topk"]["1"]
             assert monitor[epoch][f"monitor_top1_{view}"] == pytest.approx(top1), (epoch, view)
@@ -81,8 +114,20 @@ def test_tiny_run_leaves_chance_and_the_monitor_beats_random_init(motion_data, t
 
 def test_monitor_does_not_change_training(motion_data, tmp_path):
     """Monitoring runs in eval mode without random draws: weights and banks match an unmonitored run."""
-    finals = [train(build_config("tiny", data=motion_data, out=tmp_path / str(every), epochs=1, workers=0, threads=2,
-                                 monitor_every=every)) for every in (0, 1)]
+    finals = [
+        train(
+            build_config(
+                "tiny",
+                data=motion_data,
+                out=tmp_path / str(every),
+                epochs=1,
+                workers=0,
+                threads=2,
+                monitor_every=every,
+            )
+        )
+        for every in (0, 1)
+    ]
     a, b = (checkpoint.load(f) for f in finals)
     for part in ("model", "memory"):
         for k, v in a[part].items():
@@ -92,40 +137,73 @@ def test_monitor_does_not_change_training(motion_data, tmp_path):
 
 def _weights(path: Path) -> dict:
     ckpt = checkpoint.load(path)
-    return {**{f"model.{k}": v for k, v in ckpt["model"].items()}, **{f"memory.{k}": v for k, v in ckpt["memory"].items()}}
+    return {
+        **{f"model.{k}": v for k, v in ckpt["model"].items()},
+        **{f"memory.{k}": v for k, v in ckpt["memory"].items()},
+    }
 
 
 def _divergence(run_a: Path, run_b: Path, a: dict, b: dict) -> str:
     """What differs between two runs of one command: the logged losses (where the runs part) and the tensors."""
-    losses = [[(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r] for d in (run_a, run_b)]
+    losses = [
+        [(r["step"], r["loss"]) for r in read_metrics(d / "metrics.jsonl") if "loss" in r]
+        for d in (run_a, run_b)
+    ]
     parted = next((sa for (sa, la), (_, lb) in zip(*losses) if la != lb), None)
-    tensors = sorted(((float((a[k].double() - b[k].double()).abs().max()), k) for k in a if not torch.equal(a[k], b[k])),
-                     reverse=True)
-    return (f"losses first differ at logged step {parted} ({losses}); {len(tensors)} of {len(a)} tensors differ, "
-            f"largest: {tensors[:5]}")
+    tensors = sorted(
+        ((float((a[k].double() - b[k].double()).abs().max()), k) for k in a if not torch.equal(a[k], b[k])),
+        reverse=True,
+    )
+    return (
+        f"losses first differ at logged step {parted} ({losses}); {len(tensors)} of {len(a)} tensors differ, "
+        f"largest: {tensors[:5]}"
+    )
 
 
 def test_same_command_same_weights_in_pytest_and_in_a_fresh_process(motion_data, tmp_path):
     """The in-pytest divergence seen before: a test module's fixture had set torch to 1 thread, and CPU
     convolutions sum in a thread-count-dependent order. ``--threads`` pins the count, so the run in this
     process (whatever its thread setting) equals the same command in a fresh process."""
-    args = ["--preset", "tiny", "--data", str(motion_data), "--epochs", "1", "--workers", "0", "--seed", "3",
-            "--threads", "2", "--monitor-every", "0"]
+    args = [
+        "--preset",
+        "tiny",
+        "--data",
+        str(motion_data),
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--seed",
+        "3",
+        "--threads",
+        "2",
+        "--monitor-every",
+        "0",
+    ]
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
-    subprocess.run([iic, "train", *args, "--out", str(tmp_path / "fresh")], check=True, capture_output=True, timeout=600,
-                   env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+    subprocess.run(
+        [iic, "train", *args, "--out", str(tmp_path / "fresh")],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what tests/test_evaluate.py's fixture does
     try:
         r = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "here")])
         assert r.exit_code == 0, r.output
         assert torch.get_num_threads() == 1  # restored after the run
-        unpinned = CliRunner().invoke(main, ["train", *args[:-4], "--monitor-every", "0", "--out", str(tmp_path / "one")])
+        unpinned = CliRunner().invoke(
+            main, ["train", *args[:-4], "--monitor-every", "0", "--out", str(tmp_path / "one")]
+        )
         assert unpinned.exit_code == 0, unpinned.output
     finally:
         torch.set_num_threads(before)
     fresh, here, one = (_weights(tmp_path / d / "final.pt") for d in ("fresh", "here", "one"))
-    assert all(torch.equal(fresh[k], here[k]) for k in fresh), _divergence(tmp_path / "fresh", tmp_path / "here", fresh, here)
+    assert all(torch.equal(fresh[k], here[k]) for k in fresh), _divergence(
+        tmp_path / "fresh", tmp_path / "here", fresh, here
+    )
     assert checkpoint.load(tmp_path / "one" / "final.pt")["cpu_threads"] == 1
     # the cause: the same run on 1 thread instead of 2 ends with other weights
     assert not all(torch.equal(fresh[k], one[k]) for k in fresh)
@@ -136,29 +214,90 @@ def test_lr_factor_warmup_cosine_and_multistep():
     f = lr_factor(cfg, steps_per_epoch=5)
     assert [f(s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
     assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
-    assert f(10 + 20) == pytest.approx(0.5) and f(49) == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    assert f(10 + 20) == pytest.approx(0.5) and f(49) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 39 / 40))
+    )
     paper = build_config("r3d-res-repeat", epochs=240)
     g = lr_factor(paper, steps_per_epoch=3)
     # the paper's x0.2 at epochs 45/90/125/160, applied at epoch boundaries
-    assert [g(3 * e) for e in (0, 44, 45, 90, 125, 160, 239)] == pytest.approx([1, 1, 0.2, 0.04, 0.008, 0.0016, 0.0016])
+    assert [g(3 * e) for e in (0, 44, 45, 90, 125, 160, 239)] == pytest.approx(
+        [1, 1, 0.2, 0.04, 0.008, 0.0016, 0.0016]
+    )
     assert g(3 * 45 - 1) == 1.0
 
 
 def test_train_cli_flags_of_the_recipe(motion_data, tmp_path):
-    r = CliRunner().invoke(main, ["train", "--data", str(motion_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
-                                  "--epochs", "1", "--workers", "0", "--head", "bn", "--positive", "bank", "--no-batch-negatives", "--schedule",
-                                  "multistep", "--warmup-epochs", "0", "--tau", "0.1", "--m", "0.9", "--K", "8",
-                                  "--monitor-every", "0", "--threads", "1"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(motion_data),
+            "--out",
+            str(tmp_path / "r"),
+            "--preset",
+            "tiny",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--head",
+            "bn",
+            "--positive",
+            "bank",
+            "--no-batch-negatives",
+            "--schedule",
+            "multistep",
+            "--warmup-epochs",
+            "0",
+            "--tau",
+            "0.1",
+            "--m",
+            "0.9",
+            "--K",
+            "8",
+            "--monitor-every",
+            "0",
+            "--threads",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     saved = {**saved, **saved["iic"]}  # IIC's options are its section's
-    assert {k: saved[k] for k in ("head", "positive", "batch_negatives", "schedule", "warmup_epochs", "tau", "m", "K",
-                                  "monitor_every", "threads")} == dict(
-        head="bn", positive="bank", batch_negatives=False, schedule="multistep", warmup_epochs=0, tau=0.1, m=0.9, K=8,
-        monitor_every=0, threads=1)
+    assert {
+        k: saved[k]
+        for k in (
+            "head",
+            "positive",
+            "batch_negatives",
+            "schedule",
+            "warmup_epochs",
+            "tau",
+            "m",
+            "K",
+            "monitor_every",
+            "threads",
+        )
+    } == dict(
+        head="bn",
+        positive="bank",
+        batch_negatives=False,
+        schedule="multistep",
+        warmup_epochs=0,
+        tau=0.1,
+        m=0.9,
+        K=8,
+        monitor_every=0,
+        threads=1,
+    )
     ckpt = checkpoint.load(tmp_path / "r" / "final.pt")
-    assert "head.bn.running_mean" in ckpt["model"] and not any(k.startswith("head.mlp") for k in ckpt["model"])
-    bad = CliRunner().invoke(main, ["train", "--data", str(motion_data), "--preset", "tiny", "--warmup-epochs", "30"])
+    assert "head.bn.running_mean" in ckpt["model"] and not any(
+        k.startswith("head.mlp") for k in ckpt["model"]
+    )
+    bad = CliRunner().invoke(
+        main, ["train", "--data", str(motion_data), "--preset", "tiny", "--warmup-epochs", "30"]
+    )
     assert bad.exit_code == 2 and "warm-up" in bad.output
 
 
@@ -173,15 +312,24 @@ class OrderBlind(torch.nn.Module):
 
 def test_order_sensitivity_against_an_order_blind_model(motion_data):
     from iic.model.config import backbone_config
-    from iic.model.nets.backbones import build_backbone
     from iic.model.evaluation.sensitivity import order_sensitivity
+    from iic.model.nets.backbones import build_backbone
 
     blind = order_sensitivity(OrderBlind(), motion_data, 1, frames=16, stride=1, crop=64, feature="pool")
-    assert blind["shuffled"] == pytest.approx(1.0, abs=1e-6) and blind["reversed"] == pytest.approx(1.0, abs=1e-6)
+    assert blind["shuffled"] == pytest.approx(1.0, abs=1e-6) and blind["reversed"] == pytest.approx(
+        1.0, abs=1e-6
+    )
     assert blind["repeated"] < 0.999  # holding one frame changes the time average
     torch.manual_seed(0)
-    conv = order_sensitivity(build_backbone(backbone_config("r3d-tiny")), motion_data, 1, frames=16, stride=1, crop=64,
-                             feature="conv5")
+    conv = order_sensitivity(
+        build_backbone(backbone_config("r3d-tiny")),
+        motion_data,
+        1,
+        frames=16,
+        stride=1,
+        crop=64,
+        feature="conv5",
+    )
     assert all(-1.0 <= v < 1.0 for v in conv.values()), conv  # a 3D CNN sees the order
     again = order_sensitivity(OrderBlind(), motion_data, 1, frames=16, stride=1, crop=64, feature="pool")
     assert again == blind  # deterministic (seeded shuffles)

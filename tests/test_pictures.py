@@ -1,5 +1,6 @@
 """The pictures, rendered for real on a tiny extracted dataset with flow: the training curves, the retrieval
 figure (title, motion thumbnails, border legend) and `iic-prep show` (flow colour-wheel key, output format)."""
+
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import build_ucf101, error_lines, run_prep, synth_frames
 from matplotlib.image import imread
 
 from iic.model.evaluation.report import BORDERS, retrieval_figure
@@ -16,8 +18,6 @@ from iic.pipeline.flowcalc import from_stored
 from iic.pipeline.reader import VideoStore
 from iic.pipeline.show import PICTURE_FORMATS, colour_wheel, flow_to_colour, show_video
 
-from conftest import build_ucf101, error_lines, run_prep, synth_frames
-
 CLASSES = ("Jump", "Walk")
 
 
@@ -25,10 +25,18 @@ CLASSES = ("Jump", "Walk")
 def data(tmp_path_factory) -> Path:
     """2 classes x 3 videos of 10 frames (a moving disc), extracted at 32x40, with DIS flow."""
     root = tmp_path_factory.mktemp("pictures")
-    videos = {f"{c}/v_{c}_g{g:02d}_c01.avi": synth_frames(10, seed=3 * i + g) for i, c in enumerate(CLASSES)
-              for g in range(1, 4)}
+    videos = {
+        f"{c}/v_{c}_g{g:02d}_c01.avi": synth_frames(10, seed=3 * i + g)
+        for i, c in enumerate(CLASSES)
+        for g in range(1, 4)
+    }
     raw = build_ucf101(root / "raw", videos, train={k for k in videos if "_g03_" not in k})
-    assert run_prep("extract", "--root", raw, "--out", root / "out", "--size", "32x40", "--workers", "1").exit_code == 0
+    assert (
+        run_prep(
+            "extract", "--root", raw, "--out", root / "out", "--size", "32x40", "--workers", "1"
+        ).exit_code
+        == 0
+    )
     data = root / "out" / "ucf101"
     assert run_prep("flow", "--data", data, "--method", "dis", "--workers", "1").exit_code == 0
     return data
@@ -43,14 +51,19 @@ def _write_metrics(path: Path, monitor: bool) -> Path:
     rows = [{"step": s, "loss": 9.0 - s / 4, "lr": 1e-3 * (1 - s / 20)} for s in range(1, 9)]
     rows += [{"step": 8, "epoch": 1, "epoch_loss": 7.5, "chance_loss": 8.1}]
     if monitor:
-        rows += [{"step": 0, "epoch": 0, "monitor_top1_rgb": 20.0}, {"step": 8, "epoch": 1, "monitor_top1_rgb": 40.0}]
+        rows += [
+            {"step": 0, "epoch": 0, "monitor_top1_rgb": 20.0},
+            {"step": 8, "epoch": 1, "monitor_top1_rgb": 40.0},
+        ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def test_curves_are_titled_with_the_run(tmp_path, figures):
     metrics = _write_metrics(tmp_path / "tiny-flowu" / "metrics.jsonl", monitor=True)
-    png = plot_curves(metrics, tmp_path / "curves.png", title="tiny-flowu: iic r3d-tiny flow-u/repeat", chance_top1=33.3)
+    png = plot_curves(
+        metrics, tmp_path / "curves.png", title="tiny-flowu: iic r3d-tiny flow-u/repeat", chance_top1=33.3
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = figures[-1]
     assert fig["title"] == "tiny-flowu: iic r3d-tiny flow-u/repeat"
@@ -76,20 +89,34 @@ def _result(data: Path, modality: str, merge: bool = False) -> dict:
     out = []
     for q in queries:
         order = sorted(gallery, key=lambda g: (g.label == q.label, g.id))
-        out.append({"id": q.id, "label": q.label, "nearest": [g.id for g in order],
-                    "nearest_labels": [g.label for g in order],
-                    "similarities": [round(0.9 - 0.1 * i, 6) for i in range(len(order))]})
-    return {"config": {"modality": modality, "merge": merge}, "checkpoint": "/runs/tiny-res/final.pt",
-            "backbone": {"random_init": False}, "topk": {"1": 0.0, "5": 100.0},
-            "counts": {"queries": len(out)}, "queries": out}
+        out.append(
+            {
+                "id": q.id,
+                "label": q.label,
+                "nearest": [g.id for g in order],
+                "nearest_labels": [g.label for g in order],
+                "similarities": [round(0.9 - 0.1 * i, 6) for i in range(len(order))],
+            }
+        )
+    return {
+        "config": {"modality": modality, "merge": merge},
+        "checkpoint": "/runs/tiny-res/final.pt",
+        "backbone": {"random_init": False},
+        "topk": {"1": 0.0, "5": 100.0},
+        "counts": {"queries": len(out)},
+        "queries": out,
+    }
 
 
 def _thumbnails(fig) -> list[tuple[np.ndarray, str, str]]:
     """(image, border colour, title) of every thumbnail."""
     from matplotlib.colors import to_hex
 
-    return [(np.asarray(ax.images[0].get_array()), to_hex(ax.spines["left"].get_edgecolor()), ax.get_title())
-            for ax in fig.axes if ax.images]
+    return [
+        (np.asarray(ax.images[0].get_array()), to_hex(ax.spines["left"].get_edgecolor()), ax.get_title())
+        for ax in fig.axes
+        if ax.images
+    ]
 
 
 @pytest.mark.parametrize("modality", ["rgb", "res", "flow-u", "flow-v"])
@@ -100,7 +127,9 @@ def test_retrieval_figure_names_the_run_and_shows_the_motion(data, tmp_path, fig
     png = retrieval_figure(result, data, tmp_path / "retrieval.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = figures[-1]["figure"]
-    assert figures[-1]["title"].startswith(f"run tiny-res: retrieval on {modality} features — top-1 0.0% (2 queries)")
+    assert figures[-1]["title"].startswith(
+        f"run tiny-res: retrieval on {modality} features — top-1 0.0% (2 queries)"
+    )
     # the legend explains every border colour, in the colours the borders use
     legend = fig.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == list(BORDERS)
@@ -112,10 +141,14 @@ def test_retrieval_figure_names_the_run_and_shows_the_motion(data, tmp_path, fig
     assert len(cells) == 2 * 5  # 2 queries, 4 gallery videos each (all of them)
     for row in range(2):
         q = result["queries"][row]
-        (_, colour, title), *neighbours = cells[5 * row: 5 * row + 5]
+        (_, colour, title), *neighbours = cells[5 * row : 5 * row + 5]
         assert colour == to_hex(BORDERS["query"]) and title == f"query: {classes[q['label']]}"
         for (_, colour, title), lab in zip(neighbours, q["nearest_labels"]):
-            same = BORDERS["neighbour of the query's class"] if lab == q["label"] else BORDERS["neighbour of another class"]
+            same = (
+                BORDERS["neighbour of the query's class"]
+                if lab == q["label"]
+                else BORDERS["neighbour of another class"]
+            )
             assert colour == to_hex(same) and title.startswith(classes[lab])
 
     vid = result["queries"][0]["id"]
@@ -128,7 +161,7 @@ def test_retrieval_figure_names_the_run_and_shows_the_motion(data, tmp_path, fig
         assert image.shape == (h, w, 3)
         return
     assert image.shape == (h, 2 * w + 2, 3)  # then its motion
-    motion = image[:, w + 2:].astype(int)
+    motion = image[:, w + 2 :].astype(int)
     if modality == "res":  # x[t] - x[t-1] of the stored frames, at the stored resolution of 2 levels
         d = frames[n // 2].astype(int) - frames[n // 2 - 1].astype(int)
         np.testing.assert_array_equal(motion, np.clip(128 + 2 * np.floor_divide(d, 2), 0, 255))
@@ -136,7 +169,9 @@ def test_retrieval_figure_names_the_run_and_shows_the_motion(data, tmp_path, fig
         return
     # flow: the component in grey, mid-grey = no motion, brighter = positive
     assert (motion[..., 0] == motion[..., 1]).all() and (motion[..., 0] == motion[..., 2]).all()
-    comp = from_stored(store.flow(vid, n // 2, 1), float(store.flow_meta["bound"]))[0][..., 0 if modality == "flow-u" else 1]
+    comp = from_stored(store.flow(vid, n // 2, 1), float(store.flow_meta["bound"]))[0][
+        ..., 0 if modality == "flow-u" else 1
+    ]
     moving = np.abs(comp) > 0.3
     assert moving.sum() > 10, "the disc moves: some flow must be drawn"
     assert (np.sign(motion[..., 0][moving] - 128) == np.sign(comp[moving])).mean() > 0.95
@@ -191,13 +226,25 @@ def test_show_flow_row_has_a_colour_wheel_key(data, tmp_path, figures):
     region = png[y0:y1, x0:x1]
     assert _hue_bins(region) == set(range(12)), "the key shows every direction's hue"
     # the cells beside it in the rows above are blank, not another frame
-    above = next(ax for ax in fig.axes if ax.get_subplotspec().rowspan.start == 0
-                 and ax.get_subplotspec().colspan.start == key.get_subplotspec().colspan.start)
+    above = next(
+        ax
+        for ax in fig.axes
+        if ax.get_subplotspec().rowspan.start == 0
+        and ax.get_subplotspec().colspan.start == key.get_subplotspec().colspan.start
+    )
     assert not above.axison and not above.images
 
 
-@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".jpg", b"\xff\xd8\xff"), (".JPEG", b"\xff\xd8\xff"),
-                                           (".pdf", b"%PDF"), (".svg", b"<?xml")])
+@pytest.mark.parametrize(
+    "suffix, magic",
+    [
+        (".png", b"\x89PNG"),
+        (".jpg", b"\xff\xd8\xff"),
+        (".JPEG", b"\xff\xd8\xff"),
+        (".pdf", b"%PDF"),
+        (".svg", b"<?xml"),
+    ],
+)
 def test_show_writes_the_format_its_suffix_names(data, tmp_path, suffix, magic):
     vid = VideoStore(data).ok_rows()[0].id
     out = tmp_path / f"picture{suffix}"
@@ -214,5 +261,7 @@ def test_show_refuses_an_unknown_suffix_in_one_line(data, tmp_path, name):
     assert error_lines(result.output) == result.output.strip().splitlines()  # one line, an error
     assert len(error_lines(result.output)) == 1 and all(s in result.output for s in PICTURE_FORMATS)
     assert not list(tmp_path.iterdir())
-    with pytest.raises(ValueError, match="must end in"):  # the library refuses it too, before reading any data
+    with pytest.raises(
+        ValueError, match="must end in"
+    ):  # the library refuses it too, before reading any data
         show_video(tmp_path / "no-data", vid, tmp_path / name)

@@ -1,6 +1,7 @@
 """The shape of ``pipeline/``, checked on the source: no import cycle between its modules, not even through an
 import inside a function (a cycle means two modules are one idea split in two), and the storage format in
 three modules (the format, the writer, the reader) rather than one."""
+
 from __future__ import annotations
 
 import ast
@@ -49,7 +50,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return trail[trail.index(dep):] + [node, dep] if dep in trail else [node, dep]
+                return trail[trail.index(dep) :] + [node, dep] if dep in trail else [node, dep]
             if dep not in state and (cycle := visit(dep, trail + [node])):
                 return cycle
         state[node] = 2
@@ -61,12 +62,15 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("graph, cycle", [
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
-    ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
-    ({"x": {"a"}, "a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
-])
+@pytest.mark.parametrize(
+    "graph, cycle",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+        ({"a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+        ({"x": {"a"}, "a": {"b"}, "b": {"a"}}, ["a", "b", "a"]),
+    ],
+)
 def test_find_cycle_finds_what_it_should(graph, cycle):
     assert find_cycle(graph) == cycle
 
@@ -94,9 +98,20 @@ def test_the_format_the_writer_and_the_reader_are_three_modules():
 
 
 # The tests of the offline stage (tests/test_cli.py checks --version and --help of every command).
-PREP_TESTS = ("test_extract.py", "test_flow.py", "test_flowcalc.py", "test_flow_torch.py", "test_reader.py",
-              "test_checksums.py", "test_datasets.py", "test_kinetics.py", "test_synth.py",
-              "test_pictures.py", "test_exit_codes.py", "test_cli.py")
+PREP_TESTS = (
+    "test_extract.py",
+    "test_flow.py",
+    "test_flowcalc.py",
+    "test_flow_torch.py",
+    "test_reader.py",
+    "test_checksums.py",
+    "test_datasets.py",
+    "test_kinetics.py",
+    "test_synth.py",
+    "test_pictures.py",
+    "test_exit_codes.py",
+    "test_cli.py",
+)
 
 
 def test_every_prep_option_is_named_in_a_test():
@@ -108,7 +123,12 @@ def test_every_prep_option_is_named_in_a_test():
 
     text = "".join((PIPELINE.parent / "tests" / name).read_text() for name in PREP_TESTS)
     commands = [("", prep)] + sorted(prep.commands.items())
-    missing = [f"{name} {opt}".strip() for name, cmd in commands for param in cmd.params
-               if isinstance(param, click.Option) for opt in param.opts + param.secondary_opts
-               if opt.startswith("--") and f'"{opt}"' not in text]
+    missing = [
+        f"{name} {opt}".strip()
+        for name, cmd in commands
+        for param in cmd.params
+        if isinstance(param, click.Option)
+        for opt in param.opts + param.secondary_opts
+        if opt.startswith("--") and f'"{opt}"' not in text
+    ]
     assert not missing, f"options no test names: {missing}"

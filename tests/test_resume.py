@@ -1,5 +1,6 @@
 """``--resume`` compares meaning, not spelling: a moved run folder, the data given by another path (relative,
 absolute, a symlink, a copy elsewhere) resume; another dataset with the same video list is refused."""
+
 from __future__ import annotations
 
 import os
@@ -14,19 +15,68 @@ from iic.cli import main, prep
 from iic.model import checkpoint
 from iic.pipeline.reader import VideoStore
 
-TINY = ["--preset", "tiny", "--crop", "32", "--frames", "8", "--batch-size", "4", "--K", "16", "--epochs", "1",
-        "--workers", "0", "--device", "cpu", "--seed", "0", "--monitor-every", "0"]
+TINY = [
+    "--preset",
+    "tiny",
+    "--crop",
+    "32",
+    "--frames",
+    "8",
+    "--batch-size",
+    "4",
+    "--K",
+    "16",
+    "--epochs",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
+    "--monitor-every",
+    "0",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _dataset(root: Path, seed: int, *extract_args: str) -> Path:
-    r = CliRunner().invoke(prep, ["synth", "--out", str(root / "raw"), "--classes", "3", "--per-class", "6",
-                                  "--frames", "20", "--size", "48x64", "--seed", str(seed)])
+    r = CliRunner().invoke(
+        prep,
+        [
+            "synth",
+            "--out",
+            str(root / "raw"),
+            "--classes",
+            "3",
+            "--per-class",
+            "6",
+            "--frames",
+            "20",
+            "--size",
+            "48x64",
+            "--seed",
+            str(seed),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(prep, ["extract", "--root", str(root / "raw"), "--out", str(root / "data"), "--size", "40x52",
-                                  "--workers", "1", *extract_args])
+    r = CliRunner().invoke(
+        prep,
+        [
+            "extract",
+            "--root",
+            str(root / "raw"),
+            "--out",
+            str(root / "data"),
+            "--size",
+            "40x52",
+            "--workers",
+            "1",
+            *extract_args,
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root / "data" / "ucf101"
 
@@ -153,8 +203,23 @@ def test_another_dataset_is_refused(world, tmp_path):
     shutil.copytree(world["data"].parent.parent, copy)
     data = copy / "data" / "ucf101"
     _train(data, tmp_path / "fresh", ok=True)  # a run on the copy, then the copy is re-extracted
-    r = CliRunner().invoke(prep, ["extract", "--root", str(copy / "raw"), "--out", str(copy / "data"), "--size", "40x52",
-                                  "--workers", "1", "--quality", "70", "--overwrite"])
+    r = CliRunner().invoke(
+        prep,
+        [
+            "extract",
+            "--root",
+            str(copy / "raw"),
+            "--out",
+            str(copy / "data"),
+            "--size",
+            "40x52",
+            "--workers",
+            "1",
+            "--quality",
+            "70",
+            "--overwrite",
+        ],
+    )
     assert r.exit_code == 0, r.output
     _refused(_train(data, tmp_path / "fresh", "--resume"), "changed since")
     n_data = checkpoint.load(tmp_path / "fresh" / "last.pt")["n_data"]
@@ -176,17 +241,44 @@ def test_recognition_resumes_in_a_moved_folder_and_refuses_another_source(world,
     data = world["data"]
     root = tmp_path / "a"
     _copy_run(world, root / "run")
-    args = ["eval", "recognition", "--data", str(data), "--workers", "0", "--device", "cpu", "--clips", "1",
-            "--batch-size", "4", "--val-fraction", "0"]
+    args = [
+        "eval",
+        "recognition",
+        "--data",
+        str(data),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--clips",
+        "1",
+        "--batch-size",
+        "4",
+        "--val-fraction",
+        "0",
+    ]
     r = CliRunner().invoke(main, [*args, "--ckpt", str(root / "run" / "final.pt"), "--epochs", "1"])
     assert r.exit_code == 0, r.output
     moved = tmp_path / "b"
     shutil.move(str(root), moved)  # the run and its recognition folder
-    r = CliRunner().invoke(main, [*args, "--ckpt", str(moved / "run" / "final.pt"), "--epochs", "2", "--resume"])
+    r = CliRunner().invoke(
+        main, [*args, "--ckpt", str(moved / "run" / "final.pt"), "--epochs", "2", "--resume"]
+    )
     assert r.exit_code == 0, r.output
     assert checkpoint.load(moved / "run" / "eval" / "recognition-ucf101-s1-res" / "final.pt")["epoch"] == 2
     # another backbone checkpoint (trained on the other dataset) for the same folder is refused
     _train(world["other"], tmp_path / "other-run", ok=True)
-    r = CliRunner().invoke(main, [*args, "--ckpt", str(tmp_path / "other-run" / "final.pt"), "--out",
-                                  str(moved / "run" / "eval" / "recognition-ucf101-s1-res"), "--epochs", "3", "--resume"])
+    r = CliRunner().invoke(
+        main,
+        [
+            *args,
+            "--ckpt",
+            str(tmp_path / "other-run" / "final.pt"),
+            "--out",
+            str(moved / "run" / "eval" / "recognition-ucf101-s1-res"),
+            "--epochs",
+            "3",
+            "--resume",
+        ],
+    )
     _refused(r, "another backbone checkpoint")

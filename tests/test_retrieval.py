@@ -130,11 +130,13 @@ def test_blockwise_equals_one_shot_and_float32():
 def test_blockwise_bit_exact_on_exact_data_with_ties():
     # +-1/2 entries on 4 of 8 coordinates: unit rows, exact dot products, many exact ties.
     rng = np.random.default_rng(9)
+
     def rows(n):
         x = np.zeros((n, 8))
         for r in range(n):
             x[r, rng.choice(8, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
         return x
+
     q, g = rows(30), rows(50)
     qy, gy = rng.integers(0, 4, 30), rng.integers(0, 4, 50)
     one = retrieval_topk(q, qy, g, gy, block_size=1000)

@@ -1,4 +1,5 @@
 """Runs side by side (`model/sweep.py`): real loky worker processes, the same weights as one after another."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,19 +17,48 @@ from iic.model.run.sweep import train_all
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sweep")
-    r = CliRunner().invoke(prep, ["synth", "--out", str(root / "raw"), "--classes", "3", "--per-class", "6", "--frames",
-                                  "20", "--size", "48x64"])
+    r = CliRunner().invoke(
+        prep,
+        [
+            "synth",
+            "--out",
+            str(root / "raw"),
+            "--classes",
+            "3",
+            "--per-class",
+            "6",
+            "--frames",
+            "20",
+            "--size",
+            "48x64",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(prep, ["extract", "--root", str(root / "raw"), "--out", str(root / "data"), "--size", "40x52",
-                                  "--workers", "1"])
+    r = CliRunner().invoke(
+        prep,
+        [
+            "extract",
+            "--root",
+            str(root / "raw"),
+            "--out",
+            str(root / "data"),
+            "--size",
+            "40x52",
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root / "data" / "ucf101"
 
 
 def _cfgs(data: Path, out: Path) -> list:
     small = dict(data=data, crop=32, batch_size=4, epochs=2, workers=0, threads=1, monitor_every=0)
-    return [build_config("tiny", out=out / "iic", seed=0, **small), build_config("cmc-tiny", out=out / "cmc", seed=1, **small),
-            build_config("dualvar-tiny", out=out / "dualvar", seed=2, **{**small, "epochs": 1})]
+    return [
+        build_config("tiny", out=out / "iic", seed=0, **small),
+        build_config("cmc-tiny", out=out / "cmc", seed=1, **small),
+        build_config("dualvar-tiny", out=out / "dualvar", seed=2, **{**small, "epochs": 1}),
+    ]
 
 
 def _weights(final: Path) -> dict[str, torch.Tensor]:
@@ -37,21 +67,31 @@ def _weights(final: Path) -> dict[str, torch.Tensor]:
 
 def test_side_by_side_gives_the_weights_of_one_after_another(data, tmp_path):
     ended = []
-    parallel = train_all(_cfgs(data, tmp_path / "par"), jobs=2, done=lambda c, f, s: ended.append(Path(c.out).name))
+    parallel = train_all(
+        _cfgs(data, tmp_path / "par"), jobs=2, done=lambda c, f, s: ended.append(Path(c.out).name)
+    )
     serial = train_all(_cfgs(data, tmp_path / "ser"), jobs=1)
-    assert [f.parent.name for f in parallel] == ["iic", "cmc", "dualvar"] and sorted(ended) == ["cmc", "dualvar", "iic"]
+    assert [f.parent.name for f in parallel] == ["iic", "cmc", "dualvar"] and sorted(ended) == [
+        "cmc",
+        "dualvar",
+        "iic",
+    ]
     for a, b in zip(parallel, serial):
         wa, wb = _weights(a), _weights(b)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), a.parent.name
     # finished runs are skipped: nothing is trained again and the same checkpoints come back
     stamps = [f.stat().st_mtime_ns for f in parallel]
-    again = train_all(_cfgs(data, tmp_path / "par"), jobs=2, done=lambda *_: pytest.fail("a finished run was trained again"))
+    again = train_all(
+        _cfgs(data, tmp_path / "par"), jobs=2, done=lambda *_: pytest.fail("a finished run was trained again")
+    )
     assert again == parallel and [f.stat().st_mtime_ns for f in again] == stamps
 
 
 def test_a_failing_run_is_its_own_one_line_error(data, tmp_path):
     cfgs = _cfgs(data, tmp_path)
     (tmp_path / "cmc").mkdir()
-    (tmp_path / "cmc" / "last.pt").write_bytes(b"not a checkpoint")  # an interrupted run whose checkpoint is damaged
+    (tmp_path / "cmc" / "last.pt").write_bytes(
+        b"not a checkpoint"
+    )  # an interrupted run whose checkpoint is damaged
     with pytest.raises(checkpoint.CheckpointError, match="last.pt"):
         train_all(cfgs, jobs=2)

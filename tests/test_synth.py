@@ -117,7 +117,9 @@ def test_layout(tiny) -> None:
     assert report.class_names == tuple(sorted(CLASS_NAMES[: cfg.classes]))
     for name in report.class_names:
         files = sorted(p.name for p in (root / name).iterdir())
-        expected = [f"v_{name}_g{g:02d}_c{c:02d}.avi" for g in (1, 2, 3) for c in range(1, 1 + (2 if g == 1 else 1))]
+        expected = [
+            f"v_{name}_g{g:02d}_c{c:02d}.avi" for g in (1, 2, 3) for c in range(1, 1 + (2 if g == 1 else 1))
+        ]
         assert files == expected
     assert not list(cfg.out.rglob("*.part"))
 
@@ -172,8 +174,12 @@ def test_decoded_videos_match_config(tiny) -> None:
         assert frames.shape == (cfg.frames, cfg.height, cfg.width, 3)
         source = render_video(cfg, spec.class_name, spec.group, spec.clip)
         yuv420 = np.stack(
-            [av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p").to_ndarray(format="rgb24")
-             for f in source]
+            [
+                av.VideoFrame.from_ndarray(f, format="rgb24")
+                .reformat(format="yuv420p")
+                .to_ndarray(format="rgb24")
+                for f in source
+            ]
         )
         # most of the error is the yuv420p chroma subsampling; measured at this size: 3.3-4.6 vs the
         # source, 1.8-2.3 vs the source through yuv420p (quantiser 2)
@@ -235,7 +241,12 @@ def test_pose_distribution_at_any_frame_does_not_depend_on_class() -> None:
         for t in (0, 9):
             unit = np.array(
                 [
-                    [p.centre[t, 0] / width, p.centre[t, 1] / height, p.angle[t] / 360.0, p.log_scale[t] + 0.5]
+                    [
+                        p.centre[t, 0] / width,
+                        p.centre[t, 1] / height,
+                        p.angle[t] / 360.0,
+                        p.log_scale[t] + 0.5,
+                    ]
                     for p in poses
                 ]
             )
@@ -315,7 +326,9 @@ def _temporal_shift(video: np.ndarray) -> np.ndarray:
 
 def test_single_frames_do_not_separate_classes_but_motion_does(tmp_path: Path) -> None:
     # one clip per group: independent samples (clips of a group share their appearance)
-    cfg = SynthConfig(out=tmp_path, classes=len(CLASS_NAMES), per_class=6, groups=6, frames=4, height=48, width=64)
+    cfg = SynthConfig(
+        out=tmp_path, classes=len(CLASS_NAMES), per_class=6, groups=6, frames=4, height=48, width=64
+    )
     videos = [render_video(cfg, s.class_name, s.group, s.clip) for s in video_specs(cfg)]
     labels = np.array([s.label for s in video_specs(cfg)])
     for t in (0, cfg.frames - 1):
@@ -332,15 +345,22 @@ def test_single_frames_do_not_separate_classes_but_motion_does(tmp_path: Path) -
 def motion_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthConfig, dict[str, np.ndarray]]:
     """Decoded videos of every class, one sprite each, so the flow of a video is one rigid motion."""
     cfg = SynthConfig(
-        out=tmp_path_factory.mktemp("motion"), classes=len(CLASS_NAMES), per_class=3, groups=3,
-        frames=6, height=96, width=96, max_objects=1,
+        out=tmp_path_factory.mktemp("motion"),
+        classes=len(CLASS_NAMES),
+        per_class=3,
+        groups=3,
+        frames=6,
+        height=96,
+        width=96,
+        max_objects=1,
     )
     report = generate(cfg)
     return cfg, decode_all(report.video_root)
 
 
 @pytest.mark.parametrize(
-    ("name", "axis", "sign"), [("MoveLeft", 0, -1), ("MoveRight", 0, 1), ("MoveUp", 1, -1), ("MoveDown", 1, 1)]
+    ("name", "axis", "sign"),
+    [("MoveLeft", 0, -1), ("MoveRight", 0, 1), ("MoveUp", 1, -1), ("MoveDown", 1, 1)],
 )
 def test_translation_direction_by_phase_correlation(motion_set, name: str, axis: int, sign: int) -> None:
     _, videos = motion_set
@@ -381,7 +401,9 @@ def _affine_flow(video: np.ndarray) -> tuple[float, float]:
     ("name", "curl_sign", "div_sign"),
     [("RotateClockwise", 1, 0), ("RotateCounterClockwise", -1, 0), ("ZoomIn", 0, 1), ("ZoomOut", 0, -1)],
 )
-def test_rotation_and_zoom_direction_by_optical_flow(motion_set, name: str, curl_sign: int, div_sign: int) -> None:
+def test_rotation_and_zoom_direction_by_optical_flow(
+    motion_set, name: str, curl_sign: int, div_sign: int
+) -> None:
     _, videos = motion_set
     clips = [v for k, v in videos.items() if k.startswith(f"{name}/")]
     for video in clips:
@@ -497,8 +519,11 @@ def test_reversal_pairs_are_each_others_time_reversal(forward: str, backward: st
     for seed in range(10):
         a = sample_pose(forward, np.random.default_rng(seed), 12, height, width)
         b = sample_pose(backward, np.random.default_rng(seed), 12, height, width)
-        for x, y, period in zip((a.centre[:, 0], a.centre[:, 1], a.angle, a.log_scale),
-                                (b.centre[:, 0], b.centre[:, 1], b.angle, b.log_scale), wraps):
+        for x, y, period in zip(
+            (a.centre[:, 0], a.centre[:, 1], a.angle, a.log_scale),
+            (b.centre[:, 0], b.centre[:, 1], b.angle, b.log_scale),
+            wraps,
+        ):
             np.testing.assert_allclose(_circular_step(x[::-1], period), _circular_step(y, period), atol=1e-9)
 
 
@@ -507,9 +532,22 @@ def test_shared_appearance_reuses_a_group_look_across_classes(tmp_path: Path) ->
     shared = SynthConfig(out=tmp_path, shared_appearance=True, **base)
     own = SynthConfig(out=tmp_path, **base)
 
-    def colour_gaps(cfg: SynthConfig) -> list[float]:  # per group: largest gap of the two classes' mean colours
-        return [float(np.abs(np.subtract(*(render_video(cfg, name, g, 1)[0].reshape(-1, 3).mean(0)
-                                           for name in cfg.class_names()))).max()) for g in (1, 2, 3)]
+    def colour_gaps(
+        cfg: SynthConfig,
+    ) -> list[float]:  # per group: largest gap of the two classes' mean colours
+        return [
+            float(
+                np.abs(
+                    np.subtract(
+                        *(
+                            render_video(cfg, name, g, 1)[0].reshape(-1, 3).mean(0)
+                            for name in cfg.class_names()
+                        )
+                    )
+                ).max()
+            )
+            for g in (1, 2, 3)
+        ]
 
     # the background crop still differs per video (measured, seed 0: shared 3.6-23.5, own 39-108)
     assert max(colour_gaps(shared)) < 30.0 < min(colour_gaps(own))
@@ -524,14 +562,28 @@ def test_cli_writes_what_its_options_say_and_refuses_another_config(tmp_path: Pa
     from conftest import error_lines, run_prep
 
     out = tmp_path / "synth"
-    args = ["synth", "--out", out, "--classes", "2", "--per-class", "6", "--groups", "3", "--frames", "3",
-            "--size", "32x48"]
+    args = [
+        "synth",
+        "--out",
+        out,
+        "--classes",
+        "2",
+        "--per-class",
+        "6",
+        "--groups",
+        "3",
+        "--frames",
+        "3",
+        "--size",
+        "32x48",
+    ]
     first = run_prep(*args, "--seed", "1")
     assert first.exit_code == 0, first.output
     cfg = json.loads((out / "synth_config.json").read_text())
     fields = ("classes", "per_class", "groups", "frames", "height", "width", "seed")
-    assert {k: cfg[k] for k in fields} == dict(classes=2, per_class=6, groups=3, frames=3, height=32,
-                                               width=48, seed=1)
+    assert {k: cfg[k] for k in fields} == dict(
+        classes=2, per_class=6, groups=3, frames=3, height=32, width=48, seed=1
+    )
     videos = sorted((out / "UCF-101").rglob("*.avi"))
     assert len(videos) == 12 and {NAME_RE.match(p.name)["g"] for p in videos} == {"01", "02", "03"}
     assert all(decode(p).shape == (3, 32, 48, 3) for p in videos)
@@ -539,26 +591,44 @@ def test_cli_writes_what_its_options_say_and_refuses_another_config(tmp_path: Pa
     refused = run_prep(*args, "--seed", "2")
     assert refused.exit_code == 1 and error_lines(refused.stderr) == [
         f"Error: {out} holds a dataset made with another config (--seed 1, asked 2): pass --overwrite to "
-        "replace it"]
+        "replace it"
+    ]
     assert {p: p.read_bytes() for p in videos} == before
     replaced = run_prep(*args, "--seed", "2", "--overwrite")
     assert replaced.exit_code == 0 and json.loads((out / "synth_config.json").read_text())["seed"] == 2
     assert any(p.read_bytes() != before[p] for p in videos)  # another seed draws other videos
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--per-class", "2"], "--per-class 2: need at least 3 videos per class (each video is its own group, "
-                           "and each split tests a third of the groups)"),
-    (["--per-class", "100"], "--per-class 100: at most 99 videos per class when each video is its own group "
-                             "(give fewer groups: the videos of a group share their appearance)"),
-    (["--groups", "3", "--per-class", "400"], "--per-class 400 --groups 3: at most 99 videos per group"),
-    (["--groups", "60"], "--groups 60 (with --per-class 45, the default): need at least as many videos per "
-                         "class as groups (no empty group)"),
-    (["--groups", "100", "--per-class", "200"],
-     "--groups 100: must be in 3..99 (each split tests a third of the groups)"),
-    (["--size", "30x31"], "--size 30x31: height and width must be even (yuv420p halves the chroma planes)"),
-    (["--classes", "11"], "--classes 11: must be in 1..10 (there are 10 motion classes)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--per-class", "2"],
+            "--per-class 2: need at least 3 videos per class (each video is its own group, "
+            "and each split tests a third of the groups)",
+        ),
+        (
+            ["--per-class", "100"],
+            "--per-class 100: at most 99 videos per class when each video is its own group "
+            "(give fewer groups: the videos of a group share their appearance)",
+        ),
+        (["--groups", "3", "--per-class", "400"], "--per-class 400 --groups 3: at most 99 videos per group"),
+        (
+            ["--groups", "60"],
+            "--groups 60 (with --per-class 45, the default): need at least as many videos per "
+            "class as groups (no empty group)",
+        ),
+        (
+            ["--groups", "100", "--per-class", "200"],
+            "--groups 100: must be in 3..99 (each split tests a third of the groups)",
+        ),
+        (
+            ["--size", "30x31"],
+            "--size 30x31: height and width must be even (yuv420p halves the chroma planes)",
+        ),
+        (["--classes", "11"], "--classes 11: must be in 1..10 (there are 10 motion classes)"),
+    ],
+)
 def test_cli_refusals_name_the_options_given(tmp_path: Path, args: list[str], message: str) -> None:
     from conftest import run_prep
 

@@ -1,9 +1,9 @@
 """Clip streaming and the IIC training loop, on a tiny synthetic dataset extracted through the real CLI."""
+
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -14,16 +14,23 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import gated_env, wait_for
 from torch.utils.data import DataLoader
 
 from iic.cli import main, prep
 from iic.model import checkpoint
-from iic.model.data.clips import ClipConfig, ClipDataset, DataError, EpochSampler, clip_indices, eval_starts, train_start
 from iic.model.config import ConfigError, TrainConfig, build_config
+from iic.model.data.clips import (
+    ClipConfig,
+    ClipDataset,
+    DataError,
+    EpochSampler,
+    clip_indices,
+    eval_starts,
+    train_start,
+)
 from iic.model.run.train import TrainingError, train
 from iic.pipeline.reader import VideoStore
-
-from conftest import gated_env, wait_for
 
 TINY = ["--preset", "tiny", "--crop", "32", "--batch-size", "4", "--K", "16"]
 
@@ -32,11 +39,39 @@ TINY = ["--preset", "tiny", "--crop", "32", "--batch-size", "4", "--K", "16"]
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     runner = CliRunner()
-    r = runner.invoke(prep, ["synth", "--out", str(root / "raw"), "--classes", "3", "--per-class", "6", "--frames", "20",
-                             "--size", "48x64"])
+    r = runner.invoke(
+        prep,
+        [
+            "synth",
+            "--out",
+            str(root / "raw"),
+            "--classes",
+            "3",
+            "--per-class",
+            "6",
+            "--frames",
+            "20",
+            "--size",
+            "48x64",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(prep, ["extract", "--dataset", "ucf101", "--root", str(root / "raw"), "--out", str(root / "data"),
-                             "--size", "40x52", "--workers", "1"])
+    r = runner.invoke(
+        prep,
+        [
+            "extract",
+            "--dataset",
+            "ucf101",
+            "--root",
+            str(root / "raw"),
+            "--out",
+            str(root / "data"),
+            "--size",
+            "40x52",
+            "--workers",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return root / "data" / "ucf101"
 
@@ -44,12 +79,15 @@ def data(tmp_path_factory) -> Path:
 # -- clip arithmetic ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length,start,frames,stride,expected", [
-    (20, 0, 4, 1, [0, 1, 2, 3]),
-    (20, 5, 4, 2, [5, 7, 9, 11]),
-    (3, 0, 5, 1, [0, 1, 2, 0, 1]),  # short video loops
-    (1, 0, 3, 1, [0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "length,start,frames,stride,expected",
+    [
+        (20, 0, 4, 1, [0, 1, 2, 3]),
+        (20, 5, 4, 2, [5, 7, 9, 11]),
+        (3, 0, 5, 1, [0, 1, 2, 0, 1]),  # short video loops
+        (1, 0, 3, 1, [0, 0, 0]),
+    ],
+)
 def test_clip_indices(length, start, frames, stride, expected):
     assert clip_indices(length, start, frames, stride).tolist() == expected
 
@@ -62,14 +100,17 @@ def test_train_start_covers_every_fitting_start():
     assert max(train_start(40, 16, 2, rng) for _ in range(500)) == 40 - 31
 
 
-@pytest.mark.parametrize("length,n,expected", [
-    (16, 3, [0, 0, 0]),  # exactly one clip fits
-    (26, 3, [0, 5, 10]),  # centres linspace(8, 18, 3) = 8, 13, 18
-    (100, 10, np.round(np.linspace(8, 92, 10) - 8).astype(int).tolist()),
-    (5, 2, [0, 0]),  # shorter than the clip: loops from 0
-    (40, 1, [12]),  # one clip: the centre one (centre 20, start 20 - 8), as the training monitor uses
-    (41, 1, [12]),  # centre 20.5: start round(12.5) = 12 (banker's rounding)
-])
+@pytest.mark.parametrize(
+    "length,n,expected",
+    [
+        (16, 3, [0, 0, 0]),  # exactly one clip fits
+        (26, 3, [0, 5, 10]),  # centres linspace(8, 18, 3) = 8, 13, 18
+        (100, 10, np.round(np.linspace(8, 92, 10) - 8).astype(int).tolist()),
+        (5, 2, [0, 0]),  # shorter than the clip: loops from 0
+        (40, 1, [12]),  # one clip: the centre one (centre 20, start 20 - 8), as the training monitor uses
+        (41, 1, [12]),  # centre 20.5: start round(12.5) = 12 (banker's rounding)
+    ],
+)
 def test_test_starts_follow_linspace_centres(length, n, expected):
     assert eval_starts(length, 16, 1, n).tolist() == expected
 
@@ -112,8 +153,10 @@ def test_short_videos_loop_and_it_is_said_once(data, caplog):
     n = ds.rows[0].n_frames
     assert torch.equal(s["rgb"][:, n], s["rgb"][:, 0])
     said = [r.getMessage() for r in caplog.records if "shorter than a clip" in r.getMessage()]
-    assert said == [f"all {ds.n_videos} train videos of split 1 are shorter than a clip (32 frames at stride 1 span 32 usable "
-                    f"frames; shortest {ds.lengths.min()}): their clips loop, frames repeat"], said
+    assert said == [
+        f"all {ds.n_videos} train videos of split 1 are shorter than a clip (32 frames at stride 1 span 32 usable "
+        f"frames; shortest {ds.lengths.min()}): their clips loop, frames repeat"
+    ], said
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="iic.model.data.clips"):
         ClipDataset(data, 1, "train", ClipConfig(frames=4), mode="train")
@@ -126,8 +169,14 @@ def test_flow_needed_but_absent(data):
 
 
 def _collect(ds, workers: int, context: str | None = None) -> list[torch.Tensor]:
-    loader = DataLoader(ds, batch_size=3, sampler=EpochSampler(ds.n_videos, seed=1), num_workers=workers,
-                        multiprocessing_context=context, persistent_workers=workers > 0)
+    loader = DataLoader(
+        ds,
+        batch_size=3,
+        sampler=EpochSampler(ds.n_videos, seed=1),
+        num_workers=workers,
+        multiprocessing_context=context,
+        persistent_workers=workers > 0,
+    )
     return [b["rgb"] for b in loader]
 
 
@@ -156,7 +205,9 @@ def test_presets_and_overrides():
 
 def test_configs_saved_with_the_retired_jitter_option_still_load():
     cfg = build_config("tiny")
-    old = json.loads(json.dumps({**cfg.to_dict(), "jitter": 0.0}))  # as checkpoints stored it before its removal
+    old = json.loads(
+        json.dumps({**cfg.to_dict(), "jitter": 0.0})
+    )  # as checkpoints stored it before its removal
     assert TrainConfig.from_dict(old) == cfg
     assert "jitter" not in cfg.to_dict()
     with pytest.raises(ConfigError, match="jitter=0.4"):  # a value no run of ours could have had
@@ -165,14 +216,17 @@ def test_configs_saved_with_the_retired_jitter_option_still_load():
         TrainConfig.from_dict({**old, "nonsense": 1})
 
 
-@pytest.mark.parametrize("args,message,code", [
-    (["--preset", "nope"], "unknown preset", 2),
-    (["--view2", "flow-u"], "iic-prep flow", 1),
-    (["--batch-size", "64"], "larger than the", 2),
-    (["--model", "resnet50"], "'resnet50' is not one of", 2),
-    (["--resume", "{run}"], "no last.pt there", 1),
-    (["--neg", "none", "--live-negative"], "needs an intra-negative", 2),
-])
+@pytest.mark.parametrize(
+    "args,message,code",
+    [
+        (["--preset", "nope"], "unknown preset", 2),
+        (["--view2", "flow-u"], "iic-prep flow", 1),
+        (["--batch-size", "64"], "larger than the", 2),
+        (["--model", "resnet50"], "'resnet50' is not one of", 2),
+        (["--resume", "{run}"], "no last.pt there", 1),
+        (["--neg", "none", "--live-negative"], "needs an intra-negative", 2),
+    ],
+)
 def test_bad_configs_give_one_line_errors(data, tmp_path, args, message, code):
     """Bad flags are usage errors (exit 2); data or checkpoint problems are errors (exit 1)."""
     base = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--workers", "0"]
@@ -199,8 +253,17 @@ def _cfg(data: Path, out: Path, **kw):
 def test_tiny_run_lowers_the_loss(data, tmp_path):
     """The paper's bank positive, no head, multi-step decay, on 12 videos (the tiny recipe needs the benchmark's
     240: tests/test_learning.py)."""
-    final = train(_cfg(data, tmp_path / "run", epochs=8, positive="bank", head="none", schedule="multistep",
-                       warmup_epochs=0))
+    final = train(
+        _cfg(
+            data,
+            tmp_path / "run",
+            epochs=8,
+            positive="bank",
+            head="none",
+            schedule="multistep",
+            warmup_epochs=0,
+        )
+    )
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
     assert len(losses) == 8
@@ -223,19 +286,43 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
 
     def args(out: Path, *extra: str) -> list[str]:
-        return [iic, "train", "--data", str(data), "--out", str(out), "--epochs", "3", "--seed", "0", *TINY, *extra]
+        return [
+            iic,
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--seed",
+            "0",
+            *TINY,
+            *extra,
+        ]
 
-    subprocess.run(args(tmp_path / "a", "--workers", "0"), check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(
+        args(tmp_path / "a", "--workers", "0"), check=True, env=env, capture_output=True, timeout=600
+    )
     out = tmp_path / "b"
     marker = tmp_path / "held"
-    proc = subprocess.Popen(args(out, "--workers", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=gated_env("iic.model.checkpoint:save_atomic", "last.pt", marker, nth=2, OMP_NUM_THREADS="2"))
+    proc = subprocess.Popen(
+        args(out, "--workers", "0"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=gated_env("iic.model.checkpoint:save_atomic", "last.pt", marker, nth=2, OMP_NUM_THREADS="2"),
+    )
     wait_for(marker.exists, proc, "the second epoch's checkpoint")
     proc.kill()
     proc.wait()
     assert checkpoint.load(out / "last.pt")["epoch"] == 1 and not (out / "final.pt").exists()
-    r = subprocess.run(args(out, "--workers", "2", "--resume", str(out)), env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        args(out, "--workers", "2", "--resume", str(out)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     full, resumed = checkpoint.load(tmp_path / "a" / "final.pt"), checkpoint.load(out / "final.pt")
     for part in ("model", "memory"):
@@ -276,9 +363,27 @@ def encoder_inputs(monkeypatch) -> list[list[torch.Tensor]]:
 
 def _train_cli(data: Path, out: Path, *extra: str) -> dict:
     """`iic train` for one tiny epoch (3 steps of 4 of the 12 training videos); returns the final checkpoint."""
-    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), *TINY, "--epochs", "1",
-                                  "--workers", "0", "--monitor-every", "0", "--device", "cpu", *extra],
-                           catch_exceptions=False)
+    r = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            *TINY,
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--monitor-every",
+            "0",
+            "--device",
+            "cpu",
+            *extra,
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     ckpt = checkpoint.load(out / "final.pt")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -298,15 +403,26 @@ def test_iic_second_view_trains_one_epoch(data, flow_data, tmp_path, encoder_inp
         assert not torch.equal(x1, x2)
         if view2 == "flow-u":  # one flow component replicated to 3 channels, 0.5 = no motion
             assert torch.equal(x2[:, 0], x2[:, 1]) and torch.equal(x2[:, 0], x2[:, 2])
-            assert abs(float(x2.median()) - 0.5) < 0.01 and float(x2.std()) > 0.001  # mostly still, some motion
+            assert (
+                abs(float(x2.median()) - 0.5) < 0.01 and float(x2.std()) > 0.001
+            )  # mostly still, some motion
         else:  # another crop of the same RGB clip: colour, not a replicated component
             assert not torch.equal(x2[:, 0], x2[:, 1])
-            dims = (1, 2, 3, 4)  # crops of the same clips: alike in brightness and contrast (a residual is not)
+            dims = (
+                1,
+                2,
+                3,
+                4,
+            )  # crops of the same clips: alike in brightness and contrast (a residual is not)
             assert (x1.mean(dims) - x2.mean(dims)).abs().max() < 0.1
             ratio = x2.std(dims) / x1.std(dims)
             assert float(ratio.min()) > 0.7 and float(ratio.max()) < 1.4, ratio
     # the curves picture names the run and the view
-    assert figures[-1]["path"] == out / "curves.png" and out.name in figures[-1]["title"] and view2 in figures[-1]["title"]
+    assert (
+        figures[-1]["path"] == out / "curves.png"
+        and out.name in figures[-1]["title"]
+        and view2 in figures[-1]["title"]
+    )
 
 
 def test_iic_shuffle_negative_trains_one_epoch(data, tmp_path, encoder_inputs):
@@ -352,9 +468,30 @@ def test_ddp_two_processes_gloo(data, tmp_path):
     iic = shutil.which("iic", path=str(Path(sys.executable).parent))
     assert torchrun and iic
     out = tmp_path / "ddp"
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", iic, "train", "--data", str(data), "--out", str(out),
-           "--epochs", "2", "--workers", "0", *TINY[:-4], "--batch-size", "4", "--K", "16"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        iic,
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        *TINY[:-4],
+        "--batch-size",
+        "4",
+        "--K",
+        "16",
+    ]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "world 2" in r.stderr
     ckpt = checkpoint.load(out / "final.pt")
@@ -373,8 +510,23 @@ def test_a_manifest_that_disagrees_with_the_shards_stops_training_in_one_line(da
     fields[7] = str(n + 2)
     (copy / "manifest.csv").write_text(text.replace(row, ",".join(fields)))
     for workers in ("0", "2"):
-        r = CliRunner().invoke(main, ["train", "--data", str(copy), "--out", str(tmp_path / f"run{workers}"), *TINY,
-                                      "--epochs", "1", "--workers", workers, "--monitor-every", "0"])
+        r = CliRunner().invoke(
+            main,
+            [
+                "train",
+                "--data",
+                str(copy),
+                "--out",
+                str(tmp_path / f"run{workers}"),
+                *TINY,
+                "--epochs",
+                "1",
+                "--workers",
+                workers,
+                "--monitor-every",
+                "0",
+            ],
+        )
         assert r.exit_code == 1, r.output
         errors = [line for line in r.output.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and "Traceback" not in r.output, r.output
@@ -388,6 +540,8 @@ def test_a_non_finite_loss_stops_the_loop_in_one_line(value):
     says where; a finite loss passes."""
     from iic.model.run.runlog import ensure_finite
 
-    with pytest.raises(TrainingError, match=rf"^loss is {value} at epoch 2 step 7; stopped, last good checkpoint kept"):
+    with pytest.raises(
+        TrainingError, match=rf"^loss is {value} at epoch 2 step 7; stopped, last good checkpoint kept"
+    ):
         ensure_finite(torch.tensor(value), "epoch 2 step 7", TrainingError)
     ensure_finite(torch.tensor(1e30), "epoch 2 step 7", TrainingError)

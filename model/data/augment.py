@@ -16,6 +16,7 @@ Value ranges returned by :func:`apply` (float32):
 
 :func:`view_input` (model/data/views.py) then maps a view to the 3-channel encoder input.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,13 +55,21 @@ def batch_hw(batch: dict, modality: str = "rgb") -> tuple[int, int] | Tensor:
     sizes, zero-padded by `clips.collate_clips`), else the clips' (H, W)."""
     if "hw" in batch:
         return batch["hw"]
-    x = batch[modality] if modality in batch else next(v for v in batch.values() if torch.is_tensor(v) and v.dim() == 5)
+    x = (
+        batch[modality]
+        if modality in batch
+        else next(v for v in batch.values() if torch.is_tensor(v) and v.dim() == 5)
+    )
     return tuple(x.shape[-2:])
 
 
-def sample_params(batch_size: int, in_hw: tuple[int, int] | Tensor, cfg: AugmentConfig,
-                  generator: torch.Generator | None = None,
-                  device: torch.device | str | None = None) -> AugmentParams:
+def sample_params(
+    batch_size: int,
+    in_hw: tuple[int, int] | Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> AugmentParams:
     """Draw one crop window and flip bit per sample.
 
     ``in_hw`` is the (H, W) of every sample, or a (B, 2) tensor of each sample's own (H, W) (videos of
@@ -102,7 +111,7 @@ def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, crop: int) -> Tensor:
     CPU this is ~25x faster than a vectorised gather, and the loop is only over B."""
     clips = []
     for b, ((top, left), f) in enumerate(zip(offsets.tolist(), flip.tolist())):
-        clip = x[b, :, :, top:top + crop, left:left + crop]
+        clip = x[b, :, :, top : top + crop, left : left + crop]
         clips.append(clip.flip(-1) if f else clip)
     return torch.stack(clips)
 
@@ -146,7 +155,7 @@ def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -
         else:
             x = x / 127.5 - 1.0
             sign = torch.ones(x.shape[0], 2, device=x.device)
-            sign[:, 0] = 1.0 - 2.0 * params.flip.to(x.device).float()   # u -> -u when flipped
+            sign[:, 0] = 1.0 - 2.0 * params.flip.to(x.device).float()  # u -> -u when flipped
             x = x * sign.view(-1, 2, 1, 1, 1)
         out[name] = x
     return out
@@ -174,9 +183,13 @@ class SimCLRParams:
     sigma: Tensor
 
 
-def sample_simclr_params(batch_size: int, in_hw: tuple[int, int], cfg: SimCLRAugmentConfig,
-                         generator: torch.Generator | None = None,
-                         device: torch.device | str | None = None) -> SimCLRParams:
+def sample_simclr_params(
+    batch_size: int,
+    in_hw: tuple[int, int],
+    cfg: SimCLRAugmentConfig,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> SimCLRParams:
     """Draw one parameter set per clip from ``generator`` only (same seed, same parameters on any device).
 
     A fixed number of draws per call, whatever the probabilities, so changing one probability does not
@@ -234,7 +247,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
     n, c, t, h, w = sub.shape
     r = kernel // 2
     pos = torch.arange(kernel, dtype=x.dtype, device=x.device) - r
-    k = torch.exp(-pos.view(1, -1) ** 2 / (2 * sigma[todo].to(x).view(-1, 1) ** 2))
+    k = torch.exp(-(pos.view(1, -1) ** 2) / (2 * sigma[todo].to(x).view(-1, 1) ** 2))
     k = k / k.sum(1, keepdim=True)  # (n, kernel)
     k = k.repeat_interleave(c * t, dim=0)  # one filter per (clip, channel, frame) plane
     planes = sub.reshape(1, n * c * t, h, w)
@@ -247,7 +260,9 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
     return out
 
 
-def apply_simclr(views: dict[str, Tensor], params: SimCLRParams, cfg: SimCLRAugmentConfig) -> dict[str, Tensor]:
+def apply_simclr(
+    views: dict[str, Tensor], params: SimCLRParams, cfg: SimCLRAugmentConfig
+) -> dict[str, Tensor]:
     """Crop/flip every view with the clip's window (as :func:`apply`), then on ``rgb`` only: colour jitter
     (b, c, s, then hue), grayscale, Gaussian blur. Returns float32 ``(B, C, T, crop, crop)`` views."""
     out = apply(views, params.geometry, simclr_geometry(cfg))

@@ -20,6 +20,7 @@ ratio): a sample carries its own ``hw`` = (H, W), and `collate_clips` zero-pads 
 bottom and right to the largest (H, W) of the batch. Augmentation draws each crop inside its sample's own
 ``hw`` (`augment.sample_params`), so no padding ever reaches a crop.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,9 @@ class ClipConfig:
     modalities: tuple[str, ...] = ("rgb", "res")
     test_clips: int = 10
     clips_per_sample: int = 1  # train mode: 1 (IIC) or 2 (DualVar: two random times of one video)
-    skip_corrupt: bool = False  # a clip whose stored bytes are damaged is left out (`collate_clips`), not an error
+    skip_corrupt: bool = (
+        False  # a clip whose stored bytes are damaged is left out (`collate_clips`), not an error
+    )
 
 
 def clip_seed(seed: int, epoch: int, index: int, rank: int = 0) -> int:
@@ -124,24 +127,37 @@ class ClipDataset(Dataset):
         short = int((self.lengths < span).sum())
         if short:
             which = f"all {short}" if short == self.n_videos else f"{short} of the {self.n_videos}"
-            log.warning("%s %s videos of split %d are shorter than a clip (%d frames at stride %d span %d "
-                        "usable frames; shortest %d): their clips loop, frames repeat", which, self.subset,
-                        self.split, self.cfg.frames, self.cfg.stride, span, int(self.lengths.min()))
+            log.warning(
+                "%s %s videos of split %d are shorter than a clip (%d frames at stride %d span %d "
+                "usable frames; shortest %d): their clips loop, frames repeat",
+                which,
+                self.subset,
+                self.split,
+                self.cfg.frames,
+                self.cfg.stride,
+                span,
+                int(self.lengths.min()),
+            )
 
     def _select(self, split: int, subset: str) -> list[ManifestRow]:
         rows = self.store.ok_rows(split, subset)
         if "flow" in self.cfg.modalities:
-            no_flow = [r.id for r in rows if not (self.store.flow_rows.get(r.id) and self.store.flow_rows[r.id].ok)]
+            no_flow = [
+                r.id for r in rows if not (self.store.flow_rows.get(r.id) and self.store.flow_rows[r.id].ok)
+            ]
             if no_flow:
                 raise DataError(
                     f"{len(no_flow)} {subset} videos have no flow (e.g. {no_flow[0]}): re-run `iic-prep flow` "
-                    "or train on a non-flow view")
+                    "or train on a non-flow view"
+                )
         if not rows:
             raise DataError(f"split {split} has no {subset} videos extracted in {self.store.data_dir}")
         unlabelled = [r.id for r in rows if r.label < 0]
         if unlabelled:  # the adapters never put one in a list; a hand-edited manifest might
-            raise DataError(f"{len(unlabelled)} {subset} videos have no label (e.g. {unlabelled[0]}): unlabelled "
-                            "videos belong in no train or test list")
+            raise DataError(
+                f"{len(unlabelled)} {subset} videos have no label (e.g. {unlabelled[0]}): unlabelled "
+                "videos belong in no train or test list"
+            )
         return rows
 
     def _usable_length(self, row: ManifestRow) -> int:
@@ -181,7 +197,10 @@ class ClipDataset(Dataset):
             if self.cfg.clips_per_sample == 2:
                 starts = pair_starts(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed))
                 return self.pair(index, *starts)
-            start, clip = train_start(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed)), 0
+            start, clip = (
+                train_start(length, self.cfg.frames, self.cfg.stride, np.random.default_rng(seed)),
+                0,
+            )
         else:
             index, clip = divmod(int(item), self.cfg.test_clips)
             length = int(self.lengths[index])
@@ -192,8 +211,13 @@ class ClipDataset(Dataset):
         row = self.rows[index]
         frames = clip_indices(int(self.lengths[index]), start, self.cfg.frames, self.cfg.stride)
         out = self._read(row.id, self.cfg.modalities, frames)
-        out.update(index=index, label=row.label, clip=clip, video=row.id,
-                   hw=torch.tensor(out[self.cfg.modalities[0]].shape[-2:], dtype=torch.int64))
+        out.update(
+            index=index,
+            label=row.label,
+            clip=clip,
+            video=row.id,
+            hw=torch.tensor(out[self.cfg.modalities[0]].shape[-2:], dtype=torch.int64),
+        )
         return out
 
     def pair(self, index: int, start: int, start_1: int) -> dict:
@@ -215,7 +239,11 @@ class ClipDataset(Dataset):
         out = {}
         for m in modalities:
             x = raw[m] if contiguous else raw[m][frames - lo]  # strided or looping clip
-            out[m] = torch.from_numpy(x).permute(1, 0, 2, 3) if m == "flow" else torch.from_numpy(x).permute(3, 0, 1, 2)
+            out[m] = (
+                torch.from_numpy(x).permute(1, 0, 2, 3)
+                if m == "flow"
+                else torch.from_numpy(x).permute(3, 0, 1, 2)
+            )
         return out
 
 
@@ -254,16 +282,25 @@ class CorruptTally:
         if not self.videos:
             return ""
         first = ", ".join(list(self.videos)[:5]) + (" ..." if len(self.videos) > 5 else "")
-        return (f"{self.clips} clip(s) of {len(self.videos)} corrupt video(s) left out ({first}): `iic-prep check` "
-                "names the damage, `iic-prep extract --repair` rewrites it")
+        return (
+            f"{self.clips} clip(s) of {len(self.videos)} corrupt video(s) left out ({first}): `iic-prep check` "
+            "names the damage, `iic-prep extract --repair` rewrites it"
+        )
 
 
 def _collate(samples: list[dict]) -> dict:
     sizes = {tuple(s["hw"].tolist()) for s in samples}
     if len(sizes) > 1:
         H, W = max(h for h, _ in sizes), max(w for _, w in sizes)
-        samples = [{k: torch.nn.functional.pad(v, (0, W - v.shape[-1], 0, H - v.shape[-2]))
-                    if torch.is_tensor(v) and v.dim() == 4 else v for k, v in s.items()} for s in samples]
+        samples = [
+            {
+                k: torch.nn.functional.pad(v, (0, W - v.shape[-1], 0, H - v.shape[-2]))
+                if torch.is_tensor(v) and v.dim() == 4
+                else v
+                for k, v in s.items()
+            }
+            for s in samples
+        ]
     return default_collate(samples)
 
 
@@ -305,8 +342,15 @@ class EpochSampler(Sampler):
     (default: all ``n`` videos), split across ranks like DistributedSampler (padded by repeating so every
     rank gets the same count)."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
-                 indices: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        indices: np.ndarray | None = None,
+    ) -> None:
         self.indices = np.arange(n) if indices is None else np.asarray(indices)
         self.seed, self.shuffle, self.rank, self.world = seed, shuffle, rank, world
         self.epoch = 0

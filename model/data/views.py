@@ -1,5 +1,6 @@
 """What an encoder sees: the 3-channel input of each view, made from the augmented float clips of
 model/data/augment.py (``(B, C, T, h, w)`` per modality, ranges in its docstring)."""
+
 from __future__ import annotations
 
 import torch
@@ -36,6 +37,6 @@ def view_input(views: dict[str, Tensor], view: str) -> Tensor:
         return ((f + 1.0) / 2.0).unsqueeze(1).expand(-1, 3, -1, -1, -1)
     if view == "flow":
         f = views["flow"]
-        mag = f.pow(2).sum(1, keepdim=True).sqrt() / 2 ** 0.5
+        mag = f.pow(2).sum(1, keepdim=True).sqrt() / 2**0.5
         return torch.cat([(f + 1.0) / 2.0, mag], dim=1)
     raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")

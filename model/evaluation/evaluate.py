@@ -9,6 +9,7 @@ Linear probe: the same per-video features (``pool`` by default), standardised wi
 then a multinomial logistic regression (full-batch L-BFGS) on the train list, or a cosine kNN vote;
 top-1 on the test list.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,9 +26,22 @@ from ...pipeline.reader import VideoStore
 from .. import checkpoint
 from ..config import ConfigError, TrainConfig
 from ..distributed import resolve_device
-from .features import (AmbiguousRun, BackboneSource, FeatureSets, FeatureSpec, VideoFeatures, as_video_features, check_dataset_size,
-                       checkpoint_source, data_line, data_record, failed_videos, feature_sets, find_checkpoint,
-                       load_backbone)
+from .features import (
+    AmbiguousRun,
+    BackboneSource,
+    FeatureSets,
+    FeatureSpec,
+    VideoFeatures,
+    as_video_features,
+    check_dataset_size,
+    checkpoint_source,
+    data_line,
+    data_record,
+    failed_videos,
+    feature_sets,
+    find_checkpoint,
+    load_backbone,
+)
 from .protocol import default_input, protocol_of_source
 from .retrieval import DEFAULT_KS, retrieval_topk
 
@@ -61,23 +75,38 @@ def resolve_source(cfg: SourceConfig) -> tuple[BackboneSource, dict | None]:
         chosen = f"the only final.pt under {cfg.runs}; --ckpt to choose" if newest else ""
         if newest:
             log.warning("no --ckpt: evaluating %s, the only final.pt under %s", src.ckpt, cfg.runs)
-        return dataclasses.replace(src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop, chosen=chosen), state
+        return dataclasses.replace(
+            src, frames=cfg.frames or src.frames, crop=cfg.crop or src.crop, chosen=chosen
+        ), state
     base, chosen = TrainConfig(), ""
     if cfg.model is None:  # the same config as the run, when there is one: the baseline it is read against
         try:
             newest = find_checkpoint(cfg.runs)
             trained, _ = checkpoint_source(newest)
-            base = dataclasses.replace(base, model=trained.model, frames=trained.frames, stride=trained.stride,
-                                       crop=trained.crop)
+            base = dataclasses.replace(
+                base, model=trained.model, frames=trained.frames, stride=trained.stride, crop=trained.crop
+            )
             chosen = f"model, clip and crop of {newest}; --model to choose"
-            log.warning("--random-init without --model: the %s backbone, %d-frame clips and %d crop of the "
-                        "run %s", trained.model, trained.frames, trained.crop, newest)
+            log.warning(
+                "--random-init without --model: the %s backbone, %d-frame clips and %d crop of the run %s",
+                trained.model,
+                trained.frames,
+                trained.crop,
+                newest,
+            )
         except AmbiguousRun as err:
             raise AmbiguousRun(f"--random-init without --model: {err} (or pass --model)") from None
         except checkpoint.CheckpointError:
             chosen = "TrainConfig defaults: no run found; --model to choose"
-    return BackboneSource(None, cfg.model or base.model, cfg.frames or base.frames, base.stride, cfg.crop or base.crop,
-                          cfg.seed, chosen=chosen), None
+    return BackboneSource(
+        None,
+        cfg.model or base.model,
+        cfg.frames or base.frames,
+        base.stride,
+        cfg.crop or base.crop,
+        cfg.seed,
+        chosen=chosen,
+    ), None
 
 
 @dataclass(frozen=True)
@@ -94,7 +123,9 @@ class RetrievalConfig:
     batch_size: int = 16
     workers: int = 0
     device: str = "auto"
-    out: Path | None = None  # default: <run folder>/eval/retrieval-<data>-s<split>-<views>-<feature> (`eval_dir`)
+    out: Path | None = (
+        None  # default: <run folder>/eval/retrieval-<data>-s<split>-<views>-<feature> (`eval_dir`)
+    )
     cache: Path | None = None  # feature cache folder; default: <run folder>/eval/features (`eval_base`)
     skip_corrupt: bool = False  # leave out (and list) videos with a corrupt clip instead of stopping
     n_show: int = 6  # queries drawn in the PNG
@@ -105,21 +136,32 @@ class RetrievalConfig:
 
     def validate(self) -> RetrievalConfig:
         if self.merge and self.modality == "rgb":
-            raise ConfigError("--merge concatenates RGB with another modality: choose --modality res, flow-u or flow-v")
-        FeatureSpec(self.data, self.split, "train", self.views, self.feature or "conv5", self.clips).validate()
+            raise ConfigError(
+                "--merge concatenates RGB with another modality: choose --modality res, flow-u or flow-v"
+            )
+        FeatureSpec(
+            self.data, self.split, "train", self.views, self.feature or "conv5", self.clips
+        ).validate()
         return self
 
     def with_protocol(self, method: str, view2: str | None = None) -> RetrievalConfig:
         """Fill the modality / feature / centring left open (None) with ``method``'s protocol; random init: IIC's."""
         proto = protocol_of_source(method)
-        return dataclasses.replace(self, feature=proto.feature if self.feature is None else self.feature,
-                                   center=proto.center if self.center is None else self.center,
-                                   modality=default_input(method, view2) if self.modality is None else self.modality)
+        return dataclasses.replace(
+            self,
+            feature=proto.feature if self.feature is None else self.feature,
+            center=proto.center if self.center is None else self.center,
+            modality=default_input(method, view2) if self.modality is None else self.modality,
+        )
 
     def name_parts(self) -> list[str]:
         """What tells this retrieval from others of the same backbone (its folder's name, `eval_dir`)."""
-        return ["+".join(self.views), self.feature, *(["centred"] if self.center else []),
-                *([f"{self.clips}clips"] if self.clips != 10 else [])]
+        return [
+            "+".join(self.views),
+            self.feature,
+            *(["centred"] if self.center else []),
+            *([f"{self.clips}clips"] if self.clips != 10 else []),
+        ]
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
@@ -130,7 +172,9 @@ def combine(vf: VideoFeatures, views: tuple[str, ...]) -> np.ndarray:
     each view weighs the same in the cosine similarity whatever its scale."""
     if len(views) == 1:
         return vf.features[views[0]]
-    return np.concatenate([F.normalize(torch.from_numpy(vf.features[v]), dim=1).numpy() for v in views], axis=1)
+    return np.concatenate(
+        [F.normalize(torch.from_numpy(vf.features[v]), dim=1).numpy() for v in views], axis=1
+    )
 
 
 def picked_for_you(source: SourceConfig) -> str:
@@ -168,37 +212,89 @@ def eval_dir(src: BackboneSource, runs: Path, kind: str, data: Path, split: int,
     return eval_base(src, runs) / "-".join([kind, Path(data).name, f"s{split}", *parts])
 
 
-def gallery_and_queries(cfg_data: Path, split: int, src: BackboneSource, state: dict | None, views: tuple[str, ...],
-                        feature: str, clips: int, cache: Path, device: str, batch_size: int,
-                        workers: int, skip_corrupt: bool = False) -> tuple[VideoFeatures, VideoFeatures]:
+def gallery_and_queries(
+    cfg_data: Path,
+    split: int,
+    src: BackboneSource,
+    state: dict | None,
+    views: tuple[str, ...],
+    feature: str,
+    clips: int,
+    cache: Path,
+    device: str,
+    batch_size: int,
+    workers: int,
+    skip_corrupt: bool = False,
+) -> tuple[VideoFeatures, VideoFeatures]:
     """Per-video features of the train list (gallery) and test list (queries), extracted or cached; with
     ``skip_corrupt`` a video with a corrupt clip is left out of its list (`VideoFeatures.left_out`)."""
-    sets = list_features(cfg_data, split, src, state, views, (feature,), clips, cache, device, batch_size, workers,
-                         skip_corrupt)
-    return as_video_features(sets["train"], views, feature, cache), as_video_features(sets["test"], views, feature, cache)
+    sets = list_features(
+        cfg_data,
+        split,
+        src,
+        state,
+        views,
+        (feature,),
+        clips,
+        cache,
+        device,
+        batch_size,
+        workers,
+        skip_corrupt,
+    )
+    return as_video_features(sets["train"], views, feature, cache), as_video_features(
+        sets["test"], views, feature, cache
+    )
 
 
-def list_features(data: Path, split: int, src: BackboneSource, state: dict | None, views: tuple[str, ...],
-                  features: tuple[str, ...], clips: int, cache: Path | None, device: str, batch_size: int, workers: int,
-                  skip_corrupt: bool = False, progress: bool = True) -> dict[str, FeatureSets]:
+def list_features(
+    data: Path,
+    split: int,
+    src: BackboneSource,
+    state: dict | None,
+    views: tuple[str, ...],
+    features: tuple[str, ...],
+    clips: int,
+    cache: Path | None,
+    device: str,
+    batch_size: int,
+    workers: int,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+) -> dict[str, FeatureSets]:
     """`feature_sets` of the train and the test list: each (view, feature) read from ``cache`` or extracted in
     one pass over the list's clips, with one backbone for both lists; refuses a checkpoint made for another
     list size first (`check_dataset_size`)."""
     check_dataset_size(src, len(VideoStore(data).ok_rows(split, "train")), data, split)
     dev, backbone = resolve_device(device), load_backbone(src, state)
-    return {subset: feature_sets(src, FeatureSpec(data, split, subset, views, features[0], clips), features, cache, dev,
-                                 batch_size, workers, backbone=backbone, skip_corrupt=skip_corrupt, progress=progress)
-            for subset in ("train", "test")}
+    return {
+        subset: feature_sets(
+            src,
+            FeatureSpec(data, split, subset, views, features[0], clips),
+            features,
+            cache,
+            dev,
+            batch_size,
+            workers,
+            backbone=backbone,
+            skip_corrupt=skip_corrupt,
+            progress=progress,
+        )
+        for subset in ("train", "test")
+    }
 
 
 def left_out(data: Path, split: int, features: dict[str, VideoFeatures]) -> dict[str, list[tuple[str, str]]]:
     """Per list, the videos not scored: failed at extraction, or left out as corrupt (--skip-corrupt)."""
-    return {s: failed_videos(data, split, s) + [(v, f"corrupt, left out: {r}") for v, r in vf.left_out.items()]
-            for s, vf in features.items()}
+    return {
+        s: failed_videos(data, split, s) + [(v, f"corrupt, left out: {r}") for v, r in vf.left_out.items()]
+        for s, vf in features.items()
+    }
 
 
-def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tuple[str, ...],
-                      progress: bool = True) -> None:
+def prefetch_features(
+    cfg: RetrievalConfig, views: tuple[str, ...], features: tuple[str, ...], progress: bool = True
+) -> None:
     """Fill ``cfg.cache`` with every (view, feature) of ``cfg``'s backbone for both lists, one pass over each
     list's clips, so that retrievals of any of them that follow (one per view, or the conv5 and pool
     protocols of a random init) read their features instead of decoding and encoding every clip again.
@@ -206,8 +302,20 @@ def prefetch_features(cfg: RetrievalConfig, views: tuple[str, ...], features: tu
     if cfg.cache is None:
         raise ValueError("prefetch_features needs a cache folder (RetrievalConfig.cache)")
     src, state = resolve_source(cfg.source)
-    list_features(cfg.data, cfg.split, src, state, views, features, cfg.clips, Path(cfg.cache), cfg.device,
-                  cfg.batch_size, cfg.workers, progress=progress)
+    list_features(
+        cfg.data,
+        cfg.split,
+        src,
+        state,
+        views,
+        features,
+        cfg.clips,
+        Path(cfg.cache),
+        cfg.device,
+        cfg.batch_size,
+        cfg.workers,
+        progress=progress,
+    )
 
 
 def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
@@ -215,11 +323,25 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
     returns the JSON dict (plus ``cached``: whether both feature sets came from the cache)."""
     src, state = resolve_source(cfg.source)
     cfg = cfg.with_protocol(src.method, src.view2).validate()
-    out = Path(cfg.out) if cfg.out else eval_dir(src, cfg.source.runs, "retrieval", cfg.data, cfg.split,
-                                                 *cfg.name_parts())
-    gallery, queries = gallery_and_queries(cfg.data, cfg.split, src, state, cfg.views, cfg.feature, cfg.clips,
-                                           Path(cfg.cache) if cfg.cache else eval_base(src, cfg.source.runs) / "features", cfg.device,
-                                           cfg.batch_size, cfg.workers, cfg.skip_corrupt)
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else eval_dir(src, cfg.source.runs, "retrieval", cfg.data, cfg.split, *cfg.name_parts())
+    )
+    gallery, queries = gallery_and_queries(
+        cfg.data,
+        cfg.split,
+        src,
+        state,
+        cfg.views,
+        cfg.feature,
+        cfg.clips,
+        Path(cfg.cache) if cfg.cache else eval_base(src, cfg.source.runs) / "features",
+        cfg.device,
+        cfg.batch_size,
+        cfg.workers,
+        cfg.skip_corrupt,
+    )
     g, q = combine(gallery, cfg.views), combine(queries, cfg.views)
     res = retrieval_topk(q, queries.labels, g, gallery.labels, ks=cfg.ks, center=cfg.center)
     failed = left_out(cfg.data, cfg.split, {"train": gallery, "test": queries})
@@ -228,21 +350,36 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
         "checkpoint": src.describe(),
         "chosen": src.chosen,
         "data": data_record(src, cfg.data, cfg.split),
-        "backbone": {"model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
-                     "method": src.method, "random_init": src.ckpt is None},
+        "backbone": {
+            "model": src.model,
+            "frames": src.frames,
+            "stride": src.stride,
+            "crop": src.crop,
+            "method": src.method,
+            "random_init": src.ckpt is None,
+        },
         "feature_dim": int(g.shape[1]),
-        "merge_note": "RGB and modality features each L2-normalised, then concatenated" if cfg.merge else None,
+        "merge_note": "RGB and modality features each L2-normalised, then concatenated"
+        if cfg.merge
+        else None,
         **res.to_dict(),
-        "counts": {"queries": res.n_queries, "gallery": res.n_gallery,
-                   "failed_queries": len(failed["test"]), "failed_gallery": len(failed["train"])},
+        "counts": {
+            "queries": res.n_queries,
+            "gallery": res.n_gallery,
+            "failed_queries": len(failed["test"]),
+            "failed_gallery": len(failed["train"]),
+        },
         "failed": {s: [{"id": i, "reason": r} for i, r in rows] for s, rows in failed.items()},
         "cached": gallery.cached and queries.cached,
         "clips_per_s": max(gallery.clips_per_s, queries.clips_per_s),
         "queries": [
-            {"id": vid, "label": int(lab),
-             "nearest": [gallery.video_ids[j] for j in res.indices[i]],
-             "nearest_labels": [int(gallery.labels[j]) for j in res.indices[i]],
-             "similarities": [round(float(s), 6) for s in res.similarities[i]]}
+            {
+                "id": vid,
+                "label": int(lab),
+                "nearest": [gallery.video_ids[j] for j in res.indices[i]],
+                "nearest_labels": [int(gallery.labels[j]) for j in res.indices[i]],
+                "similarities": [round(float(s), 6) for s in res.similarities[i]],
+            }
             for i, (vid, lab) in enumerate(zip(queries.video_ids, queries.labels))
         ],
     }
@@ -258,24 +395,33 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
 def table_lines(result: dict) -> list[str]:
     """The terminal table of a retrieval result."""
     ks = list(result["topk"])
-    lines = [f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
-             f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
-             f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"]
+    lines = [
+        f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
+        f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
+        f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"
+    ]
     if result.get("chosen"):
         lines.insert(0, f"backbone picked for you: {result['checkpoint']} ({result['chosen']})")
     lines.append("  ".join(f"{'top' + str(k):>7}" for k in ks))
     lines.append("  ".join(f"{result['topk'][k]:7.1f}" for k in ks))
     if result["capped"]:
-        lines.append(f"k capped at the gallery size {result['n_gallery']} for k = {', '.join(map(str, result['capped']))}")
+        lines.append(
+            f"k capped at the gallery size {result['n_gallery']} for k = {', '.join(map(str, result['capped']))}"
+        )
     if result["merge_note"]:
         lines.append(result["merge_note"])
     for subset, rows in result["failed"].items():
         if rows:
-            lines.append(f"{len(rows)} {subset} video(s) left out (failed extraction, or corrupt): "
-                         + ", ".join(r["id"] for r in rows[:5]) + (" ..." if len(rows) > 5 else ""))
+            lines.append(
+                f"{len(rows)} {subset} video(s) left out (failed extraction, or corrupt): "
+                + ", ".join(r["id"] for r in rows[:5])
+                + (" ..." if len(rows) > 5 else "")
+            )
     if "data" in result:
         lines.append(data_line(result["data"]))
-    lines.append(f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}")
+    lines.append(
+        f"features {'read from cache' if result['cached'] else 'extracted'}; results in {result['out']}"
+    )
     return lines
 
 
@@ -309,12 +455,15 @@ class LinearConfig:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
-def logistic_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, steps: int,
-                        seed: int = 0) -> torch.nn.Linear:
+def logistic_regression(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float, steps: int, seed: int = 0
+) -> torch.nn.Linear:
     """Multinomial logistic regression ``x (N, D) -> n_classes`` by full-batch L-BFGS on mean CE + L2."""
     torch.manual_seed(seed)
     clf = torch.nn.Linear(x.shape[1], n_classes).double()
-    opt = torch.optim.LBFGS(clf.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        clf.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
     x, y = x.double(), y.long()
 
     def closure():
@@ -327,8 +476,9 @@ def logistic_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, weight
     return clf
 
 
-def knn_predict(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
-                n_classes: int) -> torch.Tensor:
+def knn_predict(
+    train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int, n_classes: int
+) -> torch.Tensor:
     """Cosine kNN: each of the k nearest train videos votes for its label; ties go to the class with the
     larger summed similarity. Returns (Q,) predicted labels."""
     k = min(k, train.shape[0])
@@ -346,34 +496,72 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
         raise ConfigError(f"--knn must be >= 1, got {cfg.knn}")
     src, state = resolve_source(cfg.source)
     proto = protocol_of_source(src.method)
-    cfg = dataclasses.replace(cfg, modality=cfg.modality or default_input(src.method, src.view2),
-                              feature=cfg.feature or proto.feature)
+    cfg = dataclasses.replace(
+        cfg,
+        modality=cfg.modality or default_input(src.method, src.view2),
+        feature=cfg.feature or proto.feature,
+    )
     FeatureSpec(cfg.data, cfg.split, "train", (cfg.modality,), cfg.feature, cfg.clips).validate()
     kind = "linear" if cfg.knn is None else f"knn{cfg.knn}"
-    out = Path(cfg.out) if cfg.out else eval_dir(src, cfg.source.runs, kind, cfg.data, cfg.split, cfg.modality,
-                                                 cfg.feature, *([f"{cfg.clips}clips"] if cfg.clips != 10 else []))
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else eval_dir(
+            src,
+            cfg.source.runs,
+            kind,
+            cfg.data,
+            cfg.split,
+            cfg.modality,
+            cfg.feature,
+            *([f"{cfg.clips}clips"] if cfg.clips != 10 else []),
+        )
+    )
     views = (cfg.modality,)
-    train, test = gallery_and_queries(cfg.data, cfg.split, src, state, views, cfg.feature, cfg.clips,
-                                      eval_base(src, cfg.source.runs) / "features", cfg.device, cfg.batch_size,
-                                      cfg.workers, cfg.skip_corrupt)
+    train, test = gallery_and_queries(
+        cfg.data,
+        cfg.split,
+        src,
+        state,
+        views,
+        cfg.feature,
+        cfg.clips,
+        eval_base(src, cfg.source.runs) / "features",
+        cfg.device,
+        cfg.batch_size,
+        cfg.workers,
+        cfg.skip_corrupt,
+    )
     n_classes = len(VideoStore(cfg.data).classes)
-    xtr, xte = torch.from_numpy(train.features[cfg.modality]).double(), torch.from_numpy(test.features[cfg.modality]).double()
+    xtr, xte = (
+        torch.from_numpy(train.features[cfg.modality]).double(),
+        torch.from_numpy(test.features[cfg.modality]).double(),
+    )
     ytr, yte = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
     if cfg.knn is not None:
         pred = knn_predict(xtr, ytr, xte, cfg.knn, n_classes)
         method = f"cosine {min(cfg.knn, len(ytr))}-NN vote"
     else:
         mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
-        clf = logistic_regression((xtr - mean) / std, ytr, n_classes, cfg.weight_decay, cfg.steps, cfg.source.seed)
+        clf = logistic_regression(
+            (xtr - mean) / std, ytr, n_classes, cfg.weight_decay, cfg.steps, cfg.source.seed
+        )
         with torch.no_grad():
             pred = clf((xte - mean) / std).argmax(1)
         method = "logistic regression (standardised features, L-BFGS)"
     top1 = 100.0 * float((pred == yte).double().mean())
     failed = left_out(cfg.data, cfg.split, {"test": test})["test"]
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen,
-              "data": data_record(src, cfg.data, cfg.split), "method": method, "top1": top1,
-              "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},
-              "cached": train.cached and test.cached, "out": str(out)}
+    result = {
+        "config": cfg.to_dict(),
+        "checkpoint": src.describe(),
+        "chosen": src.chosen,
+        "data": data_record(src, cfg.data, cfg.split),
+        "method": method,
+        "top1": top1,
+        "counts": {"train": len(ytr), "test": len(yte), "failed_test": len(failed)},
+        "cached": train.cached and test.cached,
+        "out": str(out),
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / ("knn.json" if cfg.knn else "linear.json")).write_text(json.dumps(result, indent=1))
     return result

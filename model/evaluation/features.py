@@ -12,6 +12,7 @@ CRC32 of every stored frame, flow). Any change gives a new key, so a stale file 
 the clips fills every (view, feature) asked for (`feature_sets`), so e.g. RGB and residual retrieval, or the
 conv5 and pool protocols, decode and encode each clip once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,7 +55,9 @@ class BackboneSource:
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
     view2: str | None = None  # the second view it was trained with (None: random init)
-    pretrain_dataset: str | None = None  # dataset.json name of the data it was trained on (older checkpoints: None)
+    pretrain_dataset: str | None = (
+        None  # dataset.json name of the data it was trained on (older checkpoints: None)
+    )
     pretrain_path: str | None = None  # where that data was
     chosen: str = ""  # how it was picked when the user did not name it (printed with it)
 
@@ -79,11 +82,16 @@ def find_checkpoint(runs: Path) -> Path:
     runs = Path(runs)
     found = sorted(runs.rglob("final.pt"), key=lambda p: p.stat().st_mtime_ns) if runs.is_dir() else []
     if not found:
-        raise checkpoint.CheckpointError(f"no checkpoint found: no final.pt under {runs} (train first, or pass --ckpt)")
+        raise checkpoint.CheckpointError(
+            f"no checkpoint found: no final.pt under {runs} (train first, or pass --ckpt)"
+        )
     if len(found) > 1:
-        names = ", ".join(str(p) for p in found[::-1][:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
-        raise AmbiguousRun(f"{len(found)} runs under {runs} could be meant ({names}, newest first): "
-                                         "pass --ckpt RUN/final.pt")
+        names = ", ".join(str(p) for p in found[::-1][:4]) + (
+            f" and {len(found) - 4} more" if len(found) > 4 else ""
+        )
+        raise AmbiguousRun(
+            f"{len(found)} runs under {runs} could be meant ({names}, newest first): pass --ckpt RUN/final.pt"
+        )
     return found[0]
 
 
@@ -91,27 +99,43 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
     """Read a training checkpoint; returns its source description and the loaded dict."""
     state = checkpoint.load(ckpt, ("config", "model"), "an `iic train` checkpoint")
     if not isinstance(state["config"], dict):
-        raise checkpoint.CheckpointError(f"{ckpt} is not an `iic train` checkpoint: its config is a "
-                                         f"{type(state['config']).__name__}, not a dict")
+        raise checkpoint.CheckpointError(
+            f"{ckpt} is not an `iic train` checkpoint: its config is a "
+            f"{type(state['config']).__name__}, not a dict"
+        )
     try:
         cfg = TrainConfig.from_dict(state["config"])
     except Exception as err:  # a config of another program or version
-        raise checkpoint.CheckpointError(f"{ckpt} is not an `iic train` checkpoint: its config does not read "
-                                         f"({checkpoint.describe_error(err)})") from None
+        raise checkpoint.CheckpointError(
+            f"{ckpt} is not an `iic train` checkpoint: its config does not read "
+            f"({checkpoint.describe_error(err)})"
+        ) from None
     if cfg.model not in BACKBONES:
-        raise checkpoint.CheckpointError(f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
-                                         f"(it has {', '.join(BACKBONES)})")
+        raise checkpoint.CheckpointError(
+            f"{ckpt} is for backbone {cfg.model!r}, which this iic does not have "
+            f"(it has {', '.join(BACKBONES)})"
+        )
     trained_on = state.get("data_identity") or {}
-    src = BackboneSource(Path(ckpt), cfg.model, cfg.frames, cfg.stride, cfg.crop, cfg.seed, n_data=state.get("n_data"),
-                         method=cfg.method, view2=cfg.view2, pretrain_dataset=state.get("dataset"),
-                         pretrain_path=trained_on.get("path") or str(cfg.data))
+    src = BackboneSource(
+        Path(ckpt),
+        cfg.model,
+        cfg.frames,
+        cfg.stride,
+        cfg.crop,
+        cfg.seed,
+        n_data=state.get("n_data"),
+        method=cfg.method,
+        view2=cfg.view2,
+        pretrain_dataset=state.get("dataset"),
+        pretrain_path=trained_on.get("path") or str(cfg.data),
+    )
     return src, state
 
 
 def backbone_state(model_state: dict) -> tuple[dict, list[str]]:
     """The ``backbone.*`` entries of a trained net's state dict (prefix stripped) and the other keys,
     which are ignored on purpose (projection heads, method-specific modules)."""
-    bb = {k[len("backbone."):]: v for k, v in model_state.items() if str(k).startswith("backbone.")}
+    bb = {k[len("backbone.") :]: v for k, v in model_state.items() if str(k).startswith("backbone.")}
     return bb, sorted(str(k) for k in model_state if not str(k).startswith("backbone."))
 
 
@@ -125,15 +149,21 @@ def load_backbone(src: BackboneSource, state: dict | None = None) -> VideoBackbo
     state = state if state is not None else checkpoint.load(src.ckpt)
     net = build_backbone(src.model)
     if not isinstance(state["model"], dict):
-        raise checkpoint.CheckpointError(f"{src.ckpt} holds no backbone.* weights (its model is a "
-                                         f"{type(state['model']).__name__})")
+        raise checkpoint.CheckpointError(
+            f"{src.ckpt} holds no backbone.* weights (its model is a {type(state['model']).__name__})"
+        )
     weights, ignored = backbone_state(state["model"])
     if not weights:
         raise checkpoint.CheckpointError(f"{src.ckpt} holds no backbone.* weights")
     checkpoint.load_state(net, weights, f"backbone {src.model}", src.ckpt)
     if ignored:
-        log.info("loaded %d backbone tensors from %s; ignored %d non-backbone keys (%s)", len(weights), src.ckpt,
-                 len(ignored), ", ".join(sorted({k.split(".")[0] for k in ignored})))
+        log.info(
+            "loaded %d backbone tensors from %s; ignored %d non-backbone keys (%s)",
+            len(weights),
+            src.ckpt,
+            len(ignored),
+            ", ".join(sorted({k.split(".")[0] for k in ignored})),
+        )
     return net
 
 
@@ -142,7 +172,9 @@ def dataset_name(data: Path) -> str:
     try:
         return str(json.loads((Path(data) / "dataset.json").read_text())["dataset"])
     except (OSError, ValueError, KeyError):
-        raise FormatError(f"no processed dataset at {data} (dataset.json missing or unreadable): run `iic-prep extract`") from None
+        raise FormatError(
+            f"no processed dataset at {data} (dataset.json missing or unreadable): run `iic-prep extract`"
+        ) from None
 
 
 def is_transfer(src: BackboneSource, data: Path) -> bool:
@@ -157,7 +189,8 @@ def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int
     if src.n_data is not None and src.n_data != n_train and not is_transfer(src, data):
         raise checkpoint.CheckpointError(
             f"checkpoint {src.ckpt} was trained on {src.n_data} videos but {data} split {split} has {n_train} "
-            "training videos: a checkpoint for another dataset?")
+            "training videos: a checkpoint for another dataset?"
+        )
 
 
 def data_identity(data: Path) -> str:
@@ -197,9 +230,19 @@ def cache_key(src: BackboneSource, spec: FeatureSpec, key: Key, identity: str) -
     own, so one pass over the clips can fill several and a later evaluation of any of them reads its file."""
     view, feature = key
     parts = {
-        "weights": src.key(), "model": src.model, "frames": src.frames, "stride": src.stride, "crop": src.crop,
-        "data": str(Path(spec.data).resolve()), "identity": identity, "split": spec.split,
-        "subset": spec.subset, "view": view, "feature": feature, "clips": spec.clips, "version": 2,
+        "weights": src.key(),
+        "model": src.model,
+        "frames": src.frames,
+        "stride": src.stride,
+        "crop": src.crop,
+        "data": str(Path(spec.data).resolve()),
+        "identity": identity,
+        "split": spec.split,
+        "subset": spec.subset,
+        "view": view,
+        "feature": feature,
+        "clips": spec.clips,
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -214,7 +257,9 @@ class VideoFeatures:
     cached: bool = False  # True when read from the cache (no extraction)
     clips_per_s: float = 0.0
     path: Path | None = None  # the cache folder
-    left_out: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> reason: corrupt (--skip-corrupt)
+    left_out: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # id -> reason: corrupt (--skip-corrupt)
 
 
 def _autocast(device: torch.device):
@@ -222,9 +267,19 @@ def _autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], features: tuple[str, ...], crop: int,
-            device: torch.device, batch_size: int = 16, workers: int = 0, desc: str = "features",
-            progress: bool = True, items: Sequence[int] | None = None) -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
+def extract(
+    backbone: nn.Module,
+    dataset: ClipDataset,
+    views: tuple[str, ...],
+    features: tuple[str, ...],
+    crop: int,
+    device: torch.device,
+    batch_size: int = 16,
+    workers: int = 0,
+    desc: str = "features",
+    progress: bool = True,
+    items: Sequence[int] | None = None,
+) -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
     """Mean over each video's test clips of each of ``features`` of each view -> ``{(view, feature): (N, D)}``,
     clips/s, and the videos left out ``{id: reason}``. One decode per clip and one forward per view serve every
     feature. With ``dataset.cfg.skip_corrupt``, a video with a corrupt clip is left out: its rows are NaN.
@@ -236,13 +291,21 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
     """
     backbone = backbone.to(device).eval()
     items = range(len(dataset)) if items is None else items
-    loader = DataLoader(Subset(dataset, items), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", collate_fn=collate_clips)
+    loader = DataLoader(
+        Subset(dataset, items),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_clips,
+    )
     aug = augment.AugmentConfig(crop=crop, train=False)
     sums: dict[Key, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
     t0, n_clips, corrupt = time.perf_counter(), 0, CorruptTally()
-    with tqdm(total=len(items), unit="clip", desc=desc, dynamic_ncols=True, leave=False, disable=not progress) as bar:
+    with tqdm(
+        total=len(items), unit="clip", desc=desc, dynamic_ncols=True, leave=False, disable=not progress
+    ) as bar:
         for batch in worker_errors(loader):
             bar.update(len(batch.get("corrupt", ())))
             if not corrupt.add(batch):
@@ -265,11 +328,14 @@ def extract(backbone: nn.Module, dataset: ClipDataset, views: tuple[str, ...], f
             bar.update(B)
             bar.set_postfix_str(f"{n_clips / max(time.perf_counter() - t0, 1e-9):.1f} clips/s")
     ids = dataset.video_ids
-    expected = torch.bincount(torch.as_tensor(list(items), dtype=torch.long) // dataset.cfg.test_clips,
-                              minlength=dataset.n_videos).double()
+    expected = torch.bincount(
+        torch.as_tensor(list(items), dtype=torch.long) // dataset.cfg.test_clips, minlength=dataset.n_videos
+    ).double()
     short = {ids[i] for i in torch.nonzero(counts != expected).flatten().tolist()}
     if short != set(corrupt.videos):
-        raise RuntimeError("feature extraction did not see every clip of every video")  # a bug, not user error
+        raise RuntimeError(
+            "feature extraction did not see every clip of every video"
+        )  # a bug, not user error
     rate = n_clips / max(time.perf_counter() - t0, 1e-9)
     out = {k: (s / counts.clamp_min(1)[:, None]).float().numpy() for k, s in sums.items()}
     rows = [i for i, v in enumerate(ids) if v in corrupt.videos]
@@ -289,11 +355,19 @@ def _read_cached(path: Path, ids: list[str]) -> tuple[np.ndarray, dict[str, str]
         return z["features"], json.loads(str(z["left_out"])) if "left_out" in z else {}
 
 
-def _write_cached(path: Path, f: np.ndarray, dataset: ClipDataset, meta: dict, left_out: dict[str, str]) -> None:
+def _write_cached(
+    path: Path, f: np.ndarray, dataset: ClipDataset, meta: dict, left_out: dict[str, str]
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, features=f, labels=dataset.labels.astype(np.int64), video_ids=np.array(dataset.video_ids),
-             meta=json.dumps(meta, default=str), left_out=json.dumps(left_out))
+    np.savez(
+        tmp,
+        features=f,
+        labels=dataset.labels.astype(np.int64),
+        video_ids=np.array(dataset.video_ids),
+        meta=json.dumps(meta, default=str),
+        left_out=json.dumps(left_out),
+    )
     tmp.replace(path)
 
 
@@ -308,9 +382,19 @@ class FeatureSets:
     left_out: dict[str, str]  # id -> reason of the videos with a corrupt clip (``skip_corrupt``)
 
 
-def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ...], cache_dir: Path | None,
-                 device: torch.device, batch_size: int = 16, workers: int = 0, backbone: nn.Module | None = None,
-                 state: dict | None = None, skip_corrupt: bool = False, progress: bool = True) -> FeatureSets:
+def feature_sets(
+    src: BackboneSource,
+    spec: FeatureSpec,
+    features: tuple[str, ...],
+    cache_dir: Path | None,
+    device: torch.device,
+    batch_size: int = 16,
+    workers: int = 0,
+    backbone: nn.Module | None = None,
+    state: dict | None = None,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+) -> FeatureSets:
     """Every (view, feature) of ``spec.views`` x ``features`` for ``spec``'s list: those in ``cache_dir`` read,
     the others extracted together in one pass over the clips and cached. ``skip_corrupt``: a video with a
     corrupt clip is left out (NaN rows, listed) instead of stopping the extraction. ``progress=False``: no
@@ -318,28 +402,62 @@ def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ..
     spec.validate()
     for feature in features:
         dataclasses.replace(spec, feature=feature).validate()
-    clip_cfg = ClipConfig(frames=src.frames, stride=src.stride, modalities=modalities_for(spec.views), test_clips=spec.clips,
-                          skip_corrupt=skip_corrupt)
+    clip_cfg = ClipConfig(
+        frames=src.frames,
+        stride=src.stride,
+        modalities=modalities_for(spec.views),
+        test_clips=spec.clips,
+        skip_corrupt=skip_corrupt,
+    )
     dataset = ClipDataset(spec.data, spec.split, spec.subset, clip_cfg, mode="test")
     keys = [(v, f) for v in spec.views for f in features]
     identity = data_identity(spec.data) if cache_dir else ""
-    paths = {k: Path(cache_dir) / f"features-{spec.subset}-{k[0]}-{k[1]}-{cache_key(src, spec, k, identity)}.npz"
-             for k in keys} if cache_dir else {}
+    paths = (
+        {
+            k: Path(cache_dir)
+            / f"features-{spec.subset}-{k[0]}-{k[1]}-{cache_key(src, spec, k, identity)}.npz"
+            for k in keys
+        }
+        if cache_dir
+        else {}
+    )
     read = {k: got for k in paths if (got := _read_cached(paths[k], dataset.video_ids)) is not None}
     out = {k: f for k, (f, _) in read.items()}
     left_out = {v: r for _, lo in read.values() for v, r in lo.items()}
     missing = [k for k in keys if k not in out]
     if not missing:
-        log.info("features of %d %s videos read from cache %s (extraction skipped)", dataset.n_videos, spec.subset, cache_dir)
+        log.info(
+            "features of %d %s videos read from cache %s (extraction skipped)",
+            dataset.n_videos,
+            spec.subset,
+            cache_dir,
+        )
         return FeatureSets(out, dataset, True, 0.0, left_out)
     if backbone is None:
         backbone = load_backbone(src, state)
     views = tuple(dict.fromkeys(v for v, _ in missing))
     feats = tuple(dict.fromkeys(f for _, f in missing))
-    new, rate, skipped = extract(backbone, dataset, views, feats, src.crop, device, batch_size, workers,
-                                 desc=f"{spec.subset} features", progress=progress)
-    log.info("extracted %s features of %s for %d %s videos x %d clips at %.1f clips/s", "+".join(feats),
-             "+".join(views), dataset.n_videos, spec.subset, spec.clips, rate)
+    new, rate, skipped = extract(
+        backbone,
+        dataset,
+        views,
+        feats,
+        src.crop,
+        device,
+        batch_size,
+        workers,
+        desc=f"{spec.subset} features",
+        progress=progress,
+    )
+    log.info(
+        "extracted %s features of %s for %d %s videos x %d clips at %.1f clips/s",
+        "+".join(feats),
+        "+".join(views),
+        dataset.n_videos,
+        spec.subset,
+        spec.clips,
+        rate,
+    )
     for k, f in new.items():
         if k in paths:
             _write_cached(paths[k], f, dataset, {**asdict(spec), "view": k[0], "feature": k[1]}, skipped)
@@ -347,25 +465,41 @@ def feature_sets(src: BackboneSource, spec: FeatureSpec, features: tuple[str, ..
     return FeatureSets(out, dataset, False, rate, {**left_out, **skipped})
 
 
-def as_video_features(sets: FeatureSets, views: tuple[str, ...], feature: str, cache_dir: Path | None) -> VideoFeatures:
+def as_video_features(
+    sets: FeatureSets, views: tuple[str, ...], feature: str, cache_dir: Path | None
+) -> VideoFeatures:
     """One ``feature`` of ``views`` out of ``sets``, without the videos left out as corrupt."""
     ids = sets.dataset.video_ids
     keep = np.array([v not in sets.left_out for v in ids], bool)
-    return VideoFeatures({v: sets.values[v, feature][keep] for v in views},
-                         sets.dataset.labels.astype(np.int64)[keep], [v for v, k in zip(ids, keep) if k],
-                         cached=sets.cached, clips_per_s=sets.clips_per_s,
-                         path=Path(cache_dir) if cache_dir else None, left_out=sets.left_out)
+    return VideoFeatures(
+        {v: sets.values[v, feature][keep] for v in views},
+        sets.dataset.labels.astype(np.int64)[keep],
+        [v for v, k in zip(ids, keep) if k],
+        cached=sets.cached,
+        clips_per_s=sets.clips_per_s,
+        path=Path(cache_dir) if cache_dir else None,
+        left_out=sets.left_out,
+    )
 
 
 def data_record(src: BackboneSource, data: Path, split: int) -> dict:
     """Both datasets of an evaluation: what the backbone was pretrained on and what it is evaluated on."""
     store = VideoStore(data)
-    pretrained = None if src.ckpt is None else {"dataset": src.pretrain_dataset, "path": src.pretrain_path,
-                                                "videos": src.n_data}
-    return {"pretrained_on": pretrained,
-            "evaluated_on": {"dataset": store.meta["dataset"], "path": str(data), "split": split,
-                             "unlabelled_left_out": sum(1 for r in store.rows if r.in_list(split, "unlabelled"))},
-            "transfer": is_transfer(src, data)}
+    pretrained = (
+        None
+        if src.ckpt is None
+        else {"dataset": src.pretrain_dataset, "path": src.pretrain_path, "videos": src.n_data}
+    )
+    return {
+        "pretrained_on": pretrained,
+        "evaluated_on": {
+            "dataset": store.meta["dataset"],
+            "path": str(data),
+            "split": split,
+            "unlabelled_left_out": sum(1 for r in store.rows if r.in_list(split, "unlabelled")),
+        },
+        "transfer": is_transfer(src, data),
+    }
 
 
 def data_line(record: dict) -> str:

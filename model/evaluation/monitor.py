@@ -5,6 +5,7 @@ protocol (`protocol.protocol_for`); top-1 = the share of queries whose neighbour
 views are the encoder's RGB input and, for IIC with a residual or flow-component second view, that view.
 Evaluation mode, no random draws, no state written: a monitored run trains exactly as an unmonitored one.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,13 +28,22 @@ class Monitor:
     """Called on every process of a distributed run at once: each encodes its share of the videos and the
     features are summed over the processes, so no process waits in a collective while another evaluates."""
 
-    def __init__(self, cfg: TrainConfig, device: torch.device, batch_size: int = 32, progress: bool = True,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        device: torch.device,
+        batch_size: int = 32,
+        progress: bool = True,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.cfg, self.device, self.batch_size, self.progress = cfg, device, batch_size, progress
         self.rank, self.world = rank, world
         self.protocol = protocol_for(cfg.method)
         self.views = monitor_views(cfg)
-        clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=modalities_for(self.views), test_clips=1)
+        clip_cfg = ClipConfig(
+            frames=cfg.frames, stride=cfg.stride, modalities=modalities_for(self.views), test_clips=1
+        )
         self.sets = {s: ClipDataset(cfg.data, cfg.split, s, clip_cfg, mode="test") for s in ("train", "test")}
         self.chance_top1 = 100.0 / len(set(self.sets["train"].labels.tolist()))
 
@@ -48,16 +58,33 @@ class Monitor:
         feats = {s: self._features(backbone, ds, f, s) for s, ds in self.sets.items()}
         backbone.train(was_training)
         gallery, queries = self.sets["train"], self.sets["test"]
-        return {f"monitor_top1_{v}": retrieval_topk(feats["test"][v, f], queries.labels, feats["train"][v, f],
-                                                    gallery.labels, ks=(1,), center=self.protocol.center).topk[1]
-                for v in self.views}
+        return {
+            f"monitor_top1_{v}": retrieval_topk(
+                feats["test"][v, f],
+                queries.labels,
+                feats["train"][v, f],
+                gallery.labels,
+                ks=(1,),
+                center=self.protocol.center,
+            ).topk[1]
+            for v in self.views
+        }
 
     def _features(self, backbone: nn.Module, dataset: ClipDataset, feature: str, name: str) -> dict:
         """This process's share of the videos (all of them at world size 1), summed over the processes."""
         share = range(self.rank, len(dataset), self.world) if len(dataset) >= self.world else None
-        feats = extract(backbone, dataset, self.views, (feature,), self.cfg.crop, self.device, self.batch_size,
-                        desc=f"monitor {name}", progress=self.progress and self.rank == 0,
-                        items=share if self.world > 1 else None)[0]
+        feats = extract(
+            backbone,
+            dataset,
+            self.views,
+            (feature,),
+            self.cfg.crop,
+            self.device,
+            self.batch_size,
+            desc=f"monitor {name}",
+            progress=self.progress and self.rank == 0,
+            items=share if self.world > 1 else None,
+        )[0]
         if self.world == 1 or share is None:
             return feats
         return {k: sum_over_ranks(v, self.device) for k, v in feats.items()}

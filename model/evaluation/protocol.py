@@ -7,6 +7,7 @@ on RGB only).
 ``iic eval retrieval|linear|recognition``, the training monitor and the demo take their defaults from here,
 so a method is never scored with another's.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ class RetrievalProtocol:
     inputs: tuple[str, ...] = ("rgb", "res")  # the inputs the paper reports retrieval with
 
     def describe(self) -> str:
-        return (f"{self.modality} input, {self.feature} features, {'centred' if self.center else 'not centred'} "
-                f"({self.paper})")
+        return (
+            f"{self.modality} input, {self.feature} features, {'centred' if self.center else 'not centred'} "
+            f"({self.paper})"
+        )
 
 
 PROTOCOLS: dict[str, RetrievalProtocol] = {
@@ -57,7 +60,7 @@ def iic_chance_loss(K: int, intra_neg: bool, live_negative: bool = False, batch:
     """The IIC / CMC loss of uniform logits: 2 ln(columns), columns = K + 1 (CMC) or 2K + 2 (IIC) (1 with K = 0), + 1 with
     the live negative, + the batch negatives of a global batch of ``batch`` clips (N - 1 other clips, and N
     intra-negatives with IIC; 0 = no batch negatives). A run whose loss stays here has learnt nothing."""
-    bank = (K + (K + 1 if intra_neg else 0)) if K else 0                     # K = 0: no bank columns
+    bank = (K + (K + 1 if intra_neg else 0)) if K else 0  # K = 0: no bank columns
     columns = 1 + bank + (1 if live_negative else 0)
     if batch:
         columns += batch - 1 + (batch if intra_neg else 0)

@@ -4,6 +4,7 @@ Each thumbnail shows what the features were computed from: the middle RGB frame,
 (residual, flow) that frame's motion beside it. The title names the run and the view; a legend explains the
 border colours.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,11 @@ from ...pipeline.reader import FormatError, VideoStore
 
 log = logging.getLogger(__name__)
 
-BORDERS = {"query": "tab:blue", "neighbour of the query's class": "tab:green", "neighbour of another class": "tab:red"}
+BORDERS = {
+    "query": "tab:blue",
+    "neighbour of the query's class": "tab:green",
+    "neighbour of another class": "tab:red",
+}
 
 
 def _middle(store: VideoStore, video_id: str, modality: str) -> np.ndarray:
@@ -60,8 +65,10 @@ def thumbnails(store: VideoStore, ids: list[str], modality: str) -> dict[str, np
         channel = 0 if modality.endswith("-u") else 1
         comp = {v: flow_component(store, v, channel) for v in ids}
         top = max(max(float(np.abs(c).max()) for c in comp.values()), 1e-6)
-        motion = {v: np.repeat(np.clip(128 + c / top * 127, 0, 255).astype(np.uint8)[..., None], 3, -1)
-                  for v, c in comp.items()}
+        motion = {
+            v: np.repeat(np.clip(128 + c / top * 127, 0, 255).astype(np.uint8)[..., None], 3, -1)
+            for v, c in comp.items()
+        }
     gap = {v: np.full((rgb[v].shape[0], 2, 3), 255, np.uint8) for v in ids}  # videos may differ in size
     return {v: np.concatenate([rgb[v], gap[v], motion[v]], axis=1) for v in ids}
 
@@ -89,8 +96,10 @@ def retrieval_title(result: dict) -> str:
     data = result.get("data")
     if data:  # name both datasets: a transfer (pretrained on one, evaluated on another) reads as one
         pre = data["pretrained_on"]
-        title += (f" — pretrained on {(pre['dataset'] or pre['path']) if pre else 'nothing (random init)'}, "
-                  f"evaluated on {data['evaluated_on']['dataset']} split {data['evaluated_on']['split']}")
+        title += (
+            f" — pretrained on {(pre['dataset'] or pre['path']) if pre else 'nothing (random init)'}, "
+            f"evaluated on {data['evaluated_on']['dataset']} split {data['evaluated_on']['split']}"
+        )
     return title
 
 
@@ -114,13 +123,19 @@ def draw_retrieval(result: dict, data: Path, n_show: int = 6, n_nearest: int = 5
         cells = [(q["id"], BORDERS["query"], f"query: {classes[q['label']]}")]
         for vid, lab, sim in list(zip(q["nearest"], q["nearest_labels"], q["similarities"]))[: cols - 1]:
             same = lab == q["label"]
-            cells.append((vid, BORDERS["neighbour of the query's class" if same else "neighbour of another class"],
-                          f"{classes[lab]} {sim:.2f}"))
+            cells.append(
+                (
+                    vid,
+                    BORDERS["neighbour of the query's class" if same else "neighbour of another class"],
+                    f"{classes[lab]} {sim:.2f}",
+                )
+            )
         grid.append(cells)
     images = thumbnails(store, sorted({vid for cells in grid for vid, _, _ in cells}), modality)
     h, w = images[grid[0][0][0]].shape[:2]
-    fig, axes = plt.subplots(len(picks), cols, figsize=((1.3 * w / h + 0.3) * cols, 1.9 * len(picks) + 0.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(picks), cols, figsize=((1.3 * w / h + 0.3) * cols, 1.9 * len(picks) + 0.8), squeeze=False
+    )
     for row, cells in enumerate(grid):
         for col, (vid, colour, title) in enumerate(cells):
             ax = axes[row, col]
@@ -132,8 +147,16 @@ def draw_retrieval(result: dict, data: Path, n_show: int = 6, n_nearest: int = 5
                 spine.set_linewidth(4)
             ax.set_title(title, fontsize=7)
     fig.suptitle(f"{retrieval_title(result)}\n{motion_note(modality)}", fontsize=9)
-    fig.legend(handles=[Patch(facecolor="none", edgecolor=c, linewidth=3, label=label) for label, c in BORDERS.items()],
-               loc="lower center", ncol=len(BORDERS), fontsize=7, frameon=False, title="border")
+    fig.legend(
+        handles=[
+            Patch(facecolor="none", edgecolor=c, linewidth=3, label=label) for label, c in BORDERS.items()
+        ],
+        loc="lower center",
+        ncol=len(BORDERS),
+        fontsize=7,
+        frameon=False,
+        title="border",
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 

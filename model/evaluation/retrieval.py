@@ -19,8 +19,9 @@ two feature matrices (9.5k x 3.8k x 9,216 runs in well under 1 GB).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, Sequence, Tuple, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-DEFAULT_KS: Tuple[int, ...] = (1, 5, 10, 20, 50)
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10, 20, 50)
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,9 @@ class RetrievalResult:
     center: whether each set was mean-centred.
     """
 
-    topk: Dict[int, float]
-    ks_used: Dict[int, int]
-    capped: Tuple[int, ...]
+    topk: dict[int, float]
+    ks_used: dict[int, int]
+    capped: tuple[int, ...]
     indices: np.ndarray = field(repr=False)
     similarities: np.ndarray = field(repr=False)
     n_queries: int
@@ -100,7 +101,7 @@ def prepare_features(x: torch.Tensor, center: bool, dtype: torch.dtype) -> torch
 
 def nearest_neighbours(
     query: torch.Tensor, gallery: torch.Tensor, kmax: int, block_size: int = 256
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """kmax nearest gallery rows of each query by dot product, computed in query blocks.
 
     query: (Q, D), gallery: (G, D), both already normalised. Returns (indices (Q, kmax) int64,
@@ -112,7 +113,7 @@ def nearest_neighbours(
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     idx_blocks, sim_blocks = [], []
     for start in range(0, query.shape[0], block_size):
-        sim = query[start:start + block_size] @ gallery.T  # (b, G)
+        sim = query[start : start + block_size] @ gallery.T  # (b, G)
         # A stable ascending sort of -sim keeps equal similarities in gallery-index order: the tie rule.
         order = torch.sort(-sim, dim=1, stable=True).indices[:, :kmax]  # (b, kmax)
         idx_blocks.append(order)

@@ -5,6 +5,7 @@ the clip and that of the same clip shuffled (IIC's shuffle intra-negative: two o
 reversed, and repeated (one frame held, IIC's repeat intra-negative). A model blind to the order of frames
 gives 1.0 for ``reversed`` and ``shuffled``; lower = more sensitive to temporal order.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,29 +23,48 @@ BROKEN = ("shuffled", "reversed", "repeated")
 
 def broken_versions(x: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """The broken-time versions of a float clip batch ``(B, C, T, H, W)``."""
-    return {"shuffled": intra_negative(x, "shuffle", generator), "reversed": x.flip(2),
-            "repeated": intra_negative(x, "repeat", generator)}
+    return {
+        "shuffled": intra_negative(x, "shuffle", generator),
+        "reversed": x.flip(2),
+        "repeated": intra_negative(x, "repeat", generator),
+    }
 
 
 @torch.inference_mode()
-def order_sensitivity(backbone: nn.Module, data, split: int, frames: int, stride: int, crop: int,
-                      feature: str = "pool", center: bool = False, device: torch.device = torch.device("cpu"),
-                      seed: int = 0, batch_size: int = 32) -> dict[str, float]:
+def order_sensitivity(
+    backbone: nn.Module,
+    data,
+    split: int,
+    frames: int,
+    stride: int,
+    crop: int,
+    feature: str = "pool",
+    center: bool = False,
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, float]:
     """Mean cosine similarity (over test videos) between a clip's feature and each broken version's.
 
     ``center``: subtract the mean feature of the intact clips first (the protocol of a centred method), so
     the similarity is measured around the features' common component, not through it.
     """
-    dataset = ClipDataset(data, split, "test", ClipConfig(frames=frames, stride=stride, modalities=("rgb",), test_clips=1),
-                          mode="test")
+    dataset = ClipDataset(
+        data,
+        split,
+        "test",
+        ClipConfig(frames=frames, stride=stride, modalities=("rgb",), test_clips=1),
+        mode="test",
+    )
     backbone = backbone.to(device).eval()
     aug = augment.AugmentConfig(crop=crop, train=False)
     generator = torch.Generator().manual_seed(seed)
     feats: dict[str, list[torch.Tensor]] = {k: [] for k in ("intact", *BROKEN)}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_clips):
         raw = {"rgb": batch["rgb"].to(device)}
-        x = augment.apply(raw, augment.sample_params(raw["rgb"].shape[0], augment.batch_hw(batch), aug, device=device),
-                          aug)["rgb"]
+        x = augment.apply(
+            raw, augment.sample_params(raw["rgb"].shape[0], augment.batch_hw(batch), aug, device=device), aug
+        )["rgb"]
         for name, clip in {"intact": x, **broken_versions(x, generator)}.items():
             feats[name].append(retrieval_feature(backbone(clip), feature).double().cpu())
     f = {k: torch.cat(v) for k, v in feats.items()}

@@ -5,6 +5,7 @@
 ``.backbone``), the method's state that SGD does not train (memory banks, queues, a key encoder; saved with
 every checkpoint) and ``step(net, state, batch, cfg, generator, device) -> loss``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from . import dualvar, variants
 # One builder per name of config.METHODS (tests/test_architecture.py checks it). IIC's is the variants'
 # builder, which is the paper's own `iic.build` when the config chooses no variant.
 BUILDERS: dict[str, Callable[[TrainConfig, int], tuple[nn.Module, nn.Module, Callable]]] = {
-    "iic": variants.build, "dualvar": dualvar.build}
+    "iic": variants.build,
+    "dualvar": dualvar.build,
+}
 
 
 def build(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable]:

@@ -43,8 +43,17 @@ from ..distributed import gather_from_ranks, gather_with_grad
 from ..nets.backbones import build_backbone
 from ..nets.heads import ProjectionHead
 
-__all__ = ["DualVarConfig", "DualVarState", "MoCoQueue", "nt_xent", "temporal_coherent_loss", "rank_loss",
-           "dualvar_loss", "dualvar_step", "build"]
+__all__ = [
+    "DualVarConfig",
+    "DualVarState",
+    "MoCoQueue",
+    "nt_xent",
+    "temporal_coherent_loss",
+    "rank_loss",
+    "dualvar_loss",
+    "dualvar_step",
+    "build",
+]
 
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
@@ -66,7 +75,9 @@ class DualVarNet(nn.Module):
         self.backbone = build_backbone(model)
         d = self.backbone.out_dim
         self.clip_head = ProjectionHead(d, d, cfg.clip_dim)  # (N, clip_dim) unit vectors
-        self.series_head = ProjectionHead(d, d, cfg.slot_dim, slots=cfg.n_segments)  # (N, S, slot_dim), unit slots
+        self.series_head = ProjectionHead(
+            d, d, cfg.slot_dim, slots=cfg.n_segments
+        )  # (N, S, slot_dim), unit slots
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.backbone(x)["pool"]  # (N, out_dim)
@@ -354,8 +365,13 @@ def _sync_buffers(module: nn.Module) -> None:
 
 
 def make_views(
-    batch: dict, aug: SimCLRAugmentConfig, view2: str, n_segments: int, generator: torch.Generator,
-    device: torch.device, allow_identity: bool = True,
+    batch: dict,
+    aug: SimCLRAugmentConfig,
+    view2: str,
+    n_segments: int,
+    generator: torch.Generator,
+    device: torch.device,
+    allow_identity: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The encoder inputs of a pair batch (uint8 clips on ``device``): x0 = clip 0, x1 = clip 1 as
     ``view2`` (rgb = the paper; res/flow = IIC's cross-modal view of clip 1), x2 = clip 0 again with its
@@ -376,8 +392,14 @@ def make_views(
     return {"x0": x0, "x1": x1, "x2": x2, "x2s": x2s, "perm": perm.to(device)}
 
 
-def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainConfig, gen: torch.Generator,
-                 device: torch.device) -> torch.Tensor:
+def dualvar_step(
+    net: nn.Module,
+    state: DualVarState,
+    batch: dict,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
     """One DualVar loss on a pair batch (see :func:`make_views`).
 
     All views go through the encoder as ONE batch (SimCLR's BatchNorm over every view, so batch statistics
@@ -392,22 +414,30 @@ def dualvar_step(net: nn.Module, state: DualVarState, batch: dict, cfg: TrainCon
     if dv.clip_loss == "moco":
         z, slots = net(torch.cat([v["x0"], v["x2"], v["x2s"]]))
         z, slots = z.float(), slots.float()
-        z0, s0, s2, s2s = z[:B], slots[:B], slots[B:2 * B], slots[2 * B:]
+        z0, s0, s2, s2s = z[:B], slots[:B], slots[B : 2 * B], slots[2 * B :]
         with torch.no_grad():
             momentum_update(_unwrap(net), state.key_net, dv.moco_m)
             k1, ks1 = (t.float() for t in state.key_net(v["x1"]))
             _sync_buffers(state.key_net)
         with torch.autocast(device.type, enabled=False):
             # clones: the enqueue below writes the queues in place before the loop's backward reads them
-            loss, _ = dualvar_loss(z0, k1, s0, ks1, s2, restore_order(s2s, v["perm"]), dv,
-                                   clip_queue=state.clip_queue.queue.clone(),
-                                   slot_queue=state.slot_queue.queue.clone())
+            loss, _ = dualvar_loss(
+                z0,
+                k1,
+                s0,
+                ks1,
+                s2,
+                restore_order(s2s, v["perm"]),
+                dv,
+                clip_queue=state.clip_queue.queue.clone(),
+                slot_queue=state.slot_queue.queue.clone(),
+            )
         state.clip_queue.enqueue(gather_from_ranks(k1))
         state.slot_queue.enqueue(gather_from_ranks(ks1.flatten(1)))
         return loss
     z, slots = net(torch.cat([v["x0"], v["x1"], v["x2"], v["x2s"]]))
     z, slots = z.float(), slots.float()
-    z0, z1 = z[:B], z[B:2 * B]
+    z0, z1 = z[:B], z[B : 2 * B]
     s0, s1, s2, s2s = slots.split(B)
     with torch.autocast(device.type, enabled=False):
         loss, _ = dualvar_loss(z0, z1, s0, s1, s2, restore_order(s2s, v["perm"]), dv, gather=gather_with_grad)

@@ -18,6 +18,7 @@ one training step, and `build` for the training loop. What is not in the paper (
 positive and batch negatives, the heads with BatchNorm, view 2 from another time, colour augmentation of
 the RGB view) is model/methods/variants.py, which builds on this module; this one does not need it.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,6 +39,7 @@ __all__ = ["IICConfig", "IICMemory", "MemoryBank", "intra_negative", "nce_loss",
 
 # ---------------------------------------------------------------------------------------------- config
 # `IICConfig` (model/config.py, torch-free): neg, K, tau, m, normalize; the variants' options besides.
+
 
 def _randint(high: int, size: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:
     gdev = generator.device if generator is not None else torch.device("cpu")
@@ -88,13 +90,14 @@ class MemoryBank(nn.Module):
         """
         feats = feats.detach().to(self.memory.dtype)
         rows, inverse = torch.unique(index.to(self.memory.device), return_inverse=True)
-        onehot = F.one_hot(inverse, rows.numel()).T.to(feats)     # U x B
-        f = (onehot @ feats) / onehot.sum(1, keepdim=True)        # U x D mean feature per row
+        onehot = F.one_hot(inverse, rows.numel()).T.to(feats)  # U x B
+        f = (onehot @ feats) / onehot.sum(1, keepdim=True)  # U x D mean feature per row
         self.memory[rows] = l2_normalize(m * self.memory[rows] + (1 - m) * f)
 
 
-def draw_negatives(batch_size: int, K: int, n_data: int, generator: torch.Generator | None = None,
-                   device=None) -> Tensor:
+def draw_negatives(
+    batch_size: int, K: int, n_data: int, generator: torch.Generator | None = None, device=None
+) -> Tensor:
     """K bank indices per sample, uniform with replacement (may include the sample itself, as CMC)."""
     return _randint(n_data, (batch_size, K), generator, device)
 
@@ -107,8 +110,17 @@ class IICMemory(nn.Module):
     f1, f2, fn first. Banks are updated only in training mode, from every rank's features.
     """
 
-    def __init__(self, n_data: int, dim: int = 512, K: int = 1024, tau: float = 0.07, m: float = 0.5,
-                 intra_neg: bool = True, normalize: bool = True, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n_data: int,
+        dim: int = 512,
+        K: int = 1024,
+        tau: float = 0.07,
+        m: float = 0.5,
+        intra_neg: bool = True,
+        normalize: bool = True,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.n_data, self.dim, self.K, self.tau, self.m, self.normalize = n_data, dim, K, tau, m, normalize
         self.M1 = MemoryBank(n_data, dim, generator)
@@ -118,7 +130,7 @@ class IICMemory(nn.Module):
     def logits(self, f: Tensor, M: MemoryBank, idx: Tensor, fn: Tensor | None, other: Tensor) -> Tensor:
         """[M[y].f, M[j..].f, Mn[y].f, Mn[j..].f] / tau for ``idx`` = [y, j1..jK] (B x K+1).
         (``fn`` and ``other``, the other view's feature, are for the variants' live columns.)"""
-        z = torch.einsum("bkd,bd->bk", M.memory[idx], f)                                   # B x (K+1)
+        z = torch.einsum("bkd,bd->bk", M.memory[idx], f)  # B x (K+1)
         if self.Mn is not None:
             z = torch.cat([z, torch.einsum("bkd,bd->bk", self.Mn.memory[idx], f)], dim=1)  # B x (2K+2)
         return z / self.tau
@@ -132,8 +144,14 @@ class IICMemory(nn.Module):
         if self.Mn is not None:
             self.Mn.update(y, gather_from_ranks(fn.detach()), self.m)
 
-    def forward(self, f1: Tensor, f2: Tensor, fn: Tensor | None, index: Tensor,
-                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        f1: Tensor,
+        f2: Tensor,
+        fn: Tensor | None,
+        index: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """f1, f2, fn: (B, D) features of view 1, view 2, intra-negative (fn None for CMC); index: (B,) bank
         rows. Returns the logits z1, z2 (B x 2K+2, or K+1 for CMC), positive at column 0."""
         if (fn is None) != (self.Mn is None):
@@ -142,8 +160,8 @@ class IICMemory(nn.Module):
             f1, f2 = l2_normalize(f1), l2_normalize(f2)
             fn = l2_normalize(fn) if fn is not None else None
         B = f1.shape[0]
-        j = draw_negatives(B, self.K, self.n_data, generator, f1.device)       # B x K
-        idx = torch.cat([index.view(B, 1).to(j), j], dim=1)                   # B x (K+1), y first
+        j = draw_negatives(B, self.K, self.n_data, generator, f1.device)  # B x K
+        idx = torch.cat([index.view(B, 1).to(j), j], dim=1)  # B x (K+1), y first
         z1 = self.logits(f1, self.M2, idx, fn, f2)
         z2 = self.logits(f2, self.M1, idx, fn, f1)
         if self.training:
@@ -182,19 +200,21 @@ def intra_negative(clip: Tensor, kind: str, generator: torch.Generator | None = 
         L = T // 4
         a = _randint(4, (B,), generator, clip.device)
         b = _randint(3, (B,), generator, clip.device)
-        b = b + (b >= a).long()                                   # uniform over chunks != a
-        perm = torch.arange(4, device=clip.device).repeat(B, 1)   # B x 4 chunk order
+        b = b + (b >= a).long()  # uniform over chunks != a
+        perm = torch.arange(4, device=clip.device).repeat(B, 1)  # B x 4 chunk order
         rows = torch.arange(B, device=clip.device)
         perm[rows, a], perm[rows, b] = b, a
         t = torch.arange(T, device=clip.device)
-        src = perm[:, t // L] * L + t % L                         # B x T source frame of each frame
+        src = perm[:, t // L] * L + t % L  # B x T source frame of each frame
         return clip.gather(2, src.view(B, 1, T, 1, 1).expand_as(clip))
     if kind == "reverse":
         return clip.flip(2)
     raise ValueError(f"unknown intra-negative kind {kind!r}; expected 'repeat', 'shuffle' or 'reverse'")
 
 
-def make_views(batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+def make_views(
+    batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """x1 (RGB) and x2 (``cfg.view2``) of a batch of uint8 clips on ``device``: one random crop per sample for
     every modality, so both views see the same pixels; RGB against RGB takes a second crop of the clip."""
     raw = {m: batch[m] for m in cfg.modalities}
@@ -211,8 +231,15 @@ def make_views(batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torc
 Views = Callable[[dict, TrainConfig, torch.Generator, torch.device], tuple[Tensor, Tensor]]
 
 
-def iic_step(net: nn.Module, memory: IICMemory, batch: dict, cfg: TrainConfig, gen: torch.Generator,
-             device: torch.device, views: Views = make_views) -> Tensor:
+def iic_step(
+    net: nn.Module,
+    memory: IICMemory,
+    batch: dict,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    device: torch.device,
+    views: Views = make_views,
+) -> Tensor:
     """One IIC loss on a batch of uint8 clips on ``device``. The intra-negative is made from view 1 as
     augmented, so it keeps view 1's appearance. ``views`` makes (x1, x2) (the variants' own, for them)."""
     x1, x2 = views(batch, cfg, gen, device)
@@ -232,6 +259,14 @@ def build(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable
     """IIC for the training loop: (the encoder, with ``.backbone``; the memory banks; the step)."""
     encoder = Encoder(cfg)
     c = cfg.iic
-    memory = IICMemory(n_data, encoder.out_dim, K=c.K, tau=c.tau, m=c.m, intra_neg=c.neg != "none",
-                       normalize=c.normalize, generator=torch.Generator().manual_seed(cfg.seed))
+    memory = IICMemory(
+        n_data,
+        encoder.out_dim,
+        K=c.K,
+        tau=c.tau,
+        m=c.m,
+        intra_neg=c.neg != "none",
+        normalize=c.normalize,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     return encoder, memory, iic_step

@@ -20,6 +20,7 @@ the chosen variants in place of its parts, and the paper's own `build` when none
 * ``rgb_aug="simclr"``: SimCLR's colour jitter, grayscale and blur on the RGB view (the residual view is
   untouched; the intra-negative is made from the recoloured clip).
 """
+
 from __future__ import annotations
 
 import functools
@@ -49,28 +50,41 @@ class LiveMemory(iic.IICMemory):
     """The banks with the live columns: the live positive, the live intra-negative and the batch's
     negatives (module docstring). Same banks, same draws, same update as the paper's."""
 
-    def __init__(self, n_data: int, dim: int, K: int, tau: float, m: float, intra_neg: bool = True,
-                 normalize: bool = True, positive: str = "bank", live_negative: bool = False,
-                 batch_negatives: bool = False, generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n_data: int,
+        dim: int,
+        K: int,
+        tau: float,
+        m: float,
+        intra_neg: bool = True,
+        normalize: bool = True,
+        positive: str = "bank",
+        live_negative: bool = False,
+        batch_negatives: bool = False,
+        generator: torch.Generator | None = None,
+    ):
         if live_negative and not intra_neg:
             raise ValueError("live_negative needs intra-negatives (intra_neg=True)")
         if positive not in ("bank", "live"):
             raise ValueError(f"unknown positive {positive!r}; expected bank or live")
         if K == 0 and not (positive == "live" and batch_negatives and not live_negative):
-            raise ValueError("K = 0 (no bank negatives) needs positive='live' and batch_negatives, "
-                             "without live_negative")
+            raise ValueError(
+                "K = 0 (no bank negatives) needs positive='live' and batch_negatives, without live_negative"
+            )
         super().__init__(n_data, dim, K, tau, m, intra_neg, normalize, generator)
         self.positive, self.live_negative, self.batch_negatives = positive, live_negative, batch_negatives
 
     def logits(self, f: Tensor, M: iic.MemoryBank, idx: Tensor, fn: Tensor | None, other: Tensor) -> Tensor:
-        positive = (f * other).sum(1, keepdim=True)                               # f . f_other
-        if self.K == 0:                                                           # no bank columns: live only
+        positive = (f * other).sum(1, keepdim=True)  # f . f_other
+        if self.K == 0:  # no bank columns: live only
             return torch.cat([positive, self._batch_logits(f, other, fn)], dim=1) / self.tau
-        z = super().logits(f, M, idx, fn, other)                                  # B x (2K+2), / tau
-        if self.positive == "live":                                               # column 0: f . f_other
+        z = super().logits(f, M, idx, fn, other)  # B x (2K+2), / tau
+        if self.positive == "live":  # column 0: f . f_other
             z = torch.cat([positive / self.tau, z[:, 1:]], dim=1)
         extra = ([(f * fn).sum(1, keepdim=True)] if self.live_negative else []) + (
-            [self._batch_logits(f, other, fn)] if self.batch_negatives else [])
+            [self._batch_logits(f, other, fn)] if self.batch_negatives else []
+        )
         return torch.cat([z, *(e / self.tau for e in extra)], dim=1) if extra else z
 
     @staticmethod
@@ -80,13 +94,13 @@ class LiveMemory(iic.IICMemory):
         B = f.shape[0]
         other_all = gather_with_grad(other)
         rows = torch.arange(B, device=f.device)
-        mine = rows + (dist.get_rank() * B if other_all.shape[0] > B else 0)   # the local rows in the gather
-        s = f @ other_all.T                                                   # B x N
+        mine = rows + (dist.get_rank() * B if other_all.shape[0] > B else 0)  # the local rows in the gather
+        s = f @ other_all.T  # B x N
         keep = torch.ones_like(s, dtype=torch.bool)
-        keep[rows, mine] = False                                              # drop the positive pair
-        z = s[keep].view(B, -1)                                               # B x (N-1)
+        keep[rows, mine] = False  # drop the positive pair
+        z = s[keep].view(B, -1)  # B x (N-1)
         if fn is not None:
-            z = torch.cat([z, f @ gather_with_grad(fn).T], dim=1)             # B x (2N-1)
+            z = torch.cat([z, f @ gather_with_grad(fn).T], dim=1)  # B x (2N-1)
         return z
 
     def update_banks(self, index: Tensor, f1: Tensor, f2: Tensor, fn: Tensor | None) -> None:
@@ -106,18 +120,23 @@ class JointHeadEncoder(iic.Encoder):
         return [f1, self.head(f[1]), fn]
 
 
-def _augment(clips: dict[str, Tensor], batch: dict, cfg: TrainConfig, gen: torch.Generator,
-             device: torch.device) -> dict[str, Tensor]:
+def _augment(
+    clips: dict[str, Tensor], batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device
+) -> dict[str, Tensor]:
     """The paper's crop of every modality, with one window per sample; with ``rgb_aug="simclr"`` also SimCLR's
     colour jitter, grayscale and blur on the RGB clip (``cfg.simclr``)."""
     B, hw = next(iter(clips.values())).shape[0], augment.batch_hw(batch)
     if cfg.iic.rgb_aug == "simclr":
-        return augment.apply_simclr(clips, augment.sample_simclr_params(B, hw, cfg.simclr, gen, device), cfg.simclr)
+        return augment.apply_simclr(
+            clips, augment.sample_simclr_params(B, hw, cfg.simclr, gen, device), cfg.simclr
+        )
     aug = augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip)
     return augment.apply(clips, augment.sample_params(B, hw, aug, gen, device), aug)
 
 
-def make_views(batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+def make_views(
+    batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """x1 and x2 with the view variants: view 2 from the loader's second clip (``view2_time="other"``), SimCLR's
     colours on the RGB clip (``rgb_aug="simclr"``)."""
     raw = {m: batch[m] for m in cfg.modalities}
@@ -142,8 +161,18 @@ def build(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable
         return iic.build(cfg, n_data)
     joint = c.head in ("mlp-bn", "mlp-bn-out")
     encoder = JointHeadEncoder(cfg) if joint else iic.Encoder(cfg)
-    memory = LiveMemory(n_data, encoder.out_dim, K=c.K, tau=c.tau, m=c.m, intra_neg=c.neg != "none",
-                        normalize=c.normalize, positive=c.positive, live_negative=c.live_negative,
-                        batch_negatives=c.batch_negatives, generator=torch.Generator().manual_seed(cfg.seed))
+    memory = LiveMemory(
+        n_data,
+        encoder.out_dim,
+        K=c.K,
+        tau=c.tau,
+        m=c.m,
+        intra_neg=c.neg != "none",
+        normalize=c.normalize,
+        positive=c.positive,
+        live_negative=c.live_negative,
+        batch_negatives=c.batch_negatives,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
     views = make_views if (c.view2_time, c.rgb_aug) != (PAPER.view2_time, PAPER.rgb_aug) else iic.make_views
     return encoder, memory, functools.partial(iic.iic_step, views=views)

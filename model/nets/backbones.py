@@ -21,7 +21,7 @@ Parameter counts of the full models (no classifier): R3D-10 14.36M, R(2+1)D-10 1
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -211,4 +211,3 @@ def retrieval_feature(features: dict[str, torch.Tensor], kind: str = "conv5") ->
     if kind == "pool":
         return features["pool"]
     raise ValueError(f"unknown retrieval feature {kind!r}; expected 'conv5' or 'pool'")
-

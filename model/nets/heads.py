@@ -1,6 +1,7 @@
 """Every projection head, for every method: the MLP heads (IIC's v2 code, DualVar's clip and series heads)
 and the centring BatchNorm. Inputs are pooled backbone features ``(B, D)``.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -27,14 +28,26 @@ class ProjectionHead(nn.Module):
       the head cannot map every clip to one point (the constant a bias could learn is removed).
     """
 
-    def __init__(self, in_dim: int = 512, hidden_dim: int = 512, out_dim: int = 128, slots: int = 1,
-                 batchnorm: bool = False, center_out: bool = False):
+    def __init__(
+        self,
+        in_dim: int = 512,
+        hidden_dim: int = 512,
+        out_dim: int = 128,
+        slots: int = 1,
+        batchnorm: bool = False,
+        center_out: bool = False,
+    ):
         super().__init__()
         self.out_dim, self.slots, self.batchnorm = out_dim, slots, batchnorm
         norm = [nn.BatchNorm1d(hidden_dim)] if batchnorm else []
         out = [nn.BatchNorm1d(slots * out_dim, affine=False)] if center_out else []
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), *norm, nn.ReLU(inplace=True),
-                                 nn.Linear(hidden_dim, slots * out_dim), *out)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            *norm,
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, slots * out_dim),
+            *out,
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.mlp(x)

@@ -7,6 +7,7 @@ loss (x0.1, patience scaled with the epoch count: 10 at 150 epochs), random-crop
 ``clips`` uniform clips per video, centre crop, mean of the clip softmax scores, top-1 and top-5 per video.
 Checkpoints every epoch (atomic), ``--resume``, ``metrics.jsonl`` + ``curves.png`` as in ``iic train``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,7 +50,9 @@ class FinetuneConfig:
     data: Path = Path("data/ucf101")
     split: int = 1
     source: SourceConfig = SourceConfig()  # --random-init = training from scratch
-    modality: str | None = None  # None: the method's protocol (model/protocol.py): res for IIC/CMC, rgb for DualVar
+    modality: str | None = (
+        None  # None: the method's protocol (model/protocol.py): res for IIC/CMC, rgb for DualVar
+    )
     epochs: int = 150
     batch_size: int = 16
     lr: float = 1e-3
@@ -91,8 +94,9 @@ def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _inputs(batch: dict, modality: str, crop: int, train: bool, gen: torch.Generator | None,
-            device: torch.device) -> Tensor:
+def _inputs(
+    batch: dict, modality: str, crop: int, train: bool, gen: torch.Generator | None, device: torch.device
+) -> Tensor:
     raw = {m: batch[m].to(device, non_blocking=True) for m in modalities_for((modality,))}
     B, hw = batch["index"].shape[0], augment.batch_hw(batch, next(iter(raw)))
     aug = augment.AugmentConfig(crop=crop, train=train)
@@ -101,13 +105,26 @@ def _inputs(batch: dict, modality: str, crop: int, train: bool, gen: torch.Gener
 
 
 @torch.no_grad()
-def clip_scores(net: nn.Module, dataset, modality: str, crop: int, device: torch.device, batch_size: int,
-                workers: int, n_videos: int, desc: str) -> tuple[Tensor, Tensor]:
+def clip_scores(
+    net: nn.Module,
+    dataset,
+    modality: str,
+    crop: int,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    n_videos: int,
+    desc: str,
+) -> tuple[Tensor, Tensor]:
     """Mean softmax scores per video ``(n_videos, classes)`` and labels ``(n_videos,)`` over test-mode clips."""
     net.eval()
     sums, labels, counts = None, torch.full((n_videos,), -1, dtype=torch.long), torch.zeros(n_videos)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_clips)
-    for batch in tqdm(worker_errors(loader), total=len(loader), desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_clips
+    )
+    for batch in tqdm(
+        worker_errors(loader), total=len(loader), desc=desc, unit="batch", leave=False, dynamic_ncols=True
+    ):
         p = F.softmax(net(_inputs(batch, modality, crop, False, None, device)).float(), dim=1).cpu()
         sums = torch.zeros(n_videos, p.shape[1]) if sums is None else sums
         idx = batch["index"].long()
@@ -133,11 +150,16 @@ def source_changes(saved: dict, now: dict, ckpt: dict, source_id: str) -> tuple[
     """How the backbone a fine-tuning starts from differs from the saved run's: by content (older
     checkpoints: by resolved path), and in the options that pick it."""
     old_source, new_source = saved.get("source") or {}, now["source"]
-    source = [f"source.{k}" for k, v in new_source.items() if k not in ("ckpt", "runs") and old_source.get(k) != v]
+    source = [
+        f"source.{k}" for k, v in new_source.items() if k not in ("ckpt", "runs") and old_source.get(k) != v
+    ]
     if "source_identity" in ckpt:
         if ckpt["source_identity"] != source_id:
             source.append("source (another backbone checkpoint)")
-    elif not (same_path(old_source.get("ckpt"), new_source["ckpt"]) and same_path(old_source.get("runs"), new_source["runs"])):
+    elif not (
+        same_path(old_source.get("ckpt"), new_source["ckpt"])
+        and same_path(old_source.get("runs"), new_source["runs"])
+    ):
         source.append("source")
     return tuple(source)
 
@@ -151,25 +173,49 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune and test; returns (and writes to ``recognition.json``) top-1/top-5 and the counts."""
     src, state = resolve_source(cfg.source)
     cfg = dataclasses.replace(cfg, modality=cfg.modality or default_input(src.method, src.view2))
-    out = Path(cfg.out) if cfg.out else eval_dir(src, cfg.source.runs, "recognition", cfg.data, cfg.split, cfg.modality)
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else eval_dir(src, cfg.source.runs, "recognition", cfg.data, cfg.split, cfg.modality)
+    )
     device = resolve_device(cfg.device)
     mods = modalities_for((cfg.modality,))
-    train_set = ClipDataset(cfg.data, cfg.split, "train", ClipConfig(src.frames, src.stride, mods), mode="train")
+    train_set = ClipDataset(
+        cfg.data, cfg.split, "train", ClipConfig(src.frames, src.stride, mods), mode="train"
+    )
     check_dataset_size(src, train_set.n_videos, cfg.data, cfg.split)
-    val_set = ClipDataset(cfg.data, cfg.split, "train", ClipConfig(src.frames, src.stride, mods, test_clips=1), mode="test")
-    test_set = ClipDataset(cfg.data, cfg.split, "test", ClipConfig(src.frames, src.stride, mods, test_clips=cfg.clips), mode="test")
+    val_set = ClipDataset(
+        cfg.data, cfg.split, "train", ClipConfig(src.frames, src.stride, mods, test_clips=1), mode="test"
+    )
+    test_set = ClipDataset(
+        cfg.data,
+        cfg.split,
+        "test",
+        ClipConfig(src.frames, src.stride, mods, test_clips=cfg.clips),
+        mode="test",
+    )
     n_classes = len(train_set.store.classes)
     tr_idx, val_idx = split_train_val(train_set.n_videos, cfg.val_fraction, cfg.seed)
     if len(tr_idx) < cfg.batch_size:
-        raise TrainingError(f"{len(tr_idx)} fine-tuning videos is fewer than a batch of {cfg.batch_size}; lower --batch-size")
+        raise TrainingError(
+            f"{len(tr_idx)} fine-tuning videos is fewer than a batch of {cfg.batch_size}; lower --batch-size"
+        )
 
     torch.manual_seed(cfg.seed)
     net = Classifier(load_backbone(src, state), n_classes).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cfg.patience)
     sampler = EpochSampler(len(tr_idx), cfg.seed, indices=tr_idx)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-                        collate_fn=collate_clips)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=True,
+        collate_fn=collate_clips,
+    )
 
     def step(batch: dict, gen: torch.Generator) -> Tensor:
         return F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)), batch["label"])
@@ -180,46 +226,104 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     if resume:
         ckpt = checkpoint.load(last, RESUME_KEYS, "an `iic eval recognition` checkpoint")
         saved = ckpt["config"] if isinstance(ckpt["config"], dict) else {}
-        check_resumable(ckpt, last, cfg.to_dict(), RESUME_FREE, cfg.data, source_changes(saved, cfg.to_dict(), ckpt, source_id))
+        check_resumable(
+            ckpt,
+            last,
+            cfg.to_dict(),
+            RESUME_FREE,
+            cfg.data,
+            source_changes(saved, cfg.to_dict(), ckpt, source_id),
+        )
         loop.load_state_dict(ckpt, last, scheduler=scheduler)
         log.info("resumed from %s at epoch %d", last, loop.epoch)
     else:
         refuse_existing(last, "a fine-tuning run")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    log.info("fine-tuning %s on %d videos (%d held out), %d classes, %s", src.describe(), len(tr_idx), len(val_idx),
-             n_classes, device)
+    log.info(
+        "fine-tuning %s on %d videos (%d held out), %d classes, %s",
+        src.describe(),
+        len(tr_idx),
+        len(val_idx),
+        n_classes,
+        device,
+    )
     runlog = RunLog(out)
     try:
         while loop.epoch < cfg.epochs:
-            with tqdm(total=len(loader), desc=f"epoch {loop.epoch + 1}/{cfg.epochs}", unit="step", leave=False) as bar:
+            with tqdm(
+                total=len(loader), desc=f"epoch {loop.epoch + 1}/{cfg.epochs}", unit="step", leave=False
+            ) as bar:
                 meter = loop.train_epoch(bar)
             loop.epoch += 1
-            metrics = {"epoch": loop.epoch, "loss": meter.loss, "lr": optimizer.param_groups[0]["lr"],
-                       "clips_per_s": meter.clips_per_s}
+            metrics = {
+                "epoch": loop.epoch,
+                "loss": meter.loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "clips_per_s": meter.clips_per_s,
+            }
             if len(val_idx):
-                scores, labels = clip_scores(net, Subset(val_set, val_idx.tolist()), cfg.modality, src.crop, device,
-                                             cfg.batch_size, cfg.workers, val_set.n_videos, "validation")
+                scores, labels = clip_scores(
+                    net,
+                    Subset(val_set, val_idx.tolist()),
+                    cfg.modality,
+                    src.crop,
+                    device,
+                    cfg.batch_size,
+                    cfg.workers,
+                    val_set.n_videos,
+                    "validation",
+                )
                 metrics["val_loss"] = float(F.nll_loss(scores.clamp_min(1e-12).log(), labels))
                 metrics["val_top1"] = topk_accuracy(scores, labels, 1)
             scheduler.step(metrics.get("val_loss", meter.loss))
             runlog.write(loop.step, **metrics)
-            log.info("epoch %d: %s", loop.epoch, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"))
-            checkpoint.save_atomic({"config": cfg.to_dict(), **loop.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "n_data": train_set.n_videos, "source": src.describe(),
-                                    "source_identity": source_id, "data_identity": data_id}, last)
+            log.info(
+                "epoch %d: %s",
+                loop.epoch,
+                ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch"),
+            )
+            checkpoint.save_atomic(
+                {
+                    "config": cfg.to_dict(),
+                    **loop.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "n_data": train_set.n_videos,
+                    "source": src.describe(),
+                    "source_identity": source_id,
+                    "data_identity": data_id,
+                },
+                last,
+            )
     finally:
         runlog.close()
-    scores, labels = clip_scores(net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers,
-                                 test_set.n_videos, "test")
-    result = {"config": cfg.to_dict(), "checkpoint": src.describe(), "chosen": src.chosen,
-              "data": data_record(src, cfg.data, cfg.split),
-              "top1": topk_accuracy(scores, labels, 1),
-              "top5": topk_accuracy(scores, labels, 5), "classes": n_classes,
-              "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])}, "out": str(out)}
-    checkpoint.save_atomic({"config": cfg.to_dict(), "epoch": loop.epoch, "model": net.state_dict(),
-                            "n_data": train_set.n_videos, "result": {k: result[k] for k in ("top1", "top5")}}, final)
+    scores, labels = clip_scores(
+        net, test_set, cfg.modality, src.crop, device, cfg.batch_size, cfg.workers, test_set.n_videos, "test"
+    )
+    result = {
+        "config": cfg.to_dict(),
+        "checkpoint": src.describe(),
+        "chosen": src.chosen,
+        "data": data_record(src, cfg.data, cfg.split),
+        "top1": topk_accuracy(scores, labels, 1),
+        "top5": topk_accuracy(scores, labels, 5),
+        "classes": n_classes,
+        "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])},
+        "out": str(out),
+    }
+    checkpoint.save_atomic(
+        {
+            "config": cfg.to_dict(),
+            "epoch": loop.epoch,
+            "model": net.state_dict(),
+            "n_data": train_set.n_videos,
+            "result": {k: result[k] for k in ("top1", "top5")},
+        },
+        final,
+    )
     (out / "recognition.json").write_text(json.dumps(result, indent=1))
     run = src.ckpt.parent.name if src.ckpt is not None else src.describe()
-    plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"{run}: fine-tuning on {cfg.modality} input")
+    plot_curves(
+        out / "metrics.jsonl", out / "curves.png", title=f"{run}: fine-tuning on {cfg.modality} input"
+    )
     return result

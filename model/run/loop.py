@@ -7,6 +7,7 @@ loop's seed, epoch, step index within the epoch, and the rank under torchrun), n
 resumed run continues exactly as the uninterrupted one (CPU, same thread count). The loop never waits on the
 device to time a step: the loss is summed on the device and read at the log interval and the epoch's end.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,7 +43,9 @@ class Loop:
     seed: int  # of the step generators
     step_fn: Callable[[dict, torch.Generator], Tensor]
     state: nn.Module | None = None  # what the method keeps that SGD does not train (banks, queues)
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped after every step (else: the caller's)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = (
+        None  # stepped after every step (else: the caller's)
+    )
     scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
     rank: int = 0
     world: int = 1
@@ -54,8 +57,9 @@ class Loop:
         """The random numbers of the ``index``-th step of the current epoch (on this rank)."""
         return torch.Generator().manual_seed(clip_seed(self.seed, self.epoch, index, self.rank))
 
-    def train_epoch(self, bar: tqdm | None = None, log: Callable[[Meter], None] | None = None,
-                    log_every: int = 0) -> Meter:
+    def train_epoch(
+        self, bar: tqdm | None = None, log: Callable[[Meter], None] | None = None, log_every: int = 0
+    ) -> Meter:
         """One pass over the loader; ``log(window)`` every ``log_every`` steps. Returns the epoch's meter."""
         self.net.train()
         if self.state is not None:
@@ -66,10 +70,15 @@ class Loop:
         t_end = time.perf_counter()
         for i, batch in enumerate(worker_errors(self.loader)):
             t_data = time.perf_counter()
-            if not self.corrupt.add(batch):  # every clip of the batch was corrupt: the schedule moves on without it
+            if not self.corrupt.add(
+                batch
+            ):  # every clip of the batch was corrupt: the schedule moves on without it
                 self._advance()
                 continue
-            batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            batch = {
+                k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v
+                for k, v in batch.items()
+            }
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=autocast):
                 loss = self.step_fn(batch, self.generator(i))
             self.optimizer.zero_grad(set_to_none=True)
@@ -86,8 +95,10 @@ class Loop:
             if log_every and self.step % log_every == 0:
                 ensure_finite(window.loss, f"epoch {self.epoch + 1} step {self.step}", TrainingError)
                 if bar is not None:
-                    bar.set_postfix_str(f"loss {window.loss:.3f}  {window.clips_per_s:.1f} clips/s  "
-                                        f"data {100 * window.data_share:.0f}%")
+                    bar.set_postfix_str(
+                        f"loss {window.loss:.3f}  {window.clips_per_s:.1f} clips/s  "
+                        f"data {100 * window.data_share:.0f}%"
+                    )
                 if log is not None:
                     log(window)
                 window.reset()
@@ -110,8 +121,10 @@ class Loop:
             "optimizer": self.optimizer.state_dict(),
             **({"scheduler": self.scheduler.state_dict()} if self.scheduler is not None else {}),
             "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(),
-                    **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+            },
         }
 
     def load_state_dict(self, ckpt: dict, path: Path, scheduler: object | None = None) -> None:
@@ -119,7 +132,9 @@ class Loop:
         (stepped per epoch) when the loop has none. Anything that does not fit is a one-line CheckpointError."""
         checkpoint.load_state(self.module, ckpt["model"], "the model", path)
         if self.state is not None:
-            checkpoint.load_state(self.state, ckpt["memory"], "the method's state (memory banks, queues)", path)
+            checkpoint.load_state(
+                self.state, ckpt["memory"], "the method's state (memory banks, queues)", path
+            )
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if self.scheduler is not None or scheduler is not None:
@@ -133,7 +148,9 @@ class Loop:
             self.epoch = int(ckpt["epoch"])
             self.step = int(ckpt["step"]) if "step" in ckpt else self.epoch * len(self.loader)
         except Exception as err:  # a damaged or foreign optimiser / scheduler / RNG state or counters
-            raise checkpoint.CheckpointError(f"cannot resume from {path}: {checkpoint.describe_error(err)}") from None
+            raise checkpoint.CheckpointError(
+                f"cannot resume from {path}: {checkpoint.describe_error(err)}"
+            ) from None
 
 
 def shutdown_workers(loader: DataLoader) -> None:

@@ -6,6 +6,7 @@ resolved, the run folder is wherever its ``last.pt`` is, and the data by identit
 (`VideoStore.identity`: manifest, content settings and stored frame sizes), which a checkpoint records
 under ``data_identity``. Checkpoints without it (older) fall back to the resolved data path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,19 +44,24 @@ def saved_run(run: Path) -> tuple[TrainConfig, int | None]:
 def saved_config(ckpt: dict, path: Path) -> TrainConfig:
     """The config a training checkpoint was written with (older layouts read as today's)."""
     if not isinstance(ckpt["config"], dict):
-        raise CheckpointError(f"{path} is not an `iic train` checkpoint: its config is a "
-                              f"{type(ckpt['config']).__name__}, not a dict")
+        raise CheckpointError(
+            f"{path} is not an `iic train` checkpoint: its config is a "
+            f"{type(ckpt['config']).__name__}, not a dict"
+        )
     try:
         return TrainConfig.from_dict(ckpt["config"])
     except (ConfigError, TypeError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"{path} is not an `iic train` checkpoint this version reads: "
-                              f"{str(err).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path} is not an `iic train` checkpoint this version reads: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def refuse_existing(last: Path, what: str) -> None:
     """A fresh run must not write over ``what`` that a ``last.pt`` there says is already in its folder."""
     if last.exists():
-        raise CheckpointError(f"{last.parent} already holds {what}: pass --resume to continue it or choose another --out")
+        raise CheckpointError(
+            f"{last.parent} already holds {what}: pass --resume to continue it or choose another --out"
+        )
 
 
 def refuse_changes(saved: dict, now: dict, free: set[str], path: Path, extra: tuple[str, ...] = ()) -> None:
@@ -63,21 +69,29 @@ def refuse_changes(saved: dict, now: dict, free: set[str], path: Path, extra: tu
     where and how it runs, places, which are compared by meaning, and what may be extended) must be equal;
     ``extra`` names other differences found."""
     old, new = flat_dict(saved), flat_dict(now)
-    diff = [f"{k}: {old.get(k)} -> {v}" for k, v in sorted(new.items())
-            if k not in free and k.split(".")[0] not in free and old.get(k) != v]
+    diff = [
+        f"{k}: {old.get(k)} -> {v}"
+        for k, v in sorted(new.items())
+        if k not in free and k.split(".")[0] not in free and old.get(k) != v
+    ]
     diff += list(extra)
     if diff:
-        raise CheckpointError(f"cannot resume {path} with another recipe ({', '.join(diff[:3])}"
-                              f"{f' and {len(diff) - 3} more' if len(diff) > 3 else ''}); start a new run for it")
+        raise CheckpointError(
+            f"cannot resume {path} with another recipe ({', '.join(diff[:3])}"
+            f"{f' and {len(diff) - 3} more' if len(diff) > 3 else ''}); start a new run for it"
+        )
 
 
-def check_resumable(ckpt: dict, path: Path, now: dict, free: set[str], data: Path, extra: tuple[str, ...] = ()) -> None:
+def check_resumable(
+    ckpt: dict, path: Path, now: dict, free: set[str], data: Path, extra: tuple[str, ...] = ()
+) -> None:
     """Whether the checkpoint ``ckpt`` (loaded from ``path``) may continue as the config ``now``: its saved
     config equal but for ``free`` (`refuse_changes`), and the data the same dataset (`check_data`)."""
     saved = ckpt["config"]
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{path} is not a checkpoint of this program: its config is a "
-                              f"{type(saved).__name__}, not a dict")
+        raise CheckpointError(
+            f"{path} is not a checkpoint of this program: its config is a {type(saved).__name__}, not a dict"
+        )
     refuse_changes(saved, now, free, path, extra)
     check_data(ckpt.get("data_identity") or {}, saved.get("data"), data, path)
 
@@ -103,16 +117,22 @@ def check_data(saved: dict, saved_data: str, data: Path, path: Path) -> None:
     `data_identity` dict or {} for older checkpoints) on ``data`` unless it is the same dataset."""
     if not saved:
         if not same_path(saved_data, data):
-            raise CheckpointError(f"--resume with other data than {path} was trained on ({saved_data} -> {data}; "
-                                  "the checkpoint predates data identities, so the paths must agree): "
-                                  "use the same --data or a new --out")
+            raise CheckpointError(
+                f"--resume with other data than {path} was trained on ({saved_data} -> {data}; "
+                "the checkpoint predates data identities, so the paths must agree): "
+                "use the same --data or a new --out"
+            )
         return
     now = data_identity(data, bool(saved.get("flow")))
     # checkpoints of versions before per-shard digests recorded the legacy form (reads every video: asked last)
-    if now["identity"] != saved.get("identity") and saved.get("identity") != _legacy_identity(data, bool(saved.get("flow"))):
+    if now["identity"] != saved.get("identity") and saved.get("identity") != _legacy_identity(
+        data, bool(saved.get("flow"))
+    ):
         where = "changed since" if same_path(saved.get("path"), data) else "is not the dataset"
-        raise CheckpointError(f"--resume: the data in {data} {where} {path} was trained on ({saved.get('path')}, "
-                              f"identity {saved.get('identity')} -> {now['identity']}): use that data or a new --out")
+        raise CheckpointError(
+            f"--resume: the data in {data} {where} {path} was trained on ({saved.get('path')}, "
+            f"identity {saved.get('identity')} -> {now['identity']}): use that data or a new --out"
+        )
 
 
 def file_digest(path: Path) -> str:

@@ -3,6 +3,7 @@
 TensorBoard is used when the ``tensorboard`` package is installed (it is optional: ``pip install
 iic[tensorboard]``); matplotlib draws the loss and learning-rate curves at the end of a run.
 """
+
 from __future__ import annotations
 
 import json
@@ -119,7 +120,12 @@ def draw_curves(metrics: list[dict], title: str, chance_top1: float | None = Non
         ax3 = axes[2]
         epochs = sorted(monitor)
         for key in sorted({k for r in monitor.values() for k in r if k.startswith("monitor_top1_")}):
-            ax3.plot(epochs, [monitor[e].get(key) for e in epochs], marker="o", label=key[len("monitor_top1_"):] + " input")
+            ax3.plot(
+                epochs,
+                [monitor[e].get(key) for e in epochs],
+                marker="o",
+                label=key[len("monitor_top1_") :] + " input",
+            )
         if chance_top1 is not None:
             ax3.axhline(chance_top1, color="tab:red", ls="--", lw=1, label=f"chance {chance_top1:.1f}")
         ax3.set(xlabel="epoch (0 = untrained)", ylabel="test top-1 (%)", title="monitor: retrieval top-1")
@@ -133,7 +139,9 @@ def plot_curves(metrics_path: Path, png: Path, title: str = "", chance_top1: flo
     """Loss (with its chance value, when logged), learning rate and the monitor's test top-1 against step,
     from metrics.jsonl (the last value wins for a step that a resumed run logged twice). The figure's title
     is ``title`` (callers name the run and its views), else the run folder's name."""
-    fig = draw_curves(read_metrics(metrics_path), title or f"run {Path(metrics_path).parent.name}", chance_top1)
+    fig = draw_curves(
+        read_metrics(metrics_path), title or f"run {Path(metrics_path).parent.name}", chance_top1
+    )
     import matplotlib.pyplot as plt
 
     fig.savefig(png, dpi=100, format="png")

@@ -12,6 +12,7 @@ Hand the runs longest first: workers take them in order, so the long one does no
 (`iic demo` computes each run's retrieval features in the worker that trained it, so no core idles while
 the longest run ends).
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,9 @@ class TrainTask:
         return final
 
 
-def train_all(cfgs: Sequence[TrainConfig], jobs: int,
-              done: Callable[[TrainConfig, Path, float], None] | None = None) -> list[Path]:
+def train_all(
+    cfgs: Sequence[TrainConfig], jobs: int, done: Callable[[TrainConfig, Path, float], None] | None = None
+) -> list[Path]:
     """Train every config whose ``final.pt`` does not exist yet (an interrupted one resumes), ``jobs`` at a
     time in worker processes (``jobs`` <= 1: one after another in this process); returns every final
     checkpoint, in the order of ``cfgs``. ``done(cfg, final, seconds)`` is called as each run ends."""

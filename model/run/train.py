@@ -13,6 +13,7 @@ step, so a run trains with the same recipe (batch, learning rate, schedule) on a
 process draws its own random numbers (its own rank's stream), while the weights and the method's state stay
 equal on all of them: checked after every epoch.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,16 @@ from tqdm import tqdm
 from .. import checkpoint, methods
 from ..config import ConfigError, TrainConfig, resume_paths
 from ..data.clips import ClipConfig, ClipDataset, EpochSampler, collate_clips
-from ..distributed import (Dist, all_reduce_mean, barrier, cleanup, cpu_threads, init_distributed, ranks_disagree,
-                           resolve_device)
+from ..distributed import (
+    Dist,
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    cpu_threads,
+    init_distributed,
+    ranks_disagree,
+    resolve_device,
+)
 from ..evaluation.monitor import Monitor
 from ..evaluation.protocol import iic_chance_loss
 from .loop import Loop, TrainingError, shutdown_workers
@@ -42,7 +51,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TrainingError", "train", "build_run", "lr_factor"]
 
-STEP_SEED = 7919  # added to the run's seed for the step generators (the loader's clip starts use the seed itself)
+STEP_SEED = (
+    7919  # added to the run's seed for the step generators (the loader's clip starts use the seed itself)
+)
 
 
 @dataclass
@@ -51,7 +62,9 @@ class Run:
     dist: Dist
     dataset: ClipDataset
     loop: Loop
-    data_identity: dict = field(default_factory=dict)  # resume.data_identity of cfg.data, saved with each checkpoint
+    data_identity: dict = field(
+        default_factory=dict
+    )  # resume.data_identity of cfg.data, saved with each checkpoint
 
     @property
     def encoder(self) -> torch.nn.Module:  # the unwrapped network, with ``.backbone``
@@ -62,25 +75,45 @@ class Run:
         return self.loop.epoch
 
 
-def build_loader(cfg: TrainConfig, d: Dist, device: torch.device) -> tuple[ClipDataset, EpochSampler, DataLoader]:
-    if cfg.skip_corrupt and d.world > 1:  # ranks would step on batches of different sizes (gathers need equal)
-        raise ConfigError("--skip-corrupt runs on one process only: under torchrun, repair the data first "
-                          "(`iic-prep extract --repair`)")
+def build_loader(
+    cfg: TrainConfig, d: Dist, device: torch.device
+) -> tuple[ClipDataset, EpochSampler, DataLoader]:
+    if (
+        cfg.skip_corrupt and d.world > 1
+    ):  # ranks would step on batches of different sizes (gathers need equal)
+        raise ConfigError(
+            "--skip-corrupt runs on one process only: under torchrun, repair the data first "
+            "(`iic-prep extract --repair`)"
+        )
     if cfg.batch_size % d.world:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch: it must divide among the {d.world} "
-                          "processes")
-    clip_cfg = ClipConfig(frames=cfg.frames, stride=cfg.stride, modalities=cfg.modalities,
-                          clips_per_sample=cfg.clips_per_sample, skip_corrupt=cfg.skip_corrupt)
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} is the global batch: it must divide among the {d.world} processes"
+        )
+    clip_cfg = ClipConfig(
+        frames=cfg.frames,
+        stride=cfg.stride,
+        modalities=cfg.modalities,
+        clips_per_sample=cfg.clips_per_sample,
+        skip_corrupt=cfg.skip_corrupt,
+    )
     dataset = ClipDataset(cfg.data, cfg.split, "train", clip_cfg, mode="train")
     per_rank = cfg.batch_size // d.world
     if dataset.n_videos < cfg.batch_size:
-        raise ConfigError(f"batch size {cfg.batch_size} is larger than the {dataset.n_videos} training videos of "
-                          f"split {cfg.split}; lower --batch-size")
+        raise ConfigError(
+            f"batch size {cfg.batch_size} is larger than the {dataset.n_videos} training videos of "
+            f"split {cfg.split}; lower --batch-size"
+        )
     sampler = EpochSampler(dataset.n_videos, cfg.seed, shuffle=True, rank=d.rank, world=d.world)
     loader = DataLoader(
-        dataset, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None, collate_fn=collate_clips,
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.workers > 0,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+        collate_fn=collate_clips,
     )
     return dataset, sampler, loader
 
@@ -112,20 +145,37 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
 
 
 def build_run(cfg: TrainConfig) -> Run:
-    d = init_distributed("cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-                         else "cpu")
+    d = init_distributed(
+        "cuda"
+        if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
     device = resolve_device(cfg.device, d)
     torch.manual_seed(cfg.seed)  # model initialisation, identical on every rank
     dataset, sampler, loader = build_loader(cfg, d, device)
     encoder, memory, step = methods.build(cfg, dataset.n_videos)
     encoder, memory = encoder.to(device), memory.to(device)
-    net = DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None) if d.world > 1 else encoder
+    net = (
+        DistributedDataParallel(encoder, device_ids=[device] if device.type == "cuda" else None)
+        if d.world > 1
+        else encoder
+    )
     optimizer = build_optimizer(encoder.parameters(), cfg)
-    loop = Loop(net, encoder, optimizer, loader, sampler, device, cfg.seed + STEP_SEED,
-                lambda batch, gen: step(net, memory, batch, cfg, gen, device), state=memory,
-                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, len(loader))),  # per step
-                scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda"), rank=d.rank,
-                world=d.world)
+    loop = Loop(
+        net,
+        encoder,
+        optimizer,
+        loader,
+        sampler,
+        device,
+        cfg.seed + STEP_SEED,
+        lambda batch, gen: step(net, memory, batch, cfg, gen, device),
+        state=memory,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, len(loader))),  # per step
+        scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda"),
+        rank=d.rank,
+        world=d.world,
+    )
     return Run(cfg, d, dataset, loop)
 
 
@@ -147,7 +197,18 @@ def state_dict(run: Run) -> dict:
 
 
 # what `restore` needs of a checkpoint (`state_dict` writes more)
-RESUME_KEYS = ("config", "epoch", "step", "model", "memory", "optimizer", "scheduler", "scaler", "rng", "n_data")
+RESUME_KEYS = (
+    "config",
+    "epoch",
+    "step",
+    "model",
+    "memory",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "n_data",
+)
 
 
 def restore(run: Run, ckpt: dict, path: Path) -> None:
@@ -156,7 +217,8 @@ def restore(run: Run, ckpt: dict, path: Path) -> None:
     its new length (`lr_factor`)."""
     if ckpt["n_data"] != run.dataset.n_videos:
         raise checkpoint.CheckpointError(
-            f"checkpoint {path} banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos")
+            f"checkpoint {path} banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos"
+        )
     run.loop.load_state_dict(ckpt, path)
     scheduler = run.loop.scheduler
     for group, base, f in zip(run.loop.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
@@ -165,9 +227,14 @@ def restore(run: Run, ckpt: dict, path: Path) -> None:
 
 def train_one_epoch(run: Run, bar: tqdm | None, runlog: RunLog) -> Meter:
     def log_window(window: Meter) -> None:
-        runlog.write(run.loop.step, epoch=run.loop.epoch + 1, loss=window.loss,
-                     lr=run.loop.optimizer.param_groups[0]["lr"], clips_per_s=window.clips_per_s,
-                     data_share=window.data_share)
+        runlog.write(
+            run.loop.step,
+            epoch=run.loop.epoch + 1,
+            loss=window.loss,
+            lr=run.loop.optimizer.param_groups[0]["lr"],
+            clips_per_s=window.clips_per_s,
+            data_share=window.data_share,
+        )
 
     return run.loop.train_epoch(bar, log_window, run.cfg.log_every)
 
@@ -200,18 +267,41 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         log.info("config: %s", json.dumps(cfg.to_dict()))
-        log.info("%d training videos, %d steps/epoch, device %s, world %d, %d CPU threads",
-                 run.dataset.n_videos, len(loop.loader), loop.device, run.dist.world, torch.get_num_threads())
+        log.info(
+            "%d training videos, %d steps/epoch, device %s, world %d, %d CPU threads",
+            run.dataset.n_videos,
+            len(loop.loader),
+            loop.device,
+            run.dist.world,
+            torch.get_num_threads(),
+        )
     runlog = RunLog(out, enabled=main)
-    chance = (iic_chance_loss(cfg.iic.K, cfg.iic.neg != "none", cfg.iic.live_negative,
-                              cfg.batch_size if cfg.iic.batch_negatives else 0)
-              if cfg.method == "iic" else None)
-    monitor = Monitor(cfg, loop.device, progress=progress, rank=run.dist.rank, world=run.dist.world) \
-        if cfg.monitor_every > 0 else None
-    if monitor is not None and loop.epoch == 0:  # the untrained network: the baseline the curve is read against
+    chance = (
+        iic_chance_loss(
+            cfg.iic.K,
+            cfg.iic.neg != "none",
+            cfg.iic.live_negative,
+            cfg.batch_size if cfg.iic.batch_negatives else 0,
+        )
+        if cfg.method == "iic"
+        else None
+    )
+    monitor = (
+        Monitor(cfg, loop.device, progress=progress, rank=run.dist.rank, world=run.dist.world)
+        if cfg.monitor_every > 0
+        else None
+    )
+    if (
+        monitor is not None and loop.epoch == 0
+    ):  # the untrained network: the baseline the curve is read against
         runlog.write(0, epoch=0, **monitor(run.encoder.backbone))
-    bar = tqdm(total=len(loop.loader) * cfg.epochs, initial=len(loop.loader) * loop.epoch, unit="step",
-               dynamic_ncols=True, disable=not (main and progress))
+    bar = tqdm(
+        total=len(loop.loader) * cfg.epochs,
+        initial=len(loop.loader) * loop.epoch,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (main and progress),
+    )
     try:
         while loop.epoch < cfg.epochs:
             meter = train_one_epoch(run, bar if main else None, runlog)
@@ -219,13 +309,21 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
             epoch_loss = all_reduce_mean(meter.loss, loop.device)
             disagree = ranks_disagree([*loop.module.parameters(), *loop.state.buffers()])
             if disagree:
-                raise TrainingError(f"the processes hold different weights or memory after epoch {loop.epoch} "
-                                    f"({disagree}); stopped, last good checkpoint kept")
+                raise TrainingError(
+                    f"the processes hold different weights or memory after epoch {loop.epoch} "
+                    f"({disagree}); stopped, last good checkpoint kept"
+                )
             scores = monitor(run.encoder.backbone) if monitor is not None and monitor.due(loop.epoch) else {}
             if main:
-                runlog.write(loop.step, epoch=loop.epoch, epoch_loss=epoch_loss, lr=loop.optimizer.param_groups[0]["lr"],
-                             clips_per_s=meter.clips_per_s, data_share=meter.data_share,
-                             **({"chance_loss": chance} if chance is not None else {}))
+                runlog.write(
+                    loop.step,
+                    epoch=loop.epoch,
+                    epoch_loss=epoch_loss,
+                    lr=loop.optimizer.param_groups[0]["lr"],
+                    clips_per_s=meter.clips_per_s,
+                    data_share=meter.data_share,
+                    **({"chance_loss": chance} if chance is not None else {}),
+                )
                 if scores:
                     runlog.write(loop.step, epoch=loop.epoch, **scores)
                 checkpoint.save_atomic(state_dict(run), last)
@@ -234,9 +332,12 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
             log.warning("%s", loop.corrupt.summary())
         if main:
             checkpoint.save_atomic(state_dict(run), final)
-            plot_curves(out / "metrics.jsonl", out / "curves.png",
-                        title=f"{out.name}: {describe(cfg)}",
-                        chance_top1=monitor.chance_top1 if monitor is not None else None)
+            plot_curves(
+                out / "metrics.jsonl",
+                out / "curves.png",
+                title=f"{out.name}: {describe(cfg)}",
+                chance_top1=monitor.chance_top1 if monitor is not None else None,
+            )
     finally:
         bar.close()
         runlog.close()

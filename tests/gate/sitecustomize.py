@@ -8,6 +8,7 @@ waits until the test opens the FIFO ``IIC_GATE_MARKER.release`` for writing (ope
 until then: no polling), then runs the call. A test that never releases the gate SIGKILLs the run at a known
 point: the run cannot have finished in the meantime, whatever the machine's load.
 """
+
 import os
 
 _GATE = os.environ.get("IIC_GATE")
