@@ -63,8 +63,8 @@ class DemoConfig:
         return Path(self.data) / "runs"
 
 
-# (row name, preset, method). IIC with shuffle negatives (`tiny-shuffle`) is in bench/bench_learning.py, not here: the demo stays within
-# ~11 minutes on 2 cores.
+# (row name, preset, method). IIC with shuffle negatives (`tiny-shuffle`) is in bench/bench_learning.py, not
+# here: the demo stays within ~11 minutes on 2 cores.
 RUNS = (
     ("IIC (repeat)", "tiny", "iic"),
     ("CMC baseline", "cmc-tiny", "iic"),
@@ -183,7 +183,9 @@ def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tupl
         for _, preset, _ in runs
     ]
     jobs = (cfg.jobs or cpu_cores()) if _cpu() else 1
-    pending = [name for (name, _, _), c in zip(runs, cfgs) if not (Path(c.out) / "final.pt").exists()]
+    pending = [
+        name for (name, _, _), c in zip(runs, cfgs, strict=True) if not (Path(c.out) / "final.pt").exists()
+    ]
     if pending:
         progress(
             f"training {', '.join(pending)}"
@@ -194,7 +196,7 @@ def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tupl
     alone = jobs <= 1  # progress bars only when nothing runs beside
     tasks = [
         TrainTask(c, then=functools.partial(prefetch_run, cfg, method, alone))
-        for (_, _, method), c in zip(runs, cfgs)
+        for (_, _, method), c in zip(runs, cfgs, strict=True)
     ]
     finals: list[Path] = [Path()] * len(runs)
     for i, result, seconds in side_by_side(
@@ -205,7 +207,7 @@ def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tupl
             progress(f"{runs[i][0]}: trained and encoded in {seconds:.0f} s -> {result}")
         else:
             progress(f"random-init features in {seconds:.0f} s")
-    return {name: (method, final) for (name, _, method), final in zip(runs, finals)}
+    return {name: (method, final) for (name, _, method), final in zip(runs, finals, strict=True)}
 
 
 Row = tuple[
@@ -258,8 +260,9 @@ def table(rows: list[Row], ks: tuple[int, ...] = (1, 5, 10)) -> list[str]:
     r0 = next(iter(rows[0][2].values()))
     classes = len(set(q["label"] for q in r0["queries"]))
     lines.append(
-        f"retrieval top-k (%) of {r0['counts']['queries']} test videos against {r0['counts']['gallery']} train "
-        f"videos ({classes} classes: chance top-1 {100 / classes:.1f}%), mean of {r0['config']['clips']} clips, "
+        f"retrieval top-k (%) of {r0['counts']['queries']} test videos against {r0['counts']['gallery']} "
+        f"train videos ({classes} classes: chance top-1 {100 / classes:.1f}%), "
+        f"mean of {r0['config']['clips']} clips, "
         "features of the RGB / residual input, each method with its own protocol (- = an input its paper "
         "does not report)"
     )
@@ -267,8 +270,8 @@ def table(rows: list[Row], ks: tuple[int, ...] = (1, 5, 10)) -> list[str]:
 
 
 def run_demo(cfg: DemoConfig, progress: Progress = log.info) -> list[str]:
-    """Run everything, saying each stage and each run as it ends (``progress``); returns the lines of the final
-    report (also saved as ``<runs>/demo.json``)."""
+    """Run everything, saying each stage and each run as it ends (``progress``); returns the lines of the
+    final report (also saved as ``<runs>/demo.json``)."""
     t0 = time.perf_counter()
     progress(f"preparing the synthetic dataset in {cfg.processed} (generate, extract, flow)")
     prepare_data(cfg)

@@ -145,7 +145,8 @@ _STRING_OPS = {
 
 
 def _imports(data: bytes) -> list[str] | None:
-    """Globals a whole pickle imports beyond those of a torch checkpoint; None when it is not a whole pickle."""
+    """Globals a whole pickle imports beyond those of a torch checkpoint; None when it is not a whole
+    pickle."""
     found: list[str] = []
     strings: list[str] = []  # strings pushed so far (STACK_GLOBAL takes module and name from the stack)
     memo: dict[int, object] = {}

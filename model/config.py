@@ -285,8 +285,9 @@ class SimCLRAugmentConfig:
     """SimCLR's augmentation of clips (Chen et al. 2020, appendix A), applied by model/data/augment.py:
     DualVar's views, and IIC's RGB view with ``--rgb-aug simclr``. Set with ``--dualvar KEY=VALUE``.
 
-    crop, flip:        random square crop, horizontal flip with p = 0.5 (a run's are `TrainConfig.crop`/``flip``).
-    jitter_p:          probability of colour jitter; then brightness/contrast/saturation factors are drawn
+    crop, flip:        random square crop, horizontal flip with p = 0.5 (a run's are
+    `TrainConfig.crop`/``flip``). jitter_p:          probability of colour jitter; then
+    brightness/contrast/saturation factors are drawn
                        from [1 - s, 1 + s] (s = ``brightness``, ``contrast``, ``saturation``) and a hue shift
                        from [-hue, hue] turns (order b, c, s, h; SimCLR's strength 0.5: 0.4, 0.4, 0.4, 0.1).
     grayscale_p:       probability of converting the clip to grey (0 = off).
@@ -556,7 +557,8 @@ class TrainConfig:
             ),
             (
                 self.warmup_epochs <= self.epochs,
-                f"--warmup-epochs {self.warmup_epochs}: the warm-up must fit in the run (--epochs {self.epochs})",
+                f"--warmup-epochs {self.warmup_epochs}: the warm-up must fit in the run "
+                f"(--epochs {self.epochs})",
             ),
             (
                 all(0 < f < 1 for f in self.milestones),
@@ -564,7 +566,8 @@ class TrainConfig:
             ),
             (
                 self.method != "dualvar" or self.frames % self.dualvar.n_segments == 0,
-                f"DualVar splits a clip into {self.dualvar.n_segments} segments: --frames {self.frames} is not divisible",
+                f"DualVar splits a clip into {self.dualvar.n_segments} segments: "
+                f"--frames {self.frames} is not divisible",
             ),
         ]
         for ok, message in checks:
@@ -843,8 +846,8 @@ def flat_dict(d: Mapping, prefix: str = "") -> dict:
 
 
 def recipe_changes(saved: TrainConfig, asked: TrainConfig) -> list[str]:
-    """Where ``asked`` differs from ``saved`` in a fixed option (the run's recipe): ``--neg shuffle (the run's:
-    repeat)``, or ``dualvar.tau_clip 0.1 (...)`` for an option without a flag of its own."""
+    """Where ``asked`` differs from ``saved`` in a fixed option (the run's recipe): ``--neg shuffle (the
+    run's: repeat)``, or ``dualvar.tau_clip 0.1 (...)`` for an option without a flag of its own."""
     old, new = flat_dict(saved.to_dict()), flat_dict(asked.to_dict())
     loose = resume_paths(RESUME_FREE) | resume_paths(RESUME_EXTEND)
     out = []

@@ -26,8 +26,8 @@ class Dist:
 
 @contextmanager
 def cpu_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (0: leave the setting), then restore it. CPU results are
-    bit-identical only for the same count."""
+    """Run the block with ``n`` torch intra-op threads (0: leave the setting), then restore it. CPU results
+    are bit-identical only for the same count."""
     before = torch.get_num_threads()
     if n:
         torch.set_num_threads(n)

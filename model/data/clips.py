@@ -147,8 +147,8 @@ class ClipDataset(Dataset):
             ]
             if no_flow:
                 raise DataError(
-                    f"{len(no_flow)} {subset} videos have no flow (e.g. {no_flow[0]}): re-run `iic-prep flow` "
-                    "or train on a non-flow view"
+                    f"{len(no_flow)} {subset} videos have no flow (e.g. {no_flow[0]}): "
+                    "re-run `iic-prep flow` or train on a non-flow view"
                 )
         if not rows:
             raise DataError(f"split {split} has no {subset} videos extracted in {self.store.data_dir}")
@@ -179,9 +179,9 @@ class ClipDataset(Dataset):
         return self.n_videos if self.mode == "train" else self.n_videos * self.cfg.test_clips
 
     def __getitem__(self, item) -> dict:
-        """A sample; with ``skip_corrupt``, a clip that cannot be read as stored (checksum mismatch, counts that
-        disagree with the shard) is ``{"corrupt": (video id, one-line reason)}``, which `collate_clips` leaves
-        out of the batch and reports under ``batch["corrupt"]``."""
+        """A sample; with ``skip_corrupt``, a clip that cannot be read as stored (checksum mismatch, counts
+        that disagree with the shard) is ``{"corrupt": (video id, one-line reason)}``, which `collate_clips`
+        leaves out of the batch and reports under ``batch["corrupt"]``."""
         index = item[0] if self.mode == "train" else int(item) // self.cfg.test_clips
         try:
             return self._get(item)
@@ -249,9 +249,9 @@ class ClipDataset(Dataset):
 
 def collate_clips(samples: list[dict]) -> dict:
     """`default_collate`, after zero-padding (bottom, right) every clip ``(C, T, H, W)`` to the largest (H, W)
-    of the batch when the samples' sizes differ; each sample's own size stays in ``hw`` (B, 2). Corrupt samples
-    (``skip_corrupt``) are left out and listed under ``corrupt`` [(id, reason)]; a batch of only corrupt
-    samples is ``{"corrupt": [...]}``."""
+    of the batch when the samples' sizes differ; each sample's own size stays in ``hw`` (B, 2). Corrupt
+    samples (``skip_corrupt``) are left out and listed under ``corrupt`` [(id, reason)]; a batch of only
+    corrupt samples is ``{"corrupt": [...]}``."""
     corrupt = [s["corrupt"] for s in samples if "corrupt" in s]
     samples = [s for s in samples if "corrupt" not in s]
     if not samples:
@@ -283,8 +283,8 @@ class CorruptTally:
             return ""
         first = ", ".join(list(self.videos)[:5]) + (" ..." if len(self.videos) > 5 else "")
         return (
-            f"{self.clips} clip(s) of {len(self.videos)} corrupt video(s) left out ({first}): `iic-prep check` "
-            "names the damage, `iic-prep extract --repair` rewrites it"
+            f"{self.clips} clip(s) of {len(self.videos)} corrupt video(s) left out ({first}): "
+            "`iic-prep check` names the damage, `iic-prep extract --repair` rewrites it"
         )
 
 

@@ -145,7 +145,8 @@ class RetrievalConfig:
         return self
 
     def with_protocol(self, method: str, view2: str | None = None) -> RetrievalConfig:
-        """Fill the modality / feature / centring left open (None) with ``method``'s protocol; random init: IIC's."""
+        """Fill the modality / feature / centring left open (None) with ``method``'s protocol (a random init:
+        IIC's)."""
         proto = protocol_of_source(method)
         return dataclasses.replace(
             self,
@@ -208,7 +209,8 @@ def eval_base(src: BackboneSource, runs: Path) -> Path:
 
 def eval_dir(src: BackboneSource, runs: Path, kind: str, data: Path, split: int, *parts: str) -> Path:
     """One evaluation's own folder, named by what it evaluates, so that evaluations never overwrite each
-    other: ``<eval base>/<kind>-<dataset folder>-s<split>-<parts...>``, e.g. ``retrieval-ucf101-s1-res-conv5``."""
+    other: ``<eval base>/<kind>-<dataset folder>-s<split>-<parts...>``, e.g.
+    ``retrieval-ucf101-s1-res-conv5``."""
     return eval_base(src, runs) / "-".join([kind, Path(data).name, f"s{split}", *parts])
 
 
@@ -380,7 +382,7 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
                 "nearest_labels": [int(gallery.labels[j]) for j in res.indices[i]],
                 "similarities": [round(float(s), 6) for s in res.similarities[i]],
             }
-            for i, (vid, lab) in enumerate(zip(queries.video_ids, queries.labels))
+            for i, (vid, lab) in enumerate(zip(queries.video_ids, queries.labels, strict=True))
         ],
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -396,7 +398,8 @@ def table_lines(result: dict) -> list[str]:
     """The terminal table of a retrieval result."""
     ks = list(result["topk"])
     lines = [
-        f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} gallery videos "
+        f"retrieval of {result['counts']['queries']} queries against {result['counts']['gallery']} "
+        "gallery videos "
         f"({result['feature_dim']}-d {result['config']['feature']}, {'+'.join(_views(result))}"
         f"{', centred' if result['center'] else ''}) — {result['checkpoint']}"
     ]
@@ -406,7 +409,8 @@ def table_lines(result: dict) -> list[str]:
     lines.append("  ".join(f"{result['topk'][k]:7.1f}" for k in ks))
     if result["capped"]:
         lines.append(
-            f"k capped at the gallery size {result['n_gallery']} for k = {', '.join(map(str, result['capped']))}"
+            f"k capped at the gallery size {result['n_gallery']} for k = "
+            f"{', '.join(map(str, result['capped']))}"
         )
     if result["merge_note"]:
         lines.append(result["merge_note"])

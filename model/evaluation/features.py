@@ -77,8 +77,8 @@ class AmbiguousRun(checkpoint.CheckpointError):
 
 
 def find_checkpoint(runs: Path) -> Path:
-    """The one ``final.pt`` under ``runs`` (a run folder or a folder of runs); more than one is refused, naming
-    them: which run an evaluation is for is the user's to say."""
+    """The one ``final.pt`` under ``runs`` (a run folder or a folder of runs); more than one is refused,
+    naming them: which run an evaluation is for is the user's to say."""
     runs = Path(runs)
     found = sorted(runs.rglob("final.pt"), key=lambda p: p.stat().st_mtime_ns) if runs.is_dir() else []
     if not found:
@@ -178,17 +178,19 @@ def dataset_name(data: Path) -> str:
 
 
 def is_transfer(src: BackboneSource, data: Path) -> bool:
-    """The checkpoint was pretrained on another dataset than ``data`` (e.g. Kinetics-400, evaluated on UCF101)."""
+    """The checkpoint was pretrained on another dataset than ``data`` (e.g. Kinetics-400, evaluated on
+    UCF101)."""
     return src.pretrain_dataset is not None and src.pretrain_dataset != dataset_name(data)
 
 
 def check_dataset_size(src: BackboneSource, n_train: int, data: Path, split: int) -> None:
-    """A checkpoint trained on the same dataset with another list size is for another split or copy: refuse it.
-    One pretrained on another dataset (named in the checkpoint) is a transfer and evaluated as such; older
+    """A checkpoint trained on the same dataset with another list size is for another split or copy: refuse
+    it. One pretrained on another dataset (named in the checkpoint) is a transfer and evaluated as such; older
     checkpoints, which do not name their dataset, must match in size."""
     if src.n_data is not None and src.n_data != n_train and not is_transfer(src, data):
         raise checkpoint.CheckpointError(
-            f"checkpoint {src.ckpt} was trained on {src.n_data} videos but {data} split {split} has {n_train} "
+            f"checkpoint {src.ckpt} was trained on {src.n_data} videos but {data} split {split} has "
+            f"{n_train} "
             "training videos: a checkpoint for another dataset?"
         )
 
@@ -226,8 +228,9 @@ Key = tuple[str, str]  # (view, feature)
 
 
 def cache_key(src: BackboneSource, spec: FeatureSpec, key: Key, identity: str) -> str:
-    """Name of the cache file of one (view, feature) of ``spec``'s list: every view and feature is a file of its
-    own, so one pass over the clips can fill several and a later evaluation of any of them reads its file."""
+    """Name of the cache file of one (view, feature) of ``spec``'s list: every view and feature is a file of
+    its own, so one pass over the clips can fill several and a later evaluation of any of them reads its
+    file."""
     view, feature = key
     parts = {
         "weights": src.key(),
@@ -280,9 +283,10 @@ def extract(
     progress: bool = True,
     items: Sequence[int] | None = None,
 ) -> tuple[dict[Key, np.ndarray], float, dict[str, str]]:
-    """Mean over each video's test clips of each of ``features`` of each view -> ``{(view, feature): (N, D)}``,
-    clips/s, and the videos left out ``{id: reason}``. One decode per clip and one forward per view serve every
-    feature. With ``dataset.cfg.skip_corrupt``, a video with a corrupt clip is left out: its rows are NaN.
+    """Mean over each video's test clips of each of ``features`` of each view -> ``{(view, feature): (N,
+    D)}``, clips/s, and the videos left out ``{id: reason}``. One decode per clip and one forward per view
+    serve every feature. With ``dataset.cfg.skip_corrupt``, a video with a corrupt clip is left out: its rows
+    are NaN.
 
     ``dataset`` must be in test mode; clips are centre-cropped to ``crop`` (`augment.AugmentConfig`
     with ``train=False``), mapped to the encoder input by `views.view_input`. ``items``: only these items of
@@ -395,9 +399,9 @@ def feature_sets(
     skip_corrupt: bool = False,
     progress: bool = True,
 ) -> FeatureSets:
-    """Every (view, feature) of ``spec.views`` x ``features`` for ``spec``'s list: those in ``cache_dir`` read,
-    the others extracted together in one pass over the clips and cached. ``skip_corrupt``: a video with a
-    corrupt clip is left out (NaN rows, listed) instead of stopping the extraction. ``progress=False``: no
+    """Every (view, feature) of ``spec.views`` x ``features`` for ``spec``'s list: those in ``cache_dir``
+    read, the others extracted together in one pass over the clips and cached. ``skip_corrupt``: a video with
+    a corrupt clip is left out (NaN rows, listed) instead of stopping the extraction. ``progress=False``: no
     progress bar (work side by side, `model/sweep.py`)."""
     spec.validate()
     for feature in features:
@@ -474,7 +478,7 @@ def as_video_features(
     return VideoFeatures(
         {v: sets.values[v, feature][keep] for v in views},
         sets.dataset.labels.astype(np.int64)[keep],
-        [v for v, k in zip(ids, keep) if k],
+        [v for v, k in zip(ids, keep, strict=True) if k],
         cached=sets.cached,
         clips_per_s=sets.clips_per_s,
         path=Path(cache_dir) if cache_dir else None,
@@ -503,7 +507,8 @@ def data_record(src: BackboneSource, data: Path, split: int) -> dict:
 
 
 def data_line(record: dict) -> str:
-    """``pretrained on kinetics400 (650 videos, data/kinetics400); evaluated on ucf101 split 1 (data/ucf101)``."""
+    """``pretrained on kinetics400 (650 videos, data/kinetics400); evaluated on ucf101 split 1
+    (data/ucf101)``."""
     p, e = record["pretrained_on"], record["evaluated_on"]
     if p is None:
         head = "no pretraining (random init)"

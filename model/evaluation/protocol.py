@@ -38,13 +38,14 @@ PROTOCOLS: dict[str, RetrievalProtocol] = {
 
 
 def protocol_of_source(method: str) -> RetrievalProtocol:
-    """The protocol of a backbone trained with ``method``; a random init (or another method) is read with IIC's."""
+    """The protocol of a backbone trained with ``method``; a random init (or another method) is read with
+    IIC's."""
     return PROTOCOLS.get(method, PROTOCOLS["iic"])
 
 
 def default_input(method: str, view2: str | None = None) -> str:
-    """The input a backbone is scored on by default: its method's protocol's, except for an IIC run whose second
-    view was a flow component, which is scored on that view (it never saw residuals)."""
+    """The input a backbone is scored on by default: its method's protocol's, except for an IIC run whose
+    second view was a flow component, which is scored on that view (it never saw residuals)."""
     if method == "iic" and view2 in FLOW_COMPONENTS:
         return view2
     return protocol_of_source(method).modality
@@ -57,9 +58,10 @@ def protocol_for(method: str) -> RetrievalProtocol:
 
 
 def iic_chance_loss(K: int, intra_neg: bool, live_negative: bool = False, batch: int = 0) -> float:
-    """The IIC / CMC loss of uniform logits: 2 ln(columns), columns = K + 1 (CMC) or 2K + 2 (IIC) (1 with K = 0), + 1 with
-    the live negative, + the batch negatives of a global batch of ``batch`` clips (N - 1 other clips, and N
-    intra-negatives with IIC; 0 = no batch negatives). A run whose loss stays here has learnt nothing."""
+    """The IIC / CMC loss of uniform logits: 2 ln(columns), columns = K + 1 (CMC) or 2K + 2 (IIC) (1 with K =
+    0), + 1 with the live negative, + the batch negatives of a global batch of ``batch`` clips (N - 1 other
+    clips, and N intra-negatives with IIC; 0 = no batch negatives). A run whose loss stays here has learnt
+    nothing."""
     bank = (K + (K + 1 if intra_neg else 0)) if K else 0  # K = 0: no bank columns
     columns = 1 + bank + (1 if live_negative else 0)
     if batch:

@@ -24,8 +24,8 @@ BORDERS = {
 
 
 def _middle(store: VideoStore, video_id: str, modality: str) -> np.ndarray:
-    """(H, W, 3) uint8 middle frame of one stream; a frame whose bytes are damaged is drawn black (a picture is
-    no reason to stop an evaluation: the reader's error is logged)."""
+    """(H, W, 3) uint8 middle frame of one stream; a frame whose bytes are damaged is drawn black (a picture
+    is no reason to stop an evaluation: the reader's error is logged)."""
     try:
         return store.read(video_id, modality, store.n_frames(video_id) // 2, 1)[0]
     except FormatError as err:
@@ -92,7 +92,10 @@ def retrieval_title(result: dict) -> str:
     c = result["config"]
     views = f"rgb+{c['modality']} (merged)" if c["merge"] else c["modality"]
     top1 = result["topk"].get(1, result["topk"].get("1"))
-    title = f"run {run_name(result)}: retrieval on {views} features — top-1 {top1:.1f}% ({result['counts']['queries']} queries)"
+    title = (
+        f"run {run_name(result)}: retrieval on {views} features — top-1 {top1:.1f}% "
+        f"({result['counts']['queries']} queries)"
+    )
     data = result.get("data")
     if data:  # name both datasets: a transfer (pretrained on one, evaluated on another) reads as one
         pre = data["pretrained_on"]
@@ -121,7 +124,9 @@ def draw_retrieval(result: dict, data: Path, n_show: int = 6, n_nearest: int = 5
     for qi in picks:
         q = queries[qi]
         cells = [(q["id"], BORDERS["query"], f"query: {classes[q['label']]}")]
-        for vid, lab, sim in list(zip(q["nearest"], q["nearest_labels"], q["similarities"]))[: cols - 1]:
+        for vid, lab, sim in list(zip(q["nearest"], q["nearest_labels"], q["similarities"], strict=True))[
+            : cols - 1
+        ]:
             same = lab == q["label"]
             cells.append(
                 (

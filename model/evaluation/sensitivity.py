@@ -40,7 +40,7 @@ def order_sensitivity(
     crop: int,
     feature: str = "pool",
     center: bool = False,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
     seed: int = 0,
     batch_size: int = 32,
 ) -> dict[str, float]:
@@ -49,6 +49,7 @@ def order_sensitivity(
     ``center``: subtract the mean feature of the intact clips first (the protocol of a centred method), so
     the similarity is measured around the features' common component, not through it.
     """
+    device = torch.device(device)
     dataset = ClipDataset(
         data,
         split,

@@ -125,7 +125,7 @@ def momentum_update(model_q: nn.Module, model_k: nn.Module, m: float = 0.999) ->
     params_q, params_k = list(model_q.parameters()), list(model_k.parameters())
     if len(params_q) != len(params_k):
         raise ValueError("query and key models have different parameter lists")
-    for p_q, p_k in zip(params_q, params_k):
+    for p_q, p_k in zip(params_q, params_k, strict=True):
         if p_q.shape != p_k.shape:
             raise ValueError(f"parameter shape mismatch {tuple(p_q.shape)} vs {tuple(p_k.shape)}")
         p_k.mul_(m).add_(p_q.detach(), alpha=1.0 - m)
@@ -376,7 +376,8 @@ def make_views(
     """The encoder inputs of a pair batch (uint8 clips on ``device``): x0 = clip 0, x1 = clip 1 as
     ``view2`` (rgb = the paper; res/flow = IIC's cross-modal view of clip 1), x2 = clip 0 again with its
     own augmentation, x2s = x2 with its S segments permuted by ``perm`` (B, S). Each view draws its own
-    SimCLR parameters from ``generator`` in this order: x0, x1, x2, then perm. Inputs (B, 3, T, crop, crop)."""
+    SimCLR parameters from ``generator`` in this order: x0, x1, x2, then perm. Inputs (B, 3, T, crop,
+    crop)."""
     modalities = [m for m in MODALITIES if m in batch]
     clip0 = {m: batch[m] for m in modalities}
     clip1 = {m: batch[f"{m}_1"] for m in modalities}

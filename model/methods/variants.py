@@ -137,8 +137,8 @@ def _augment(
 def make_views(
     batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """x1 and x2 with the view variants: view 2 from the loader's second clip (``view2_time="other"``), SimCLR's
-    colours on the RGB clip (``rgb_aug="simclr"``)."""
+    """x1 and x2 with the view variants: view 2 from the loader's second clip (``view2_time="other"``),
+    SimCLR's colours on the RGB clip (``rgb_aug="simclr"``)."""
     raw = {m: batch[m] for m in cfg.modalities}
     other = cfg.iic.view2_time == "other"
     if other:  # view 2 comes from the second clip: only RGB is needed of the first

@@ -22,9 +22,11 @@ class ProjectionHead(nn.Module):
       ``(B, slots, D_out)``, each slot a unit vector (the segment slots of the shuffle-rank loss).
     * ``batchnorm`` (``--head mlp-bn``, not the authors'): BatchNorm in the hidden layer, as SimCLR's head. A
       fresh ReLU network maps every clip to nearly one direction (cosine ~0.95); centring the hidden layer per
-      batch removes that from the first step. Measured against the tiny recipe's chance plateau (BENCHMARKS.md,
-      "Learning"): it does not shorten it and does not raise retrieval; an ablation option, in no preset.
-    * ``center_out`` (``--head mlp-bn-out``): an affine-free BatchNorm on the output too, as SimCLR v2's head, so
+      batch removes that from the first step. Measured against the tiny recipe's chance plateau
+      (BENCHMARKS.md, "Learning"): it does not shorten it and does not raise retrieval; an ablation option,
+      in no preset.
+    * ``center_out`` (``--head mlp-bn-out``): an affine-free BatchNorm on the output too, as SimCLR v2's
+    head, so
       the head cannot map every clip to one point (the constant a bias could learn is removed).
     """
 

@@ -116,7 +116,8 @@ def clip_scores(
     n_videos: int,
     desc: str,
 ) -> tuple[Tensor, Tensor]:
-    """Mean softmax scores per video ``(n_videos, classes)`` and labels ``(n_videos,)`` over test-mode clips."""
+    """Mean softmax scores per video ``(n_videos, classes)`` and labels ``(n_videos,)`` over test-mode
+    clips."""
     net.eval()
     sums, labels, counts = None, torch.full((n_videos,), -1, dtype=torch.long), torch.zeros(n_videos)
     loader = DataLoader(

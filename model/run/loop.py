@@ -128,8 +128,9 @@ class Loop:
         }
 
     def load_state_dict(self, ckpt: dict, path: Path, scheduler: object | None = None) -> None:
-        """Put the loop in the state ``ckpt`` (loaded from ``path``) describes; ``scheduler``: the caller's own
-        (stepped per epoch) when the loop has none. Anything that does not fit is a one-line CheckpointError."""
+        """Put the loop in the state ``ckpt`` (loaded from ``path``) describes; ``scheduler``: the caller's
+        own (stepped per epoch) when the loop has none. Anything that does not fit is a one-line
+        CheckpointError."""
         checkpoint.load_state(self.module, ckpt["model"], "the model", path)
         if self.state is not None:
             checkpoint.load_state(

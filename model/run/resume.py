@@ -124,7 +124,8 @@ def check_data(saved: dict, saved_data: str, data: Path, path: Path) -> None:
             )
         return
     now = data_identity(data, bool(saved.get("flow")))
-    # checkpoints of versions before per-shard digests recorded the legacy form (reads every video: asked last)
+    # checkpoints of versions before per-shard digests recorded the legacy form (reads every video: asked
+    # last)
     if now["identity"] != saved.get("identity") and saved.get("identity") != _legacy_identity(
         data, bool(saved.get("flow"))
     ):

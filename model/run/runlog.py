@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def ensure_finite(loss, where: str, error: type[Exception]) -> None:
-    """Stop a training loop at a loss that is NaN or infinite, in one line (the last good checkpoint stays)."""
+    """Stop a training loop at a loss that is NaN or infinite, in one line (the last good checkpoint
+    stays)."""
     value = float(loss.detach() if hasattr(loss, "detach") else loss)
     if value != value or value in (float("inf"), float("-inf")):
         raise error(f"loss is {value} at {where}; stopped, last good checkpoint kept (try a lower --lr)")

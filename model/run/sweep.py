@@ -2,15 +2,15 @@
 
 The tiny presets' convolutions scale poorly over intra-op threads: on 2 cores one run trains 1.54x faster
 with 2 threads than with 1, but two one-thread runs side by side do 1.39x the steps of one two-thread run
-(1.26x end to end; BENCHMARKS.md, "Several runs at once"). So on CPU `train_all` trains each run with one thread, ``jobs`` at a
-time, in joblib's (loky) worker processes. A run's weights depend on its own config only (its seed and its
-thread count, `model/train.py`), never on which runs train beside it, how many at a time, or in which order:
-the same runs give bit-identical checkpoints with ``jobs`` 1 or 2. Each worker process ends with the process
-that started it (`pipeline/orphans.py`); a killed sweep resumes every unfinished run from its ``last.pt``.
-Hand the runs longest first: workers take them in order, so the long one does not start last.
-`side_by_side` runs any picklable tasks this way; a `TrainTask` can carry work that needs its run's weights
-(`iic demo` computes each run's retrieval features in the worker that trained it, so no core idles while
-the longest run ends).
+(1.26x end to end; BENCHMARKS.md, "Several runs at once"). So on CPU `train_all` trains each run with one
+thread, ``jobs`` at a time, in joblib's (loky) worker processes. A run's weights depend on its own config
+only (its seed and its thread count, `model/train.py`), never on which runs train beside it, how many at a
+time, or in which order: the same runs give bit-identical checkpoints with ``jobs`` 1 or 2. Each worker
+process ends with the process that started it (`pipeline/orphans.py`); a killed sweep resumes every
+unfinished run from its ``last.pt``. Hand the runs longest first: workers take them in order, so the long one
+does not start last. `side_by_side` runs any picklable tasks this way; a `TrainTask` can carry work that
+needs its run's weights (`iic demo` computes each run's retrieval features in the worker that trained it, so
+no core idles while the longest run ends).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def cpu_cores() -> int:
 
 
 def side_by_side(tasks: Sequence[Callable[[], T]], jobs: int) -> Iterator[tuple[int, T, float]]:
-    """Run every task (a picklable callable without arguments), ``jobs`` at a time in worker processes that end
-    with this one (``jobs`` <= 1 or a single task: one after another here); yields ``(index, result,
+    """Run every task (a picklable callable without arguments), ``jobs`` at a time in worker processes that
+    end with this one (``jobs`` <= 1 or a single task: one after another here); yields ``(index, result,
     seconds)`` as each task ends. Workers take the tasks in the order given."""
     if jobs <= 1 or len(tasks) <= 1:
         yield from (_timed(i, t) for i, t in enumerate(tasks))

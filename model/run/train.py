@@ -217,11 +217,14 @@ def restore(run: Run, ckpt: dict, path: Path) -> None:
     its new length (`lr_factor`)."""
     if ckpt["n_data"] != run.dataset.n_videos:
         raise checkpoint.CheckpointError(
-            f"checkpoint {path} banks have {ckpt['n_data']} rows, the training list now has {run.dataset.n_videos} videos"
+            f"checkpoint {path} banks have {ckpt['n_data']} rows, the training list now has "
+            f"{run.dataset.n_videos} videos"
         )
     run.loop.load_state_dict(ckpt, path)
     scheduler = run.loop.scheduler
-    for group, base, f in zip(run.loop.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+    for group, base, f in zip(
+        run.loop.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
         group["lr"] = base * f(scheduler.last_epoch)  # the rate of the next step on this run's schedule
 
 
