@@ -19,13 +19,15 @@ Usage, once per worker process::
         stored = to_stored(compute_flow(rgb_to_gray(rgb), estimator), cfg.bound)
 
 ``tvl1-torch`` is the same TV-L1 in PyTorch (``pipeline/tvl1_torch.py``, imported only when that method is
-chosen, so nothing else here needs torch), batched over the pairs of a video on ``FlowConfig.device``.
+chosen, so nothing else here needs torch), batched over the pairs of a video on ``FlowConfig.device``, its
+iterations compiled into fused kernels unless ``FlowConfig.compile`` is False.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -125,14 +127,18 @@ _DIS_GETTERS = (
 class FlowConfig:
     """Which flow estimator, and the clipping bound ``B`` (px) used when storing it as uint8.
 
-    ``device`` and ``batch`` (most pairs per call; None = as many as the free memory allows) apply to the
-    torch methods only; the batch never changes the flow, only the speed and the memory used.
+    ``device``, ``batch`` (most pairs per call; None = as many as the free memory allows) and ``compile``
+    (the compiled, fused kernels; False = the eager torch code, for debugging) apply to the torch methods
+    only.  The batch never changes the flow, only the speed and the memory used; the device and ``compile``
+    change it by float rounding at most (on the CPU both paths give the same flow, tested), so neither is
+    part of the stored settings.
     """
 
     method: str = "tvl1"
     bound: float = 20.0
     device: str = "auto"
     batch: int | None = None
+    compile: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -140,7 +146,9 @@ class FlowConfig:
         if not (np.isfinite(self.bound) and self.bound > 0):
             raise ValueError(f"flow bound must be a positive number, got {self.bound!r}")
         if self.device not in DEVICES and not (self.device.startswith("cuda:") and self.device[5:].isdigit()):
-            raise ValueError(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)} or cuda:N")
+            raise ValueError(
+                f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)} or cuda:N"
+            )
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"batch must be at least 1, got {self.batch}")
 
@@ -177,7 +185,12 @@ def flow_params(cfg: FlowConfig) -> dict[str, Any]:
     if cfg.method in TORCH_METHODS:
         import torch  # only for this method (see the module docstring)
 
-        return {**head, "estimator": "iic.pipeline.tvl1_torch.tvl1", "torch": str(torch.__version__), **TVL1_PARAMS}
+        return {
+            **head,
+            "estimator": "iic.pipeline.tvl1_torch.tvl1",
+            "torch": str(torch.__version__),
+            **TVL1_PARAMS,
+        }
     if cfg.method in ("tvl1", "tvl1-fast"):
         params = TVL1_PARAMS if cfg.method == "tvl1" else TVL1_FAST_PARAMS
         return {**head, "estimator": "cv2.optflow.DualTVL1OpticalFlow_create", **params}
@@ -223,8 +236,16 @@ class FlowEstimator:
     def _calc_farneback(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         p = FARNEBACK_PARAMS
         return cv2.calcOpticalFlowFarneback(
-            prev, nxt, None, p["pyr_scale"], p["levels"], p["winsize"], p["iterations"],
-            p["poly_n"], p["poly_sigma"], p["flags"],
+            prev,
+            nxt,
+            None,
+            p["pyr_scale"],
+            p["levels"],
+            p["winsize"],
+            p["iterations"],
+            p["poly_n"],
+            p["poly_sigma"],
+            p["flags"],
         )
 
     def __call__(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
@@ -246,14 +267,22 @@ def make_estimator(cfg: FlowConfig, threads: int | None = None, processes: int =
     """The estimator for ``cfg``; create it once per worker and reuse it (TV-L1 setup is not free).
 
     A `FlowEstimator` for the OpenCV methods; for ``tvl1-torch`` a ``tvl1_torch.TorchTVL1`` on
-    ``cfg.device`` using ``threads`` torch threads on the CPU (None: torch's setting), its batch capped
-    from ``1 / processes`` of the free memory.  Both take ``(prev, next)`` and have ``video_flow(frames)``.
+    ``cfg.device`` (fused kernels unless ``cfg.compile`` is False) using ``threads`` torch threads on the
+    CPU (None: torch's setting), its batch capped from ``1 / processes`` of the free memory.  Both take
+    ``(prev, next)`` and have ``video_flow(frames)``.
     Raises `FlowDeviceError` for an unusable device.
     """
     if cfg.method in TORCH_METHODS:
         from .tvl1_torch import TorchTVL1  # imports torch: only when this method is chosen
 
-        return TorchTVL1(TVL1_PARAMS, device=cfg.device, batch=cfg.batch, threads=threads, processes=processes)
+        return TorchTVL1(
+            TVL1_PARAMS,
+            device=cfg.device,
+            batch=cfg.batch,
+            threads=threads,
+            processes=processes,
+            compile=cfg.compile,
+        )
     return FlowEstimator(cfg)
 
 

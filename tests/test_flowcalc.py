@@ -43,7 +43,12 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def estimators():
-    return {m: make_estimator(FlowConfig(m)) for m in METHODS}
+    """One estimator per method; tvl1-torch's eager path (its compiled path, which gives the same flow, is
+    tests/test_flow_torch.py's: compiling 96x96 kernels here would cost a minute with an empty cache)."""
+    return {
+        m: make_estimator(FlowConfig(m, compile=False) if m == "tvl1-torch" else FlowConfig(m))
+        for m in METHODS
+    }
 
 
 def smooth_texture(h: int, w: int, seed: int = 0, sigma: float = 2.5) -> np.ndarray:
@@ -337,9 +342,9 @@ def test_rotation_epe(estimators, method):
 
 @pytest.mark.parametrize("method", ["tvl1", "tvl1-fast"])
 def test_a_small_video_does_not_change_the_flow_of_the_next_one(method):
-    """OpenCV's DualTVL1 object lowers its pyramid depth for good after a frame with a short side under ~39 px;
-    an estimator reused across videos of different sizes (`extract --size S`) must give a larger video the flow
-    a fresh estimator gives it."""
+    """OpenCV's DualTVL1 object lowers its pyramid depth for good after a frame with a short side under
+    ~39 px; an estimator reused across videos of different sizes (`extract --size S`) must give a larger video
+    the flow a fresh estimator gives it."""
     small, _ = affine_pair(np.array([[1, 0, 1.0], [0, 1, 0.5]]), size=24)
     big, _ = affine_pair(np.array([[1, 0, 1.5], [0, 1, -0.5]]), size=96)
     fresh = compute_flow(big, make_estimator(FlowConfig(method)))
