@@ -29,6 +29,7 @@ from .pipeline.flow import compute as compute_flow
 from .pipeline.flowcalc import FlowConfig
 from .pipeline.parallel import ParallelConfig
 from .pipeline.synth import SynthConfig, generate
+from .reproduce import machine
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ def run_demo(cfg: DemoConfig, progress: Progress = log.info) -> list[str]:
     lines.append(f"demo time: {time.perf_counter() - t0:.0f} s")
     report = {
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+        "machine": machine(),  # what the figures depend on (reproduce.py)
         "rows": [
             {
                 "name": n,

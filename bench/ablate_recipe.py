@@ -1,4 +1,5 @@
-"""Recipe ablation for the tiny CPU presets: one IIC/CMC training variant per call, fast enough to compare many.
+"""Recipe ablation for the tiny CPU presets: one IIC/CMC training variant per call, fast enough to compare
+many.
 
 The training step is the library's (`IICMemory`, `augment`, `intra_negative`, the backbones); what differs
 from `iic train` is only speed: every clip of the split is decoded into memory once, there are no loader
@@ -13,9 +14,10 @@ the architecture learns from these clips in the same number of steps.
 
 Keys (defaults in ``OPTIONS``): epochs, bs, lr, opt (adam|sgd), K, tau, m, neg (repeat|shuffle|none),
 head (none|bn|mlp: bn = affine-free BatchNorm, the CenterHead), norm (L2-normalise features), sched
-(step = the paper's multi-step | cos; `model/train.py: lr_factor`), warm (warm-up epochs), pos (bank|live), fill (1: fill the banks with current features
-before epoch 1, 2: before every epoch), seed, crop, T, threads, clips (test clips per video: 1 = the centre clip, 10
-= the retrieval protocol's clips, features averaged). Results: BENCHMARKS.md, "Learning signal".
+(step = the paper's multi-step | cos; `model/train.py: lr_factor`), warm (warm-up epochs), pos (bank|live),
+fill (1: fill the banks with current features before epoch 1, 2: before every epoch), seed, crop, T, threads,
+clips (test clips per video: 1 = the centre clip, 10 = the retrieval protocol's clips, features averaged).
+Results: BENCHMARKS.md, "Learning signal".
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ def load(store: VideoStore, kind: str) -> tuple[list[dict], np.ndarray]:
 def batch_of(videos: list[dict], idx, starts, T: int) -> dict[str, torch.Tensor]:
     return {
         m: torch.stack(
-            [torch.from_numpy(videos[i][m][s : s + T]).permute(3, 0, 1, 2) for i, s in zip(idx, starts)]
+            [
+                torch.from_numpy(videos[i][m][s : s + T]).permute(3, 0, 1, 2)
+                for i, s in zip(idx, starts, strict=True)
+            ]
         )
         for m in ("rgb", "res")
     }
@@ -225,13 +230,17 @@ def main() -> None:
             opt.step()
             sched.step()
             losses.append(loss.item())
-        line = f"epoch {epoch + 1} loss {np.mean(losses):.3f} lr {opt.param_groups[0]['lr']:.2e} {time.time() - t0:.1f}s"
+        line = (
+            f"epoch {epoch + 1} loss {np.mean(losses):.3f} lr {opt.param_groups[0]['lr']:.2e} "
+            f"{time.time() - t0:.1f}s"
+        )
         if (epoch + 1) % o["eval_every"] == 0 or epoch + 1 == o["epochs"]:
             line += " " + json.dumps(evaluate())
         print(line, flush=True)
     if not o["sup"]:
         print(
-            f"chance loss {iic_chance_loss(o['K'], o['neg'] != 'none', batch=o['bs'] if o['bneg'] else 0):.3f}",
+            "chance loss "
+            f"{iic_chance_loss(o['K'], o['neg'] != 'none', batch=o['bs'] if o['bneg'] else 0):.3f}",
             json.dumps(o),
         )
 

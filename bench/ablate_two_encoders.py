@@ -1,11 +1,11 @@
 """Ablation: IIC and CMC with one encoder per modality (CMC's design) instead of IIC's one shared encoder.
 
-`iic train`'s loop and step as they are, with `iic.model.methods.iic.Encoder` replaced for this process by one that
-sends view 1 (RGB) and its intra-negatives through ``backbone``/``head`` and view 2 through its own
-``backbone2``/``head2``. The finished checkpoint is written again as ``final-res.pt`` (view 2's encoder under the
-``backbone.`` keys) and ``final-rgb.pt`` (view 1's), so that `iic eval retrieval --modality res|rgb` scores each
-modality with the encoder that saw it. An ablation harness, not an option of `iic train`: it did not help
-(BENCHMARKS.md, "Colour augmentation, a slower rate, flow as view 2, two encoders").
+`iic train`'s loop and step as they are, with `iic.model.methods.iic.Encoder` replaced for this process by
+one that sends view 1 (RGB) and its intra-negatives through ``backbone``/``head`` and view 2 through its own
+``backbone2``/``head2``. The finished checkpoint is written again as ``final-res.pt`` (view 2's encoder under
+the ``backbone.`` keys) and ``final-rgb.pt`` (view 1's), so that `iic eval retrieval --modality res|rgb`
+scores each modality with the encoder that saw it. An ablation harness, not an option of `iic train`: it did
+not help (BENCHMARKS.md, "Colour augmentation, a slower rate, flow as view 2, two encoders").
 
     python bench/ablate_two_encoders.py OUT SEED [PRESET]      # PRESET tiny (default) or cmc-tiny
     iic eval retrieval --data DATA --ckpt OUT/final-res.pt --modality res --workers 0
@@ -28,7 +28,8 @@ from iic.model.run.train import train
 
 
 class TwoEncoders(nn.Module):
-    """View 1 and the intra-negatives made from it: ``backbone`` + ``head``; view 2: ``backbone2`` + ``head2``."""
+    """View 1 and the intra-negatives made from it: ``backbone`` + ``head``; view 2: ``backbone2`` +
+    ``head2``."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()

@@ -70,8 +70,8 @@ def main() -> None:
             cps = {k: len(items) / v for k, v in total.items()}
             print(
                 f"{' + '.join(mods):10} clips/s per worker: without checksums {cps['without']:.1f}, with "
-                f"{cps['with']:.1f}: x{cps['with'] / cps['without']:.3f} (rounds: median x{np.median(ratios):.3f}, "
-                f"range {min(ratios):.3f}-{max(ratios):.3f})"
+                f"{cps['with']:.1f}: x{cps['with'] / cps['without']:.3f} "
+                f"(rounds: median x{np.median(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f})"
             )
 
 

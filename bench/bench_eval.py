@@ -69,8 +69,9 @@ def main_bench() -> None:
                 load_backbone(src), ds, ("res",), ("conv5",), 64, torch.device("cpu"), batch_size=batch
             )
             rows[f"extract_clips_per_s_batch{batch}"] = round(rate, 1)
-        # The demo's retrieval: RGB and residual features of one backbone. Before: one pass per view at batch 16;
-        # now: one pass for both views (one decode per clip) at batch 64. Interleaved, best of 2 each.
+        # The demo's retrieval: RGB and residual features of one backbone. Before: one pass per view at
+        # batch 16; now: one pass for both views (one decode per clip) at batch 64. Interleaved, best of 2
+        # each.
         ds2 = ClipDataset(
             data, 1, "train", ClipConfig(frames=16, modalities=("rgb", "res"), test_clips=10), mode="test"
         )

@@ -161,7 +161,7 @@ def bench_ffmpeg(ffmpeg: str, paths: list[Path], root: Path, out: Path, workers:
     dsts = [out / p.relative_to(root).with_suffix("") for p in paths]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:  # each task is its own ffmpeg process
-        list(pool.map(lambda a: _ffmpeg_one(ffmpeg, *a), zip(paths, dsts)))
+        list(pool.map(lambda a: _ffmpeg_one(ffmpeg, *a), zip(paths, dsts, strict=True)))
     return time.perf_counter() - t0, sum(len(list(d.glob("*.jpg"))) for d in dsts)
 
 
@@ -261,11 +261,17 @@ def main() -> None:
         best = {}
         for _ in range(args.repeat):
             for name, run in (
-                ("decode", lambda: bench_decode(paths, w)),
-                ("extract", lambda: bench_extract(root, work / "shards", w, args.shard_size)[:2]),
-                ("ffmpeg", lambda: bench_ffmpeg(ffmpeg, paths, root / "UCF-101", work / "jpeg", w)),
+                ("decode", lambda n_workers: bench_decode(paths, n_workers)),
+                (
+                    "extract",
+                    lambda n_workers: bench_extract(root, work / "shards", n_workers, args.shard_size)[:2],
+                ),
+                (
+                    "ffmpeg",
+                    lambda n_workers: bench_ffmpeg(ffmpeg, paths, root / "UCF-101", work / "jpeg", n_workers),
+                ),
             ):
-                sec, n = run()
+                sec, n = run(w)
                 if name not in best or sec < best[name][0]:
                     best[name] = (sec, n)
         row = {"workers": w}
@@ -308,11 +314,12 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2))
 
     print(
-        f"\n{len(paths)} videos x {args.frames} frames, 320x240 mpeg4 -> {SIZE[0]}x{SIZE[1]}; {machine()['cores']} cores\n"
+        f"\n{len(paths)} videos x {args.frames} frames, 320x240 mpeg4 -> {SIZE[0]}x{SIZE[1]}; "
+        f"{machine()['cores']} cores\n"
     )
     print(
-        "| workers | decode+convert f/s (per worker) | extract f/s (per worker) | ffmpeg JPEG dirs f/s (per worker) "
-        "| extract / decode | extract / ffmpeg |"
+        "| workers | decode+convert f/s (per worker) | extract f/s (per worker) "
+        "| ffmpeg JPEG dirs f/s (per worker) | extract / decode | extract / ffmpeg |"
     )
     print("|---|---|---|---|---|---|")
     for r in results:

@@ -115,7 +115,7 @@ def epe(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def per_clip_epe(flows: list[np.ndarray], ref: list[np.ndarray]) -> list[float]:
-    return [round(epe(f, r), 4) for f, r in zip(flows, ref)]
+    return [round(epe(f, r), 4) for f, r in zip(flows, ref, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,9 @@ def main() -> None:
             bare_flows, bare_timing = time_bare(pairs, calc)
             ours.append(timing)
             bare.append(bare_timing)
-        assert all(np.array_equal(a, b) for a, b in zip(np.concatenate(flows), bare_flows)), method
+        assert all(np.array_equal(a, b) for a, b in zip(np.concatenate(flows), bare_flows, strict=True)), (
+            method
+        )
         cpu_ratio = np.array([t.cpu for t in ours]) / np.array([t.cpu for t in bare])
         results[method] = {
             "pairs_per_s_wall": round(n_pairs / float(np.median([t.wall for t in ours])), 2),
@@ -202,7 +204,9 @@ def main() -> None:
             "compute_flow_cpu_s": round(float(np.median([t.cpu for t in ours])), 4),
             "bare_loop_cpu_s": round(float(np.median([t.cpu for t in bare])), 4),
             "overhead_cpu": round(float(np.median(cpu_ratio)) - 1, 4),
-            "overhead_wall": round(float(np.median([o.wall / b.wall for o, b in zip(ours, bare)])) - 1, 4),
+            "overhead_wall": round(
+                float(np.median([o.wall / b.wall for o, b in zip(ours, bare, strict=True)])) - 1, 4
+            ),
             "params": flow_params(FlowConfig(method)),
         }
 

@@ -210,7 +210,8 @@ def main() -> None:
         store.close()
         n_pairs = sum(len(g) - 1 for g in gray.values())
         print(
-            f"OpenCV {opencv_version()}; {len(gray)} clips, {n_pairs} pairs at {SIZE[0]}x{SIZE[1]} (HxW); {uptime_before}"
+            f"OpenCV {opencv_version()}; {len(gray)} clips, {n_pairs} pairs at {SIZE[0]}x{SIZE[1]} (HxW); "
+            f"{uptime_before}"
         )
 
         # 1. stage vs bare loop (tvl1), and 4. every method through the stage
@@ -300,17 +301,20 @@ def main() -> None:
     for m, r in methods.items():
         print(f"{m:<11}{r['pairs_per_s']:>15.2f}{r['pairs_per_s_cpu']:>15.2f}{r['epe_vs_tvl1']:>18.3f}")
     print(
-        f"\ntvl1 stage vs bare OpenCV loop: {t['pairs_per_s']:.2f} vs {overhead['bare_pairs_per_s']:.2f} pairs/s; "
-        f"overhead {100 * overhead['overhead_wall']:+.1f} % wall (CLI incl. start-up), "
-        f"{100 * overhead['overhead_wall_stage_time']:+.1f} % (stage's own time), {100 * overhead['overhead_cpu']:+.1f} % CPU"
+        f"\ntvl1 stage vs bare OpenCV loop: {t['pairs_per_s']:.2f} vs {overhead['bare_pairs_per_s']:.2f} "
+        f"pairs/s; overhead {100 * overhead['overhead_wall']:+.1f} % wall (CLI incl. start-up), "
+        f"{100 * overhead['overhead_wall_stage_time']:+.1f} % (stage's own time), "
+        f"{100 * overhead['overhead_cpu']:+.1f} % CPU"
     )
     n_scale = sum(len(g) - 1 for g in scale_gray.values())
     print(
-        f"workers 1 vs 2 ({args.scaling_method}, {len(scale_gray)} videos, {n_scale} pairs, best of {args.repeat}): "
+        f"workers 1 vs 2 ({args.scaling_method}, {len(scale_gray)} videos, {n_scale} pairs, "
+        f"best of {args.repeat}): "
         f"{best['1']:.2f} s vs {best['2']:.2f} s = {speedup:.2f}x  (runs: {scaling})"
     )
     print(
-        f"  machine right now, bare loops in 1 vs 2 processes: {min(capacity['1']):.2f} s vs {min(capacity['2']):.2f} s "
+        f"  machine right now, bare loops in 1 vs 2 processes: {min(capacity['1']):.2f} s "
+        f"vs {min(capacity['2']):.2f} s "
         f"= {capacity_speedup:.2f}x  (runs: {capacity})"
     )
     print(

@@ -9,9 +9,10 @@ per source clip:
 * ``bigbuckbunny.mp4`` 1280x720 (16:9), 25 fps, 132 frames = 5.3 s: HD, where decoding dominates.
 
 The real CLI runs in a subprocess (wall time of the whole run: index, decode, resize, JPEG, HDF5, manifest);
-disk is the allocated size of the shards (2 videos a shard, so that both workers have work). Figures per frame are then scaled to 1,000 videos of 300 frames
-(10 s at 30 fps) in BENCHMARKS.md. Copies of one clip decode at the same speed as different clips of that
-format; content (and so JPEG size) is that of these two clips only.
+disk is the allocated size of the shards (2 videos a shard, so that both workers have work). Figures per
+frame are then scaled to 1,000 videos of 300 frames (10 s at 30 fps) in BENCHMARKS.md. Copies of one clip
+decode at the same speed as different clips of that format; content (and so JPEG size) is that of these two
+clips only.
 
     python bench/bench_k400_extract.py --work /tmp/k400-extract --copies 12 --workers 2
 
@@ -41,7 +42,8 @@ LABELS = ("riding mountain bike", "passing American football (in game)")
 
 
 def tree(root: Path, clip: Path, copies: int) -> None:
-    """train.csv with ``copies`` clips (two label folders), validate.csv with one, every file a copy of ``clip``."""
+    """train.csv with ``copies`` clips (two label folders), validate.csv with one, every file a copy of
+    ``clip``."""
     (root / "kinetics400").mkdir(parents=True)
     for split, n in (("train", copies - 1), ("validate", 1)):
         with open(root / "kinetics400" / f"{split}.csv", "w", newline="") as f:

@@ -1,8 +1,8 @@
 """Planning and manifest work for a Kinetics-sized list, without videos; results go to BENCHMARKS.md.
 
-Generates official-format annotation CSVs (train / validate / test, ``--rows`` in all, 700 labels with spaces,
-parentheses and apostrophes) and, with ``--files F``, an empty placeholder file in a label folder for a share F
-of the listed clips (the rest are "missing"), then times, in one process:
+Generates official-format annotation CSVs (train / validate / test, ``--rows`` in all, 700 labels with
+spaces, parentheses and apostrophes) and, with ``--files F``, an empty placeholder file in a label folder for
+a share F of the listed clips (the rest are "missing"), then times, in one process:
 
 * ``index``     `load_index("kinetics700", ..., unlabelled=True)`: CSV parsing, one scan of each split folder,
                 entries sorted by id (what ``iic-prep extract`` does before any decoding);
@@ -13,11 +13,11 @@ of the listed clips (the rest are "missing"), then times, in one process:
 
 Peak memory is the process's peak resident set (``ru_maxrss``) after each phase (it only grows).
 
-With ``--identity-shards N``, also ``identity``: N shards of 64 videos whose streams hold 300 one-byte "frames"
-(offsets and CRC32s as real ones), then `VideoStore.identity` (what ``iic train`` records for --resume and the
-feature cache keys on: one stored digest per shard), timed per video, beside `VideoStore.legacy_identity` (the
-form before: one read of the offsets and CRC32s per video); then asked again by a new store of the same
-unchanged folder (a stat of each file: the process keeps what it computed).
+With ``--identity-shards N``, also ``identity``: N shards of 64 videos whose streams hold 300 one-byte
+"frames" (offsets and CRC32s as real ones), then `VideoStore.identity` (what ``iic train`` records for
+--resume and the feature cache keys on: one stored digest per shard), timed per video, beside
+`VideoStore.legacy_identity` (the form before: one read of the offsets and CRC32s per video); then asked
+again by a new store of the same unchanged folder (a stat of each file: the process keeps what it computed).
 
     python bench/bench_k400_plan.py --work /tmp/k400-plan                  # 650,000 rows, no files
     python bench/bench_k400_plan.py --work /tmp/k400-plan --files 0.95     # + 617,500 empty files
@@ -203,7 +203,8 @@ def main() -> None:
         sum(1 for n, _ in plan if n.rsplit("/", 1)[0] == d) for d in {n.rsplit("/", 1)[0] for n, _ in plan}
     )
 
-    # which placeholder files exist (the bench's own stat calls, not timed: extraction learns it by opening them)
+    # which placeholder files exist (the bench's own stat calls, not timed: extraction learns it by opening
+    # them)
     found = {e.id for e in index.entries if (raw / e.path).exists()} if gen["files"] else set()
     t0 = time.perf_counter()
     rows = [

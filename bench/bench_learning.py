@@ -4,12 +4,12 @@ On the synthetic motion benchmark (`iic-prep synth` defaults: 8 classes in 4 tim
 each, one appearance per video; split 1 = 240 gallery and 120 independent query videos), each method is
 trained with its tiny CPU preset for every seed (`iic train --preset P --seed S --threads T`), ``--jobs`` runs
 side by side in worker processes (`model/sweep.py`: one thread each by default, the weights do not depend on
-what trains beside them), and scored with its own paper's retrieval protocol (model/protocol.py), RGB and residual input, 10 clips per
-video. A random-init backbone of the same seed is scored with each protocol. For every model it also
-measures order sensitivity (model/sensitivity.py): mean cosine between a test clip's feature and its
-shuffled / reversed / repeated versions.
+what trains beside them), and scored with its own paper's retrieval protocol (model/evaluation/protocol.py),
+RGB and residual input, 10 clips per video. A random-init backbone of the same seed is scored with each
+protocol. For every model it also measures order sensitivity (model/evaluation/sensitivity.py): mean cosine
+between a test clip's feature and its shuffled / reversed / repeated versions.
 
-    python bench/bench_learning.py [--seeds 0 1 2] [--root /tmp/iic-learning] [--methods tiny cmc-tiny ...] [--jobs 2]
+    python bench/bench_learning.py [--seeds 0 1 2] [--root /tmp/iic-learning] [--methods tiny ...] [--jobs 2]
 
 Reports mean +- sd over seeds of top-1/5/10 and, per seed, a 95% bootstrap interval of top-1 over test
 groups (2,000 resamples of the query groups: one video per group here). Writes bench/out/learning-DATE.json.
@@ -119,24 +119,26 @@ def score(
 
 def summarise(runs: dict) -> list[str]:
     lines = [
-        "| model (protocol) | res top-1 | res top-5 | rgb top-1 | rgb top-5 | cos shuffled | cos reversed | cos repeated |",
+        "| model (protocol) | res top-1 | res top-5 | rgb top-1 | rgb top-5 | cos shuffled | cos reversed "
+        "| cos repeated |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+    def ms(per_seed: dict, get) -> str:
+        v = np.array([get(e) for e in per_seed.values()])
+        return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f}"
+
+    def mc(per_seed: dict, key: str) -> str:
+        v = np.array([e["order_similarity"][key] for e in per_seed.values()])
+        return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+
     for name, per_seed in runs.items():
-
-        def ms(get):
-            v = np.array([get(e) for e in per_seed.values()])
-            return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f}"
-
-        def mc(key):
-            v = np.array([e["order_similarity"][key] for e in per_seed.values()])
-            return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
-
-        lines.append(
-            f"| {name} | {ms(lambda e: e['res']['topk'][1])} | {ms(lambda e: e['res']['topk'][5])} | "
-            f"{ms(lambda e: e['rgb']['topk'][1])} | {ms(lambda e: e['rgb']['topk'][5])} | "
-            f"{mc('shuffled')} | {mc('reversed')} | {mc('repeated')} |"
-        )
+        top = [
+            ms(per_seed, lambda e, v=v, k=k: e[v]["topk"][k])
+            for v, k in (("res", 1), ("res", 5), ("rgb", 1), ("rgb", 5))
+        ]
+        cos = [mc(per_seed, key) for key in ("shuffled", "reversed", "repeated")]
+        lines.append("| " + " | ".join([name, *top, *cos]) + " |")
     return lines
 
 

@@ -3,8 +3,10 @@
 On one dataset (synthetic 320x240 MPEG-4 AVIs, stored at 128x171), in one run, clips/s for training samples
 of 16 consecutive frames at a random start per sample (the same (video, start) list for every loader):
 
-* ``shards-res``   `iic.model.data.clips.ClipDataset` on the HDF5 shards, modalities rgb + res (32 JPEG decodes);
-* ``shards-rgb``   the same, rgb only (16 JPEG decodes: the like-for-like storage comparison with the folders);
+* ``shards-res``   `iic.model.data.clips.ClipDataset` on the HDF5 shards, modalities rgb + res
+  (32 JPEG decodes);
+* ``shards-rgb``   the same, rgb only (16 JPEG decodes: the like-for-like storage comparison with the
+  folders);
 * ``shards-flow``  the same, rgb + flow (16 JPEG decodes + 16 gzip flow chunks);
 * ``jpeg-folder``  the original IIC code's approach: one JPEG file per frame in a folder per video
   (``<video>/image_00001.jpg``, PIL quality 90, 4:2:0 like ffmpeg's ``-q:v 2`` folders), read with
@@ -14,7 +16,8 @@ of 16 consecutive frames at a random start per sample (the same (video, start) l
   decode, skip to the start, convert+resize 16 frames to 171x128 RGB (``frame.reformat``), residual as above;
   on the synthetic AVIs (libavcodec's default keyframe every 12 frames) and on copies re-encoded with a
   keyframe every 300 frames (``pyav-decode-gop300``: xvid's default maximum interval, so most UCF101-length
-  videos hold one keyframe and a random clip decodes from the start, as REFERENCE.md's ~16 clips/s).
+  videos hold one keyframe and a random clip decodes from the start: the ~16 clips/s the authors' loader
+  reaches on such files).
 
 Each loader is timed per worker (this process, ``num_workers=0``, a plain loop over ``dataset[item]``)
 in interleaved rounds (the machine is shared: interleaving spreads load changes over all loaders), and
@@ -308,7 +311,7 @@ def breakdown_shards(dataset: ClipDataset, items: list[tuple[int, int]]) -> dict
             t3 = time.perf_counter()
             torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2)))
             t4 = time.perf_counter()
-            for k, dt in zip(acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            for k, dt in zip(acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 acc[k] += dt
     return {k: 1000 * v / len(items) for k, v in acc.items()}
 
@@ -438,12 +441,14 @@ def main() -> None:
 
     ratio = {k: per_worker["shards-res"] / v for k, v in per_worker.items()}
     print(
-        f"\n{len(ids)} training videos x ~{args.frames} frames, 320x240 mpeg4 AVI (keyframe every {gop:.0f} frames; "
+        f"\n{len(ids)} training videos x ~{args.frames} frames, 320x240 mpeg4 AVI "
+        f"(keyframe every {gop:.0f} frames; "
         f"gop300 copies: every {gop_long:.0f}), "
         f"stored {SIZE[1]}x{SIZE[0]}; clips of {T} frames at random starts; load {os.getloadavg()[0]:.2f}\n"
     )
     print(
-        "| loader | samples | clips/s per worker | per round | shards-res / this | clips/s, DataLoader 2 workers |"
+        "| loader | samples | clips/s per worker | per round | shards-res / this "
+        "| clips/s, DataLoader 2 workers |"
     )
     print("|---|---|---|---|---|---|")
     for k in loaders:

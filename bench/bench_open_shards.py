@@ -58,8 +58,8 @@ def footprint(data: Path) -> dict:
 
 
 class Loader:
-    """One `ClipDataset` read with a given open-shard limit (its store, and so its caches, kept across rounds);
-    counts the shard opens."""
+    """One `ClipDataset` read with a given open-shard limit (its store, and so its caches, kept across
+    rounds); counts the shard opens."""
 
     def __init__(self, data: Path, limit: int) -> None:
         self.limit, self.opens = limit, 0

@@ -132,8 +132,9 @@ def main() -> None:
     load_after = os.getloadavg()
 
     print(
-        f"\ntiny preset (r3d-tiny, 16x64x64 crops, batch {BATCH}, rgb+res, K {TINY.K}, {TINY.optimizer}), CPU, {results[0]['steps_per_epoch']} "
-        f"steps/epoch, {args.epochs} epochs; load {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
+        f"\ntiny preset (r3d-tiny, 16x64x64 crops, batch {BATCH}, rgb+res, K {TINY.K}, {TINY.optimizer}), "
+        f"CPU, {results[0]['steps_per_epoch']} steps/epoch, {args.epochs} epochs; "
+        f"load {load_before[0]:.2f} before, {load_after[0]:.2f} after\n"
     )
     print(
         "| workers | steps/s (last epoch) | clips/s | data wait (last epoch) | steps/s (epochs 2+) | "
@@ -143,7 +144,8 @@ def main() -> None:
     for r in results:
         a, b = r["last_epoch"], r["epochs_2_on"]
         print(
-            f"| {r['workers']} | {a['steps_per_s']:.2f} | {a['clips_per_s']:.1f} | {100 * a['data_share']:.1f}% | "
+            f"| {r['workers']} | {a['steps_per_s']:.2f} | {a['clips_per_s']:.1f} | "
+            f"{100 * a['data_share']:.1f}% | "
             f"{b['steps_per_s']:.2f} | {100 * b['data_share']:.1f}% | {r['wall_seconds']:.0f} |"
         )
     result = {

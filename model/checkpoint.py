@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..pipeline.storage import storage_errors
+
 FORMAT_VERSION = 1  # of the saved dict; bump when a reader of the old layout would misread the new one
 
 
@@ -27,14 +29,28 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, rename: never a half-written file."""
+    """``torch.save`` to a temporary file in the same folder, fsync, rename: never a half-written file. A full
+    disk or a folder that cannot be written is one `StorageError` line naming the folder; the file as it was
+    (the last good checkpoint) is kept and the temporary one removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save({**obj, "format": FORMAT_VERSION}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    before = path.stat().st_size if path.exists() else None
+    kept = f"{path.name} as it was is kept" if before is not None else "nothing was written"
+    try:
+        with storage_errors(
+            path.parent,
+            lambda: before,
+            what=path.name,
+            kept=kept,
+            then="run the same command again (a run continues with --resume)",
+        ):
+            with open(tmp, "wb") as f:
+                torch.save({**obj, "format": FORMAT_VERSION}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path, required: Iterable[str] = (), what: str = "an iic checkpoint") -> dict:

@@ -12,8 +12,9 @@ Layouts (``root`` is the folder the official archives were unpacked into):
   with lines ``<video>.avi <n>`` (1 = train, 2 = test, 0 = unused).
 * ``folder``: ``<root>/<class>/<video>`` with any common container; optional ``train.txt`` / ``test.txt``
   of relative paths; otherwise a deterministic split (see `folder_entries`).
-* ``kinetics400`` / ``kinetics600`` / ``kinetics700``: the official annotation CSVs (see pipeline/kinetics.py);
-  ``train`` -> the train list, ``validate`` -> the test list, ``test`` -> unlabelled videos (label -1).
+* ``kinetics400`` / ``kinetics600`` / ``kinetics700``: the official annotation CSVs (see
+  pipeline/kinetics.py); ``train`` -> the train list, ``validate`` -> the test list, ``test`` -> unlabelled
+  videos (label -1).
 """
 
 from __future__ import annotations

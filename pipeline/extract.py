@@ -43,13 +43,12 @@ from .format import (
 )
 from .lock import exclusive
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks, threads_per_worker
+from .storage import StorageError, storage_errors
 from .writer import (
     ShardWriter,
-    StorageError,
     remove_stale_temporaries,
     shard_estimate,
     shard_rows,
-    storage_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -127,8 +126,8 @@ def encode_video(path: Path, cfg: ExtractConfig, threads: int = 1) -> tuple[list
 
 def shard_name(index: int, n_shards: int = 1, per_folder: int = 1000) -> str:
     """``frames/shard-00042.h5``; a dataset of more than ``per_folder`` shards (Kinetics: ~10k at 64 videos a
-    shard) spreads them over folders of ``per_folder``: ``frames/012/shard-012345.h5``. The flat names of every
-    smaller dataset are those of earlier versions, so their shards are kept on a re-run."""
+    shard) spreads them over folders of ``per_folder``: ``frames/012/shard-012345.h5``. The flat names of
+    every smaller dataset are those of earlier versions, so their shards are kept on a re-run."""
     if n_shards <= per_folder:
         return f"frames/shard-{index:05d}.h5"
     return f"frames/{index // per_folder:03d}/shard-{index:06d}.h5"
@@ -351,8 +350,8 @@ def _write_meta(cfg: ExtractConfig, index: DatasetIndex) -> None:
         "residual": "q = floor((x[t] - x[t-1]) / 2) + 128, in [0, 255]; frame 0 has residual 0 (q = 128)",
         "residual_source": RESIDUAL_SOURCES[cfg.store_residuals],
         "classes": list(index.classes),
-        # Kinetics options, only when used: the dataset.json of every other run stays as it was (its content is
-        # part of the data identity that --resume compares)
+        # Kinetics options, only when used: the dataset.json of every other run stays as it was (its content
+        # is part of the data identity that --resume compares)
         **({"subset": str(cfg.subset)} if cfg.subset is not None else {}),
         **({"unlabelled": True} if cfg.unlabelled else {}),
         "shard_size": cfg.shard_size,

@@ -63,13 +63,12 @@ from .format import (
 from .lock import exclusive
 from .parallel import ParallelConfig, StageSummary, TaskReport, run_tasks
 from .reader import VideoStore
+from .storage import StorageError, storage_errors
 from .writer import (
     ShardWriter,
-    StorageError,
     remove_stale_temporaries,
     shard_estimate,
     shard_rows,
-    storage_errors,
 )
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
 """The errors of the flow stage, apart so that the torch backend (``tvl1_torch.py``) and the OpenCV methods
 (``flowcalc.py``) both raise them without importing each other."""
+
 from __future__ import annotations
 
 

@@ -37,7 +37,8 @@ def _stage_lines(name: str, rows: list[ManifestRow], folder: Path, unit: str) ->
 
 
 def _kind(note: str) -> str:
-    """A warning without its numbers and details: 'decoded 19 of the 48 frames ...' -> 'decoded N of the N ...'."""
+    """A warning without its numbers and details: 'decoded 19 of the 48 frames ...' -> 'decoded N of the N
+    ...'."""
     return re.sub(r"\d+", "N", note.split(":")[0]).removesuffix(", first")
 
 
@@ -50,8 +51,8 @@ KINETICS_LISTS = {
 
 
 def list_lines(rows: list[ManifestRow], split: int, names: dict[str, str]) -> list[str]:
-    """Per list of ``split``: listed, ok, missing (no file) and broken (a file that does not decode), with shares:
-    several percent of a Kinetics download is normally missing."""
+    """Per list of ``split``: listed, ok, missing (no file) and broken (a file that does not decode), with
+    shares: several percent of a Kinetics download is normally missing."""
     lines = []
     for kind in LIST_KINDS:
         listed = [r for r in rows if r.in_list(split, kind)]
@@ -137,7 +138,8 @@ class CheckReport:
         """What the check could not verify: videos of shards written before checksums existed."""
         return [
             f"{stage}: no checksums for {n} of {self.videos[stage]} videos (shards written before checksums: "
-            f"bytes not verified; `iic-prep {'extract' if stage == 'frames' else 'flow'} --overwrite` adds them)"
+            f"bytes not verified; `iic-prep {'extract' if stage == 'frames' else 'flow'} --overwrite` "
+            "adds them)"
             for stage, n in sorted(self.unverified.items())
             if n
         ]
@@ -169,7 +171,8 @@ def check_report(data_dir: Path) -> CheckReport:
         missing = [r.id for r in store.rows if r.ok and r.n_frames >= 2 and r.id not in store.flow_rows]
         if missing:
             problems.append(
-                f"{len(missing)} extracted videos have no flow row (e.g. {missing[0]}): re-run `iic-prep flow`"
+                f"{len(missing)} extracted videos have no flow row (e.g. {missing[0]}): "
+                "re-run `iic-prep flow`"
             )
     store.close()
     return report
@@ -255,7 +258,8 @@ def _check_video(
             store.flow(r.id, r.n_frames - 1, 1)
     except (OSError, KeyError, ValueError, IndexError, FormatError) as err:
         return [
-            f"{r.id}: {stage} of {r.shard} unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            f"{r.id}: {stage} of {r.shard} unreadable "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
         ]
     return []
 

@@ -8,14 +8,14 @@ Layout (``root`` is the download folder)::
     <root>/validate/...                (or ``val/``), <root>/test/...
 
 CSV columns ``label,youtube_id,time_start,time_end,split`` (``is_cc`` and other columns are ignored; the test
-CSV has no label, or an empty one); a video is ``<youtube_id>_<time_start:06d>_<time_end:06d>`` with any common
-video suffix. Each split folder is scanned once (``os.scandir``, one level of label folders), so planning is
-linear in the number of files whichever layout the download uses. A listed video without a file keeps its
-expected path: extraction records it as failed ("file not found"), it never stops the run.
+CSV has no label, or an empty one); a video is ``<youtube_id>_<time_start:06d>_<time_end:06d>`` with any
+common video suffix. Each split folder is scanned once (``os.scandir``, one level of label folders), so
+planning is linear in the number of files whichever layout the download uses. A listed video without a file
+keeps its expected path: extraction records it as failed ("file not found"), it never stops the run.
 
 How the lists map onto the project's split 1: ``train.csv`` -> the train list, ``validate.csv`` -> the test
-list (the evaluation split, as in every Kinetics paper), ``test.csv`` -> ``unlabelled`` (label -1, empty class;
-in neither list, so training, retrieval and recognition never see it; extracted only when asked for).
+list (the evaluation split, as in every Kinetics paper), ``test.csv`` -> ``unlabelled`` (label -1, empty
+class; in neither list, so training, retrieval and recognition never see it; extracted only when asked for).
 Label ids are the sorted label names (as the common loaders do) of the labelled videos kept.
 
 A subset file (one entry a line, ``#`` comments) restricts the set: either class names (e.g. the 200 classes
@@ -34,7 +34,8 @@ from .entries import VIDEO_SUFFIXES, DatasetIndex, DatasetLayoutError, DatasetOp
 
 log = logging.getLogger(__name__)
 
-# (canonical list name, accepted file / folder names, project list kind); shared dicts: 650k entries, 3 objects
+# (canonical list name, accepted file / folder names, project list kind); shared dicts: 650k entries,
+# 3 objects
 LISTS = (
     ("train", ("train",), {1: "train"}),
     ("validate", ("validate", "val"), {1: "test"}),

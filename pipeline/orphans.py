@@ -1,10 +1,10 @@
 """Worker processes end with the run that started them.
 
-A ``kill -9`` of ``iic-prep extract`` or ``flow`` used to leave its loky workers running (reparented to PID 1):
-they finished the shards already handed to them, without the run's folder lock, beside a resumed run. Every
-task sent to a local worker process is wrapped by `guarded`, which starts (once per process) a daemon thread
-that ends the process as soon as its parent is no longer the run's process, and `ShardWriter.commit` asks
-`exit_if_orphaned` right before it publishes a shard, so a worker cannot publish after its run is gone.
+A ``kill -9`` of ``iic-prep extract`` or ``flow`` used to leave its loky workers running (reparented to
+PID 1): they finished the shards already handed to them, without the run's folder lock, beside a resumed run.
+Every task sent to a local worker process is wrapped by `guarded`, which starts (once per process) a daemon
+thread that ends the process as soon as its parent is no longer the run's process, and `ShardWriter.commit`
+asks `exit_if_orphaned` right before it publishes a shard, so a worker cannot publish after its run is gone.
 Nothing happens in the run's own process (tasks run in-process with one worker) or on a Dask cluster (its
 workers belong to the cluster, not to the run). `quiet_leak_guard` keeps loky's replacement of a worker that
 outgrew its leak guard from alarming a user: nothing is lost then.
@@ -63,8 +63,8 @@ def guarded(fn: Callable[..., Any], parent: int, *args: Any) -> Any:
 
 @contextmanager
 def quiet_leak_guard() -> Iterator[None]:
-    """Silence loky's leak-guard warning ("A worker stopped while some jobs were given to the executor") in the
-    block. loky replaces a worker whose memory grew by 300 MB since its first task and warns if tasks are
+    """Silence loky's leak-guard warning ("A worker stopped while some jobs were given to the executor") in
+    the block. loky replaces a worker whose memory grew by 300 MB since its first task and warns if tasks are
     waiting; decoding an HD video or training a run grows a worker that much by design. The task had ended and
     returned its result, and the replacement takes the next one: nothing is lost, so the warning would only
     alarm."""

@@ -84,7 +84,7 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
     cols = len(idx) + (1 if has_flow else 0)  # the last column holds the flow key
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols * w / h, 1.7 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows):
-        for c, (t, image) in enumerate(zip(idx, images)):
+        for c, (t, image) in enumerate(zip(idx, images, strict=True)):
             ax = axes[r][c]
             ax.imshow(image)
             ax.set_xticks([])

@@ -14,9 +14,9 @@ Layout written under ``cfg.out`` (as in the official UCF101 release)::
 
 Classes come in pairs that are each other's time reversal (MoveLeft/MoveRight, MoveUp/MoveDown,
 RotateClockwise/RotateCounterClockwise, ZoomIn/ZoomOut: ``REVERSAL_PAIRS``): a video of one class played
-backwards is a video of the other, with the same distribution of speeds and poses, so the two classes have
-the same distribution of single frames AND of unordered sets of frames. Only the order of the frames tells
-them apart; a method blind to it scores at most chance within each pair. The default 8 classes are the 4 pairs.
+backwards is a video of the other, with the same distribution of speeds and poses, so the two classes have the
+same distribution of single frames AND of unordered sets of frames. Only the order of the frames tells them
+apart; a method blind to it scores at most chance within each pair. The default 8 classes are the 4 pairs.
 
 Groups play the role of UCF101's groups: clips of one group share the background canvas and the sprites'
 shape and texture, and the test list of split ``s`` holds whole groups (the ``s``-th third of them), so
@@ -476,7 +476,7 @@ def render_video(cfg: SynthConfig, class_name: str, group: int, clip: int) -> np
     video = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):
         frame = background.copy()
-        for sprite, pose in zip(sprites, poses):
+        for sprite, pose in zip(sprites, poses, strict=True):
             cx, cy = pose.centre[t]
             _paste(frame, sprite, float(cx), float(cy), float(pose.angle[t]), math.exp(pose.log_scale[t]))
         video[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)

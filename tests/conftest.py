@@ -168,7 +168,8 @@ def decode_resized(path: Path, size: tuple[int, int], limit: int | None = None) 
 
 
 def jpeg_roundtrip(frames: np.ndarray, quality: int = 90, subsampling: str = "420") -> np.ndarray:
-    """What the documented codec (baseline JPEG, 4:2:0 by default, libjpeg-turbo via simplejpeg) makes of ``frames``."""
+    """What the documented codec (baseline JPEG, 4:2:0 by default, libjpeg-turbo via simplejpeg) makes of
+    ``frames``."""
     import simplejpeg
 
     return np.stack(
@@ -433,8 +434,8 @@ def trimmed_clip(src: Path, dst: Path, n: int = 30) -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """One intra-op torch thread for a module (2 cores shared with other jobs: several times faster than
-    two here); restored after it. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    """One intra-op torch thread for a module (2 cores shared with other jobs: several times faster than two
+    here); restored after it. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
     import torch
 
     n = torch.get_num_threads()

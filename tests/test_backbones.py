@@ -21,7 +21,7 @@ def clip(b: int = 2, t: int = 8, h: int = 32, w: int = 32) -> torch.Tensor:
     return torch.randn(b, 3, t, h, w, generator=torch.Generator().manual_seed(0))
 
 
-# REFERENCE.md section 1, "Backbones": full width and depth, no classifier.
+# docs/method.md, "Backbones": full width and depth, no classifier.
 @pytest.mark.parametrize(
     "name, reference",
     [("r3d-10", 14.36e6), ("r21d-10", 14.37e6), ("c3d", 27.66e6)],

@@ -1,6 +1,6 @@
-"""Per-frame CRC32 checksums in the shards: written by the stages, verified on every read and by `iic-prep check`;
-a seeded fault injection flips bytes of a real shard file and every flip must be caught. Shards without
-checksums (written before them) still read, and `check` says they are unverified."""
+"""Per-frame CRC32 checksums in the shards: written by the stages, verified on every read and by
+`iic-prep check`; a seeded fault injection flips bytes of a real shard file and every flip must be caught.
+Shards without checksums (written before them) still read, and `check` says they are unverified."""
 
 from __future__ import annotations
 
@@ -81,7 +81,9 @@ def test_stages_write_a_checksum_per_frame_and_pair(pristine):
                     group[f"{m}{CRC_SUFFIX}"][()],
                 )
                 assert crcs.dtype == np.uint32 and len(crcs) == row.n_frames
-                assert [zlib.crc32(blob[a:b]) for a, b in zip(offsets[:-1], offsets[1:])] == crcs.tolist()
+                assert [
+                    zlib.crc32(blob[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+                ] == crcs.tolist()
             pairs = flow["flow"][()]
             assert flow[f"flow{CRC_SUFFIX}"][()].tolist() == [zlib.crc32(p.tobytes()) for p in pairs]
         _read_all(store, row.id)
@@ -111,7 +113,8 @@ def test_shards_without_checksums_still_read_and_check_says_so(data):
 
 
 def _frame_bytes(path: Path) -> list[tuple[str, str, int, np.ndarray]]:
-    """(slot, stream, file offset of the stream's first byte, its offsets table) of every stored JPEG stream."""
+    """(slot, stream, file offset of the stream's first byte, its offsets table) of every stored JPEG
+    stream."""
     out = []
     with h5py.File(path) as f:
         for slot, group in f["videos"].items():
@@ -170,8 +173,8 @@ def test_seeded_byte_flips_in_stored_frames_are_all_caught(data):
 
 
 def test_corrupt_flow_chunks_are_never_returned(data):
-    """Flow pairs are gzip chunks: a flipped byte either breaks the chunk (a FormatError naming it) or inflates
-    to other bytes (the CRC32 catches it)."""
+    """Flow pairs are gzip chunks: a flipped byte either breaks the chunk (a FormatError naming it) or
+    inflates to other bytes (the CRC32 catches it)."""
     rng = np.random.default_rng(7)
     shard = data / "flow" / "shard-00000.h5"
     with h5py.File(shard) as f:
@@ -279,8 +282,8 @@ def _flip(path: Path, offset: int) -> None:
 
 def test_repair_rewrites_exactly_the_damaged_shards(pristine, data):
     """A flipped byte in a frames shard and one in a flow shard: a plain resume keeps both (their attributes
-    are in order), `check` fails; `extract --repair` and `flow --repair` rewrite those two shards only, and the
-    dataset reads as the pristine one again."""
+    are in order), `check` fails; `extract --repair` and `flow --repair` rewrite those two shards only, and
+    the dataset reads as the pristine one again."""
     with h5py.File(data / "frames" / "shard-00000.h5") as f:
         group = f[slot_name(1)]
         frames_at = group["rgb"].id.get_offset() + int(group["rgb_offsets"][3]) + 5  # inside rgb frame 3
@@ -325,17 +328,18 @@ def test_repair_rewrites_exactly_the_damaged_shards(pristine, data):
 
 
 def _corrupt_every_frame(data: Path, video: str) -> None:
-    """One flipped byte in each stored RGB and residual frame of ``video``: every clip of it reads corrupt bytes."""
+    """One flipped byte in each stored RGB and residual frame of ``video``: every clip of it reads corrupt
+    bytes."""
     row = next(r for r in VideoStore(data).ok_rows() if r.id == video)
-    for slot, stream, base, offsets in _frame_bytes(data / row.shard):
+    for slot, _stream, base, offsets in _frame_bytes(data / row.shard):
         if int(slot) == row.slot:
-            for a, b in zip(offsets[:-1], offsets[1:]):
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True):
                 _flip(data / row.shard, base + int(a + b) // 2)
 
 
 def test_skip_corrupt_leaves_out_the_damaged_video_in_training_and_retrieval(data, tmp_path, caplog):
-    """Without --skip-corrupt a damaged video stops training and retrieval with one line; with it, the run goes
-    on without that video, says it once and counts it, and retrieval lists it as left out."""
+    """Without --skip-corrupt a damaged video stops training and retrieval with one line; with it, the run
+    goes on without that video, says it once and counts it, and retrieval lists it as left out."""
     store = VideoStore(data)
     train_id = store.ok_rows(1, "train")[0].id
     query_id = store.ok_rows(1, "test")[0].id

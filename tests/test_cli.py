@@ -55,9 +55,9 @@ def help_entry(text: str, opt: str) -> str:
 
 
 def test_presets_are_files_listed_and_shown_as_train_resolves_them(tmp_path):
-    """`iic presets`: one line per preset file with its description; `--show NAME` prints the full resolved config
-    as TOML, which `iic train --config` reads back to the same config, and which `iic train --preset NAME
-    --print-config` prints too."""
+    """`iic presets`: one line per preset file with its description; `--show NAME` prints the full resolved
+    config as TOML, which `iic train --config` reads back to the same config, and which `iic train --preset
+    NAME --print-config` prints too."""
     from iic.model.config import build_config, preset_names
 
     result = CliRunner().invoke(main, ["presets"])
@@ -99,3 +99,62 @@ def test_one_meaning_per_path_option():
     for group in (prep, main):
         text = CliRunner().invoke(group, ["--help"], terminal_width=200).output
         assert "$IIC_DATA" in text and "--data-root the data root" in text, text
+
+
+def _other_value(opt):
+    """A valid value of ``opt`` other than its default, as typed on the command line and as resolved."""
+    if opt.kind is bool:
+        return ([f"--no-{opt.flag[2:]}"] if opt.default else [opt.flag]), not opt.default
+    if opt.choices is not None:
+        value = next(c for c in opt.choices if c != opt.default)
+        return [opt.flag, value], value
+    if opt.kind is tuple:
+        return [opt.flag, "0.5,0.75"], (0.5, 0.75)
+    if opt.name == "device":
+        return [opt.flag, "cpu"], "cpu"
+    value = opt.default + 1 if opt.kind is int else round(opt.default * 1.5, 6)
+    if opt.high is not None and value >= opt.high:
+        value = round((opt.default + (opt.low or 0)) / 2, 6)
+    return [opt.flag, str(value)], value
+
+
+def test_every_generated_train_option_reaches_the_config(tmp_path):
+    """Each option of `iic train` that the config declares is generated, parsed into its field and shown
+    resolved by --print-config (the one place an option is declared is the one it acts from)."""
+    import sys
+
+    from iic.model.config import OPTIONS, flat_dict
+
+    tomllib = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    seen = []
+    for opt in [o for o in OPTIONS if o.cli]:
+        args, value = _other_value(opt)
+        r = CliRunner().invoke(
+            main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), *args, "--print-config"]
+        )
+        assert r.exit_code == 0, (opt.flag, r.output)
+        resolved = flat_dict(tomllib.loads(r.stdout))
+        got = resolved[opt.path]
+        assert (tuple(got) if isinstance(got, list) else got) == value, (opt.flag, got, value)
+        seen.append(opt.flag)
+    assert len(seen) >= 35
+
+
+def test_every_option_is_named_in_a_test():
+    """A guard for new options: each long spelling of every `iic` option appears, quoted, in a test, or is one
+    of `iic train`'s generated options (the test above drives each of them)."""
+    from pathlib import Path
+
+    from iic.model.config import OPTIONS
+
+    generated = {o.flag for o in OPTIONS if o.cli} | {f"--no-{o.flag[2:]}" for o in OPTIONS if o.kind is bool}
+    text = "".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py"))
+    missing = [
+        f"{' '.join(path)} {opt}"
+        for path, cmd in commands(main, ("iic",))
+        for param in cmd.params
+        if isinstance(param, click.Option)
+        for opt in param.opts + param.secondary_opts
+        if opt.startswith("--") and f'"{opt}"' not in text and not (path[-1] == "train" and opt in generated)
+    ]
+    assert not missing, f"options no test names: {missing}"

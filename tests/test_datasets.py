@@ -27,7 +27,8 @@ def _ucf_lists(root: Path) -> Path:
     )
     # split 2 swaps the roles of g01 and g08 and leaves YoYo out
     (lists / "trainlist02.txt").write_bytes(
-        b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\r\nHandstandPushups/v_HandStandPushups_g01_c01.avi 2\r\n"
+        b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 1\r\n"
+        b"HandstandPushups/v_HandStandPushups_g01_c01.avi 2\r\n"
     )
     (lists / "testlist02.txt").write_bytes(
         b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi\r\nHandstandPushups/v_HandStandPushups_g08_c01.avi\r\n"

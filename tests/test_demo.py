@@ -22,6 +22,8 @@ def test_demo_small(tmp_path):
         "1",
         "--workers",
         "1",
+        "--jobs",
+        "2",
     ]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output + repr(first.exception)
@@ -46,6 +48,27 @@ def test_demo_small(tmp_path):
     ]
     assert table["DualVar"].split()[4:7] == ["-", "-", "-"] and "-" not in table["IIC (repeat)"].split()[2:8]
     assert "of 16 test videos against 16 train videos (8 classes: chance top-1 12.5%)" in first.output
+    # the table names the machine and the kernels it ran with (pinned by the demo: reproduce.py)
+    assert report["machine"]["cpu"] and set(report["machine"]["kernels"]) == {
+        "ATEN_CPU_CAPABILITY",
+        "ONEDNN_MAX_CPU_ISA",
+        "MKL_CBWR",
+    }
+    assert "(not set)" not in report["machine"]["kernels"].values()
+    # the data is the data root's dataset `synth`, where every default finds it; each stage and run is said
+    assert json.loads((tmp_path / "synth" / "dataset.json").read_text())["dataset"] == "ucf101"
+    progress = [line for line in first.stderr.splitlines() if line.startswith("demo: ")]
+    assert (
+        progress[0]
+        == f"demo: preparing the synthetic dataset in {tmp_path / 'synth'} (generate, extract, flow)"
+    )
+    assert (
+        "demo: training IIC (repeat), CMC baseline, DualVar, 2 at a time, one CPU thread each" in progress[2]
+    )
+    assert (
+        sum(": trained and encoded in " in line for line in progress) == 3
+        and progress[-1] == "demo: retrieval"
+    )
     for run in ("demo-tiny", "demo-cmc-tiny", "demo-dualvar-tiny"):
         assert (tmp_path / "runs" / run / "final.pt").exists() and (
             tmp_path / "runs" / run / "curves.png"

@@ -1,5 +1,6 @@
 """DualVar heads and losses checked against explicit-loop NumPy computations on small tensors."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -304,7 +305,7 @@ def test_momentum_update():
     net_q, net_k = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     before_k = [p.detach().clone() for p in net_k.parameters()]
     momentum_update(net_q, net_k, m=0.9)
-    for p_q, p_k, p0 in zip(net_q.parameters(), net_k.parameters(), before_k):
+    for p_q, p_k, p0 in zip(net_q.parameters(), net_k.parameters(), before_k, strict=True):
         torch.testing.assert_close(p_k, 0.9 * p0 + 0.1 * p_q.detach())
     with pytest.raises(ValueError):
         momentum_update(net_q, torch.nn.Linear(3, 4))
@@ -319,7 +320,7 @@ def test_config_defaults_and_validation():
     assert cfg.clip_loss == "simclr"
     with pytest.raises(ValueError):
         DualVarConfig(clip_loss="byol")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.theta = 1.0  # frozen
 
 
@@ -367,3 +368,36 @@ def test_end_to_end_gradients_reach_both_heads():
     assert torch.isfinite(total)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in clip_head.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in series_head.parameters())
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float16, 0.01), (torch.bfloat16, 0.05)], ids=str)
+def test_losses_stay_fp32_under_autocast_and_near_the_fp32_step(monkeypatch, dtype, tolerance):
+    """On CUDA the step runs under fp16 autocast; the same construction on the CPU must compute every logit
+    and loss of DualVar in float32 (the network's forward stays in mixed precision, the augmentation in
+    fp32), and give the fp32 step's loss within 1 % (float16, what CUDA runs) or 5 % (bfloat16)."""
+    from iic.model.config import build_config
+    from iic.model.methods.dualvar import build
+
+    cfg = build_config("dualvar-tiny", crop=16, frames=4, stride=1)
+    g = torch.Generator().manual_seed(0)
+
+    def clip() -> torch.Tensor:
+        return torch.randint(0, 255, (4, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
+
+    batch = {"rgb": clip(), "rgb_1": clip(), "index": torch.arange(4)}
+    seen = []
+    cross_entropy = F.cross_entropy
+    monkeypatch.setattr(
+        F, "cross_entropy", lambda z, y, **kw: seen.append(z.dtype) or cross_entropy(z, y, **kw)
+    )
+    losses = {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        net, state, step = build(cfg, 4)
+        with torch.autocast("cpu", dtype=dtype, enabled=amp):
+            losses[amp] = step(net, state, batch, cfg, torch.Generator().manual_seed(1), torch.device("cpu"))
+            inside = (torch.ones(2, 3) @ torch.ones(3, 2)).dtype
+        assert inside == (dtype if amp else torch.float32)  # autocast was on
+    assert seen and all(d == torch.float32 for d in seen), seen  # L_clip and L_tc logits
+    assert losses[True].dtype == torch.float32
+    assert abs(losses[True].item() - losses[False].item()) < tolerance * losses[False].item(), losses

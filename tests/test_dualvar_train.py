@@ -350,20 +350,22 @@ def test_resume_equals_uninterrupted_moco(motion_data, tmp_path, monkeypatch):
     from iic.model import checkpoint
     from iic.model.run import train as train_mod
 
-    cfg = lambda out: build_config(
-        "dualvar-tiny",
-        data=motion_data,
-        out=out,
-        frames=8,
-        stride=2,
-        crop=32,
-        batch_size=4,
-        workers=0,
-        device="cpu",
-        seed=0,
-        epochs=2,
-        dualvar={"clip_loss": "moco", "moco_k": 8, "moco_m": 0.9},
-    )
+    def cfg(out):
+        return build_config(
+            "dualvar-tiny",
+            data=motion_data,
+            out=out,
+            frames=8,
+            stride=2,
+            crop=32,
+            batch_size=4,
+            workers=0,
+            device="cpu",
+            seed=0,
+            epochs=2,
+            dualvar={"clip_loss": "moco", "moco_k": 8, "moco_m": 0.9},
+        )
+
     full = checkpoint.load(train_mod.train(cfg(tmp_path / "full")))
 
     real = train_mod.train_one_epoch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -200,7 +201,8 @@ def test_feature_cache_hit_and_invalidation(world, tmp_path):
 
 def test_feature_cache_follows_the_pixels_not_the_manifest(world, tmp_path):
     """Re-extracting the same video list into the same folder with other pixels (--quality) leaves the
-    manifest as it was; the cache is keyed by what a reader gets (`VideoStore.identity`), so it is not read."""
+    manifest as it was; the cache is keyed by what a reader gets (`VideoStore.identity`), so it is not
+    read."""
     data, ckpt = world
     raw = data.parent.parent / "raw"
     for quality, expect in (
@@ -313,8 +315,8 @@ def test_without_ckpt_one_run_is_taken_and_named_and_several_are_refused(world, 
     assert res.exit_code == 2 and not (tmp_path / "out2").exists()
     line = error_line(res)
     assert (
-        f"3 runs under {runs} could be meant ({runs / 'a-newer' / 'final.pt'}, {runs / 'b-older' / 'final.pt'}"
-        in line
+        f"3 runs under {runs} could be meant ({runs / 'a-newer' / 'final.pt'}, "
+        f"{runs / 'b-older' / 'final.pt'}" in line
     )
     given = retrieval(
         data, "--ckpt", runs / "a-newer" / "final.pt", "--out", tmp_path / "out", "--clips", "1"
@@ -363,8 +365,8 @@ def test_logistic_probe_separates_separable_classes_and_is_at_chance_on_random_l
     w, scale, offset = rng.normal(size=(dim, n_classes)), rng.uniform(0.5, 3.0, dim), rng.normal(size=dim)
 
     def separable(n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Labels = argmax of one fixed affine map, keeping only points with a clear margin: linearly separable
-        (features of unequal scales and off-centre, as backbone features are)."""
+        """Labels = argmax of one fixed affine map, keeping only points with a clear margin: linearly
+        separable (features of unequal scales and off-centre, as backbone features are)."""
         x = rng.normal(size=(20 * n, dim)) * scale + offset
         scores = (x - offset) @ w
         top2 = np.sort(scores, axis=1)[:, -2:]
@@ -508,9 +510,134 @@ def test_each_method_is_scored_with_its_own_protocol(world, tmp_path):
     dv = RetrievalConfig(data=data).with_protocol("dualvar")
     assert (dv.feature, dv.center, dv.modality) == ("pool", True, "rgb")
     assert RetrievalConfig(data=data, center=False).with_protocol("dualvar").center is False
-    assert got["config"]["modality"] == "res"  # IIC's input view (REFERENCE.md: repeat+res) unless told
+    assert got["config"]["modality"] == "res"  # IIC's input view (docs/method.md: repeat+res) unless told
     assert RetrievalConfig(data=data, modality="rgb").with_protocol("iic").modality == "rgb"
     # the linear probe follows the same protocol (it had rgb / pool of its own before)
     run_iic("eval", "linear", "--data", data, "--ckpt", ck, *FAST, "--out", tmp_path / "l")
     lin = json.loads((tmp_path / "l" / "linear.json").read_text())["config"]
     assert (lin["modality"], lin["feature"]) == ("res", "conv5")
+
+
+def test_a_fine_tuning_that_ends_at_chance_says_why():
+    """The paper's recognition recipe (lr 1e-3, plateau decay) does not move a 30-epoch run on a small set:
+    the result then says so and what to change, instead of a bare top-1 near chance."""
+    from iic.model.run.finetune import FinetuneConfig, chance_warnings
+
+    cfg = FinetuneConfig(epochs=30)
+    rows = [{"epoch": 29, "loss": 2.01, "lr": 1e-6}, {"epoch": 30, "loss": 2.022, "lr": 1e-7}]
+    [warning] = chance_warnings(rows, 8, 390, cfg)
+    for words in (
+        "ended near chance",
+        "training loss 2.022 against ln(8) = 2.079",
+        "after 390 steps",
+        "rate of 1e-07 (from --lr 0.001, cut on plateaus of 2 epochs)",
+        "--schedule cosine with a higher --lr (e.g. 0.01)",
+    ):
+        assert words in warning, warning
+    assert chance_warnings([{"epoch": 30, "loss": 1.5, "lr": 1e-3}], 8, 390, cfg) == []  # it learnt
+    assert chance_warnings([], 8, 0, cfg) == []
+
+
+def test_a_damaged_feature_cache_is_said_and_recomputed(world, tmp_path, caplog):
+    """A truncated cache file is one warning naming it; the retrieval recomputes its features (same numbers)
+    and rewrites the file."""
+    data, trained = world
+    ckpt = tmp_path / "run" / "final.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(trained.read_bytes())
+    first = json.loads(retrieval(data, "--ckpt", ckpt, "--out", tmp_path / "a", "--json").stdout)
+    cache = sorted((ckpt.parent / "eval" / "features").glob("features-test-*.npz"))
+    assert len(cache) == 1
+    cache[0].write_bytes(cache[0].read_bytes()[:200])  # a disk that filled up, a copy cut short
+    with caplog.at_level(logging.WARNING, logger="iic.model.evaluation.features"):
+        again = retrieval(data, "--ckpt", ckpt, "--out", tmp_path / "b", "--json")
+    warnings = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert (
+        len(warnings) == 1 and str(cache[0]) in warnings[0] and "computing its features again" in warnings[0]
+    )
+    second = json.loads(again.stdout)
+    assert second["topk"] == first["topk"] and not second["cached"]
+    assert json.loads(retrieval(data, "--ckpt", ckpt, "--out", tmp_path / "c", "--json").stdout)["cached"]
+
+
+def test_center_and_no_center_override_the_protocol(world, tmp_path):
+    """IIC's protocol does not centre; --center does, and --no-center undoes a centring protocol's (the folder
+    names the choice)."""
+    data, ckpt = world
+    base = [
+        "--random-init",
+        "--model",
+        "r3d-tiny",
+        "--frames",
+        "8",
+        "--crop",
+        "32",
+        "--feature",
+        "pool",
+        "--json",
+    ]
+    for flag, centred in (("--center", True), ("--no-center", False)):
+        r = retrieval(data, *base, flag, "--run", tmp_path / "runs")
+        result = json.loads(r.stdout)
+        assert result["center"] is centred and result["config"]["center"] is centred
+        assert (
+            Path(result["out"]).name
+            == "retrieval-ucf101-s1-res-pool" + ("-centred" if centred else "") + "-2clips"
+        )
+
+
+def test_every_report_names_the_recipe_and_its_feature_normalisation(world, tmp_path):
+    """A run trained with --no-normalize (the authors' raw features) says so in its retrieval report, as the
+    paper presets' runs say they normalise."""
+    data, ckpt = world
+    run_iic(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "raw",
+        "--crop",
+        "32",
+        "--frames",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--monitor-every",
+        "0",
+        "--no-normalize",
+    )
+    for path, normalised in ((ckpt, True), (tmp_path / "raw" / "final.pt", False)):
+        result = json.loads(
+            retrieval(data, "--ckpt", path, "--json", "--out", tmp_path / "e" / str(normalised)).stdout
+        )
+        recipe = result["trained_with"]
+        assert (
+            recipe["method"] == "iic"
+            and recipe["model"] == "r3d-tiny"
+            and recipe["iic"]["normalize"] is normalised
+        )
+
+
+def test_a_flow_run_is_scored_on_the_view_it_trained_with_by_default(world):
+    """An IIC run whose second view was a flow component is retrieved, probed and fine-tuned on that view
+    unless --modality says otherwise; residual and DualVar runs keep their protocols' inputs."""
+    from iic.model.evaluation.protocol import default_input
+
+    data, _ = world
+    assert RetrievalConfig(data=data).with_protocol("iic", "flow-u").modality == "flow-u"
+    assert RetrievalConfig(data=data, modality="rgb").with_protocol("iic", "flow-v").modality == "rgb"
+    assert [default_input("iic", v) for v in ("res", "flow-u", "flow-v", "rgb")] == [
+        "res",
+        "flow-u",
+        "flow-v",
+        "res",
+    ]
+    assert default_input("dualvar", "rgb") == "rgb" and default_input("random-init") == "res"

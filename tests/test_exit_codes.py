@@ -203,8 +203,8 @@ def test_info_show_and_check_print_results_on_stdout(prepared):
         (
             ["flow", "--dataset", "synth", "--bound", "5"],
             1,
-            "{data}/flow was computed with method farneback, asked tvl1; bound 20.0, asked 5.0: pass --overwrite to "
-            "recompute it",
+            "{data}/flow was computed with method farneback, asked tvl1; bound 20.0, asked 5.0: "
+            "pass --overwrite to recompute it",
         ),
         (["flow", "--data", "nothing"], 1, "no processed dataset at nothing"),
         (

@@ -39,7 +39,7 @@ from iic.pipeline.format import FormatError, read_manifest
 from iic.pipeline.lock import exclusive
 from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.reader import VideoStore
-from iic.pipeline.writer import size_text
+from iic.pipeline.storage import size_text
 
 SIZE = (45, 61)  # odd on purpose: JPEG and the resize must cope with any HxW
 SIZE_ARG = f"{SIZE[0]}x{SIZE[1]}"
@@ -57,7 +57,7 @@ def _truncate(path: Path, fraction: float) -> Path:
 
 
 def _bad_input_layout(raw: Path) -> dict[str, str]:
-    """A UCF101 layout where most videos are broken in one of the ways of the issue, section 5.
+    """A UCF101 layout where most videos are broken in one of the ways real archives are broken.
     Returns rel path -> what the case is."""
     cases = {
         "Good/v_Good_g01_c01.avi": "good",
@@ -154,7 +154,7 @@ def test_bad_input_is_extracted_or_failed_with_a_reason(tmp_path):
         with av.open(str(path)) as c:
             assert c.streams.video[0].frames == header
         assert 0 < rows[vid].n_frames == decode_count(path) < header, vid
-        # kept, with the damage in its reason (the issue's "a damaged stream recorded as clean")
+        # kept, with the damage in its reason (never a damaged stream recorded as clean)
         assert (
             rows[vid].ok
             and f"decoded {rows[vid].n_frames} of the {header} frames the container claims"
@@ -197,7 +197,7 @@ def test_hmdb_special_names_through_the_cli(tmp_path):
         "Tom's_Cartwheel_cartwheel_f_cm_np1_fr_med_0.avi",
     ]
     flags = ["1", "2", "1", "0"]
-    lines = {"cartwheel": [f"{n} {f} " for n, f in zip(names, flags)]}
+    lines = {"cartwheel": [f"{n} {f} " for n, f in zip(names, flags, strict=True)]}
     build_hmdb51(raw, lines, {f"cartwheel/{n}": synth_frames(16 + i, seed=i) for i, n in enumerate(names)})
     result = run_prep(
         "extract", "--dataset", "hmdb51", "--root", raw, "--out", out, "--workers", "1", "--size", "32x40"
@@ -418,8 +418,8 @@ def test_a_stream_cut_inside_a_frame_notes_the_decoder_errors(tmp_path):
 
 
 def test_workers_end_with_a_killed_run(tmp_path):
-    """SIGKILL of the run's process alone (not its group): its 2 workers, one held at a gate inside a video and
-    one busy with the rest, end within seconds, publish no shard after the kill, and a new run resumes."""
+    """SIGKILL of the run's process alone (not its group): its 2 workers, one held at a gate inside a video
+    and one busy with the rest, end within seconds, publish no shard after the kill, and a new run resumes."""
     raw = _resume_layout(tmp_path / "raw", n=24)
     out = tmp_path / "out"
     args = [
@@ -716,12 +716,12 @@ def _denied(name: str) -> OSError:
 
 NO_SPACE_TAIL = "needed for the next shard (shards so far are kept; free space and rerun to resume)"
 READ_ONLY = (
-    "read-only file system (shards so far are kept; make it writable or choose another data folder, "
-    "and rerun to resume)"
+    "read-only file system (shards so far are kept; make it writable or choose another folder, and rerun "
+    "to resume)"
 )
 DENIED = (
-    "permission denied (shards so far are kept; give this user write access or choose another data "
-    "folder, and rerun to resume)"
+    "permission denied (shards so far are kept; give this user write access or choose another folder, "
+    "and rerun to resume)"
 )
 
 STORAGE_CASES = {  # where the write fails, the error, the message after "Error: cannot write to <folder>: "
@@ -818,12 +818,12 @@ def test_a_storage_error_crosses_the_worker_processes_as_one_line(tmp_path):
     """With loky workers the error is raised in a worker and re-raised in the run's process by joblib: the
     same type and the same one line (the writer's translation happens where the write failed)."""
     from iic.pipeline.parallel import ParallelConfig, run_tasks
-    from iic.pipeline.writer import StorageError, storage_error
+    from iic.pipeline.storage import StorageError, storage_error
 
     expected = storage_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path, 40_000_000)
     assert isinstance(expected, StorageError) and str(expected).startswith(f"no space left on {tmp_path}: ")
     code = (
-        "from iic.pipeline.writer import storage_error; import errno; "
+        "from iic.pipeline.storage import storage_error; import errno; "
         f"raise storage_error(OSError(errno.ENOSPC, 'full'), {str(tmp_path)!r}, 40_000_000)"
     )
     with pytest.raises(StorageError) as caught:
@@ -887,7 +887,8 @@ def _assert_same_data_allow_failed(a: Path, b: Path) -> None:
 
 def test_quiet_leak_guard_silences_lokys_leak_warning_and_nothing_else():
     """Workers (an HD decode, a training run) outgrow loky's 300 MB leak guard by design; loky then replaces
-    them and warns, although nothing was lost. The guard hides that warning, as loky words it, and no other."""
+    them and warns, although nothing was lost. The guard hides that warning, as loky words it, and no
+    other."""
     import inspect
     import warnings
 
@@ -896,14 +897,14 @@ def test_quiet_leak_guard_silences_lokys_leak_warning_and_nothing_else():
     from iic.pipeline.orphans import quiet_leak_guard
 
     text = (
-        "A worker stopped while some jobs were given to the executor. This can be caused by a too short worker "
-        "timeout or by a memory leak."
+        "A worker stopped while some jobs were given to the executor. This can be caused by a too short "
+        "worker timeout or by a memory leak."
     )
     assert '"A worker stopped while some jobs were given to the "' in inspect.getsource(process_executor)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with quiet_leak_guard():
-            warnings.warn(text, UserWarning)
-            warnings.warn("another warning", UserWarning)
-        warnings.warn(text, UserWarning)  # outside the block: shown
+            warnings.warn(text, UserWarning, stacklevel=1)
+            warnings.warn("another warning", UserWarning, stacklevel=1)
+        warnings.warn(text, UserWarning, stacklevel=1)  # outside the block: shown
     assert [str(w.message) for w in seen] == ["another warning", text]

@@ -33,7 +33,7 @@ from iic.pipeline.flowcalc import dequantize
 from iic.pipeline.lock import exclusive
 from iic.pipeline.parallel import EXIT_SOME_FAILED
 from iic.pipeline.reader import VideoStore
-from iic.pipeline.writer import size_text
+from iic.pipeline.storage import size_text
 
 SIZE = "32x40"
 B = 20.0
@@ -207,7 +207,8 @@ def _true_flow(kind: str) -> np.ndarray:
 
 
 def test_known_translation_and_rotation(tmp_path):
-    """Lossless gray ffv1 sources, extracted at their own size (JPEG q90 in the store), tvl1 through the stage.
+    """Lossless gray ffv1 sources, extracted at their own size (JPEG q90 in the store), tvl1 through the
+    stage.
 
     Measured mean EPE per pair (interior, 8 px margin), OpenCV 5.0.0: translation by (0.7, -0.4) px
     0.010-0.012 px, i.e. the quantisation of (0.7, -0.4) itself (0.0098 px); rotation by 1.2 deg (|flow| mean
@@ -364,7 +365,7 @@ def test_rerun_keeps_shards_and_overwrite_recomputes(flowdata, tmp_path):
     assert (data / "flow" / "manifest.csv").read_text() == (flowdata[1] / "flow" / "manifest.csv").read_text()
     overwrite = run_prep("flow", "--data", data, "--workers", "1", "--overwrite")
     assert overwrite.exit_code == EXIT_SOME_FAILED and f"shards: {SHARDS} written, 0 kept" in overwrite.output
-    assert all(p.stat().st_mtime_ns != m for p, m in zip(shards, mtimes))
+    assert all(p.stat().st_mtime_ns != m for p, m in zip(shards, mtimes, strict=True))
     _assert_same_flow(data, flowdata[1])
 
 

@@ -1,4 +1,5 @@
-"""IIC objective: logits and loss against the formula, memory banks, intra-negatives, the variants' columns."""
+"""IIC objective: logits and loss against the formula, memory banks, intra-negatives, the variants'
+columns."""
 
 import math
 
@@ -126,7 +127,7 @@ def test_rows_stay_unit_norm():
     mem = make_memory()
     assert torch.allclose(mem.M1.memory.norm(dim=1), torch.ones(N, dtype=torch.float64))
     g = torch.Generator().manual_seed(5)
-    for step in range(20):
+    for _ in range(20):
         f1, f2, fn = (10 * torch.randn(4, D, generator=g, dtype=torch.float64) for _ in range(3))
         mem(f1, f2, fn, torch.randint(N, (4,), generator=g))
     for bank in (mem.M1, mem.M2, mem.Mn):
@@ -264,9 +265,9 @@ def test_live_positive_passes_gradient_to_both_views():
 
 
 def test_batch_negatives_add_the_other_clips_and_every_intra_negative():
-    """batch_negatives: after the bank columns, row b gets f_b.g_c for the N - 1 other clips c of the other view
-    and f_b.fn_c for all N intra-negatives (its own included), live (brute-force loops); CMC gets only the
-    former. The chance loss counts these columns."""
+    """batch_negatives: after the bank columns, row b gets f_b.g_c for the N - 1 other clips c of the other
+    view and f_b.fn_c for all N intra-negatives (its own included), live (brute-force loops); CMC gets only
+    the former. The chance loss counts these columns."""
     for intra in (True, False):
         plain = make_memory(positive="live", intra_neg=intra)
         mem = make_memory(positive="live", intra_neg=intra, batch_negatives=True)
@@ -325,34 +326,50 @@ def test_center_head_removes_the_common_direction():
     assert not any(p.requires_grad for p in CenterHead(8).parameters())  # affine-free: nothing to learn
 
 
-def test_logits_and_bank_update_stay_fp32_under_autocast():
-    """On CUDA the step runs under fp16 autocast; the same construction on CPU (bfloat16) must leave the
-    contrastive logits, the loss and the banks in float32 (model/iic.py: iic_step)."""
+# autocast dtype on the CPU -> how close the loss must stay to the fp32 step's (relative): float16 is what
+# CUDA runs (11 bits of mantissa), bfloat16 keeps 8 (and, through tau = 0.07, the logits feel it)
+AMP_TOLERANCE = {torch.float16: 0.01, torch.bfloat16: 0.05}
+
+
+@pytest.mark.parametrize("dtype", list(AMP_TOLERANCE), ids=str)
+def test_logits_and_bank_update_stay_fp32_under_autocast(dtype):
+    """On CUDA the step runs under fp16 autocast; the same construction on the CPU must leave the contrastive
+    logits, the loss and the banks in float32 (model/methods/iic.py: iic_step), and the loss near the fp32
+    step's from the same weights and banks (`AMP_TOLERANCE`)."""
     from iic.model.config import build_config
     from iic.model.methods.iic import Encoder, iic_step
 
     cfg = build_config("tiny", crop=16, frames=4, K=4)
+    torch.manual_seed(0)
     net = Encoder(cfg)
     mem = IICMemory(6, net.out_dim, K=4)  # bank positive: every logit is an einsum
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    banks = {k: v.clone() for k, v in mem.state_dict().items()}
+    g = torch.Generator().manual_seed(5)
     batch = {
-        "rgb": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8),
-        "res": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8),
+        "rgb": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8, generator=g),
+        "res": torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8, generator=g),
         "index": torch.tensor([0, 3]),
     }
     seen = []
     mem.register_forward_hook(lambda module, args, out: seen.extend(z.dtype for z in out))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         loss = iic_step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
         inside = torch.einsum("bd,bd->b", torch.ones(2, 3), torch.ones(2, 3)).dtype
-    assert inside == torch.bfloat16  # autocast was on
+    assert inside == dtype  # autocast was on
     assert seen == [torch.float32, torch.float32]  # z1, z2
     assert loss.dtype == torch.float32 and mem.M1.memory.dtype == torch.float32
+    net32, mem32 = Encoder(cfg), IICMemory(6, net.out_dim, K=4)
+    net32.load_state_dict(before)
+    mem32.load_state_dict(banks)
+    fp32 = iic_step(net32, mem32, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert abs(loss.item() - fp32.item()) < AMP_TOLERANCE[dtype] * fp32.item(), (loss.item(), fp32.item())
 
 
 def test_mlp_bn_head_normalises_view_1_and_its_intra_negatives_as_one_batch():
-    """``--head mlp-bn``: BatchNorm in the head's hidden layer (``mlp-bn-out``: and a centring one at its end),
-    with view 1 and the intra-negatives made from it in one batch (what they share, e.g. "still", is kept) and
-    view 2 in its own. The plain MLP head has no batch statistics: each clip's output is its own."""
+    """``--head mlp-bn``: BatchNorm in the head's hidden layer (``mlp-bn-out``: and a centring one at its
+    end), with view 1 and the intra-negatives made from it in one batch (what they share, e.g. "still", is
+    kept) and view 2 in its own. The plain MLP head has no batch statistics: each clip's output is its own."""
     from iic.model.config import build_config
 
     g = torch.Generator().manual_seed(0)
@@ -377,12 +394,15 @@ def test_mlp_bn_head_normalises_view_1_and_its_intra_negatives_as_one_batch():
 
 
 def test_view2_from_another_time_reads_the_loaders_second_clip():
-    """``--view2-time other``: the loader reads two clips per video and view 2 is made from the second (its own
-    crop); view 1 is the paper's step's."""
+    """``--view2-time other``: the loader reads two clips per video and view 2 is made from the second (its
+    own crop); view 1 is the paper's step's."""
     from iic.model.config import build_config
 
     g = torch.Generator().manual_seed(0)
-    clip = lambda: torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8, generator=g)  # noqa: E731
+
+    def clip() -> torch.Tensor:
+        return torch.randint(0, 255, (2, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
+
     first, second = clip(), clip()
     batch = {"rgb": first, "res": first, "rgb_1": second, "res_1": second, "index": torch.tensor([0, 3])}
     seen = {}
@@ -433,3 +453,28 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
         build_config("dualvar-tiny", rgb_aug="simclr")
     with pytest.raises(ValueError, match="--rgb-aug 'strong' is unknown"):
         build_config("tiny", rgb_aug="strong")
+
+
+def test_without_normalisation_the_raw_features_meet_the_unit_bank_rows():
+    """``--no-normalize`` (the authors' code): f1, f2 and fn go into the logits as the encoder gives them; the
+    banks still hold unit rows (their update normalises)."""
+    mem = make_memory(normalize=False)
+    banks = {k: getattr(mem, k).memory.numpy().copy() for k in ("M1", "M2", "Mn")}
+    f1, f2, fn = (3.0 * f for f in features())
+    index = torch.tensor([2, 7, 4])
+    z1, _ = mem(f1, f2, fn, index, torch.Generator().manual_seed(3))
+    j = draw_negatives(BATCH, K, N, torch.Generator().manual_seed(3)).numpy()
+    idx = np.concatenate([index.numpy()[:, None], j], 1)
+    raw = (
+        np.array(
+            [
+                [banks["M2"][i] @ f1[b].numpy() for i in idx[b]]
+                + [banks["Mn"][i] @ f1[b].numpy() for i in idx[b]]
+                for b in range(BATCH)
+            ]
+        )
+        / TAU
+    )
+    assert np.allclose(z1.detach().numpy(), raw)
+    assert not np.allclose(z1.detach().numpy(), reference_logits(f1.numpy(), banks["M2"], banks["Mn"], idx))
+    assert torch.allclose(mem.M1.memory.norm(dim=1), torch.ones(N, dtype=torch.float64))

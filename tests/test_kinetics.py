@@ -358,8 +358,8 @@ def test_shard_names_flat_below_the_threshold_and_spread_above():
 
 
 def test_shards_in_subfolders_read_resume_and_flow(k400, tmp_path):
-    """Spread shards (forced small: 2 a folder) are read, checked, kept on a re-run and get aligned flow; going
-    back to the flat layout replaces them."""
+    """Spread shards (forced small: 2 a folder) are read, checked, kept on a re-run and get aligned flow;
+    going back to the flat layout replaces them."""
     from iic.pipeline.extract import ExtractConfig, extract
     from iic.pipeline.reader import VideoStore
 

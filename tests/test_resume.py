@@ -83,7 +83,8 @@ def _dataset(root: Path, seed: int, *extract_args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread) -> dict[str, Path]:
-    """Two datasets with the same video list (synthetic seeds 0 and 1) and a finished 1-epoch run on the first."""
+    """Two datasets with the same video list (synthetic seeds 0 and 1) and a finished 1-epoch run on the
+    first."""
     root = tmp_path_factory.mktemp("resume")
     data, other = _dataset(root / "a", 0), _dataset(root / "b", 1)
     run = root / "run"
@@ -92,7 +93,8 @@ def world(tmp_path_factory, one_thread) -> dict[str, Path]:
 
 
 def _train(data, out, *extra, ok: bool | None = None):
-    """``iic train`` into ``out``; ``"--resume"`` in ``extra`` continues the run there (its options given again)."""
+    """``iic train`` into ``out``; ``"--resume"`` in ``extra`` continues the run there (its options given
+    again)."""
     extra = [x for e in extra for x in ((e, str(out)) if e == "--resume" else (e,))]
     r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(out), *TINY, *extra])
     if ok is not None:
@@ -122,8 +124,9 @@ def test_the_manifest_fingerprint_cannot_tell_the_two_datasets_apart(world):
 
 
 def test_the_identity_is_read_once_per_state_of_the_files(world, tmp_path):
-    """Every evaluation list and view asks for it (0.65 ms a video): a second store of an unchanged folder gets
-    it without opening a shard; rewriting a shard (same bytes, new mtime) makes the next ask read again."""
+    """Every evaluation list and view asks for it (0.65 ms a video): a second store of an unchanged folder
+    gets it without opening a shard; rewriting a shard (same bytes, new mtime) makes the next ask read
+    again."""
     copy = tmp_path / "ucf101"
     shutil.copytree(world["data"], copy)
     first = VideoStore(copy).identity()
@@ -136,9 +139,9 @@ def test_the_identity_is_read_once_per_state_of_the_files(world, tmp_path):
 
 
 def test_the_identity_is_the_same_from_the_shards_digests_and_from_their_videos(world, tmp_path):
-    """Each shard stores the digest of its videos' offsets and CRC32s when it is written, so the identity reads
-    one attribute per shard; a shard without it (written by an earlier version) gets the same digest from its
-    videos. Another dataset with the same video list still differs."""
+    """Each shard stores the digest of its videos' offsets and CRC32s when it is written, so the identity
+    reads one attribute per shard; a shard without it (written by an earlier version) gets the same digest
+    from its videos. Another dataset with the same video list still differs."""
     import h5py
 
     copy = tmp_path / "ucf101"
@@ -156,8 +159,8 @@ def test_the_identity_is_the_same_from_the_shards_digests_and_from_their_videos(
 
 
 def test_a_checkpoint_with_the_legacy_identity_resumes_and_another_datasets_does_not(world, tmp_path):
-    """Checkpoints of versions before per-shard digests recorded the legacy identity (one running hash over every
-    video): they still resume on their data, and not on another dataset with the same video list."""
+    """Checkpoints of versions before per-shard digests recorded the legacy identity (one running hash over
+    every video): they still resume on their data, and not on another dataset with the same video list."""
     from iic.model.run.resume import check_data
 
     legacy, other = VideoStore(world["data"]).legacy_identity(), VideoStore(world["other"]).legacy_identity()

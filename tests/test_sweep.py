@@ -76,7 +76,7 @@ def test_side_by_side_gives_the_weights_of_one_after_another(data, tmp_path):
         "dualvar",
         "iic",
     ]
-    for a, b in zip(parallel, serial):
+    for a, b in zip(parallel, serial, strict=True):
         wa, wb = _weights(a), _weights(b)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), a.parent.name
     # finished runs are skipped: nothing is trained again and the same checkpoints come back

@@ -285,7 +285,7 @@ def test_pose_motion_by_class(name: str, dx: int, dy: int, dangle: int, dscale: 
             _circular_step(pose.angle, 360.0),
             _circular_step(pose.log_scale, 1.0),
         ]
-        for step, sign in zip(steps, (dx, dy, dangle, dscale)):
+        for step, sign in zip(steps, (dx, dy, dangle, dscale), strict=True):
             if sign == 0:
                 np.testing.assert_allclose(step, 0.0, atol=1e-9)
             else:
@@ -320,8 +320,8 @@ def _frame_features(frame: np.ndarray) -> np.ndarray:
 def _temporal_shift(video: np.ndarray) -> np.ndarray:
     """(dx, dy) between consecutive temporal differences, by phase correlation (static background cancels)."""
     gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float64) for f in video]
-    diffs = [b - a for a, b in zip(gray[:-1], gray[1:])]
-    return np.mean([cv2.phaseCorrelate(a, b)[0] for a, b in zip(diffs[:-1], diffs[1:])], axis=0)
+    diffs = [b - a for a, b in zip(gray[:-1], gray[1:], strict=True)]
+    return np.mean([cv2.phaseCorrelate(a, b)[0] for a, b in zip(diffs[:-1], diffs[1:], strict=True)], axis=0)
 
 
 def test_single_frames_do_not_separate_classes_but_motion_does(tmp_path: Path) -> None:
@@ -379,7 +379,7 @@ def _affine_flow(video: np.ndarray) -> tuple[float, float]:
     Image axes: x right, y down; curl > 0 is clockwise on screen, divergence > 0 is expansion.
     """
     curls, divs = [], []
-    for a, b in zip(video[:-1], video[1:]):
+    for a, b in zip(video[:-1], video[1:], strict=True):
         moving = np.abs(a.astype(int) - b).max(-1) > 6
         if moving.sum() < 10:
             continue
@@ -523,6 +523,7 @@ def test_reversal_pairs_are_each_others_time_reversal(forward: str, backward: st
             (a.centre[:, 0], a.centre[:, 1], a.angle, a.log_scale),
             (b.centre[:, 0], b.centre[:, 1], b.angle, b.log_scale),
             wraps,
+            strict=True,
         ):
             np.testing.assert_allclose(_circular_step(x[::-1], period), _circular_step(y, period), atol=1e-9)
 

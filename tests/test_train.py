@@ -154,8 +154,8 @@ def test_short_videos_loop_and_it_is_said_once(data, caplog):
     assert torch.equal(s["rgb"][:, n], s["rgb"][:, 0])
     said = [r.getMessage() for r in caplog.records if "shorter than a clip" in r.getMessage()]
     assert said == [
-        f"all {ds.n_videos} train videos of split 1 are shorter than a clip (32 frames at stride 1 span 32 usable "
-        f"frames; shortest {ds.lengths.min()}): their clips loop, frames repeat"
+        f"all {ds.n_videos} train videos of split 1 are shorter than a clip (32 frames at stride 1 span 32 "
+        f"usable frames; shortest {ds.lengths.min()}): their clips loop, frames repeat"
     ], said
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="iic.model.data.clips"):
@@ -185,7 +185,7 @@ def test_loader_workers_give_the_same_clips(data, context):
     ds = ClipDataset(data, 1, "train", ClipConfig(frames=8), mode="train")
     ref = _collect(ds, 0)
     got = _collect(ds, 2, context)
-    assert all(torch.equal(a, b) for a, b in zip(ref, got)) and len(ref) == len(got)
+    assert len(ref) == len(got) and all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
 
 
 # -- configs -------------------------------------------------------------------------------------------------
@@ -251,8 +251,8 @@ def _cfg(data: Path, out: Path, **kw):
 
 
 def test_tiny_run_lowers_the_loss(data, tmp_path):
-    """The paper's bank positive, no head, multi-step decay, on 12 videos (the tiny recipe needs the benchmark's
-    240: tests/test_learning.py)."""
+    """The paper's bank positive, no head, multi-step decay, on 12 videos (the tiny recipe needs the
+    benchmark's 240: tests/test_learning.py)."""
     final = train(
         _cfg(
             data,
@@ -331,7 +331,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data, tmp_path):
     assert resumed["epoch"] == 3 and resumed["step"] == full["step"]
 
 
-# -- the second view and the intra-negative of a real 1-epoch run ----------------------------------------------
+# -- the second view and the intra-negative of a real 1-epoch run --------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +362,8 @@ def encoder_inputs(monkeypatch) -> list[list[torch.Tensor]]:
 
 
 def _train_cli(data: Path, out: Path, *extra: str) -> dict:
-    """`iic train` for one tiny epoch (3 steps of 4 of the 12 training videos); returns the final checkpoint."""
+    """`iic train` for one tiny epoch (3 steps of 4 of the 12 training videos); returns the final
+    checkpoint."""
     r = CliRunner().invoke(
         main,
         [
@@ -536,8 +537,8 @@ def test_a_manifest_that_disagrees_with_the_shards_stops_training_in_one_line(da
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_a_non_finite_loss_stops_the_loop_in_one_line(value):
-    """One check for pretraining and fine-tuning (`runlog.ensure_finite`): NaN and +-inf stop, in one line that
-    says where; a finite loss passes."""
+    """One check for pretraining and fine-tuning (`runlog.ensure_finite`): NaN and +-inf stop, in one line
+    that says where; a finite loss passes."""
     from iic.model.run.runlog import ensure_finite
 
     with pytest.raises(

@@ -1,9 +1,9 @@
 """``iic eval retrieval`` and ``iic eval linear``: frozen-feature evaluations of a trained backbone.
 
-Retrieval (REFERENCE.md section 1): gallery = the split's train videos, queries = its test videos, every
-extracted one (videos whose extraction failed are listed in the output, never silently dropped). A
-video's feature is the mean over its test clips (`features.feature_sets`); cosine similarity; top-k
-for k in 1, 5, 10, 20, 50 capped at the gallery size (`retrieval.retrieval_topk`).
+Retrieval (docs/method.md, "Evaluation protocols"): gallery = the split's train videos, queries = its test
+videos, every extracted one (videos whose extraction failed are listed in the output, never silently
+dropped). A video's feature is the mean over its test clips (`features.feature_sets`); cosine
+similarity; top-k for k in 1, 5, 10, 20, 50 capped at the gallery size (`retrieval.retrieval_topk`).
 
 Linear probe: the same per-video features (``pool`` by default), standardised with the train mean/std,
 then a multinomial logistic regression (full-batch L-BFGS) on the train list, or a cosine kNN vote;
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ...pipeline.reader import VideoStore
+from ...pipeline.storage import storage_errors
 from .. import checkpoint
 from ..config import ConfigError, TrainConfig
 from ..distributed import resolve_device
@@ -199,6 +200,16 @@ def trained_on(source: SourceConfig) -> Path | None:
     return path if path is not None and (path / "dataset.json").exists() else None
 
 
+def results_written(out: Path):
+    """A full disk or an unwritable folder while writing an evaluation's results: one line naming ``out``."""
+    return storage_errors(
+        out,
+        what="the results",
+        kept="the data, the checkpoint and the cached features are untouched",
+        then="run the evaluation again",
+    )
+
+
 def eval_base(src: BackboneSource, runs: Path) -> Path:
     """Where a backbone's evaluations go: ``<run folder>/eval``, or a folder of its own under ``runs`` for a
     random initialisation. Its ``features`` folder caches the features of every evaluation of it."""
@@ -351,6 +362,7 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
         "chosen": src.chosen,
+        "trained_with": src.recipe,
         "data": data_record(src, cfg.data, cfg.split),
         "backbone": {
             "model": src.model,
@@ -385,11 +397,12 @@ def evaluate_retrieval(cfg: RetrievalConfig) -> dict:
             for i, (vid, lab) in enumerate(zip(queries.video_ids, queries.labels, strict=True))
         ],
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "retrieval.json").write_text(json.dumps(result, indent=1))
     from .report import retrieval_figure
 
-    retrieval_figure(result, cfg.data, out / "retrieval.png", n_show=cfg.n_show)
+    with results_written(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "retrieval.json").write_text(json.dumps(result, indent=1))
+        retrieval_figure(result, cfg.data, out / "retrieval.png", n_show=cfg.n_show)
     result["out"] = str(out)
     return result
 
@@ -559,6 +572,7 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
         "chosen": src.chosen,
+        "trained_with": src.recipe,
         "data": data_record(src, cfg.data, cfg.split),
         "method": method,
         "top1": top1,
@@ -566,6 +580,7 @@ def evaluate_linear(cfg: LinearConfig) -> dict:
         "cached": train.cached and test.cached,
         "out": str(out),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ("knn.json" if cfg.knn else "linear.json")).write_text(json.dumps(result, indent=1))
+    with results_written(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ("knn.json" if cfg.knn else "linear.json")).write_text(json.dumps(result, indent=1))
     return result

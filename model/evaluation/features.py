@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ...pipeline.reader import FormatError, VideoStore
+from ...pipeline.storage import storage_errors
 from .. import checkpoint
+from ..checkpoint import describe_error
 from ..config import BACKBONES, EVAL_VIEWS, FEATURES, ConfigError, TrainConfig, modalities_for
 from ..data import augment
 from ..data.clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
@@ -55,6 +57,9 @@ class BackboneSource:
     n_data: int | None = None  # training-list size the checkpoint was trained on
     method: str = "random-init"
     view2: str | None = None  # the second view it was trained with (None: random init)
+    # the recipe it was trained with (the method, its views and its section of options: IIC's feature
+    # normalisation, heads, negatives...), named in every report of it; None for a random init
+    recipe: dict | None = dataclasses.field(default=None, compare=False, hash=False)
     pretrain_dataset: str | None = (
         None  # dataset.json name of the data it was trained on (older checkpoints: None)
     )
@@ -126,10 +131,31 @@ def checkpoint_source(ckpt: Path) -> tuple[BackboneSource, dict]:
         n_data=state.get("n_data"),
         method=cfg.method,
         view2=cfg.view2,
+        recipe=recipe_of(cfg),
         pretrain_dataset=state.get("dataset"),
         pretrain_path=trained_on.get("path") or str(cfg.data),
     )
     return src, state
+
+
+def recipe_of(cfg: TrainConfig) -> dict:
+    """What a report says of how a backbone was trained: the method, backbone, views and the method's
+    options (e.g. ``iic.normalize``, the feature normalisation the paper presets keep and the authors' code
+    does not apply)."""
+    d = cfg.to_dict()
+    keep = (
+        "method",
+        "model",
+        "view2",
+        "frames",
+        "stride",
+        "crop",
+        "epochs",
+        "batch_size",
+        "lr",
+        *cfg.sections,
+    )
+    return {k: d[k] for k in keep if k in d}
 
 
 def backbone_state(model_state: dict) -> tuple[dict, list[str]]:
@@ -351,28 +377,55 @@ def extract(
 
 
 def _read_cached(path: Path, ids: list[str]) -> tuple[np.ndarray, dict[str, str]] | None:
+    """A cache file's features and left-out videos; None when it is absent, of another list, or damaged (said
+    in one line: the features are then computed again and the file rewritten, nothing is lost)."""
     if not path.exists():
         return None
-    with np.load(path) as z:
-        if [str(v) for v in z["video_ids"]] != ids:
-            return None
-        return z["features"], json.loads(str(z["left_out"])) if "left_out" in z else {}
+    try:
+        with np.load(path) as z:
+            if [str(v) for v in z["video_ids"]] != ids:
+                return None
+            features = np.asarray(z["features"])
+            left = json.loads(str(z["left_out"])) if "left_out" in z else {}
+    except Exception as err:  # any damage (truncated zip, bad pickle-free array, missing key) is a cache miss
+        log.warning(
+            "feature cache %s is damaged (%s): computing its features again", path, describe_error(err)
+        )
+        return None
+    if features.shape[0] != len(ids):
+        log.warning(
+            "feature cache %s holds %d rows for %d videos: computing its features again",
+            path,
+            features.shape[0],
+            len(ids),
+        )
+        return None
+    return features, left
 
 
 def _write_cached(
     path: Path, f: np.ndarray, dataset: ClipDataset, meta: dict, left_out: dict[str, str]
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(
-        tmp,
-        features=f,
-        labels=dataset.labels.astype(np.int64),
-        video_ids=np.array(dataset.video_ids),
-        meta=json.dumps(meta, default=str),
-        left_out=json.dumps(left_out),
-    )
-    tmp.replace(path)
+    try:
+        with storage_errors(
+            path.parent,
+            what="the feature cache",
+            kept="the data and the checkpoint are untouched",
+            then="run the evaluation again",
+        ):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                tmp,
+                features=f,
+                labels=dataset.labels.astype(np.int64),
+                video_ids=np.array(dataset.video_ids),
+                meta=json.dumps(meta, default=str),
+                left_out=json.dumps(left_out),
+            )
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass

@@ -1,7 +1,7 @@
-"""Each method's own retrieval protocol, in one place (REFERENCE.md sections 1 and 2).
+"""Each method's own retrieval protocol, in one place (docs/method.md, "Evaluation protocols").
 
 IIC (and its CMC baseline) retrieve with conv5 features max-pooled (1, 2, 2), cosine similarity, no
-centring, and report retrieval with RGB and with residual input, fine-tuning on residual input (REFERENCE.md:
+centring, and report retrieval with RGB and with residual input, fine-tuning on residual input (the paper:
 "repeat+res"); DualVar uses the pooled feature, each set centred by its own mean, on RGB input only (it trains
 on RGB only).
 ``iic eval retrieval|linear|recognition``, the training monitor and the demo take their defaults from here,

@@ -3,7 +3,7 @@
 Gallery = train-split videos, queries = test-split videos, one feature row per video. Protocol:
 
 1. optional centring: each set has its OWN mean subtracted (query mean from the queries, gallery mean
-   from the gallery; DualVar's variant, REFERENCE.md section 2);
+   from the gallery; DualVar's variant, docs/method.md);
 2. L2 normalisation of every row, then cosine similarity = dot product;
 3. gallery ranked per query by descending similarity; a query is a hit at k if ANY of its k nearest
    gallery videos has the query's label; top-k is reported in percent over ALL queries (no batch is

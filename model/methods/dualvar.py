@@ -410,7 +410,8 @@ def dualvar_step(
     are made of (the networks' forward stays in mixed precision).
     """
     dv, aug = cfg.dualvar, cfg.simclr
-    v = make_views(batch, aug, cfg.view2, dv.n_segments, gen, device, dv.allow_identity_shuffle)
+    with torch.autocast(device.type, enabled=False):  # augmentation in fp32 (its blur is a convolution)
+        v = make_views(batch, aug, cfg.view2, dv.n_segments, gen, device, dv.allow_identity_shuffle)
     B = v["x0"].shape[0]
     if dv.clip_loss == "moco":
         z, slots = net(torch.cat([v["x0"], v["x2"], v["x2s"]]))

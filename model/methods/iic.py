@@ -242,8 +242,9 @@ def iic_step(
 ) -> Tensor:
     """One IIC loss on a batch of uint8 clips on ``device``. The intra-negative is made from view 1 as
     augmented, so it keeps view 1's appearance. ``views`` makes (x1, x2) (the variants' own, for them)."""
-    x1, x2 = views(batch, cfg, gen, device)
-    xs = [x1, x2] + ([intra_negative(x1, cfg.iic.neg, gen)] if cfg.iic.neg != "none" else [])
+    with torch.autocast(device.type, enabled=False):  # augmentation in fp32 (SimCLR's blur is a convolution)
+        x1, x2 = views(batch, cfg, gen, device)
+        xs = [x1, x2] + ([intra_negative(x1, cfg.iic.neg, gen)] if cfg.iic.neg != "none" else [])
     f = net(xs)
     # logits, loss and bank update in fp32 even under autocast (fp16 dot products of unit vectors / 0.07
     # lose the differences the loss is made of, and the banks would accumulate fp16 rounding)

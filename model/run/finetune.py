@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +34,9 @@ from ..evaluation.evaluate import SourceConfig, eval_dir, resolve_source
 from ..evaluation.features import BackboneSource, check_dataset_size, data_record, load_backbone
 from ..evaluation.protocol import default_input
 from ..nets.backbones import VideoBackbone
-from .loop import Loop, TrainingError
+from .loop import Loop, TrainingError, cosine
 from .resume import check_resumable, data_identity, file_digest, refuse_existing, same_path
-from .runlog import RunLog, plot_curves
+from .runlog import RunLog, plot_curves, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class FinetuneConfig:
     epochs: int = 150
     batch_size: int = 16
     lr: float = 1e-3
+    schedule: str = "plateau"  # plateau (the paper's: x0.1 when the validation loss stalls) | cosine (to 0)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     val_fraction: float = 0.1
@@ -170,6 +172,26 @@ def source_changes(saved: dict, now: dict, ckpt: dict, source_id: str) -> tuple[
 RESUME_FREE = {"workers", "device", "epochs", "out", "data", "source"}
 
 
+CHANCE_SHARE = 0.95  # a final training loss above this share of ln(classes) has learnt (next to) nothing
+
+
+def chance_warnings(metrics: list[dict], n_classes: int, steps: int, cfg: FinetuneConfig) -> list[str]:
+    """Why a fine-tuning that ended at chance did, and what to change: the paper's recipe (lr 1e-3, a plateau
+    decay on the validation loss) is made for tens of thousands of steps; in a short run a small validation
+    set's noisy loss cuts the rate before anything moves (BENCHMARKS.md, "Recognition")."""
+    losses = [row for row in metrics if "loss" in row and "epoch" in row]
+    if not losses or losses[-1]["loss"] < CHANCE_SHARE * math.log(n_classes):
+        return []
+    last = losses[-1]
+    how = f"cut on plateaus of {cfg.patience} epochs" if cfg.schedule == "plateau" else "cosine"
+    return [
+        f"the fine-tuning ended near chance: training loss {last['loss']:.3f} against ln({n_classes}) = "
+        f"{math.log(n_classes):.3f} after {steps} steps, at a rate of {last['lr']:.2g} "
+        f"(from --lr {cfg.lr:g}, {how}); a short run needs --schedule cosine with a higher --lr (e.g. 0.01), "
+        "or more --epochs"
+    ]
+
+
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Fine-tune and test; returns (and writes to ``recognition.json``) top-1/top-5 and the counts."""
     src, state = resolve_source(cfg.source)
@@ -207,7 +229,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     optimizer = torch.optim.SGD(
         net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cfg.patience)
     sampler = EpochSampler(len(tr_idx), cfg.seed, indices=tr_idx)
     loader = DataLoader(
         train_set,
@@ -221,7 +242,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     def step(batch: dict, gen: torch.Generator) -> Tensor:
         return F.cross_entropy(net(_inputs(batch, cfg.modality, src.crop, True, gen, device)), batch["label"])
 
-    loop = Loop(net, net, optimizer, loader, sampler, device, cfg.seed + STEP_SEED, step)
+    if cfg.schedule == "cosine":  # stepped by the loop after every step
+        total = cfg.epochs * len(loader)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine(s, 0, total))
+    else:  # stepped here after every epoch, on the validation loss
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=cfg.patience)
+    per_step = scheduler if cfg.schedule == "cosine" else None
+    loop = Loop(net, net, optimizer, loader, sampler, device, cfg.seed + STEP_SEED, step, scheduler=per_step)
     last, final = out / "last.pt", out / "final.pt"
     data_id, source_id = data_identity(cfg.data, "flow" in mods), source_identity(src)
     if resume:
@@ -235,7 +262,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
             cfg.data,
             source_changes(saved, cfg.to_dict(), ckpt, source_id),
         )
-        loop.load_state_dict(ckpt, last, scheduler=scheduler)
+        loop.load_state_dict(ckpt, last, scheduler=None if per_step else scheduler)
         log.info("resumed from %s at epoch %d", last, loop.epoch)
     else:
         refuse_existing(last, "a fine-tuning run")
@@ -277,7 +304,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
                 )
                 metrics["val_loss"] = float(F.nll_loss(scores.clamp_min(1e-12).log(), labels))
                 metrics["val_top1"] = topk_accuracy(scores, labels, 1)
-            scheduler.step(metrics.get("val_loss", meter.loss))
+            if per_step is None:
+                scheduler.step(metrics.get("val_loss", meter.loss))
             runlog.write(loop.step, **metrics)
             log.info(
                 "epoch %d: %s",
@@ -305,13 +333,17 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         "config": cfg.to_dict(),
         "checkpoint": src.describe(),
         "chosen": src.chosen,
+        "trained_with": src.recipe,
         "data": data_record(src, cfg.data, cfg.split),
         "top1": topk_accuracy(scores, labels, 1),
         "top5": topk_accuracy(scores, labels, 5),
         "classes": n_classes,
         "counts": {"train": len(tr_idx), "val": len(val_idx), "test": int(labels.shape[0])},
         "out": str(out),
+        "warnings": chance_warnings(read_metrics(out / "metrics.jsonl"), n_classes, loop.step, cfg),
     }
+    for warning in result["warnings"]:
+        log.warning("%s", warning)
     checkpoint.save_atomic(
         {
             "config": cfg.to_dict(),

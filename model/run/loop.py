@@ -10,6 +10,7 @@ device to time a step: the loss is summed on the device and read at the log inte
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,11 @@ from tqdm import tqdm
 from .. import checkpoint
 from ..data.clips import CorruptTally, EpochSampler, clip_seed, worker_errors
 from .runlog import Meter, ensure_finite
+
+
+def cosine(step: int, start: int, end: int) -> float:
+    """The factor of a cosine decay from 1 at ``start`` to 0 at ``end`` (optimiser steps)."""
+    return 0.5 * (1.0 + math.cos(math.pi * (step - start) / max(1, end - start)))
 
 
 class TrainingError(RuntimeError):
@@ -58,9 +64,14 @@ class Loop:
         return torch.Generator().manual_seed(clip_seed(self.seed, self.epoch, index, self.rank))
 
     def train_epoch(
-        self, bar: tqdm | None = None, log: Callable[[Meter], None] | None = None, log_every: int = 0
+        self,
+        bar: tqdm | None = None,
+        log: Callable[[Meter], None] | None = None,
+        log_every: int = 0,
+        until: float | None = None,
     ) -> Meter:
-        """One pass over the loader; ``log(window)`` every ``log_every`` steps. Returns the epoch's meter."""
+        """One pass over the loader; ``log(window)`` every ``log_every`` steps. Returns the epoch's meter.
+        ``until``: stop after the step that ends past this `time.perf_counter` (a timed measurement)."""
         self.net.train()
         if self.state is not None:
             self.state.train()
@@ -103,6 +114,8 @@ class Loop:
                     log(window)
                 window.reset()
             t_end = time.perf_counter()
+            if until is not None and t_end > until:
+                break
         ensure_finite(meter.loss, f"epoch {self.epoch + 1}", TrainingError)
         return meter
 

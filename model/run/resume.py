@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 from ...pipeline.reader import VideoStore
 from .. import checkpoint
-from ..checkpoint import CheckpointError, describe_error
+from ..checkpoint import CheckpointError
 from ..config import ConfigError, TrainConfig, flat_dict
 
 
@@ -94,15 +93,6 @@ def check_resumable(
         )
     refuse_changes(saved, now, free, path, extra)
     check_data(ckpt.get("data_identity") or {}, saved.get("data"), data, path)
-
-
-def load_states(ckpt: dict, path: Path, **objects: Any) -> None:
-    """``obj.load_state_dict(ckpt[name])`` for each ``name=obj``; a damaged or foreign state is one line."""
-    try:
-        for name, obj in objects.items():
-            obj.load_state_dict(ckpt[name])
-    except Exception as err:  # a damaged or foreign optimiser / scheduler / scaler state
-        raise CheckpointError(f"cannot resume from {path}: {describe_error(err)}") from None
 
 
 def same_path(a: str | Path | None, b: str | Path | None) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from ..distributed import (
 )
 from ..evaluation.monitor import Monitor
 from ..evaluation.protocol import iic_chance_loss
-from .loop import Loop, TrainingError, shutdown_workers
+from .loop import Loop, TrainingError, cosine, shutdown_workers
 from .resume import check_resumable, data_identity, refuse_existing, saved_config
 from .runlog import Meter, RunLog, plot_curves
 
@@ -137,7 +136,7 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
         if step < warm:
             return (step + 1) / warm
         if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            return cosine(step, warm, total)
         epoch = step // steps_per_epoch
         return cfg.gamma ** sum(epoch >= m for m in milestones)
 
