@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= data
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint docs clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,14 @@ test: setup lint
 	$(BIN)/python -m pytest -m "not slow" -q
 
 lint: setup
-	$(BIN)/ruff check --no-cache --select F,E9 .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+docs: setup
+	$(BIN)/python docs/generate_cli.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
