@@ -26,7 +26,7 @@ from .model.config import (
     build_config,
 )  # torch-free
 from .pipeline.datasets import DATASETS  # no OpenCV, h5py or joblib
-from .pipeline.names import BACKENDS, FLOW_METHODS  # no OpenCV, h5py or joblib
+from .pipeline.names import BACKENDS, FLOW_METHODS, SYNTH_CAMERAS  # no OpenCV, h5py or joblib
 
 DEFAULT_DATA = Path(os.environ.get("IIC_DATA", "data"))
 
@@ -126,6 +126,17 @@ def _parse_frame_size(ctx, param, value: str) -> tuple[int, int] | int:
         ) from None
 
 
+def _stage_data_options(f):
+    """--dataset and --data of a stage that reads a processed dataset (flow, camera)."""
+    f = click.option(
+        "--data",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Processed dataset folder [default: <data root>/<dataset>].",
+    )(f)
+    return click.option("--dataset", default="ucf101", help="Used for the default --data.")(f)
+
+
 def _parallel_options(f):
     f = click.option("--scheduler", default=None, help="Dask scheduler address (with --backend dask).")(f)
     f = click.option(
@@ -204,8 +215,17 @@ def prep(verbose: bool) -> None:
 @click.option(
     "--seed", type=click.IntRange(0), default=0, help="Seed of the generator (same seed, same videos)."
 )
+@click.option(
+    "--camera",
+    type=click.Choice(SYNTH_CAMERAS),
+    default="still",
+    help="How the scene is filmed, the same law for every class (px at 96x128, scaled with the size): "
+    "still; shake = shifted by 0-4 px per axis at random every frame; pan = drifting 1-2 px a frame in a "
+    "random direction; zoom = scaled about the centre by 0.4-1% a frame; rotate = turning 0.4-1.2 degrees "
+    "a frame; handheld = a gentle mix of all four.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset made with other settings.")
-def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> None:
+def synth(out, classes, per_class, groups, frames, size, seed, camera, overwrite) -> None:
     """Generate the synthetic motion-class dataset (UCF101 layout, real AVI files)."""
     from .pipeline.synth import SynthConfig, SynthConfigError, SynthExistsError, generate
 
@@ -216,6 +236,7 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
         "frames": frames,
         "size": f"{size[0]}x{size[1]}",
         "seed": seed,
+        "camera": camera,
     }
     try:
         cfg = SynthConfig(
@@ -227,6 +248,7 @@ def synth(out, classes, per_class, groups, frames, size, seed, overwrite) -> Non
             height=size[0],
             width=size[1],
             seed=seed,
+            camera=camera,
             overwrite=overwrite,
         )
     except SynthConfigError as err:  # flags SynthConfig refuses (odd size, too many classes): usage
@@ -256,6 +278,7 @@ _SYNTH_OPTIONS = {
     "height": "--size",
     "width": "--size",
     "seed": "--seed",
+    "camera": "--camera",
 }
 
 
@@ -434,13 +457,7 @@ def _stage_summary(summary) -> None:
 
 
 @prep.command()
-@click.option("--dataset", default="ucf101", help="Used for the default --data.")
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Processed dataset folder [default: <data root>/<dataset>].",
-)
+@_stage_data_options
 @click.option(
     "--method",
     type=click.Choice(FLOW_METHODS),
@@ -517,14 +534,41 @@ def flow(
 
 
 @prep.command()
+@_stage_data_options
+@_parallel_options
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Estimate every video again; replaces estimates made with other settings.",
+)
+def camera(dataset, data, workers, backend, scheduler, overwrite) -> None:
+    """The camera's motion between consecutive stored frames (2x3 affines), for the res-aligned view."""
+    from .pipeline.camera import CameraStageConfig, compute
+    from .pipeline.format import FormatError
+    from .pipeline.lock import LockedError
+
+    cfg = CameraStageConfig(
+        data=data or DEFAULT_DATA / dataset,
+        parallel=_parallel_config(workers, backend, scheduler),
+        overwrite=overwrite,
+    )
+    try:
+        summary = compute(cfg)
+    except (FormatError, LockedError, OSError) as err:  # also FileExistsError, StorageError
+        _fail(_one_line(err))
+    _stage_summary(summary)
+
+
+@prep.command()
 @click.option(
     "--video", "video_id", required=True, help="Video id (manifest `id`, e.g. MoveLeft/v_MoveLeft_g01_c01)."
 )
 @click.option(
     "--data",
     type=click.Path(path_type=Path),
-    default=DEFAULT_DATA / "ucf101",
-    help="Processed dataset folder.",
+    default=None,
+    help="Processed dataset folder [default: the data root's one processed dataset, else "
+    "<data root>/ucf101].",
 )
 @click.option(
     "--out",
@@ -534,7 +578,7 @@ def flow(
 )
 @click.option("--columns", type=click.IntRange(1, 32), default=8, help="Frames shown.")
 def show(video_id, data, out, columns) -> None:
-    """Picture of a stored video: RGB frames, residuals and flow (colour wheel), frame indices labelled."""
+    """Picture of a stored video: RGB frames, residuals (res-aligned too) and flow, frame indices labelled."""
     from .pipeline.format import FormatError
     from .pipeline.show import picture_format, show_video
 

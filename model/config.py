@@ -46,24 +46,44 @@ CLIP_LOSSES = ("simclr", "moco")  # DualVar's L_clip: in-batch NT-Xent | a queue
 FEATURES = ("conv5", "pool")  # model/nets/backbones.py: retrieval_feature
 
 # A *modality* is what the loader reads from the shards (``rgb`` and ``res`` from the frames shard, ``flow``
-# from the flow shard); a *view* is what an encoder sees (model/data/views.py). ``flow-u``/``flow-v`` are
-# IIC's one-component flow views, ``flow`` both components and the magnitude.
-MODALITIES = ("rgb", "res", "flow")
+# from the flow shard, ``camera`` the camera's motion from the camera shard with the frame before each clip
+# frame); a *view* is what an encoder sees (model/data/views.py). ``flow-u``/``flow-v`` are IIC's
+# one-component flow views, ``flow`` both components and the magnitude; ``res-aligned`` is the residual after
+# the camera's motion (model/data/align.py), made of ``rgb`` and ``camera``.
+MODALITIES = ("rgb", "res", "flow", "camera")
 FLOW_COMPONENTS = ("flow-u", "flow-v")
-VIEWS = ("rgb", "res", *FLOW_COMPONENTS, "flow")
-EVAL_VIEWS = ("rgb", "res", *FLOW_COMPONENTS)  # the views evaluation scores a single-stream network on
+# ``rgb-stable`` / ``res-stable``: the clip stabilised on its middle frame by the camera's motion, and the
+# residual of its consecutive stabilised frames (model/data/align.py). With view 2 ``res-stable`` IIC's view 1
+# (and so its intra-negatives) is ``rgb-stable``: a camera that moves every frame would otherwise tell every
+# clip from its still intra-negative by itself.
+ALIGNED_VIEWS = ("res-aligned", "res-stable")  # view-2 choices made with the camera's motion
+STABLE_VIEWS = ("rgb-stable", "res-stable")
+CAMERA_VIEWS = ("res-aligned", *STABLE_VIEWS)  # every view that needs the ``camera`` modality
+VIEWS = ("rgb", "res", *ALIGNED_VIEWS, *FLOW_COMPONENTS, "flow")
+EVAL_VIEWS = ("rgb", "res", *CAMERA_VIEWS, *FLOW_COMPONENTS)  # what evaluation scores one network on
+
+
+def view1_of(view2: str) -> str:
+    """IIC's view 1 for a view 2: ``rgb-stable`` beside ``res-stable``, else ``rgb``."""
+    return "rgb-stable" if view2 == "res-stable" else "rgb"
 
 
 def modality_of(view: str) -> str:
-    """The stored modality a view is computed from."""
-    if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+    """The stored modality a view is computed from (the camera views: ``camera``, with ``rgb``)."""
+    known = dict.fromkeys((*VIEWS, *EVAL_VIEWS))
+    if view not in known:
+        raise ValueError(f"unknown view {view!r}; choose one of {', '.join(known)}")
+    if view in CAMERA_VIEWS:
+        return "camera"
     return "flow" if view.startswith("flow") else view
 
 
 def modalities_for(views: Iterable[str]) -> tuple[str, ...]:
-    """The stored modalities the loader must read for these views, in ``MODALITIES`` order."""
+    """The stored modalities the loader must read for these views, in ``MODALITIES`` order (``camera``
+    brings ``rgb``: the aligned residual is taken of the RGB frames)."""
     needed = {modality_of(v) for v in views}
+    if "camera" in needed:
+        needed.add("rgb")
     return tuple(m for m in MODALITIES if m in needed)
 
 
@@ -563,6 +583,10 @@ class TrainConfig:
             (
                 all(0 < f < 1 for f in self.milestones),
                 f"--milestones {self.milestones}: fractions of the run in (0, 1)",
+            ),
+            (
+                self.method == "iic" or self.view2 not in STABLE_VIEWS,
+                f"--view2 {self.view2} is IIC's (its view 1 is then rgb-stable); DualVar takes res-aligned",
             ),
             (
                 self.method != "dualvar" or self.frames % self.dualvar.n_segments == 0,

@@ -24,7 +24,6 @@ is refused unless ``--overwrite``; a flow shard computed from frames re-extracte
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -55,6 +54,8 @@ from .format import (
     FORMAT_VERSION,
     FormatError,
     ManifestRow,
+    frames_digest,
+    frames_settings,
     read_manifest,
     shard_damage,
     stage_shard,
@@ -171,21 +172,6 @@ def assemble_shard(shard: str, rows: list[ManifestRow], cfg: FlowStageConfig, at
         writer.commit(rows)
     shutil.rmtree(cfg.folder / ".parts" / Path(shard).stem, ignore_errors=True)
     return (cfg.data / shard).stat().st_size
-
-
-def _frames_digest(rows: list[ManifestRow], frames_settings: str) -> str:
-    """Identity of a frames shard: its videos and the settings its frames were stored with (a re-extract
-    at another size or quality changes the frames, hence the flow, without changing the rows)."""
-    text = "\n".join([frames_settings] + [f"{r.id},{r.slot},{r.n_frames},{r.status}" for r in rows])
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-def _frames_settings(path: Path) -> str:
-    try:
-        with h5py.File(path, "r") as f:
-            return str(f.attrs.get("settings", ""))
-    except OSError:
-        return ""
 
 
 def settings_differences(found: dict, wanted: dict) -> list[str]:
@@ -346,11 +332,11 @@ def _compute(
 def _shard_attrs(
     cfg: FlowStageConfig, settings: dict, frame_rows: list[ManifestRow], device: str | None
 ) -> dict:
-    frames_settings = _frames_settings(cfg.data / frame_rows[0].shard)
+    source = frames_settings(cfg.data / frame_rows[0].shard)
     attrs = {
         "kind": "flow",
         "settings": json.dumps(settings),
-        "frames_digest": _frames_digest(frame_rows, frames_settings),
+        "frames_digest": frames_digest(frame_rows, source),
         "method": cfg.flow.method,
         "bound": cfg.flow.bound,
         "opencv": opencv_version(),
@@ -402,7 +388,7 @@ def stale_shards(data: Path) -> list[str]:
                 settings = str(f.attrs.get("settings", ""))
         except OSError:
             continue  # a missing or damaged frames shard is reported by the frames check, not as re-extracted
-        if digest != _frames_digest(rows, settings):
+        if digest != frames_digest(rows, settings):
             stale.append(shard)
     return stale
 

@@ -67,6 +67,7 @@ def checksums(items: Iterable) -> np.ndarray:
 DIGEST_ITEMS = (
     *(f"{m}{suffix}" for m in MODALITIES for suffix in ("_offsets", CRC_SUFFIX)),
     f"flow{CRC_SUFFIX}",
+    f"camera{CRC_SUFFIX}",  # a camera shard's (`iic-prep camera`)
 )
 
 
@@ -134,10 +135,32 @@ def quantize_residual(frame: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
     """
     if prev is None:
         return np.full_like(frame, RESIDUAL_ZERO)
-    d = np.subtract(frame, prev, dtype=np.int16)
-    d >>= 1  # arithmetic shift = floor division by 2
-    d += RESIDUAL_ZERO
-    return d.astype(np.uint8)
+    return quantize_difference(np.subtract(frame, prev, dtype=np.int16))
+
+
+def quantize_difference(d: np.ndarray) -> np.ndarray:
+    """uint8 q = floor(d / 2) + 128 of an int16 difference d in [-255, 255]."""
+    return ((d >> 1) + RESIDUAL_ZERO).astype(np.uint8)  # arithmetic shift = floor division by 2
+
+
+# The residual after the camera's motion (``res-aligned``) keeps a pixel's change only where it exceeds
+# ALIGNED_DEAD_ZONE times the median change of its frame (model/data/align.py,
+# `VideoStore.aligned_residuals`).
+# Warping frame t-1 onto frame t cancels the camera's motion up to interpolation and compression: what is
+# left of a moving textured background is a faint image of that texture over the whole frame (measured on
+# shaking synthetic videos: 1.7 grey levels on the background against 11.7 on the moving objects, the same
+# with the true motion as with the estimate), enough for a network to match views by the background again.
+# Most pixels of a frame are background, so the median change is the frame's own misregistration; 5 times it
+# leaves 0.02-0.07 grey levels on the background and 9.1-9.3 on the objects (shake, pan, handheld). With a
+# still camera the median is 0 and the residual is unchanged. BENCHMARKS.md, "Camera motion".
+ALIGNED_DEAD_ZONE = 5.0
+
+
+def dead_zone(d: np.ndarray, factor: float = ALIGNED_DEAD_ZONE) -> np.ndarray:
+    """``d`` (H, W, C) with every pixel whose largest |change| over channels is at most ``factor`` times the
+    median of that over the frame set to 0 (a copy)."""
+    magnitude = np.abs(d).max(axis=-1)
+    return np.where((magnitude > factor * np.median(magnitude))[..., None], d, 0).astype(d.dtype)
 
 
 def dequantize_residual(q: np.ndarray) -> np.ndarray:
@@ -202,6 +225,23 @@ class ManifestRow:
 
 
 MANIFEST_FIELDS = tuple(f.name for f in dataclasses.fields(ManifestRow))
+
+
+def frames_digest(rows: Sequence[ManifestRow], settings: str) -> str:
+    """Identity of a frames shard for the stages computed from its frames (flow, camera): its rows (id, slot,
+    frame count, status) and its ``settings`` attribute (`frames_settings`: a re-extract at another size or
+    quality changes the frames without changing the rows)."""
+    text = "\n".join([settings] + [f"{r.id},{r.slot},{r.n_frames},{r.status}" for r in rows])
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def frames_settings(path: Path) -> str:
+    """The ``settings`` attribute of the frames shard at ``path`` ("" when it cannot be read)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs.get("settings", ""))
+    except OSError:
+        return ""
 
 
 def stage_shard(shard: str, stage: str) -> str:

@@ -1,21 +1,25 @@
-"""The lazy reader of a processed dataset: `VideoStore` (frames, residuals, flow by video id; docs/format.md).
+"""The lazy reader of a processed dataset: `VideoStore` (frames, residuals, flow, camera motion by video id;
+docs/format.md).
 
 The training core reads the data only through it. This module never imports torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import simplejpeg
 
 from .format import (
+    ALIGNED_DEAD_ZONE,
     CRC_SUFFIX,
     FORMAT_VERSION,
     MODALITIES,
@@ -24,10 +28,14 @@ from .format import (
     ManifestRow,
     bad_frames,
     bad_items,
+    dead_zone,
     decode_jpegs,
+    frames_digest,
+    quantize_difference,
     quantize_residual,
     read_manifest,
     slot_name,
+    stage_shard,
 )
 from .identity import DataIdentity
 
@@ -39,10 +47,31 @@ def _first_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+CAMERA_DIR, CAMERA_META = "camera", "camera.json"  # `iic-prep camera` (pipeline/camera.py)
 # A video's JPEG stream as the reader keeps it: (byte dataset, offsets, CRC32s or None)
 _Stream = tuple[h5py.Dataset, np.ndarray, np.ndarray | None]
 # Shard files a VideoStore keeps open at once (per process: each loader worker has its own).
 MAX_OPEN_SHARDS = 256  # UCF101 or HMDB51 at 64 videos a shard: 210 shards, all kept open
+
+
+def aligned_residual_q(
+    prev: np.ndarray, cur: np.ndarray, motion: np.ndarray, factor: float = ALIGNED_DEAD_ZONE
+) -> np.ndarray:
+    """(H, W, 3) uint8 q of ``cur - W(prev)``: ``prev`` warped onto ``cur`` by the camera's ``motion`` (2x3,
+    OpenCV, bilinear), 0 where the warped frame has no pixel, changes within ``factor`` times the frame's
+    median change set to 0 (`format.dead_zone`; 0: kept)."""
+    height, width = cur.shape[:2]
+    warped = cur.copy()  # pixels with no source keep the current frame's: residual 0
+    cv2.warpAffine(
+        prev,
+        np.asarray(motion, np.float64),
+        (width, height),
+        dst=warped,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_TRANSPARENT,
+    )
+    d = np.subtract(cur, warped, dtype=np.int16)
+    return quantize_difference(dead_zone(d, factor) if factor else d)
 
 
 class VideoStore(DataIdentity):
@@ -304,6 +333,127 @@ class VideoStore(DataIdentity):
             if bad:
                 raise self._corrupt(row, "flow pair", start + bad[0], "flow")
         return pairs
+
+    # -- camera motion (`iic-prep camera`) -----------------------------------------------------------------
+    @property
+    def has_camera(self) -> bool:
+        return (self.data_dir / CAMERA_DIR / CAMERA_META).exists()
+
+    def _no_camera(self, why: str) -> FormatError:
+        return FormatError(
+            f"{self.data_dir}: {why}: run `iic-prep camera --data {self.data_dir}` to estimate it "
+            "(the res-aligned view needs it)"
+        )
+
+    def camera(self, video_id: str, start: int = 0, length: int | None = None) -> np.ndarray:
+        """The camera's motion at frames ``start .. start+length-1`` -> (T, 2, 3) float32: entry t carries
+        pixel coordinates of frame t-1 to frame t (``[x', y'] = M [x, y, 1]``); entry 0 is the identity."""
+        row = self._row(video_id)
+        length = row.n_frames - start if length is None else length
+        if start < 0 or length < 1 or start + length > row.n_frames:
+            raise IndexError(
+                f"frames [{start}, {start + length}) outside video {video_id!r} of {row.n_frames} frames"
+            )
+        return self._camera(row)[start : start + length]
+
+    def _camera(self, row: ManifestRow) -> np.ndarray:
+        """A video's whole (N, 2, 3) camera motion, read and verified once per process and kept with its
+        shard; a camera shard made from other frames than the stored ones (re-extracted since) is refused."""
+        shard = stage_shard(row.shard, CAMERA_DIR)
+        key = (row.id, "camera")
+        self._own_handles()
+        cached = self._streams.get(shard)
+        if cached is not None and key in cached:
+            self._files.move_to_end(shard)
+            return cached[key]
+        if not self.has_camera:
+            raise self._no_camera("no camera motion estimate")
+        if not (self.data_dir / shard).exists():
+            raise self._no_camera(f"no camera motion for video {row.id!r} ({shard} is missing)")
+        settings = str(self._group(row).file.attrs.get("settings", ""))
+        try:
+            f = self._file(shard)
+        except OSError as err:
+            raise FormatError(f"{self.data_dir}: cannot read {shard}: {_first_line(err)}") from None
+        cached = self._streams.setdefault(shard, {})
+        if ("", "frames_digest") not in cached:
+            if f.attrs.get("frames_digest") != frames_digest(self._shard_rows(row.shard), settings):
+                raise self._no_camera(f"{shard} was estimated from other frames (re-extracted since)")
+            cached["", "frames_digest"] = True
+        group = self._group_of(shard, row)
+        if "camera" not in group:
+            raise self._no_camera(f"{shard} holds no camera motion for video {row.id!r}")
+        motion = group["camera"][()]
+        self._check_count(row, "camera entries", len(motion))
+        if "camera" + CRC_SUFFIX in group:
+            bad = bad_items(motion, group["camera" + CRC_SUFFIX][()])
+            if bad:
+                raise ChecksumError(
+                    f"{self.data_dir}: {shard} video {row.id!r} camera entry {bad[0]}: checksum mismatch, "
+                    "the stored bytes are corrupt (`iic-prep camera --overwrite` estimates them again)"
+                )
+        cached[key] = motion.astype(np.float32, copy=False)
+        return cached[key]
+
+    def _shard_rows(self, shard: str) -> list[ManifestRow]:
+        """The manifest rows of a frames shard, in manifest order."""
+        if getattr(self, "_by_shard", None) is None:
+            self._by_shard: dict[str, list[ManifestRow]] = {}
+            for r in self.rows:
+                self._by_shard.setdefault(r.shard, []).append(r)
+        return self._by_shard.get(shard, [])
+
+    def _group_of(self, shard: str, row: ManifestRow) -> h5py.Group:
+        try:
+            return self._file(shard)[slot_name(row.slot)]
+        except (OSError, KeyError) as err:
+            raise FormatError(
+                f"{self.data_dir}: cannot read video {row.id!r} from {shard} slot {row.slot}: "
+                f"{_first_line(err)}"
+            ) from None
+
+    def aligned_residuals(
+        self, video_id: str, start: int = 0, length: int | None = None, factor: float = ALIGNED_DEAD_ZONE
+    ) -> np.ndarray:
+        """Residuals of frames ``start .. start+length-1`` after the camera's motion -> (T, H, W, 3) uint8 q
+        (the quantisation of `read`'s ``res``): frame t minus frame t-1 warped onto it by `camera` (bilinear),
+        changes within ``factor`` times the frame's median change set to 0 (`format.dead_zone`; 0: kept);
+        where the warped frame has no pixel (outside frame t-1) and at frame 0 the residual is 0. For
+        pictures and checks: training computes the same on its device, the median over its crop
+        (model/data/align.py)."""
+        row = self._row(video_id)
+        length = row.n_frames - start if length is None else length
+        motion = self.camera(video_id, start, length)
+        first = max(start - 1, 0)
+        rgb = self.read(video_id, "rgb", first, start + length - first)
+        height, width = rgb.shape[1:3]
+        out = np.empty((length, height, width, 3), np.uint8)
+        for i in range(length):
+            t = start + i
+            cur = rgb[t - first]
+            if t == 0:
+                out[i] = quantize_residual(cur, None)
+                continue
+            out[i] = aligned_residual_q(rgb[t - 1 - first], cur, motion[i], factor)
+        return out
+
+    def camera_identity(self) -> str:
+        """Hash of the camera estimates (settings and each camera shard's content digest): what a feature
+        cache of the ``res-aligned`` view keys on besides `identity`. Empty when there are none."""
+        if not self.has_camera:
+            return ""
+        settings = json.loads((self.data_dir / CAMERA_DIR / CAMERA_META).read_text()).get("settings")
+        h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())  # not its date: a rerun keeps it
+        for shard in sorted({r.shard for r in self.rows if r.ok}):
+            path = self.data_dir / stage_shard(shard, CAMERA_DIR)
+            try:
+                with h5py.File(path, "r") as f:
+                    h.update(
+                        f"{shard}:{f.attrs.get('content_digest')}:{f.attrs.get('frames_digest')}".encode()
+                    )
+            except OSError:
+                h.update(f"{shard}:missing".encode())
+        return h.hexdigest()[:16]
 
     @property
     def flow_meta(self) -> dict:

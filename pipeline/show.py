@@ -1,4 +1,5 @@
-"""``iic-prep show``: one picture of a stored video (RGB frames, residuals, flow) to check preprocessing.
+"""``iic-prep show``: one picture of a stored video (RGB frames, residuals, residuals with the camera's motion
+removed when `iic-prep camera` has estimated it, flow) to check preprocessing.
 
 The flow row is colour-coded (hue = direction, brightness = length) and carries the colour-wheel key drawn
 by the same coding. The picture's file format follows the suffix of the output name (`picture_format`).
@@ -73,6 +74,9 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
         ("RGB", [store.frames(video_id, t, 1)[0] for t in idx]),
         ("residual", [residual_to_image(store.residuals(video_id, t, 1)[0]) for t in idx]),
     ]
+    if store.has_camera:  # beside the plain residual: what the res-aligned view sees
+        aligned = [residual_to_image(store.aligned_residuals(video_id, t, 1)[0]) for t in idx]
+        rows.append(("res-aligned", aligned))
     if has_flow:
         bound = float(store.flow_meta["bound"])
         flows = [from_stored(store.flow(video_id, t, 1), bound)[0] for t in idx]
@@ -92,7 +96,7 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
             label = (
                 f"{t}->{t + 1}"
                 if name.startswith("flow")
-                else (f"{t}-{t - 1}" if name == "residual" and t else str(t))
+                else (f"{t}-{t - 1}" if name in ("residual", "res-aligned") and t else str(t))
             )
             ax.set_title(label, fontsize=7)
             if c == 0:
@@ -113,8 +117,9 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
 
 
 def show_video(data: Path, video_id: str, out: Path, columns: int = 8) -> Path:
-    """Write the picture of rows RGB / residual / flow for ``columns`` frames spread over the video, in the
-    format named by ``out``'s suffix (`picture_format`: checked before any data is read)."""
+    """Write the picture of rows RGB / residual / res-aligned / flow for ``columns`` frames spread over the
+    video (res-aligned when the camera's motion was estimated, flow when computed), in the format named by
+    ``out``'s suffix (`picture_format`: checked before any data is read)."""
     out = Path(out)
     fmt = picture_format(out)
     fig = draw_video(data, video_id, columns)

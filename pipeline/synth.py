@@ -27,6 +27,25 @@ sample and retrieval cannot match a query to a gallery video of the same group b
 Randomness: every clip uses ``numpy.random.default_rng([seed, class_id, group, clip])`` and every group's
 appearance ``default_rng([seed, class_id, group, 0])`` (``class_id`` is the index in ``CLASS_NAMES``), so a
 video never depends on how many other videos are generated.
+
+Camera (``camera``, the same law for every class; `camera_path`): ``still`` (the default) films the scene
+from a fixed point. The others move the whole scene, background and sprites together, by a transform of the
+image about its centre, so a class is the sprites' motion RELATIVE to the background; amplitudes in pixels
+at the default 96x128 (they scale with min(H, W)):
+
+* ``shake``: every frame the scene is shifted by (dx, dy), each uniform in [0, 4] px, drawn anew (from one
+  frame to the next it jumps by up to 4 px along each axis);
+* ``pan``: the scene drifts at a constant 1-2 px a frame (uniform) in a uniform random direction;
+* ``zoom``: the scene is scaled about the centre at a constant rate, log scale +-0.004-0.01 a frame (0.4-1%);
+* ``rotate``: the scene turns about the centre at a constant 0.4-1.2 degrees a frame, either way;
+* ``handheld``: all at once, gently: a drift of 0-1 px a frame plus a jitter of +-1 px, a turn of
+  +-0.3 degrees a frame plus a jitter of +-0.2 degrees, a zoom of +-0.003 a frame.
+
+Pan, zoom and rotate are centred on the middle frame (the middle frame is the still camera's view), so the
+view stays near the background canvas; where it leaves it the canvas is mirrored. A clip's camera path is
+drawn from ``default_rng([seed, 1000, group, clip])``: it does not depend on the class, so clip (g, c) of
+every class is filmed along the same path. ``still`` videos are those of the generator without a camera,
+byte for byte.
 """
 
 from __future__ import annotations
@@ -45,6 +64,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
+from .names import SYNTH_CAMERAS
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +90,7 @@ REVERSAL_PAIRS: tuple[tuple[str, str], ...] = (
     ("RotateClockwise", "RotateCounterClockwise"),
     ("ZoomIn", "ZoomOut"),
 )
+CAMERAS: tuple[str, ...] = SYNTH_CAMERAS  # the camera laws (module docstring, `camera_path`)
 NUM_SPLITS = 3
 VIDEO_DIR = "UCF-101"
 SPLIT_DIR = "ucfTrainTestlist"
@@ -84,6 +106,14 @@ _SPEED = (0.012, 0.03)  # translation, fraction of min(H, W) per frame
 _ANGULAR_SPEED = (3.0, 8.0)  # degrees per frame
 _OSC_AMPLITUDE = (0.08, 0.18)  # fraction of min(H, W)
 _OSC_PERIOD = (10.0, 20.0)  # frames
+# Camera amplitudes, in px at a short side of 96 (scaled with min(H, W)) or per frame.
+_CAMERA_SHAKE = 4.0  # px: the scene's offset, each axis uniform in [0, 4], drawn every frame
+_CAMERA_PAN = (1.0, 2.0)  # px a frame
+_CAMERA_ZOOM = (0.004, 0.01)  # change of log scale a frame
+_CAMERA_TURN = (0.4, 1.2)  # degrees a frame
+_HANDHELD = dict(drift=1.0, jitter=1.0, turn=0.3, turn_jitter=0.2, zoom=0.003)  # px, px, deg, deg, log
+_CAMERA_STREAM = 1000  # the camera's random stream: never a class_id, so no clip's stream is reused
+_CAMERA_REFERENCE = 96  # the short side at which the amplitudes above are given
 
 # Codecs whose quality is a quantiser (1 = best, 31 = worst) set through qmin = qmax.
 _QSCALE_CODECS = frozenset({"mpeg4", "mjpeg", "mpeg1video", "mpeg2video", "msmpeg4", "msmpeg4v2"})
@@ -127,6 +157,7 @@ class SynthConfig:
     fps: int = 25
     max_objects: int = 3  # sprites per group: 1..max_objects
     quality: int = 2  # mpeg4 fixed quantiser, 1 (best) .. 31
+    camera: str = "still"  # CAMERAS: how the scene is filmed (module docstring), the same for every class
     overwrite: bool = False  # regenerate existing videos / replace an output made with another config
 
     def __post_init__(self) -> None:
@@ -184,6 +215,7 @@ class SynthConfig:
             (self.max_objects >= 1, ("max_objects",), "must be >= 1"),
             (1 <= self.quality <= 31, ("quality",), "must be in 1..31"),
             (self.seed >= 0, ("seed",), "must be >= 0"),
+            (self.camera in CAMERAS, ("camera",), f"must be one of {', '.join(CAMERAS)}"),
         ]
         for ok, fields, reason in checks:
             if not ok:
@@ -198,6 +230,8 @@ class SynthConfig:
         d = dataclasses.asdict(self)
         for key in ("out", "overwrite"):
             d.pop(key)
+        if self.camera == "still":  # recorded only when moving: a still dataset's marker is as it always was
+            d.pop("camera")
         d["format_version"] = _FORMAT_VERSION
         return d
 
@@ -407,6 +441,93 @@ def sample_pose(class_name: str, rng: np.random.Generator, frames: int, height: 
     return Pose(centre=centre, angle=angle, log_scale=log_scale)
 
 
+# --------------------------------------------------------------------------------------------- camera
+
+
+def camera_path(cfg: SynthConfig, group: int, clip: int) -> np.ndarray:
+    """(T, 2, 3) float64, T = cfg.frames: for each frame t the affine map A_t from the still camera's image to
+    frame t's (pixel coordinates, x right, y down): a scene point seen at p by the still camera is filmed at
+    ``A_t @ [p, 1]``. A rotation by theta_t (clockwise on screen) and a scale s_t about the image centre c,
+    then a shift d_t: ``A_t p = c + s_t R(theta_t) (p - c) + d_t``. Identity for ``still``.
+
+    The law of each camera is in the module docstring; the path depends on (seed, group, clip) and the frame
+    size only, never on the class. The motion from frame t-1 to frame t is ``A_t A_{t-1}^-1``.
+    """
+    frames = cfg.frames
+    if cfg.camera == "still":
+        return np.tile(np.eye(2, 3), (frames, 1, 1))
+    rng = np.random.default_rng([cfg.seed, _CAMERA_STREAM, group, clip])
+    px = min(cfg.height, cfg.width) / _CAMERA_REFERENCE
+    t = np.arange(frames, dtype=np.float64) - (frames - 1) / 2  # centred on the middle frame
+    shift, turn, log_scale = np.zeros((frames, 2)), np.zeros(frames), np.zeros(frames)
+
+    def direction() -> np.ndarray:
+        phi = rng.uniform(0.0, 2 * np.pi)
+        return np.array([np.cos(phi), np.sin(phi)])
+
+    def sign() -> float:
+        return 1.0 if rng.random() < 0.5 else -1.0
+
+    if cfg.camera == "shake":
+        shift = rng.uniform(0.0, _CAMERA_SHAKE, size=(frames, 2)) * px
+    elif cfg.camera == "pan":
+        speed = rng.uniform(*_CAMERA_PAN) * px
+        shift = t[:, None] * speed * direction()
+    elif cfg.camera == "zoom":
+        log_scale = sign() * rng.uniform(*_CAMERA_ZOOM) * t
+    elif cfg.camera == "rotate":
+        turn = sign() * rng.uniform(*_CAMERA_TURN) * t
+    else:  # handheld
+        h = _HANDHELD
+        speed = rng.uniform(0.0, h["drift"]) * px
+        shift = t[:, None] * speed * direction() + rng.uniform(-h["jitter"], h["jitter"], (frames, 2)) * px
+        wobble = rng.uniform(-h["turn_jitter"], h["turn_jitter"], frames)
+        turn = rng.uniform(-h["turn"], h["turn"]) * t + wobble
+        log_scale = rng.uniform(-h["zoom"], h["zoom"]) * t
+    centre = np.array([(cfg.width - 1) / 2.0, (cfg.height - 1) / 2.0])
+    angle, scale = np.deg2rad(turn), np.exp(log_scale)
+    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
+    linear = np.stack([np.stack([cos, -sin], axis=-1), np.stack([sin, cos], axis=-1)], axis=1)  # (T, 2, 2)
+    offset = centre + shift - linear @ centre
+    return np.concatenate([linear, offset[..., None]], axis=2)
+
+
+def _film(
+    canvas: np.ndarray,
+    corner: tuple[int, int],
+    sprites: list[Sprite],
+    poses: list[Pose],
+    path: np.ndarray,
+    height: int,
+    width: int,
+) -> np.ndarray:
+    """Frames of a moving camera (T, H, W, 3) uint8: the background is the canvas seen through ``path``
+    (`camera_path`; the still view is the canvas window at ``corner`` = (x0, y0); outside the canvas it is
+    mirrored), the sprites are pasted at their poses carried by the same transform."""
+    video = np.empty((len(path), height, width, 3), np.uint8)
+    x0, y0 = corner
+    for t, a in enumerate(path):
+        to_image = a.copy()
+        to_image[:, 2] -= a[:, :2] @ np.array([x0, y0], dtype=np.float64)  # canvas -> still view -> frame t
+        frame = cv2.warpAffine(
+            canvas, to_image, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101
+        )
+        scale = math.sqrt(abs(np.linalg.det(a[:, :2])))
+        turn = math.degrees(math.atan2(a[1, 0], a[0, 0]))  # clockwise on screen (y down)
+        for sprite, pose in zip(sprites, poses, strict=True):
+            cx, cy = a @ np.array([*pose.centre[t], 1.0])
+            _paste(
+                frame,
+                sprite,
+                float(np.mod(cx, width)),
+                float(np.mod(cy, height)),
+                float(pose.angle[t]) + turn,
+                math.exp(pose.log_scale[t]) * scale,
+            )
+        video[t] = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    return video
+
+
 # --------------------------------------------------------------------------------------------- rendering
 
 
@@ -472,6 +593,8 @@ def render_video(cfg: SynthConfig, class_name: str, group: int, clip: int) -> np
     x0 = int(rng.integers(canvas.shape[1] - width + 1))
     background = canvas[y0 : y0 + height, x0 : x0 + width]
     poses = [sample_pose(class_name, rng, frames, height, width) for _ in sprites]
+    if cfg.camera != "still":
+        return _film(canvas, (x0, y0), sprites, poses, camera_path(cfg, group, clip), height, width)
 
     video = np.empty((frames, height, width, 3), np.uint8)
     for t in range(frames):

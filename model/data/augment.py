@@ -13,6 +13,10 @@ Value ranges returned by :func:`apply` (float32):
   frames as stored by the pipeline (``d = 2 (q - 128)``, so no change is exactly 0).
 * ``flow``: ``q / 127.5 - 1`` in [-1, 1] per component (u, v); multiply by the quantisation bound
   (e.g. 20) for pixels. A horizontal flip negates u: mirroring an image reverses horizontal motion.
+* ``res-aligned`` (from the ``camera`` modality: ``prev``, ``camera`` and ``path``, with ``rgb``): the residual
+  after the camera's motion, ``(x[t] - W_t(x[t-1])) / 255`` in [-1, 1] (model/data/align.py), on the same crop;
+  ``rgb-stable`` in [0, 1] and ``res-stable`` in [-1, 1]: the clip stabilised on its middle frame and the
+  residual of its consecutive stabilised frames.
 
 :func:`view_input` (model/data/views.py) then maps a view to the 3-channel encoder input.
 """
@@ -24,7 +28,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..config import MODALITIES, SimCLRAugmentConfig
+from ..config import MODALITIES, STABLE_VIEWS, SimCLRAugmentConfig
+from .align import aligned_residual, stabilised
+
+# What the loader ships for each modality (model/data/clips.py): ``camera`` is two tensors.
+LOADED = {m: (m,) for m in MODALITIES} | {"camera": ("prev", "camera", "path")}
 
 
 @dataclass(frozen=True)
@@ -35,19 +43,29 @@ class AugmentConfig:
     crop:   side of the square crop in pixels.
     flip:   random horizontal flip with p = 0.5 (train only; off in IIC).
     train:  True = random crop/flip; False = centre crop, no flip.
+    camera_views: which of the views made with the camera's motion `apply` returns when the batch has it.
     """
 
     crop: int = 112
     flip: bool = False
     train: bool = True
+    camera_views: tuple[str, ...] = ("res-aligned",)
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Per-sample parameters: offsets (B, 2) int64 (top, left); flip (B,) bool."""
+    """Per-sample parameters: offsets (B, 2) int64 (top, left); flip (B,) bool; hw (B, 2) int64, each
+    sample's own frame size (None: the clips' size)."""
 
     offsets: Tensor
     flip: Tensor
+    hw: Tensor | None = None
+
+
+def clips_of(batch: dict, modalities: tuple[str, ...] | list[str], suffix: str = "") -> dict[str, Tensor]:
+    """The loader's tensors of ``modalities`` in a batch (``suffix``: ``_1`` for its second clip), keyed as
+    `apply` takes them: ``camera`` gives ``prev`` and ``camera``."""
+    return {key: batch[f"{key}{suffix}"] for m in modalities for key in LOADED[m]}
 
 
 def batch_hw(batch: dict, modality: str = "rgb") -> tuple[int, int] | Tensor:
@@ -102,7 +120,7 @@ def sample_params(
         flip = torch.rand(B, generator=generator, device=gdev) < 0.5
     else:
         flip = torch.zeros(B, dtype=torch.bool, device=gdev)
-    return AugmentParams(offsets.to(device), flip.to(device))
+    return AugmentParams(offsets.to(device), flip.to(device), hw.to(device))
 
 
 def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, crop: int) -> Tensor:
@@ -110,7 +128,7 @@ def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, crop: int) -> Tensor:
     columns of flipped samples. One slice per sample covers all its frames (no loop over frames); on
     CPU this is ~25x faster than a vectorised gather, and the loop is only over B."""
     clips = []
-    for b, ((top, left), f) in enumerate(zip(offsets.tolist(), flip.tolist())):
+    for b, ((top, left), f) in enumerate(zip(offsets.tolist(), flip.tolist(), strict=True)):
         clip = x[b, :, :, top : top + crop, left : left + crop]
         clips.append(clip.flip(-1) if f else clip)
     return torch.stack(clips)
@@ -134,10 +152,16 @@ def colour_jitter(rgb: Tensor, factors: Tensor) -> Tensor:
 def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -> dict[str, Tensor]:
     """Crop/flip every view with the same per-sample window, convert to float (ranges in the module
     docstring). ``views`` maps a subset of ``rgb``/``res``/``flow`` to uint8
-    ``(B, C, T, H, W)`` tensors of one spatial size; returns float32 ``(B, C, T, crop, crop)``."""
+    ``(B, C, T, H, W)`` tensors of one spatial size; returns float32 ``(B, C, T, crop, crop)``. With ``prev``,
+    ``camera`` and ``path`` (`clips_of`'s ``camera`` modality) beside ``rgb`` it also returns the camera views
+    named in ``cfg.camera_views`` (``res-aligned``; ``rgb-stable`` and ``res-stable``, made together)."""
+    views = dict(views)
+    camera = {k: views.pop(k) for k in LOADED["camera"] if k in views}
     unknown = set(views) - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
+    if camera and (len(camera) != len(LOADED["camera"]) or "rgb" not in views):
+        raise ValueError(f"the camera views need rgb and {', '.join(LOADED['camera'])} together")
     sizes = {tuple(v.shape[-2:]) for v in views.values()}
     if len(sizes) != 1:
         raise ValueError(f"all views must share one spatial size to stay aligned, got {sizes}")
@@ -158,6 +182,16 @@ def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -
             sign[:, 0] = 1.0 - 2.0 * params.flip.to(x.device).float()  # u -> -u when flipped
             x = x * sign.view(-1, 2, 1, 1, 1)
         out[name] = x
+    if camera:
+        rgb = views["rgb"]
+        hw = params.hw if params.hw is not None else torch.tensor([rgb.shape[-2:]]).expand(rgb.shape[0], 2)
+        window = (params.offsets, params.flip, hw, cfg.crop)
+        if "res-aligned" in cfg.camera_views:
+            out["res-aligned"] = aligned_residual(rgb, camera["prev"], camera["camera"], *window)
+        if set(STABLE_VIEWS) & set(cfg.camera_views):
+            out["rgb-stable"], out["res-stable"] = stabilised(
+                rgb, camera["prev"], camera["camera"], camera["path"], *window
+            )
     return out
 
 

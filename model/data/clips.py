@@ -13,7 +13,11 @@ modulo the usable length, so every listed video yields clips. Flow pair ``t`` is
 ``t`` to ``t + 1``; a video of ``L`` frames has ``L - 1`` pairs, so when flow is loaded the usable
 length is ``L - 1`` for every modality and frame ``t`` of every view lines up with flow pair ``t``.
 
-Clips ship as uint8; float conversion and augmentation happen in batch on the training device.
+Clips ship as uint8; float conversion and augmentation happen in batch on the training device. The
+``camera`` modality ships, for every clip frame t, ``prev`` = frame t-1 (uint8 ``(3, T, H, W)``; frame 0 of a
+video is its own previous frame) and ``camera`` = the camera's motion from frame t-1 to frame t (float32
+``(T, 2, 3)``, `VideoStore.camera`; the identity at frame 0): the aligned residual is made of them and the
+RGB clip on the device, before the crop (model/data/align.py).
 
 Videos of one dataset may differ in frame size (``iic-prep extract --size S`` keeps each video's aspect
 ratio): a sample carries its own ``hw`` = (H, W), and `collate_clips` zero-pads the clips of a batch at the
@@ -34,7 +38,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
 from ...pipeline.reader import FormatError, ManifestRow, VideoStore
-from ..config import MODALITIES
+from ..config import MODALITIES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +49,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ClipConfig:
-    frames: int = 16  # T
-    stride: int = 1
+    frames: int = TrainConfig.frames  # T
+    stride: int = TrainConfig.stride
     modalities: tuple[str, ...] = ("rgb", "res")
     test_clips: int = 10
     clips_per_sample: int = 1  # train mode: 1 (IIC) or 2 (DualVar: two random times of one video)
@@ -117,6 +121,11 @@ class ClipDataset(Dataset):
         self.cfg, self.mode, self.subset, self.split = cfg, mode, subset, split
         if "flow" in cfg.modalities and not self.store.has_flow:
             raise DataError(f"no optical flow in {data_dir}: run `iic-prep flow` first")
+        if "camera" in cfg.modalities and not self.store.has_camera:
+            raise DataError(
+                f"no camera motion estimate in {data_dir}: run `iic-prep camera --data {data_dir}` first "
+                "(the res-aligned view needs it)"
+            )
         self.rows = self._select(split, subset)
         self.lengths = np.array([self._usable_length(r) for r in self.rows])
         self._warn_short()
@@ -229,22 +238,54 @@ class ClipDataset(Dataset):
         return out
 
     def _read(self, video: str, modalities: tuple[str, ...], frames: np.ndarray) -> dict[str, torch.Tensor]:
-        """{modality: (C, T, H, W) uint8} as strided views: the collate's stack makes the one copy."""
+        """{modality: (C, T, H, W) uint8} as strided views: the collate's stack makes the one copy
+        (``camera``: ``prev`` and ``camera``, module docstring)."""
         lo, hi = int(frames.min()), int(frames.max()) + 1
-        images = [m for m in modalities if m != "flow"]
+        images = [m for m in modalities if m in ("rgb", "res")]
+        if "camera" in modalities:  # the frame before each clip frame is decoded with the clip
+            before = np.maximum(frames - 1, 0)
+            lo = min(lo, int(before.min()))
+            images = images if "rgb" in images else ["rgb", *images]
         raw = self.store.read_clip(video, images, lo, hi - lo) if images else {}  # (n, H, W, 3) each
         if "flow" in modalities:
             raw["flow"] = self.store.flow(video, lo, hi - lo)  # (n, 2, H, W)
-        contiguous = len(frames) == hi - lo and frames[0] == lo and not np.any(np.diff(frames) != 1)
         out = {}
         for m in modalities:
-            x = raw[m] if contiguous else raw[m][frames - lo]  # strided or looping clip
+            if m == "camera":
+                out["prev"] = torch.from_numpy(_take(raw["rgb"], before - lo)).permute(3, 0, 1, 2)
+                motion = self.store.camera(video)
+                out["camera"] = torch.from_numpy(motion[frames])  # (T, 2, 3), a copy
+                out["path"] = torch.from_numpy(camera_path(motion, frames))
+                continue
+            x = _take(raw[m], frames - lo)
             out[m] = (
                 torch.from_numpy(x).permute(1, 0, 2, 3)
                 if m == "flow"
                 else torch.from_numpy(x).permute(3, 0, 1, 2)
             )
         return out
+
+
+def camera_path(motion: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """(T, 2, 3) float32: for each clip frame, the map from the clip's middle frame (``frames[T // 2]``) to it,
+    composed from a video's ``motion`` (N, 2, 3: entry k maps frame k-1 to frame k) along the stored frames,
+    so that strided and looping clips get the camera's true path."""
+    lo, hi = int(frames.min()), int(frames.max())
+    to_frame = np.empty((hi - lo + 1, 3, 3))  # the map from frame lo to frame lo + k
+    to_frame[0] = np.eye(3)
+    step = np.eye(3)
+    for k in range(1, hi - lo + 1):
+        step[:2] = motion[lo + k]
+        to_frame[k] = step @ to_frame[k - 1]
+    middle = np.linalg.inv(to_frame[frames[len(frames) // 2] - lo])
+    return (to_frame[frames - lo] @ middle)[:, :2].astype(np.float32)
+
+
+def _take(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``x[positions]``: a view when the positions are consecutive (a clip), else a copy."""
+    if len(positions) and not np.any(np.diff(positions) != 1):
+        return x[positions[0] : positions[0] + len(positions)]
+    return x[positions]
 
 
 def collate_clips(samples: list[dict]) -> dict:

@@ -35,7 +35,15 @@ from ...pipeline.reader import FormatError, VideoStore
 from ...pipeline.storage import storage_errors
 from .. import checkpoint
 from ..checkpoint import describe_error
-from ..config import BACKBONES, EVAL_VIEWS, FEATURES, ConfigError, TrainConfig, modalities_for
+from ..config import (
+    BACKBONES,
+    CAMERA_VIEWS,
+    EVAL_VIEWS,
+    FEATURES,
+    ConfigError,
+    TrainConfig,
+    modalities_for,
+)
 from ..data import augment
 from ..data.clips import ClipConfig, ClipDataset, CorruptTally, collate_clips, worker_errors
 from ..data.views import view_input
@@ -228,6 +236,13 @@ def data_identity(data: Path) -> str:
         return store.identity(True)
 
 
+def camera_identity(data: Path) -> str:
+    """Hash of the dataset's camera estimates (`VideoStore.camera_identity`): part of the cache key of the
+    ``res-aligned`` features."""
+    with closing(VideoStore(data)) as store:
+        return store.camera_identity()
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Everything that changes a set of features (besides the weights)."""
@@ -329,7 +344,7 @@ def extract(
         pin_memory=device.type == "cuda",
         collate_fn=collate_clips,
     )
-    aug = augment.AugmentConfig(crop=crop, train=False)
+    aug = augment.AugmentConfig(crop=crop, train=False, camera_views=views)
     sums: dict[Key, torch.Tensor] = {}
     counts = torch.zeros(dataset.n_videos, dtype=torch.float64)
     t0, n_clips, corrupt = time.perf_counter(), 0, CorruptTally()
@@ -340,7 +355,10 @@ def extract(
             bar.update(len(batch.get("corrupt", ())))
             if not corrupt.add(batch):
                 continue
-            raw = {m: batch[m].to(device, non_blocking=True) for m in dataset.cfg.modalities}
+            raw = {
+                k: v.to(device, non_blocking=True)
+                for k, v in augment.clips_of(batch, dataset.cfg.modalities).items()
+            }
             B = batch["index"].shape[0]
             hw = augment.batch_hw(batch, dataset.cfg.modalities[0])
             x = augment.apply(raw, augment.sample_params(B, hw, aug, device=device), aug)
@@ -469,12 +487,11 @@ def feature_sets(
     dataset = ClipDataset(spec.data, spec.split, spec.subset, clip_cfg, mode="test")
     keys = [(v, f) for v in spec.views for f in features]
     identity = data_identity(spec.data) if cache_dir else ""
+    # the aligned views depend on the camera estimates too (`iic-prep camera` may be run again)
+    camera = camera_identity(spec.data) if cache_dir and set(spec.views) & set(CAMERA_VIEWS) else ""
+    names = {k: cache_key(src, spec, k, identity + (camera if k[0] in CAMERA_VIEWS else "")) for k in keys}
     paths = (
-        {
-            k: Path(cache_dir)
-            / f"features-{spec.subset}-{k[0]}-{k[1]}-{cache_key(src, spec, k, identity)}.npz"
-            for k in keys
-        }
+        {k: Path(cache_dir) / f"features-{spec.subset}-{k[0]}-{k[1]}-{names[k]}.npz" for k in keys}
         if cache_dir
         else {}
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import FLOW_COMPONENTS
+from ..config import ALIGNED_VIEWS, FLOW_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ def protocol_of_source(method: str) -> RetrievalProtocol:
 
 def default_input(method: str, view2: str | None = None) -> str:
     """The input a backbone is scored on by default: its method's protocol's, except for an IIC run whose
-    second view was a flow component, which is scored on that view (it never saw residuals)."""
-    if method == "iic" and view2 in FLOW_COMPONENTS:
+    second view was a flow component or the residual after the camera's motion, which is scored on that view
+    (it never saw plain residuals)."""
+    if method == "iic" and view2 in (*FLOW_COMPONENTS, *ALIGNED_VIEWS):
         return view2
     return protocol_of_source(method).modality
 

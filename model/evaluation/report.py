@@ -38,10 +38,17 @@ def middle_frame(store: VideoStore, video_id: str) -> np.ndarray:
     return _middle(store, video_id, "rgb")
 
 
-def residual_image(store: VideoStore, video_id: str) -> np.ndarray:
-    """(H, W, 3) uint8: the residual of the middle frame, mid-grey = no change (stored q = d / 2 + 128 is
-    stretched back to d: 128 + 2 (q - 128))."""
-    q = _middle(store, video_id, "res").astype(np.int16)
+def residual_image(store: VideoStore, video_id: str, aligned: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8: the residual of the middle frame (``aligned``: after the camera's motion), mid-grey =
+    no change (stored q = d / 2 + 128 is stretched back to d: 128 + 2 (q - 128))."""
+    if aligned:
+        try:
+            q = store.aligned_residuals(video_id, store.n_frames(video_id) // 2, 1)[0].astype(np.int16)
+        except FormatError as err:
+            log.warning("thumbnail of %s drawn black: %s", video_id, str(err).splitlines()[0])
+            return np.zeros((*store.frame_size(video_id), 3), np.uint8)
+    else:
+        q = _middle(store, video_id, "res").astype(np.int16)
     return np.clip(128 + 2 * (q - 128), 0, 255).astype(np.uint8)
 
 
@@ -57,10 +64,10 @@ def thumbnails(store: VideoStore, ids: list[str], modality: str) -> dict[str, np
     it (residual frame, or the flow component in grey: mid-grey = 0, brighter = positive, one scale for
     all thumbnails so that lengths compare)."""
     rgb = {v: middle_frame(store, v) for v in ids}
-    if modality == "rgb":
+    if modality in ("rgb", "rgb-stable"):
         return rgb
-    if modality == "res":
-        motion = {v: residual_image(store, v) for v in ids}
+    if modality in ("res", "res-aligned", "res-stable"):  # the stabilised residual drawn as the aligned one
+        motion = {v: residual_image(store, v, aligned=modality != "res") for v in ids}
     else:
         channel = 0 if modality.endswith("-u") else 1
         comp = {v: flow_component(store, v, channel) for v in ids}
@@ -74,10 +81,12 @@ def thumbnails(store: VideoStore, ids: list[str], modality: str) -> dict[str, np
 
 
 def motion_note(modality: str) -> str:
-    if modality == "rgb":
+    if modality in ("rgb", "rgb-stable"):
         return "thumbnails: middle frame"
     if modality == "res":
         return "thumbnails: middle frame | its residual (mid-grey = no change)"
+    if modality in ("res-aligned", "res-stable"):
+        return "thumbnails: middle frame | its residual after the camera's motion (mid-grey = no change)"
     return f"thumbnails: middle frame | {modality} of the middle pair (mid-grey = 0, brighter = positive)"
 
 

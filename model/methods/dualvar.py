@@ -379,12 +379,12 @@ def make_views(
     SimCLR parameters from ``generator`` in this order: x0, x1, x2, then perm. Inputs (B, 3, T, crop,
     crop)."""
     modalities = [m for m in MODALITIES if m in batch]
-    clip0 = {m: batch[m] for m in modalities}
-    clip1 = {m: batch[f"{m}_1"] for m in modalities}
+    clip0 = augment.clips_of(batch, modalities)
+    clip1 = augment.clips_of(batch, modalities, "_1")
     B, hw = batch["rgb"].shape[0], augment.batch_hw(batch)
 
     def view(raw: dict, kind: str) -> torch.Tensor:
-        need = {"rgb": ["rgb"], "res": ["res"]}.get(kind, ["flow"])
+        need = {"rgb": ["rgb"], "res": ["res"], "res-aligned": ["rgb", "prev", "camera"]}.get(kind, ["flow"])
         params = augment.sample_simclr_params(B, hw, aug, generator, device)
         return view_input(augment.apply_simclr({m: raw[m] for m in need}, params, aug), kind)
 

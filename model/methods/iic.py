@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import IICConfig, TrainConfig
+from ..config import IICConfig, TrainConfig, view1_of
 from ..data import augment
 from ..data.views import view_input
 from ..distributed import gather_from_ranks
@@ -81,7 +81,7 @@ class MemoryBank(nn.Module):
         self.register_buffer("memory", l2_normalize(torch.rand(n_data, dim, generator=generator) * 2 * a - a))
 
     @torch.no_grad()
-    def update(self, index: Tensor, feats: Tensor, m: float = 0.5) -> None:
+    def update(self, index: Tensor, feats: Tensor, m: float = IICConfig.m) -> None:
         """M[y] <- normalize(m M[y] + (1 - m) f) for index (B,) and feats (B, D).
 
         A row indexed several times in one call (e.g. DistributedSampler padding) is updated once with
@@ -114,11 +114,11 @@ class IICMemory(nn.Module):
         self,
         n_data: int,
         dim: int = 512,
-        K: int = 1024,
-        tau: float = 0.07,
-        m: float = 0.5,
+        K: int = IICConfig.K,
+        tau: float = IICConfig.tau,
+        m: float = IICConfig.m,
         intra_neg: bool = True,
-        normalize: bool = True,
+        normalize: bool = IICConfig.normalize,
         generator: torch.Generator | None = None,
     ):
         super().__init__()
@@ -217,15 +217,16 @@ def make_views(
 ) -> tuple[Tensor, Tensor]:
     """x1 (RGB) and x2 (``cfg.view2``) of a batch of uint8 clips on ``device``: one random crop per sample for
     every modality, so both views see the same pixels; RGB against RGB takes a second crop of the clip."""
-    raw = {m: batch[m] for m in cfg.modalities}
+    raw = augment.clips_of(batch, cfg.modalities)
     B, hw = batch["rgb"].shape[0], augment.batch_hw(batch)
-    aug = augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip)
+    view1 = view1_of(cfg.view2)  # rgb-stable beside res-stable
+    aug = augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, camera_views=(view1, cfg.view2))
     views = augment.apply(raw, augment.sample_params(B, hw, aug, gen, device), aug)
     if cfg.view2 == "rgb":
         x2 = augment.apply({"rgb": raw["rgb"]}, augment.sample_params(B, hw, aug, gen, device), aug)["rgb"]
     else:
         x2 = view_input(views, cfg.view2)
-    return view_input(views, "rgb"), x2
+    return view_input(views, view1), x2
 
 
 Views = Callable[[dict, TrainConfig, torch.Generator, torch.device], tuple[Tensor, Tensor]]

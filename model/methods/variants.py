@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..config import IICConfig, TrainConfig
+from ..config import IICConfig, TrainConfig, view1_of
 from ..data import augment
 from ..data.views import view_input
 from ..distributed import gather_with_grad
@@ -130,7 +130,7 @@ def _augment(
         return augment.apply_simclr(
             clips, augment.sample_simclr_params(B, hw, cfg.simclr, gen, device), cfg.simclr
         )
-    aug = augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip)
+    aug = augment.AugmentConfig(crop=cfg.crop, flip=cfg.flip, camera_views=(view1_of(cfg.view2), cfg.view2))
     return augment.apply(clips, augment.sample_params(B, hw, aug, gen, device), aug)
 
 
@@ -139,19 +139,19 @@ def make_views(
 ) -> tuple[Tensor, Tensor]:
     """x1 and x2 with the view variants: view 2 from the loader's second clip (``view2_time="other"``),
     SimCLR's colours on the RGB clip (``rgb_aug="simclr"``)."""
-    raw = {m: batch[m] for m in cfg.modalities}
+    raw = augment.clips_of(batch, cfg.modalities)
     other = cfg.iic.view2_time == "other"
     if other:  # view 2 comes from the second clip: only RGB is needed of the first
         raw = {"rgb": raw["rgb"]}
     views = _augment(raw, batch, cfg, gen, device)
     if other:  # view 2 from the loader's second clip (another time), with its own crop
-        second = {m: batch[f"{m}_1"] for m in cfg.modalities}
+        second = augment.clips_of(batch, cfg.modalities, "_1")
         x2 = view_input(_augment(second, batch, cfg, gen, device), cfg.view2)
     elif cfg.view2 == "rgb":  # RGB against RGB: the second view is another crop of the same clip
         x2 = _augment({"rgb": raw["rgb"]}, batch, cfg, gen, device)["rgb"]
     else:
         x2 = view_input(views, cfg.view2)
-    return view_input(views, "rgb"), x2
+    return view_input(views, view1_of(cfg.view2)), x2
 
 
 def build(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable]:

@@ -99,9 +99,10 @@ def split_train_val(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
 def _inputs(
     batch: dict, modality: str, crop: int, train: bool, gen: torch.Generator | None, device: torch.device
 ) -> Tensor:
-    raw = {m: batch[m].to(device, non_blocking=True) for m in modalities_for((modality,))}
+    loaded = augment.clips_of(batch, modalities_for((modality,)))
+    raw = {k: v.to(device, non_blocking=True) for k, v in loaded.items()}
     B, hw = batch["index"].shape[0], augment.batch_hw(batch, next(iter(raw)))
-    aug = augment.AugmentConfig(crop=crop, train=train)
+    aug = augment.AugmentConfig(crop=crop, train=train, camera_views=(modality,))
     views = augment.apply(raw, augment.sample_params(B, hw, aug, gen, device), aug)
     return view_input(views, modality)
 

@@ -1,0 +1,177 @@
+"""The residual with the camera's motion removed (the ``res-aligned`` view), made on the training device.
+
+With a moving camera the plain residual ``x[t] - x[t-1]`` is mostly an image of the background's texture
+(everything moves), so an RGB clip and its residual can be matched by appearance alone. Here frame t-1 is
+warped onto frame t by the camera's motion between them, estimated offline (`iic-prep camera`,
+pipeline/camera.py: a similarity per frame pair, 24 bytes a frame), and then subtracted: what moves with the
+camera cancels, what moves in the scene stays.
+
+The warp runs on the batch (``grid_sample``, bilinear), at the pixels of each sample's crop window only, and
+reads the previous frame over the whole stored frame: the crop's pixels near its edge get their source from
+outside the crop, and every view stays pixel-aligned with the RGB crop. Where the source falls outside the
+previous frame (what the camera has just brought into view) the residual is 0, as at frame 0 of a video.
+
+What the warp leaves of a moving textured background (interpolation, compression) is then removed by a dead
+zone: a pixel's change is kept only where it exceeds `ALIGNED_DEAD_ZONE` times the median change over the
+sample's crop in that frame (pipeline/format.py says why and what it measured).
+
+The stabilised views (``rgb-stable``, ``res-stable``) go further: every frame of the clip is resampled into
+the coordinates of the clip's middle frame along the camera's path (the loader's ``path``: the map from the
+middle frame to each frame), so the clip looks filmed by a still camera; ``res-stable`` is the difference of
+consecutive stabilised frames (both resampled alike, then the same dead zone). IIC contrasts ``rgb-stable``
+with ``res-stable``, and its intra-negatives are made of ``rgb-stable``: with the RGB clip still moving with
+the camera, every clip is told from its still (repeated-frame) intra-negative by the camera's motion alone.
+Measured against a loader that warps with OpenCV on the CPU: BENCHMARKS.md, "Camera motion".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...pipeline.format import ALIGNED_DEAD_ZONE
+
+
+def _affine(maps: Tensor) -> Tensor:
+    """(..., 2, 3) -> (..., 3, 3) float64."""
+    m = maps.to(torch.float64)
+    bottom = torch.zeros(*m.shape[:-2], 1, 3, dtype=m.dtype, device=m.device)
+    bottom[..., 0, 2] = 1.0
+    return torch.cat([m, bottom], dim=-2)
+
+
+def map_pixels(maps: Tensor, offsets: Tensor, crop: int) -> Tensor:
+    """(B, T, crop, crop, 2) float32 (x, y): ``maps`` (B, T, 2, 3) (pixel coordinates, ``[x', y'] = A [x, y,
+    1]``) evaluated at every pixel of each sample's crop window (offsets (B, 2): top, left), by broadcasting
+    over the crop's rows and columns."""
+    device = maps.device
+    a = maps.to(torch.float64)
+    corner = torch.stack([offsets[:, 1], offsets[:, 0]], dim=-1).to(device, torch.float64)  # (B, 2) (x, y)
+    origin = a[..., :2] @ corner[:, None, :, None] + a[..., 2:]  # (B, T, 2, 1): where the crop's (0, 0) goes
+    r = torch.arange(crop, device=device, dtype=torch.float32)
+    along_x, along_y, origin = (v.to(torch.float32) for v in (a[..., :2, 0], a[..., :2, 1], origin[..., 0]))
+    return (
+        origin[:, :, None, None]
+        + along_x[:, :, None, None] * r.view(1, 1, 1, crop, 1)
+        + along_y[:, :, None, None] * r.view(1, 1, crop, 1, 1)
+    )
+
+
+def source_pixels(motion: Tensor, offsets: Tensor, crop: int) -> Tensor:
+    """(B, T, crop, crop, 2) float32 (x, y): for each pixel of each sample's crop window in frame t, where in
+    frame t-1 it was before the camera's ``motion`` (B, T, 2, 3), i.e. ``M^-1 p``."""
+    return map_pixels(torch.linalg.inv(_affine(motion))[..., :2, :], offsets, crop)
+
+
+def _sample(frames: Tensor, src: Tensor) -> Tensor:
+    """Bilinear samples of uint8 ``frames`` (B, C, T, H, W) at ``src`` (B, T, h, w, 2) pixel coordinates ->
+    float32 (B, C, T, h, w). Frame by frame: (B, 3, H, W) slices of the clip need no transposed copy of it
+    (1.8x faster on a CPU)."""
+    H, W = frames.shape[-2:]
+    scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=frames.device)
+    grid = src * scale - 1.0  # normalised for grid_sample
+    return torch.stack(
+        [
+            F.grid_sample(
+                frames[:, :, t].float(),
+                grid[:, t],
+                mode="bilinear",
+                padding_mode="border",
+                align_corners=True,
+            )
+            for t in range(frames.shape[2])
+        ],
+        dim=2,
+    )
+
+
+def _inside(src: Tensor, hw: Tensor) -> Tensor:
+    """(B, T, h, w) bool: ``src`` within each sample's own frame (hw (B, 2): its H, W; beyond it: padding).
+    The maps are affine, so only frames whose crop corners fall outside need the per-pixel test; the tolerance
+    keeps the border pixels of an identity map."""
+    last = hw.to(src.device, torch.float32).flip(-1) - 1  # (B, 2): (x, y) of each sample's last pixel
+    inside = torch.ones(src.shape[:-1], dtype=torch.bool, device=src.device)
+    corners = src[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # (B, T, 4, 2)
+    outside = (corners < -1e-3) | (corners > last[:, None, None] + 1e-3)
+    for b, t in outside.flatten(2).any(-1).nonzero().tolist():
+        p = src[b, t]
+        inside[b, t] = ((p >= -1e-3) & (p <= last[b] + 1e-3)).all(-1)
+    return inside
+
+
+def _dead_zone(res: Tensor, factor: float) -> Tensor:
+    """``res`` (B, C, T, h, w) with the changes within ``factor`` times the median change of each sample's
+    frame set to 0 (in place)."""
+    if factor:
+        magnitude = res.abs().amax(dim=1)  # (B, T, h, w)
+        median = magnitude.flatten(2).median(dim=-1).values  # (B, T)
+        res *= (magnitude > factor * median[..., None, None]).unsqueeze(1)
+    return res
+
+
+def _flip(x: Tensor, flip: Tensor) -> Tensor:
+    if bool(flip.any()):
+        return torch.where(flip.to(x.device).view(-1, 1, 1, 1, 1), x.flip(-1), x)
+    return x
+
+
+def aligned_residual(
+    rgb: Tensor,
+    prev: Tensor,
+    motion: Tensor,
+    offsets: Tensor,
+    flip: Tensor,
+    hw: Tensor,
+    crop: int,
+    factor: float = ALIGNED_DEAD_ZONE,
+) -> Tensor:
+    """``(x[t] - W_t(x[t-1])) / 255`` on each sample's crop: float32 ``(B, 3, T, crop, crop)`` in [-1, 1].
+
+    rgb, prev: uint8 ``(B, 3, T, H, W)``, the clip and the frame before each of its frames (full stored
+    frames, zero-padded beyond each sample's own size); motion: ``(B, T, 2, 3)``, the camera's motion from
+    frame t-1 to frame t in pixels (``[x', y'] = M [x, y, 1]``); offsets (B, 2) (top, left) and flip (B,) of
+    the crop (`augment.sample_params`); hw (B, 2) each sample's own (H, W). W_t(x[t-1]) at pixel p is the
+    previous frame (bilinear) at ``M^-1 p``; where that lies outside the previous frame the residual is 0.
+    Changes within ``factor`` times the median change of the sample's crop in that frame are set to 0 (0:
+    kept).
+    """
+    src = source_pixels(motion.to(rgb.device), offsets, crop)  # (B, T, h, w, 2)
+    current = torch.stack(
+        [rgb[b, :, :, y : y + crop, x : x + crop] for b, (y, x) in enumerate(offsets.tolist())]
+    ).float()
+    res = current.sub_(_sample(prev, src)).div_(255.0)
+    res *= _inside(src, hw).unsqueeze(1)
+    return _flip(_dead_zone(res, factor), flip)
+
+
+def stabilised(
+    rgb: Tensor,
+    prev: Tensor,
+    motion: Tensor,
+    path: Tensor,
+    offsets: Tensor,
+    flip: Tensor,
+    hw: Tensor,
+    crop: int,
+    factor: float = ALIGNED_DEAD_ZONE,
+) -> tuple[Tensor, Tensor]:
+    """``rgb-stable`` in [0, 1] and ``res-stable`` in [-1, 1], float32 ``(B, 3, T, crop, crop)``: the clip
+    seen from its middle frame's camera, and the difference of consecutive such frames.
+
+    rgb, prev, motion, offsets, flip, hw: as `aligned_residual`; path ``(B, T, 2, 3)``: the map from the
+    clip's middle frame to frame t (pixel coordinates). The crop window is placed in the middle frame.
+    Frame t of ``rgb-stable`` at p is x[t] at ``path_t p`` (bilinear, the frame's edge repeated beyond it);
+    ``res-stable`` is that minus x[t-1] at ``M_t^-1 path_t p`` (the same point one stored frame earlier), 0
+    where either lies outside its frame, then the dead zone.
+    """
+    device = rgb.device
+    path = path.to(device)
+    here = map_pixels(path, offsets, crop)
+    before = map_pixels(
+        (torch.linalg.inv(_affine(motion.to(device))) @ _affine(path))[..., :2, :], offsets, crop
+    )
+    current = _sample(rgb, here)
+    res = (current - _sample(prev, before)).div_(255.0)
+    res *= (_inside(here, hw) & _inside(before, hw)).unsqueeze(1)
+    return _flip(current.div_(255.0), flip), _flip(_dead_zone(res, factor), flip)
