@@ -15,7 +15,7 @@ outliers. A pair where fewer than `MIN_INLIERS` of the grid points agree gets th
 its aligned residual is the plain one) and is counted in the video's manifest note. A grid rather than the
 strongest corners (``goodFeaturesToTrack``): the strongest corners of a scene are often on its moving
 objects (the synthetic sprites' stripes), which pulls the fit to them; measured in bench/bench_camera.py
-(BENCHMARKS.md, "Camera motion"), the grid is 10-40x closer to the true camera motion at a similar cost.
+(BENCHMARKS.md, "Camera motion"), the grid is 4-14x closer to the true camera motion at a similar cost.
 
 Like flow, it is computed from the STORED frames (what training reads and warps), so the raw videos need not
 be present. Unit of work = one frames shard; a camera shard records the frames it was computed from
