@@ -99,6 +99,7 @@ def test_the_format_the_writer_and_the_reader_are_three_modules():
 
 # The tests of the offline stage (tests/test_cli.py checks --version and --help of every command).
 PREP_TESTS = (
+    "test_camera.py",
     "test_extract.py",
     "test_flow.py",
     "test_flowcalc.py",

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...pipeline.format import ALIGNED_DEAD_ZONE
+from ...pipeline.reader import ALIGNED_DEAD_ZONE
 
 
 def _affine(maps: Tensor) -> Tensor:
