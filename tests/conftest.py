@@ -241,6 +241,19 @@ def run_prep(*args: str) -> Result:
     return result
 
 
+def small_synth_dataset(root: Path) -> Path:
+    """A small synthetic UCF101 (3 classes of 6 videos, 20 frames at 48x64) generated and extracted at 40x52
+    under ``root``; returns the processed dataset folder."""
+    raw = str(root / "raw")
+    for args in (
+        ["synth", "--out", raw, "--classes", "3", "--per-class", "6", "--frames", "20", "--size", "48x64"],
+        ["extract", "--root", raw, "--out", str(root), "--size", "40x52", "--workers", "1"],
+    ):
+        r = run_prep(*args)
+        assert r.exit_code == 0, r.output
+    return root / "ucf101"
+
+
 def prep_command() -> list[str]:
     """argv prefix that runs the installed ``iic-prep`` console script in a subprocess."""
     exe = Path(sys.executable).with_name("iic-prep")

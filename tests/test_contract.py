@@ -14,34 +14,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import small_synth_dataset
 
-from iic.cli import main, prep
+from iic.cli import main
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("contract")
-    for args in (
-        [
-            "synth",
-            "--out",
-            str(root / "raw"),
-            "--classes",
-            "3",
-            "--per-class",
-            "6",
-            "--frames",
-            "20",
-            "--size",
-            "48x64",
-        ],
-        ["extract", "--root", str(root / "raw"), "--out", str(root), "--size", "40x52", "--workers", "1"],
-    ):
-        r = CliRunner().invoke(prep, args)
-        assert r.exit_code == 0, r.output
-    return root / "ucf101"
+    return small_synth_dataset(tmp_path_factory.mktemp("contract"))
 
 
 USAGE = [

@@ -12,35 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
-from iic.cli import prep
+from conftest import small_synth_dataset
 
 HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
-    for args in (
-        [
-            "synth",
-            "--out",
-            str(root / "raw"),
-            "--classes",
-            "3",
-            "--per-class",
-            "6",
-            "--frames",
-            "20",
-            "--size",
-            "48x64",
-        ],
-        ["extract", "--root", str(root / "raw"), "--out", str(root), "--size", "40x52", "--workers", "1"],
-    ):
-        r = CliRunner().invoke(prep, args)
-        assert r.exit_code == 0, r.output
-    return root / "ucf101"
+    return small_synth_dataset(tmp_path_factory.mktemp("ddp"))
 
 
 def probe(out: Path, data: Path, mode: str) -> subprocess.CompletedProcess:
