@@ -18,7 +18,7 @@ from conftest import error_lines, jpeg_roundtrip, run_prep
 from iic.cli import main
 from iic.model.config import ConfigError, build_config, modalities_for, view1_of
 from iic.model.data import augment
-from iic.model.data.align import aligned_residual, stabilised
+from iic.model.data.align import _affine, _inside, aligned_residual, map_pixels, place_window, stabilised
 from iic.model.data.clips import ClipConfig, ClipDataset, DataError
 from iic.model.data.clips import camera_path as camera_path_of_clip
 from iic.pipeline import camera as camera_stage
@@ -232,13 +232,52 @@ def test_a_clip_stabilised_along_the_camera_s_path_is_still_and_its_residual_emp
     path = torch.from_numpy(camera_path_of_clip(motion.astype(np.float32), np.arange(T)))[None]
     window = (torch.tensor([[border, border]]), torch.tensor([False]), torch.tensor([[H, W]]), crop)
     still, res = stabilised(rgb, prev, torch.from_numpy(motion)[None], path, *window)
+    earlier = torch.linalg.inv(_affine(torch.from_numpy(motion)[None])) @ _affine(path)
+    maps = torch.cat([path.double(), earlier[..., :2, :]], dim=1)
+    top, left = place_window(maps, window[0], window[2], crop)[0].tolist()
     inner = (slice(None), slice(None), slice(None), slice(6, -6), slice(6, -6))
-    moving = 255 * (rgb[..., border : border + crop, border : border + crop] / 255.0).diff(dim=2)[inner].abs()
+    moving = 255 * (rgb[..., top : top + crop, left : left + crop] / 255.0).diff(dim=2)[inner].abs()
     steady = 255 * still.diff(dim=2)[inner].abs()
     assert moving.mean() > 5.0 and steady.mean() < 1.5, (moving.mean(), steady.mean())
-    middle = rgb[0, :, T // 2, border : border + crop, border : border + crop].float() / 255.0
+    middle = rgb[0, :, T // 2, top : top + crop, left : left + crop].float() / 255.0
     assert (still[0, :, T // 2] - middle).abs().max() < 1e-4  # the middle frame is its own view
     assert 255 * res[:, :, 1:].abs().mean() < 0.5
+
+
+def _panned(T: int, speed: tuple[float, float]) -> torch.Tensor:
+    """(1, T, 2, 3): a camera path from the middle frame drifting ``speed`` (x, y) px a frame."""
+    path = np.tile(np.eye(2, 3), (T, 1, 1))
+    path[:, :, 2] = (np.arange(T) - T // 2)[:, None] * np.asarray(speed)
+    return torch.from_numpy(path)[None]
+
+
+def test_a_stabilised_window_stays_where_every_frame_of_the_clip_filmed() -> None:
+    """Panning 1.5 px a frame to the right and 1 px down over 16 frames: the frames at the clip's ends see the
+    middle frame's window up to 12 px away. The window is moved so that all of them see it inside the frame
+    (no invented border in either view); a centre crop stays in the middle of what is allowed, random crops
+    cover all of it, a still camera keeps the drawn window, and when no window fits the least outside wins."""
+    T, H, W, crop = 16, 48, 64, 24
+    path = _panned(T, (1.5, 1.0))
+    hw = torch.tensor([[H, W]])
+    low = path[0, :, :, 2].amin(0).neg()  # (x, y) the window must keep from the left/top edge
+    high = torch.tensor([W - crop, H - crop]) - path[0, :, :, 2].amax(0)
+    allowed = [(int(t), int(x)) for t in range(H - crop + 1) for x in range(W - crop + 1)]
+    allowed = [(t, x) for t, x in allowed if low[1] <= t <= high[1] and low[0] <= x <= high[0]]
+    tops, lefts = zip(*allowed, strict=True)
+    centre = place_window(path, torch.tensor([[(H - crop) // 2, (W - crop) // 2]]), hw, crop)[0]
+    assert centre.tolist() == [round((min(tops) + max(tops)) / 2), round((min(lefts) + max(lefts)) / 2)]
+    drawn = torch.stack(torch.meshgrid(torch.arange(H - crop + 1), torch.arange(W - crop + 1), indexing="ij"))
+    drawn = drawn.flatten(1).T  # every window of the frame
+    placed = place_window(path.expand(len(drawn), -1, -1, -1), drawn, hw.expand(len(drawn), 2), crop)
+    assert {tuple(p) for p in placed.tolist()} == set(allowed)
+    for source in (path, _panned(T, (-1.5, 0.5))):
+        offsets = place_window(source, torch.tensor([[0, 0]]), hw, crop)
+        assert _inside(map_pixels(source, offsets, crop), hw).all()
+        assert not _inside(map_pixels(source, torch.tensor([[0, 0]]), crop), hw).all()
+    still = torch.eye(2, 3, dtype=torch.float64).expand(3, T, 2, 3)
+    assert place_window(still, drawn[:3], hw.expand(3, 2), crop).tolist() == drawn[:3].tolist()
+    fast = _panned(T, (4.0, 0.0))  # 32 px back, 28 px on: no 24 px window of 64 fits
+    assert place_window(fast, torch.tensor([[0, 0]]), hw, crop)[0, 1] == (32 + (W - crop - 28)) // 2
 
 
 def test_the_loader_s_camera_path_composes_the_stored_motion_for_strided_and_looping_clips() -> None:

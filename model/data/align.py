@@ -18,7 +18,9 @@ sample's crop in that frame (pipeline/format.py says why and what it measured).
 The stabilised views (``rgb-stable``, ``res-stable``) go further: every frame of the clip is resampled into
 the coordinates of the clip's middle frame along the camera's path (the loader's ``path``: the map from the
 middle frame to each frame), so the clip looks filmed by a still camera; ``res-stable`` is the difference of
-consecutive stabilised frames (both resampled alike, then the same dead zone). IIC contrasts ``rgb-stable``
+consecutive stabilised frames (both resampled alike, then the same dead zone). Their crop window is moved
+inside what every frame of the clip filmed (`place_window`): the border a moving camera leaves otherwise is
+a cue of its own. IIC contrasts ``rgb-stable``
 with ``res-stable``, and its intra-negatives are made of ``rgb-stable``: with the RGB clip still moving with
 the camera, every clip is told from its still (repeated-frame) intra-negative by the camera's motion alone.
 Measured against a loader that warps with OpenCV on the CPU: BENCHMARKS.md, "Camera motion".
@@ -145,6 +147,53 @@ def aligned_residual(
     return _flip(_dead_zone(res, factor), flip)
 
 
+def place_window(maps: Tensor, offsets: Tensor, hw: Tensor, crop: int) -> Tensor:
+    """(B, 2) int64 (top, left): each sample's crop window moved to where its image under every map of
+    ``maps`` (B, K, 2, 3) lies inside the sample's own frame (hw (B, 2)), so no view of it shows what the
+    camera never filmed.
+
+    A stabilised clip's window is placed in the middle frame; frames away from the middle see it shifted by the
+    camera's path, and where that leaves the frame the pixels are invented (edge-repeated RGB, zero residual).
+    That border is a strong cue shared by both views (its side and width give the direction and speed of the
+    camera, a different one for every clip), so a contrastive task can be solved by it instead of by the
+    scene. The windows whose four corners stay inside every frame form a convex set of offsets (the maps are
+    affine); the drawn offset, as a fraction of the full range ``hw - crop``, is carried to the same fraction
+    of that set's bounding box and then to the nearest offset of the set (a centre crop stays central). When no
+    window fits (the camera moved more than the frame's margin) the one that leaves the frame least is used.
+    """
+    device = maps.device
+    a = maps.to(torch.float64)
+    placed = offsets.to(device, torch.int64).clone()
+    span = hw.to(device, torch.int64) - crop  # (B, 2) the largest offset
+    corners = torch.tensor([[0, 0], [crop - 1, 0], [0, crop - 1], [crop - 1, crop - 1]], dtype=a.dtype)
+    # where each corner of the window at (0, 0) goes, (B, K, 4, 2) (x, y); moving the window moves all four
+    # alike, so per map, axis and side only the outermost corner can leave the frame first
+    base = corners.to(device) @ a[..., :2].transpose(-1, -2) + a[..., None, :, 2]
+    last = hw.to(device, a.dtype).flip(-1)[:, None] - 1  # (B, 1, 2) (x, y) of each frame's last pixel
+    low, high = base.amin(-2), last - base.amax(-2)  # (B, K, 2): slack of the window at (0, 0)
+    for b in range(a.shape[0]):
+        top = torch.arange(int(span[b, 0]) + 1, device=device, dtype=torch.float32)
+        left = torch.arange(int(span[b, 1]) + 1, device=device, dtype=torch.float32)
+        step = a[b, :, :, :2].float()  # (K, 2 axes, 2): how each axis moves per pixel of left / top
+        moved = step[..., 0, None, None] * left + step[..., 1, None, None] * top[:, None]  # (K, 2, nt, nl)
+        slack = torch.minimum(
+            low[b].float()[..., None, None] + moved, high[b].float()[..., None, None] - moved
+        ).flatten(0, 1).amin(0)  # (n_top, n_left): < 0 leaves the frame
+        fits = slack >= -1e-3
+        if bool(fits.all()):
+            continue
+        if not bool(fits.any()):
+            flat = int(slack.flatten().argmax())
+            placed[b] = torch.tensor(divmod(flat, slack.shape[1]), device=device)
+            continue
+        ok = fits.nonzero().to(a.dtype)  # (N, 2) (top, left)
+        lo, hi = ok.amin(0), ok.amax(0)
+        fraction = offsets[b].to(device, a.dtype) / span[b].clamp(min=1).to(a.dtype)
+        target = lo + fraction * (hi - lo)
+        placed[b] = ok[((ok - target) ** 2).sum(-1).argmin()].round().long()
+    return placed.to(offsets.device)
+
+
 def stabilised(
     rgb: Tensor,
     prev: Tensor,
@@ -160,17 +209,18 @@ def stabilised(
     seen from its middle frame's camera, and the difference of consecutive such frames.
 
     rgb, prev, motion, offsets, flip, hw: as `aligned_residual`; path ``(B, T, 2, 3)``: the map from the
-    clip's middle frame to frame t (pixel coordinates). The crop window is placed in the middle frame.
+    clip's middle frame to frame t (pixel coordinates). The crop window is placed in the middle frame, moved
+    inside the part of it that every frame of the clip filmed (`place_window`).
     Frame t of ``rgb-stable`` at p is x[t] at ``path_t p`` (bilinear, the frame's edge repeated beyond it);
     ``res-stable`` is that minus x[t-1] at ``M_t^-1 path_t p`` (the same point one stored frame earlier), 0
     where either lies outside its frame, then the dead zone.
     """
     device = rgb.device
     path = path.to(device)
+    earlier = (torch.linalg.inv(_affine(motion.to(device))) @ _affine(path))[..., :2, :]
+    offsets = place_window(torch.cat([path.to(torch.float64), earlier], dim=1), offsets, hw, crop)
     here = map_pixels(path, offsets, crop)
-    before = map_pixels(
-        (torch.linalg.inv(_affine(motion.to(device))) @ _affine(path))[..., :2, :], offsets, crop
-    )
+    before = map_pixels(earlier, offsets, crop)
     current = _sample(rgb, here)
     res = (current - _sample(prev, before)).div_(255.0)
     res *= (_inside(here, hw) & _inside(before, hw)).unsqueeze(1)
