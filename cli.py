@@ -884,7 +884,15 @@ def presets(show_name: str | None) -> None:
     default=0,
     help="Training runs side by side on CPU, one thread each (0 = one per core).",
 )
-def demo(data, workers, epochs, seed, per_class, frames, jobs) -> None:
+@click.option(
+    "--camera",
+    type=click.Choice(SYNTH_CAMERAS),
+    default="still",
+    show_default=True,
+    help="Film the synthetic videos with this camera; a moving one adds the camera stage, trains IIC and CMC "
+    "on stabilised clips and retrieves with res-stable too (dataset synth-CAMERA, runs demo-CAMERA-*).",
+)
+def demo(data, workers, epochs, seed, per_class, frames, jobs, camera) -> None:
     """The main job on the synthetic dataset: data, flow, IIC/CMC/DualVar training, retrieval table.
 
     The CPU kernels are pinned at AVX2 (reproduce.py) so that the table is the same on any x86-64 CPU."""
@@ -903,6 +911,7 @@ def demo(data, workers, epochs, seed, per_class, frames, jobs) -> None:
             per_class=per_class,
             frames=frames,
             jobs=jobs,
+            camera=camera,
         ),
         progress=lambda line: click.echo(f"demo: {line}", err=True),
     )

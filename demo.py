@@ -3,6 +3,13 @@
 generate the motion-class dataset -> extract frames and residuals -> optical flow -> train IIC (tiny preset),
 the CMC baseline and DualVar -> retrieval for each and for a random-init backbone -> one table side by side.
 Every step resumes: a second ``iic demo`` reuses what the first one finished.
+
+``camera`` films the dataset with one of the synthetic cameras (pipeline/synth.py): the camera's motion is
+then estimated too (pipeline/camera.py), IIC and CMC train on the stabilised views (presets
+``tiny-stable`` and ``cmc-tiny-stable``), and the table adds retrieval with ``res-stable`` input beside the
+plain residual, so the demo shows what a moving camera does to each view. Such a dataset, its runs and its
+report are named after the camera (``synth-pan``, ``demo-pan-*``, ``demo-pan.json``) beside the still
+camera's.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from .model.distributed import cpu_threads
 from .model.evaluation.evaluate import RetrievalConfig, SourceConfig, evaluate_retrieval, prefetch_features
 from .model.evaluation.protocol import protocol_for
 from .model.run.sweep import TrainTask, cpu_cores, side_by_side
+from .pipeline.camera import CameraStageConfig
+from .pipeline.camera import compute as compute_camera
 from .pipeline.extract import ExtractConfig, extract
 from .pipeline.flow import FlowStageConfig
 from .pipeline.flow import compute as compute_flow
@@ -46,22 +55,47 @@ class DemoConfig:
     jobs: int = 0  # training runs side by side on CPU (one thread each); 0 = one per core
     seed: int = 0
     epochs: int | None = None  # None: the presets' own
+    camera: str = "still"  # the synthetic camera (pipeline/synth.py, SYNTH_CAMERAS)
     # Retrieval with the encoder's RGB input and with residual input (IIC's retrieval setting); each method
     # is scored with its own paper's protocol (model/protocol.py), the random-init backbone with both.
     retrieval_modalities: tuple[str, ...] = ("rgb", "res")
 
     @property
+    def moving(self) -> bool:
+        return self.camera != "still"
+
+    @property
+    def name(self) -> str:
+        """``synth``, or ``synth-<camera>`` for a moving camera."""
+        return "synth" + (f"-{self.camera}" if self.moving else "")
+
+    @property
     def raw(self) -> Path:
-        return Path(self.data) / "raw" / "synth"
+        return Path(self.data) / "raw" / self.name
 
     @property
     def processed(self) -> Path:
         """The processed dataset, named ``synth`` under the data root (where every default finds it)."""
-        return Path(self.data) / "synth"
+        return Path(self.data) / self.name
 
     @property
     def runs(self) -> Path:
         return Path(self.data) / "runs"
+
+    @property
+    def prefix(self) -> str:
+        """Of the demo's run folders and report: ``demo``, or ``demo-<camera>``."""
+        return "demo" + (f"-{self.camera}" if self.moving else "")
+
+    @property
+    def runs_trained(self) -> tuple[tuple[str, str, str], ...]:
+        """(row name, preset, method) of every run the demo trains."""
+        return MOVING_RUNS if self.moving else RUNS
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The inputs retrieved with: with a moving camera also the stabilised residual."""
+        return (*self.retrieval_modalities, *(("res-stable",) if self.moving else ()))
 
 
 # (row name, preset, method). IIC with shuffle negatives (`tiny-shuffle`) is in bench/bench_learning.py, not
@@ -71,6 +105,14 @@ RUNS = (
     ("CMC baseline", "cmc-tiny", "iic"),
     ("DualVar", "dualvar-tiny", "dualvar"),
 )
+# With a moving camera IIC and CMC see the stabilised clips (DualVar's SimCLR views take no camera views).
+MOVING_RUNS = (
+    ("IIC (repeat), stabilised", "tiny-stable", "iic"),
+    ("CMC baseline, stabilised", "cmc-tiny-stable", "iic"),
+    ("DualVar", "dualvar-tiny", "dualvar"),
+)
+# A camera view is reported where its paper reports the view it stands for.
+STANDS_FOR = {"res-stable": "res"}
 
 
 Progress = Callable[[str], None]  # one line per stage and run (``iic demo`` prints them on stderr)
@@ -87,6 +129,7 @@ def prepare_data(cfg: DemoConfig) -> None:
             height=cfg.size[0],
             width=cfg.size[1],
             seed=cfg.seed,
+            camera=cfg.camera,
         )
     )
     summary = extract(
@@ -106,6 +149,12 @@ def prepare_data(cfg: DemoConfig) -> None:
     )
     if flow.failed:
         raise RuntimeError(f"{flow.failed} synthetic videos failed flow: {flow.failures[0]}")
+    if cfg.moving:
+        camera = compute_camera(CameraStageConfig(data=cfg.processed, parallel=parallel))
+        if camera.failed:
+            raise RuntimeError(
+                f"{camera.failed} synthetic videos failed the camera stage: {camera.failures[0]}"
+            )
 
 
 def _cpu() -> bool:
@@ -114,7 +163,7 @@ def _cpu() -> bool:
 
 def _inputs(cfg: DemoConfig, method: str) -> tuple[str, ...]:
     """The inputs a method's paper reports (DualVar: RGB only), of those the demo retrieves with."""
-    return tuple(m for m in cfg.retrieval_modalities if m in protocol_for(method).inputs)
+    return tuple(m for m in cfg.modalities if STANDS_FOR.get(m, m) in protocol_for(method).inputs)
 
 
 def _retrieval(cfg: DemoConfig, source: SourceConfig, cache: Path) -> RetrievalConfig:
@@ -131,7 +180,7 @@ def _run_source(cfg: DemoConfig, final: Path) -> tuple[SourceConfig, Path]:
 def _baseline(cfg: DemoConfig, methods: tuple[str, ...]) -> tuple[SourceConfig, Path, tuple[str, ...]]:
     """The random-init backbone (IIC's backbone and clips), its feature cache and the features its rows need
     (each method's protocol)."""
-    iic = build_config(RUNS[0][1])
+    iic = build_config(cfg.runs_trained[0][1])
     source = SourceConfig(
         ckpt=None,
         random_init=True,
@@ -143,7 +192,7 @@ def _baseline(cfg: DemoConfig, methods: tuple[str, ...]) -> tuple[SourceConfig, 
     )
     return (
         source,
-        cfg.runs / "demo-random-init" / "features",
+        cfg.runs / f"{cfg.prefix}-random-init" / "features",
         tuple(dict.fromkeys(protocol_for(m).feature for m in methods)),
     )
 
@@ -161,7 +210,7 @@ def prefetch_baseline(cfg: DemoConfig, methods: tuple[str, ...], progress: bool)
     """The random-init backbone's features: no training needed, so they fill a worker beside the runs."""
     source, cache, features = _baseline(cfg, methods)
     with cpu_threads(1 if _cpu() else 0):
-        prefetch_features(_retrieval(cfg, source, cache), cfg.retrieval_modalities, features, progress)
+        prefetch_features(_retrieval(cfg, source, cache), cfg.modalities, features, progress)
 
 
 def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tuple[str, Path]]:
@@ -171,12 +220,12 @@ def train_runs(cfg: DemoConfig, progress: Progress = log.info) -> dict[str, tupl
     `model/sweep.py`), so the table is the same on any CPU machine; each worker then computes its run's
     features, and the random-init backbone's fill a worker too, so no core waits for the longest run. On CUDA
     one after another."""
-    runs = list(RUNS)
+    runs = list(cfg.runs_trained)
     cfgs = [
         build_config(
             preset,
             data=cfg.processed,
-            out=cfg.runs / f"demo-{preset}",
+            out=cfg.runs / f"{cfg.prefix}-{preset}",
             seed=cfg.seed,
             epochs=cfg.epochs,
             **({"threads": 1, "workers": 0} if _cpu() else {}),
@@ -238,7 +287,7 @@ def retrieval_rows(cfg: DemoConfig, finals: dict[str, tuple[str, Path]]) -> list
             (
                 f"random init ({method} protocol)",
                 method,
-                run(source, cache, method, cfg.runs / "demo-random-init" / method / "eval"),
+                run(source, cache, method, cfg.runs / f"{cfg.prefix}-random-init" / method / "eval"),
             )
         )
     return rows
@@ -264,17 +313,18 @@ def table(rows: list[Row], ks: tuple[int, ...] = (1, 5, 10)) -> list[str]:
         f"retrieval top-k (%) of {r0['counts']['queries']} test videos against {r0['counts']['gallery']} "
         f"train videos ({classes} classes: chance top-1 {100 / classes:.1f}%), "
         f"mean of {r0['config']['clips']} clips, "
-        "features of the RGB / residual input, each method with its own protocol (- = an input its paper "
-        "does not report)"
+        f"features of the {' / '.join(modalities)} input, each method with its own protocol "
+        "(- = an input its paper does not report)"
     )
     return lines
 
 
 def run_demo(cfg: DemoConfig, progress: Progress = log.info) -> list[str]:
     """Run everything, saying each stage and each run as it ends (``progress``); returns the lines of the
-    final report (also saved as ``<runs>/demo.json``)."""
+    final report (also saved as ``<runs>/demo.json``, ``demo-<camera>.json`` for a moving camera)."""
     t0 = time.perf_counter()
-    progress(f"preparing the synthetic dataset in {cfg.processed} (generate, extract, flow)")
+    stages = "generate, extract, flow" + (", camera" if cfg.moving else "")
+    progress(f"preparing the synthetic dataset in {cfg.processed} ({stages})")
     prepare_data(cfg)
     progress(f"dataset ready in {time.perf_counter() - t0:.0f} s")
     finals = train_runs(cfg, progress)
@@ -302,5 +352,5 @@ def run_demo(cfg: DemoConfig, progress: Progress = log.info) -> list[str]:
         "lines": lines,
     }
     cfg.runs.mkdir(parents=True, exist_ok=True)
-    (cfg.runs / "demo.json").write_text(json.dumps(report, indent=2))
+    (cfg.runs / f"{cfg.prefix}.json").write_text(json.dumps(report, indent=2))
     return lines

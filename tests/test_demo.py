@@ -78,3 +78,29 @@ def test_demo_small(tmp_path):
     assert second.exit_code == 0, second.output
     again = json.loads((tmp_path / "runs" / "demo.json").read_text())
     assert [r for r in again["rows"]] == report["rows"]
+
+
+def test_demo_with_a_moving_camera_trains_on_stabilised_clips_beside_the_still_demo(tmp_path):
+    """`iic demo --camera pan`: the camera stage runs, IIC and CMC train on the stabilised views and every
+    IIC-protocol row is retrieved with res-stable beside rgb and res; its dataset, runs and report are
+    named after the camera, so the still camera's demo in the same data root is another one."""
+    args = ["demo", "--data-root", str(tmp_path), "--per-class", "3", "--frames", "24", "--epochs", "1"]
+    first = CliRunner().invoke(main, [*args, "--workers", "1", "--jobs", "2", "--camera", "pan"])
+    assert first.exit_code == 0, first.output + repr(first.exception)
+    report = json.loads((tmp_path / "runs" / "demo-pan.json").read_text())
+    inputs = {row["name"]: [m for m in ("rgb", "res", "res-stable") if m in row] for row in report["rows"]}
+    assert inputs == {
+        "IIC (repeat), stabilised": ["rgb", "res", "res-stable"],
+        "CMC baseline, stabilised": ["rgb", "res", "res-stable"],
+        "DualVar": ["rgb"],
+        "random init (dualvar protocol)": ["rgb"],
+        "random init (iic protocol)": ["rgb", "res", "res-stable"],
+    }
+    assert report["config"]["camera"] == "pan"
+    assert json.loads((tmp_path / "synth-pan" / "dataset.json").read_text())["dataset"] == "ucf101"
+    assert list((tmp_path / "synth-pan" / "camera").glob("shard-*.h5"))
+    assert "(generate, extract, flow, camera)" in first.stderr.splitlines()[0]
+    for run in ("demo-pan-tiny-stable", "demo-pan-cmc-tiny-stable", "demo-pan-dualvar-tiny"):
+        assert (tmp_path / "runs" / run / "final.pt").exists()
+    assert not (tmp_path / "synth").exists() and not (tmp_path / "runs" / "demo.json").exists()
+    assert "rgb / res / res-stable input" in first.output
