@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,15 @@ from conftest import error_lines, jpeg_roundtrip, run_prep
 from iic.cli import main
 from iic.model.config import ConfigError, build_config, modalities_for, view1_of
 from iic.model.data import augment
-from iic.model.data.align import _affine, _inside, aligned_residual, map_pixels, place_window, stabilised
+from iic.model.data.align import (
+    SMALLEST_WINDOW,
+    _affine,
+    _inside,
+    aligned_residual,
+    map_pixels,
+    place_window,
+    stabilised,
+)
 from iic.model.data.clips import ClipConfig, ClipDataset, DataError
 from iic.model.data.clips import camera_path as camera_path_of_clip
 from iic.pipeline import camera as camera_stage
@@ -234,7 +243,7 @@ def test_a_clip_stabilised_along_the_camera_s_path_is_still_and_its_residual_emp
     still, res = stabilised(rgb, prev, torch.from_numpy(motion)[None], path, *window)
     earlier = torch.linalg.inv(_affine(torch.from_numpy(motion)[None])) @ _affine(path)
     maps = torch.cat([path.double(), earlier[..., :2, :]], dim=1)
-    top, left = place_window(maps, window[0], window[2], crop)[0].tolist()
+    top, left = place_window(maps, window[0], window[2], crop)[0][0].tolist()
     inner = (slice(None), slice(None), slice(None), slice(6, -6), slice(6, -6))
     moving = 255 * (rgb[..., top : top + crop, left : left + crop] / 255.0).diff(dim=2)[inner].abs()
     steady = 255 * still.diff(dim=2)[inner].abs()
@@ -255,7 +264,7 @@ def test_a_stabilised_window_stays_where_every_frame_of_the_clip_filmed() -> Non
     """Panning 1.5 px a frame to the right and 1 px down over 16 frames: the frames at the clip's ends see the
     middle frame's window up to 12 px away. The window is moved so that all of them see it inside the frame
     (no invented border in either view); a centre crop stays in the middle of what is allowed, random crops
-    cover all of it, a still camera keeps the drawn window, and when no window fits the least outside wins."""
+    cover all of it, and a still camera keeps the drawn window."""
     T, H, W, crop = 16, 48, 64, 24
     path = _panned(T, (1.5, 1.0))
     hw = torch.tensor([[H, W]])
@@ -264,20 +273,46 @@ def test_a_stabilised_window_stays_where_every_frame_of_the_clip_filmed() -> Non
     allowed = [(int(t), int(x)) for t in range(H - crop + 1) for x in range(W - crop + 1)]
     allowed = [(t, x) for t, x in allowed if low[1] <= t <= high[1] and low[0] <= x <= high[0]]
     tops, lefts = zip(*allowed, strict=True)
-    centre = place_window(path, torch.tensor([[(H - crop) // 2, (W - crop) // 2]]), hw, crop)[0]
-    assert centre.tolist() == [round((min(tops) + max(tops)) / 2), round((min(lefts) + max(lefts)) / 2)]
+    centre, side = place_window(path, torch.tensor([[(H - crop) // 2, (W - crop) // 2]]), hw, crop)
+    assert centre[0].tolist() == [round((min(tops) + max(tops)) / 2), round((min(lefts) + max(lefts)) / 2)]
+    assert side.tolist() == [crop]
     drawn = torch.stack(torch.meshgrid(torch.arange(H - crop + 1), torch.arange(W - crop + 1), indexing="ij"))
     drawn = drawn.flatten(1).T  # every window of the frame
-    placed = place_window(path.expand(len(drawn), -1, -1, -1), drawn, hw.expand(len(drawn), 2), crop)
+    placed, _ = place_window(path.expand(len(drawn), -1, -1, -1), drawn, hw.expand(len(drawn), 2), crop)
     assert {tuple(p) for p in placed.tolist()} == set(allowed)
     for source in (path, _panned(T, (-1.5, 0.5))):
-        offsets = place_window(source, torch.tensor([[0, 0]]), hw, crop)
-        assert _inside(map_pixels(source, offsets, crop), hw).all()
+        offsets, sides = place_window(source, torch.tensor([[0, 0]]), hw, crop)
+        assert _inside(map_pixels(source, offsets, crop, sides), hw).all()
         assert not _inside(map_pixels(source, torch.tensor([[0, 0]]), crop), hw).all()
     still = torch.eye(2, 3, dtype=torch.float64).expand(3, T, 2, 3)
-    assert place_window(still, drawn[:3], hw.expand(3, 2), crop).tolist() == drawn[:3].tolist()
-    fast = _panned(T, (4.0, 0.0))  # 32 px back, 28 px on: no 24 px window of 64 fits
-    assert place_window(fast, torch.tensor([[0, 0]]), hw, crop)[0, 1] == (32 + (W - crop - 28)) // 2
+    assert place_window(still, drawn[:3], hw.expand(3, 2), crop)[0].tolist() == drawn[:3].tolist()
+
+
+def test_a_window_the_camera_leaves_shrinks_to_fit_as_a_stabiliser_zooms_in() -> None:
+    """A textured scene panned 2.5 px a frame along x over 16 frames (20 px back, 17.5 on) in a 48x64 frame:
+    no 32 px window fits (64 - 37.5 = 26.5 px are filmed by every frame), so the largest that fits, 26 px, is
+    resampled to 32: the stabilised clip stands still up to its edges. Faster still, below `SMALLEST_WINDOW`
+    of the crop, the smallest window that leaves the frame least is used."""
+    T, H, W, crop = 16, 48, 64, 32
+    hw = torch.tensor([[H, W]])
+    shifts = np.stack([2.5 * np.arange(T), np.zeros(T)], axis=1)
+    motion = np.tile(np.eye(2, 3), (T, 1, 1))
+    motion[1:, :, 2] = np.diff(shifts, axis=0)
+    path = torch.from_numpy(camera_path_of_clip(motion.astype(np.float32), np.arange(T)))[None]
+    offsets, sides = place_window(path, torch.tensor([[8, 16]]), hw, crop)
+    assert sides.tolist() == [26] and offsets[0, 1] == 20
+    assert _inside(map_pixels(path, offsets, crop, sides), hw).all()
+    rgb = torch.from_numpy(translated(T, H, W, shifts)).permute(3, 0, 1, 2)[None]
+    prev = rgb[:, :, np.maximum(np.arange(T) - 1, 0)]
+    window = (torch.tensor([[8, 16]]), torch.tensor([False]), hw, crop)
+    still, _ = stabilised(rgb, prev, torch.from_numpy(motion)[None], path, *window)
+    edges = 255 * still.diff(dim=2)[..., :, [0, 1, -2, -1]].abs()  # the window's outer columns
+    assert edges.mean() < 1.5, edges.mean()
+    fast = path.clone()
+    fast[..., 2] *= 2  # 40 px back, 35 on
+    offsets, sides = place_window(fast, torch.tensor([[0, 0]]), hw, crop)
+    assert sides.tolist() == [math.ceil(SMALLEST_WINDOW * crop)]
+    assert offsets[0, 1] == (40 + (W - sides[0] - 35)) // 2  # as far out on either side
 
 
 def test_the_loader_s_camera_path_composes_the_stored_motion_for_strided_and_looping_clips() -> None:

@@ -19,14 +19,16 @@ The stabilised views (``rgb-stable``, ``res-stable``) go further: every frame of
 the coordinates of the clip's middle frame along the camera's path (the loader's ``path``: the map from the
 middle frame to each frame), so the clip looks filmed by a still camera; ``res-stable`` is the difference of
 consecutive stabilised frames (both resampled alike, then the same dead zone). Their crop window is moved
-inside what every frame of the clip filmed (`place_window`): the border a moving camera leaves otherwise is
-a cue of its own. IIC contrasts ``rgb-stable``
+(or shrunk, as a video stabiliser zooms in) inside what every frame of the clip filmed (`place_window`): the
+border a moving camera leaves otherwise is a cue of its own. IIC contrasts ``rgb-stable``
 with ``res-stable``, and its intra-negatives are made of ``rgb-stable``: with the RGB clip still moving with
 the camera, every clip is told from its still (repeated-frame) intra-negative by the camera's motion alone.
 Measured against a loader that warps with OpenCV on the CPU: BENCHMARKS.md, "Camera motion".
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -43,16 +45,20 @@ def _affine(maps: Tensor) -> Tensor:
     return torch.cat([m, bottom], dim=-2)
 
 
-def map_pixels(maps: Tensor, offsets: Tensor, crop: int) -> Tensor:
+def map_pixels(maps: Tensor, offsets: Tensor, crop: int, sides: Tensor | None = None) -> Tensor:
     """(B, T, crop, crop, 2) float32 (x, y): ``maps`` (B, T, 2, 3) (pixel coordinates, ``[x', y'] = A [x, y,
     1]``) evaluated at every pixel of each sample's crop window (offsets (B, 2): top, left), by broadcasting
-    over the crop's rows and columns."""
+    over the crop's rows and columns. ``sides`` (B,): a window of that many stored pixels resampled to
+    ``crop`` (default: ``crop``, one pixel a pixel)."""
     device = maps.device
     a = maps.to(torch.float64)
     corner = torch.stack([offsets[:, 1], offsets[:, 0]], dim=-1).to(device, torch.float64)  # (B, 2) (x, y)
     origin = a[..., :2] @ corner[:, None, :, None] + a[..., 2:]  # (B, T, 2, 1): where the crop's (0, 0) goes
     r = torch.arange(crop, device=device, dtype=torch.float32)
     along_x, along_y, origin = (v.to(torch.float32) for v in (a[..., :2, 0], a[..., :2, 1], origin[..., 0]))
+    if sides is not None:
+        step = (sides.to(device, torch.float32) - 1) / max(crop - 1, 1)  # stored pixels per output pixel
+        along_x, along_y = along_x * step[:, None, None], along_y * step[:, None, None]
     return (
         origin[:, :, None, None]
         + along_x[:, :, None, None] * r.view(1, 1, 1, crop, 1)
@@ -147,10 +153,53 @@ def aligned_residual(
     return _flip(_dead_zone(res, factor), flip)
 
 
-def place_window(maps: Tensor, offsets: Tensor, hw: Tensor, crop: int) -> Tensor:
-    """(B, 2) int64 (top, left): each sample's crop window moved to where its image under every map of
+SMALLEST_WINDOW = 0.75  # of the crop's side: how far a stabilised window may shrink to fit (`place_window`)
+
+
+def _slack(maps: Tensor, hw: Tensor, side: int) -> Tensor:
+    """(n_top, n_left) float32: for every window of ``side`` px in a frame of ``hw`` (H, W), how far inside
+    the frame its four corners stay under every map of ``maps`` (K, 2, 3), in px (< 0: it leaves the frame)."""
+    device, a = maps.device, maps.to(torch.float64)
+    corners = torch.tensor([[0, 0], [side - 1, 0], [0, side - 1], [side - 1, side - 1]], dtype=a.dtype)
+    # where each corner of the window at (0, 0) goes, (K, 4, 2) (x, y); moving the window moves all four
+    # alike, so per map, axis and side of the frame only the outermost corner can leave it first
+    base = corners.to(device) @ a[..., :2].transpose(-1, -2) + a[:, None, :, 2]
+    last = hw.to(device, a.dtype).flip(-1) - 1  # (x, y) of the frame's last pixel
+    low, high = base.amin(-2).float(), (last - base.amax(-2)).float()  # (K, 2) at (0, 0)
+    top = torch.arange(int(hw[0]) - side + 1, device=device, dtype=torch.float32)
+    left = torch.arange(int(hw[1]) - side + 1, device=device, dtype=torch.float32)
+    step = a[..., :2].float()  # (K, 2 axes, 2): how each axis moves per pixel of left / top
+    moved = step[..., 0, None, None] * left + step[..., 1, None, None] * top[:, None]  # (K, 2, nt, nl)
+    return torch.minimum(low[..., None, None] + moved, high[..., None, None] - moved).flatten(0, 1).amin(0)
+
+
+def _largest_fit(maps: Tensor, hw: Tensor, crop: int) -> tuple[int, Tensor]:
+    """The largest window side in [`SMALLEST_WINDOW` x crop, crop] for which some window stays inside every
+    frame, with its slack grid (a window that fits holds every smaller one: bisection); the smallest side's
+    grid when none fits."""
+    lo, hi = math.ceil(SMALLEST_WINDOW * crop), crop
+    slack = _slack(maps, hw, hi)
+    if bool((slack >= -1e-3).any()):
+        return hi, slack
+    best, best_slack = lo, _slack(maps, hw, lo)
+    if not bool((best_slack >= -1e-3).any()):
+        return best, best_slack
+    hi -= 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        grid = _slack(maps, hw, mid)
+        if bool((grid >= -1e-3).any()):
+            lo, best, best_slack = mid, mid, grid
+        else:
+            hi = mid - 1
+    return best, best_slack
+
+
+def place_window(maps: Tensor, offsets: Tensor, hw: Tensor, crop: int) -> tuple[Tensor, Tensor]:
+    """Each sample's crop window, moved (and if need be shrunk) to where its image under every map of
     ``maps`` (B, K, 2, 3) lies inside the sample's own frame (hw (B, 2)), so no view of it shows what the
-    camera never filmed.
+    camera never filmed. Returns offsets (B, 2) int64 (top, left) and sides (B,) int64 in stored pixels (a
+    side below ``crop`` is resampled to ``crop``).
 
     A stabilised clip's window is placed in the middle frame; frames away from the middle see it shifted by the
     camera's path, and where that leaves the frame the pixels are invented (edge-repeated RGB, zero residual).
@@ -159,39 +208,30 @@ def place_window(maps: Tensor, offsets: Tensor, hw: Tensor, crop: int) -> Tensor
     scene. The windows whose four corners stay inside every frame form a convex set of offsets (the maps are
     affine); the drawn offset, as a fraction of the full range ``hw - crop``, is carried to the same fraction
     of that set's bounding box and then to the nearest offset of the set (a centre crop stays central). When no
-    window fits (the camera moved more than the frame's margin) the one that leaves the frame least is used.
+    window of the crop's side fits (the camera moved more than the frame's margin) the largest that fits down
+    to `SMALLEST_WINDOW` of it is used, as a video stabiliser zooms in; below that, the one that leaves the
+    frame least.
     """
     device = maps.device
-    a = maps.to(torch.float64)
     placed = offsets.to(device, torch.int64).clone()
-    span = hw.to(device, torch.int64) - crop  # (B, 2) the largest offset
-    corners = torch.tensor([[0, 0], [crop - 1, 0], [0, crop - 1], [crop - 1, crop - 1]], dtype=a.dtype)
-    # where each corner of the window at (0, 0) goes, (B, K, 4, 2) (x, y); moving the window moves all four
-    # alike, so per map, axis and side only the outermost corner can leave the frame first
-    base = corners.to(device) @ a[..., :2].transpose(-1, -2) + a[..., None, :, 2]
-    last = hw.to(device, a.dtype).flip(-1)[:, None] - 1  # (B, 1, 2) (x, y) of each frame's last pixel
-    low, high = base.amin(-2), last - base.amax(-2)  # (B, K, 2): slack of the window at (0, 0)
-    for b in range(a.shape[0]):
-        top = torch.arange(int(span[b, 0]) + 1, device=device, dtype=torch.float32)
-        left = torch.arange(int(span[b, 1]) + 1, device=device, dtype=torch.float32)
-        step = a[b, :, :, :2].float()  # (K, 2 axes, 2): how each axis moves per pixel of left / top
-        moved = step[..., 0, None, None] * left + step[..., 1, None, None] * top[:, None]  # (K, 2, nt, nl)
-        slack = torch.minimum(
-            low[b].float()[..., None, None] + moved, high[b].float()[..., None, None] - moved
-        ).flatten(0, 1).amin(0)  # (n_top, n_left): < 0 leaves the frame
+    sides = torch.full((len(placed),), crop, dtype=torch.int64, device=device)
+    span = hw.to(device, torch.int64) - crop  # (B, 2) the largest drawn offset
+    for b in range(maps.shape[0]):
+        side, slack = _largest_fit(maps[b], hw[b], crop)
         fits = slack >= -1e-3
-        if bool(fits.all()):
+        if side == crop and bool(fits.all()):
             continue
+        sides[b] = side
         if not bool(fits.any()):
             flat = int(slack.flatten().argmax())
             placed[b] = torch.tensor(divmod(flat, slack.shape[1]), device=device)
             continue
-        ok = fits.nonzero().to(a.dtype)  # (N, 2) (top, left)
+        ok = fits.nonzero().double()  # (N, 2) (top, left)
         lo, hi = ok.amin(0), ok.amax(0)
-        fraction = offsets[b].to(device, a.dtype) / span[b].clamp(min=1).to(a.dtype)
+        fraction = offsets[b].to(device, torch.float64) / span[b].clamp(min=1).double()
         target = lo + fraction * (hi - lo)
         placed[b] = ok[((ok - target) ** 2).sum(-1).argmin()].round().long()
-    return placed.to(offsets.device)
+    return placed.to(offsets.device), sides.to(offsets.device)
 
 
 def stabilised(
@@ -210,7 +250,7 @@ def stabilised(
 
     rgb, prev, motion, offsets, flip, hw: as `aligned_residual`; path ``(B, T, 2, 3)``: the map from the
     clip's middle frame to frame t (pixel coordinates). The crop window is placed in the middle frame, moved
-    inside the part of it that every frame of the clip filmed (`place_window`).
+    (or shrunk) inside the part of it that every frame of the clip filmed (`place_window`).
     Frame t of ``rgb-stable`` at p is x[t] at ``path_t p`` (bilinear, the frame's edge repeated beyond it);
     ``res-stable`` is that minus x[t-1] at ``M_t^-1 path_t p`` (the same point one stored frame earlier), 0
     where either lies outside its frame, then the dead zone.
@@ -218,9 +258,9 @@ def stabilised(
     device = rgb.device
     path = path.to(device)
     earlier = (torch.linalg.inv(_affine(motion.to(device))) @ _affine(path))[..., :2, :]
-    offsets = place_window(torch.cat([path.to(torch.float64), earlier], dim=1), offsets, hw, crop)
-    here = map_pixels(path, offsets, crop)
-    before = map_pixels(earlier, offsets, crop)
+    offsets, sides = place_window(torch.cat([path.to(torch.float64), earlier], dim=1), offsets, hw, crop)
+    here = map_pixels(path, offsets, crop, sides)
+    before = map_pixels(earlier, offsets, crop, sides)
     current = _sample(rgb, here)
     res = (current - _sample(prev, before)).div_(255.0)
     res *= (_inside(here, hw) & _inside(before, hw)).unsqueeze(1)
