@@ -56,11 +56,14 @@ FLOW_COMPONENTS = ("flow-u", "flow-v")
 # residual of its consecutive stabilised frames (model/data/align.py). With view 2 ``res-stable`` IIC's view 1
 # (and so its intra-negatives) is ``rgb-stable``: a camera that moves every frame would otherwise tell every
 # clip from its still intra-negative by itself.
-ALIGNED_VIEWS = ("res-aligned", "res-stable")  # view-2 choices made with the camera's motion
+# ``flow-u-aligned`` / ``flow-v-aligned``: a flow component after the camera's part of the flow (an affine
+# field fitted robustly to the flow itself, model/data/views.py) is subtracted; made of ``flow`` alone.
+FLOW_ALIGNED = ("flow-u-aligned", "flow-v-aligned")
+ALIGNED_VIEWS = ("res-aligned", "res-stable", *FLOW_ALIGNED)  # view-2 choices without the camera's motion
 STABLE_VIEWS = ("rgb-stable", "res-stable")
 CAMERA_VIEWS = ("res-aligned", *STABLE_VIEWS)  # every view that needs the ``camera`` modality
 VIEWS = ("rgb", "res", *ALIGNED_VIEWS, *FLOW_COMPONENTS, "flow")
-EVAL_VIEWS = ("rgb", "res", *CAMERA_VIEWS, *FLOW_COMPONENTS)  # what evaluation scores one network on
+EVAL_VIEWS = ("rgb", "res", *CAMERA_VIEWS, *FLOW_COMPONENTS, *FLOW_ALIGNED)  # what evaluation scores a net on
 
 
 def view1_of(view2: str) -> str:

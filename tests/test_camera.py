@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ from iic.model.data.align import (
 )
 from iic.model.data.clips import ClipConfig, ClipDataset, DataError
 from iic.model.data.clips import camera_path as camera_path_of_clip
+from iic.model.data.views import camera_flow, view_input
 from iic.pipeline import camera as camera_stage
 from iic.pipeline.camera import video_motion
 from iic.pipeline.format import FormatError, dequantize_residual
@@ -507,8 +509,60 @@ def test_train_and_evaluate_with_a_camera_view(
     assert result["config"]["modality"] == view2 and result["counts"]["queries"] == 2
 
 
+def test_train_and_evaluate_with_the_flow_after_the_camera_s_motion(shaking: Path, tmp_path: Path) -> None:
+    """--view2 flow-u-aligned needs the flow only (no camera estimate): it trains, and the run is retrieved on
+    that view by default."""
+    data = tmp_path / "ucf101"
+    shutil.copytree(shaking, data, ignore=shutil.ignore_patterns("camera"))
+    assert run_prep("flow", "--data", data, "--method", "dis", "--workers", "1").exit_code == 0
+    run = tmp_path / "run"
+    args = ["--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "2", "--workers", "0"]
+    args += ["--crop", "32", "--frames", "8", "--view2", "flow-u-aligned", "--threads", "1"]
+    r = CliRunner().invoke(main, ["train", "--preset", "tiny", *args])
+    assert r.exit_code == 0, r.output
+    assert modalities_for(["rgb", "flow-u-aligned"]) == ("rgb", "flow")
+    e = CliRunner().invoke(
+        main, ["eval", "retrieval", "--ckpt", str(run / "final.pt"), "--workers", "0", "--json"]
+    )
+    assert e.exit_code == 0, e.output
+    assert json.loads(e.stdout)["config"]["modality"] == "flow-u-aligned"
+
+
 def test_the_stabilised_views_are_iics() -> None:
     with pytest.raises(ConfigError, match="--view2 res-stable is IIC's"):
         build_config("dualvar-tiny", view2="res-stable")
     assert view1_of("res-stable") == "rgb-stable" and view1_of("res-aligned") == "rgb"
     assert modalities_for(["rgb-stable"]) == ("rgb", "camera")
+
+
+def test_the_camera_s_part_of_a_flow_field_is_the_affine_field_around_the_moving_object() -> None:
+    """A zooming, turning and panning camera's flow (an affine field of the pixel position) with an object
+    that moves on its own over 15 % of the frame: `camera_flow` returns the camera's field everywhere (the
+    object drops out of the fit), equal to numpy's least squares on the background alone; the aligned views
+    keep the object's own motion and leave ~0 elsewhere; a still scene stays as it is."""
+    B, T, h, w = 2, 3, 24, 32
+    rng = np.random.default_rng(0)
+    ys, xs = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    coef = rng.uniform(-0.2, 0.2, (B, T, 3, 2))  # u, v = a + b x + c y (in units of the bound)
+    camera = np.einsum("hwk,btkc->bcthw", np.stack([np.ones_like(xs), xs, ys], -1), coef)
+    obj = np.zeros((h, w), bool)
+    obj[4:13, 6:16] = True  # 90 of 768 px
+    flow = camera.copy()
+    flow[:, :, :, obj] += np.array([0.5, -0.4])[None, :, None, None]
+    fitted = camera_flow(torch.from_numpy(flow).float()).double().numpy()
+    assert np.abs(fitted - camera).max() < 1e-4
+    X = np.stack([np.ones_like(xs), xs, ys], -1)[~obj]
+    ref = np.linalg.lstsq(X, flow[0, :, 1][:, ~obj].T, rcond=None)[0]  # (3, 2): sample 0, frame 1
+    assert np.allclose(X @ ref, fitted[0, :, 1][:, ~obj].T, atol=1e-4)
+    views = {"flow": torch.from_numpy(flow).float()}
+    u = view_input(views, "flow-u-aligned")[:, 0] * 2 - 1  # back to flow units
+    v = view_input(views, "flow-v-aligned")[:, 1] * 2 - 1
+    assert u.shape == (B, T, h, w) and torch.allclose(view_input(views, "flow-u-aligned")[:, 2], (u + 1) / 2)
+    assert u[..., ~torch.from_numpy(obj)].abs().max() < 1e-4
+    assert torch.allclose(u[..., torch.from_numpy(obj)], torch.tensor(0.5), atol=1e-4)
+    assert torch.allclose(v[..., torch.from_numpy(obj)], torch.tensor(-0.4), atol=1e-4)
+    plain = view_input(views, "flow-u")[:, 0] * 2 - 1
+    assert plain[..., ~torch.from_numpy(obj)].abs().mean() > 0.05  # the camera fills the plain view
+    still = torch.zeros(1, 2, 2, h, w)
+    still[:, :, :, 4:13, 6:16] = 0.3
+    assert torch.equal(view_input({"flow": still}, "flow-u-aligned"), view_input({"flow": still}, "flow-u"))

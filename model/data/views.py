@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import VIEWS
+from ..config import FLOW_ALIGNED, FLOW_COMPONENTS, VIEWS
 
 
 def residual_input(res: Tensor) -> Tensor:
@@ -16,6 +16,37 @@ def residual_input(res: Tensor) -> Tensor:
     first frame (ours is 0.5 = no change).
     """
     return (res + 1.0) / 2.0
+
+
+FLOW_FIT_ROUNDS = 3  # reweighted least-squares rounds of `camera_flow`
+FLOW_FIT_INLIER = 2.5  # a pixel counts toward the camera's field within this many median residuals
+
+
+def camera_flow(flow: Tensor, rounds: int = FLOW_FIT_ROUNDS, inlier: float = FLOW_FIT_INLIER) -> Tensor:
+    """The camera's part of a flow field: per sample and frame, the affine field ``f(x, y) = a + B (x, y)``
+    that fits ``flow`` (B, 2, T, h, w) robustly, by least squares over the pixels, refitted ``rounds`` times on
+    the pixels within ``inlier`` times the median distance of the fit (the moving objects drop out).
+
+    An affine field is what a camera's pan, shake, zoom and roll make of a (distant) scene: translation,
+    scale and rotation, as dense trajectories remove it (Wang & Schmid, ICCV 2013, from a homography fitted
+    to matches); fitted to the flow itself it needs no estimate of the camera's motion.
+    """
+    B, _, T, h, w = flow.shape
+    f = flow.permute(0, 2, 3, 4, 1).reshape(B, T, h * w, 2).to(torch.float32)
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1, 1, h, device=f.device), torch.linspace(-1, 1, w, device=f.device), indexing="ij"
+    )
+    X = torch.stack([torch.ones_like(xs), xs, ys], dim=-1).reshape(1, 1, h * w, 3)
+    weight = torch.ones(B, T, h * w, 1, device=f.device)
+    ridge = 1e-6 * torch.eye(3, device=f.device)
+    for _ in range(rounds + 1):
+        Xw = X * weight
+        beta = torch.linalg.solve(Xw.transpose(-1, -2) @ X + ridge, Xw.transpose(-1, -2) @ f)  # (B, T, 3, 2)
+        fitted = X @ beta
+        distance = (f - fitted).norm(dim=-1, keepdim=True)  # (B, T, N, 1)
+        scale = distance.median(dim=2, keepdim=True).values.clamp(min=1e-6)
+        weight = (distance <= inlier * scale).to(f.dtype)
+    return fitted.reshape(B, T, h, w, 2).permute(0, 4, 1, 2, 3).to(flow.dtype)
 
 
 def view_input(views: dict[str, Tensor], view: str) -> Tensor:
@@ -28,13 +59,18 @@ def view_input(views: dict[str, Tensor], view: str) -> Tensor:
       (IIC's flow view; 0.5 = no motion).
     * ``flow``: ``(u + 1) / 2``, ``(v + 1) / 2`` and the magnitude ``sqrt(u^2 + v^2) / sqrt(2)`` as third
       channel: unlike a zero channel it carries signal, and it is flip-invariant.
+    * ``flow-u-aligned`` / ``flow-v-aligned``: as ``flow-u`` / ``flow-v`` after the camera's part of the flow
+      (`camera_flow`, fitted on the crop) is subtracted: what moves in the scene, clamped to the bound.
     """
     if view in ("rgb", "rgb-stable"):
         return views[view]
     if view in ("res", "res-aligned", "res-stable"):
         return residual_input(views[view])
-    if view == "flow-u" or view == "flow-v":
-        f = views["flow"][:, 0 if view == "flow-u" else 1]
+    if view in FLOW_COMPONENTS or view in FLOW_ALIGNED:
+        f = views["flow"]
+        if view in FLOW_ALIGNED:
+            f = (f - camera_flow(f)).clamp_(-1.0, 1.0)
+        f = f[:, 0 if view.startswith("flow-u") else 1]
         return ((f + 1.0) / 2.0).unsqueeze(1).expand(-1, 3, -1, -1, -1)
     if view == "flow":
         f = views["flow"]
