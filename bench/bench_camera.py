@@ -1,7 +1,7 @@
 """Benchmark of the camera-motion estimate and of the residual after the camera's motion, run by hand; results
 go to BENCHMARKS.md ("Camera motion").
 
-Three parts, each on one thread (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``):
+Four parts, each on one thread (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``):
 
 * ``estimate``: for each of `iic-prep synth`'s moving cameras, videos of every class rendered at 96x128 (the
   learning benchmark's size) and at 128x172 (about the stored UCF101 size), JPEG q90 as stored; per frame pair
@@ -14,6 +14,10 @@ Three parts, each on one thread (``torch.set_num_threads(1)``, ``cv2.setNumThrea
 * ``residual``: for each synthetic camera, still included, what the plain residual and the camera views
   (``res-aligned``, ``res-stable``, with and without the dead zone; motion as `iic-prep camera` estimates it)
   leave on the background and on the moving objects (`bench_residual`).
+* ``flow``: for each synthetic camera, still included, what the flow (``--flow-method``, as stored) keeps
+  of the camera's motion on the background and of the objects' motion, plain and after the camera's part is
+  removed by the median flow, by the affine field fitted to the flow (``flow-u-aligned``) or by the stored
+  estimate (`bench_flow`).
 * ``loader``: on an extracted dataset with its camera estimated (``--data``; default: a shaking-camera copy
   of the learning benchmark's videos), in interleaved rounds, random training clips of 16 frames:
   ``res`` (the loader's rgb + residual, then the crop of both on the device: what ``--view2 res`` costs),
@@ -25,7 +29,7 @@ Three parts, each on one thread (``torch.set_num_threads(1)``, ``cv2.setNumThrea
   stored estimate). Loader clips/s (``dataset[item]`` and the
   collate of batches of 8) and loader + view clips/s, each as a ratio to ``res``.
 
-    python bench/bench_camera.py [--part estimate residual loader] [--data DATA/ucf101] [--rounds 5]
+    python bench/bench_camera.py [--part estimate residual flow loader] [--data DATA/ucf101] [--rounds 5]
 
 Writes ``bench/out/bench_camera-<date>.json`` (``bench_camera-<part>-<date>.json`` for one part) and prints
 markdown tables.
@@ -46,10 +50,12 @@ import torch
 from benchutil import cli, run_cli, write_json
 
 from iic.model.data import augment
-from iic.model.data.align import aligned_residual, stabilised
+from iic.model.data.align import _affine, aligned_residual, map_pixels, place_window, stabilised
 from iic.model.data.clips import ClipConfig, ClipDataset, collate_clips
 from iic.model.data.clips import camera_path as camera_path_of_clip
+from iic.model.data.views import camera_flow
 from iic.pipeline.camera import estimate_motion, grid_points, video_motion
+from iic.pipeline.flowcalc import FlowConfig, compute_flow, dequantize, make_estimator, quantize, rgb_to_gray
 from iic.pipeline.format import ALIGNED_DEAD_ZONE, quantize_residual
 from iic.pipeline.reader import aligned_residual_q
 from iic.pipeline.synth import CLASS_NAMES, SynthConfig, camera_path, render_video
@@ -183,6 +189,13 @@ def bench_residual(cameras: tuple[str, ...], groups: int) -> list[dict]:
                 stable_path = torch.from_numpy(camera_path_of_clip(motion, frames))[None]
                 window = (torch.tensor([[0, 0]]), torch.tensor([False]), torch.tensor([[H, W]]), H)
                 m = torch.from_numpy(motion)[None]
+                # where each pixel of the stabilised window lies in frame t (it is placed, maybe shrunk, in
+                # the middle frame: align.place_window), to look the objects' mask up there
+                earlier = (torch.linalg.inv(_affine(m)) @ _affine(stable_path))[..., :2, :]
+                maps = torch.cat([stable_path.double(), earlier], dim=1)
+                placed = place_window(maps, window[0], window[2], H)
+                here = map_pixels(stable_path, placed[0], H, placed[1])[0].round().long().numpy()
+                here[..., 0], here[..., 1] = here[..., 0].clip(0, W - 1), here[..., 1].clip(0, H - 1)
                 views = {"res": (rgb.float() - prev.float())[..., :H] / 255.0}
                 for factor in (0.0, ALIGNED_DEAD_ZONE):
                     tag = "" if factor else " (no dead zone)"
@@ -195,13 +208,84 @@ def bench_residual(cameras: tuple[str, ...], groups: int) -> list[dict]:
                     mask = cv2.warpAffine(cv2.dilate(change, np.ones((5, 5), np.uint8)), path[t], (W, H)) > 0
                     inner = np.zeros((H, W), bool)
                     inner[8:-8, 8:-8] = True
-                    bg, fg = (inner & ~mask)[:, :H], (inner & mask)[:, :H]
+                    crop_inner = inner[:, :H]
+                    stable_mask = mask[here[t, ..., 1], here[t, ..., 0]]  # the mask seen in the window
                     for key, v in views.items():
+                        seen = stable_mask if key.startswith("res-stable") else mask[:, :H]
+                        bg, fg = crop_inner & ~seen, crop_inner & seen
                         level = 255 * v[0, :, t].abs().amax(0).numpy()
                         sums.setdefault(key, [[], []])
                         sums[key][0].append(level[bg].mean())
                         if fg.any():
                             sums[key][1].append(level[fg].mean())
+        for key, (bg, fg) in sums.items():
+            rows.append(
+                {
+                    "camera": camera,
+                    "view": key,
+                    "background": float(np.mean(bg)),
+                    "objects": float(np.mean(fg)),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def bench_flow(cameras: tuple[str, ...], groups: int, method: str) -> list[dict]:
+    """For videos of every class filmed by each camera (JPEG q90 as stored, 16 frames, 96x128), the flow of
+    the flow stage's ``method`` as stored (quantised at its bound): the mean flow length (px) on the
+    background and on the moving objects, 8 px from the borders, for the plain flow and after removing the
+    camera's part three ways: the frame's median flow (a translation), `views.camera_flow` (the affine field
+    fitted to the flow, what ``flow-u-aligned`` / ``flow-v-aligned`` subtract) and the field of the camera's
+    motion as `iic-prep camera` estimates it (``M p - p``, from the frames). The objects: where the still
+    camera's video changes from frame t to t+1, carried to frame t by the true camera path."""
+    estimator = make_estimator(FlowConfig(method), threads=1)
+    bound = FlowConfig(method).bound
+    rows = []
+    for camera in cameras:
+        cfg, still = (
+            SynthConfig(out=Path("."), camera=camera, frames=16),
+            SynthConfig(out=Path("."), frames=16),
+        )
+        H, W = cfg.height, cfg.width
+        ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+        sums: dict[str, list[list[float]]] = {}
+        for name in CLASS_NAMES[:8]:
+            for group in range(1, groups + 1):
+                video = np.stack([jpeg(f) for f in render_video(cfg, name, group, 1)])
+                plain = render_video(still, name, group, 1).astype(np.int16)
+                path = camera_path(cfg, group, 1)
+                flow = compute_flow(rgb_to_gray(video), estimator)
+                flow = dequantize(quantize(flow, bound), bound)  # (T-1, H, W, 2) as stored
+                motion = video_motion(video)[0]
+                as_view = torch.from_numpy(flow / bound).permute(3, 0, 1, 2)[None].float()
+                fitted = camera_flow(as_view)[0].permute(1, 2, 3, 0).double().numpy() * bound
+                for t in range(len(video) - 1):
+                    m = motion[t + 1]  # frame t -> t + 1
+                    field = np.stack(
+                        [
+                            m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs,
+                            m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys,
+                        ],
+                        axis=-1,
+                    )
+                    views = {
+                        "flow": flow[t],
+                        "flow - median": flow[t] - np.median(flow[t].reshape(-1, 2), axis=0),
+                        "flow - affine fit (flow-*-aligned)": flow[t] - fitted[t],
+                        "flow - estimated camera": flow[t] - field,
+                    }
+                    change = (np.abs(plain[t + 1] - plain[t]).max(-1) > 8).astype(np.uint8)
+                    mask = cv2.warpAffine(cv2.dilate(change, np.ones((5, 5), np.uint8)), path[t], (W, H)) > 0
+                    inner = np.zeros((H, W), bool)
+                    inner[8:-8, 8:-8] = True
+                    bg, fg = inner & ~mask, inner & mask
+                    for key, v in views.items():
+                        length = np.linalg.norm(v, axis=-1)
+                        sums.setdefault(key, [[], []])
+                        sums[key][0].append(length[bg].mean())
+                        if fg.any():
+                            sums[key][1].append(length[fg].mean())
         for key, (bg, fg) in sums.items():
             rows.append(
                 {
@@ -321,13 +405,14 @@ def default_data(root: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ["estimate", "residual", "loader"]
+    parts = ["estimate", "residual", "flow", "loader"]
     ap.add_argument("--part", nargs="+", default=parts, choices=parts)
     ap.add_argument("--data", type=Path, default=None, help="an extracted dataset with its camera estimated")
     ap.add_argument("--work", type=Path, default=Path("/tmp/iic-bench-camera"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clips", type=int, default=160, help="training clips per loader round")
     ap.add_argument("--videos", type=int, default=2, help="videos per class and camera for the estimate")
+    ap.add_argument("--flow-method", default="tvl1", help="the flow stage's method for the flow part")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -353,6 +438,12 @@ def main() -> None:
         print("| camera | view | background | objects |")
         print("|---|---|---|---|")
         for r in result["residual"]:
+            print(f"| {r['camera']} | {r['view']} | {r['background']:.2f} | {r['objects']:.2f} |")
+    if "flow" in args.part:
+        result["flow"] = bench_flow(("still", *MOVING), args.videos, args.flow_method)
+        print(f"| camera | view ({args.flow_method}) | background px | objects px |")
+        print("|---|---|---|---|")
+        for r in result["flow"]:
             print(f"| {r['camera']} | {r['view']} | {r['background']:.2f} | {r['objects']:.2f} |")
     if "loader" in args.part:
         data = args.data or default_data(args.work)
