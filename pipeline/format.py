@@ -163,6 +163,29 @@ def dead_zone(d: np.ndarray, factor: float = ALIGNED_DEAD_ZONE) -> np.ndarray:
     return np.where((magnitude > factor * np.median(magnitude))[..., None], d, 0).astype(d.dtype)
 
 
+# The camera's part of a flow field (views ``flow-u-aligned`` / ``flow-v-aligned``: model/data/views.py on the
+# device, `camera_flow` here for `iic-prep show`): the affine field fitted to the flow by least squares, then
+# refitted FLOW_FIT_ROUNDS times on the pixels within FLOW_FIT_INLIER times the median distance of the fit.
+FLOW_FIT_ROUNDS = 3
+FLOW_FIT_INLIER = 2.5
+
+
+def camera_flow(flow: np.ndarray) -> np.ndarray:
+    """(H, W, 2) float: the affine field ``a + B (x, y)`` fitted robustly to one flow field (x, y in [-1, 1]
+    across the frame, as the device's `camera_flow` over a crop)."""
+    h, w, _ = flow.shape
+    ys, xs = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    X = np.stack([np.ones_like(xs), xs, ys], axis=-1).reshape(-1, 3)
+    f = flow.reshape(-1, 2).astype(np.float64)
+    keep = np.ones(len(f), bool)
+    for _ in range(FLOW_FIT_ROUNDS + 1):
+        beta = np.linalg.solve(X[keep].T @ X[keep] + 1e-6 * np.eye(3), X[keep].T @ f[keep])
+        fitted = X @ beta
+        distance = np.linalg.norm(f - fitted, axis=-1)
+        keep = distance <= FLOW_FIT_INLIER * max(float(np.median(distance)), 1e-6)
+    return fitted.reshape(h, w, 2)
+
+
 def dequantize_residual(q: np.ndarray) -> np.ndarray:
     """int16 residual d in [-256, 254] from stored q (d = 2 (q - 128))."""
     return (q.astype(np.int16) - RESIDUAL_ZERO) * 2

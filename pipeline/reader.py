@@ -21,6 +21,8 @@ import simplejpeg
 from .format import (
     ALIGNED_DEAD_ZONE,
     CRC_SUFFIX,
+    FLOW_FIT_INLIER,
+    FLOW_FIT_ROUNDS,
     FORMAT_VERSION,
     MODALITIES,
     ChecksumError,
@@ -39,7 +41,15 @@ from .format import (
 )
 from .identity import DataIdentity
 
-__all__ = ["VideoStore", "FormatError", "ChecksumError", "ManifestRow", "MAX_OPEN_SHARDS"]
+__all__ = [
+    "VideoStore",
+    "FormatError",
+    "ChecksumError",
+    "ManifestRow",
+    "MAX_OPEN_SHARDS",
+    "FLOW_FIT_INLIER",  # the device's flow-*-aligned views fit the camera's flow as the pipeline does
+    "FLOW_FIT_ROUNDS",
+]
 
 
 def _first_line(err: Exception) -> str:

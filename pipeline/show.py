@@ -1,5 +1,6 @@
 """``iic-prep show``: one picture of a stored video (RGB frames, residuals, residuals with the camera's motion
-removed when `iic-prep camera` has estimated it, flow) to check preprocessing.
+removed when `iic-prep camera` has estimated it, flow, and flow without its camera part) to check
+preprocessing.
 
 The flow row is colour-coded (hue = direction, brightness = length) and carries the colour-wheel key drawn
 by the same coding. The picture's file format follows the suffix of the output name (`picture_format`).
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 
 from .flowcalc import from_stored
-from .format import dequantize_residual
+from .format import camera_flow, dequantize_residual
 from .reader import VideoStore
 
 # suffix -> matplotlib format; anything else is refused rather than guessed
@@ -59,7 +60,8 @@ def residual_to_image(q: np.ndarray) -> np.ndarray:
 
 
 def draw_video(data: Path, video_id: str, columns: int = 8):
-    """The matplotlib figure of `show_video` (rows RGB / residual / flow, plus the flow key)."""
+    """The matplotlib figure of `show_video` (rows RGB / residual / res-aligned / flow / flow-aligned, plus
+    the flow key)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,6 +86,8 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
         rows.append(
             (f"flow ({store.flow_meta['method']}, max {top:.1f} px)", [flow_to_colour(f, top) for f in flows])
         )
+        # beside it: what the flow-u-aligned / flow-v-aligned views see, on the same colour scale
+        rows.append(("flow-aligned", [flow_to_colour(f - camera_flow(f), top) for f in flows]))
     h, w = store.frame_size(video_id)
     cols = len(idx) + (1 if has_flow else 0)  # the last column holds the flow key
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols * w / h, 1.7 * len(rows)), squeeze=False)
@@ -117,8 +121,9 @@ def draw_video(data: Path, video_id: str, columns: int = 8):
 
 
 def show_video(data: Path, video_id: str, out: Path, columns: int = 8) -> Path:
-    """Write the picture of rows RGB / residual / res-aligned / flow for ``columns`` frames spread over the
-    video (res-aligned when the camera's motion was estimated, flow when computed), in the format named by
+    """Write the picture of rows RGB / residual / res-aligned / flow / flow-aligned for ``columns`` frames
+    spread over the video (res-aligned when the camera's motion was estimated, flow when computed), in the
+    format named by
     ``out``'s suffix (`picture_format`: checked before any data is read)."""
     out = Path(out)
     fmt = picture_format(out)

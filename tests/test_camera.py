@@ -35,6 +35,7 @@ from iic.model.data.views import camera_flow, view_input
 from iic.pipeline import camera as camera_stage
 from iic.pipeline.camera import video_motion
 from iic.pipeline.format import FormatError, dequantize_residual
+from iic.pipeline.format import camera_flow as camera_flow_np
 from iic.pipeline.reader import VideoStore
 from iic.pipeline.synth import CAMERAS, SynthConfig, camera_path, make_background, render_video
 
@@ -561,6 +562,11 @@ def test_the_camera_s_part_of_a_flow_field_is_the_affine_field_around_the_moving
     assert u[..., ~torch.from_numpy(obj)].abs().max() < 1e-4
     assert torch.allclose(u[..., torch.from_numpy(obj)], torch.tensor(0.5), atol=1e-4)
     assert torch.allclose(v[..., torch.from_numpy(obj)], torch.tensor(-0.4), atol=1e-4)
+    # the pipeline's numpy fit (`iic-prep show`) draws the same field
+    assert (
+        np.abs(camera_flow_np(flow[1, :, 2].transpose(1, 2, 0)) - camera[1, :, 2].transpose(1, 2, 0)).max()
+        < 1e-6
+    )
     plain = view_input(views, "flow-u")[:, 0] * 2 - 1
     assert plain[..., ~torch.from_numpy(obj)].abs().mean() > 0.05  # the camera fills the plain view
     still = torch.zeros(1, 2, 2, h, w)

@@ -533,15 +533,11 @@ def test_show_writes_a_picture_with_flow_row(flowdata, tmp_path, figures):
     assert result.exit_code == 0 and result.output.strip() == f"wrote {out}", result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = figures[-1]
-    assert fig["shape"] == (3, 5)  # 4 frames and the flow key
+    assert fig["shape"] == (4, 5)  # 4 frames and the flow key
     assert fig["rows"][:2] == ["RGB", "residual"] and fig["rows"][2].startswith("flow (tvl1")
-    assert fig["titles"][10:] == [
-        "0->1",
-        "3->4",
-        "7->8",
-        "10->11",
-        "flow key",
-    ]  # the last pair of 12 frames is 10->11
+    assert fig["rows"][3] == "flow-aligned"  # the flow without its camera part, beside it
+    pairs = ["0->1", "3->4", "7->8", "10->11"]  # the last pair of 12 frames is 10->11
+    assert fig["titles"][10:] == [*pairs, "", *pairs, "flow key"]
     assert fig["titles"][:4] == ["0", "3", "7", "10"]
 
     # no flow for this video (1 frame), or no flow at all: two rows

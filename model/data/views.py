@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...pipeline.reader import FLOW_FIT_INLIER, FLOW_FIT_ROUNDS
 from ..config import FLOW_ALIGNED, FLOW_COMPONENTS, VIEWS
 
 
@@ -18,10 +19,6 @@ def residual_input(res: Tensor) -> Tensor:
     return (res + 1.0) / 2.0
 
 
-FLOW_FIT_ROUNDS = 3  # reweighted least-squares rounds of `camera_flow`
-FLOW_FIT_INLIER = 2.5  # a pixel counts toward the camera's field within this many median residuals
-
-
 def camera_flow(flow: Tensor, rounds: int = FLOW_FIT_ROUNDS, inlier: float = FLOW_FIT_INLIER) -> Tensor:
     """The camera's part of a flow field: per sample and frame, the affine field ``f(x, y) = a + B (x, y)``
     that fits ``flow`` (B, 2, T, h, w) robustly, by least squares over the pixels, refitted ``rounds`` times on
@@ -29,7 +26,8 @@ def camera_flow(flow: Tensor, rounds: int = FLOW_FIT_ROUNDS, inlier: float = FLO
 
     An affine field is what a camera's pan, shake, zoom and roll make of a (distant) scene: translation,
     scale and rotation, as dense trajectories remove it (Wang & Schmid, ICCV 2013, from a homography fitted
-    to matches); fitted to the flow itself it needs no estimate of the camera's motion.
+    to matches); fitted to the flow itself it needs no estimate of the camera's motion. The constants are the
+    pipeline's (pipeline/format.py: `iic-prep show` draws the same field with numpy).
     """
     B, _, T, h, w = flow.shape
     f = flow.permute(0, 2, 3, 4, 1).reshape(B, T, h * w, 2).to(torch.float32)
