@@ -654,7 +654,7 @@ def main(verbose: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# iic train: its options are generated from the config's declarations (model/config.py)
+# iic train: its options are generated from the config's declarations (model/config/)
 
 
 class _Floats(click.ParamType):
@@ -784,7 +784,8 @@ def _resume_config(run: Path, recipe: dict, given: dict, data: Path | None, out:
     multiple=True,
     metavar="KEY=VALUE",
     help="A DualVar or SimCLR option, repeatable: tau_clip, tau_tc, theta, w_clip, w_tc, clip_loss=moco, "
-    "moco_k, jitter_p, blur_p, grayscale_p, ... (model/config.py: DualVarConfig, SimCLRAugmentConfig).",
+    "moco_k, jitter_p, blur_p, grayscale_p, ... (model/config/sections.py: DualVarConfig, "
+    "SimCLRAugmentConfig).",
 )
 @click.option(
     "--resume",

@@ -19,7 +19,7 @@ the losses are pure functions. Choices follow the official code, lzhangbj/DualVa
   ``np.random.permutation``); ``allow_identity=False`` excludes it.
 
 The module reads top to bottom as the method: its config (`DualVarConfig` and SimCLR's augmentation, in
-model/config.py), its state (the network with both heads; the MoCo variant's key encoder and queues,
+model/config/sections.py), its state (the network with both heads; the MoCo variant's key encoder and queues,
 checkpointed with the run), the losses (pure functions), one training step, and `build` for the training
 loop (``iic train --method dualvar``). The loader yields two clips per video (``rgb``, ``rgb_1``;
 model/data/clips.py); each view gets its own SimCLR augmentation (model/data/augment.py).
@@ -58,7 +58,7 @@ __all__ = [
 Gather = Callable[[torch.Tensor], torch.Tensor]
 
 # -------------------------------------------------------------------------------------------- config
-# `DualVarConfig` (model/config.py, torch-free): heads, temperatures, weights, the MoCo variant; and
+# `DualVarConfig` (model/config/sections.py, torch-free): heads, temperatures, weights, the MoCo variant; and
 # `SimCLRAugmentConfig`, the augmentation of every view.
 
 

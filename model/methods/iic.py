@@ -38,7 +38,8 @@ from ..nets.heads import l2_normalize, make_head
 __all__ = ["IICConfig", "IICMemory", "MemoryBank", "intra_negative", "nce_loss", "iic_step", "build"]
 
 # ---------------------------------------------------------------------------------------------- config
-# `IICConfig` (model/config.py, torch-free): neg, K, tau, m, normalize; the variants' options besides.
+# `IICConfig` (model/config/sections.py, torch-free): neg, K, tau, m, normalize; the variants' options
+# besides.
 
 
 def _randint(high: int, size: tuple[int, ...], generator: torch.Generator | None, device) -> Tensor:

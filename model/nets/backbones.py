@@ -14,7 +14,7 @@ Shapes at a 16x112x112 clip, full width (64): every arch gives ``conv5`` = ``(B,
 ``pool`` = ``(B, 512)``, and the IIC retrieval feature (conv5 max-pooled (1,2,2), flattened)
 = 512 x 2 x 3 x 3 = 9,216 values.
 
-The configurations (`BackboneConfig`, the named ones in ``BACKBONES``) are in model/config.py.
+The configurations (`BackboneConfig`, the named ones in ``BACKBONES``) are in model/config/backbones.py.
 Parameter counts of the full models (no classifier): R3D-10 14.36M, R(2+1)D-10 14.37M, C3D-BN 27.66M.
 """
 
