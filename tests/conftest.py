@@ -241,12 +241,13 @@ def run_prep(*args: str) -> Result:
     return result
 
 
-def small_synth_dataset(root: Path) -> Path:
-    """A small synthetic UCF101 (3 classes of 6 videos, 20 frames at 48x64) generated and extracted at 40x52
-    under ``root``; returns the processed dataset folder."""
+def small_synth_dataset(root: Path, seed: int = 0) -> Path:
+    """A small synthetic UCF101 (3 classes of 6 videos, 20 frames at 48x64, the generator's ``seed``)
+    generated and extracted at 40x52 under ``root``; returns the processed dataset folder."""
     raw = str(root / "raw")
     for args in (
-        ["synth", "--out", raw, "--classes", "3", "--per-class", "6", "--frames", "20", "--size", "48x64"],
+        ["synth", "--out", raw, "--classes", "3", "--per-class", "6", "--frames", "20", "--size", "48x64"]
+        + ["--seed", str(seed)],
         ["extract", "--root", raw, "--out", str(root), "--size", "40x52", "--workers", "1"],
     ):
         r = run_prep(*args)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import small_synth_dataset
 
-from iic.cli import main, prep
+from iic.cli import main
 from iic.model import checkpoint
 from iic.model.config import backbone_config
 from iic.model.nets.backbones import build_backbone
@@ -58,39 +59,7 @@ def world(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     """(data folder, run folder of a real 1-epoch tiny run with last.pt and final.pt)."""
     root = tmp_path_factory.mktemp("ckpt")
     runner = CliRunner()
-    r = runner.invoke(
-        prep,
-        [
-            "synth",
-            "--out",
-            str(root / "raw"),
-            "--classes",
-            "3",
-            "--per-class",
-            "6",
-            "--frames",
-            "20",
-            "--size",
-            "48x64",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(
-        prep,
-        [
-            "extract",
-            "--root",
-            str(root / "raw"),
-            "--out",
-            str(root / "data"),
-            "--size",
-            "40x52",
-            "--workers",
-            "1",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    data = root / "data" / "ucf101"
+    data = small_synth_dataset(root / "data")
     r = runner.invoke(main, ["train", "--data", str(data), "--out", str(root / "run"), *TINY])
     assert r.exit_code == 0, r.output
     return data, root / "run"

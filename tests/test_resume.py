@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import small_synth_dataset
 
 from iic.cli import main, prep
 from iic.model import checkpoint
@@ -42,51 +43,12 @@ TINY = [
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _dataset(root: Path, seed: int, *extract_args: str) -> Path:
-    r = CliRunner().invoke(
-        prep,
-        [
-            "synth",
-            "--out",
-            str(root / "raw"),
-            "--classes",
-            "3",
-            "--per-class",
-            "6",
-            "--frames",
-            "20",
-            "--size",
-            "48x64",
-            "--seed",
-            str(seed),
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(
-        prep,
-        [
-            "extract",
-            "--root",
-            str(root / "raw"),
-            "--out",
-            str(root / "data"),
-            "--size",
-            "40x52",
-            "--workers",
-            "1",
-            *extract_args,
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return root / "data" / "ucf101"
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread) -> dict[str, Path]:
     """Two datasets with the same video list (synthetic seeds 0 and 1) and a finished 1-epoch run on the
     first."""
     root = tmp_path_factory.mktemp("resume")
-    data, other = _dataset(root / "a", 0), _dataset(root / "b", 1)
+    data, other = small_synth_dataset(root / "a" / "data"), small_synth_dataset(root / "b" / "data", seed=1)
     run = root / "run"
     _train(data, run, ok=True)
     return {"data": data, "other": other, "run": run}
@@ -203,8 +165,8 @@ def test_another_dataset_is_refused(world, tmp_path):
     assert str(world["data"]) in line
     # the same folder re-extracted with other pixels (another JPEG quality): same manifest, other data
     copy = tmp_path / "copy"
-    shutil.copytree(world["data"].parent.parent, copy)
-    data = copy / "data" / "ucf101"
+    shutil.copytree(world["data"].parent, copy)  # the raw videos and the dataset beside them
+    data = copy / "ucf101"
     _train(data, tmp_path / "fresh", ok=True)  # a run on the copy, then the copy is re-extracted
     r = CliRunner().invoke(
         prep,
@@ -213,7 +175,7 @@ def test_another_dataset_is_refused(world, tmp_path):
             "--root",
             str(copy / "raw"),
             "--out",
-            str(copy / "data"),
+            str(copy),
             "--size",
             "40x52",
             "--workers",

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import small_synth_dataset
 
-from iic.cli import prep
 from iic.model import checkpoint
 from iic.model.config import build_config
 from iic.model.run.sweep import train_all
@@ -16,40 +15,7 @@ from iic.model.run.sweep import train_all
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
-    r = CliRunner().invoke(
-        prep,
-        [
-            "synth",
-            "--out",
-            str(root / "raw"),
-            "--classes",
-            "3",
-            "--per-class",
-            "6",
-            "--frames",
-            "20",
-            "--size",
-            "48x64",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(
-        prep,
-        [
-            "extract",
-            "--root",
-            str(root / "raw"),
-            "--out",
-            str(root / "data"),
-            "--size",
-            "40x52",
-            "--workers",
-            "1",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return root / "data" / "ucf101"
+    return small_synth_dataset(tmp_path_factory.mktemp("sweep") / "data")
 
 
 def _cfgs(data: Path, out: Path) -> list:
