@@ -163,6 +163,38 @@ def bench_estimate(sizes: list[tuple[int, int]], clips: int) -> list[dict]:
 # what the residuals leave of the background
 
 
+def objects_mask(still_from: np.ndarray, still_to: np.ndarray, to_frame: np.ndarray) -> np.ndarray:
+    """(H, W) bool: where the still camera's video changes between two frames (the moving objects, dilated by
+    2 px), carried into the filmed frame by the camera's ``to_frame`` (2, 3)."""
+    H, W = still_from.shape[:2]
+    change = (np.abs(still_to - still_from).max(-1) > 8).astype(np.uint8)
+    return cv2.warpAffine(cv2.dilate(change, np.ones((5, 5), np.uint8)), to_frame, (W, H)) > 0
+
+
+def inner(H: int, W: int, margin: int = 8) -> np.ndarray:
+    keep = np.zeros((H, W), bool)
+    keep[margin:-margin, margin:-margin] = True
+    return keep
+
+
+def add_levels(sums: dict, key: str, level: np.ndarray, region: np.ndarray, objects: np.ndarray) -> None:
+    """Add the mean ``level`` on the background and (when there are any) on the objects of ``region``."""
+    totals = sums.setdefault(key, [[], []])
+    totals[0].append(level[region & ~objects].mean())
+    if (region & objects).any():
+        totals[1].append(level[region & objects].mean())
+
+
+def level_rows(camera: str, sums: dict) -> list[dict]:
+    rows = [
+        {"camera": camera, "view": key, "background": float(np.mean(bg)), "objects": float(np.mean(fg))}
+        for key, (bg, fg) in sums.items()
+    ]
+    for row in rows:
+        print(row, flush=True)
+    return rows
+
+
 def bench_residual(cameras: tuple[str, ...], groups: int) -> list[dict]:
     """For videos of every class filmed by each camera (JPEG q90 as stored, 16 frames, 96x128): the mean
     |residual| (grey levels, largest over channels) on the background and on the moving objects, 8 px from the
@@ -204,30 +236,13 @@ def bench_residual(cameras: tuple[str, ...], groups: int) -> list[dict]:
                         1
                     ]
                 for t in range(1, len(video)):
-                    change = (np.abs(plain[t] - plain[t - 1]).max(-1) > 8).astype(np.uint8)
-                    mask = cv2.warpAffine(cv2.dilate(change, np.ones((5, 5), np.uint8)), path[t], (W, H)) > 0
-                    inner = np.zeros((H, W), bool)
-                    inner[8:-8, 8:-8] = True
-                    crop_inner = inner[:, :H]
+                    mask = objects_mask(plain[t - 1], plain[t], path[t])
                     stable_mask = mask[here[t, ..., 1], here[t, ..., 0]]  # the mask seen in the window
                     for key, v in views.items():
                         seen = stable_mask if key.startswith("res-stable") else mask[:, :H]
-                        bg, fg = crop_inner & ~seen, crop_inner & seen
                         level = 255 * v[0, :, t].abs().amax(0).numpy()
-                        sums.setdefault(key, [[], []])
-                        sums[key][0].append(level[bg].mean())
-                        if fg.any():
-                            sums[key][1].append(level[fg].mean())
-        for key, (bg, fg) in sums.items():
-            rows.append(
-                {
-                    "camera": camera,
-                    "view": key,
-                    "background": float(np.mean(bg)),
-                    "objects": float(np.mean(fg)),
-                }
-            )
-            print(rows[-1], flush=True)
+                        add_levels(sums, key, level, inner(H, W)[:, :H], seen)
+        rows += level_rows(camera, sums)
     return rows
 
 
@@ -275,27 +290,10 @@ def bench_flow(cameras: tuple[str, ...], groups: int, method: str) -> list[dict]
                         "flow - affine fit (flow-*-aligned)": flow[t] - fitted[t],
                         "flow - estimated camera": flow[t] - field,
                     }
-                    change = (np.abs(plain[t + 1] - plain[t]).max(-1) > 8).astype(np.uint8)
-                    mask = cv2.warpAffine(cv2.dilate(change, np.ones((5, 5), np.uint8)), path[t], (W, H)) > 0
-                    inner = np.zeros((H, W), bool)
-                    inner[8:-8, 8:-8] = True
-                    bg, fg = inner & ~mask, inner & mask
+                    mask = objects_mask(plain[t], plain[t + 1], path[t])
                     for key, v in views.items():
-                        length = np.linalg.norm(v, axis=-1)
-                        sums.setdefault(key, [[], []])
-                        sums[key][0].append(length[bg].mean())
-                        if fg.any():
-                            sums[key][1].append(length[fg].mean())
-        for key, (bg, fg) in sums.items():
-            rows.append(
-                {
-                    "camera": camera,
-                    "view": key,
-                    "background": float(np.mean(bg)),
-                    "objects": float(np.mean(fg)),
-                }
-            )
-            print(rows[-1], flush=True)
+                        add_levels(sums, key, np.linalg.norm(v, axis=-1), inner(H, W), mask)
+        rows += level_rows(camera, sums)
     return rows
 
 
