@@ -289,6 +289,12 @@ def test_a_stabilised_window_stays_where_every_frame_of_the_clip_filmed() -> Non
         assert not _inside(map_pixels(source, torch.tensor([[0, 0]]), crop), hw).all()
     still = torch.eye(2, 3, dtype=torch.float64).expand(3, T, 2, 3)
     assert place_window(still, drawn[:3], hw.expand(3, 2), crop)[0].tolist() == drawn[:3].tolist()
+    # a batch of two frame sizes places each sample as it would be placed alone
+    sizes, starts = torch.tensor([[H, W], [40, 44]]), torch.tensor([[5, 20], [8, 10]])
+    both = place_window(torch.cat([path, path]), starts, sizes, crop)
+    alone = [place_window(path, starts[i : i + 1], sizes[i : i + 1], crop) for i in range(2)]
+    # (44 px wide, the path spans x - 12 .. x + 10.5: a window of 21 px fits, 24 does not)
+    assert both[0].tolist() == [a[0][0].tolist() for a in alone] and both[1].tolist() == [crop, 21]
 
 
 def test_a_window_the_camera_leaves_shrinks_to_fit_as_a_stabiliser_zooms_in() -> None:

@@ -157,42 +157,62 @@ SMALLEST_WINDOW = 0.75  # of the crop's side: how far a stabilised window may sh
 
 
 def _slack(maps: Tensor, hw: Tensor, side: int) -> Tensor:
-    """(n_top, n_left) float32: for every window of ``side`` px in a frame of ``hw`` (H, W), how far inside
-    the frame its four corners stay under every map of ``maps`` (K, 2, 3), in px (< 0: it leaves the frame)."""
+    """(B, n_top, n_left) float32: for every window of ``side`` px in each sample's frame of ``hw`` (B, 2),
+    how far inside the frame its four corners stay under every map of ``maps`` (B, K, 2, 3), in px (< 0: it
+    leaves the frame; -inf: beyond the sample's own frame, in a batch of several sizes)."""
     device, a = maps.device, maps.to(torch.float64)
+    hw = hw.to(device)
     corners = torch.tensor([[0, 0], [side - 1, 0], [0, side - 1], [side - 1, side - 1]], dtype=a.dtype)
-    # where each corner of the window at (0, 0) goes, (K, 4, 2) (x, y); moving the window moves all four
+    # where each corner of the window at (0, 0) goes, (B, K, 4, 2) (x, y); moving the window moves all four
     # alike, so per map, axis and side of the frame only the outermost corner can leave it first
-    base = corners.to(device) @ a[..., :2].transpose(-1, -2) + a[:, None, :, 2]
-    last = hw.to(device, a.dtype).flip(-1) - 1  # (x, y) of the frame's last pixel
-    low, high = base.amin(-2).float(), (last - base.amax(-2)).float()  # (K, 2) at (0, 0)
-    top = torch.arange(int(hw[0]) - side + 1, device=device, dtype=torch.float32)
-    left = torch.arange(int(hw[1]) - side + 1, device=device, dtype=torch.float32)
-    step = a[..., :2].float()  # (K, 2 axes, 2): how each axis moves per pixel of left / top
-    moved = step[..., 0, None, None] * left + step[..., 1, None, None] * top[:, None]  # (K, 2, nt, nl)
-    return torch.minimum(low[..., None, None] + moved, high[..., None, None] - moved).flatten(0, 1).amin(0)
+    base = corners.to(device) @ a[..., :2].transpose(-1, -2) + a[..., None, :, 2]
+    last = hw.to(a.dtype).flip(-1)[:, None] - 1  # (B, 1, 2) (x, y) of each frame's last pixel
+    low, high = base.amin(-2).float(), (last - base.amax(-2)).float()  # (B, K, 2) at (0, 0)
+    span = hw - side  # (B, 2) each sample's largest offset
+    top = torch.arange(int(span[:, 0].max()) + 1, device=device, dtype=torch.float32)
+    left = torch.arange(int(span[:, 1].max()) + 1, device=device, dtype=torch.float32)
+    step = a[..., :2].float()  # (B, K, 2 axes, 2): how each axis moves per pixel of left / top
+    moved = step[..., 0, None, None] * left + step[..., 1, None, None] * top[:, None]  # (B, K, 2, nt, nl)
+    slack = torch.minimum(low[..., None, None] + moved, high[..., None, None] - moved).flatten(1, 2).amin(1)
+    beyond = (top[:, None] > span[:, 0, None, None]) | (left > span[:, 1, None, None])
+    return slack.masked_fill_(beyond, -math.inf)
+
+
+def _fitting(slack: Tensor) -> Tensor:
+    return slack >= -1e-3
 
 
 def _largest_fit(maps: Tensor, hw: Tensor, crop: int) -> tuple[int, Tensor]:
-    """The largest window side in [`SMALLEST_WINDOW` x crop, crop] for which some window stays inside every
-    frame, with its slack grid (a window that fits holds every smaller one: bisection); the smallest side's
-    grid when none fits."""
-    lo, hi = math.ceil(SMALLEST_WINDOW * crop), crop
-    slack = _slack(maps, hw, hi)
-    if bool((slack >= -1e-3).any()):
-        return hi, slack
-    best, best_slack = lo, _slack(maps, hw, lo)
-    if not bool((best_slack >= -1e-3).any()):
+    """For one sample (maps (1, K, 2, 3), hw (1, 2)): the largest window side in [`SMALLEST_WINDOW` x crop,
+    crop - 1] for which some window stays inside every frame, with its slack grid (a window that fits holds
+    every smaller one: bisection); the smallest side's grid when none fits."""
+    lo, hi = math.ceil(SMALLEST_WINDOW * crop), crop - 1
+    best, best_slack = lo, _slack(maps, hw, lo)[0]
+    if not bool(_fitting(best_slack).any()):
         return best, best_slack
-    hi -= 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        grid = _slack(maps, hw, mid)
-        if bool((grid >= -1e-3).any()):
+        grid = _slack(maps, hw, mid)[0]
+        if bool(_fitting(grid).any()):
             lo, best, best_slack = mid, mid, grid
         else:
             hi = mid - 1
     return best, best_slack
+
+
+def _nearest_fit(slack: Tensor, fraction: Tensor) -> Tensor:
+    """(B, 2) int64: per sample, the fitting offset (``slack`` (B, nt, nl) >= 0) nearest to ``fraction`` (B, 2)
+    of the way across the fitting offsets' bounding box (the first in row order on a tie)."""
+    fits = _fitting(slack)
+    n_top, n_left = fits.shape[1:]
+    top = torch.arange(n_top, device=fits.device, dtype=torch.float64)[:, None].expand(n_top, n_left)
+    left = torch.arange(n_left, device=fits.device, dtype=torch.float64)[None].expand(n_top, n_left)
+    lo = torch.stack([top.where(fits, math.inf).amin((1, 2)), left.where(fits, math.inf).amin((1, 2))], -1)
+    hi = torch.stack([top.where(fits, -math.inf).amax((1, 2)), left.where(fits, -math.inf).amax((1, 2))], -1)
+    target = lo + fraction * (hi - lo)
+    distance = (top - target[:, 0, None, None]) ** 2 + (left - target[:, 1, None, None]) ** 2
+    flat = distance.where(fits, math.inf).flatten(1).argmin(1)
+    return torch.stack([flat // n_left, flat % n_left], -1)
 
 
 def place_window(maps: Tensor, offsets: Tensor, hw: Tensor, crop: int) -> tuple[Tensor, Tensor]:
@@ -207,30 +227,28 @@ def place_window(maps: Tensor, offsets: Tensor, hw: Tensor, crop: int) -> tuple[
     camera, a different one for every clip), so a contrastive task can be solved by it instead of by the
     scene. The windows whose four corners stay inside every frame form a convex set of offsets (the maps are
     affine); the drawn offset, as a fraction of the full range ``hw - crop``, is carried to the same fraction
-    of that set's bounding box and then to the nearest offset of the set (a centre crop stays central). When no
-    window of the crop's side fits (the camera moved more than the frame's margin) the largest that fits down
-    to `SMALLEST_WINDOW` of it is used, as a video stabiliser zooms in; below that, the one that leaves the
-    frame least.
+    of that set's bounding box and then to the nearest offset of the set (a centre crop stays central; when
+    every window fits, the drawn one). When no window of the crop's side fits (the camera moved more than the
+    frame's margin) the largest that fits down to `SMALLEST_WINDOW` of it is used, as a video stabiliser zooms
+    in; below that, the one that leaves the frame least. The whole batch is placed at once; only a sample
+    whose window must shrink is handled alone.
     """
     device = maps.device
-    placed = offsets.to(device, torch.int64).clone()
+    hw = hw.to(device)
+    fraction = offsets.to(device, torch.float64) / (hw - crop).clamp(min=1).double()
+    slack = _slack(maps, hw, crop)
+    placed = _nearest_fit(slack, fraction)
     sides = torch.full((len(placed),), crop, dtype=torch.int64, device=device)
-    span = hw.to(device, torch.int64) - crop  # (B, 2) the largest drawn offset
-    for b in range(maps.shape[0]):
-        side, slack = _largest_fit(maps[b], hw[b], crop)
-        fits = slack >= -1e-3
-        if side == crop and bool(fits.all()):
-            continue
-        sides[b] = side
-        if not bool(fits.any()):
-            flat = int(slack.flatten().argmax())
-            placed[b] = torch.tensor(divmod(flat, slack.shape[1]), device=device)
-            continue
-        ok = fits.nonzero().double()  # (N, 2) (top, left)
-        lo, hi = ok.amin(0), ok.amax(0)
-        fraction = offsets[b].to(device, torch.float64) / span[b].clamp(min=1).double()
-        target = lo + fraction * (hi - lo)
-        placed[b] = ok[((ok - target) ** 2).sum(-1).argmin()].round().long()
+    shrink = ~_fitting(slack).flatten(1).any(1)
+    if bool(shrink.any()):  # rare: the camera moved more than the frame's margin
+        for b in shrink.nonzero()[:, 0].tolist():
+            side, grid = _largest_fit(maps[b : b + 1], hw[b : b + 1], crop)
+            sides[b] = side
+            if bool(_fitting(grid).any()):
+                placed[b] = _nearest_fit(grid[None], fraction[b : b + 1])[0]
+            else:
+                flat = int(grid.flatten().argmax())
+                placed[b] = torch.tensor(divmod(flat, grid.shape[1]), device=device)
     return placed.to(offsets.device), sides.to(offsets.device)
 
 
