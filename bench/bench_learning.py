@@ -19,6 +19,7 @@ others.
 
     python bench/bench_learning.py [--seeds 0 1 2] [--root /tmp/iic-learning] [--camera shake]
         [--methods tiny cmc-tiny tiny-aligned ...] [--supervised res-aligned] [--jobs 2]
+        [--inputs res res-stable]  # score on these inputs only (each costs a pass over 3,600 clips)
 
 Reports mean +- sd over seeds of top-1/5/10 and, per seed, a 95% bootstrap interval of top-1 over test
 groups (2,000 resamples of the query groups: one video per group here). Writes bench/out/learning-DATE.json.
@@ -67,7 +68,7 @@ METHODS = {
     "tiny-stable": "IIC (repeat), stabilised",
     "cmc-tiny-stable": "CMC baseline, stabilised",
 }
-MODALITIES = ("res", "res-aligned", "res-stable", "rgb")
+INPUTS = ("res", "res-aligned", "res-stable", "rgb")  # scored by default (--inputs)
 
 
 def prepare(root: Path, workers: int, camera: str = "still") -> Path:
@@ -125,9 +126,10 @@ def score(
     stride: int,
     crop: int,
     seed: int,
+    inputs: tuple[str, ...] = INPUTS,
 ) -> dict:
     entry = {}
-    for m in MODALITIES:
+    for m in inputs:
         r = evaluate_retrieval(
             RetrievalConfig(data=data, source=source, modality=m, out=out / m).with_protocol(method)
         )
@@ -151,16 +153,16 @@ def score(
             seed=seed,
             view=view,
         )
-        for view in MODALITIES
+        for view in inputs
     }
     return entry
 
 
-def summarise(runs: dict) -> list[str]:
+def summarise(runs: dict, inputs: tuple[str, ...] = INPUTS) -> list[str]:
     """Two tables: top-1 / top-5 per input view, and the order sensitivity per view (mean +- sd of seeds)."""
     lines = [
-        "| model (protocol) | " + " | ".join(f"{m} top-1 | {m} top-5" for m in MODALITIES) + " |",
-        "|---|" + "---|---|" * len(MODALITIES),
+        "| model (protocol) | " + " | ".join(f"{m} top-1 | {m} top-5" for m in inputs) + " |",
+        "|---|" + "---|---|" * len(inputs),
     ]
 
     def ms(per_seed, get, digits=1):
@@ -168,7 +170,7 @@ def summarise(runs: dict) -> list[str]:
         return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0:.{digits}f}"
 
     for name, per_seed in runs.items():
-        cells = [ms(per_seed, lambda e, m=m, k=k: e[m]["topk"][k]) for m in MODALITIES for k in (1, 5)]
+        cells = [ms(per_seed, lambda e, m=m, k=k: e[m]["topk"][k]) for m in inputs for k in (1, 5)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -176,7 +178,7 @@ def summarise(runs: dict) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for name, per_seed in runs.items():
-        for m in MODALITIES:
+        for m in inputs:
             cells = [ms(per_seed, lambda e, m=m, k=k: e["order_similarity"][m][k], 3) for k in BROKEN]
             lines.append(f"| {name} | {m} | " + " | ".join(cells) + " |")
     return lines
@@ -243,11 +245,19 @@ def main() -> None:
     ap.add_argument(
         "--supervised", nargs="*", default=[], choices=EVAL_VIEWS, help="supervised ceilings' inputs"
     )
+    ap.add_argument(
+        "--inputs",
+        nargs="+",
+        default=list(INPUTS),
+        choices=EVAL_VIEWS,
+        help="the input views each model is scored on",
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="override the presets' epochs (smoke runs)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of each training run (the demo's: 1)")
     ap.add_argument("--jobs", type=int, default=cpu_cores(), help="training runs side by side")
     args = ap.parse_args()
+    args.inputs = tuple(args.inputs)
     moving = args.camera != "still"
     args.root = args.root or Path("/tmp/iic-learning" + (f"-{args.camera}" if moving else ""))
     t0 = time.perf_counter()
@@ -300,6 +310,7 @@ def main() -> None:
                 cfg.stride,
                 cfg.crop,
                 seed,
+                args.inputs,
             )
             print(name, seed, json.dumps(runs[name][seed]), flush=True)
         tiny = build_config("tiny")
@@ -323,6 +334,7 @@ def main() -> None:
                 tiny.stride,
                 tiny.crop,
                 seed,
+                args.inputs,
             )
             print(name, seed, json.dumps(runs[name][seed]), flush=True)
         for view in args.supervised:
@@ -339,10 +351,11 @@ def main() -> None:
                 src.stride,
                 src.crop,
                 seed,
+                args.inputs,
             )
             runs.setdefault(name, {})[seed] = {**entry, "epoch_loss": state["epoch_loss"]}
             print(name, seed, json.dumps(runs[name][seed]), flush=True)
-    lines = summarise(runs)
+    lines = summarise(runs, args.inputs)
     print("\n".join(lines))
     write_json(
         Path(__file__).parent / "out",
@@ -355,6 +368,7 @@ def main() -> None:
             "train_threads": args.threads,
             "jobs": args.jobs,
             "seeds": args.seeds,
+            "inputs": list(args.inputs),
             "train_seconds": timings,
             "total_seconds": time.perf_counter() - t0,
             "runs": runs,
