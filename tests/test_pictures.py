@@ -217,7 +217,11 @@ def test_show_flow_row_has_a_colour_wheel_key(data, tmp_path, figures):
     assert result.exit_code == 0, result.output
     fig = figures[-1]["figure"]
     key = next(ax for ax in fig.axes if ax.get_title() == "flow key")
-    assert key.get_subplotspec().rowspan.start == 2  # on the flow row
+    # on the last row: the flow without its camera part, drawn below the flow on the same colour scale
+    assert key.get_subplotspec().rowspan.start == 3 and figures[-1]["rows"][2:] == [
+        figures[-1]["rows"][2],
+        "flow-aligned",
+    ]
     png = (imread(str(out))[..., :3] * 255).round().astype(np.uint8)
     height, width = png.shape[:2]
     assert (height, width) == tuple(np.round(fig.get_size_inches()[::-1] * figures[-1]["dpi"]).astype(int))
