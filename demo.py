@@ -65,9 +65,14 @@ class DemoConfig:
         return self.camera != "still"
 
     @property
+    def suffix(self) -> str:
+        """What names a moving camera's dataset, runs and report: ``-<camera>`` (a still camera: none)."""
+        return f"-{self.camera}" if self.moving else ""
+
+    @property
     def name(self) -> str:
         """``synth``, or ``synth-<camera>`` for a moving camera."""
-        return "synth" + (f"-{self.camera}" if self.moving else "")
+        return "synth" + self.suffix
 
     @property
     def raw(self) -> Path:
@@ -85,7 +90,7 @@ class DemoConfig:
     @property
     def prefix(self) -> str:
         """Of the demo's run folders and report: ``demo``, or ``demo-<camera>``."""
-        return "demo" + (f"-{self.camera}" if self.moving else "")
+        return "demo" + self.suffix
 
     @property
     def runs_trained(self) -> tuple[tuple[str, str, str], ...]:

@@ -50,7 +50,7 @@ import torch
 from benchutil import cli, run_cli, write_json
 
 from iic.model.data import augment
-from iic.model.data.align import _affine, aligned_residual, map_pixels, place_window, stabilised
+from iic.model.data.align import aligned_residual, map_pixels, place_window, stabilised, stable_maps
 from iic.model.data.clips import ClipConfig, ClipDataset, collate_clips
 from iic.model.data.clips import camera_path as camera_path_of_clip
 from iic.model.data.views import camera_flow
@@ -223,9 +223,7 @@ def bench_residual(cameras: tuple[str, ...], groups: int) -> list[dict]:
                 m = torch.from_numpy(motion)[None]
                 # where each pixel of the stabilised window lies in frame t (it is placed, maybe shrunk, in
                 # the middle frame: align.place_window), to look the objects' mask up there
-                earlier = (torch.linalg.inv(_affine(m)) @ _affine(stable_path))[..., :2, :]
-                maps = torch.cat([stable_path.double(), earlier], dim=1)
-                placed = place_window(maps, window[0], window[2], H)
+                placed = place_window(stable_maps(m, stable_path)[1], window[0], window[2], H)
                 here = map_pixels(stable_path, placed[0], H, placed[1])[0].round().long().numpy()
                 here[..., 0], here[..., 1] = here[..., 0].clip(0, W - 1), here[..., 1].clip(0, H - 1)
                 views = {"res": (rgb.float() - prev.float())[..., :H] / 255.0}

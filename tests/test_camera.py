@@ -22,12 +22,12 @@ from iic.model.config import ConfigError, build_config, modalities_for, view1_of
 from iic.model.data import augment
 from iic.model.data.align import (
     SMALLEST_WINDOW,
-    _affine,
     _inside,
     aligned_residual,
     map_pixels,
     place_window,
     stabilised,
+    stable_maps,
 )
 from iic.model.data.clips import ClipConfig, ClipDataset, DataError
 from iic.model.data.clips import camera_path as camera_path_of_clip
@@ -244,8 +244,7 @@ def test_a_clip_stabilised_along_the_camera_s_path_is_still_and_its_residual_emp
     path = torch.from_numpy(camera_path_of_clip(motion.astype(np.float32), np.arange(T)))[None]
     window = (torch.tensor([[border, border]]), torch.tensor([False]), torch.tensor([[H, W]]), crop)
     still, res = stabilised(rgb, prev, torch.from_numpy(motion)[None], path, *window)
-    earlier = torch.linalg.inv(_affine(torch.from_numpy(motion)[None])) @ _affine(path)
-    maps = torch.cat([path.double(), earlier[..., :2, :]], dim=1)
+    maps = stable_maps(torch.from_numpy(motion)[None], path)[1]
     top, left = place_window(maps, window[0], window[2], crop)[0][0].tolist()
     inner = (slice(None), slice(None), slice(None), slice(6, -6), slice(6, -6))
     moving = 255 * (rgb[..., top : top + crop, left : left + crop] / 255.0).diff(dim=2)[inner].abs()

@@ -252,6 +252,14 @@ def place_window(maps: Tensor, offsets: Tensor, hw: Tensor, crop: int) -> tuple[
     return placed.to(offsets.device), sides.to(offsets.device)
 
 
+def stable_maps(motion: Tensor, path: Tensor) -> tuple[Tensor, Tensor]:
+    """For the stabilised views: ``M_t^-1 path_t`` (B, T, 2, 3), where a point of the middle frame was one
+    stored frame before frame t, and every map the stabilised window is seen through, (B, 2T, 2, 3): the
+    path's and those (`place_window`)."""
+    earlier = (torch.linalg.inv(_affine(motion)) @ _affine(path))[..., :2, :]
+    return earlier, torch.cat([path.to(torch.float64), earlier], dim=1)
+
+
 def stabilised(
     rgb: Tensor,
     prev: Tensor,
@@ -275,8 +283,8 @@ def stabilised(
     """
     device = rgb.device
     path = path.to(device)
-    earlier = (torch.linalg.inv(_affine(motion.to(device))) @ _affine(path))[..., :2, :]
-    offsets, sides = place_window(torch.cat([path.to(torch.float64), earlier], dim=1), offsets, hw, crop)
+    earlier, maps = stable_maps(motion.to(device), path)
+    offsets, sides = place_window(maps, offsets, hw, crop)
     here = map_pixels(path, offsets, crop, sides)
     before = map_pixels(earlier, offsets, crop, sides)
     current = _sample(rgb, here)
