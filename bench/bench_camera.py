@@ -195,6 +195,16 @@ def level_rows(camera: str, sums: dict) -> list[dict]:
     return rows
 
 
+def filmed(camera: str, groups: int):
+    """The benchmark's videos filmed by ``camera`` (16 frames, 96x128): for every class and ``groups`` groups,
+    (the video as stored, JPEG q90; the still camera's video, int16; the true camera path)."""
+    cfg, still = SynthConfig(out=Path("."), camera=camera, frames=16), SynthConfig(out=Path("."), frames=16)
+    for name in CLASS_NAMES[:8]:
+        for group in range(1, groups + 1):
+            video = np.stack([jpeg(f) for f in render_video(cfg, name, group, 1)])
+            yield video, render_video(still, name, group, 1).astype(np.int16), camera_path(cfg, group, 1)
+
+
 def bench_residual(cameras: tuple[str, ...], groups: int) -> list[dict]:
     """For videos of every class filmed by each camera (JPEG q90 as stored, 16 frames, 96x128): the mean
     |residual| (grey levels, largest over channels) on the background and on the moving objects, 8 px from the
@@ -203,43 +213,33 @@ def bench_residual(cameras: tuple[str, ...], groups: int) -> list[dict]:
     camera path."""
     rows = []
     for camera in cameras:
-        cfg, still = (
-            SynthConfig(out=Path("."), camera=camera, frames=16),
-            SynthConfig(out=Path("."), frames=16),
-        )
-        H, W = cfg.height, cfg.width
         sums: dict[str, list[list[float]]] = {}
-        for name in CLASS_NAMES[:8]:
-            for group in range(1, groups + 1):
-                video = np.stack([jpeg(f) for f in render_video(cfg, name, group, 1)])
-                plain = render_video(still, name, group, 1).astype(np.int16)
-                path = camera_path(cfg, group, 1)
-                motion = video_motion(video)[0]
-                rgb = torch.from_numpy(video).permute(3, 0, 1, 2)[None]
-                prev = rgb[:, :, np.maximum(np.arange(len(video)) - 1, 0)]
-                frames = np.arange(len(video))
-                stable_path = torch.from_numpy(camera_path_of_clip(motion, frames))[None]
-                window = (torch.tensor([[0, 0]]), torch.tensor([False]), torch.tensor([[H, W]]), H)
-                m = torch.from_numpy(motion)[None]
-                # where each pixel of the stabilised window lies in frame t (it is placed, maybe shrunk, in
-                # the middle frame: align.place_window), to look the objects' mask up there
-                placed = place_window(stable_maps(m, stable_path)[1], window[0], window[2], H)
-                here = map_pixels(stable_path, placed[0], H, placed[1])[0].round().long().numpy()
-                here[..., 0], here[..., 1] = here[..., 0].clip(0, W - 1), here[..., 1].clip(0, H - 1)
-                views = {"res": (rgb.float() - prev.float())[..., :H] / 255.0}
-                for factor in (0.0, ALIGNED_DEAD_ZONE):
-                    tag = "" if factor else " (no dead zone)"
-                    views["res-aligned" + tag] = aligned_residual(rgb, prev, m, *window, factor=factor)
-                    views["res-stable" + tag] = stabilised(rgb, prev, m, stable_path, *window, factor=factor)[
-                        1
-                    ]
-                for t in range(1, len(video)):
-                    mask = objects_mask(plain[t - 1], plain[t], path[t])
-                    stable_mask = mask[here[t, ..., 1], here[t, ..., 0]]  # the mask seen in the window
-                    for key, v in views.items():
-                        seen = stable_mask if key.startswith("res-stable") else mask[:, :H]
-                        level = 255 * v[0, :, t].abs().amax(0).numpy()
-                        add_levels(sums, key, level, inner(H, W)[:, :H], seen)
+        for video, plain, path in filmed(camera, groups):
+            H, W = video.shape[1:3]
+            motion = video_motion(video)[0]
+            rgb = torch.from_numpy(video).permute(3, 0, 1, 2)[None]
+            prev = rgb[:, :, np.maximum(np.arange(len(video)) - 1, 0)]
+            frames = np.arange(len(video))
+            stable_path = torch.from_numpy(camera_path_of_clip(motion, frames))[None]
+            window = (torch.tensor([[0, 0]]), torch.tensor([False]), torch.tensor([[H, W]]), H)
+            m = torch.from_numpy(motion)[None]
+            # where each pixel of the stabilised window lies in frame t (it is placed, maybe shrunk, in
+            # the middle frame: align.place_window), to look the objects' mask up there
+            placed = place_window(stable_maps(m, stable_path)[1], window[0], window[2], H)
+            here = map_pixels(stable_path, placed[0], H, placed[1])[0].round().long().numpy()
+            here[..., 0], here[..., 1] = here[..., 0].clip(0, W - 1), here[..., 1].clip(0, H - 1)
+            views = {"res": (rgb.float() - prev.float())[..., :H] / 255.0}
+            for factor in (0.0, ALIGNED_DEAD_ZONE):
+                tag = "" if factor else " (no dead zone)"
+                views["res-aligned" + tag] = aligned_residual(rgb, prev, m, *window, factor=factor)
+                views["res-stable" + tag] = stabilised(rgb, prev, m, stable_path, *window, factor=factor)[1]
+            for t in range(1, len(video)):
+                mask = objects_mask(plain[t - 1], plain[t], path[t])
+                stable_mask = mask[here[t, ..., 1], here[t, ..., 0]]  # the mask seen in the window
+                for key, v in views.items():
+                    seen = stable_mask if key.startswith("res-stable") else mask[:, :H]
+                    level = 255 * v[0, :, t].abs().amax(0).numpy()
+                    add_levels(sums, key, level, inner(H, W)[:, :H], seen)
         rows += level_rows(camera, sums)
     return rows
 
@@ -256,41 +256,33 @@ def bench_flow(cameras: tuple[str, ...], groups: int, method: str) -> list[dict]
     bound = FlowConfig(method).bound
     rows = []
     for camera in cameras:
-        cfg, still = (
-            SynthConfig(out=Path("."), camera=camera, frames=16),
-            SynthConfig(out=Path("."), frames=16),
-        )
-        H, W = cfg.height, cfg.width
-        ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
         sums: dict[str, list[list[float]]] = {}
-        for name in CLASS_NAMES[:8]:
-            for group in range(1, groups + 1):
-                video = np.stack([jpeg(f) for f in render_video(cfg, name, group, 1)])
-                plain = render_video(still, name, group, 1).astype(np.int16)
-                path = camera_path(cfg, group, 1)
-                flow = compute_flow(rgb_to_gray(video), estimator)
-                flow = dequantize(quantize(flow, bound), bound)  # (T-1, H, W, 2) as stored
-                motion = video_motion(video)[0]
-                as_view = torch.from_numpy(flow / bound).permute(3, 0, 1, 2)[None].float()
-                fitted = camera_flow(as_view)[0].permute(1, 2, 3, 0).double().numpy() * bound
-                for t in range(len(video) - 1):
-                    m = motion[t + 1]  # frame t -> t + 1
-                    field = np.stack(
-                        [
-                            m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs,
-                            m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys,
-                        ],
-                        axis=-1,
-                    )
-                    views = {
-                        "flow": flow[t],
-                        "flow - median": flow[t] - np.median(flow[t].reshape(-1, 2), axis=0),
-                        "flow - affine fit (flow-*-aligned)": flow[t] - fitted[t],
-                        "flow - estimated camera": flow[t] - field,
-                    }
-                    mask = objects_mask(plain[t], plain[t + 1], path[t])
-                    for key, v in views.items():
-                        add_levels(sums, key, np.linalg.norm(v, axis=-1), inner(H, W), mask)
+        for video, plain, path in filmed(camera, groups):
+            H, W = video.shape[1:3]
+            ys, xs = np.mgrid[0:H, 0:W].astype(np.float64)
+            flow = compute_flow(rgb_to_gray(video), estimator)
+            flow = dequantize(quantize(flow, bound), bound)  # (T-1, H, W, 2) as stored
+            motion = video_motion(video)[0]
+            as_view = torch.from_numpy(flow / bound).permute(3, 0, 1, 2)[None].float()
+            fitted = camera_flow(as_view)[0].permute(1, 2, 3, 0).double().numpy() * bound
+            for t in range(len(video) - 1):
+                m = motion[t + 1]  # frame t -> t + 1
+                field = np.stack(
+                    [
+                        m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs,
+                        m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys,
+                    ],
+                    axis=-1,
+                )
+                views = {
+                    "flow": flow[t],
+                    "flow - median": flow[t] - np.median(flow[t].reshape(-1, 2), axis=0),
+                    "flow - affine fit (flow-*-aligned)": flow[t] - fitted[t],
+                    "flow - estimated camera": flow[t] - field,
+                }
+                mask = objects_mask(plain[t], plain[t + 1], path[t])
+                for key, v in views.items():
+                    add_levels(sums, key, np.linalg.norm(v, axis=-1), inner(H, W), mask)
         rows += level_rows(camera, sums)
     return rows
 
