@@ -108,14 +108,39 @@ def _inside(src: Tensor, hw: Tensor) -> Tensor:
     return inside
 
 
+def _beyond(change: Tensor, factor: float) -> Tensor:
+    """(B, 1, T, h, w) bool: where ``change`` (B, C, T, h, w), largest over channels, exceeds ``factor`` times
+    its median over each sample's frame."""
+    magnitude = change.abs().amax(dim=1)  # (B, T, h, w)
+    median = magnitude.flatten(2).median(dim=-1).values  # (B, T)
+    return (magnitude > factor * median[..., None, None]).unsqueeze(1)
+
+
 def _dead_zone(res: Tensor, factor: float) -> Tensor:
     """``res`` (B, C, T, h, w) with the changes within ``factor`` times the median change of each sample's
     frame set to 0 (in place)."""
     if factor:
-        magnitude = res.abs().amax(dim=1)  # (B, T, h, w)
-        median = magnitude.flatten(2).median(dim=-1).values  # (B, T)
-        res *= (magnitude > factor * median[..., None, None]).unsqueeze(1)
+        res *= _beyond(res, factor)
     return res
+
+
+def _hold_background(clip: Tensor, factor: float) -> Tensor:
+    """``clip`` (B, C, T, h, w) with every pixel whose change from the clip's middle frame is within
+    ``factor`` times the median such change of its frame set to the middle frame's value: the residual's
+    dead zone, applied to the clip itself against its middle frame.
+
+    A stabilised frame is resampled at its own sub-pixel offset, so a still textured background flickers from
+    frame to frame (bilinear interpolation blurs each frame by its own amount, on top of the compression's
+    own changes). The residual's dead zone removes that flicker from ``res-stable`` but not from
+    ``rgb-stable``, and a clip is then told from its repeated-frame intra-negative (no flicker) by the
+    flicker alone, over the whole frame, before anything that moves in the scene counts (BENCHMARKS.md,
+    "Camera motion"). Held, the background stands as still as a still camera's; where the scene moved, every
+    frame keeps its own pixels.
+    """
+    if factor:
+        middle = clip[:, :, clip.shape[2] // 2].unsqueeze(2)
+        clip = torch.where(_beyond(clip - middle, factor), clip, middle)
+    return clip
 
 
 def _flip(x: Tensor, flip: Tensor) -> Tensor:
@@ -277,9 +302,10 @@ def stabilised(
     rgb, prev, motion, offsets, flip, hw: as `aligned_residual`; path ``(B, T, 2, 3)``: the map from the
     clip's middle frame to frame t (pixel coordinates). The crop window is placed in the middle frame, moved
     (or shrunk) inside the part of it that every frame of the clip filmed (`place_window`).
-    Frame t of ``rgb-stable`` at p is x[t] at ``path_t p`` (bilinear, the frame's edge repeated beyond it);
-    ``res-stable`` is that minus x[t-1] at ``M_t^-1 path_t p`` (the same point one stored frame earlier), 0
-    where either lies outside its frame, then the dead zone.
+    Frame t of ``rgb-stable`` at p is x[t] at ``path_t p`` (bilinear, the frame's edge repeated beyond it),
+    its background then held to the middle frame's (`_hold_background`, the same ``factor``); ``res-stable``
+    is x[t] at ``path_t p`` minus x[t-1] at ``M_t^-1 path_t p`` (the same point one stored frame earlier), 0
+    where either lies outside its frame, then the dead zone. ``factor`` 0: neither.
     """
     device = rgb.device
     path = path.to(device)
@@ -290,4 +316,4 @@ def stabilised(
     current = _sample(rgb, here)
     res = (current - _sample(prev, before)).div_(255.0)
     res *= (_inside(here, hw) & _inside(before, hw)).unsqueeze(1)
-    return _flip(current.div_(255.0), flip), _flip(_dead_zone(res, factor), flip)
+    return _flip(_hold_background(current, factor).div_(255.0), flip), _flip(_dead_zone(res, factor), flip)
