@@ -152,7 +152,9 @@ def quantize_difference(d: np.ndarray) -> np.ndarray:
 # with the true motion as with the estimate), enough for a network to match views by the background again.
 # Most pixels of a frame are background, so the median change is the frame's own misregistration; 5 times it
 # leaves 0.02-0.07 grey levels on the background and 9.1-9.3 on the objects (shake, pan, handheld). With a
-# still camera the median is 0 and the residual is unchanged. BENCHMARKS.md, "Camera motion".
+# still camera the median is 0 and the residual is unchanged. The stabilised clip (``rgb-stable``) holds its
+# background to its middle frame's pixels with the same factor (model/data/align.py). BENCHMARKS.md, "Camera
+# motion".
 ALIGNED_DEAD_ZONE = 5.0
 
 

@@ -18,7 +18,9 @@ sample's crop in that frame (pipeline/format.py says why and what it measured).
 The stabilised views (``rgb-stable``, ``res-stable``) go further: every frame of the clip is resampled into
 the coordinates of the clip's middle frame along the camera's path (the loader's ``path``: the map from the
 middle frame to each frame), so the clip looks filmed by a still camera; ``res-stable`` is the difference of
-consecutive stabilised frames (both resampled alike, then the same dead zone). Their crop window is moved
+consecutive stabilised frames (both resampled alike, then the same dead zone), and ``rgb-stable`` holds its
+background to the middle frame's pixels by that dead zone (`_hold_background`: resampling at a different
+sub-pixel offset every frame makes a still background flicker). Their crop window is moved
 (or shrunk, as a video stabiliser zooms in) inside what every frame of the clip filmed (`place_window`): the
 border a moving camera leaves otherwise is a cue of its own. IIC contrasts ``rgb-stable``
 with ``res-stable``, and its intra-negatives are made of ``rgb-stable``: with the RGB clip still moving with
