@@ -297,6 +297,7 @@ def stabilised(
     hw: Tensor,
     crop: int,
     factor: float = ALIGNED_DEAD_ZONE,
+    held: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """``rgb-stable`` in [0, 1] and ``res-stable`` in [-1, 1], float32 ``(B, 3, T, crop, crop)``: the clip
     seen from its middle frame's camera, and the difference of consecutive such frames.
@@ -307,7 +308,9 @@ def stabilised(
     Frame t of ``rgb-stable`` at p is x[t] at ``path_t p`` (bilinear, the frame's edge repeated beyond it),
     its background then held to the middle frame's (`_hold_background`, the same ``factor``); ``res-stable``
     is x[t] at ``path_t p`` minus x[t-1] at ``M_t^-1 path_t p`` (the same point one stored frame earlier), 0
-    where either lies outside its frame, then the dead zone. ``factor`` 0: neither.
+    where either lies outside its frame, then the dead zone. ``factor`` 0: neither. ``held`` False: the clip
+    is returned as resampled, without the hold (a caller that wants ``res-stable`` only skips its cost, about
+    a third of the view's on a CPU).
     """
     device = rgb.device
     path = path.to(device)
@@ -318,4 +321,6 @@ def stabilised(
     current = _sample(rgb, here)
     res = (current - _sample(prev, before)).div_(255.0)
     res *= (_inside(here, hw) & _inside(before, hw)).unsqueeze(1)
-    return _flip(_hold_background(current, factor).div_(255.0), flip), _flip(_dead_zone(res, factor), flip)
+    if held:
+        current = _hold_background(current, factor)
+    return _flip(current.div_(255.0), flip), _flip(_dead_zone(res, factor), flip)

@@ -154,7 +154,8 @@ def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -
     docstring). ``views`` maps a subset of ``rgb``/``res``/``flow`` to uint8
     ``(B, C, T, H, W)`` tensors of one spatial size; returns float32 ``(B, C, T, crop, crop)``. With ``prev``,
     ``camera`` and ``path`` (`clips_of`'s ``camera`` modality) beside ``rgb`` it also returns the camera views
-    named in ``cfg.camera_views`` (``res-aligned``; ``rgb-stable`` and ``res-stable``, made together)."""
+    named in ``cfg.camera_views`` (``res-aligned``, ``rgb-stable``, ``res-stable``; the stabilised two are made
+    together, ``rgb-stable``'s held background only when it is named)."""
     views = dict(views)
     camera = {k: views.pop(k) for k in LOADED["camera"] if k in views}
     unknown = set(views) - set(MODALITIES)
@@ -188,10 +189,12 @@ def apply(views: dict[str, Tensor], params: AugmentParams, cfg: AugmentConfig) -
         window = (params.offsets, params.flip, hw, cfg.crop)
         if "res-aligned" in cfg.camera_views:
             out["res-aligned"] = aligned_residual(rgb, camera["prev"], camera["camera"], *window)
-        if set(STABLE_VIEWS) & set(cfg.camera_views):
-            out["rgb-stable"], out["res-stable"] = stabilised(
-                rgb, camera["prev"], camera["camera"], camera["path"], *window
+        wanted = [v for v in STABLE_VIEWS if v in cfg.camera_views]
+        if wanted:
+            made = stabilised(
+                rgb, camera["prev"], camera["camera"], camera["path"], *window, held="rgb-stable" in wanted
             )
+            out.update({v: made[STABLE_VIEWS.index(v)] for v in wanted})
     return out
 
 
