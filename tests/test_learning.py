@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from iic.cli import main, prep
 from iic.model import checkpoint
 from iic.model.config import build_config
+from iic.model.evaluation.monitor import SAME_FEATURES
 from iic.model.evaluation.protocol import iic_chance_loss
 from iic.model.run.runlog import read_metrics
 from iic.model.run.train import lr_factor, train
@@ -84,6 +85,8 @@ def test_tiny_run_leaves_chance_and_the_monitor_beats_random_init(motion_data, t
     monitor = _epochs(metrics, "monitor_top1_res")
     assert sorted(monitor) == [0, 10, last]
     assert monitor[last]["monitor_top1_res"] > monitor[0]["monitor_top1_res"], monitor
+    # the untrained network encodes every test video alike; the trained one tells them apart
+    assert monitor[0]["monitor_similarity_res"] >= SAME_FEATURES > monitor[last]["monitor_similarity_res"]
     assert (out / "curves.png").stat().st_size > 0
     for epoch, source in (
         (last, ["--ckpt", str(out / "final.pt")]),

@@ -29,6 +29,7 @@ from iic.model.data.clips import (
     eval_starts,
     train_start,
 )
+from iic.model.evaluation.monitor import SAME_FEATURES, alike_warning, mean_cosine
 from iic.model.run.train import TrainingError, train
 from iic.pipeline.reader import VideoStore
 
@@ -391,6 +392,38 @@ def _train_cli(data: Path, out: Path, *extra: str) -> dict:
     losses = [r["epoch_loss"] for r in rows if "epoch_loss" in r]
     assert ckpt["epoch"] == 1 and ckpt["step"] == 3 and len(losses) == 1 and np.isfinite(losses[0])
     return ckpt
+
+
+def test_mean_cosine_is_the_mean_over_pairs_of_videos_and_skips_left_out_ones():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(9, 5)) + 2.0  # a shared direction, as a ReLU network's features have
+    f[4] = np.nan  # a video left out as corrupt
+    kept = f[np.isfinite(f).all(1)]
+    unit = kept / np.linalg.norm(kept, axis=1, keepdims=True)
+    pairs = [unit[i] @ unit[j] for i in range(len(unit)) for j in range(len(unit)) if i != j]
+    assert mean_cosine(torch.as_tensor(f)) == pytest.approx(float(np.mean(pairs)), abs=1e-12)
+    assert mean_cosine(torch.ones(3, 4)) == pytest.approx(1.0)
+    assert np.isnan(mean_cosine(torch.as_tensor(f[:1])))
+
+
+def test_a_run_that_ends_with_every_video_encoded_alike_says_so_in_one_line(data, tmp_path, caplog):
+    """One epoch of 3 steps leaves the network on its plateau: its features of the residual input (mostly "no
+    change") point the same way for every test video, and the run says so (not an error: it may yet learn).
+    RGB, whose appearance differs from video to video, is encoded apart even by an untrained network."""
+    with caplog.at_level(logging.WARNING, logger="iic.model.run.train"):
+        _train_cli(data, tmp_path / "run", "--monitor-every", "1")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if "monitor_similarity_res" in r][-1]
+    assert (
+        last["epoch"] == 1
+        and last["monitor_similarity_res"] >= SAME_FEATURES > last["monitor_similarity_rgb"]
+    )
+    said = [r.getMessage() for r in caplog.records if "point the same way" in r.getMessage()]
+    assert len(said) == 1 and "epoch 1" in said[0] and "\n" not in said[0], said
+    assert f"res {last['monitor_similarity_res']:.4f}" in said[0] and "rgb" not in said[0], said
+    assert (
+        alike_warning({"monitor_similarity_res": SAME_FEATURES - 0.01, "monitor_top1_res": 99.0}, 1) is None
+    )
 
 
 @pytest.mark.parametrize("view2", ["flow-u", "rgb"])

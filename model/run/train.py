@@ -40,7 +40,7 @@ from ..distributed import (
     ranks_disagree,
     resolve_device,
 )
-from ..evaluation.monitor import Monitor
+from ..evaluation.monitor import Monitor, alike_warning
 from ..evaluation.protocol import iic_chance_loss
 from .loop import Loop, TrainingError, cosine, shutdown_workers
 from .resume import check_resumable, data_identity, refuse_existing, saved_config
@@ -328,6 +328,8 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
                 )
                 if scores:
                     runlog.write(loop.step, epoch=loop.epoch, **scores)
+                    if loop.epoch == cfg.epochs and (alike := alike_warning(scores, loop.epoch)):
+                        log.warning("%s", alike)
                 checkpoint.save_atomic(state_dict(run), last)
             barrier()
         if loop.corrupt.videos:
