@@ -103,7 +103,10 @@ class TrainConfig:
         10, "Optimiser steps between metric lines of metrics.jsonl.", low=1, resume=RESUME_FREE
     )
     monitor_every: int = option(
-        10, "Epochs between the test-split retrieval top-1 checks (0 = off).", low=0, resume=RESUME_FREE
+        10,
+        "Epochs between the test-split checks: retrieval top-1 and how alike the videos' features are (0 = off).",
+        low=0,
+        resume=RESUME_FREE,
     )
 
     def __post_init__(self) -> None:
