@@ -104,7 +104,7 @@ class TrainConfig:
     )
     monitor_every: int = option(
         10,
-        "Epochs between the test-split checks: retrieval top-1 and how alike the videos' features are (0 = off).",
+        "Epochs between the test-split checks of retrieval top-1 and feature similarity (0 = off).",
         low=0,
         resume=RESUME_FREE,
     )
