@@ -13,6 +13,7 @@ import pytest
 from conftest import build_ucf101, error_lines, run_prep, synth_frames
 from matplotlib.image import imread
 
+from iic.model.evaluation.monitor import SAME_FEATURES
 from iic.model.evaluation.report import BORDERS, retrieval_figure
 from iic.model.run.runlog import plot_curves
 from iic.pipeline.flowcalc import from_stored
@@ -53,8 +54,8 @@ def _write_metrics(path: Path, monitor: bool) -> Path:
     rows += [{"step": 8, "epoch": 1, "epoch_loss": 7.5, "chance_loss": 8.1}]
     if monitor:
         rows += [
-            {"step": 0, "epoch": 0, "monitor_top1_rgb": 20.0},
-            {"step": 8, "epoch": 1, "monitor_top1_rgb": 40.0},
+            {"step": 0, "epoch": 0, "monitor_top1_rgb": 20.0, "monitor_similarity_rgb": 0.999},
+            {"step": 8, "epoch": 1, "monitor_top1_rgb": 40.0, "monitor_similarity_rgb": 0.8},
         ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -68,7 +69,13 @@ def test_curves_are_titled_with_the_run(tmp_path, figures):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fig = figures[-1]
     assert fig["title"] == "tiny-flowu: iic r3d-tiny flow-u/repeat"
-    assert fig["titles"] == ["training loss", "learning rate", "monitor: retrieval top-1"]
+    titles = ["training loss", "learning rate", "monitor: retrieval top-1", "monitor: feature similarity"]
+    assert fig["titles"] == titles
+    similar = fig["figure"].axes[3]
+    assert (
+        list(similar.lines[0].get_ydata()) == [0.999, 0.8]
+        and similar.lines[1].get_ydata()[0] == SAME_FEATURES
+    )
     loss_ax = fig["figure"].axes[0]
     assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["loss", "chance 8.10"]
     assert list(loss_ax.lines[0].get_ydata()) == [9.0 - s / 4 for s in range(1, 9)]

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from ..evaluation.monitor import SAME_FEATURES
+
 log = logging.getLogger(__name__)
 
 
@@ -108,7 +110,9 @@ def draw_curves(metrics: list[dict], title: str, chance_top1: float | None = Non
     steps = sorted(rows)
     chance = [r["chance_loss"] for r in metrics if "chance_loss" in r]
     monitor = {r["epoch"]: r for r in metrics if any(k.startswith("monitor_top1_") for k in r)}
-    fig, axes = plt.subplots(1, 3 if monitor else 2, figsize=(15 if monitor else 10, 3.8))
+    similar = sorted({k for r in monitor.values() for k in r if k.startswith("monitor_similarity_")})
+    panels = 2 + bool(monitor) + bool(similar)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     ax1, ax2 = axes[0], axes[1]
     ax1.plot(steps, [rows[s]["loss"] for s in steps], label="loss")
     if chance:
@@ -131,13 +135,31 @@ def draw_curves(metrics: list[dict], title: str, chance_top1: float | None = Non
             ax3.axhline(chance_top1, color="tab:red", ls="--", lw=1, label=f"chance {chance_top1:.1f}")
         ax3.set(xlabel="epoch (0 = untrained)", ylabel="test top-1 (%)", title="monitor: retrieval top-1")
         ax3.legend(fontsize=8)
+    if similar:  # near 1: every test video encoded alike (model/evaluation/monitor.py)
+        ax4 = axes[3]
+        epochs = sorted(monitor)
+        for key in similar:
+            ax4.plot(
+                epochs,
+                [monitor[e].get(key) for e in epochs],
+                marker="o",
+                label=key[len("monitor_similarity_") :],
+            )
+        ax4.axhline(SAME_FEATURES, color="tab:red", ls="--", lw=1, label=f"alike above {SAME_FEATURES:g}")
+        ax4.set(
+            xlabel="epoch (0 = untrained)",
+            ylabel="mean cosine between test videos",
+            title="monitor: feature similarity",
+        )
+        ax4.legend(fontsize=8)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
 
 
 def plot_curves(metrics_path: Path, png: Path, title: str = "", chance_top1: float | None = None) -> Path:
-    """Loss (with its chance value, when logged), learning rate and the monitor's test top-1 against step,
+    """Loss (with its chance value, when logged), learning rate, the monitor's test top-1 and its feature
+    similarity against step,
     from metrics.jsonl (the last value wins for a step that a resumed run logged twice). The figure's title
     is ``title`` (callers name the run and its views), else the run folder's name."""
     fig = draw_curves(
