@@ -25,6 +25,7 @@ from .retrieval import retrieval_topk
 # (BENCHMARKS.md, "Camera motion"; conv5, res-stable, 120 test videos): random init 0.9999-1.0, the runs
 # whose loss stayed at its chance value 0.9991-0.9993, every run that learned 0.72-0.90.
 SAME_FEATURES = 0.99
+TOP1, SIMILARITY = "monitor_top1_", "monitor_similarity_"  # + the view: the keys the monitor's scores have
 
 
 def mean_cosine(features: torch.Tensor) -> float:
@@ -42,8 +43,9 @@ def mean_cosine(features: torch.Tensor) -> float:
 def alike_warning(scores: dict[str, float], epoch: int) -> str | None:
     """The line that says which views' features at ``epoch`` are alike for every test video (`SAME_FEATURES`),
     from the monitor's ``scores``; None when none is."""
-    key = "monitor_similarity_"
-    alike = {k[len(key) :]: v for k, v in scores.items() if k.startswith(key) and v >= SAME_FEATURES}
+    alike = {
+        k[len(SIMILARITY) :]: v for k, v in scores.items() if k.startswith(SIMILARITY) and v >= SAME_FEATURES
+    }
     if not alike:
         return None
     said = ", ".join(f"{view} {cos:.4f}" for view, cos in alike.items())
@@ -96,7 +98,7 @@ class Monitor:
         backbone.train(was_training)
         gallery, queries = self.sets["train"], self.sets["test"]
         top1 = {
-            f"monitor_top1_{v}": retrieval_topk(
+            TOP1 + v: retrieval_topk(
                 feats["test"][v, f],
                 queries.labels,
                 feats["train"][v, f],
@@ -106,9 +108,7 @@ class Monitor:
             ).topk[1]
             for v in self.views
         }
-        return top1 | {
-            f"monitor_similarity_{v}": mean_cosine(torch.as_tensor(feats["test"][v, f])) for v in self.views
-        }
+        return top1 | {SIMILARITY + v: mean_cosine(torch.as_tensor(feats["test"][v, f])) for v in self.views}
 
     def _features(self, backbone: nn.Module, dataset: ClipDataset, feature: str, name: str) -> dict:
         """This process's share of the videos (all of them at world size 1), summed over the processes."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.monitor import SAME_FEATURES
+from ..evaluation.monitor import SAME_FEATURES, SIMILARITY, TOP1
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def draw_curves(metrics: list[dict], title: str, chance_top1: float | None = Non
     rows = {r["step"]: r for r in metrics if "loss" in r}
     steps = sorted(rows)
     chance = [r["chance_loss"] for r in metrics if "chance_loss" in r]
-    monitor = {r["epoch"]: r for r in metrics if any(k.startswith("monitor_top1_") for k in r)}
-    similar = sorted({k for r in monitor.values() for k in r if k.startswith("monitor_similarity_")})
+    monitor = {r["epoch"]: r for r in metrics if any(k.startswith(TOP1) for k in r)}
+    similar = any(k.startswith(SIMILARITY) for r in monitor.values() for k in r)
     panels = 2 + bool(monitor) + bool(similar)
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     ax1, ax2 = axes[0], axes[1]
@@ -122,46 +122,35 @@ def draw_curves(metrics: list[dict], title: str, chance_top1: float | None = Non
     ax2.plot(steps, [rows[s]["lr"] for s in steps], color="tab:orange")
     ax2.set(xlabel="step", ylabel="learning rate", yscale="log", title="learning rate")
     if monitor:
-        ax3 = axes[2]
-        epochs = sorted(monitor)
-        for key in sorted({k for r in monitor.values() for k in r if k.startswith("monitor_top1_")}):
-            ax3.plot(
-                epochs,
-                [monitor[e].get(key) for e in epochs],
-                marker="o",
-                label=key[len("monitor_top1_") :] + " input",
-            )
-        if chance_top1 is not None:
-            ax3.axhline(chance_top1, color="tab:red", ls="--", lw=1, label=f"chance {chance_top1:.1f}")
-        ax3.set(xlabel="epoch (0 = untrained)", ylabel="test top-1 (%)", title="monitor: retrieval top-1")
-        ax3.legend(fontsize=8)
+        chance_line = (chance_top1, f"chance {chance_top1:.1f}") if chance_top1 is not None else None
+        _monitor_panel(axes[2], monitor, TOP1, " input", "test top-1 (%)", "retrieval top-1", chance_line)
     if similar:  # near 1: every test video encoded alike (model/evaluation/monitor.py)
-        ax4 = axes[3]
-        epochs = sorted(monitor)
-        for key in similar:
-            ax4.plot(
-                epochs,
-                [monitor[e].get(key) for e in epochs],
-                marker="o",
-                label=key[len("monitor_similarity_") :],
-            )
-        ax4.axhline(SAME_FEATURES, color="tab:red", ls="--", lw=1, label=f"alike above {SAME_FEATURES:g}")
-        ax4.set(
-            xlabel="epoch (0 = untrained)",
-            ylabel="mean cosine between test videos",
-            title="monitor: feature similarity",
+        alike = (SAME_FEATURES, f"alike above {SAME_FEATURES:g}")
+        _monitor_panel(
+            axes[3], monitor, SIMILARITY, "", "mean cosine between test videos", "feature similarity", alike
         )
-        ax4.legend(fontsize=8)
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
 
 
+def _monitor_panel(ax, monitor: dict, prefix: str, suffix: str, ylabel: str, title: str, line) -> None:
+    """One line per view of the monitor's ``prefix`` scores against epoch (labelled view + ``suffix``), and
+    the dashed reference ``line`` (value, label) when there is one."""
+    epochs = sorted(monitor)
+    for key in sorted({k for r in monitor.values() for k in r if k.startswith(prefix)}):
+        ax.plot(epochs, [monitor[e].get(key) for e in epochs], marker="o", label=key[len(prefix) :] + suffix)
+    if line is not None:
+        ax.axhline(line[0], color="tab:red", ls="--", lw=1, label=line[1])
+    ax.set(xlabel="epoch (0 = untrained)", ylabel=ylabel, title=f"monitor: {title}")
+    ax.legend(fontsize=8)
+
+
 def plot_curves(metrics_path: Path, png: Path, title: str = "", chance_top1: float | None = None) -> Path:
     """Loss (with its chance value, when logged), learning rate, the monitor's test top-1 and its feature
-    similarity against step,
-    from metrics.jsonl (the last value wins for a step that a resumed run logged twice). The figure's title
-    is ``title`` (callers name the run and its views), else the run folder's name."""
+    similarity against step, from metrics.jsonl (the last value wins for a step that a resumed run logged
+    twice). The figure's title is ``title`` (callers name the run and its views), else the run folder's
+    name."""
     fig = draw_curves(
         read_metrics(metrics_path), title or f"run {Path(metrics_path).parent.name}", chance_top1
     )
