@@ -310,6 +310,14 @@ def test_no_bank_negatives_leaves_the_positive_and_the_batch():
             )
             assert np.allclose(z1[b].numpy(), np.array(expected) / TAU)
         assert iic_chance_loss(0, intra, batch=4) == pytest.approx(2 * math.log(8 if intra else 4))
+    # two intra-negatives per clip (--neg repeat+reverse): fn holds both kinds, 2N rows, all negatives
+    mem = LiveMemory(N, D, 0, TAU, M, positive="live", batch_negatives=True).double()
+    f1, f2, fa, fb = features(5, batch=4) + features(6, batch=4)[:1]
+    z1, _ = mem(f1, f2, torch.cat([fa, fb]), torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(0))
+    u1, un = unit(f1.numpy()), unit(torch.cat([fa, fb]).numpy())
+    assert z1.shape[1] == 1 + 3 + 8
+    assert np.allclose(z1[:, 4:].numpy(), u1 @ un.T / TAU)
+    assert iic_chance_loss(0, 2, batch=4) == pytest.approx(2 * math.log(z1.shape[1]))
     for bad in (dict(positive="bank", batch_negatives=True), dict(positive="live", batch_negatives=False)):
         with pytest.raises(ValueError, match="K = 0"):
             LiveMemory(N, D, 0, TAU, M, **bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -225,7 +226,10 @@ def test_configs_saved_with_the_retired_jitter_option_still_load():
         (["--batch-size", "64"], "larger than the", 2),
         (["--model", "resnet50"], "'resnet50' is not one of", 2),
         (["--resume", "{run}"], "no last.pt there", 1),
-        (["--neg", "none", "--live-negative"], "needs an intra-negative", 2),
+        (["--neg", "none", "--live-negative"], "needs one intra-negative", 2),
+        (["--neg", "repeat+reverse", "--live-negative"], "needs one intra-negative", 2),
+        (["--neg", "repeat+reverse"], "several intra-negatives are contrasted live", 2),
+        (["--neg", "reverse+repeat"], "'reverse+repeat' is not one of", 2),
     ],
 )
 def test_bad_configs_give_one_line_errors(data, tmp_path, args, message, code):
@@ -474,6 +478,25 @@ def test_iic_shuffle_negative_trains_one_epoch(data, tmp_path, encoder_inputs):
             moved = [i for i in range(4) if source[i] != i]
             assert sorted(source) == [0, 1, 2, 3] and len(moved) == 2, source  # exactly two chunks swapped
     assert "Mn.memory" in ckpt["memory"]
+
+
+def test_several_intra_negatives_train_one_epoch(data, tmp_path, encoder_inputs):
+    """--neg repeat+reverse (with the batch's live negatives, K = 0): every clip has one intra-negative of
+    each kind, in one encoder batch kind after kind, and the chance loss counts them all."""
+    out = tmp_path / "run"
+    live = ["--K", "0", "--positive", "live", "--batch-negatives"]
+    ckpt = _train_cli(data, out, "--neg", "repeat+reverse", *live)
+    assert ckpt["config"]["iic"]["neg"] == "repeat+reverse"
+    for x1, _, neg in encoder_inputs:
+        B, T = x1.shape[0], x1.shape[2]
+        assert neg.shape == (2 * B, *x1.shape[1:])
+        for b in range(B):
+            still = neg[b]
+            assert any(all(torch.equal(still[:, t], x1[b, :, i]) for t in range(T)) for i in range(T))
+            assert torch.equal(neg[B + b], x1[b].flip(1))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    chance = [r["chance_loss"] for r in rows if "chance_loss" in r]
+    assert chance and chance[0] == pytest.approx(2 * math.log(1 + 3 + 2 * 4))  # positive, 3 clips, 2 x 4
 
 
 def test_existing_run_needs_resume(data, tmp_path):

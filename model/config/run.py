@@ -26,6 +26,7 @@ from .vocab import (
     VIEWS,
     ConfigError,
     check_device,
+    intra_negatives,
     modalities_for,
 )
 
@@ -146,12 +147,17 @@ class TrainConfig:
         iic = self.iic
         checks = [
             (
-                self.method != "iic" or iic.neg != "shuffle" or self.frames % 4 == 0,
+                self.method != "iic" or "shuffle" not in intra_negatives(iic.neg) or self.frames % 4 == 0,
                 f"--neg shuffle splits a clip into 4 chunks: --frames {self.frames} is not divisible by 4",
             ),
             (
-                not (iic.live_negative and iic.neg == "none"),
-                "--live-negative needs an intra-negative (--neg repeat|shuffle)",
+                not iic.live_negative or len(intra_negatives(iic.neg)) == 1,
+                "--live-negative needs one intra-negative (--neg repeat|shuffle|reverse)",
+            ),
+            (
+                len(intra_negatives(iic.neg)) <= 1 or iic.K == 0,
+                f"--neg {iic.neg}: several intra-negatives are contrasted live, in the batch "
+                "(--K 0); the memory bank keeps one per video",
             ),
             (
                 iic.K > 0 or (iic.positive == "live" and iic.batch_negatives and not iic.live_negative),

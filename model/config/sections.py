@@ -72,7 +72,8 @@ class IICConfig:
     neg: str = option(
         "repeat",
         "Intra-negative: repeat (one frame held), shuffle (two of four chunks swapped), "
-        "reverse (played backwards; not the paper's) or none (the CMC baseline).",
+        "reverse (played backwards; not the paper's), several joined by + (one of each per "
+        "clip; needs --K 0) or none (the CMC baseline).",
         choices=NEGATIVES,
     )
     K: int = option(

@@ -3,22 +3,16 @@ needs, and the one error every configuration problem raises."""
 
 from __future__ import annotations
 
-import sys
+import itertools
 from collections.abc import Iterable
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # the same parser, from PyPI (setup.cfg)
-    pass
-
-
 METHODS = ("iic", "dualvar")
+INTRA_NEGATIVES = ("repeat", "shuffle", "reverse")  # IIC's intra-negatives (reverse: not the paper's)
+# --neg: one kind, several joined by "+" in this order (each clip then has one of each), or none (CMC)
 NEGATIVES = (
-    "repeat",
-    "shuffle",
-    "reverse",
+    *("+".join(c) for n in range(1, 4) for c in itertools.combinations(INTRA_NEGATIVES, n)),
     "none",
-)  # IIC intra-negatives (reverse: not the paper's); none = CMC
+)
 HEADS = ("none", "mlp", "mlp-bn", "mlp-bn-out", "bn")  # model/nets/heads.py
 VIEW2_TIMES = (
     "same",
@@ -50,6 +44,11 @@ STABLE_VIEWS = ("rgb-stable", "res-stable")
 CAMERA_VIEWS = ("res-aligned", *STABLE_VIEWS)  # every view that needs the ``camera`` modality
 VIEWS = ("rgb", "res", *ALIGNED_VIEWS, *FLOW_COMPONENTS, "flow")
 EVAL_VIEWS = ("rgb", "res", *CAMERA_VIEWS, *FLOW_COMPONENTS, *FLOW_ALIGNED)  # what evaluation scores a net on
+
+
+def intra_negatives(neg: str) -> tuple[str, ...]:
+    """The intra-negative kinds of a ``--neg`` value, one per clip each (none: the CMC baseline)."""
+    return () if neg == "none" else tuple(neg.split("+"))
 
 
 def view1_of(view2: str) -> str:

@@ -58,13 +58,13 @@ def protocol_for(method: str) -> RetrievalProtocol:
     return PROTOCOLS[method]
 
 
-def iic_chance_loss(K: int, intra_neg: bool, live_negative: bool = False, batch: int = 0) -> float:
+def iic_chance_loss(K: int, intra: int, live_negative: bool = False, batch: int = 0) -> float:
     """The IIC / CMC loss of uniform logits: 2 ln(columns), columns = K + 1 (CMC) or 2K + 2 (IIC) (1 with K =
     0), + 1 with the live negative, + the batch negatives of a global batch of ``batch`` clips (N - 1 other
-    clips, and N intra-negatives with IIC; 0 = no batch negatives). A run whose loss stays here has learnt
-    nothing."""
-    bank = (K + (K + 1 if intra_neg else 0)) if K else 0  # K = 0: no bank columns
+    clips, and N intra-negatives of each of the ``intra`` kinds; 0 = no batch negatives). ``intra``: the
+    intra-negatives per clip (0: CMC). A run whose loss stays here has learnt nothing."""
+    bank = (K + (K + 1 if intra else 0)) if K else 0  # K = 0: no bank columns
     columns = 1 + bank + (1 if live_negative else 0)
     if batch:
-        columns += batch - 1 + (batch if intra_neg else 0)
+        columns += batch - 1 + batch * intra
     return 2 * math.log(columns)

@@ -1,7 +1,8 @@
 """IIC: Inter-Intra Contrastive learning (Tao, Wang, Yamasaki, ACM MM 2020), in the paper's notation.
 
 View 1 = RGB clip x1, view 2 = residual / flow / RGB of the same clip x2, intra-negative xn = view 1 with its
-time broken (``repeat`` or ``shuffle``). One shared encoder gives f1, f2, fn (B x D). Memory banks M1, M2, Mn
+time broken (``repeat`` or ``shuffle``; or ``reverse``, or several kinds at once with the batch's live
+negatives: model/methods/variants.py). One shared encoder gives f1, f2, fn (B x D). Memory banks M1, M2, Mn
 (N x D, unit rows) hold a running feature per training video. For sample y and K indices j drawn uniformly
 with replacement (shared by both views):
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import IICConfig, TrainConfig, view1_of
+from ..config import IICConfig, TrainConfig, intra_negatives, view1_of
 from ..data import augment
 from ..data.views import view_input
 from ..distributed import gather_from_ranks
@@ -246,7 +247,8 @@ def iic_step(
     augmented, so it keeps view 1's appearance. ``views`` makes (x1, x2) (the variants' own, for them)."""
     with torch.autocast(device.type, enabled=False):  # augmentation in fp32 (SimCLR's blur is a convolution)
         x1, x2 = views(batch, cfg, gen, device)
-        xs = [x1, x2] + ([intra_negative(x1, cfg.iic.neg, gen)] if cfg.iic.neg != "none" else [])
+        kinds = intra_negatives(cfg.iic.neg)  # several: one batch, kind after kind
+        xs = [x1, x2] + ([torch.cat([intra_negative(x1, k, gen) for k in kinds])] if kinds else [])
     f = net(xs)
     # logits, loss and bank update in fp32 even under autocast (fp16 dot products of unit vectors / 0.07
     # lose the differences the loss is made of, and the banks would accumulate fp16 rounding)

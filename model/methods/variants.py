@@ -8,9 +8,11 @@ the chosen variants in place of its parts, and the paper's own `build` when none
   from another clip and crop, and on small sets that stale positive carries no learnable signal (measured in
   BENCHMARKS.md, "Learning"). Negatives still come from the banks.
 * ``batch_negatives`` (the tiny presets) appends the batch's live negatives: the other view of the batch's
-  N - 1 other clips and all N intra-negatives (N = the global batch, gathered with gradient). A live positive
-  against bank negatives alone has a trivial solution, one feature for every clip: the positive is then 1
-  while the stale bank rows still differ, until they catch up. Live negatives make that collapse cost loss.
+  N - 1 other clips and all N intra-negatives (N = the global batch, gathered with gradient), of every kind
+  when ``neg`` names several (``repeat+reverse``: 2N; they need ``K = 0``, a bank keeps one row a video). A
+  live positive against bank negatives alone has a trivial solution, one feature for every clip: the
+  positive is then 1 while the stale bank rows still differ, until they catch up. Live negatives make that
+  collapse cost loss.
   With ``K = 0`` they are the only negatives (no bank is read or written).
 * ``live_negative``: the current intra-negative fn (with gradient) as one more negative column.
 * heads with BatchNorm (``mlp-bn``, ``mlp-bn-out``): view 1 and its intra-negatives go through the head as

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .. import checkpoint, methods
-from ..config import ConfigError, TrainConfig, resume_paths
+from ..config import ConfigError, TrainConfig, intra_negatives, resume_paths
 from ..data.clips import ClipConfig, ClipDataset, EpochSampler, collate_clips
 from ..distributed import (
     Dist,
@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, resume: bool, progress: bool) -> Path:
     chance = (
         iic_chance_loss(
             cfg.iic.K,
-            cfg.iic.neg != "none",
+            len(intra_negatives(cfg.iic.neg)),
             cfg.iic.live_negative,
             cfg.batch_size if cfg.iic.batch_negatives else 0,
         )
