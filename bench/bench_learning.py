@@ -187,6 +187,12 @@ def summarise(runs: dict, inputs: tuple[str, ...] = INPUTS) -> list[str]:
 BROKEN = ("shuffled", "reversed", "repeated")
 
 
+def run_dir(root: Path, name: str, seed: int, epochs: int | None) -> Path:
+    """A run's folder: ``runs/<name>-s<seed>``, with ``-e<epochs>`` before the seed when ``--epochs``
+    overrides the presets', so that runs of another budget are never taken for these."""
+    return root / "runs" / (f"{name}-s{seed}" if epochs is None else f"{name}-e{epochs}-s{seed}")
+
+
 def train_supervised(data: Path, out: Path, view: str, seed: int, epochs: int | None) -> Path:
     """The supervised ceiling of one seed: the tiny preset's backbone, clips, crops, optimiser and schedule
     (Adam 1e-3, one warm-up epoch, cosine, 20 epochs of batch 8, one thread), trained with labels
@@ -268,7 +274,7 @@ def main() -> None:
         build_config(
             preset,
             data=data,
-            out=args.root / "runs" / f"{preset}-s{seed}",
+            out=run_dir(args.root, preset, seed, args.epochs),
             seed=seed,
             epochs=args.epochs,
             threads=args.threads,
@@ -284,7 +290,12 @@ def main() -> None:
     )
     ceilings = [
         functools.partial(
-            train_supervised, data, args.root / "runs" / f"supervised-{v}-s{seed}", v, seed, args.epochs
+            train_supervised,
+            data,
+            run_dir(args.root, f"supervised-{v}", seed, args.epochs),
+            v,
+            seed,
+            args.epochs,
         )
         for seed in args.seeds
         for v in args.supervised
@@ -294,7 +305,11 @@ def main() -> None:
     for seed in args.seeds:
         for preset in args.methods:
             cfg = build_config(
-                preset, data=data, out=args.root / "runs" / f"{preset}-s{seed}", seed=seed, epochs=args.epochs
+                preset,
+                data=data,
+                out=run_dir(args.root, preset, seed, args.epochs),
+                seed=seed,
+                epochs=args.epochs,
             )
             final = Path(cfg.out) / "final.pt"
             src, state = checkpoint_source(final)
@@ -338,7 +353,7 @@ def main() -> None:
             )
             print(name, seed, json.dumps(runs[name][seed]), flush=True)
         for view in args.supervised:
-            final = args.root / "runs" / f"supervised-{view}-s{seed}" / "final.pt"
+            final = run_dir(args.root, f"supervised-{view}", seed, args.epochs) / "final.pt"
             src, state = checkpoint_source(final)
             name = f"supervised ceiling, {view} input (iic)"
             entry = score(
