@@ -17,7 +17,7 @@ head (none|bn|mlp: bn = affine-free BatchNorm, the CenterHead), norm (L2-normali
 (step = the paper's multi-step | cos; `model/train.py: lr_factor`), warm (warm-up epochs), pos (bank|live),
 fill (1: fill the banks with current features before epoch 1, 2: before every epoch), seed, crop, T, threads,
 clips (test clips per video: 1 = the centre clip, 10 = the retrieval protocol's clips, features averaged).
-Results: BENCHMARKS.md, "Learning signal".
+Results: BENCHMARKS.md, "Learning".
 """
 
 from __future__ import annotations

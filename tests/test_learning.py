@@ -1,6 +1,6 @@
 """Training learns, and the same command and seed give the same numbers: the fast CI versions.
 
-The full measurement over seeds and methods is bench/bench_learning.py (BENCHMARKS.md, "Learning signal").
+The full measurement over seeds and methods is bench/bench_learning.py (BENCHMARKS.md, "Learning").
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_tiny_run_leaves_chance_and_the_monitor_beats_random_init(motion_data, t
     monitor top-1 residual 12.5 (epoch 0) -> 11.7 (10) -> 20.0 (20), RGB 19.2 -> 21.7 -> 20.8. The 70% bar
     leaves room for a later escape from the plateau (BENCHMARKS.md, "The chance plateau decides runs"). That
     the features beat random init by how much is measured over seeds, with 10 clips, in
-    BENCHMARKS.md ("Learning signal"); one centre clip of one seed is only a smoke test of it."""
+    BENCHMARKS.md ("Learning"); one centre clip of one seed is only a smoke test of it."""
     out = tmp_path / "run"
     cfg = build_config("tiny", data=motion_data, out=out, workers=0, threads=2, monitor_every=10)
     train(cfg)
