@@ -5,7 +5,7 @@ one that sends view 1 (RGB) and its intra-negatives through ``backbone``/``head`
 ``backbone2``/``head2``. The finished checkpoint is written again as ``final-res.pt`` (view 2's encoder under
 the ``backbone.`` keys) and ``final-rgb.pt`` (view 1's), so that `iic eval retrieval --modality res|rgb`
 scores each modality with the encoder that saw it. An ablation harness, not an option of `iic train`: it did
-not help (BENCHMARKS.md, "Colour augmentation, a slower rate, flow as view 2, two encoders").
+not help (BENCHMARKS.md, "What did not help").
 
     python bench/ablate_two_encoders.py OUT SEED [PRESET]      # PRESET tiny (default) or cmc-tiny
     iic eval retrieval --data DATA --ckpt OUT/final-res.pt --modality res --workers 0

@@ -65,9 +65,9 @@ def test_tiny_run_leaves_chance_and_the_monitor_beats_random_init(motion_data, t
     Measured (seed 0, 2 threads, 24-frame videos, 2026-12-03): loss 5.39-5.45 for epochs 1-6, then
     5.21, 4.99, 4.17, 3.82, 3.23, 2.54, 2.92, 2.30, 2.05, 1.75, 1.54, 1.45, 1.49, 1.33 (24% of chance 5.55);
     monitor top-1 residual 12.5 (epoch 0) -> 11.7 (10) -> 20.0 (20), RGB 19.2 -> 21.7 -> 20.8. The 70% bar
-    leaves room for a later escape from the plateau (BENCHMARKS.md, "The chance plateau decides runs"). That
-    the features beat random init by how much is measured over seeds, with 10 clips, in
-    BENCHMARKS.md ("Learning"); one centre clip of one seed is only a smoke test of it."""
+    leaves room for a later escape from the plateau (BENCHMARKS.md, "Camera motion": the escape depends on
+    the initialisation). That the features beat random init by how much is measured over seeds, with 10
+    clips, in BENCHMARKS.md ("Learning"); one centre clip of one seed is only a smoke test of it."""
     out = tmp_path / "run"
     cfg = build_config("tiny", data=motion_data, out=out, workers=0, threads=2, monitor_every=10)
     train(cfg)

@@ -2,7 +2,7 @@
 
 The tiny presets' convolutions scale poorly over intra-op threads: on 2 cores one run trains 1.54x faster
 with 2 threads than with 1, but two one-thread runs side by side do 1.39x the steps of one two-thread run
-(1.26x end to end; BENCHMARKS.md, "Several runs at once"). So on CPU `train_all` trains each run with one
+(1.26x end to end; BENCHMARKS.md, "Runs side by side"). So on CPU `train_all` trains each run with one
 thread, ``jobs`` at a time, in joblib's (loky) worker processes. A run's weights depend on its own config
 only (its seed and its thread count, `model/train.py`), never on which runs train beside it, how many at a
 time, or in which order: the same runs give bit-identical checkpoints with ``jobs`` 1 or 2. Each worker
