@@ -1,6 +1,6 @@
 """Runs side by side on CPU (`model/sweep.py`): is training two runs at once, one thread each, faster than one
-after another with every thread? Run by hand on an idle machine; figures in BENCHMARKS.md ("Several runs at
-once").
+after another with every thread? Run by hand on an idle machine; figures in BENCHMARKS.md ("Runs side by
+side").
 
 Two `tiny` IIC runs (seeds 0 and 1, ``--epochs`` each, no loader workers, no monitor) on the learning
 benchmark's data, trained (a) one after another in this process with ``--threads`` threads each and (b) side

@@ -70,3 +70,25 @@ def test_the_project_speaks_of_itself():
         if PROCESS_TALK.search(line)
     ]
     assert not found, "text about how the project was made:\n" + "\n".join(found[:20])
+
+
+# A reference to a part of a document by its title: BENCHMARKS.md, "Camera motion"; method.md ("Departures").
+SECTION_REF = re.compile(r'((?:docs/)?[A-Za-z_]+\.md),?\s+\(?"([^"]+)"')
+
+
+def test_references_to_a_documents_sections_name_them_as_titled():
+    """Text that points to a part of a document by its title ("BENCHMARKS.md, \"Learning\"") names words that
+    are in that document, so a renamed section cannot leave stale pointers behind."""
+    docs = {p.relative_to(ROOT).as_posix(): p for p in _tracked_text_files() if p.suffix == ".md"}
+    stale, seen = [], 0
+    for p in _tracked_text_files():
+        for doc, name in SECTION_REF.findall(p.read_text(errors="replace")):
+            target = docs.get(doc) or docs.get(f"docs/{doc}")
+            if target is None:
+                continue
+            seen += 1
+            name = " ".join(re.sub(r"\n\s*#", " ", name).split())  # wrapped in a comment
+            if name not in " ".join(target.read_text().split()):
+                stale.append(f"{p.relative_to(ROOT)}: {doc}, {name!r}")
+    assert seen > 20  # the pattern finds the references
+    assert not stale, "references to sections that are not there:\n" + "\n".join(stale)
