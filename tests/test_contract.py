@@ -28,7 +28,7 @@ def data(tmp_path_factory) -> Path:
 
 USAGE = [
     (["train", "--batch-size", "1"], "--batch-size"),
-    (["train", "--neg", "none", "--live-negative"], "needs an intra-negative"),
+    (["train", "--neg", "none", "--live-negative"], "needs one intra-negative"),
     (["train", "--device", "gpu"], "--device 'gpu' is unknown"),
     (["train", "--milestones", "0.5,x"], "comma-separated list"),
     (["train", "--config", "{tmp}/missing.toml"], "config file not found"),
