@@ -343,7 +343,7 @@ def main() -> None:
                     runs=args.root / "runs",
                 ),
                 method,
-                args.root / "runs" / f"random-{method}-s{seed}",
+                run_dir(args.root, f"random-{method}", seed, None),  # no training: no budget
                 load_backbone(src),
                 tiny.frames,
                 tiny.stride,

@@ -111,7 +111,7 @@ def draw_curves(metrics: list[dict], title: str, chance_top1: float | None = Non
     chance = [r["chance_loss"] for r in metrics if "chance_loss" in r]
     monitor = {r["epoch"]: r for r in metrics if any(k.startswith(TOP1) for k in r)}
     similar = any(k.startswith(SIMILARITY) for r in monitor.values() for k in r)
-    panels = 2 + bool(monitor) + bool(similar)
+    panels = 2 + bool(monitor) + similar
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     ax1, ax2 = axes[0], axes[1]
     ax1.plot(steps, [rows[s]["loss"] for s in steps], label="loss")
