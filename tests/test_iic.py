@@ -463,6 +463,38 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
         build_config("tiny", rgb_aug="strong")
 
 
+def test_rgb_aug_fame_moves_view_1_onto_another_background_and_leaves_the_residual():
+    """``--rgb-aug fame``: view 1 keeps its moving part over another clip's frames (the same crop window as
+    the paper's step); the residual view is the paper step's; the intra-negatives repeat a frame of the merged
+    view 1."""
+    from iic.model.config import build_config
+    from iic.model.data.background import foreground
+
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 255, (4, 3, 1, 20, 20), dtype=torch.uint8, generator=g).expand(4, 3, 4, 20, 20)
+    rgb = rgb.clone()
+    for t in range(4):  # one square moving right in every clip
+        rgb[:, :, t, 6:11, 2 + 2 * t : 7 + 2 * t] = 255
+    res = torch.randint(0, 255, (4, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
+    batch = {"rgb": rgb, "res": res, "index": torch.arange(4)}
+    seen = {}
+    for aug in ("none", "fame"):
+        cfg = build_config("tiny", crop=16, frames=4, rgb_aug=aug)
+        net, mem, step = build(cfg, 4)
+        net.register_forward_pre_hook(
+            lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]])
+        )
+        step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    (v1, v2, _), (w1, w2, wneg) = seen["none"], seen["fame"]
+    assert torch.equal(v2, w2)
+    fg = foreground(v1)
+    assert bool(fg.any(dim=(1, 2)).all())  # every clip has a moving part ...
+    assert torch.equal(w1[:, :, :, fg[0]][0], v1[:, :, :, fg[0]][0])  # ... kept as it was
+    assert not torch.equal(w1[:, :, :, ~fg[0]][0], v1[:, :, :, ~fg[0]][0])  # ... over another background
+    assert torch.equal(wneg, wneg[:, :, :1].expand_as(wneg))
+    assert all(any(torch.equal(wneg[b, :, 0], w1[b, :, t]) for t in range(4)) for b in range(4))
+
+
 def test_without_normalisation_the_raw_features_meet_the_unit_bank_rows():
     """``--no-normalize`` (the authors' code): f1, f2 and fn go into the logits as the encoder gives them; the
     banks still hold unit rows (their update normalises)."""

@@ -5,15 +5,9 @@ what ``iic train --resume`` may do with it; `options_of` turns a config class in
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # the same parser, from PyPI (setup.cfg)
-    pass
 
 from .vocab import ConfigError
 

@@ -124,8 +124,9 @@ class IICConfig:
     )
     rgb_aug: str = option(
         "none",
-        "The RGB view's augmentation: random crop only (none, the paper's) or also "
-        "SimCLR's colour jitter, grayscale and blur (simclr).",
+        "The RGB view's augmentation: random crop only (none, the paper's), also "
+        "SimCLR's colour jitter, grayscale and blur (simclr), or its moving part pasted onto another "
+        "clip's background (fame, FAME's foreground-background merging).",
         choices=RGB_AUGS,
     )
 

@@ -18,7 +18,8 @@ VIEW2_TIMES = (
     "same",
     "other",
 )  # IIC's view 2: the frames of view 1 (paper) or another random time of the video
-RGB_AUGS = ("none", "simclr")  # IIC's RGB view: crop only (paper) | + SimCLR's colour jitter, grayscale, blur
+# IIC's RGB view: crop only (paper) | + SimCLR's colours | its moving part on another clip's background (FAME)
+RGB_AUGS = ("none", "simclr", "fame")
 POSITIVES = ("bank", "live")  # model/methods/iic.py, model/methods/variants.py
 SCHEDULES = ("multistep", "cosine")
 OPTIMIZERS = ("sgd", "adam")

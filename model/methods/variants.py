@@ -21,6 +21,9 @@ the chosen variants in place of its parts, and the paper's own `build` when none
   with its own crop.
 * ``rgb_aug="simclr"``: SimCLR's colour jitter, grayscale and blur on the RGB view (the residual view is
   untouched; the intra-negative is made from the recoloured clip).
+* ``rgb_aug="fame"``: the RGB view's moving part kept over another clip's background (FAME,
+  model/data/background.py): view 2 is untouched, the intra-negative is made from the merged clip, so the
+  background tells a clip neither from its partner nor from its intra-negative.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 
 from ..config import IICConfig, TrainConfig, view1_of
 from ..data import augment
+from ..data.background import merge_backgrounds
 from ..data.views import view_input
 from ..distributed import gather_with_grad
 from . import iic
@@ -140,7 +144,8 @@ def make_views(
     batch: dict, cfg: TrainConfig, gen: torch.Generator, device: torch.device
 ) -> tuple[Tensor, Tensor]:
     """x1 and x2 with the view variants: view 2 from the loader's second clip (``view2_time="other"``),
-    SimCLR's colours on the RGB clip (``rgb_aug="simclr"``)."""
+    SimCLR's colours on the RGB clip (``rgb_aug="simclr"``), view 1 on another clip's background
+    (``rgb_aug="fame"``)."""
     raw = augment.clips_of(batch, cfg.modalities)
     other = cfg.iic.view2_time == "other"
     if other:  # view 2 comes from the second clip: only RGB is needed of the first
@@ -153,7 +158,10 @@ def make_views(
         x2 = _augment({"rgb": raw["rgb"]}, batch, cfg, gen, device)["rgb"]
     else:
         x2 = view_input(views, cfg.view2)
-    return view_input(views, view1_of(cfg.view2)), x2
+    view1 = view1_of(cfg.view2)
+    if cfg.iic.rgb_aug == "fame":
+        views = {**views, view1: merge_backgrounds(views[view1], gen)}
+    return view_input(views, view1), x2
 
 
 def build(cfg: TrainConfig, n_data: int) -> tuple[nn.Module, nn.Module, Callable]:
