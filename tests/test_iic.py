@@ -318,6 +318,12 @@ def test_no_bank_negatives_leaves_the_positive_and_the_batch():
     assert z1.shape[1] == 1 + 3 + 8
     assert np.allclose(z1[:, 4:].numpy(), u1 @ un.T / TAU)
     assert iic_chance_loss(0, 2, batch=4) == pytest.approx(2 * math.log(z1.shape[1]))
+    # a bank keeps one intra-negative row per video: several per clip with bank negatives are refused
+    for banked in (make_memory(), make_memory(positive="live", batch_negatives=True)):
+        with pytest.raises(ValueError, match="several per clip need K = 0"):
+            banked(f1, f2, torch.cat([fa, fb]), torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="a whole number per clip"):
+        mem(f1, f2, torch.cat([fa, fb[:2]]), torch.tensor([1, 2, 3, 4]), torch.Generator().manual_seed(0))
     for bad in (dict(positive="bank", batch_negatives=True), dict(positive="live", batch_negatives=False)):
         with pytest.raises(ValueError, match="K = 0"):
             LiveMemory(N, D, 0, TAU, M, **bad)

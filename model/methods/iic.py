@@ -154,14 +154,20 @@ class IICMemory(nn.Module):
         index: Tensor,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """f1, f2, fn: (B, D) features of view 1, view 2, intra-negative (fn None for CMC); index: (B,) bank
-        rows. Returns the logits z1, z2 (B x 2K+2, or K+1 for CMC), positive at column 0."""
+        """f1, f2, fn: (B, D) features of view 1, view 2, intra-negative (fn None for CMC; (nB, D), n kinds
+        kind after kind, with K = 0 only); index: (B,) bank rows. Returns the logits z1, z2 (B x 2K+2, or
+        K+1 for CMC), positive at column 0."""
         if (fn is None) != (self.Mn is None):
             raise ValueError("pass fn exactly when the module has an intra-negative bank")
+        B = f1.shape[0]
+        if fn is not None and fn.shape[0] != B and (self.K > 0 or fn.shape[0] % B):
+            raise ValueError(
+                f"{fn.shape[0]} intra-negative rows for {B} clips: several per clip need K = 0 "
+                "(a bank keeps one intra-negative row per video) and a whole number per clip"
+            )
         if self.normalize:
             f1, f2 = l2_normalize(f1), l2_normalize(f2)
             fn = l2_normalize(fn) if fn is not None else None
-        B = f1.shape[0]
         j = draw_negatives(B, self.K, self.n_data, generator, f1.device)  # B x K
         idx = torch.cat([index.view(B, 1).to(j), j], dim=1)  # B x (K+1), y first
         z1 = self.logits(f1, self.M2, idx, fn, f2)
