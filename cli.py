@@ -137,6 +137,17 @@ def _stage_data_options(f):
     return click.option("--dataset", default="ucf101", help="Used for the default --data.")(f)
 
 
+# options that several commands take alike
+_STORED_DATA = click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Processed dataset folder [default: the data root's one processed dataset, else "
+    "<data root>/ucf101].",
+)
+_TEST_CLIPS = click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
+
+
 def _parallel_options(f):
     f = click.option("--scheduler", default=None, help="Dask scheduler address (with --backend dask).")(f)
     f = click.option(
@@ -563,13 +574,7 @@ def camera(dataset, data, workers, backend, scheduler, overwrite) -> None:
 @click.option(
     "--video", "video_id", required=True, help="Video id (manifest `id`, e.g. MoveLeft/v_MoveLeft_g01_c01)."
 )
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Processed dataset folder [default: the data root's one processed dataset, else "
-    "<data root>/ucf101].",
-)
+@_STORED_DATA
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -596,13 +601,7 @@ def show(video_id, data, out, columns) -> None:
 
 
 @prep.command()
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Processed dataset folder [default: the data root's one processed dataset, else "
-    "<data root>/ucf101].",
-)
+@_STORED_DATA
 def info(data: Path) -> None:
     """Summary of a processed dataset (warnings about it, such as stale flow, on stderr)."""
     from .pipeline.format import FormatError
@@ -620,13 +619,7 @@ def info(data: Path) -> None:
 
 
 @prep.command()
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Processed dataset folder [default: the data root's one processed dataset, else "
-    "<data root>/ucf101].",
-)
+@_STORED_DATA
 def check(data: Path) -> None:
     """Open every shard, verify counts against the manifest and every stored checksum, decode samples."""
     from .pipeline.info import check_report
@@ -1075,7 +1068,7 @@ def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
     default=None,
     help="[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar]",
 )
-@click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
+@_TEST_CLIPS
 @click.option(
     "--center/--no-center",
     default=None,
@@ -1150,7 +1143,7 @@ def eval_retrieval(
     help="Backbone features: conv5 max-pooled (1, 2, 2) and flattened, or the pooled vector "
     "[default: the method's protocol: conv5 for IIC/CMC, pool for DualVar].",
 )
-@click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
+@_TEST_CLIPS
 @click.option(
     "--knn",
     type=click.IntRange(1),
@@ -1248,7 +1241,7 @@ def eval_linear(
     default=0.1,
     help="Share of the train list held out for validation (deterministic by --seed).",
 )
-@click.option("--clips", type=click.IntRange(1), default=10, help="Test clips per video.")
+@_TEST_CLIPS
 @click.option(
     "--resume", is_flag=True, help="Continue the fine-tuning run in --out from its last checkpoint."
 )
