@@ -438,6 +438,23 @@ def test_view2_from_another_time_reads_the_loaders_second_clip():
         build_config("dualvar-tiny", view2_time="other")
 
 
+def encoder_inputs(batch: dict, **values: tuple) -> dict:
+    """What the encoder gets in one step of the tiny preset on ``batch``, for each value of the one option
+    named (crop 16, 4 frames)."""
+    from iic.model.config import build_config
+
+    ((option, choices),) = values.items()
+    seen = {}
+    for value in choices:
+        cfg = build_config("tiny", crop=16, frames=4, **{option: value})
+        net, mem, step = build(cfg, len(batch["index"]))
+        net.register_forward_pre_hook(
+            lambda module, args, v=value: seen.__setitem__(v, [x.clone() for x in args[0]])
+        )
+        step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    return seen
+
+
 def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual():
     """``--rgb-aug simclr``: SimCLR's colour jitter, grayscale and blur on the RGB view only. The crop window
     is the paper step's (drawn first from the same generator), so the residual view is unchanged; the
@@ -448,14 +465,7 @@ def test_rgb_aug_simclr_recolours_view_1_and_its_intra_negative_not_the_residual
     rgb = torch.randint(0, 255, (8, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
     res = torch.randint(0, 255, (8, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
     batch = {"rgb": rgb, "res": res, "index": torch.arange(8)}
-    seen = {}
-    for aug in ("none", "simclr"):
-        cfg = build_config("tiny", crop=16, frames=4, rgb_aug=aug)
-        net, mem, step = build(cfg, 8)
-        net.register_forward_pre_hook(
-            lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]])
-        )
-        step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    seen = encoder_inputs(batch, rgb_aug=("none", "simclr"))
     (v1, v2, _), (w1, w2, wneg) = seen["none"], seen["simclr"]
     assert torch.equal(v2, w2)  # the residual view: same window, no colour change
     changed = (v1 - w1).abs().flatten(1).amax(1) > 1e-3
@@ -473,7 +483,6 @@ def test_rgb_aug_fame_moves_view_1_onto_another_background_and_leaves_the_residu
     """``--rgb-aug fame``: view 1 keeps its moving part over another clip's frames (the same crop window as
     the paper's step); the residual view is the paper step's; the intra-negatives repeat a frame of the merged
     view 1."""
-    from iic.model.config import build_config
     from iic.model.data.background import foreground
 
     g = torch.Generator().manual_seed(0)
@@ -483,14 +492,7 @@ def test_rgb_aug_fame_moves_view_1_onto_another_background_and_leaves_the_residu
         rgb[:, :, t, 6:11, 2 + 2 * t : 7 + 2 * t] = 255
     res = torch.randint(0, 255, (4, 3, 4, 20, 20), dtype=torch.uint8, generator=g)
     batch = {"rgb": rgb, "res": res, "index": torch.arange(4)}
-    seen = {}
-    for aug in ("none", "fame"):
-        cfg = build_config("tiny", crop=16, frames=4, rgb_aug=aug)
-        net, mem, step = build(cfg, 4)
-        net.register_forward_pre_hook(
-            lambda module, args, a=aug: seen.__setitem__(a, [x.clone() for x in args[0]])
-        )
-        step(net, mem, batch, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    seen = encoder_inputs(batch, rgb_aug=("none", "fame"))
     (v1, v2, _), (w1, w2, wneg) = seen["none"], seen["fame"]
     assert torch.equal(v2, w2)
     fg = foreground(v1)
