@@ -20,30 +20,23 @@ shift in [1, B - 1] drawn from the run's generator): no clip keeps its own.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .augment import gaussian_blur
 
 FOREGROUND = 0.5  # FAME's beta: the largest fraction of a clip's pixels kept as its foreground
 BLUR = 0.1  # FAME's Gaussian: an odd side of this fraction of the crop, sigma a third of it
 
 
-def _gaussian(side: int, device: torch.device) -> Tensor:
-    x = torch.arange(side, device=device, dtype=torch.float32) - (side - 1) / 2
-    k = torch.exp(-0.5 * (x / (side / 3)) ** 2)
-    return k / k.sum()
-
-
 def motion_map(clip: Tensor) -> Tensor:
     """(B, h, w): the blurred mean absolute change between consecutive frames of ``clip`` (B, C, T, h, w),
     summed over channels (reflected at the borders, as FAME's blur)."""
-    change = (clip[:, :, 1:] - clip[:, :, :-1]).abs().sum(1).mean(1, keepdim=True)  # (B, 1, h, w)
+    change = (clip[:, :, 1:] - clip[:, :, :-1]).abs().sum(1).mean(1)  # (B, h, w)
     side = int(BLUR * min(clip.shape[-2:])) // 2 * 2 + 1
     if side > 1:
-        k = _gaussian(side, clip.device)
-        pad = side // 2
-        change = F.conv2d(F.pad(change, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, side))
-        change = F.conv2d(F.pad(change, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, side, 1))
-    return change[:, 0]
+        sigma = torch.full((clip.shape[0],), side / 3, device=clip.device)
+        change = gaussian_blur(change[:, None, None], sigma, side)[:, 0, 0]
+    return change
 
 
 def foreground(clip: Tensor, fraction: float = FOREGROUND) -> Tensor:
